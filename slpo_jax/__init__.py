@@ -1,0 +1,22 @@
+"""slpo-jax: SLPO and the DPO family of preference losses in JAX.
+
+The top level re-exports the pure functions most users need::
+
+  from slpo_jax import sequence_logps, pair_not_logps, losses
+"""
+
+from slpo_jax import losses
+from slpo_jax.logprobs import pair_not_logps
+from slpo_jax.logprobs import sequence_logps
+from slpo_jax.logprobs import sequence_logps_from_token_logps
+from slpo_jax.logprobs import token_logps
+from slpo_jax.metrics import preference_metrics
+
+__all__ = [
+    "losses",
+    "pair_not_logps",
+    "preference_metrics",
+    "sequence_logps",
+    "sequence_logps_from_token_logps",
+    "token_logps",
+]

@@ -1,0 +1,296 @@
+"""Sequence log-probabilities and their exact complements.
+
+For a response y = (y_1, ..., y_T) scored by teacher forcing, with per-step
+distributions p_t = softmax(logits_t):
+
+* ``log pi(y)      = sum_t log p_t(y_t)``
+* ``log pi(Y != y) = logsumexp_t [ sum_{s<t} log p_s(y_s) + log(1 - p_t(y_t)) ]``
+
+The second line is the "first mismatch" decomposition (SLPO paper, section 6):
+every sequence other than y leaves y at exactly one first position t, so the
+complement is a sum of T positive terms and its log is one logsumexp. The
+factor ``log(1 - p_t(y_t))`` is taken as a logsumexp over the vocabulary with
+y_t masked out, never as ``log1p(-exp(log p))``, which in float32 returns -inf
+or noise when p is close to 1 -- where a trained model spends its time.
+
+Everything here is a pure function of arrays: it jits, vmaps and differentiates.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+
+class TokenLogps(NamedTuple):
+  """Per-token quantities from which every sequence-level value is built.
+
+  Attributes:
+    logp: ``log p_t(y_t)``, shape ``[..., T]``.
+    not_logp: ``log(1 - p_t(y_t))``, shape ``[..., T]``.
+  """
+
+  logp: jax.Array
+  not_logp: jax.Array
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+  # bfloat16 and float16 are promoted to float32; float64 (under x64) stays.
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _safe_log(x: jax.Array) -> jax.Array:
+  """log(x) for x >= 0 whose gradient is 0, not NaN, where x == 0."""
+  positive = x > 0
+  return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
+
+
+def _masked_logsumexp(x: jax.Array, where: jax.Array, axis: int) -> jax.Array:
+  """logsumexp over entries with ``where``; -inf (zero gradient) if none."""
+  x = jnp.where(where, x, -jnp.inf)
+  peak = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+  total = jnp.sum(jnp.where(where, jnp.exp(x - peak), 0.0), axis=axis)
+  return _safe_log(total) + jnp.squeeze(peak, axis)
+
+
+def token_logps(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    also_exclude: ArrayLike | None = None,
+) -> TokenLogps:
+  """Per-token ``log p_t(y_t)`` and ``log(1 - p_t(y_t))`` from logits.
+
+  Logits are shifted by their (constant) maximum before any sum, so both values
+  keep float32 relative precision even for logits of magnitude 1e4, where
+  subtracting two large log-normalisers would lose it.
+
+  Args:
+    logits: ``[..., T, V]`` unnormalised scores (any float dtype).
+    labels: ``[..., T]`` integer token ids in ``[0, V)``.
+    also_exclude: optional ``[..., T]`` ids also masked out of the complement,
+      giving ``log(1 - p_t(y_t) - p_t(z_t))`` (counted once when z_t == y_t).
+
+  Returns:
+    A :class:`TokenLogps` of ``[..., T]`` arrays in float32 (float64 under x64).
+  """
+  logits = jnp.asarray(logits)
+  logits = logits.astype(_compute_dtype(logits.dtype))
+  labels = jnp.asarray(labels)
+  vocab = jnp.arange(logits.shape[-1])
+  is_label = vocab == labels[..., None]
+  excluded = is_label
+  if also_exclude is not None:
+    excluded = excluded | (vocab == jnp.asarray(also_exclude)[..., None])
+  shifted = logits - jax.lax.stop_gradient(
+      jnp.max(logits, axis=-1, keepdims=True)
+  )
+  log_normaliser = jax.nn.logsumexp(shifted, axis=-1)
+  label_logit = jnp.sum(jnp.where(is_label, shifted, 0.0), axis=-1)
+  others = _masked_logsumexp(shifted, ~excluded, axis=-1)
+  return TokenLogps(label_logit - log_normaliser, others - log_normaliser)
+
+
+def _exclusive_cumsum(x: jax.Array) -> jax.Array:
+  """``out[t] = sum_{s<t} x[s]`` along the last axis, exact at t = 0."""
+  inclusive = jax.lax.cumsum(x, axis=x.ndim - 1)
+  zeros = jnp.zeros_like(x[..., :1])
+  return jnp.concatenate([zeros, inclusive[..., :-1]], axis=-1)
+
+
+def _check_where(where, shape) -> jax.Array:
+  if where is None:
+    return jnp.ones(shape, dtype=bool)
+  where = jnp.asarray(where)
+  if where.shape != tuple(shape):
+    raise ValueError(
+        f"where has shape {where.shape} but labels have shape {tuple(shape)};"
+        " they must be equal."
+    )
+  return where.astype(bool)
+
+
+def sequence_logps_from_token_logps(
+    token_logp: ArrayLike,
+    token_not_logp: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Sequence ``log pi(y)`` and ``log pi(Y != y)`` from per-token values.
+
+  This is the reduction half of :func:`sequence_logps`; a caller that obtains
+  the per-token values another way (for example without materialising the
+  logits) uses it directly.
+
+  Args:
+    token_logp: ``[..., T]`` values of ``log p_t(y_t)``.
+    token_not_logp: ``[..., T]`` values of ``log(1 - p_t(y_t))``.
+    where: optional ``[..., T]`` bool; False positions count for nothing.
+
+  Returns:
+    ``(logp, not_logp)``, each ``[...]``. A row with nothing counted has
+    ``logp = 0`` and ``not_logp = -inf`` (the empty response is the only
+    sequence of length zero).
+  """
+  token_logp = jnp.asarray(token_logp)
+  token_not_logp = jnp.asarray(token_not_logp)
+  if token_logp.shape != token_not_logp.shape:
+    raise ValueError(
+        f"token_logp has shape {token_logp.shape} but token_not_logp has shape"
+        f" {token_not_logp.shape}; they must be equal."
+    )
+  where = _check_where(where, token_logp.shape)
+  counted_logp = jnp.where(where, token_logp, 0.0)
+  prefix_logp = _exclusive_cumsum(counted_logp)
+  not_logp = _masked_logsumexp(prefix_logp + token_not_logp, where, axis=-1)
+  return jnp.sum(counted_logp, axis=-1), not_logp
+
+
+def _check_logits_labels(logits, labels, name: str = "logits") -> None:
+  if jnp.ndim(logits) < 2 or jnp.shape(logits)[:-1] != jnp.shape(labels):
+    raise ValueError(
+        f"{name} has shape {jnp.shape(logits)} and labels have shape"
+        f" {jnp.shape(labels)}; expected logits [..., T, V] with labels"
+        " [..., T]."
+    )
+
+
+def sequence_logps(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  r"""Log-probability of each response and of its complement.
+
+  .. math::
+    \log \pi(y) = \sum_t m_t \log p_t(y_t), \qquad
+    \log \pi(Y \ne y) = \log \sum_{t: m_t} \exp\Big(
+      \sum_{s<t} m_s \log p_s(y_s) + \log(1 - p_t(y_t))\Big)
+
+  Args:
+    logits: ``[..., T, V]`` teacher-forced logits, float32 or bfloat16;
+      ``logits[..., t, :]`` predicts ``labels[..., t]``.
+    labels: ``[..., T]`` integer ids. Entries where ``where`` is False are
+      ignored and may hold anything (for example -100).
+    where: optional ``[..., T]`` bool marking the response tokens that count;
+      prompt and padding are False. Defaults to all True.
+
+  Returns:
+    ``(logp, not_logp)``, each ``[...]`` float32 (float64 under x64). A row
+    with nothing counted gives ``logp = 0`` and ``not_logp = -inf``.
+
+  Raises:
+    ValueError: when the shapes of logits, labels and where disagree.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> logits = jnp.log(jnp.array([[0.5, 0.5], [0.9, 0.1]]))
+    >>> logp, not_logp = sequence_logps(logits, jnp.array([0, 0]))
+    >>> print(jnp.exp(logp).round(4), jnp.exp(not_logp).round(4))
+    0.45 0.55
+
+  References:
+    Ho, "Supervised Learning Preference Optimization", section 6.
+  """
+  _check_logits_labels(logits, labels)
+  where = _check_where(where, jnp.shape(labels))
+  safe_labels = jnp.where(where, jnp.asarray(labels), 0)
+  per_token = token_logps(logits, safe_labels)
+  return sequence_logps_from_token_logps(*per_token, where=where)
+
+
+def pair_not_logps(
+    chosen_logits: ArrayLike,
+    chosen_labels: ArrayLike,
+    rejected_logits: ArrayLike,
+    rejected_labels: ArrayLike,
+    *,
+    chosen_where: ArrayLike | None = None,
+    rejected_where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""``log pi(Y not in {y_w, y_l})``, by the prefix tree of the two responses.
+
+  Let d be the first position at which the two responses differ. Every other
+  sequence leaves the tree of {y_w, y_l} at exactly one place, so
+
+  .. math::
+    \pi(Y \notin \{y_w, y_l\}) =
+      \sum_{t<d} P(y_{<t})(1 - p_t(y_t))
+      + P(y_{<d})(1 - p_d(a_d) - p_d(b_d))
+      + \sum_{t>d} P(a_{<t})(1 - p_t(a_t)) + \sum_{t>d} P(b_{<t})(1 - p_t(b_t))
+
+  where a = y_w and b = y_l; the shared prefix and the divergence step use the
+  chosen row's logits (the contexts are identical there). All terms are
+  positive, so the result is a single logsumexp.
+
+  The two rows must share a time axis: position t of both holds the same
+  response step, as when both are laid out as ``[prompt, response, padding]``
+  with the same prompt. If one response is a prefix of the other, identical
+  responses included, the set {y_w, y_l} is covered by the shorter one and the
+  result equals its complement ``log pi(Y != y_short)``.
+
+  Args:
+    chosen_logits: ``[..., T, V]`` logits teacher-forced on y_w.
+    chosen_labels: ``[..., T]`` ids of y_w.
+    rejected_logits: ``[..., T, V]`` logits teacher-forced on y_l.
+    rejected_labels: ``[..., T]`` ids of y_l.
+    chosen_where: optional ``[..., T]`` bool response mask of y_w.
+    rejected_where: optional ``[..., T]`` bool response mask of y_l.
+
+  Returns:
+    ``[...]`` float32 (float64 under x64).
+
+  References:
+    Ho, "Supervised Learning Preference Optimization", Eq. 7.
+  """
+  _check_logits_labels(chosen_logits, chosen_labels, "chosen_logits")
+  _check_logits_labels(rejected_logits, rejected_labels, "rejected_logits")
+  if jnp.shape(chosen_logits) != jnp.shape(rejected_logits):
+    raise ValueError(
+        f"chosen_logits has shape {jnp.shape(chosen_logits)} but"
+        f" rejected_logits has shape {jnp.shape(rejected_logits)}; pad both"
+        " rows of a pair to the same length."
+    )
+  shape = jnp.shape(chosen_labels)
+  chosen_where = _check_where(chosen_where, shape)
+  rejected_where = _check_where(rejected_where, shape)
+  chosen_labels = jnp.where(chosen_where, jnp.asarray(chosen_labels), 0)
+  rejected_labels = jnp.where(rejected_where, jnp.asarray(rejected_labels), 0)
+
+  both = chosen_where & rejected_where
+  differs = (chosen_where != rejected_where) | (
+      both & (chosen_labels != rejected_labels)
+  )
+  # Positions up to and including the first difference: cumsum of `differs`
+  # is 0 before d and 1 at d.
+  seen = jax.lax.cumsum(differs.astype(jnp.int32), axis=differs.ndim - 1)
+  before = seen == 0
+  at_divergence = differs & (seen == 1)
+  # Branch terms exist only if both responses continue at d; otherwise one is
+  # a prefix of the other and the tree is a single path.
+  branches = jnp.any(at_divergence & both, axis=-1, keepdims=True)
+  after = (seen >= 1) & ~at_divergence & branches
+
+  chosen = token_logps(chosen_logits, chosen_labels)
+  rejected = token_logps(rejected_logits, rejected_labels)
+  # At the divergence step both a_d and b_d leave the complement.
+  chosen_both_out = token_logps(
+      chosen_logits, chosen_labels, also_exclude=rejected_labels
+  ).not_logp
+
+  chosen_prefix = _exclusive_cumsum(jnp.where(chosen_where, chosen.logp, 0.0))
+  rejected_prefix = _exclusive_cumsum(
+      jnp.where(rejected_where, rejected.logp, 0.0)
+  )
+  chosen_not = jnp.where(at_divergence, chosen_both_out, chosen.not_logp)
+  chosen_terms = chosen_prefix + chosen_not
+  rejected_terms = rejected_prefix + rejected.not_logp
+
+  chosen_counted = chosen_where & (before | (at_divergence & both) | after)
+  rejected_counted = rejected_where & after
+  terms = jnp.concatenate([chosen_terms, rejected_terms], axis=-1)
+  counted = jnp.concatenate([chosen_counted, rejected_counted], axis=-1)
+  return _masked_logsumexp(terms, counted, axis=-1)

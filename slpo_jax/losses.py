@@ -1,0 +1,490 @@
+"""Preference losses: SLPO and the DPO family.
+
+Each loss is one pure function. Inputs are per-example sequence
+log-probabilities (see :mod:`slpo_jax.logprobs`); outputs are per-example
+losses of the same leading shape, which the caller reduces. Hyperparameters
+are keyword-only.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from slpo_jax import logprobs as _logprobs
+
+
+def log1mexp(x: ArrayLike) -> jax.Array:
+  """``log(1 - exp(x))`` for ``x <= 0``, accurate on both sides of -log 2.
+
+  ``log(-expm1(x))`` is accurate near 0 and ``log1p(-exp(x))`` far from it
+  (Maechler, "Accurately Computing log(1 - exp(-|a|))", 2012). Returns -inf at
+  ``x = 0`` with a zero gradient rather than NaN.
+  """
+  x = jnp.minimum(jnp.asarray(x), 0.0)
+  near_zero = x > -jnp.log(2.0)
+  at_zero = x == 0.0
+  safe_x = jnp.where(at_zero, -1.0, x)
+  value = jnp.where(
+      near_zero,
+      jnp.log(-jnp.expm1(safe_x)),
+      jnp.log1p(-jnp.exp(safe_x)),
+  )
+  return jnp.where(at_zero, -jnp.inf, value)
+
+
+def _weighted_log(weight: jax.Array, log_value: jax.Array) -> jax.Array:
+  """``weight * log_value`` with ``0 * -inf = 0`` (a zero target ignores it)."""
+  used = weight > 0
+  return jnp.where(used, weight * jnp.where(used, log_value, 0.0), 0.0)
+
+
+def _log_ratio_margin(
+    policy_chosen_logps, policy_rejected_logps,
+    reference_chosen_logps, reference_rejected_logps,
+) -> jax.Array:
+  """``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``."""
+  return (jnp.asarray(policy_chosen_logps) - reference_chosen_logps) - (
+      jnp.asarray(policy_rejected_logps) - reference_rejected_logps
+  )
+
+
+def dpo_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    reference_chosen_logps: ArrayLike,
+    reference_rejected_logps: ArrayLike,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> jax.Array:
+  r"""Direct Preference Optimization, with conservative label smoothing.
+
+  .. math::
+    h = \beta\Big[\log\frac{\pi(y_w)}{\pi_{ref}(y_w)}
+                 - \log\frac{\pi(y_l)}{\pi_{ref}(y_l)}\Big], \quad
+    L = -(1-\epsilon)\log\sigma(h) - \epsilon\log\sigma(-h)
+
+  ``label_smoothing`` = epsilon is the probability that a label is flipped
+  (cDPO); 0 gives the original loss.
+
+  Args:
+    policy_chosen_logps: ``[...]`` log pi(y_w | x).
+    policy_rejected_logps: ``[...]`` log pi(y_l | x).
+    reference_chosen_logps: ``[...]`` log pi_ref(y_w | x).
+    reference_rejected_logps: ``[...]`` log pi_ref(y_l | x).
+    beta: inverse temperature of the implicit reward.
+    label_smoothing: cDPO's flip probability, in [0, 0.5).
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(dpo_loss(jnp.array(-2.), jnp.array(-3.), jnp.array(-2.),
+    ...                jnp.array(-3.), beta=0.1))  # log 2 at the reference
+    0.6931...
+
+  References:
+    Rafailov et al., "Direct Preference Optimization", arXiv:2305.18290, Eq. 7;
+    Ho, "Supervised Learning Preference Optimization", Eq. 1; Mitchell, "A note
+    on DPO with noisy preferences" (cDPO), 2023.
+  """
+  h = beta * _log_ratio_margin(
+      policy_chosen_logps, policy_rejected_logps,
+      reference_chosen_logps, reference_rejected_logps,
+  )
+  # log_sigmoid is the stable form of log(sigmoid(h)) for large |h|.
+  return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(
+      h
+  ) - label_smoothing * jax.nn.log_sigmoid(-h)
+
+
+def ipo_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    reference_chosen_logps: ArrayLike,
+    reference_rejected_logps: ArrayLike,
+    *,
+    beta: float = 0.1,
+) -> jax.Array:
+  r"""Identity Preference Optimization: squared distance to a fixed margin.
+
+  .. math::
+    L = \Big(\log\frac{\pi(y_w)\,\pi_{ref}(y_l)}{\pi(y_l)\,\pi_{ref}(y_w)}
+        - \frac{1}{2\beta}\Big)^2
+
+  ``beta`` is the paper's tau. Unlike DPO the optimum is a finite margin, so
+  the policy stays near the reference on deterministic preferences.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  References:
+    Azar et al., "A General Theoretical Paradigm to Understand Learning from
+    Human Preferences", arXiv:2310.12036, Eq. 17.
+  """
+  h = _log_ratio_margin(
+      policy_chosen_logps, policy_rejected_logps,
+      reference_chosen_logps, reference_rejected_logps,
+  )
+  return jnp.square(h - 1.0 / (2.0 * beta))
+
+
+def hinge_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    reference_chosen_logps: ArrayLike,
+    reference_rejected_logps: ArrayLike,
+    *,
+    beta: float = 0.1,
+) -> jax.Array:
+  r"""SLiC's calibration hinge on the reference-normalised margin.
+
+  .. math::
+    L = \max\Big(0,\; 1 - \beta\Big[\log\frac{\pi(y_w)}{\pi_{ref}(y_w)}
+                 - \log\frac{\pi(y_l)}{\pi_{ref}(y_l)}\Big]\Big)
+
+  ``1 / beta`` is SLiC's margin delta. The reference terms make the loss zero
+  at the same place as the reference-free SLiC form shifted by the reference
+  margin, as in common DPO-family trainers.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  References:
+    Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human
+    Feedback", arXiv:2305.10425, Eq. 1.
+  """
+  h = _log_ratio_margin(
+      policy_chosen_logps, policy_rejected_logps,
+      reference_chosen_logps, reference_rejected_logps,
+  )
+  return jax.nn.relu(1.0 - beta * h)
+
+
+def simpo_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    chosen_lengths: ArrayLike,
+    rejected_lengths: ArrayLike,
+    *,
+    beta: float = 2.0,
+    gamma: float = 0.5,
+) -> jax.Array:
+  r"""SimPO: length-normalised, reference-free, with a target margin.
+
+  .. math::
+    L = -\log\sigma\Big(\frac{\beta}{|y_w|}\log\pi(y_w)
+                        - \frac{\beta}{|y_l|}\log\pi(y_l) - \gamma\Big)
+
+  Args:
+    policy_chosen_logps: ``[...]`` log pi(y_w | x) (summed over tokens).
+    policy_rejected_logps: ``[...]`` log pi(y_l | x).
+    chosen_lengths: ``[...]`` number of counted tokens of y_w (at least 1).
+    rejected_lengths: ``[...]`` number of counted tokens of y_l (at least 1).
+    beta: reward scale.
+    gamma: target reward margin.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  References:
+    Meng et al., "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", arXiv:2405.14734, Eq. 6.
+  """
+  chosen_avg = jnp.asarray(policy_chosen_logps) / jnp.maximum(chosen_lengths, 1)
+  rejected_avg = jnp.asarray(policy_rejected_logps) / jnp.maximum(
+      rejected_lengths, 1
+  )
+  return -jax.nn.log_sigmoid(beta * (chosen_avg - rejected_avg) - gamma)
+
+
+def orpo_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    chosen_lengths: ArrayLike,
+    rejected_lengths: ArrayLike,
+    *,
+    beta: float = 0.1,
+) -> jax.Array:
+  r"""ORPO: the chosen response's NLL plus a log odds-ratio penalty.
+
+  With the length-normalised probability ``P(y) = exp(log pi(y) / |y|)`` and
+  ``odds(y) = P(y) / (1 - P(y))``:
+
+  .. math::
+    L = -\frac{\log\pi(y_w)}{|y_w|}
+        - \beta \log\sigma\Big(\log\frac{odds(y_w)}{odds(y_l)}\Big)
+
+  ``log(1 - P)`` is computed by :func:`log1mexp`, which stays finite and
+  accurate as P approaches 1.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  References:
+    Hong et al., "ORPO: Monolithic Preference Optimization without Reference
+    Model", arXiv:2403.07691, Eq. 6-7.
+  """
+  chosen_avg = jnp.asarray(policy_chosen_logps) / jnp.maximum(chosen_lengths, 1)
+  rejected_avg = jnp.asarray(policy_rejected_logps) / jnp.maximum(
+      rejected_lengths, 1
+  )
+  log_odds = (chosen_avg - log1mexp(chosen_avg)) - (
+      rejected_avg - log1mexp(rejected_avg)
+  )
+  return -chosen_avg - beta * jax.nn.log_sigmoid(log_odds)
+
+
+def slpo_target_log_weight(
+    reference_chosen_logps: ArrayLike, reference_rejected_logps: ArrayLike
+) -> jax.Array:
+  """``log w`` with ``w = min(1, pi_ref(y_w) + pi_ref(y_l))``, in log space.
+
+  ``w`` exceeds 1 only when both responses are the same near-certain sequence
+  (chosen equal to rejected); it is capped at 1 so that ``1 - w`` stays a
+  probability. The sum is taken by ``logaddexp``: exponentiating two sequence
+  probabilities of a few dozen tokens would underflow to 0.
+  """
+  return jnp.minimum(
+      jnp.logaddexp(reference_chosen_logps, reference_rejected_logps), 0.0
+  )
+
+
+def _two_class_cross_entropy(
+    log_target: jax.Array, log_rest_target: jax.Array,
+    log_prob: jax.Array, log_rest_prob: jax.Array, temperature: float,
+) -> jax.Array:
+  """CE of softmax([t1, t2] / T) against softmax([p1, p2] / T)."""
+  target = jax.nn.softmax(
+      jnp.stack([log_target, log_rest_target], axis=-1) / temperature, axis=-1
+  )
+  log_pred = jax.nn.log_softmax(
+      jnp.stack([log_prob, log_rest_prob], axis=-1) / temperature, axis=-1
+  )
+  return -jnp.sum(_weighted_log(target, log_pred), axis=-1)
+
+
+def slpo_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_chosen_not_logps: ArrayLike,
+    policy_rejected_not_logps: ArrayLike,
+    reference_chosen_logps: ArrayLike,
+    reference_rejected_logps: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    policy_rejected_logps: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Hard SLPO (Eq. 8), optionally tempered.
+
+  With ``w = pi_ref(y_w) + pi_ref(y_l)`` (capped at 1, see
+  :func:`slpo_target_log_weight`):
+
+  .. math::
+    L = -\big[w \log\pi(y_w) + (1-w)\log\pi(Y \ne y_w)\big]
+        - \log\pi(Y \ne y_l)
+
+  The winner moves to the mass of both responses, the loser to zero, and the
+  rest of the distribution keeps its reference mass.
+
+  ``temperature`` t > 1 gives the tempered form: each half becomes the
+  two-class cross-entropy of ``softmax([log pi(y), log pi(Y != y)] / t)``
+  against ``softmax([log w, log(1 - w)] / t)`` (target [0, 1] for the loser),
+  i.e. both distributions are replaced by normalised t-th roots. At t = 1 the
+  normaliser is ``pi(y) + pi(Y != y) = 1`` and the two forms agree; this
+  function then evaluates Eq. 8 exactly as written.
+
+  The winner's gradient with respect to ``log pi(y_w)`` is
+  ``(pi(y_w) - w) / (1 - pi(y_w))``, which scales with a sequence probability
+  and vanishes for long responses; the tempered form raises it to
+  ``pi(y_w)^{1/t}`` scale.
+
+  Args:
+    policy_chosen_logps: ``[...]`` log pi(y_w | x).
+    policy_chosen_not_logps: ``[...]`` log pi(Y != y_w | x).
+    policy_rejected_not_logps: ``[...]`` log pi(Y != y_l | x).
+    reference_chosen_logps: ``[...]`` log pi_ref(y_w | x).
+    reference_rejected_logps: ``[...]`` log pi_ref(y_l | x).
+    temperature: t >= 1; 1 is Eq. 8.
+    policy_rejected_logps: ``[...]`` log pi(y_l | x); required when
+      ``temperature != 1``, where the loser's two-class softmax needs it.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Raises:
+    ValueError: for ``temperature < 1``, or ``temperature != 1`` without
+      ``policy_rejected_logps``.
+
+  References:
+    Ho, "Supervised Learning Preference Optimization", Eq. 6 and 8.
+  """
+  if temperature < 1.0:
+    raise ValueError(f"temperature must be >= 1, got {temperature}.")
+  log_w = slpo_target_log_weight(
+      reference_chosen_logps, reference_rejected_logps
+  )
+  log_rest = log1mexp(log_w)
+  chosen = jnp.asarray(policy_chosen_logps)
+  chosen_not = jnp.asarray(policy_chosen_not_logps)
+  rejected_not = jnp.asarray(policy_rejected_not_logps)
+  if temperature == 1.0:
+    winner = -(
+        jnp.exp(log_w) * chosen + _weighted_log(jnp.exp(log_rest), chosen_not)
+    )
+    return winner - rejected_not
+  if policy_rejected_logps is None:
+    raise ValueError(
+        "slpo_loss with temperature != 1 needs policy_rejected_logps."
+    )
+  winner = _two_class_cross_entropy(
+      log_w, log_rest, chosen, chosen_not, temperature
+  )
+  # The loser's target is [0, 1]: -log softmax([a, b] / t)[1].
+  loser = jax.nn.softplus(
+      (jnp.asarray(policy_rejected_logps) - rejected_not) / temperature
+  )
+  return winner + loser
+
+
+def slpo_soft_loss(
+    policy_chosen_logps: ArrayLike,
+    policy_rejected_logps: ArrayLike,
+    policy_pair_not_logps: ArrayLike,
+    reference_chosen_logps: ArrayLike,
+    reference_rejected_logps: ArrayLike,
+    *,
+    alpha: float = 0.9,
+    temperature: float = 1.0,
+) -> jax.Array:
+  r"""Soft SLPO (Eq. 7): a three-way target over y_w, y_l and the rest.
+
+  With ``w = pi_ref(y_w) + pi_ref(y_l)`` (capped at 1):
+
+  .. math::
+    L = -\big[\alpha w \log\pi(y_w) + (1-\alpha) w \log\pi(y_l)
+        + (1 - w)\log\pi(Y \notin \{y_w, y_l\})\big]
+
+  ``temperature`` t > 1 replaces target and prediction by the normalised
+  t-th roots of the three masses, as in :func:`slpo_loss`.
+
+  Args:
+    policy_chosen_logps: ``[...]`` log pi(y_w | x).
+    policy_rejected_logps: ``[...]`` log pi(y_l | x).
+    policy_pair_not_logps: ``[...]`` log pi(Y not in {y_w, y_l} | x), from
+      :func:`slpo_jax.pair_not_logps`.
+    reference_chosen_logps: ``[...]`` log pi_ref(y_w | x).
+    reference_rejected_logps: ``[...]`` log pi_ref(y_l | x).
+    alpha: share of w given to the winner, ``0.5 < alpha <= 1``.
+    temperature: t >= 1; 1 is Eq. 7.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  References:
+    Ho, "Supervised Learning Preference Optimization", Eq. 7.
+  """
+  if not 0.5 < alpha <= 1.0:
+    raise ValueError(f"alpha must satisfy 0.5 < alpha <= 1, got {alpha}.")
+  if temperature < 1.0:
+    raise ValueError(f"temperature must be >= 1, got {temperature}.")
+  log_w = slpo_target_log_weight(
+      reference_chosen_logps, reference_rejected_logps
+  )
+  log_targets = jnp.stack(
+      [
+          log_w + jnp.log(alpha),
+          log_w + (jnp.log1p(-alpha) if alpha < 1.0 else -jnp.inf),
+          log1mexp(log_w),
+      ],
+      axis=-1,
+  )
+  log_preds = jnp.stack(
+      [
+          jnp.asarray(policy_chosen_logps),
+          jnp.asarray(policy_rejected_logps),
+          jnp.asarray(policy_pair_not_logps),
+      ],
+      axis=-1,
+  )
+  if temperature != 1.0:
+    log_targets = jax.nn.log_softmax(log_targets / temperature, axis=-1)
+    log_preds = jax.nn.log_softmax(log_preds / temperature, axis=-1)
+  return -jnp.sum(_weighted_log(jnp.exp(log_targets), log_preds), axis=-1)
+
+
+def slpo_token_weights(
+    reference_logits: ArrayLike,
+    chosen_labels: ArrayLike,
+    rejected_labels: ArrayLike,
+) -> jax.Array:
+  """Per-token targets ``w_t = p_ref,t(y_w,t) + p_ref,t(y_l,t)`` for the token form.
+
+  Where the two tokens coincide, the probability is counted once.
+
+  Args:
+    reference_logits: ``[..., T, V]`` reference logits on the chosen sequence.
+    chosen_labels: ``[..., T]`` ids of y_w.
+    rejected_labels: ``[..., T]`` ids of y_l, aligned by position.
+
+  Returns:
+    ``[..., T]`` weights in [0, 1].
+  """
+  stats = _logprobs.token_logps(
+      reference_logits, chosen_labels, also_exclude=rejected_labels
+  )
+  # 1 - w_t is exactly the mass outside both tokens.
+  return -jnp.expm1(stats.not_logp)
+
+
+def slpo_token_loss(
+    logits: ArrayLike,
+    chosen_labels: ArrayLike,
+    rejected_labels: ArrayLike,
+    target_weights: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Token-level SLPO, the form in the earlier draft's code.
+
+  At every counted step the next-token distribution is split three ways: the
+  chosen token, the rejected token and all others, with targets
+  ``[w_t, 0, 1 - w_t]``:
+
+  .. math::
+    L = -\frac{1}{\sum_t m_t}\sum_t m_t\big[w_t \log p_t(y_{w,t})
+        + (1 - w_t)\log(1 - p_t(y_{w,t}) - p_t(y_{l,t}))\big]
+
+  Tokens are aligned by position, as in the draft; :func:`slpo_token_weights`
+  gives the natural ``w_t`` from a reference model.
+
+  Args:
+    logits: ``[..., T, V]`` policy logits teacher-forced on y_w.
+    chosen_labels: ``[..., T]`` ids of y_w.
+    rejected_labels: ``[..., T]`` ids of y_l, aligned by position.
+    target_weights: ``[..., T]`` w_t in [0, 1].
+    where: optional ``[..., T]`` bool mask of counted tokens.
+
+  Returns:
+    ``[...]`` per-example losses, averaged over counted tokens (0 for a row
+    with none).
+
+  References:
+    Ho, "Supervised Learning Preference Optimization" (earlier draft), section 6
+    code listing.
+  """
+  _logprobs._check_logits_labels(logits, chosen_labels)
+  where = _logprobs._check_where(where, jnp.shape(chosen_labels))
+  chosen_labels = jnp.where(where, jnp.asarray(chosen_labels), 0)
+  rejected_labels = jnp.where(where, jnp.asarray(rejected_labels), 0)
+  stats = _logprobs.token_logps(
+      logits, chosen_labels, also_exclude=rejected_labels
+  )
+  weights = jnp.clip(jnp.asarray(target_weights), 0.0, 1.0)
+  per_token = -(
+      _weighted_log(weights, stats.logp)
+      + _weighted_log(1.0 - weights, stats.not_logp)
+  )
+  per_token = jnp.where(where, per_token, 0.0)
+  count = jnp.sum(where, axis=-1)
+  return jnp.sum(per_token, axis=-1) / jnp.maximum(count, 1)
