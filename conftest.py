@@ -11,7 +11,7 @@ os.environ.setdefault(
 
 import pytest  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
 HH_RLHF_PATH = SHARED_DIR / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
