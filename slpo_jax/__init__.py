@@ -7,6 +7,7 @@ The top level re-exports the pure functions most users need::
 
 from slpo_jax import losses
 from slpo_jax.logprobs import pair_not_logps
+from slpo_jax.logprobs import pair_not_logps_from_token_logps
 from slpo_jax.logprobs import sequence_logps
 from slpo_jax.logprobs import sequence_logps_from_token_logps
 from slpo_jax.logprobs import token_logps
@@ -15,6 +16,7 @@ from slpo_jax.metrics import preference_metrics
 __all__ = [
     "losses",
     "pair_not_logps",
+    "pair_not_logps_from_token_logps",
     "preference_metrics",
     "sequence_logps",
     "sequence_logps_from_token_logps",

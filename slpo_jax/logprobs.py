@@ -259,10 +259,52 @@ def pair_not_logps(
   rejected_where = _check_where(rejected_where, shape)
   chosen_labels = jnp.where(chosen_where, jnp.asarray(chosen_labels), 0)
   rejected_labels = jnp.where(rejected_where, jnp.asarray(rejected_labels), 0)
+  # At the divergence step both a_d and b_d leave the complement.
+  chosen_both_out = token_logps(
+      chosen_logits, chosen_labels, also_exclude=rejected_labels
+  ).not_logp
+  return pair_not_logps_from_token_logps(
+      token_logps(chosen_logits, chosen_labels),
+      chosen_both_out,
+      token_logps(rejected_logits, rejected_labels),
+      chosen_labels,
+      rejected_labels,
+      chosen_where=chosen_where,
+      rejected_where=rejected_where,
+  )
 
+
+def pair_not_logps_from_token_logps(
+    chosen: TokenLogps,
+    chosen_both_out_not_logp: ArrayLike,
+    rejected: TokenLogps,
+    chosen_labels: ArrayLike,
+    rejected_labels: ArrayLike,
+    *,
+    chosen_where: ArrayLike | None = None,
+    rejected_where: ArrayLike | None = None,
+) -> jax.Array:
+  """The reduction half of :func:`pair_not_logps`, from per-token values.
+
+  Args:
+    chosen: per-token values of y_w (see :func:`token_logps`).
+    chosen_both_out_not_logp: ``[..., T]`` ``log(1 - p_t(a_t) - p_t(b_t))``
+      on the chosen row (``token_logps(..., also_exclude=rejected_labels)``).
+    rejected: per-token values of y_l.
+    chosen_labels: ``[..., T]`` ids of y_w.
+    rejected_labels: ``[..., T]`` ids of y_l.
+    chosen_where: optional ``[..., T]`` bool response mask of y_w.
+    rejected_where: optional ``[..., T]`` bool response mask of y_l.
+
+  Returns:
+    ``[...]`` values of ``log pi(Y not in {y_w, y_l})``.
+  """
+  shape = jnp.shape(chosen_labels)
+  chosen_where = _check_where(chosen_where, shape)
+  rejected_where = _check_where(rejected_where, shape)
   both = chosen_where & rejected_where
   differs = (chosen_where != rejected_where) | (
-      both & (chosen_labels != rejected_labels)
+      both & (jnp.asarray(chosen_labels) != jnp.asarray(rejected_labels))
   )
   # Positions up to and including the first difference: cumsum of `differs`
   # is 0 before d and 1 at d.
@@ -274,18 +316,13 @@ def pair_not_logps(
   branches = jnp.any(at_divergence & both, axis=-1, keepdims=True)
   after = (seen >= 1) & ~at_divergence & branches
 
-  chosen = token_logps(chosen_logits, chosen_labels)
-  rejected = token_logps(rejected_logits, rejected_labels)
-  # At the divergence step both a_d and b_d leave the complement.
-  chosen_both_out = token_logps(
-      chosen_logits, chosen_labels, also_exclude=rejected_labels
-  ).not_logp
-
   chosen_prefix = _exclusive_cumsum(jnp.where(chosen_where, chosen.logp, 0.0))
   rejected_prefix = _exclusive_cumsum(
       jnp.where(rejected_where, rejected.logp, 0.0)
   )
-  chosen_not = jnp.where(at_divergence, chosen_both_out, chosen.not_logp)
+  chosen_not = jnp.where(
+      at_divergence, chosen_both_out_not_logp, chosen.not_logp
+  )
   chosen_terms = chosen_prefix + chosen_not
   rejected_terms = rejected_prefix + rejected.not_logp
 
