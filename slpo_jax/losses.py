@@ -480,10 +480,36 @@ def slpo_token_loss(
   stats = _logprobs.token_logps(
       logits, chosen_labels, also_exclude=rejected_labels
   )
+  return slpo_token_loss_from_token_logps(
+      stats.logp, stats.not_logp, target_weights, where=where
+  )
+
+
+def slpo_token_loss_from_token_logps(
+    chosen_token_logps: ArrayLike,
+    others_token_logps: ArrayLike,
+    target_weights: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  """:func:`slpo_token_loss` from per-token values instead of logits.
+
+  Args:
+    chosen_token_logps: ``[..., T]`` ``log p_t(y_w,t)``.
+    others_token_logps: ``[..., T]`` ``log(1 - p_t(y_w,t) - p_t(y_l,t))``, as
+      from ``token_logps(logits, chosen, also_exclude=rejected).not_logp``.
+    target_weights: ``[..., T]`` w_t in [0, 1].
+    where: optional ``[..., T]`` bool mask of counted tokens.
+
+  Returns:
+    ``[...]`` per-example losses, averaged over counted tokens.
+  """
+  chosen_token_logps = jnp.asarray(chosen_token_logps)
+  where = _logprobs._check_where(where, chosen_token_logps.shape)
   weights = jnp.clip(jnp.asarray(target_weights), 0.0, 1.0)
   per_token = -(
-      _weighted_log(weights, stats.logp)
-      + _weighted_log(1.0 - weights, stats.not_logp)
+      _weighted_log(weights, chosen_token_logps)
+      + _weighted_log(1.0 - weights, jnp.asarray(others_token_logps))
   )
   per_token = jnp.where(where, per_token, 0.0)
   count = jnp.sum(where, axis=-1)
