@@ -1,0 +1,76 @@
+"""Every configuration key of the training program, with its default.
+
+Experiment configs import this file and change fields; they never add keys.
+Any key can be overridden on the command line, for example::
+
+  python -m train.main --config configs/default.py --workdir /tmp/run \\
+      --config.loss.name=slpo --config.loss.temperature=64
+
+A key that is not declared here is an error (the config is locked).
+"""
+
+import ml_collections
+
+from train.data import default_data_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The base configuration: a tiny model on the synthetic task."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds initialisation, data order and sampling.
+  config.steps = 300  # Optimizer steps.
+  config.batch_size = 32  # Global preference pairs per optimizer step.
+  config.grad_accum_steps = 1  # Micro-batches per step; batch_size divides.
+  config.log_every = 10  # Steps between training-metric records.
+  config.eval_every = 100  # Steps between held-out evaluations; 0 = never.
+  config.eval_batches = 0  # Eval batches per evaluation; 0 = the whole split.
+  config.checkpoint_every = 100  # Steps between checkpoints; 0 = end only.
+  config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "dpo"  # Any loss of slpo_jax.losses (see train/objective.py).
+  config.loss.beta = 0.1  # DPO/IPO/hinge/SimPO/ORPO strength.
+  config.loss.label_smoothing = 0.0  # cDPO flip probability.
+  config.loss.temperature = 1.0  # SLPO temperature; 1 is Eq. 8 exactly.
+  config.loss.alpha = 0.9  # Soft SLPO's winner share, 0.5 < alpha <= 1.
+  config.loss.gamma = 0.5  # SimPO's target margin.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"  # 'adamw' or 'rmsprop'.
+  config.optimizer.learning_rate = 1e-4  # Peak learning rate.
+  config.optimizer.warmup_steps = 10  # Linear warm-up from 0.
+  config.optimizer.decay = "cosine"  # 'cosine', 'linear' or 'constant' after warm-up.
+  config.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW).
+  config.optimizer.b1 = 0.9  # Adam first-moment decay.
+  config.optimizer.b2 = 0.999  # Adam second-moment decay / RMSprop decay.
+  config.optimizer.eps = 1e-8  # Optimizer epsilon.
+  config.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 = off.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.family = "llama"  # 'gpt2' or 'llama' (built-in sizes).
+  config.model.size = "tiny"  # Built-in size when no checkpoint is given.
+  config.model.checkpoint = ""  # Hugging Face folder to start from ('' = none).
+  config.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
+  config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
+  config.model.vocab_chunk_size = 2048  # Fused head: vocabulary chunk.
+  config.model.token_chunk_size = 1024  # Fused head: token chunk.
+
+  config.reference = ml_collections.ConfigDict()
+  config.reference.mode = "online"  # 'online' (frozen tree) or 'precomputed'.
+  config.reference.checkpoint = ""  # Reference weights; '' = the policy's start.
+  config.reference.sft_steps = 0  # Pre-train the reference on the task first.
+  config.reference.sft_learning_rate = 3e-3  # Learning rate of that pre-training.
+  config.reference.sft_batch_size = 64  # Sequences per pre-training step.
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # Data-parallel axis size; -1 = all remaining devices.
+  config.mesh.fsdp = 1  # Parameter-sharding axis size.
+  config.mesh.tensor = 1  # Tensor-parallel axis size.
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ""  # host:port; '' = auto-detect.
+  config.distributed.num_processes = 0  # 0 = auto-detect (TPU, SLURM).
+  config.distributed.process_id = -1  # -1 = auto-detect.
+
+  config.data = default_data_config()  # See train/data.
+  return config

@@ -1,0 +1,180 @@
+"""The optimizer, the training state and the pure train and eval steps."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from train import objective
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """What the optimizer owns: step, policy parameters, optimizer state.
+
+  The reference parameters are deliberately not in here: they are a separate
+  argument of :func:`train_step`, never optimized, donated or checkpointed.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to the peak, then cosine, linear or constant."""
+  peak = config.learning_rate
+  warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+  rest = max(total_steps - warmup, 1)
+  if config.decay == "cosine":
+    after = optax.cosine_decay_schedule(peak, rest)
+  elif config.decay == "linear":
+    after = optax.linear_schedule(peak, 0.0, rest)
+  elif config.decay == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(
+        f"unknown optimizer.decay {config.decay!r}; use 'cosine', 'linear' or"
+        " 'constant'."
+    )
+  if warmup == 0:
+    return after
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), after], [warmup]
+  )
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """Clipping followed by AdamW or RMSprop on the schedule."""
+  schedule = learning_rate_schedule(config, total_steps)
+  if config.name == "adamw":
+    update = optax.adamw(
+        schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+  elif config.name == "rmsprop":
+    update = optax.rmsprop(schedule, decay=config.b2, eps=config.eps)
+  else:
+    raise ValueError(
+        f"unknown optimizer.name {config.name!r}; use 'adamw' or 'rmsprop'."
+    )
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), update)
+  return update
+
+
+def _split_micro_batches(batch, count: int):
+  return jax.tree.map(
+      lambda x: x.reshape((count, x.shape[0] // count) + x.shape[1:]), batch
+  )
+
+
+def _reference_stats(model, reference, batch, spec, head):
+  """Reference statistics: precomputed in the batch, or from the frozen tree."""
+  if not spec.needs_reference:
+    return None
+  if reference is None:
+    return {
+        "chosen_logps": batch["reference_chosen_logps"],
+        "rejected_logps": batch["reference_rejected_logps"],
+    }
+  # stop_gradient makes the frozen tree a constant of the loss even if a
+  # caller differentiates through it.
+  frozen = jax.lax.stop_gradient(reference)
+  return objective.sequence_stats(model, frozen, batch, spec, head)
+
+
+def train_step(
+    state: TrainState,
+    reference: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    loss_config: Any,
+    head: objective.HeadOptions,
+    grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step over ``grad_accum_steps`` micro-batches.
+
+  The loss is the example-weighted mean over the whole (global) batch; the
+  gradient of each micro-batch is of its weighted *sum*, and the total is
+  divided once by the total weight, so accumulation gives the same update as
+  one large batch.
+
+  Args:
+    state: the policy's training state.
+    reference: the frozen reference parameters, or None when the batch carries
+      precomputed ``reference_chosen_logps``/``reference_rejected_logps``.
+    batch: the pipeline's batch, leading axis the global batch.
+    model: the model object (``apply``, ``hidden_states``).
+    optimizer: from :func:`make_optimizer`.
+    loss_config: ``config.loss``.
+    head: fused or plain per-token computation.
+    grad_accum_steps: micro-batches per step.
+
+  Returns:
+    The new state and metrics averaged by example weight, plus ``grad_norm``
+    and ``finite`` (False if the loss or gradient has a non-finite value).
+  """
+  spec = objective.loss_spec(loss_config.name)
+
+  def summed_loss(params, micro):
+    policy = objective.sequence_stats(model, params, micro, spec, head)
+    ref = _reference_stats(model, reference, micro, spec, head)
+    return objective.compute_loss(
+        spec, loss_config, policy, ref, micro["example_weight"]
+    )
+
+  grad_fn = jax.grad(summed_loss, has_aux=True)
+  micro_batches = _split_micro_batches(batch, grad_accum_steps)
+
+  def accumulate(carry, micro):
+    grads, sums = grad_fn(state.params, micro)
+    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  carry = grad_fn(state.params, first)
+  if grad_accum_steps > 1:
+    rest = jax.tree.map(lambda x: x[1:], micro_batches)
+    carry, _ = jax.lax.scan(accumulate, carry, rest)
+  grads, sums = carry
+  total_weight = jnp.maximum(sums.pop("weight"), 1e-9)
+  grads = jax.tree.map(lambda g: g / total_weight, grads)
+  metrics = {name: value / total_weight for name, value in sums.items()}
+
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # A non-finite step leaves the state untouched; the loop then stops, so no
+  # checkpoint ever holds non-finite values.
+  new_state = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old),
+      state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+      state,
+  )
+  metrics["grad_norm"] = grad_norm
+  metrics["finite"] = finite
+  return new_state, metrics
+
+
+def eval_step(
+    params: Any,
+    reference: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: Any,
+    loss_config: Any,
+    head: objective.HeadOptions,
+) -> dict[str, jax.Array]:
+  """Weighted metric sums (and ``weight``) of the policy on one batch."""
+  spec = objective.loss_spec(loss_config.name)
+  policy = objective.sequence_stats(model, params, batch, spec, head)
+  ref = _reference_stats(model, reference, batch, spec, head)
+  _, sums = objective.compute_loss(
+      spec, loss_config, policy, ref, batch["example_weight"]
+  )
+  return sums
