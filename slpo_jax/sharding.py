@@ -51,9 +51,12 @@ def make_mesh(
         " mesh.data=-1 or sizes whose product is the device count."
     )
   shape = (data, fsdp, tensor)
+  # Auto axes: jit propagates shardings from in/out_shardings and the
+  # parameters' placement, as on every JAX version.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
