@@ -1,0 +1,44 @@
+"""Train a policy on preference pairs.
+
+  python -m train.main --config configs/default.py --workdir /tmp/run
+
+Any config key can be overridden: ``--config.loss.name=slpo``. Rerunning the
+same command in the same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from train import distributed
+from train import errors
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and caches go.")
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  distributed.initialize(config.distributed)
+  distributed.log_devices()
+  from train import loop  # Imported after JAX's distributed runtime is up.
+
+  try:
+    loop.train_and_evaluate(config, _WORKDIR.value)
+  except errors.user_errors() as error:
+    # Errors the user can fix by changing the config or data: one line, no
+    # traceback.
+    logging.error("%s", error)
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
