@@ -24,7 +24,8 @@ def make_mesh(
   """A ``(data, fsdp, tensor)`` mesh over all (or the given) devices.
 
   Args:
-    data: data-parallel size; -1 takes all devices left after fsdp and tensor.
+    data: data-parallel size. Any one axis may be -1: it takes all devices
+      the others leave.
     fsdp: parameter-and-batch sharding size.
     tensor: tensor-parallel size.
     devices: devices to use; defaults to ``jax.devices()``.
@@ -34,21 +35,27 @@ def make_mesh(
   """
   devices = list(jax.devices() if devices is None else devices)
   count = len(devices)
-  for name, size in (("fsdp", fsdp), ("tensor", tensor)):
-    if size < 1:
-      raise ValueError(f"mesh.{name} must be >= 1, got {size}.")
-  if data == -1:
-    if count % (fsdp * tensor):
+  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {sizes}.")
+  for name, size in sizes.items():
+    if size < 1 and name not in free:
+      raise ValueError(f"mesh.{name} must be >= 1 or -1, got {size}.")
+  fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+  if free:
+    if count % fixed:
       raise ValueError(
-          f"{count} devices cannot be split into fsdp={fsdp} x tensor={tensor};"
+          f"{count} devices cannot be split by the fixed mesh sizes {sizes};"
           " choose sizes whose product divides the device count."
       )
-    data = count // (fsdp * tensor)
+    sizes[free[0]] = count // fixed
+  data, fsdp, tensor = sizes["data"], sizes["fsdp"], sizes["tensor"]
   if data * fsdp * tensor != count:
     raise ValueError(
         f"mesh data={data} x fsdp={fsdp} x tensor={tensor} ="
-        f" {data * fsdp * tensor} devices, but {count} are available; set"
-        " mesh.data=-1 or sizes whose product is the device count."
+        f" {data * fsdp * tensor} devices, but {count} are available; set one"
+        " axis to -1 or sizes whose product is the device count."
     )
   shape = (data, fsdp, tensor)
   # Auto axes: jit propagates shardings from in/out_shardings and the
