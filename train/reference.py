@@ -1,0 +1,147 @@
+"""Precomputed reference log-probabilities, cached on disk.
+
+One pass over the data computes ``log pi_ref(y_w)`` and ``log pi_ref(y_l)`` of
+every pair this process reads; the result is saved under a key made of the
+dataset's fingerprint, the reference parameters' hash and the settings that
+change the values (lengths, loss head). Later runs with the same key load it,
+and training steps then run no reference forward pass at all.
+"""
+
+import hashlib
+import json
+import pathlib
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from slpo_jax import sharding
+from train import objective
+
+
+def params_fingerprint(params) -> str:
+  """A short hash of a parameter tree's values."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(params)):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _stats_fn(model, head):
+  spec = objective.LossSpec(fn=None)
+
+  def stats(params, batch):
+    out = objective.sequence_stats(model, params, batch, spec, head)
+    return out["chosen_logps"], out["rejected_logps"]
+
+  return jax.jit(stats)
+
+
+class ReferenceCache:
+  """Reference log-probs by example id, attached to batches as they pass."""
+
+  def __init__(self, chosen: dict[int, float], rejected: dict[int, float]):
+    self._chosen = chosen
+    self._rejected = rejected
+
+  @classmethod
+  def build(cls, workdir, config, model, reference_params, pipeline, mesh, *,
+            dataset_fingerprint: str, head) -> "ReferenceCache":
+    key_fields = {
+        "data": dataset_fingerprint,
+        "reference": params_fingerprint(reference_params),
+        "max_length": config.data.max_length,
+        "max_prompt_length": config.data.max_prompt_length,
+        "buckets": list(config.data.length_buckets),
+        "head": config.model.loss_head,
+        "dtype": config.model.dtype,
+    }
+    key = hashlib.sha256(
+        json.dumps(key_fields, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    path = (
+        pathlib.Path(workdir) / "reference_logps"
+        / f"{key}.process{jax.process_index()}.npz"
+    )
+    if path.exists():
+      stored = np.load(path)
+      ids = stored["example_id"].tolist()
+      return cls(dict(zip(ids, stored["chosen"].tolist())),
+                 dict(zip(ids, stored["rejected"].tolist())))
+    stats = _stats_fn(model, head)
+    batch_spec = sharding.batch_sharding(mesh)
+    chosen, rejected = {}, {}
+    for split in ("train", "eval"):
+      for batch in tqdm(pipeline(split, single_pass=True),
+                        desc=f"reference log-probs ({split})",
+                        disable=jax.process_index() != 0):
+        device_batch = {
+            k: jax.make_array_from_process_local_data(batch_spec, np.asarray(v))
+            for k, v in batch.items()
+        }
+        c, r = stats(reference_params, device_batch)
+        # Each process keeps the rows it owns: its addressable shards.
+        c, r = _local_rows(c), _local_rows(r)
+        for i, cv, rv, w in zip(batch["example_id"], c, r,
+                                batch["example_weight"]):
+          if w > 0:
+            chosen[int(i)], rejected[int(i)] = float(cv), float(rv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = np.array(sorted(chosen), np.int64)
+    np.savez(path, example_id=ids,
+             chosen=np.array([chosen[i] for i in ids], np.float32),
+             rejected=np.array([rejected[i] for i in ids], np.float32))
+    return cls(chosen, rejected)
+
+  def _attach(self, batch: dict) -> dict:
+    ids = batch["example_id"]
+    real = batch["example_weight"] > 0
+    batch = dict(batch)
+    batch["reference_chosen_logps"] = np.array(
+        [self._chosen[int(i)] if ok else 0.0 for i, ok in zip(ids, real)],
+        np.float32)
+    batch["reference_rejected_logps"] = np.array(
+        [self._rejected[int(i)] if ok else 0.0 for i, ok in zip(ids, real)],
+        np.float32)
+    return batch
+
+  def attach(self, iterator):
+    return _AttachingIterator(iterator, self._attach)
+
+  def attach_all(self, batches):
+    return (self._attach(b) for b in batches)
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start in seen:  # Replicas over the tensor axis hold the same rows.
+      continue
+    seen.add(start)
+    rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)
+
+
+class _AttachingIterator:
+  """Wraps a checkpointable iterator; its state is the wrapped one's."""
+
+  def __init__(self, inner, attach):
+    self._inner = inner
+    self._attach = attach
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self._attach(next(self._inner))
+
+  def get_state(self):
+    return self._inner.get_state()
+
+  def set_state(self, state):
+    self._inner.set_state(state)
+
