@@ -13,6 +13,15 @@ factor ``log(1 - p_t(y_t))`` is taken as a logsumexp over the vocabulary with
 y_t masked out, never as ``log1p(-exp(log p))``, which in float32 returns -inf
 or noise when p is close to 1 -- where a trained model spends its time.
 
+The first-mismatch sum has the opposite weakness: when pi(y) is small the sum
+is close to 1, its log close to 0, and its gradient a sum of O(p_t) terms that
+cancel down to O(pi(y)); in float32 both keep only an absolute precision of
+about 1e-7, so for a long response the gradient is rounding noise instead of
+the true, vanishing value. A sequence-level complement therefore switches
+form at pi(y) = 1/2 (Maechler's rule for ``log(1 - exp(x))``): the
+first-mismatch sum above it, ``log1p(-exp(log pi(y)))`` below it, each where it
+is accurate to float precision in value and gradient.
+
 Everything here is a pure function of arrays: it jits, vmaps and differentiates.
 """
 
@@ -46,6 +55,27 @@ def _safe_log(x: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
 
+# log(1/2): where the accurate form of log(1 - exp(x)) changes (see above).
+_LOG_HALF = -0.6931471805599453
+
+
+def _complement(logp: jax.Array, first_mismatch: jax.Array) -> jax.Array:
+  """``log(1 - exp(logp))``, from whichever form is accurate at ``logp``.
+
+  Args:
+    logp: log-probability of the covered set (one sequence, or two).
+    first_mismatch: the same complement as a logsumexp of positive terms,
+      accurate when ``exp(logp) > 1/2``.
+
+  Returns:
+    ``log1p(-exp(logp))`` where ``logp <= log(1/2)``, else ``first_mismatch``.
+  """
+  below_half = logp <= _LOG_HALF
+  # The unselected branch must keep a finite gradient: clamp its input.
+  safe = jnp.where(below_half, logp, _LOG_HALF)
+  return jnp.where(below_half, jnp.log1p(-jnp.exp(safe)), first_mismatch)
+
+
 def _masked_logsumexp(x: jax.Array, where: jax.Array, axis: int) -> jax.Array:
   """logsumexp over entries with ``where``; -inf (zero gradient) if none."""
   x = jnp.where(where, x, -jnp.inf)
@@ -63,9 +93,13 @@ def token_logps(
 ) -> TokenLogps:
   """Per-token ``log p_t(y_t)`` and ``log(1 - p_t(y_t))`` from logits.
 
-  Logits are shifted by their (constant) maximum before any sum, so both values
-  keep float32 relative precision even for logits of magnitude 1e4, where
-  subtracting two large log-normalisers would lose it.
+  With ``l`` the label's logit and ``o`` the logsumexp of the other logits,
+  ``p_t(y_t) = sigmoid(l - o)``, so ``log p = log_sigmoid(l - o)`` and
+  ``log(1 - p) = log_sigmoid(o - l)``. No log-normaliser is subtracted: for
+  p = 1 - 1e-7 the normaliser ``log(1 + 1e-7)`` rounds to 0 or 1.2e-7 in
+  float32, while ``log_sigmoid`` keeps the full relative precision of both
+  values. Logits are first shifted by their (constant) maximum, so that ``l``
+  and ``o`` stay small where it matters, even for logits of magnitude 1e4.
 
   Args:
     logits: ``[..., T, V]`` unnormalised scores (any float dtype).
@@ -81,16 +115,19 @@ def token_logps(
   labels = jnp.asarray(labels)
   vocab = jnp.arange(logits.shape[-1])
   is_label = vocab == labels[..., None]
-  excluded = is_label
-  if also_exclude is not None:
-    excluded = excluded | (vocab == jnp.asarray(also_exclude)[..., None])
   shifted = logits - jax.lax.stop_gradient(
       jnp.max(logits, axis=-1, keepdims=True)
   )
-  log_normaliser = jax.nn.logsumexp(shifted, axis=-1)
   label_logit = jnp.sum(jnp.where(is_label, shifted, 0.0), axis=-1)
-  others = _masked_logsumexp(shifted, ~excluded, axis=-1)
-  return TokenLogps(label_logit - log_normaliser, others - log_normaliser)
+  others = _masked_logsumexp(shifted, ~is_label, axis=-1)
+  # p = e^l / (e^l + e^o): the two-class logistic form of the softmax.
+  logp = jax.nn.log_sigmoid(label_logit - others)
+  if also_exclude is None:
+    return TokenLogps(logp, jax.nn.log_sigmoid(others - label_logit))
+  excluded = is_label | (vocab == jnp.asarray(also_exclude)[..., None])
+  kept = _masked_logsumexp(shifted, ~excluded, axis=-1)
+  removed = _masked_logsumexp(shifted, excluded, axis=-1)
+  return TokenLogps(logp, jax.nn.log_sigmoid(kept - removed))
 
 
 def _exclusive_cumsum(x: jax.Array) -> jax.Array:
@@ -144,8 +181,11 @@ def sequence_logps_from_token_logps(
   where = _check_where(where, token_logp.shape)
   counted_logp = jnp.where(where, token_logp, 0.0)
   prefix_logp = _exclusive_cumsum(counted_logp)
-  not_logp = _masked_logsumexp(prefix_logp + token_not_logp, where, axis=-1)
-  return jnp.sum(counted_logp, axis=-1), not_logp
+  first_mismatch = _masked_logsumexp(
+      prefix_logp + token_not_logp, where, axis=-1
+  )
+  logp = jnp.sum(counted_logp, axis=-1)
+  return logp, _complement(logp, first_mismatch)
 
 
 def _check_logits_labels(logits, labels, name: str = "logits") -> None:
@@ -330,4 +370,20 @@ def pair_not_logps_from_token_logps(
   rejected_counted = rejected_where & after
   terms = jnp.concatenate([chosen_terms, rejected_terms], axis=-1)
   counted = jnp.concatenate([chosen_counted, rejected_counted], axis=-1)
-  return _masked_logsumexp(terms, counted, axis=-1)
+  tree = _masked_logsumexp(terms, counted, axis=-1)
+
+  # The mass the tree covers: both responses if they branch, else the shorter
+  # one (a prefix of the other, or the same response).
+  chosen_logp = jnp.sum(jnp.where(chosen_where, chosen.logp, 0.0), axis=-1)
+  rejected_logp = jnp.sum(jnp.where(rejected_where, rejected.logp, 0.0), -1)
+  chosen_shorter = jnp.sum(chosen_where, -1) <= jnp.sum(rejected_where, -1)
+  covered = jnp.where(
+      jnp.squeeze(branches, -1),
+      _masked_logsumexp(
+          jnp.stack([chosen_logp, rejected_logp], -1),
+          jnp.ones(chosen_logp.shape + (2,), bool),
+          axis=-1,
+      ),
+      jnp.where(chosen_shorter, chosen_logp, rejected_logp),
+  )
+  return _complement(covered, tree)
