@@ -1,0 +1,247 @@
+"""Loading a preference dataset and iterating over its batches.
+
+`load_dataset` does all the work that can fail (reading, validating,
+tokenizing) eagerly, so bad data stops the program before training starts.
+Every host loads the whole source, so all hosts agree on errors, the report
+and the fingerprint; each then iterates only over its own shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from slpo_jax.tasks.synthetic import PreferencePairs
+from slpo_jax.tasks.synthetic import SampleFn
+from train.data import batching
+from train.data import encode
+from train.data import sources
+from train.data import synthetic
+from train.data.config import validate_data_config
+from train.data.report import BadRecordPolicy
+from train.data.report import DataError
+from train.data.report import DataReport
+from train.data.tokenization import Tokenizer
+from train.data.tokenization import load_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceDataset:
+  """One split of a preference dataset, tokenized and in memory.
+
+  Attributes:
+    pairs: the pairs, in source order.
+    report: what loading did (loaded, skipped by reason, truncated).
+    fingerprint: hash of the tokenized pairs, a cache key (e.g. for
+      reference log-probs indexed by `example_id`).
+    pad_id: the tokenizer's padding id.
+    length_buckets: padded lengths batches may have.
+  """
+
+  pairs: tuple[encode.TokenizedPair, ...]
+  report: DataReport
+  fingerprint: str
+  pad_id: int
+  length_buckets: tuple[int, ...]
+
+  def __len__(self) -> int:
+    return len(self.pairs)
+
+  def batches(
+      self,
+      *,
+      batch_size: int,
+      seed: int,
+      shard_index: int,
+      shard_count: int,
+      repeat: bool,
+  ) -> batching.BatchIterator:
+    """A checkpointable iterator of batches (see `make_pipeline`)."""
+
+    def collate(entries):
+      return batching.collate_pairs(
+          entries, buckets=self.length_buckets, pad_id=self.pad_id)
+
+    return batching.make_batch_iterator(
+        self.pairs, collate, batch_size=batch_size, seed=seed,
+        shard_index=shard_index, shard_count=shard_count, repeat=repeat,
+        fingerprint=self.fingerprint, report=self.report)
+
+
+def make_tokenizer(
+    data_config: ml_collections.ConfigDict, model_checkpoint: str = ""
+) -> Tokenizer:
+  """The tokenizer for `data_config`.
+
+  Args:
+    data_config: the data config. Built-in tasks get their word tokenizer;
+      otherwise `data_config.tokenizer` names it (see `load_tokenizer`), and
+      'checkpoint' means the tokenizer saved with the model.
+    model_checkpoint: the model checkpoint directory, read when
+      `data_config.tokenizer` is 'checkpoint'.
+
+  Raises:
+    DataError: no such tokenizer, or a tokenizer set for a built-in task.
+  """
+  spec = data_config.tokenizer
+  if data_config.source in ("synthetic", *synthetic.BANDIT_SOURCES):
+    if spec != "bytes":
+      raise DataError(
+          f"data config: source {data_config.source!r} uses its own word "
+          f"vocabulary; leave tokenizer at 'bytes', not {spec!r}")
+    return synthetic.task_tokenizer(data_config.source)
+  if spec == "checkpoint":
+    if not model_checkpoint:
+      raise DataError("data config: tokenizer='checkpoint' needs a model "
+                      "checkpoint directory")
+    spec = str(model_checkpoint)
+  return load_tokenizer(spec)
+
+
+def _source_name(config: ml_collections.ConfigDict, split: str) -> str:
+  if config.source == "tfds":
+    return f"tfds {config.tfds_name}"
+  if config.source in ("jsonl", "hh"):
+    if split == "eval" and config.eval_path:
+      return config.eval_path
+    return config.train_path
+  return config.source
+
+
+def _read_text_pairs(config, split, policy, report) -> list[sources.TextPair]:
+  """Reads the text pairs of `split`, holding out eval pairs if asked."""
+  if config.source == "tfds":
+    from train.data import tfds_builder  # pylint: disable=g-import-not-at-top
+
+    own_eval = bool(config.tfds_split_eval)
+    name = config.tfds_split_eval if split == "eval" and own_eval else (
+        config.tfds_split_train)
+    pairs = tfds_builder.read_tfds_pairs(config, name, policy=policy,
+                                         report=report)
+  else:
+    own_eval = bool(config.eval_path)
+    path = config.eval_path if split == "eval" and own_eval else (
+        config.train_path)
+    pairs = sources.read_jsonl_pairs(
+        path, field_map=config.field_map,
+        transcripts=config.source == "hh", policy=policy, report=report)
+  if not own_eval and config.eval_fraction:
+    pairs, report.num_held_out = sources.split_held_out(
+        pairs, config.eval_fraction, split)
+  return pairs
+
+
+def load_dataset(
+    data_config: ml_collections.ConfigDict,
+    *,
+    tokenizer: Tokenizer,
+    split: str,
+    sample_fn: SampleFn | None = None,
+    pairs: PreferencePairs | None = None,
+) -> PreferenceDataset:
+  """Reads, validates and tokenizes one split.
+
+  Args:
+    data_config: the data config (`default_data_config()` documents it).
+    tokenizer: from `make_tokenizer(data_config)`.
+    split: 'train' or 'eval'.
+    sample_fn: synthetic task only: the reference model's sampler, used to
+      make pairs for the split's prompts (see
+      `train.data.synthetic.synthetic_token_pairs`).
+    pairs: synthetic task only: ready-made pairs for this split. With neither
+      `sample_fn` nor `pairs`, pairs are sampled from the base language.
+
+  Raises:
+    DataError: bad config, unreadable source, a bad record under
+      `on_bad_record='error'`, or no pairs.
+  """
+  validate_data_config(data_config, split)
+  report = DataReport(source=_source_name(data_config, split), split=split)
+  policy = BadRecordPolicy(data_config.on_bad_record, report)
+  if data_config.source != "synthetic" and (
+      sample_fn is not None or pairs is not None):
+    raise DataError(f"data config: sample_fn and pairs are for source "
+                    f"'synthetic', not {data_config.source!r}")
+  if data_config.source == "synthetic":
+    synthetic.check_tokenizer(data_config.source, tokenizer)
+    token_pairs = synthetic.synthetic_token_pairs(
+        data_config, split, sample_fn=sample_fn, pairs=pairs, policy=policy,
+        report=report)
+  elif data_config.source in synthetic.BANDIT_SOURCES:
+    synthetic.check_tokenizer(data_config.source, tokenizer)
+    # The bandit datasets are their own evaluation set.
+    token_pairs = synthetic.bandit_token_pairs(
+        data_config, policy=policy, report=report)
+  else:
+    text_pairs = _read_text_pairs(data_config, split, policy, report)
+    token_pairs = encode.encode_pairs(
+        text_pairs, tokenizer, max_length=data_config.max_length,
+        max_prompt_length=data_config.max_prompt_length, policy=policy,
+        report=report)
+  return PreferenceDataset(
+      pairs=tuple(token_pairs), report=report,
+      fingerprint=encode.fingerprint(token_pairs, tokenizer),
+      pad_id=tokenizer.pad_id,
+      length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)))
+
+
+def make_pipeline(
+    data_config: ml_collections.ConfigDict,
+    *,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+    split: str,
+    sample_fn: SampleFn | None = None,
+    pairs: PreferencePairs | None = None,
+    single_pass: bool | None = None,
+) -> batching.BatchIterator:
+  """Loads `split` and returns this host's iterator of preference batches.
+
+  Args:
+    data_config: the data config.
+    tokenizer: from `make_tokenizer(data_config)`.
+    batch_size: pairs per batch on this host (the global batch divided by
+      `shard_count`).
+    seed: shuffling seed; the batch sequence is a pure function of the data,
+      the seed, the batch size and the shard.
+    shard_index: this host's index (`jax.process_index()`).
+    shard_count: number of hosts (`jax.process_count()`).
+    split: 'train' or 'eval'.
+    sample_fn: see `load_dataset`.
+    pairs: see `load_dataset`.
+    single_pass: False: shuffled, repeating forever (training). True: one
+      pass in source order, the last batch filled with rows of
+      `example_weight` 0 (evaluation, or precomputing reference log-probs).
+      None: False for 'train', True for 'eval'.
+
+  Returns:
+    A `grain.DatasetIterator` of batch dicts with `get_state()` /
+    `set_state()`, plus `fingerprint`, `report`, `num_examples` and
+    `num_batches` (eval) attributes.
+  """
+  dataset = load_dataset(data_config, tokenizer=tokenizer, split=split,
+                         sample_fn=sample_fn, pairs=pairs)
+  if single_pass is None:
+    single_pass = split == "eval"
+  return dataset.batches(batch_size=batch_size, seed=seed,
+                         shard_index=shard_index, shard_count=shard_count,
+                         repeat=not single_pass)
+
+
+def fingerprint(data) -> str:
+  """The dataset fingerprint of a `make_pipeline` iterator or a dataset."""
+  return data.fingerprint
+
+
+def dataset_fingerprint(
+    data_config: ml_collections.ConfigDict,
+    *,
+    tokenizer: Tokenizer,
+    split: str,
+) -> str:
+  """The fingerprint of a split's tokenized pairs (loads the split)."""
+  return load_dataset(data_config, tokenizer=tokenizer, split=split).fingerprint

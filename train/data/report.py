@@ -1,0 +1,116 @@
+"""Data errors and the report of what was loaded, skipped and truncated.
+
+Every record the pipeline reads ends up in exactly one place: loaded, or
+skipped under a named reason (or, with `on_bad_record='error'`, a `DataError`
+naming the file and line). Nothing is dropped without being counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+# Reasons a record can be rejected, with what they mean. Stable names: they
+# appear in reports and logs.
+BAD_RECORD_REASONS = {
+    "invalid_utf8": "the line or a field is not valid UTF-8",
+    "malformed_json": "the line is not valid JSON",
+    "not_an_object": "the line is JSON but not an object",
+    "missing_field": "a required field is absent",
+    "non_string_field": "a required field is not a string",
+    "empty_response": "the chosen or rejected response is empty or blank",
+    "identical_responses": "chosen and rejected are the same text",
+    "no_assistant_turn": "an HH transcript has no '\\n\\nAssistant:' turn",
+    "prompt_mismatch": "an HH rejected transcript does not share the prompt",
+    "identical_after_truncation":
+        "chosen and rejected are the same tokens after truncation",
+}
+
+ON_BAD_RECORD = ("error", "skip")
+
+
+class DataError(ValueError):
+  """Bad data or data config, with a one-line message meant for the user.
+
+  Raised when a dataset is loaded, before training starts. The message names
+  the file and line (or record) where possible, so a program can print
+  `str(error)` instead of a traceback.
+  """
+
+
+@dataclasses.dataclass
+class DataReport:
+  """What loading one split of a dataset did.
+
+  Attributes:
+    source: where the data came from (path, TFDS name or task name).
+    split: 'train' or 'eval'.
+    num_records: records read (blank lines not counted).
+    num_loaded: pairs in the dataset.
+    skipped: records skipped, by reason (see `BAD_RECORD_REASONS`; the
+      synthetic task adds 'tied_reward' for prompts whose two samples scored
+      the same, which carry no preference).
+    first_skipped: where the first record skipped for each reason was.
+    num_held_out: pairs of the source assigned to the other split by
+      `eval_fraction`.
+    num_blank_lines: whitespace-only lines, which are not records.
+    num_truncated_prompts: pairs whose prompt was cut to `max_prompt_length`.
+    num_truncated_responses: pairs whose responses were cut to fit
+      `max_length`.
+  """
+
+  source: str
+  split: str
+  num_records: int = 0
+  num_loaded: int = 0
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  first_skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+  num_held_out: int = 0
+  num_blank_lines: int = 0
+  num_truncated_prompts: int = 0
+  num_truncated_responses: int = 0
+
+  @property
+  def num_skipped(self) -> int:
+    return sum(self.skipped.values())
+
+  def summary(self) -> str:
+    """One line for the log."""
+    parts = [f"{self.split} data from {self.source}: {self.num_loaded} pairs"]
+    parts.append(f"{self.num_records} records read")
+    if self.num_held_out:
+      parts.append(f"{self.num_held_out} held out for the other split")
+    if self.skipped:
+      reasons = ", ".join(
+          f"{reason}={count} (first at {self.first_skipped[reason]})"
+          for reason, count in sorted(self.skipped.items()))
+      parts.append(f"{self.num_skipped} skipped [{reasons}]")
+    if self.num_blank_lines:
+      parts.append(f"{self.num_blank_lines} blank lines")
+    parts.append(f"{self.num_truncated_prompts} prompts truncated")
+    parts.append(f"{self.num_truncated_responses} response pairs truncated")
+    return "; ".join(parts)
+
+
+class BadRecordPolicy:
+  """Applies `on_bad_record` to one bad record: raise, or count it."""
+
+  def __init__(self, on_bad_record: str, report: DataReport):
+    if on_bad_record not in ON_BAD_RECORD:
+      raise DataError(
+          f"data config: on_bad_record must be one of {ON_BAD_RECORD}, "
+          f"got {on_bad_record!r}")
+    self._raise = on_bad_record == "error"
+    self._report = report
+    self._counts = collections.Counter(report.skipped)
+
+  def bad(self, reason: str, location: str, detail: str = "") -> None:
+    """Handles a bad record at `location` (e.g. 'data.jsonl:12')."""
+    assert reason in BAD_RECORD_REASONS, reason
+    if self._raise:
+      message = f"{location}: {reason}: {detail or BAD_RECORD_REASONS[reason]}"
+      raise DataError(
+          message + " (on_bad_record='skip' skips and counts such records)")
+    self._counts[reason] += 1
+    self._report.skipped = dict(self._counts)
+    self._report.first_skipped.setdefault(reason, location)
