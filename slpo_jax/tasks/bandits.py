@@ -43,7 +43,8 @@ def bandit_tokenizer() -> WordTokenizer:
 def action_token(action: int) -> int:
   """The token id of action index `action` (0, 1, 2 for a, b, c)."""
   if not 0 <= action < len(ACTIONS):
-    raise ValueError(f"action index must be in [0, {len(ACTIONS)}), got {action}")
+    raise ValueError(
+        f"action index must be in [0, {len(ACTIONS)}), got {action}")
   return NUM_SPECIAL + action
 
 
@@ -57,6 +58,7 @@ def bandit_pairs(name: str) -> tuple[np.ndarray, np.ndarray]:
     `(chosen, rejected)`, each ``[num_pairs]`` int32 action tokens.
   """
   if name not in DATASETS:
-    raise ValueError(f"unknown bandit dataset {name!r}; one of {sorted(DATASETS)}")
+    raise ValueError(
+        f"unknown bandit dataset {name!r}; one of {sorted(DATASETS)}")
   pairs = np.asarray(DATASETS[name], np.int32) + NUM_SPECIAL
   return pairs[:, 0], pairs[:, 1]

@@ -133,7 +133,8 @@ def make_base_language(
     indexed ``[current, next]``.
   """
   if not 0.0 < eos_probability < 1.0:
-    raise ValueError(f"eos_probability must be in (0, 1), got {eos_probability}")
+    raise ValueError(
+        f"eos_probability must be in (0, 1), got {eos_probability}")
   rng = np.random.default_rng(seed)
   num_words = len(WORDS)
   transition = np.zeros([VOCAB_SIZE, VOCAB_SIZE])

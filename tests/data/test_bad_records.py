@@ -1,4 +1,4 @@
-"""Bad input: each kind raises a one-line DataError or is counted and skipped."""
+"""Each kind of bad input: a one-line DataError, or skipped and counted."""
 
 import gzip
 

@@ -1,4 +1,4 @@
-"""Reading pairs: JSONL (plain, gzip, remapped fields), HH transcripts, splits."""
+"""Reading pairs: JSONL (plain, gzip, remapped), HH transcripts, splits."""
 
 import gzip
 import json

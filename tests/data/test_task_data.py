@@ -91,8 +91,9 @@ def test_sft_batches(synthetic_config):
   assert np.all(ids[np.arange(16), lengths - 1] == synthetic.EOS_ID)
   # Every token after BOS is a label in the loss.
   np.testing.assert_array_equal(batch["loss_mask"].sum(axis=1), lengths - 1)
-  np.testing.assert_array_equal(batch["labels"][:, :-1][batch["loss_mask"][:, :-1]],
-                                ids[:, 1:][batch["loss_mask"][:, :-1]])
+  in_loss = batch["loss_mask"][:, :-1]
+  np.testing.assert_array_equal(batch["labels"][:, :-1][in_loss],
+                                ids[:, 1:][in_loss])
   state = batches.get_state()
   expected = next(batches)["example_id"]
   resumed = data.make_sft_pipeline(synthetic_config, batch_size=16, seed=0,

@@ -166,3 +166,12 @@ def test_encode_adding_bos_does_not_double_it(jsonl_config):
   dataset = data.load_dataset(jsonl_config, tokenizer=AddsBos(), split="train")
   for pair in dataset.pairs:
     assert pair.prompt[0] == 256 and pair.prompt[1] != 256
+
+
+def test_empty_tokenizer_means_the_model_checkpoint(jsonl_config,
+                                                    tokenizer_json):
+  jsonl_config.tokenizer = ""
+  tok = data.make_tokenizer(jsonl_config, str(tokenizer_json.parent))
+  assert isinstance(tok, data.HFTokenizer)
+  with pytest.raises(data.DataError, match="no model checkpoint"):
+    data.make_tokenizer(jsonl_config, "")

@@ -14,7 +14,8 @@ def test_transitive_and_contradictory_sets():
   assert list(zip(as_text(chosen), as_text(rejected))) == [
       ("a", "b"), ("b", "c"), ("a", "c")]
   chosen, rejected = bandits.bandit_pairs("contradictory")
-  assert list(zip(as_text(chosen), as_text(rejected))) == [("a", "b"), ("b", "a")]
+  assert list(zip(as_text(chosen), as_text(rejected))) == [
+      ("a", "b"), ("b", "a")]
   assert chosen.dtype == np.int32
 
 

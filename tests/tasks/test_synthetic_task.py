@@ -54,7 +54,8 @@ def test_reward_is_mean_word_sentiment_ignoring_specials():
   reward = synthetic.sentiment_reward(tokens, where)
   assert isinstance(reward, np.ndarray) and reward.dtype == np.float32
   np.testing.assert_allclose(reward, expected, rtol=1e-6)
-  jax_reward = synthetic.sentiment_reward(jnp.asarray(tokens), jnp.asarray(where))
+  jax_reward = synthetic.sentiment_reward(jnp.asarray(tokens),
+                                          jnp.asarray(where))
   assert isinstance(jax_reward, jax.Array)
   jit_reward = jax.jit(synthetic.sentiment_reward)(tokens, where)
   np.testing.assert_allclose(jax_reward, expected, rtol=1e-6)
@@ -67,7 +68,9 @@ def test_reward_range():
   reward = synthetic.sentiment_reward(tokens, rng.random((256, 10)) < 0.7)
   assert np.all(reward >= -1.0) and np.all(reward <= 1.0)
   best = _ids(synthetic.POSITIVE_WORDS[0])
-  assert synthetic.sentiment_reward(np.array([best * 3]), np.ones([1, 3], bool))[0] == 1.0
+  all_best = synthetic.sentiment_reward(np.array([best * 3]),
+                                        np.ones([1, 3], bool))
+  assert all_best[0] == 1.0
 
 
 def test_base_language_is_seeded_and_stochastic():
@@ -76,7 +79,8 @@ def test_base_language_is_seeded_and_stochastic():
   np.testing.assert_array_equal(language, synthetic.make_base_language(3))
   assert not np.array_equal(language, synthetic.make_base_language(4))
   assert language[vocab.BOS_ID, vocab.EOS_ID] == 0.0
-  np.testing.assert_allclose(language[synthetic.FIRST_WORD_ID:, vocab.EOS_ID], 0.1)
+  np.testing.assert_allclose(
+      language[synthetic.FIRST_WORD_ID:, vocab.EOS_ID], 0.1)
 
 
 def test_samples_are_well_formed():

@@ -44,8 +44,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.field_map = ml_collections.ConfigDict(
       dict(prompt="prompt", chosen="chosen", rejected="rejected"))
   # 'bytes' (built in), a tokenizer.json path, a SentencePiece .model path,
-  # a directory holding either, or 'checkpoint' for the model checkpoint's
-  # own tokenizer. The synthetic and bandit tasks use their own words and
+  # a directory holding either, or '' for the model checkpoint's own
+  # tokenizer. The synthetic and bandit tasks use their own words and
   # require 'bytes' here (the default) so that no setting is silently unused.
   config.tokenizer = "bytes"
   # Most tokens of prompt + response, BOS and EOS included.

@@ -77,9 +77,9 @@ def make_tokenizer(
   Args:
     data_config: the data config. Built-in tasks get their word tokenizer;
       otherwise `data_config.tokenizer` names it (see `load_tokenizer`), and
-      'checkpoint' means the tokenizer saved with the model.
+      '' means the tokenizer saved with the model checkpoint.
     model_checkpoint: the model checkpoint directory, read when
-      `data_config.tokenizer` is 'checkpoint'.
+      `data_config.tokenizer` is ''.
 
   Raises:
     DataError: no such tokenizer, or a tokenizer set for a built-in task.
@@ -91,10 +91,10 @@ def make_tokenizer(
           f"data config: source {data_config.source!r} uses its own word "
           f"vocabulary; leave tokenizer at 'bytes', not {spec!r}")
     return synthetic.task_tokenizer(data_config.source)
-  if spec == "checkpoint":
+  if not spec:
     if not model_checkpoint:
-      raise DataError("data config: tokenizer='checkpoint' needs a model "
-                      "checkpoint directory")
+      raise DataError("data config: tokenizer is '' (the model checkpoint's "
+                      "tokenizer) but no model checkpoint is set")
     spec = str(model_checkpoint)
   return load_tokenizer(spec)
 
@@ -109,7 +109,12 @@ def _source_name(config: ml_collections.ConfigDict, split: str) -> str:
   return config.source
 
 
-def _read_text_pairs(config, split, policy, report) -> list[sources.TextPair]:
+def _read_text_pairs(
+    config: ml_collections.ConfigDict,
+    split: str,
+    policy: BadRecordPolicy,
+    report: DataReport,
+) -> list[sources.TextPair]:
   """Reads the text pairs of `split`, holding out eval pairs if asked."""
   if config.source == "tfds":
     from train.data import tfds_builder  # pylint: disable=g-import-not-at-top

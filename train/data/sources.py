@@ -259,5 +259,6 @@ def split_held_out(
   ranked = sorted(range(len(pairs)), key=lambda i: _pair_hash(pairs[i]))
   eval_indices = set(ranked[:num_eval])
   want_eval = split == "eval"
-  selected = [p for i, p in enumerate(pairs) if (i in eval_indices) == want_eval]
+  selected = [pair for i, pair in enumerate(pairs)
+              if (i in eval_indices) == want_eval]
   return selected, len(pairs) - len(selected)
