@@ -119,3 +119,14 @@ def test_missing_tfds_dataset(tmp_path):
   config.tfds_data_dir = str(tmp_path)
   with pytest.raises(data.DataError, match="cannot open"):
     data.load_dataset(config, tokenizer=data.ByteTokenizer(), split="train")
+
+
+def test_command_line(jsonl_file, tmp_path, capsys):
+  tfds_builder.main([
+      "--name=cli", f"--train_path={jsonl_file}",
+      f"--data_dir={tmp_path}"])
+  out = capsys.readouterr().out
+  assert "local_preferences/cli train: 40 pairs" in out
+  with pytest.raises(SystemExit, match="file not found"):
+    tfds_builder.main(["--name=cli2", f"--train_path={tmp_path}/none.jsonl",
+                       f"--data_dir={tmp_path}"])
