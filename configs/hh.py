@@ -31,6 +31,8 @@ def get_config():
   config.data.train_path = str(HH_FILE)
   config.data.eval_path = ""
   config.data.eval_fraction = 0.1
+  # The shared file holds a few records with empty or identical responses.
+  config.data.on_bad_record = "skip"
   config.data.tokenizer = "bytes"
   config.data.max_length = 512
   config.data.max_prompt_length = 384

@@ -3,7 +3,6 @@
 import os
 
 import jax
-from absl import logging
 
 
 def _auto_detectable() -> bool:
@@ -33,9 +32,10 @@ def initialize(config) -> None:
 
 
 def log_devices() -> None:
-  logging.info(
-      "JAX %s: process %d of %d, %d local and %d global devices (%s).",
-      jax.__version__, jax.process_index(), jax.process_count(),
-      jax.local_device_count(), jax.device_count(),
-      jax.devices()[0].device_kind,
+  if jax.process_index() != 0:
+    return
+  print(
+      f"JAX {jax.__version__}: {jax.process_count()} process(es),"
+      f" {jax.local_device_count()} local and {jax.device_count()} global"
+      f" devices ({jax.devices()[0].device_kind})."
   )

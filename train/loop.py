@@ -10,7 +10,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import logging
 from tqdm import tqdm
 
 from slpo_jax import sharding
@@ -22,6 +21,14 @@ from train.metrics_writer import MetricsWriter
 
 class NonFiniteError(RuntimeError):
   """The loss or the gradient became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """The final training state and the last evaluation's metrics."""
+
+  state: step_lib.TrainState
+  eval_metrics: dict[str, float]
 
 
 @dataclasses.dataclass
@@ -80,13 +87,14 @@ def evaluate(run: "setup_lib.Run", params, eval_fn) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in _to_host_means(totals).items()}
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> TrainResult:
   """Train the policy described by ``config`` in ``workdir``.
 
   Rerunning with the same workdir resumes from its latest checkpoint.
 
   Returns:
-    The last evaluation's metrics (empty if evaluation is off).
+    The final state and the last evaluation's metrics (empty if evaluation
+    is off).
   """
   workdir = pathlib.Path(workdir)
   run = setup_lib.build_run(config, workdir)
@@ -113,7 +121,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
   if checkpointer.latest_step is not None:
     state, data_state = checkpointer.restore(checkpoint_lib.abstract_like(state))
     run.train_iterator.set_state(data_state)
-    logging.info("Resumed from step %d.", int(state.step))
+    if jax.process_index() == 0:
+      print(f"Resumed from the checkpoint of step {int(state.step)}.")
   start_step = int(state.step)
 
   batch_spec = sharding.batch_sharding(mesh)
@@ -146,14 +155,15 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
   previous_handler = preemption.install()
   last_eval: dict[str, float] = {}
   pending = None  # (step, metrics) of the step whose metrics are still on device.
+  records: dict[int, dict] = {}  # Logged steps not yet written.
+  window = {"start": time.perf_counter(), "tokens": 0, "steps": 0, "sums": {}}
   bar = tqdm(
       total=config.steps, initial=start_step, disable=jax.process_index() != 0,
-      dynamic_ncols=True, desc="train",
+      dynamic_ncols=True, desc="train", mininterval=1.0,
   )
-  window_start, window_tokens = time.perf_counter(), 0
 
   def flush(pending_step, metrics):
-    nonlocal window_start, window_tokens
+    """Bring one step's metrics to the host; stop on non-finite values."""
     host = jax.device_get(metrics)
     if not bool(host.pop("finite")):
       raise NonFiniteError(
@@ -162,19 +172,28 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
           " The state was not updated and no checkpoint was written; lower"
           " optimizer.learning_rate or check the data."
       )
-    elapsed = time.perf_counter() - window_start
-    rate = window_tokens / max(elapsed, 1e-9)
+    window["steps"] += 1
+    for name, value in host.items():
+      window["sums"][name] = window["sums"].get(name, 0.0) + float(value)
+    elapsed = time.perf_counter() - window["start"]
+    rate = window["tokens"] / max(elapsed, 1e-9)
     bar.set_postfix(loss=f"{float(host['loss']):.4f}", tok_s=f"{rate:,.0f}")
     if pending_step % config.log_every == 0 or pending_step == config.steps:
-      record = {k: float(v) for k, v in host.items()}
+      # Training metrics are means over the steps since the last record.
+      record = {k: v / window["steps"] for k, v in window["sums"].items()}
       record["tokens_per_second"] = rate
-      writer.write(pending_step, record)
-      window_start, window_tokens = time.perf_counter(), 0
+      records.setdefault(pending_step, {}).update(record)
+      window.update(start=time.perf_counter(), tokens=0, steps=0, sums={})
+
+  def write_records(before: int | None = None):
+    for logged in sorted(records):
+      if before is None or logged < before:
+        writer.write(logged, records.pop(logged))
 
   try:
     for step in range(start_step + 1, config.steps + 1):
       host_batch = next(run.train_iterator)
-      window_tokens += run.count_tokens(host_batch)
+      window["tokens"] += run.count_tokens(host_batch)
       state, metrics = train_fn(
           state, run.reference_params, run.to_device(host_batch)
       )
@@ -182,6 +201,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
       # the host never waits on the device between steps.
       if pending is not None:
         flush(*pending)
+        write_records(before=step)
       pending = (step, metrics)
       bar.update(1)
       at_end = step == config.steps
@@ -189,7 +209,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
         flush(*pending)
         pending = None
         last_eval = evaluate(run, state.params, eval_fn)
-        writer.write(step, last_eval)
+        records.setdefault(step, {}).update(last_eval)
         bar.write(f"step {step}: " + json.dumps(
             {k: round(v, 4) for k, v in last_eval.items()}))
       checkpoint_due = (
@@ -200,17 +220,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
         if pending is not None:
           flush(*pending)  # Never checkpoint a state not known to be finite.
           pending = None
+        write_records()
         checkpointer.save(step, state, run.train_iterator.get_state())
       if preemption.requested:
-        logging.warning("SIGTERM received: checkpoint written at step %d.", step)
+        bar.write(f"SIGTERM received: checkpoint written at step {step}.")
         break
     if pending is not None:
       flush(*pending)
+    write_records()
   finally:
     bar.close()
     writer.close()
     checkpointer.close()
     signal.signal(signal.SIGTERM, previous_handler)
-  run.final_params = state.params
-  return last_eval
+  return TrainResult(state=state, eval_metrics=last_eval)
 

@@ -25,6 +25,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    # Library INFO logs (checkpoint internals) would bury the progress bar;
+    # pass -v 0 to see them.
+    logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
   distributed.log_devices()

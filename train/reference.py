@@ -41,9 +41,10 @@ def _stats_fn(model, head):
 class ReferenceCache:
   """Reference log-probs by example id, attached to batches as they pass."""
 
-  def __init__(self, chosen: dict[int, float], rejected: dict[int, float]):
-    self._chosen = chosen
-    self._rejected = rejected
+  def __init__(self, values: dict[tuple[str, int], tuple[float, float]]):
+    # Keyed by (split, example_id): ids are positions within one source, so a
+    # separate eval file reuses the train split's ids.
+    self._values = values
 
   @classmethod
   def build(cls, workdir, config, model, reference_params, pipeline, mesh, *,
@@ -66,12 +67,12 @@ class ReferenceCache:
     )
     if path.exists():
       stored = np.load(path)
-      ids = stored["example_id"].tolist()
-      return cls(dict(zip(ids, stored["chosen"].tolist())),
-                 dict(zip(ids, stored["rejected"].tolist())))
+      keys = zip(stored["split"].tolist(), stored["example_id"].tolist())
+      return cls(dict(zip(keys, zip(stored["chosen"].tolist(),
+                                    stored["rejected"].tolist()))))
     stats = _stats_fn(model, head)
     batch_spec = sharding.batch_sharding(mesh)
-    chosen, rejected = {}, {}
+    values = {}
     for split in ("train", "eval"):
       for batch in tqdm(pipeline(split, single_pass=True),
                         desc=f"reference log-probs ({split})",
@@ -86,31 +87,37 @@ class ReferenceCache:
         for i, cv, rv, w in zip(batch["example_id"], c, r,
                                 batch["example_weight"]):
           if w > 0:
-            chosen[int(i)], rejected[int(i)] = float(cv), float(rv)
+            values[(split, int(i))] = (float(cv), float(rv))
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = np.array(sorted(chosen), np.int64)
-    np.savez(path, example_id=ids,
-             chosen=np.array([chosen[i] for i in ids], np.float32),
-             rejected=np.array([rejected[i] for i in ids], np.float32))
-    return cls(chosen, rejected)
+    keys = sorted(values)
+    np.savez(
+        path,
+        split=np.array([k[0] for k in keys]),
+        example_id=np.array([k[1] for k in keys], np.int64),
+        chosen=np.array([values[k][0] for k in keys], np.float32),
+        rejected=np.array([values[k][1] for k in keys], np.float32),
+    )
+    return cls(values)
 
-  def _attach(self, batch: dict) -> dict:
-    ids = batch["example_id"]
-    real = batch["example_weight"] > 0
+  def _attach(self, batch: dict, split: str) -> dict:
+    found = [
+        self._values[(split, int(i))] if w > 0 else (0.0, 0.0)
+        for i, w in zip(batch["example_id"], batch["example_weight"])
+    ]
     batch = dict(batch)
-    batch["reference_chosen_logps"] = np.array(
-        [self._chosen[int(i)] if ok else 0.0 for i, ok in zip(ids, real)],
-        np.float32)
+    batch["reference_chosen_logps"] = np.array([c for c, _ in found], np.float32)
     batch["reference_rejected_logps"] = np.array(
-        [self._rejected[int(i)] if ok else 0.0 for i, ok in zip(ids, real)],
-        np.float32)
+        [r for _, r in found], np.float32
+    )
     return batch
 
   def attach(self, iterator):
-    return _AttachingIterator(iterator, self._attach)
+    """The training iterator, its batches carrying reference log-probs."""
+    return _AttachingIterator(iterator, lambda b: self._attach(b, "train"))
 
   def attach_all(self, batches):
-    return (self._attach(b) for b in batches)
+    """Evaluation batches carrying reference log-probs."""
+    return (self._attach(b, "eval") for b in batches)
 
 
 def _local_rows(array: jax.Array) -> np.ndarray:

@@ -6,8 +6,6 @@ change.
 """
 
 import dataclasses
-import hashlib
-import json
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -164,6 +162,13 @@ def _model_and_params(config, tokenizer, mesh):
   return model, params, shardings
 
 
+def _has_eval_split(config) -> bool:
+  data = config.data
+  if data.source in ("synthetic", "bandit_transitive", "bandit_contradictory"):
+    return True
+  return bool(data.eval_path or data.tfds_split_eval or data.eval_fraction)
+
+
 def _copy(tree, shardings):
   """Fresh buffers: the policy state is donated, the reference must not be."""
   return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(
@@ -185,13 +190,18 @@ def build_run(config, workdir: pathlib.Path) -> Run:
       token_chunk_size=config.model.token_chunk_size,
   )
 
-  pairs = None
+  sample_fn = None
   if config.data.source == "synthetic":
     # The reference is fitted to the task's base language, the policy starts
     # from it, and the pairs are two reference samples ranked by the reward.
-    params = synthetic_setup.fitted_reference(config, workdir, model, params)
-    params = jax.device_put(params, shardings)
-    pairs = synthetic_setup.preference_pairs(config, workdir, model, params)
+    params = jax.device_put(
+        synthetic_setup.fitted_reference(config, workdir, model, params),
+        shardings,
+    )
+    sample_fn = synthetic_setup.reference_sampler(
+        model, params, max_new_tokens=config.data.synthetic.max_new_tokens,
+        seed=config.seed,
+    )
   if config.reference.checkpoint:
     _, reference = models.load_hf_model(
         config.reference.checkpoint, dtype=config.model.dtype,
@@ -199,33 +209,44 @@ def build_run(config, workdir: pathlib.Path) -> Run:
     )
   else:
     reference = _copy(params, shardings)
-  initial_params = params
 
-  def pipeline(split: str, single_pass: bool = False):
-    return data_lib.make_pipeline(
-        config.data, tokenizer=tokenizer,
+  # Loading validates and tokenizes everything up front: bad data stops the
+  # run here, before any training step.
+  datasets = {
+      split: data_lib.load_dataset(
+          config.data, tokenizer=tokenizer, split=split, sample_fn=sample_fn
+      )
+      for split in ("train", "eval")
+      if split == "train" or _has_eval_split(config)
+  }
+  if jax.process_index() == 0:
+    for dataset in datasets.values():
+      print(dataset.report.summary())
+
+  def batches(split: str, single_pass: bool):
+    if split not in datasets:
+      return iter(())
+    return datasets[split].batches(
         batch_size=config.batch_size // jax.process_count(),
         seed=config.seed, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), split=split, pairs=pairs,
+        shard_count=jax.process_count(), repeat=not single_pass,
     )
 
-  train_iterator = pipeline("train")
-  eval_batches = lambda: iter(pipeline("eval"))  # noqa: E731
+  train_iterator = batches("train", single_pass=False)
+  eval_batches = lambda: batches("eval", single_pass=True)  # noqa: E731
   if config.reference.mode == "precomputed" and spec.needs_reference:
     cache = reference_lib.ReferenceCache.build(
-        workdir, config, model, reference, pipeline, mesh,
-        dataset_fingerprint=data_lib.fingerprint(train_iterator), head=head,
+        workdir, config, model, reference, batches, mesh,
+        dataset_fingerprint="/".join(d.fingerprint for d in datasets.values()),
+        head=head,
     )
     train_iterator = cache.attach(train_iterator)
-    eval_batches = lambda: cache.attach_all(pipeline("eval"))  # noqa: E731
+    eval_batches = lambda: cache.attach_all(batches("eval", True))  # noqa: E731
     reference = None
   return Run(
-      config=config, mesh=mesh, model=model, initial_params=initial_params,
+      config=config, mesh=mesh, model=model, initial_params=params,
       param_shardings=shardings, reference_params=reference,
       train_iterator=train_iterator, eval_batches=eval_batches,
       head=head,
   )
 
-
-def config_hash(values: dict) -> str:
-  return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,22 +11,23 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from tqdm import tqdm
 
 
-def _nll(model, params, ids, mask):
-  logits = model.apply(params, ids[:, :-1], mask[:, :-1])
-  per_token = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
-  counted = mask[:, 1:].astype(jnp.float32)
+def _nll(model, params, batch):
+  logits = model.apply(params, batch["input_ids"], batch["attention_mask"])
+  per_token = optax.softmax_cross_entropy_with_integer_labels(
+      logits, batch["labels"]
+  )
+  counted = batch["loss_mask"].astype(jnp.float32)
   return jnp.sum(per_token * counted) / jnp.maximum(jnp.sum(counted), 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "optimizer"))
-def _sft_step(params, opt_state, ids, mask, *, model, optimizer):
+def _sft_step(params, opt_state, batch, *, model, optimizer):
   loss, grads = jax.value_and_grad(functools.partial(_nll, model))(
-      params, ids, mask
+      params, batch
   )
   updates, opt_state = optimizer.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
@@ -35,23 +36,21 @@ def _sft_step(params, opt_state, ids, mask, *, model, optimizer):
 def fit(
     model,
     params,
-    sample_batch,
+    batches,
     *,
     steps: int,
     learning_rate: float,
-    seed: int,
     show_progress: bool = True,
 ):
-  """Fit ``params`` to sequences from ``sample_batch(rng) -> (ids, mask)``.
+  """Fit ``params`` to next-token prediction on ``batches``.
 
   Args:
     model: the model object.
     params: initial parameters.
-    sample_batch: returns ``[B, T]`` token ids (BOS first) and a ``[B, T]``
-      0/1 mask of real tokens.
+    batches: an iterator of dicts with ``input_ids``, ``attention_mask``,
+      ``labels`` and ``loss_mask``, each ``[B, T]``.
     steps: optimizer steps.
     learning_rate: peak AdamW learning rate (cosine decay, 5% warm-up).
-    seed: seed of the sequence sampler.
     show_progress: draw a progress bar.
 
   Returns:
@@ -62,27 +61,27 @@ def fit(
   )
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
   opt_state = optimizer.init(params)
-  rng = np.random.default_rng(seed)
   loss = float("nan")
   bar = tqdm(range(steps), desc="sft reference", disable=not show_progress)
+  keys = ("input_ids", "attention_mask", "labels", "loss_mask")
   for _ in bar:
-    ids, mask = sample_batch(rng)
+    batch = next(batches)
     params, opt_state, loss = _sft_step(
-        params, opt_state, jnp.asarray(ids), jnp.asarray(mask),
+        params, opt_state, {k: jnp.asarray(batch[k]) for k in keys},
         model=model, optimizer=optimizer,
     )
     bar.set_postfix(nll=f"{float(loss):.3f}")
   return params, float(loss)
 
 
-def cached_fit(directory: pathlib.Path, model, params, sample_batch, **kwargs):
+def cached_fit(directory: pathlib.Path, model, params, batches, **kwargs):
   """:func:`fit`, or the result of an earlier fit saved in ``directory``."""
   from slpo_jax import models
 
   if (directory / "config.json").exists():
     _, loaded = models.load_hf_model(directory)
     return loaded
-  params, _ = fit(model, params, sample_batch, **kwargs)
+  params, _ = fit(model, params, batches, **kwargs)
   if jax.process_index() == 0:
     models.save_hf_checkpoint(model, jax.device_get(params), directory)
   return params
