@@ -1,0 +1,54 @@
+"""Flax decoder language models, Hugging Face checkpoints, and sampling.
+
+Two families cover GPT-2 and Llama-style models (Llama, Mistral, Qwen2):
+
+>>> import jax
+>>> from slpo_jax import models
+>>> model = models.build(models.tiny_config("llama"))
+>>> params = model.init(jax.random.key(0))
+>>> logits = model.apply(params, jax.numpy.ones((2, 8), "int32"))
+>>> logits.shape, logits.dtype
+((2, 8, 512), dtype('float32'))
+
+Checkpoints written by ``save_pretrained`` load with `load_hf_model` /
+`load_hf_checkpoint` and are written back with `save_hf_checkpoint`.
+"""
+
+from slpo_jax.models.config import (DecoderConfig, RopeScaling, SIZES,
+                                    get_config, tiny_config)
+from slpo_jax.models.generate import SampleOutput, generate
+from slpo_jax.models.hf_config import (SUPPORTED_MODEL_TYPES, CheckpointError,
+                                       config_from_hf, config_to_hf)
+from slpo_jax.models.hf_io import (load_hf_checkpoint, load_hf_config,
+                                   load_hf_model, save_hf_checkpoint)
+from slpo_jax.models.model import (DecoderLM, build, logits_from_hidden,
+                                   position_ids)
+from slpo_jax.models.partitioning import (DEFAULT_RULES, logical_axis_rules,
+                                          param_partition_specs,
+                                          param_shardings)
+
+__all__ = [
+    "CheckpointError",
+    "DEFAULT_RULES",
+    "DecoderConfig",
+    "DecoderLM",
+    "RopeScaling",
+    "SIZES",
+    "SUPPORTED_MODEL_TYPES",
+    "SampleOutput",
+    "build",
+    "config_from_hf",
+    "config_to_hf",
+    "generate",
+    "get_config",
+    "load_hf_checkpoint",
+    "load_hf_config",
+    "load_hf_model",
+    "logical_axis_rules",
+    "logits_from_hidden",
+    "param_partition_specs",
+    "param_shardings",
+    "position_ids",
+    "save_hf_checkpoint",
+    "tiny_config",
+]

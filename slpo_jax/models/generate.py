@@ -1,0 +1,251 @@
+"""Autoregressive sampling with a KV cache, compiled as one `while_loop`.
+
+Cache layout: the prompt occupies slots ``0..P-1`` exactly as it was given
+(left-, right- or un-padded), and generated token ``i`` is written to slot
+``P + i`` in every row. Padding slots are masked out, and each token gets
+the position it would have in its row without padding (``L_b + i`` for the
+``i``-th generated token of a row with ``L_b`` real prompt tokens), so the
+result does not depend on how the prompt batch was padded.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from slpo_jax.models.model import (DecoderLM, Params, attention_mask_3d,
+                                   logits_from_hidden, position_ids)
+
+Array = jax.Array
+
+
+class SampleOutput(NamedTuple):
+  """Result of `generate`.
+
+  Attributes:
+    tokens: ``[B, max_new_tokens]`` generated ids; ``pad_id`` after EOS.
+    mask: ``[B, max_new_tokens]`` int32, 1 for real generated tokens (the
+      EOS token included), 0 for padding after it.
+    lengths: ``[B]`` number of real generated tokens.
+    sequences: ``[B, P + max_new_tokens]`` each row's real prompt tokens
+      followed by its real generated tokens, right-padded with ``pad_id``.
+    sequence_mask: ``[B, P + max_new_tokens]`` int32 mask of `sequences`.
+  """
+
+  tokens: Array
+  mask: Array
+  lengths: Array
+  sequences: Array
+  sequence_mask: Array
+
+
+def _filter_logits(logits: Array, top_k: int | None, top_p: Array | None
+                   ) -> Array:
+  """Sets the logits outside the top-k / nucleus to -inf."""
+  if top_k is not None:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p is not None:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token if the mass strictly before it is below top_p, so the
+    # most likely token is always kept.
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = mass_before < top_p
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1,
+                        keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def _sample(logits: Array, rng: Array, temperature: Array, top_k: int | None,
+            top_p: Array | None) -> Array:
+  """Draws one token per row from float32 ``logits [B, V]``."""
+  greedy = jnp.argmax(logits, axis=-1)
+  safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
+  filtered = _filter_logits(logits / safe_temperature, top_k, top_p)
+  sampled = jax.random.categorical(rng, filtered, axis=-1)
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def _compact(prompt_ids: Array, prompt_mask: Array, tokens: Array,
+             mask: Array, pad_id: int) -> tuple[Array, Array]:
+  """Real prompt tokens then real generated tokens, right-padded."""
+  batch, prompt_len = prompt_ids.shape
+  total = prompt_len + tokens.shape[1]
+  lengths = jnp.sum(prompt_mask, axis=-1, keepdims=True)
+  # Padding entries are sent past the end and dropped by the scatter.
+  prompt_slots = jnp.where(prompt_mask, position_ids(prompt_mask), total)
+  new_slots = jnp.where(mask, lengths + jnp.arange(tokens.shape[1]), total)
+  slots = jnp.concatenate([prompt_slots, new_slots], axis=1)
+  values = jnp.concatenate([prompt_ids, tokens], axis=1)
+  rows = jnp.arange(batch)[:, None]
+  sequences = jnp.full((batch, total), pad_id, jnp.int32)
+  sequences = sequences.at[rows, slots].set(values, mode="drop")
+  sequence_mask = jnp.zeros((batch, total), jnp.int32)
+  sequence_mask = sequence_mask.at[rows, slots].set(1, mode="drop")
+  return sequences, sequence_mask
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "max_new_tokens", "top_k", "eos_ids", "pad_id"))
+def _generate(
+    model: DecoderLM,
+    params: Params,
+    prompt_ids: Array,
+    prompt_mask: Array,
+    rng: Array,
+    temperature: Array,
+    top_p: Array | None,
+    *,
+    max_new_tokens: int,
+    top_k: int | None,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+) -> SampleOutput:
+  config = model.config
+  batch, prompt_len = prompt_ids.shape
+  cache_len = prompt_len + max_new_tokens
+  prompt_mask = prompt_mask.astype(bool)
+  prompt_positions = position_ids(prompt_mask)
+  prompt_lengths = jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
+  lm_head = model.lm_head(params)
+  eos = jnp.asarray(eos_ids, jnp.int32)
+
+  def is_eos(token: Array) -> Array:
+    return jnp.isin(token, eos) if eos_ids else jnp.zeros(token.shape, bool)
+
+  key_valid = jnp.zeros((batch, cache_len), bool).at[:, :prompt_len].set(
+      prompt_mask)
+  key_positions = jnp.zeros((batch, cache_len), jnp.int32).at[
+      :, :prompt_len].set(prompt_positions)
+
+  # Prefill: the whole prompt in one pass, then the next-token logits at
+  # each row's last real prompt token.
+  mask = attention_mask_3d(jnp.arange(prompt_len), prompt_positions,
+                           key_positions, key_valid, config.sliding_window)
+  hidden, cache = model.decode(params, prompt_ids, prompt_positions, mask,
+                               model.init_cache(batch, cache_len), 0)
+  last = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)
+  last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  token = _sample(logits_from_hidden(last_hidden, lm_head),
+                  jax.random.fold_in(rng, 0), temperature, top_k, top_p)
+  tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+  tokens = tokens.at[:, 0].set(token)
+
+  def cond(state):
+    step, _, _, _, _, done = state
+    return (step + 1 < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    # Feeds generated token `step` (slot P + step) and samples token step+1.
+    step, tokens, cache, key_valid, key_positions, done = state
+    slot = prompt_len + step
+    position = prompt_lengths + step
+    key_valid = key_valid.at[:, slot].set(True)
+    key_positions = key_positions.at[:, slot].set(position)
+    mask = attention_mask_3d(slot[None], position[:, None], key_positions,
+                             key_valid, config.sliding_window)
+    hidden, cache = model.decode(params, tokens[:, step][:, None],
+                                 position[:, None], mask, cache, slot)
+    token = _sample(logits_from_hidden(hidden[:, 0], lm_head),
+                    jax.random.fold_in(rng, step + 1), temperature, top_k,
+                    top_p)
+    token = jnp.where(done, pad_id, token)
+    tokens = tokens.at[:, step + 1].set(token)
+    return step + 1, tokens, cache, key_valid, key_positions, done | is_eos(
+        token)
+
+  state = (jnp.int32(0), tokens, cache, key_valid, key_positions,
+           is_eos(token))
+  tokens = jax.lax.while_loop(cond, body, state)[1]
+
+  # A token is real if no EOS came strictly before it; this also holds when
+  # pad_id equals an EOS id.
+  eos_seen = jnp.cumsum(is_eos(tokens).astype(jnp.int32), axis=-1)
+  out_mask = (eos_seen - is_eos(tokens) == 0).astype(jnp.int32)
+  tokens = jnp.where(out_mask == 1, tokens, pad_id)
+  sequences, sequence_mask = _compact(prompt_ids.astype(jnp.int32),
+                                      prompt_mask, tokens, out_mask, pad_id)
+  return SampleOutput(tokens, out_mask, jnp.sum(out_mask, axis=-1),
+                      sequences, sequence_mask)
+
+
+def generate(
+    model: DecoderLM,
+    params: Params,
+    prompt_ids: Array,
+    prompt_mask: Array,
+    *,
+    rng: Array,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | Sequence[int] | None = None,
+    pad_id: int = 0,
+) -> SampleOutput:
+  """Samples continuations of a batch of prompts.
+
+  The loop is compiled once per (model, shapes, top_k, eos_id, pad_id,
+  max_new_tokens); temperature and top_p are traced, so changing them does
+  not recompile. Rows stop at their first EOS; the loop exits early when all
+  rows have stopped.
+
+  Args:
+    model: the `DecoderLM`.
+    params: its parameters.
+    prompt_ids: ``[B, P]`` int prompt tokens, padded on either side.
+    prompt_mask: ``[B, P]``, 1 for real tokens; every row needs at least one.
+    rng: PRNG key; the same key gives the same samples.
+    max_new_tokens: number of tokens to generate per row (the output width).
+    temperature: softmax temperature; 0 means greedy decoding.
+    top_k: if set, sample among the `top_k` most likely tokens.
+    top_p: if set, sample from the smallest set of most likely tokens whose
+      probability reaches `top_p` (nucleus sampling).
+    eos_id: id or ids that end a row; None to always generate
+      `max_new_tokens`.
+    pad_id: id written after EOS and in padded `sequences` entries.
+
+  Returns:
+    A `SampleOutput`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from slpo_jax import models
+    >>> model = models.build(models.tiny_config("llama"))
+    >>> params = model.init(jax.random.key(0))
+    >>> out = models.generate(model, params, jnp.array([[5, 6, 0]]),
+    ...                       jnp.array([[1, 1, 0]]), rng=jax.random.key(1),
+    ...                       max_new_tokens=4, temperature=0.0)
+    >>> out.tokens.shape
+    (1, 4)
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
+    raise ValueError(f"top_k must be in [1, vocab_size], got {top_k}")
+  if top_p is not None and not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  prompt_len = prompt_ids.shape[1]
+  if (model.config.family == "gpt2"
+      and prompt_len + max_new_tokens > model.config.max_len):
+    raise ValueError(
+        f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} "
+        f"exceeds the {model.config.max_len} learned positions")
+  if eos_id is None:
+    eos_ids = ()
+  elif isinstance(eos_id, int):
+    eos_ids = (eos_id,)
+  else:
+    eos_ids = tuple(int(e) for e in eos_id)
+  return _generate(
+      model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng,
+      jnp.asarray(temperature, jnp.float32),
+      None if top_p is None else jnp.asarray(top_p, jnp.float32),
+      max_new_tokens=max_new_tokens, top_k=top_k, eos_ids=eos_ids,
+      pad_id=pad_id)

@@ -1,0 +1,117 @@
+"""The Flax decoder: embeddings, a stack of blocks, the final norm.
+
+`Decoder` returns the final hidden states, not logits: the output projection
+is applied by `DecoderLM` (or fused into a log-probability kernel by the
+caller), so a ``[B, T, V]`` tensor is only built when someone asks for it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slpo_jax.models import layers
+from slpo_jax.models.config import DecoderConfig
+
+Array = jax.Array
+# Unscanned: a tuple with one {"k", "v"} dict per layer. Scanned: one dict of
+# arrays with a leading layer axis.
+Cache = tuple[layers.KVCache, ...] | layers.KVCache
+
+
+def _block_class(config: DecoderConfig) -> type[nn.Module]:
+  if not config.remat:
+    return layers.DecoderBlock
+  # `prevent_cse` is only needed outside a scan; inside one it blocks
+  # useful optimisations (see the `flax.linen.remat` docs).
+  return nn.remat(layers.DecoderBlock, prevent_cse=not config.scan_layers)
+
+
+class Decoder(nn.Module):
+  """Token ids to final hidden states, ``[B, T] -> [B, T, d_model]``."""
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      input_ids: Array,
+      positions: Array,
+      mask: Array,
+      cache: Cache | None = None,
+      cache_index: Array | None = None,
+  ) -> tuple[Array, Cache | None]:
+    """Runs the decoder.
+
+    Args:
+      input_ids: ``[B, T]`` int token ids.
+      positions: ``[B, T]`` int position ids.
+      mask: ``[B, T, S]`` boolean attention mask (True: may attend).
+      cache: optional KV cache from `DecoderLM.init_cache`.
+      cache_index: cache slot of the first token of ``input_ids``.
+
+    Returns:
+      ``(hidden [B, T, d_model] in the compute dtype, updated cache)``.
+    """
+    cfg = self.config
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(layers.INIT_STDDEV), ("vocab", "embed")),
+        name="embed")
+    x = embed(input_ids)
+    if cfg.family == "gpt2":
+      pos_embed = nn.Embed(
+          cfg.max_len, cfg.d_model, dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype,
+          embedding_init=nn.with_logical_partitioning(
+              nn.initializers.normal(layers.INIT_STDDEV),
+              ("positions", "embed")),
+          name="pos_embed")
+      x = x + pos_embed(positions)
+    x = nn.with_logical_constraint(
+        x, ("activation_batch", "activation_length", "activation_embed"))
+
+    block = _block_class(cfg)
+    if cfg.scan_layers:
+      stack = nn.scan(
+          block,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      x, cache = stack(cfg, name="layers")(x, cache, positions, mask,
+                                           cache_index)
+    else:
+      new_cache = []
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else cache[i]
+        x, layer_cache = block(cfg, name=f"layers_{i}")(
+            x, layer_cache, positions, mask, cache_index)
+        new_cache.append(layer_cache)
+      cache = None if cache is None else tuple(new_cache)
+
+    x = layers.norm(cfg, "final_norm")(x)
+    if not cfg.tie_embeddings:
+      # Declared here so that `init` creates it; `DecoderLM` applies it.
+      self.param("lm_head",
+                 nn.with_logical_partitioning(
+                     nn.initializers.normal(layers.INIT_STDDEV),
+                     ("embed", "vocab")),
+                 (cfg.d_model, cfg.vocab_size), cfg.param_dtype)
+    return x, cache
+
+
+def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:
+  """Zero KV cache for `batch_size` rows of `length` slots."""
+  shape = (batch_size, length, config.num_kv_heads, config.head_dim)
+  if config.scan_layers:
+    zeros = jnp.zeros((config.num_layers, *shape), config.dtype)
+    return {"k": zeros, "v": zeros}
+  return tuple({"k": jnp.zeros(shape, config.dtype),
+                "v": jnp.zeros(shape, config.dtype)}
+               for _ in range(config.num_layers))
