@@ -19,7 +19,7 @@ def get_config():
   config.checkpoint_every = 100
   config.log_every = 10
   config.loss.name = "slpo"
-  config.loss.temperature = 4.0
+  config.loss.temperature = 32.0
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 10
   config.reference.sft_steps = 400

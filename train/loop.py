@@ -6,6 +6,7 @@ import json
 import pathlib
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -87,10 +88,22 @@ def evaluate(run: "setup_lib.Run", params, eval_fn) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in _to_host_means(totals).items()}
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path) -> TrainResult:
+def train_and_evaluate(
+    config,
+    workdir: str | pathlib.Path,
+    *,
+    eval_callback: Callable[[int, Any, Any], dict[str, float]] | None = None,
+) -> TrainResult:
   """Train the policy described by ``config`` in ``workdir``.
 
   Rerunning with the same workdir resumes from its latest checkpoint.
+
+  Args:
+    config: the run's config (see configs/base.py).
+    workdir: checkpoints, metrics and caches.
+    eval_callback: optional ``callback(step, params, run)`` called at every
+      evaluation; the metrics it returns are logged with the ``eval/`` ones
+      (for example the true reward of samples on a synthetic task).
 
   Returns:
     The final state and the last evaluation's metrics (empty if evaluation
@@ -209,6 +222,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> TrainResult:
         flush(*pending)
         pending = None
         last_eval = evaluate(run, state.params, eval_fn)
+        if eval_callback is not None:
+          last_eval.update(eval_callback(step, state.params, run))
         records.setdefault(step, {}).update(last_eval)
         bar.write(f"step {step}: " + json.dumps(
             {k: round(v, 4) for k, v in last_eval.items()}))
