@@ -3,7 +3,7 @@
 Run on every host of the slice (see README, "Cloud TPU"):
 
   python -m train.main --config configs/llama8b_tpu_pod.py \
-      --workdir gs://BUCKET/runs/llama8b-slpo \
+      --workdir /mnt/shared/runs/llama8b-slpo \
       --config.model.checkpoint=/mnt/disks/models/Meta-Llama-3-8B-Instruct \
       --config.data.tokenizer=/mnt/disks/models/Meta-Llama-3-8B-Instruct/tokenizer.json
 
