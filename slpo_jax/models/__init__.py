@@ -16,7 +16,7 @@ Checkpoints written by ``save_pretrained`` load with `load_hf_model` /
 
 from slpo_jax.models.config import (DecoderConfig, RopeScaling, SIZES,
                                     get_config, tiny_config)
-from slpo_jax.models.generate import SampleOutput, generate
+from slpo_jax.models.sampling import SampleOutput, generate
 from slpo_jax.models.hf_config import (SUPPORTED_MODEL_TYPES, CheckpointError,
                                        config_from_hf, config_to_hf)
 from slpo_jax.models.hf_io import (load_hf_checkpoint, load_hf_config,

@@ -42,32 +42,42 @@ class SampleOutput(NamedTuple):
   sequence_mask: Array
 
 
-def _filter_logits(logits: Array, top_k: int | None, top_p: Array | None
-                   ) -> Array:
-  """Sets the logits outside the top-k / nucleus to -inf."""
-  if top_k is not None:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p is not None:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    # Keep a token if the mass strictly before it is below top_p, so the
-    # most likely token is always kept.
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    kept = mass_before < top_p
-    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1,
-                        keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
-  return logits
+def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
+  """Sets the logits outside the top-k and the nucleus to -inf.
+
+  Both limits are traced values (so changing them does not recompile): the
+  k-th largest logit is read from a sorted copy instead of `lax.top_k`,
+  whose k must be static.
+  """
+  sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+  kth = jnp.take(sorted_logits, top_k - 1, axis=-1)[:, None]
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  # Keep a token if the mass strictly before it is below top_p, so the
+  # most likely token is always kept.
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  nucleus = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf),
+                    axis=-1, keepdims=True)
+  # Ties with the threshold are kept, as in other implementations.
+  return jnp.where(logits < jnp.maximum(kth, nucleus), -jnp.inf, logits)
 
 
-def _sample(logits: Array, rng: Array, temperature: Array, top_k: int | None,
-            top_p: Array | None) -> Array:
-  """Draws one token per row from float32 ``logits [B, V]``."""
+def _sample(logits: Array, rng: Array, temperature: Array,
+            limits: tuple[Array, Array] | None) -> Array:
+  """Draws one token per row from float32 ``logits [B, V]``.
+
+  Args:
+    logits: ``[B, V]`` float32.
+    rng: PRNG key.
+    temperature: scalar; 0 selects the argmax.
+    limits: ``(top_k, top_p)`` scalars, or None to sample from the full
+      distribution (and skip the sort).
+  """
   greedy = jnp.argmax(logits, axis=-1)
   safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
-  filtered = _filter_logits(logits / safe_temperature, top_k, top_p)
-  sampled = jax.random.categorical(rng, filtered, axis=-1)
+  scaled = logits / safe_temperature
+  if limits is not None:
+    scaled = _filter_logits(scaled, *limits)
+  sampled = jax.random.categorical(rng, scaled, axis=-1)
   return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
@@ -92,7 +102,7 @@ def _compact(prompt_ids: Array, prompt_mask: Array, tokens: Array,
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "max_new_tokens", "top_k", "eos_ids", "pad_id"))
+    static_argnames=("model", "max_new_tokens", "eos_ids", "pad_id"))
 def _generate(
     model: DecoderLM,
     params: Params,
@@ -100,10 +110,9 @@ def _generate(
     prompt_mask: Array,
     rng: Array,
     temperature: Array,
-    top_p: Array | None,
+    limits: tuple[Array, Array] | None,
     *,
     max_new_tokens: int,
-    top_k: int | None,
     eos_ids: tuple[int, ...],
     pad_id: int,
 ) -> SampleOutput:
@@ -132,37 +141,37 @@ def _generate(
                                model.init_cache(batch, cache_len), 0)
   last = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)
   last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-  token = _sample(logits_from_hidden(last_hidden, lm_head),
-                  jax.random.fold_in(rng, 0), temperature, top_k, top_p)
-  tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-  tokens = tokens.at[:, 0].set(token)
+  logits = logits_from_hidden(last_hidden, lm_head)
 
   def cond(state):
-    step, _, _, _, _, done = state
-    return (step + 1 < max_new_tokens) & ~jnp.all(done)
+    step, *_, done = state
+    return (step < max_new_tokens) & ~jnp.all(done)
 
   def body(state):
-    # Feeds generated token `step` (slot P + step) and samples token step+1.
-    step, tokens, cache, key_valid, key_positions, done = state
+    # Samples token `step` from the carried logits, then feeds it (slot
+    # P + step) to get the logits of token step + 1. Sampling in one place
+    # keeps a single copy of the random-number code in the program.
+    step, logits, tokens, cache, key_valid, key_positions, done = state
+    token = _sample(logits, jax.random.fold_in(rng, step), temperature,
+                    limits)
+    token = jnp.where(done, pad_id, token)
+    tokens = tokens.at[:, step].set(token)
+    done = done | is_eos(token)
     slot = prompt_len + step
     position = prompt_lengths + step
     key_valid = key_valid.at[:, slot].set(True)
     key_positions = key_positions.at[:, slot].set(position)
     mask = attention_mask_3d(slot[None], position[:, None], key_positions,
                              key_valid, config.sliding_window)
-    hidden, cache = model.decode(params, tokens[:, step][:, None],
-                                 position[:, None], mask, cache, slot)
-    token = _sample(logits_from_hidden(hidden[:, 0], lm_head),
-                    jax.random.fold_in(rng, step + 1), temperature, top_k,
-                    top_p)
-    token = jnp.where(done, pad_id, token)
-    tokens = tokens.at[:, step + 1].set(token)
-    return step + 1, tokens, cache, key_valid, key_positions, done | is_eos(
-        token)
+    hidden, cache = model.decode(params, token[:, None], position[:, None],
+                                 mask, cache, slot)
+    logits = logits_from_hidden(hidden[:, 0], lm_head)
+    return step + 1, logits, tokens, cache, key_valid, key_positions, done
 
-  state = (jnp.int32(0), tokens, cache, key_valid, key_positions,
-           is_eos(token))
-  tokens = jax.lax.while_loop(cond, body, state)[1]
+  tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+  state = (jnp.int32(0), logits, tokens, cache, key_valid, key_positions,
+           jnp.zeros((batch,), bool))
+  tokens = jax.lax.while_loop(cond, body, state)[2]
 
   # A token is real if no EOS came strictly before it; this also holds when
   # pad_id equals an EOS id.
@@ -191,10 +200,10 @@ def generate(
 ) -> SampleOutput:
   """Samples continuations of a batch of prompts.
 
-  The loop is compiled once per (model, shapes, top_k, eos_id, pad_id,
-  max_new_tokens); temperature and top_p are traced, so changing them does
-  not recompile. Rows stop at their first EOS; the loop exits early when all
-  rows have stopped.
+  The loop is compiled once per (model, shapes, eos_id, pad_id,
+  max_new_tokens, whether top_k/top_p are used); the values of temperature,
+  top_k and top_p are traced, so changing them does not recompile. Rows
+  stop at their first EOS; the loop exits early when all rows have stopped.
 
   Args:
     model: the `DecoderLM`.
@@ -237,6 +246,12 @@ def generate(
     raise ValueError(
         f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} "
         f"exceeds the {model.config.max_len} learned positions")
+  limits = None
+  if top_k is not None or top_p is not None:
+    # Defaults that filter nothing: all tokens, and a mass bound above 1.
+    limits = (jnp.asarray(model.config.vocab_size if top_k is None else top_k,
+                          jnp.int32),
+              jnp.asarray(2.0 if top_p is None else top_p, jnp.float32))
   if eos_id is None:
     eos_ids = ()
   elif isinstance(eos_id, int):
@@ -245,7 +260,5 @@ def generate(
     eos_ids = tuple(int(e) for e in eos_id)
   return _generate(
       model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng,
-      jnp.asarray(temperature, jnp.float32),
-      None if top_p is None else jnp.asarray(top_p, jnp.float32),
-      max_new_tokens=max_new_tokens, top_k=top_k, eos_ids=eos_ids,
-      pad_id=pad_id)
+      jnp.asarray(temperature, jnp.float32), limits,
+      max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
