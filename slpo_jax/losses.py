@@ -23,11 +23,16 @@ def log1mexp(x: ArrayLike) -> jax.Array:
   x = jnp.minimum(jnp.asarray(x), 0.0)
   near_zero = x > -jnp.log(2.0)
   at_zero = x == 0.0
-  safe_x = jnp.where(at_zero, -1.0, x)
+  # Each branch only sees inputs from its own range: the branch not taken is
+  # still differentiated, and log1p(-exp(x)) for x within 3e-8 of 0 is
+  # log1p(-1) = -inf in float32, whose infinite gradient times the zero
+  # cotangent of jnp.where would make the result's gradient NaN.
+  near_x = jnp.where(near_zero & ~at_zero, x, -1.0)
+  far_x = jnp.where(near_zero, -1.0, x)
   value = jnp.where(
       near_zero,
-      jnp.log(-jnp.expm1(safe_x)),
-      jnp.log1p(-jnp.exp(safe_x)),
+      jnp.log(-jnp.expm1(near_x)),
+      jnp.log1p(-jnp.exp(far_x)),
   )
   return jnp.where(at_zero, -jnp.inf, value)
 
