@@ -38,8 +38,7 @@ def main(argv):
     loop.train_and_evaluate(config, _WORKDIR.value)
   except errors.user_errors() as error:
     # Errors the user can fix by changing the config or data: one line, no
-    # traceback.
-    logging.error("%s", error)
+    # traceback (and not repeated by an absl log line).
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
 
