@@ -93,7 +93,7 @@ def slpo_fixed_point(preference_set, reference_probs):
   """
   index = {name: preference_set.response_index(name)
            for name in preference_set.named}
-  totals = {name: 0.0 for name in index}
+  totals = {name: np.zeros(reference_probs.shape[0]) for name in index}
   counts = {name: 0 for name in index}
   for winner, loser in preference_set.pairs:
     target = np.minimum(

@@ -35,7 +35,8 @@ def learning_curves(curves, setting: str, dataset: str,
   columns = 4
   rows_count = math.ceil(len(labels) / columns)
   fig, axes = plt.subplots(rows_count, columns, sharex=True, sharey=True,
-                           figsize=(3.0 * columns, 2.2 * rows_count))
+                           figsize=(3.0 * columns, 2.2 * rows_count),
+                           squeeze=False)
   table = []
   for ax, label in zip(axes.flat, labels):
     steps, probs = curves[(setting, dataset, label)]
