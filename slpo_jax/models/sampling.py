@@ -15,11 +15,13 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from slpo_jax.models.model import (DecoderLM, Params, attention_mask_3d,
                                    logits_from_hidden, position_ids)
 
 Array = jax.Array
+_EOS_CAPACITY = 4
 
 
 class SampleOutput(NamedTuple):
@@ -82,7 +84,7 @@ def _sample(logits: Array, rng: Array, temperature: Array,
 
 
 def _compact(prompt_ids: Array, prompt_mask: Array, tokens: Array,
-             mask: Array, pad_id: int) -> tuple[Array, Array]:
+             mask: Array, pad_id: Array) -> tuple[Array, Array]:
   """Real prompt tokens then real generated tokens, right-padded."""
   batch, prompt_len = prompt_ids.shape
   total = prompt_len + tokens.shape[1]
@@ -102,7 +104,7 @@ def _compact(prompt_ids: Array, prompt_mask: Array, tokens: Array,
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "max_new_tokens", "eos_ids", "pad_id"))
+    static_argnames=("model", "max_new_tokens"))
 def _generate(
     model: DecoderLM,
     params: Params,
@@ -111,10 +113,10 @@ def _generate(
     rng: Array,
     temperature: Array,
     limits: tuple[Array, Array] | None,
+    eos_ids: Array,
+    pad_id: Array,
     *,
     max_new_tokens: int,
-    eos_ids: tuple[int, ...],
-    pad_id: int,
 ) -> SampleOutput:
   config = model.config
   batch, prompt_len = prompt_ids.shape
@@ -123,10 +125,9 @@ def _generate(
   prompt_positions = position_ids(prompt_mask)
   prompt_lengths = jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
   lm_head = model.lm_head(params)
-  eos = jnp.asarray(eos_ids, jnp.int32)
 
   def is_eos(token: Array) -> Array:
-    return jnp.isin(token, eos) if eos_ids else jnp.zeros(token.shape, bool)
+    return jnp.any(token[..., None] == eos_ids, axis=-1)
 
   key_valid = jnp.zeros((batch, cache_len), bool).at[:, :prompt_len].set(
       prompt_mask)
@@ -200,9 +201,9 @@ def generate(
 ) -> SampleOutput:
   """Samples continuations of a batch of prompts.
 
-  The loop is compiled once per (model, shapes, eos_id, pad_id,
-  max_new_tokens, whether top_k/top_p are used); the values of temperature,
-  top_k and top_p are traced, so changing them does not recompile. Rows
+  The loop is compiled once per (model, shapes, max_new_tokens, whether
+  top_k/top_p are used); temperature, top_k, top_p, up to four EOS ids and
+  pad_id are traced values, so changing them does not recompile. Rows
   stop at their first EOS; the loop exits early when all rows have stopped.
 
   Args:
@@ -252,13 +253,13 @@ def generate(
     limits = (jnp.asarray(model.config.vocab_size if top_k is None else top_k,
                           jnp.int32),
               jnp.asarray(2.0 if top_p is None else top_p, jnp.float32))
-  if eos_id is None:
-    eos_ids = ()
-  elif isinstance(eos_id, int):
-    eos_ids = (eos_id,)
-  else:
-    eos_ids = tuple(int(e) for e in eos_id)
+  eos_ids = [] if eos_id is None else list(np.atleast_1d(eos_id))
+  # Padded with -1 (never a token) to a fixed capacity, so that any eos_id
+  # up to _EOS_CAPACITY ids reuses one compiled loop.
+  capacity = max(_EOS_CAPACITY, len(eos_ids))
+  eos_ids = eos_ids + [-1] * (capacity - len(eos_ids))
   return _generate(
       model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng,
       jnp.asarray(temperature, jnp.float32), limits,
-      max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+      jnp.asarray(eos_ids, jnp.int32), jnp.asarray(pad_id, jnp.int32),
+      max_new_tokens=max_new_tokens)

@@ -59,21 +59,6 @@ def test_config_validation():
       models.tiny_config("llama", dtype="bfloat16"))
 
 
-def test_init_gives_plain_float32_arrays():
-  # Scanned, to compile fewer random-number programs; the unscanned init is
-  # exercised by the sharding test.
-  model = models.build(models.tiny_config("gpt2", scan_layers=True))
-  params = model.init(jax.random.key(0))
-  assert (jax.tree.structure(params) ==
-          jax.tree.structure(model.abstract_params()))
-  np.testing.assert_array_equal(params["layers"]["mlp_norm"]["scale"], 1.0)
-  np.testing.assert_array_equal(params["layers"]["mlp"]["fc"]["bias"], 0.0)
-  assert 0.015 < np.std(params["embed"]["embedding"]) < 0.025
-  for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(
-      x, nn.meta.AxisMetadata)):
-    assert isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
-
-
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_every_param_has_logical_axes(scan_layers):
   for family in FAMILIES:
@@ -105,23 +90,31 @@ def test_partition_specs_follow_rules():
   assert no_tensor["lm_head"] == PartitionSpec("fsdp", None)
 
 
-def test_sharded_params_give_the_same_logits():
+def test_sharded_init_and_apply():
   devices = np.array(jax.devices()[:8]).reshape(1, 2, 4)
   mesh = Mesh(devices, ("data", "fsdp", "tensor"))
-  # The 4-way tensor axis does not divide the 2 kv heads: that dimension
-  # falls back to replication instead of failing.
-  config = models.tiny_config("llama", vocab_size=256, num_heads=4,
-                              num_kv_heads=2)
+  # Scanned, so that initialisation compiles one random-number program per
+  # kind of parameter rather than per layer.
+  config = models.tiny_config("llama", vocab_size=256, scan_layers=True)
   model = models.build(config)
   shardings = model.shardings(mesh)
-  kv = shardings["layers_0"]["attn"]["k"]["kernel"].spec
-  assert kv == PartitionSpec("fsdp", None, None)
-  params = jax.jit(model.init, out_shardings=shardings)(jax.random.key(0))
+  # The 4-way tensor axis does not divide the 2 kv heads: that dimension
+  # falls back to replication instead of failing.
+  kv = shardings["layers"]["attn"]["k"]["kernel"].spec
+  assert kv == PartitionSpec(None, "fsdp", None, None)
+  # An "rbg" key compiles faster than the default threefry on CPU.
+  params = jax.jit(model.init, out_shardings=shardings)(
+      jax.random.key(0, impl="rbg"))
   assert params["lm_head"].sharding == NamedSharding(
       mesh, PartitionSpec("fsdp", "tensor"))
+  # Plain arrays (no partitioning boxes), float32, the usual initial values.
+  for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(
+      x, nn.meta.AxisMetadata)):
+    assert isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
+  np.testing.assert_array_equal(params["layers"]["mlp_norm"]["scale"], 1.0)
+  assert 0.015 < np.std(params["embed"]["embedding"]) < 0.025
   ids, mask = _batch(config.vocab_size, lengths=(8, 5))
-  with nn.logical_axis_rules(models.DEFAULT_RULES), jax.set_mesh(
-      mesh):
+  with nn.logical_axis_rules(models.DEFAULT_RULES), jax.set_mesh(mesh):
     sharded = apply(model, params, ids, mask)
   unsharded = apply(model, jax.device_get(params), ids, mask)
   np.testing.assert_allclose(sharded, unsharded, atol=1e-5)
@@ -171,20 +164,22 @@ def test_scan_and_remat_match_unrolled(tiny):
           jax.tree.structure(scanned.abstract_params()))
   ids, mask = _batch(model.config.vocab_size)
 
-  def loss(m, p):
-    return jnp.mean(jax.nn.log_softmax(m.apply(p, ids, mask))[..., 0])
-
   np.testing.assert_allclose(apply(scanned, stacked, ids, mask),
                              apply(model, params, ids, mask),
                              atol=1e-5)
   if model.config.family != "llama":
     return  # The gradient path is shared; one family suffices.
-  grad = jax.jit(jax.grad(lambda p: loss(model, p)))(params)
-  scanned_grad = jax.jit(jax.grad(lambda p: loss(scanned, p)))(stacked)
-  np.testing.assert_allclose(scanned_grad["layers"]["mlp_norm"]["scale"][1],
-                             grad["layers_1"]["mlp_norm"]["scale"],
-                             atol=1e-6)
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(grad))
+
+  def loss(p):
+    return jnp.mean(jax.nn.log_softmax(scanned.apply(p, ids, mask))[..., 0])
+
+  # Rematerialised and scanned blocks differentiate to stacked, finite
+  # gradients for every layer.
+  grad = jax.jit(jax.grad(loss))(stacked)
+  assert jax.tree.structure(grad) == jax.tree.structure(stacked)
+  for leaf in jax.tree.leaves(grad["layers"]):
+    assert np.isfinite(leaf).all() and np.all(np.abs(leaf).sum(
+        axis=tuple(range(1, leaf.ndim))) > 0)
 
 
 def test_bfloat16_compute(tiny):
@@ -192,8 +187,9 @@ def test_bfloat16_compute(tiny):
   bf16 = models.build(model.config.replace(dtype="bfloat16"))
   ids, mask = _batch(model.config.vocab_size)
   logits = apply(bf16, params, ids, mask)
-  hidden, lm_head = hidden_states(bf16, params, ids, mask)
   assert logits.dtype == jnp.float32
+  # Shapes and dtypes only: no need to compile a second bfloat16 program.
+  hidden, lm_head = jax.eval_shape(bf16.hidden_states, params, ids, mask)
   assert hidden.dtype == lm_head.dtype == jnp.bfloat16
   reference = apply(model, params, ids, mask)
   m = np.asarray(mask, bool)
@@ -201,8 +197,6 @@ def test_bfloat16_compute(tiny):
   # errors of a few percent of the logits' scale.
   scale = np.max(np.abs(reference)[m])
   assert np.max(np.abs(logits - reference)[m]) < 0.03 * scale
-  np.testing.assert_allclose(
-      models.logits_from_hidden(hidden, lm_head), logits, atol=1e-6)
 
 
 def test_sliding_window_masks_distant_tokens():

@@ -2,11 +2,11 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from models_testing import random_params
 from slpo_jax import models
 
 
@@ -15,7 +15,7 @@ def good_checkpoint(tmp_path_factory):
   """A valid tiny Llama checkpoint written by our exporter."""
   folder = tmp_path_factory.mktemp("good")
   model = models.build(models.tiny_config("llama", vocab_size=64))
-  models.save_hf_checkpoint(model, model.init(jax.random.key(0)), folder)
+  models.save_hf_checkpoint(model, random_params(model), folder)
   return folder
 
 

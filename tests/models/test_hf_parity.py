@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models_testing import (HF_KINDS, hf_logits, make_hf_model, max_masked_diff,
-                          right_padded_batch)
+from models_testing import (HF_KINDS, apply, hf_logits, make_hf_model,
+                            max_masked_diff, random_params, right_padded_batch)
 from slpo_jax import models
 
 TOLERANCE = 1e-4
@@ -60,7 +60,7 @@ def test_scanned_layers_match(kind, hf_checkpoint):
   model, params = models.load_hf_model(folder, scan_layers=True, remat=True)
   assert params["layers"]["attn"]["q"]["kernel"].shape[0] == 2
   ids, mask = _batch(hf_model.config.vocab_size)
-  diff = max_masked_diff(jax.jit(model.apply)(params, ids, mask),
+  diff = max_masked_diff(apply(model, params, ids, mask),
                          hf_logits(hf_model, ids, mask), mask)
   assert diff <= TOLERANCE
 
@@ -114,18 +114,13 @@ def test_export_of_native_model(family, scan_layers, tmp_path):
   config = models.tiny_config(family, vocab_size=128,
                               scan_layers=scan_layers)
   model = models.build(config)
-  params = model.init(jax.random.key(3))
-  # Random norms and biases, so that their export is checked too.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(4), len(leaves))
-  params = jax.tree.unflatten(treedef, [
-      leaf + 0.1 * jax.random.normal(k, leaf.shape)
-      for leaf, k in zip(leaves, keys)])
+  # Random norms and biases too, so that their export is checked.
+  params = random_params(model, seed=3)
   models.save_hf_checkpoint(model, params, tmp_path, max_shard_size=50_000)
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(
       tmp_path, attn_implementation="eager").eval()
   ids, mask = _batch(config.vocab_size)
-  diff = max_masked_diff(jax.jit(model.apply)(params, ids, mask),
+  diff = max_masked_diff(apply(model, params, ids, mask),
                          hf_logits(hf_model, ids, mask), mask)
   assert diff <= TOLERANCE
   # And back: our own loader reads the sharded export.
@@ -140,7 +135,7 @@ def test_exported_config_json(tmp_path):
   config = models.tiny_config("llama", rope_scaling=models.RopeScaling(
       "llama3", factor=8.0, original_max_len=64), eos_token_id=(2, 3))
   model = models.build(config)
-  models.save_hf_checkpoint(model, model.init(jax.random.key(0)), tmp_path)
+  models.save_hf_checkpoint(model, random_params(model), tmp_path)
   written = json.loads((tmp_path / "config.json").read_text())
   assert written["model_type"] == "llama"
   assert written["rope_scaling"]["rope_type"] == "llama3"

@@ -130,30 +130,24 @@ def test_eos_stops_rows(llama):
   model, params = llama
   ids, mask = _prompts()
   free = _generate(model, params, ids, mask, temperature=0.0)
-  eos = int(free.tokens[0, 2])
-  out = _generate(model, params, ids, mask, temperature=0.0, eos_id=eos)
-  for row in range(ids.shape[0]):
-    hits = np.flatnonzero(free.tokens[row] == eos)
-    length = hits[0] + 1 if hits.size else MAX_NEW
-    assert out.lengths[row] == length
-    np.testing.assert_array_equal(out.tokens[row, :length],
-                                  free.tokens[row, :length])
-    np.testing.assert_array_equal(out.tokens[row, length:], PAD)
-    np.testing.assert_array_equal(out.mask[row], np.arange(MAX_NEW) < length)
-  assert out.lengths[0] <= 3
-
-
-def test_all_rows_stopping_ends_early_and_pad_may_equal_eos(llama):
-  model, params = llama
-  ids, mask = _prompts(lengths=(3, 3), width=3)
-  free = _generate(model, params, ids, mask, temperature=0.0)
-  eos = [int(free.tokens[0, 0]), int(free.tokens[1, 1])]
-  out = models.generate(model, params, ids, mask, rng=jax.random.key(0),
-                        max_new_tokens=MAX_NEW, temperature=0.0, eos_id=eos,
-                        pad_id=eos[0])
-  assert out.lengths[0] == 1
-  assert out.lengths[1] <= 2
-  np.testing.assert_array_equal(out.tokens[0, 1:], eos[0])
+  # One id per row, from different steps; each row stops at the first of
+  # any of them, and once every row has stopped the loop ends.
+  eos = [int(free.tokens[0, 2]), int(free.tokens[1, 0]),
+         int(free.tokens[2, 3])]
+  for pad in (PAD, eos[0]):  # The pad id may itself be an EOS id.
+    out = models.generate(model, params, ids, mask, rng=jax.random.key(0),
+                          max_new_tokens=MAX_NEW, temperature=0.0,
+                          eos_id=eos, pad_id=pad)
+    for row in range(ids.shape[0]):
+      hits = np.flatnonzero(np.isin(free.tokens[row], eos))
+      length = hits[0] + 1
+      assert out.lengths[row] == length
+      np.testing.assert_array_equal(out.tokens[row, :length],
+                                    free.tokens[row, :length])
+      np.testing.assert_array_equal(out.tokens[row, length:], pad)
+      np.testing.assert_array_equal(out.mask[row],
+                                    np.arange(MAX_NEW) < length)
+    assert np.all(np.asarray(out.lengths) <= [3, 1, 4])
 
 
 def test_sampling_settings_do_not_recompile(llama):
