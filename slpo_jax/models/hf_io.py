@@ -200,9 +200,7 @@ def _converted_groups(
   for group in hf_weights.tensor_groups(config):
     tensors = [reader.read(hf_weights.full_name(n, prefix), s)
                for n, s in zip(group.hf_names, group.hf_shapes)]
-    yield group, group.to_params([t.astype(np.float32, copy=False)
-                                  if t.dtype == np.float64 else t
-                                  for t in tensors])
+    yield group, group.to_params(tensors)
 
 
 def load_hf_model(

@@ -14,7 +14,6 @@ heads as a separate axis.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -200,7 +199,3 @@ def stacked_path(path: Path) -> Path:
   if path[0].startswith("layers_"):
     return ("layers",) + path[1:]
   return path
-
-
-def num_elements(shape: Shape) -> int:
-  return math.prod(shape)

@@ -139,6 +139,11 @@ class DecoderLM:
     """
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if (self.config.family == "gpt2"
+        and input_ids.shape[1] > self.config.max_len):
+      # Out-of-range lookups in the position table would return NaN.
+      raise ValueError(f"{input_ids.shape[1]} tokens exceed the "
+                       f"{self.config.max_len} learned positions")
     positions = position_ids(attention_mask)
     mask = attention_mask_3d(
         jnp.arange(input_ids.shape[1]), positions, positions,

@@ -212,6 +212,13 @@ def test_sliding_window_masks_distant_tokens():
   assert not np.allclose(a[:, reach], b[:, reach])
 
 
+def test_gpt2_refuses_more_tokens_than_positions():
+  model = models.build(models.tiny_config("gpt2", max_len=8))
+  ids = jnp.ones((1, 9), jnp.int32)
+  with pytest.raises(ValueError, match="9 tokens exceed the 8 learned"):
+    jax.eval_shape(model.apply, model.abstract_params(), ids)
+
+
 def test_position_ids():
   mask = jnp.array([[1, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1]])
   np.testing.assert_array_equal(

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -177,3 +178,21 @@ def test_abstract_load_reads_only_config(good_checkpoint, tmp_path):
   model, shapes = models.load_hf_model(tmp_path, abstract=True)
   assert shapes["embed"]["embedding"].shape == (64, 64)
   assert model.config.vocab_size == 64
+
+
+def test_load_onto_a_mesh(good_checkpoint):
+  """Each tensor is placed on its sharding as it is read."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(1, 2, 4),
+                           ("data", "fsdp", "tensor"))
+  model, params = models.load_hf_model(good_checkpoint, shardings=mesh)
+  _, plain = models.load_hf_model(good_checkpoint)
+  expected = model.shardings(mesh)
+  for leaf, sharding, reference in zip(jax.tree.leaves(params),
+                                       jax.tree.leaves(expected),
+                                       jax.tree.leaves(plain)):
+    assert leaf.sharding == sharding
+    np.testing.assert_array_equal(leaf, reference)
+  embedding = params["embed"]["embedding"]
+  assert embedding.sharding.spec == jax.sharding.PartitionSpec(
+      "tensor", "fsdp")
+  assert embedding.addressable_shards[0].data.shape == (16, 32)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from models_testing import (HF_KINDS, apply, hf_logits, make_hf_model,
                             max_masked_diff, random_params, right_padded_batch)
@@ -74,6 +75,25 @@ def test_sharded_index_checkpoint(hf_checkpoint):
   ids, mask = _batch(hf_model.config.vocab_size)
   assert max_masked_diff(jax.jit(apply_fn)(params, ids, mask),
                          hf_logits(hf_model, ids, mask), mask) <= TOLERANCE
+
+
+def test_unprefixed_gpt2_with_mask_buffers(hf_checkpoint, tmp_path):
+  """The layout of the original GPT-2 upload: no "transformer." prefix and
+  the causal-mask buffers stored as ".attn.bias" tensors."""
+  folder, hf_model = hf_checkpoint("gpt2")
+  weights = {k.removeprefix("transformer."): v
+             for k, v in load_file(folder / "model.safetensors").items()}
+  for i in range(hf_model.config.n_layer):
+    weights[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+  save_file(weights, tmp_path / "model.safetensors",
+            metadata={"format": "pt"})
+  (tmp_path / "config.json").write_text(
+      (folder / "config.json").read_text())
+  model, params = models.load_hf_model(tmp_path)
+  ids, mask = _batch(hf_model.config.vocab_size)
+  diff = max_masked_diff(apply(model, params, ids, mask),
+                         hf_logits(hf_model, ids, mask), mask)
+  assert diff <= TOLERANCE
 
 
 def test_bfloat16_checkpoint_tensors(tmp_path):

@@ -17,6 +17,9 @@ def _tiny(kind):
   if kind == "mistral":
     # A window shorter than prompt + completion, so the cache path must mask.
     config = models.tiny_config("llama", vocab_size=64, sliding_window=5)
+  elif kind == "llama_scanned":
+    # The cache is then one stacked array carried through `nn.scan`.
+    config = models.tiny_config("llama", vocab_size=64, scan_layers=True)
   else:
     config = models.tiny_config(kind, vocab_size=64)
   model = models.build(config)
@@ -26,7 +29,8 @@ def _tiny(kind):
 # Every distinct set of static arguments compiles the whole decoding loop
 # (seconds of CPU), so the cache-correctness tests cover all architectures
 # and the sampling options, whose code is shared, are tested on one.
-@pytest.fixture(scope="module", params=["gpt2", "llama", "mistral"])
+@pytest.fixture(scope="module",
+                params=["gpt2", "llama", "mistral", "llama_scanned"])
 def tiny(request):
   return _tiny(request.param)
 
@@ -180,20 +184,20 @@ def test_bad_arguments():
 
 def test_filters_and_sampling_distribution():
   probs = np.array([0.5, 0.3, 0.15, 0.05], np.float32)
-  logits = jnp.log(jnp.tile(probs, (20000, 1)))
+  logits = jnp.log(jnp.tile(probs, (10000, 1)))
   rng = jax.random.key(0)
 
   def frequencies(limits):
     tokens = sampling._sample(logits, rng, jnp.float32(1.0), limits)  # pylint: disable=protected-access
     return np.bincount(np.asarray(tokens), minlength=4) / tokens.shape[0]
 
-  np.testing.assert_allclose(frequencies(None), probs, atol=0.015)
+  np.testing.assert_allclose(frequencies(None), probs, atol=0.02)
   top_k = (jnp.int32(2), jnp.float32(2.0))
   np.testing.assert_allclose(frequencies(top_k), [0.625, 0.375, 0, 0],
-                             atol=0.015)
+                             atol=0.02)
   # Mass before each token: 0, 0.5, 0.8, 0.95; top_p=0.7 keeps two tokens.
   top_p = (jnp.int32(4), jnp.float32(0.7))
   np.testing.assert_allclose(frequencies(top_p), [0.625, 0.375, 0, 0],
-                             atol=0.015)
+                             atol=0.02)
   both = (jnp.int32(1), jnp.float32(0.9))
   np.testing.assert_array_equal(frequencies(both), [1, 0, 0, 0])
