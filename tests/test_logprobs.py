@@ -183,14 +183,27 @@ def _named_pairs(model):
 
 
 def test_enumeration_pair_not_logps(model, x64):
+  """Every ordered pair of responses, and the named special cases."""
   del x64
   everything = model.all_sequences()
-  pairs = list(itertools.product(everything, repeat=2))
-  pairs += list(_named_pairs(model).values())
+  named = list(_named_pairs(model).values())
+  responses = everything + [r for pair in named for r in pair]
+  # Layouts of each response after each prompt length, drawn once.
+  layouts = [
+      _layout(model, responses, [num_prompt] * len(responses))
+      for num_prompt in range(MAX_PROMPT + 1)
+  ]
+  count = len(everything)
+  index = list(itertools.product(range(count), repeat=2))
+  index += [(count + 2 * i, count + 2 * i + 1) for i in range(len(named))]
+  index = np.array(index)
   rng = np.random.default_rng(1)
-  prompt_lengths = rng.integers(0, MAX_PROMPT + 1, len(pairs))
-  chosen = _layout(model, [w for w, _ in pairs], prompt_lengths)
-  rejected = _layout(model, [l for _, l in pairs], prompt_lengths)
+  prompt_lengths = rng.integers(0, MAX_PROMPT + 1, len(index))
+  chosen, rejected = (
+      [np.stack([layouts[p][k][i] for p, i in zip(prompt_lengths, rows)])
+       for k in range(3)]
+      for rows in index.T
+  )
 
   got = pair_not_logps(
       chosen[0], chosen[1], rejected[0], rejected[1],
@@ -199,7 +212,16 @@ def test_enumeration_pair_not_logps(model, x64):
 
   probabilities = np.array([model.probability(s) for s in everything])
   covered = np.array([
-      [_covered(s, w) or _covered(s, l) for s in everything] for w, l in pairs
+      [_covered(s, responses[i]) or _covered(s, responses[j])
+       for s in everything]
+      for i, j in index[count * count:]
+  ])
+  # For two complete responses, the covered set is the pair itself.
+  sequence_ids = np.arange(count)
+  covered = np.concatenate([
+      (sequence_ids == index[: count * count, :1])
+      | (sequence_ids == index[: count * count, 1:]),
+      covered,
   ])
   with np.errstate(divide="ignore"):
     want = np.log(np.sum(np.where(covered, 0.0, probabilities), -1))
@@ -382,18 +404,21 @@ def test_gradients_are_finite_everywhere():
         + jnp.sum(jnp.exp(not_logp))
     )
 
-  grads = jax.jit(jax.grad(total))(jnp.asarray(logits))
+  def own_rows(x):
+    return _finite_part(jnp.stack(
+        slpo_jax.sequence_logps(x, labels, where=where)
+    ))
+
+  # Both gradients from one compiled reverse pass.
+  grads = jax.jit(jax.jacrev(lambda x: jnp.stack([total(x), own_rows(x)])))(
+      jnp.asarray(logits)
+  )
   assert np.all(np.isfinite(grads))
+  # The empty row receives no gradient from its own values.
+  np.testing.assert_array_equal(grads[1, 0], 0.0)
   logp, not_logp = sequence_logps(logits, labels, where=where)
   assert logp[0] == 0.0 and not_logp[0] == -np.inf
   assert not_logp[2] < 0.0 and np.isfinite(not_logp[2])
-  # The empty row receives no gradient from its own values.
-  grads = jax.jit(jax.grad(
-      lambda x: _finite_part(jnp.stack(slpo_jax.sequence_logps(
-          x, labels, where=where)))
-  ))(jnp.asarray(logits))
-  assert np.all(np.isfinite(grads))
-  np.testing.assert_array_equal(grads[0], 0.0)
 
 
 def test_empty_row_gives_zero_and_minus_infinity():
@@ -433,11 +458,7 @@ def test_check_grads(x64):
     pair = slpo_jax.pair_not_logps(
         x, labels, x + 0.5, other, chosen_where=where, rejected_where=where
     )
-    per_token = slpo_jax.token_logps(x, labels, also_exclude=other)
-    return jnp.concatenate(
-        [logp, not_logp, pair, per_token.logp.ravel(),
-         per_token.not_logp.ravel()]
-    )
+    return jnp.concatenate([logp, not_logp, pair])
 
   check_grads(everything, (logits,), order=1, modes=("fwd", "rev"))
 
@@ -462,7 +483,8 @@ def test_shape_errors_name_both_shapes():
 # ---------------------------------------------------------------------------
 # Properties.
 
-_shapes = st.sampled_from([(2, 6, 5), (3, 4, 7)])
+# One shape for every property test: each function compiles once per run.
+SHAPE = (3, 6, 5)
 
 
 def _outputs(chosen_logits, rejected_logits, chosen_labels, rejected_labels,
@@ -485,8 +507,9 @@ _mapped_outputs = jax.jit(jax.vmap(_outputs))
 
 
 @SETTINGS
-@hypothesis.given(shape=_shapes, seed=st.integers(0, 2**31 - 1))
-def test_masked_positions_contribute_exactly_nothing(shape, seed):
+@hypothesis.given(seed=st.integers(0, 2**31 - 1))
+def test_masked_positions_contribute_exactly_nothing(seed):
+  shape = SHAPE
   rng = np.random.default_rng(seed)
   rows = [random_batch(rng, shape[:2], shape[2]) for _ in range(2)]
 
@@ -520,33 +543,37 @@ def test_masked_positions_contribute_exactly_nothing(shape, seed):
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(seed=st.integers(0, 2**31 - 1))
 def test_jit_vmap_and_loop_agree(seed):
-  # One shape: eager execution and each transformation compile only once.
-  shape = (3, 6, 5)
   rng = np.random.default_rng(seed)
-  chosen = random_batch(rng, shape[:2], shape[2])
-  rejected = random_batch(rng, shape[:2], shape[2])
-  args = (chosen[0], rejected[0], chosen[1], rejected[1], chosen[2],
-          rejected[2])
-  eager = _outputs(*args)
-  jitted = _jitted_outputs(*args)
-  mapped = _mapped_outputs(*args)
-  looped = [_jitted_outputs(*(a[i] for a in args)) for i in range(shape[0])]
+  batches = []
+  for _ in range(2):
+    chosen = random_batch(rng, SHAPE[:2], SHAPE[2])
+    rejected = random_batch(rng, SHAPE[:2], SHAPE[2])
+    batches.append((chosen[0], rejected[0], chosen[1], rejected[1],
+                    chosen[2], rejected[2]))
+  eager = _outputs(*batches[0])
+  jitted = _jitted_outputs(*batches[0])
   for k in range(3):
     np.testing.assert_allclose(jitted[k], eager[k], rtol=1e-6, atol=0)
-    np.testing.assert_allclose(mapped[k], eager[k], rtol=1e-6, atol=0)
+  # vmap over an extra leading axis against a loop over it.
+  stacked = [np.stack(arrays) for arrays in zip(*batches)]
+  mapped = _mapped_outputs(*stacked)
+  looped = [_jitted_outputs(*batch) for batch in batches]
+  for k in range(3):
     np.testing.assert_allclose(
-        np.stack([row[k] for row in looped]), eager[k], rtol=1e-6, atol=0
+        mapped[k], np.stack([row[k] for row in looped]), rtol=1e-6, atol=0
     )
 
 
 @SETTINGS
-@hypothesis.given(shape=_shapes, seed=st.integers(0, 2**31 - 1))
-def test_bfloat16_is_float32_of_rounded_logits(shape, seed):
+@hypothesis.given(seed=st.integers(0, 2**31 - 1))
+def test_bfloat16_is_float32_of_rounded_logits(seed):
   rng = np.random.default_rng(seed)
-  logits, labels, where = random_batch(rng, shape[:2], shape[2], scale=10.0)
-  low = jnp.asarray(logits, jnp.bfloat16)
-  got = sequence_logps(low, labels, where=where)
-  want = sequence_logps(low.astype(jnp.float32), labels, where=where)
+  chosen = random_batch(rng, SHAPE[:2], SHAPE[2], scale=10.0)
+  rejected = random_batch(rng, SHAPE[:2], SHAPE[2], scale=10.0)
+  low = [jnp.asarray(x[0], jnp.bfloat16) for x in (chosen, rejected)]
+  rest = (chosen[1], rejected[1], chosen[2], rejected[2])
+  got = _jitted_outputs(*low, *rest)
+  want = _jitted_outputs(*(x.astype(jnp.float32) for x in low), *rest)
   for g, w in zip(got, want):
     assert g.dtype == jnp.float32
     np.testing.assert_array_equal(g, w)
