@@ -126,22 +126,29 @@ def temp_bytes(compiled) -> int:
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-def time_once(compiled, args) -> float:
-  start = time.perf_counter()
+def time_once(compiled, args) -> tuple[float, float]:
+  """Wall seconds and CPU seconds (all of this process's threads) of a call."""
+  wall, cpu = time.perf_counter(), time.process_time()
   jax.block_until_ready(compiled(*args))
-  return time.perf_counter() - start
+  return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def interleaved_medians(compiled_by_name, args, repeats, warmup):
-  """Median seconds per call for each compiled step, runs interleaved."""
-  times = {name: [] for name in compiled_by_name}
+  """Median wall and CPU seconds per call of each step, runs interleaved.
+
+  Returns:
+    ``(wall, cpu, samples)``: medians by name, and every (wall, cpu) pair.
+  """
+  samples = {name: [] for name in compiled_by_name}
   for _ in range(warmup):
     for compiled in compiled_by_name.values():
       time_once(compiled, args)
   for _ in range(repeats):
     for name, compiled in compiled_by_name.items():
-      times[name].append(time_once(compiled, args))
-  return {name: statistics.median(t) for name, t in times.items()}, times
+      samples[name].append(time_once(compiled, args))
+  wall = {n: statistics.median(w for w, _ in t) for n, t in samples.items()}
+  cpu = {n: statistics.median(c for _, c in t) for n, t in samples.items()}
+  return wall, cpu, samples
 
 
 def max_relative_difference(plain_out, fused_out) -> float:
@@ -165,7 +172,7 @@ def measure(vocab, args, dtype, vocab_chunk=None, token_chunk=None):
       lambda h, w, y: fused_loss(h, w, y, vocab_chunk, token_chunk), inputs
   )
   difference = max_relative_difference(plain(*inputs), fused_step(*inputs))
-  medians, samples = interleaved_medians(
+  medians, cpu_medians, samples = interleaved_medians(
       {"plain": plain, "fused": fused_step}, inputs, args.repeats, args.warmup
   )
   tokens = batch * length
@@ -178,12 +185,15 @@ def measure(vocab, args, dtype, vocab_chunk=None, token_chunk=None):
       "fused_temp_bytes": temp_bytes(fused_step),
       "plain_seconds": medians["plain"],
       "fused_seconds": medians["fused"],
-      "plain_samples": samples["plain"],
-      "fused_samples": samples["fused"],
+      "plain_cpu_seconds": cpu_medians["plain"],
+      "fused_cpu_seconds": cpu_medians["fused"],
+      "plain_samples_wall_cpu": samples["plain"],
+      "fused_samples_wall_cpu": samples["fused"],
       "max_relative_difference": difference,
   }
   row["memory_ratio"] = row["fused_temp_bytes"] / row["plain_temp_bytes"]
   row["time_ratio"] = row["fused_seconds"] / row["plain_seconds"]
+  row["cpu_time_ratio"] = row["fused_cpu_seconds"] / row["plain_cpu_seconds"]
   # Matmul FLOPs: the plain path runs 3 products of N x d x V (logits, and
   # the two gradients); the fused one runs a 4th, the recomputed logits.
   model_flops = 3 * 2 * tokens * args.hidden_size * vocab
@@ -222,6 +232,24 @@ def format_table(machine, rows, gpu_note) -> str:
   return "\n".join(lines)
 
 
+def gpu_note(device_kind, bf16_rows) -> list[str]:
+  """Lines giving each bf16 row's TFLOP/s and its fraction of the peak."""
+  peak = bf16_peak_tflops(device_kind)
+  note = [f"GPU: {device_kind}, dense bf16 peak "
+          + (f"{peak:.0f} TFLOP/s" if peak else "unknown for this device")
+          + "; TFLOP/s count executed matmul FLOPs (fused 8NdV, plain 6NdV)"]
+  for r in bf16_rows:
+    fraction = (
+        f" = {100 * r['fused_tflops'] / peak:.1f}% of peak" if peak else ""
+    )
+    note.append(
+        f"  bf16 V = {r['vocab']:,}: fused {r['fused_tflops']:.1f} TFLOP/s"
+        f"{fraction}; plain {r['plain_tflops']:.1f} TFLOP/s;"
+        f" fused/plain time {r['time_ratio']:.2f}"
+    )
+  return note
+
+
 def gpu_rows(args, vocabs):
   """bfloat16 rows and the TFLOP/s note, or a line saying there is no GPU."""
   device = jax.devices()[0]
@@ -230,19 +258,8 @@ def gpu_rows(args, vocabs):
         f"GPU: no GPU present (platform {device.platform}); the bfloat16"
         " ratio and TFLOP/s rows were not measured."
     ]
-  peak = bf16_peak_tflops(device.device_kind)
   rows = [measure(v, args, jnp.bfloat16) for v in vocabs]
-  note = [f"GPU: {device.device_kind}, dense bf16 peak "
-          + (f"{peak:.0f} TFLOP/s" if peak else "unknown for this device")]
-  for r in rows:
-    fraction = (
-        f" = {100 * r['fused_tflops'] / peak:.1f}% of peak" if peak else ""
-    )
-    note.append(
-        f"  bf16 V = {r['vocab']:,}: fused {r['fused_tflops']:.1f} TFLOP/s"
-        f" executed{fraction}; plain {r['plain_tflops']:.1f} TFLOP/s"
-    )
-  return rows, note
+  return rows, gpu_note(device.device_kind, rows)
 
 
 def tune(args):
@@ -260,17 +277,19 @@ def tune(args):
           inputs,
       )
   compiled["plain"] = compile_step(plain_loss, inputs)
-  medians, _ = interleaved_medians(compiled, inputs, args.repeats, args.warmup)
+  wall, cpu, _ = interleaved_medians(compiled, inputs, args.repeats,
+                                     args.warmup)
   print(f"V = {vocab:,}, B*T = {args.batch * length:,}, d ="
-        f" {args.hidden_size}; plain {medians['plain']:.3f} s")
-  print("| vocab chunk | token chunk | fused s | fused/plain | temp MiB |")
-  print("|---:|---:|---:|---:|---:|")
-  for key, seconds in sorted(
-      ((k, v) for k, v in medians.items() if k != "plain"), key=lambda kv:
-      kv[1]):
-    print(f"| {key[0]} | {key[1]} | {seconds:.3f} |"
-          f" {seconds / medians['plain']:.2f} | {mib(temp_bytes(compiled[key]))}"
-          " |")
+        f" {args.hidden_size}; plain {wall['plain']:.3f} s wall,"
+        f" {cpu['plain']:.3f} s CPU")
+  print("| vocab chunk | token chunk | fused wall s | fused/plain wall |"
+        " fused CPU s | fused/plain CPU | temp MiB |")
+  print("|---:|---:|---:|---:|---:|---:|---:|")
+  for key in sorted((k for k in cpu if k != "plain"), key=cpu.get):
+    print(f"| {key[0]} | {key[1]} | {wall[key]:.3f} |"
+          f" {wall[key] / wall['plain']:.2f} | {cpu[key]:.3f} |"
+          f" {cpu[key] / cpu['plain']:.2f} |"
+          f" {mib(temp_bytes(compiled[key]))} |")
 
 
 def main(argv=None):

@@ -41,15 +41,17 @@ from jax.typing import ArrayLike
 
 from slpo_jax import logprobs as _logprobs
 
-# Chunk sizes by backend, chosen by `python -m bench.loss_head --tune` (CPU)
-# and by the tile sizes that keep a GPU's matrix units busy (an unmeasured
-# choice on GPU: see bench/README.md). Vocabulary chunks are multiples of 128
-# (TPU lanes, GPU MMA tiles).
+# Chunk sizes by backend. CPU: the best of a grid timed with
+# `python -m bench.loss_head --tune` (all of 256..2048 were within 10%: the
+# tiles are matmul-bound). GPU and TPU: tiles big enough to keep the matrix
+# units busy at d >= 512 while a float32 tile stays at 64 MiB; not yet timed
+# on either (see bench/README.md). Vocabulary chunks are multiples of 128, the
+# lane width of TPUs and a multiple of every GPU MMA tile.
 _DEFAULT_CHUNKS = {
-    # (vocab_chunk_size, token_chunk_size)
-    "cpu": (512, 2048),
-    "gpu": (8192, 4096),
-    "tpu": (8192, 4096),
+    # backend: (vocab_chunk_size, token_chunk_size)
+    "cpu": (1024, 512),
+    "gpu": (4096, 4096),
+    "tpu": (4096, 4096),
 }
 
 # Marks an id that matches no column (an invalid label or exclusion) and a
@@ -82,9 +84,14 @@ def _vocab_chunk(lm_head: jax.Array, j, vocab_chunk: int):
   return start, columns, ids
 
 
-def _tile_logits(hidden_rows, columns, accumulate_dtype):
-  # Matmul in the activation dtype (bf16 on accelerators), float32 sums.
-  return jnp.dot(hidden_rows, columns, preferred_element_type=accumulate_dtype)
+def _dot(a, b, accumulate_dtype):
+  """``a @ b`` in the operands' dtype (bf16 stays bf16), float32 sums."""
+  if a.dtype != accumulate_dtype and jax.default_backend() == "cpu":
+    # XLA:CPU has no bf16 x bf16 -> f32 kernel for every shape. Widening the
+    # operands first computes the same thing: a product of two bf16 values is
+    # exact in float32, and the sums are float32 either way.
+    a, b = a.astype(accumulate_dtype), b.astype(accumulate_dtype)
+  return jnp.dot(a, b, preferred_element_type=accumulate_dtype)
 
 
 def _rows(x, i, token_chunk):
@@ -109,7 +116,7 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
   def tile(ids, columns, i, state):
     rest_max, rest_sum, label_logit, exclude_logit = state
     rows = lambda x: _rows(x, i, token_chunk)
-    z = _tile_logits(rows(hidden), columns, acc)
+    z = _dot(rows(hidden), columns, acc)
     is_label = ids == rows(labels)[:, None]
     excluded = is_label
     if has_exclude:
@@ -241,11 +248,14 @@ def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
       0.0,
   )
 
+  # The head's gradient contracts over tokens; a transposed copy of hidden
+  # (hidden-sized, made once) lets every tile use a plain [d, t] @ [t, v].
+  hidden_t = hidden.T
+
   def tile(ids, columns, i, grads):
     d_hidden, d_columns = grads
     rows = lambda x: _rows(x, i, token_chunk)
-    hidden_rows = rows(hidden)
-    z = _tile_logits(hidden_rows, columns, acc)
+    z = _dot(rows(hidden), columns, acc)
     e = jnp.exp(z - rows(rest_max)[:, None])
     dz = e * rows(rest_scale)[:, None]
     if vocab % vocab_chunk:
@@ -257,12 +267,11 @@ def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
     # The label last: with also_exclude == label it is counted once, as y.
     dz = jnp.where(ids == rows(labels)[:, None], rows(d_label)[:, None], dz)
     dz = dz.astype(columns.dtype)
-    d_rows = rows(d_hidden) + jnp.dot(
-        dz, columns.T, preferred_element_type=acc
+    d_rows = rows(d_hidden) + _dot(dz, columns.T, acc)
+    hidden_t_rows = jax.lax.dynamic_slice_in_dim(
+        hidden_t, i * token_chunk, token_chunk, axis=1
     )
-    d_columns = d_columns + jnp.dot(
-        hidden_rows.T, dz, preferred_element_type=acc
-    )
+    d_columns = d_columns + _dot(hidden_t_rows, dz, acc)
     return _set_rows(d_hidden, d_rows, i, token_chunk), d_columns
 
   def vocab_step(j, grads):
