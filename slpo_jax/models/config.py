@@ -53,7 +53,8 @@ class RopeScaling:
           f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}"
       )
     if self.factor <= 0:
-      raise ValueError(f"rope scaling factor must be positive, got {self.factor}")
+      raise ValueError(
+          f"rope scaling factor must be positive, got {self.factor}")
     if self.rope_type == "llama3" and (
         self.high_freq_factor <= self.low_freq_factor
     ):

@@ -55,9 +55,11 @@ def _gpt2_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
     raise CheckpointError(
         f"{source}: scale_attn_by_inverse_layer_idx=true is not supported")
   if not hf.get("scale_attn_weights", True):
-    raise CheckpointError(f"{source}: scale_attn_weights=false is not supported")
+    raise CheckpointError(
+        f"{source}: scale_attn_weights=false is not supported")
   if hf.get("add_cross_attention", False):
-    raise CheckpointError(f"{source}: add_cross_attention=true is not supported")
+    raise CheckpointError(
+        f"{source}: add_cross_attention=true is not supported")
   d_model = _require(hf, "n_embd", source)
   num_heads = _require(hf, "n_head", source)
   return dict(

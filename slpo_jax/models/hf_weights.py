@@ -195,7 +195,8 @@ def full_name(name: str, prefix: str) -> str:
 
 
 def stacked_path(path: Path) -> Path:
-  """Path of a block parameter in the scanned tree (``layers_3`` -> ``layers``)."""
+  """Path of a block parameter in the scanned tree (``layers_3`` -> ``layers``).
+  """
   if path[0].startswith("layers_"):
     return ("layers",) + path[1:]
   return path

@@ -123,7 +123,10 @@ class DecoderLM:
     return kernel.astype(self.config.dtype)
 
   def hidden_states(
-      self, params: Params, input_ids: Array, attention_mask: Array | None = None
+      self,
+      params: Params,
+      input_ids: Array,
+      attention_mask: Array | None = None,
   ) -> tuple[Array, Array]:
     """Final hidden states and the output projection.
 
@@ -153,7 +156,10 @@ class DecoderLM:
     return hidden, self.lm_head(params)
 
   def apply(
-      self, params: Params, input_ids: Array, attention_mask: Array | None = None
+      self,
+      params: Params,
+      input_ids: Array,
+      attention_mask: Array | None = None,
   ) -> Array:
     """Next-token logits, ``[B, T, V]`` float32.
 
@@ -204,7 +210,8 @@ class DecoderLM:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(model: DecoderLM, rng: Array) -> Params:
-  return nn.meta.unbox(model._init_boxed(rng))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  return nn.meta.unbox(model._init_boxed(rng))
 
 
 def logits_from_hidden(hidden: Array, lm_head: Array) -> Array:

@@ -80,7 +80,7 @@ DEFAULT_RULES = logical_axis_rules()
 
 def _fit_to_shape(spec: PartitionSpec, shape: Sequence[int],
                   mesh: Mesh) -> PartitionSpec:
-  """Replicates the dimensions whose size the assigned mesh axes don't divide."""
+  """Replicates the dimensions that the assigned mesh axes don't divide."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     if axes is None:
