@@ -46,7 +46,7 @@ def test_encode_places_the_end_token_and_forces_it_at_full_length():
 @pytest.mark.parametrize("space", [BANDIT, TINY_LM])
 def test_listed_distribution_sums_to_one_and_matches_products(space):
   table = space.random_table(jax.random.PRNGKey(3), scale=2.0)
-  log_probs = np.asarray(space.log_probs(table), np.float64)
+  log_probs = np.asarray(jax.jit(space.log_probs)(table), np.float64)
   np.testing.assert_allclose(np.exp(log_probs).sum(), 1.0, atol=1e-5)
   np.testing.assert_allclose(
       log_probs, _product_log_probs(space, table), atol=1e-5)
@@ -61,12 +61,18 @@ def test_listed_distribution_sums_to_one_and_matches_products(space):
 def test_library_complements_match_enumeration(chosen, rejected):
   """pi(Y != y) and pi(Y not in {y_w, y_l}) as 1 - listed masses."""
   table = TINY_LM.random_table(jax.random.PRNGKey(5))
-  probs = np.exp(np.asarray(TINY_LM.log_probs(table), np.float64))
+  probs = np.exp(np.asarray(jax.jit(TINY_LM.log_probs)(table), np.float64))
   encoded = [TINY_LM.encode(r) for r in (chosen, rejected)]
   (cl, cw, cn), (rl, rw, rn) = encoded
-  _, chosen_not = slpo_jax.sequence_logps(table[cn], cl, where=cw)
-  pair_not = slpo_jax.pair_not_logps(
-      table[cn], cl, table[rn], rl, chosen_where=cw, rejected_where=rw)
+
+  @jax.jit
+  def complements(table):
+    _, chosen_not = slpo_jax.sequence_logps(table[cn], cl, where=cw)
+    pair_not = slpo_jax.pair_not_logps(
+        table[cn], cl, table[rn], rl, chosen_where=cw, rejected_where=rw)
+    return chosen_not, pair_not
+
+  chosen_not, pair_not = complements(table)
   p_chosen = probs[TINY_LM.index(chosen)]
   p_rejected = probs[TINY_LM.index(rejected)]
   np.testing.assert_allclose(np.exp(chosen_not), 1 - p_chosen, rtol=1e-5)
