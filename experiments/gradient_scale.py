@@ -12,7 +12,7 @@ For hard SLPO (Eq. 8) the derivative with respect to log pi(y_w) is
 and with respect to log pi(y_l) it is pi(y_l) / (1 - pi(y_l)): the gradient
 scales with a sequence probability. The float64 evaluation of that formula,
 from the library's own ``d log pi`` gradients, is written beside the measured
-norms as ``slpo (formula, float64)``.
+norms as the loss ``slpo (formula)``.
 
 y_w and y_l differ from their first token on and share the first position's
 logits (the same prompt); every later position has its own logits, as the

@@ -12,6 +12,7 @@ import pytest
 from experiments import enumeration
 from experiments import objectives
 from experiments import plots
+from experiments import preference_sets
 from experiments import training
 
 CONFIG = training.TrainConfig(steps=2000, learning_rate=0.01,
@@ -98,7 +99,6 @@ def test_hard_slpo_settles_at_the_per_response_average(tiny_lm_runs, dataset):
 def test_fixed_point_formula_on_the_uniform_bandit():
   space, responses, _ = enumeration.SETTINGS["bandit_uniform"]
   reference = np.full((1, 3), 1.0 / 3.0)
-  from experiments import preference_sets  # pylint: disable=g-import-not-at-top
   transitive = enumeration.slpo_fixed_point(
       preference_sets.make("transitive", space, responses), reference)
   np.testing.assert_allclose(
