@@ -1,0 +1,70 @@
+"""Configs that cannot work fail at start, saying what to change."""
+
+import pytest
+
+from train_testing import finish
+from train_testing import start_train_main
+from train_testing import train
+from train.errors import ConfigError
+
+# (override, a part of the message). Each runs on the 8 simulated devices.
+CONFIG_ERRORS = {
+    "batch_not_divisible": (
+        {"batch_size": 12},
+        "cannot be split over mesh.data x mesh.fsdp = 8 devices; make"
+        " batch_size a multiple of 8."),
+    "mesh_too_large": (
+        {"mesh.data": 16},
+        "mesh data=16 x fsdp=1 x tensor=1 = 16 devices, but 8 are available;"
+        " set one axis to -1"),
+    "unknown_loss": (
+        {"loss.name": "dpoo"},
+        "unknown loss 'dpoo'; config.loss.name must be one of ['dpo',"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_ERRORS))
+def test_config_error_before_any_work(case, make_config, tmp_path):
+  changes, message = CONFIG_ERRORS[case]
+  with pytest.raises(ConfigError) as error:
+    train(make_config(**changes), tmp_path / "run")
+  assert message in str(error.value)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def command_line_failures(make_config, tmp_path_factory):
+  """``(exit code, output, workdir)`` of ``train.main`` for each bad config.
+
+  The processes run side by side: most of their time is Python start-up.
+  """
+  root = tmp_path_factory.mktemp("config_errors")
+  processes = {
+      case: start_train_main(make_config(**changes), root / case)
+      for case, (changes, _) in CONFIG_ERRORS.items()
+  }
+  processes["unknown_key"] = start_train_main(
+      make_config(), root / "unknown_key", "--config.loss.nmae=x")
+  outputs = {case: finish(process, timeout=120)
+             for case, process in processes.items()}
+  return {case: (process.returncode, outputs[case], root / case)
+          for case, process in processes.items()}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_ERRORS))
+def test_command_line_reports_a_config_error_in_one_line(
+    case, command_line_failures):
+  returncode, output, workdir = command_line_failures[case]
+  _, message = CONFIG_ERRORS[case]
+  assert returncode == 2, output
+  assert "Traceback" not in output
+  (line,) = [line for line in output.splitlines() if message in line]
+  assert line.startswith("error: ")
+  assert not workdir.exists()
+
+
+def test_command_line_refuses_an_unknown_config_key(command_line_failures):
+  returncode, output, workdir = command_line_failures["unknown_key"]
+  assert returncode != 0
+  assert 'Did you mean "name" instead of "nmae"?' in output
+  assert not workdir.exists()

@@ -1,0 +1,145 @@
+"""The training loop end to end, in this process, on 8 simulated devices."""
+
+import math
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from train_testing import BASELINE
+from train_testing import TOLERANCE
+from train_testing import assert_trees_equal
+from train_testing import checkpoint_steps
+from train_testing import load_checkpoint_params
+from train_testing import read_metrics
+from train_testing import train
+from train_testing import train_losses
+from train import loop
+from train import reference as reference_lib
+from train.errors import ConfigError
+
+TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+             "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+def _leaves_differ(a, b) -> bool:
+  return any(not np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_online_reference_is_untouched_and_policy_moves(baseline):
+  run = baseline.run
+  assert run.reference_params is not None
+  # Still alive (never donated) and bitwise what it was before step 1.
+  assert_trees_equal(jax.device_get(run.reference_params),
+                     baseline.initial_reference)
+  final = jax.device_get(baseline.result.state.params)
+  assert _leaves_differ(final, baseline.initial_params)
+  assert int(baseline.result.state.step) == BASELINE["steps"]
+
+
+def test_metrics_records_every_step_with_trl_names_and_eval(baseline):
+  records = read_metrics(baseline.workdir)
+  assert [r["step"] for r in records] == list(range(1, BASELINE["steps"] + 1))
+  for record in records:
+    for name in ("loss", "grad_norm", *TRL_NAMES):
+      assert math.isfinite(record[name]), (record["step"], name)
+    assert 0.0 <= record["rewards/accuracies"] <= 1.0
+  eval_steps = [r["step"] for r in records if "eval/loss" in r]
+  assert eval_steps == [2, 4]
+  for record in records:
+    if record["step"] in eval_steps:
+      for name in TRL_NAMES:
+        assert math.isfinite(record[f"eval/{name}"])
+  assert baseline.result.eval_metrics == {
+      k: v for k, v in records[-1].items() if k.startswith("eval/")}
+
+
+def test_tensorboard_events_are_written(baseline):
+  events = list((baseline.workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_non_finite_loss_stops_without_a_non_finite_checkpoint(
+    make_config, tmp_path):
+  # Adam's first update moves every weight by ~1e30: the second forward pass
+  # overflows.
+  config = make_config(**{
+      "optimizer.learning_rate": 1e30, "checkpoint_every": 1, "steps": 4})
+  with pytest.raises(loop.NonFiniteError, match="non-finite .* at step 2"):
+    train(config, tmp_path)
+  assert checkpoint_steps(tmp_path) == [1]
+  params = load_checkpoint_params(tmp_path, 1)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+
+
+@pytest.fixture(scope="module")
+def precomputed(make_config, tmp_path_factory):
+  """The baseline with precomputed reference log-probs; its workdir."""
+  workdir = tmp_path_factory.mktemp("precomputed")
+  train(make_config(**BASELINE, **{"reference.mode": "precomputed"}),
+        workdir)
+  return workdir
+
+
+def test_precomputed_reference_matches_online(precomputed, baseline):
+  online = read_metrics(baseline.workdir)
+  offline = read_metrics(precomputed)
+  assert [r["step"] for r in offline] == [r["step"] for r in online]
+  for a, b in zip(offline, online):
+    for name in ("loss", "eval/loss", *TRL_NAMES):
+      if name in b:
+        np.testing.assert_allclose(
+            a[name], b[name], rtol=TOLERANCE, atol=TOLERANCE,
+            err_msg=f"step {b['step']} {name}")
+
+
+def test_precomputed_reference_cache_is_reused(
+    precomputed, make_config, monkeypatch):
+  (cache,) = (precomputed / "reference_logps").glob("*.npz")
+  stamp = cache.stat().st_mtime_ns
+
+  def no_rebuild(*args, **kwargs):
+    raise AssertionError("the reference log-probs were computed again")
+
+  monkeypatch.setattr(reference_lib, "_stats_fn", no_rebuild)
+  # Same workdir: the cache is loaded and the finished run resumes at its end.
+  train(make_config(**BASELINE, **{"reference.mode": "precomputed"}),
+        precomputed)
+  assert list((precomputed / "reference_logps").glob("*.npz")) == [cache]
+  assert cache.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("loss", ["slpo_token", "slpo_soft"])
+def test_precomputed_reference_refuses_per_token_losses(
+    loss, make_config, tmp_path):
+  config = make_config(
+      **{"loss.name": loss, "reference.mode": "precomputed"})
+  with pytest.raises(ConfigError, match="reference.mode='online'"):
+    train(config, tmp_path)
+  assert not any(tmp_path.iterdir())  # Failed before any work.
+
+
+MESHES = {
+    "one_device": (1, {"mesh.data": 1}),
+    "fsdp": (None, {"mesh.data": 2, "mesh.fsdp": 4}),
+    "tensor": (None, {"mesh.data": 4, "mesh.tensor": 2}),
+}
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_sharding_gives_the_data_parallel_losses(
+    mesh, baseline, make_config, tmp_path):
+  devices, changes = MESHES[mesh]
+  config = make_config(**{**BASELINE, "eval_every": 0,
+                               "checkpoint_every": 0, **changes})
+  trained = train(config, tmp_path, devices=devices)
+  assert trained.run.mesh.devices.size == (devices or 8)
+  expected = train_losses(baseline.workdir)
+  actual = train_losses(tmp_path)
+  assert sorted(actual) == sorted(expected)
+  np.testing.assert_allclose(
+      [actual[s] for s in sorted(actual)],
+      [expected[s] for s in sorted(expected)], rtol=TOLERANCE, atol=TOLERANCE)
