@@ -329,7 +329,7 @@ def plot_frontier(rows: list[dict], path: pathlib.Path, title: str = ""
 
   colors = {"dpo": "tab:blue", "ipo": "tab:orange", "slpo_hard": "tab:gray",
             "slpo_tempered": "tab:green", "slpo_soft": "tab:red"}
-  markers = {"dpo": "o", "ipo": "s", "slpo_hard": "x",
+  markers = {"dpo": "o", "ipo": "s", "slpo_hard": "X",
              "slpo_tempered": "^", "slpo_soft": "D"}
   fig, ax = plt.subplots(figsize=(8.0, 5.5))
   reference = [r for r in rows if r["family"] == "reference"]
@@ -363,10 +363,13 @@ def plot_frontier(rows: list[dict], path: pathlib.Path, title: str = ""
   if reference:
     ax.scatter([0.0], [ref_reward], s=160, marker="*", color="black",
                zorder=4, label="reference (SFT)")
-  ax.set_xlabel("KL(pi || pi_ref), nats per response (policy samples)")
+  # KL spans from a fraction of a nat to tens of nats across the grid.
+  ax.set_xscale("symlog", linthresh=1.0)
+  ax.set_xlabel("KL(pi || pi_ref), nats per response (policy samples;"
+                " linear below 1, log above)")
   ax.set_ylabel("mean true reward of policy samples")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=8, loc="upper left")
   if title:
     ax.set_title(title, fontsize=10)
   fig.tight_layout()
@@ -376,12 +379,32 @@ def plot_frontier(rows: list[dict], path: pathlib.Path, title: str = ""
 
 
 def run_sweep(preset: str, seeds: int, out: pathlib.Path,
-              workdir: pathlib.Path) -> list[dict]:
-  """Fits the reference, trains the grid, writes the CSV and the figure."""
+              workdir: pathlib.Path, *, learning_rate: float | None = None,
+              only: tuple[str, ...] = ()) -> list[dict]:
+  """Fits the reference, trains the grid, writes the CSV and the figure.
+
+  Args:
+    preset: 'cpu' or 'gpu' (`configs.controlled_generation`).
+    seeds: seeds 0..seeds-1 of every grid point.
+    out: folder of the CSV and the PNG.
+    workdir: reference, runs and compilation cache; finished runs are kept.
+    learning_rate: replaces the preset's peak learning rate; the outputs
+      are then named ``controlled_generation_lr<value>.{csv,png}``.
+    only: grid point names (`GridPoint.name`) or name prefixes to train;
+      every point when empty.
+  """
   start = time.perf_counter()
   base = cg_config.get_config(preset)
+  stem, runs = "controlled_generation", workdir / "runs"
+  if learning_rate is not None:
+    base.optimizer.learning_rate = learning_rate
+    stem += f"_lr{learning_rate:g}"
+    runs = workdir / f"runs_lr{learning_rate:g}"
   sweep = cg_config.get_sweep(preset)
-  points = grid(sweep)
+  points = [p for p in grid(sweep)
+            if not only or any(p.name.startswith(o) for o in only)]
+  if not points:
+    raise ValueError(f"no grid point matches {only}")
   # Identical programs compiled by earlier runs (same loss, other seed) are
   # read back from disk instead of being compiled again.
   jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
@@ -405,7 +428,7 @@ def run_sweep(preset: str, seeds: int, out: pathlib.Path,
       run_start = time.perf_counter()
       config = run_config(base, point, seed, reference_dir)
       run_rows = train_point(config, point, evaluator,
-                             workdir / "runs" / f"{point.name}_seed{seed}")
+                             runs / f"{point.name}_seed{seed}")
       rows.extend(run_rows)
       last = run_rows[-1]
       print(f"[{time.perf_counter() - start:6.0f} s] {point.loss}"
@@ -413,14 +436,15 @@ def run_sweep(preset: str, seeds: int, out: pathlib.Path,
             f" {last['reward']:.3f}, KL {last['kl']:.2f}"
             f" ({time.perf_counter() - run_start:.0f} s)", flush=True)
       # Written after every run, so a long sweep can be looked at early.
-      write_points_csv(rows, out / "controlled_generation.csv")
+      write_points_csv(rows, out / f"{stem}.csv")
 
-  write_points_csv(rows, out / "controlled_generation.csv")
+  write_points_csv(rows, out / f"{stem}.csv")
   steps = base.steps
   plot_frontier(
-      rows, out / "controlled_generation.png",
+      rows, out / f"{stem}.png",
       title=f"Synthetic sentiment task, {preset} preset: {steps} steps,"
-            f" {seeds} seeds, {len(prompts)} held-out prompts x"
+            f" peak learning rate {base.optimizer.learning_rate:g},\n"
+            f"{seeds} seeds, {len(prompts)} held-out prompts x"
             f" {sweep.samples_per_prompt} samples")
   print(markdown_table(summarize(rows)))
   print(f"runtime: {time.perf_counter() - start:.0f} s"
@@ -439,6 +463,11 @@ def main(argv=None):
                       default=pathlib.Path("/tmp/cg"))
   parser.add_argument("--pair-stats", action="store_true",
                       help="only print `pair_statistics` of seed 0's pairs")
+  parser.add_argument("--learning-rate", type=float, default=None,
+                      help="replace the preset's peak learning rate")
+  parser.add_argument("--only", default="",
+                      help="comma-separated grid point names or prefixes,"
+                           " e.g. 'slpo_t,dpo_beta0.2'")
   args = parser.parse_args(argv)
   if args.pair_stats:
     base = cg_config.get_config(args.preset)
@@ -447,7 +476,9 @@ def main(argv=None):
       print(f"{name}: {value:.4g}")
     return
   seeds = args.seeds or cg_config.get_sweep(args.preset).seeds
-  run_sweep(args.preset, seeds, args.out, args.workdir)
+  run_sweep(args.preset, seeds, args.out, args.workdir,
+            learning_rate=args.learning_rate,
+            only=tuple(o for o in args.only.split(",") if o))
 
 
 if __name__ == "__main__":
