@@ -1,0 +1,315 @@
+"""Tile loops and the custom VJP behind :mod:`slpo_jax.fused`.
+
+Inputs are flat: ``hidden [N, d]`` with N a multiple of the token chunk,
+``lm_head [d, V]``, and integer ids ``[N]`` already mapped into ``[0, V)`` or
+to ``NO_ID``. The vocabulary is the outer loop and token chunks the inner one,
+so a ``[d, vocab_chunk]`` slice of the head stays in cache while token tiles
+stream past it, and the backward pass finishes that slice's gradient before it
+moves on (the head's gradient is written once per slice, never accumulated
+across the whole vocabulary in a second buffer).
+
+How the sums stay exact: one online accumulator (running max ``m_rest`` and
+running sum ``s_rest``) covers the vocabulary *minus* the excluded ids (the
+label, and ``also_exclude`` if given); the excluded logits are gathered in the
+same pass. The full normaliser is then the logsumexp of at most three terms,
+each shifted by the overall maximum, which gives
+
+* one ``exp`` per logit (a separate accumulator for the full normaliser would
+  need two), and
+* ``log(1 - p)`` as a sum of positive terms, never a difference: accurate to
+  float32 relative precision for p = 1 - 1e-7, and for logits of magnitude
+  1e4 when all the mass sits on the label (the rest keeps its own maximum).
+
+The backward pass uses the same factorisation: for an id v outside the
+excluded set, ``d/dz_v = e_v * k`` with ``e_v = exp(z_v - m_rest)`` and ``k``
+a per-token scalar, so it too costs one ``exp`` per logit; the label's own
+derivative uses ``1 - p(y)`` from the forward pass rather than ``1 - exp(..)``.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from slpo_jax import logprobs as _logprobs
+
+# Marks an id that matches no column (an invalid label or exclusion) and a
+# column already covered by an earlier chunk; distinct so that never match.
+NO_ID = -1
+_STALE_COLUMN = -2
+
+
+def num_chunks(size: int, chunk: int) -> int:
+  return -(-size // chunk)
+
+
+def _vocab_chunk(lm_head: jax.Array, j, vocab_chunk: int):
+  """Columns of chunk j of ``lm_head`` and their ids (stale ones marked).
+
+  The last chunk is shifted left to end at column V rather than padded, so
+  ``lm_head`` is never copied to a padded ``[d, V']``: its leading columns,
+  already counted by chunk j - 1, are marked stale and count for nothing.
+  """
+  vocab = lm_head.shape[1]
+  start = jnp.minimum(j * vocab_chunk, vocab - vocab_chunk)
+  columns = jax.lax.dynamic_slice_in_dim(lm_head, start, vocab_chunk, axis=1)
+  ids = start + jnp.arange(vocab_chunk)
+  if vocab % vocab_chunk:
+    ids = jnp.where(ids >= j * vocab_chunk, ids, _STALE_COLUMN)
+  return start, columns, ids
+
+
+def _dot(a, b, accumulate_dtype):
+  """``a @ b`` in the operands' dtype (bf16 stays bf16), float32 sums."""
+  if a.dtype != accumulate_dtype and jax.default_backend() == "cpu":
+    # XLA:CPU has no bf16 x bf16 -> f32 kernel for every shape. Widening the
+    # operands first computes the same thing: a product of two bf16 values is
+    # exact in float32, and the sums are float32 either way.
+    a, b = a.astype(accumulate_dtype), b.astype(accumulate_dtype)
+  return jnp.dot(a, b, preferred_element_type=accumulate_dtype)
+
+
+def _rows(x, i, token_chunk):
+  return jax.lax.dynamic_slice_in_dim(x, i * token_chunk, token_chunk, axis=0)
+
+
+def _set_rows(x, update, i, token_chunk):
+  return jax.lax.dynamic_update_slice_in_dim(x, update, i * token_chunk, 0)
+
+
+def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
+  """Per-token statistics for the whole vocabulary, one tile at a time.
+
+  Returns ``(logp, not_logp, residuals)`` with every array ``[N]``.
+  """
+  n, _ = hidden.shape
+  vocab = lm_head.shape[1]
+  acc = _logprobs._compute_dtype(hidden.dtype)
+  has_exclude = exclude is not None
+  num_tokens = n // token_chunk
+
+  def tile(ids, columns, i, state):
+    rest_max, rest_sum, label_logit, exclude_logit = state
+    rows = lambda x: _rows(x, i, token_chunk)
+    z = _dot(rows(hidden), columns, acc)
+    is_label = ids == rows(labels)[:, None]
+    excluded = is_label
+    if has_exclude:
+      is_exclude = ids == rows(exclude)[:, None]
+      excluded = excluded | is_exclude
+    rest = ~excluded
+    if vocab % vocab_chunk:
+      rest = rest & (ids >= 0)
+    rest_z = jnp.where(rest, z, -jnp.inf)
+    old_max = rows(rest_max)
+    new_max = jnp.maximum(old_max, jnp.max(rest_z, axis=-1))
+    # A row whose every column so far is excluded has max -inf; shifting by 0
+    # keeps exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN.
+    shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    new_sum = rows(rest_sum) * jnp.exp(old_max - shift) + jnp.sum(
+        jnp.exp(rest_z - shift[:, None]), axis=-1
+    )
+    # A gather in the pass: the label's logit is bit-identical to the one the
+    # maxima were taken over.
+    new_label = rows(label_logit) + jnp.sum(
+        jnp.where(is_label, z, 0.0), axis=-1
+    )
+    updates = [new_max, new_sum, new_label]
+    if has_exclude:
+      updates.append(
+          rows(exclude_logit) + jnp.sum(jnp.where(is_exclude, z, 0.0), axis=-1)
+      )
+    else:
+      updates.append(rows(exclude_logit))
+    return tuple(
+        _set_rows(s, u, i, token_chunk) for s, u in zip(state, updates)
+    )
+
+  def vocab_step(j, state):
+    _, columns, ids = _vocab_chunk(lm_head, j, vocab_chunk)
+    if num_tokens == 1:
+      return tile(ids, columns, 0, state)
+    return jax.lax.fori_loop(
+        0, num_tokens, lambda i, s: tile(ids, columns, i, s), state
+    )
+
+  init = (
+      jnp.full((n,), -jnp.inf, acc),
+      jnp.zeros((n,), acc),
+      jnp.zeros((n,), acc),
+      jnp.zeros((n,), acc),
+  )
+  rest_max, rest_sum, label_logit, exclude_logit = jax.lax.fori_loop(
+      0, num_chunks(vocab, vocab_chunk), vocab_step, init
+  )
+  return _finish(labels, exclude, rest_max, rest_sum, label_logit,
+                 exclude_logit)
+
+
+def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
+  """Combines the rest-of-vocabulary sum with the gathered excluded logits."""
+  label_ok = labels >= 0
+  if exclude is not None:
+    exclude_ok = (exclude >= 0) & (exclude != labels)
+  else:
+    exclude_ok = jnp.zeros_like(label_ok)
+  label_logit = jnp.where(label_ok, label_logit, -jnp.inf)
+  exclude_logit = jnp.where(exclude_ok, exclude_logit, -jnp.inf)
+  top = jnp.maximum(rest_max, jnp.maximum(label_logit, exclude_logit))
+  # Every term is shifted by the overall max, as the plain path shifts the
+  # logits, so logits of magnitude 1e4 keep float32 relative precision.
+  has_rest = rest_sum > 0
+  rest_max_safe = jnp.where(has_rest, rest_max, top)
+  rest_term = jnp.where(
+      has_rest,
+      (rest_max_safe - top) + jnp.log(jnp.where(has_rest, rest_sum, 1.0)),
+      -jnp.inf,
+  )
+  label_term = label_logit - top
+  exclude_term = exclude_logit - top
+  rest_exp = jnp.exp(rest_term)
+  label_exp = jnp.exp(label_term)
+  exclude_exp = jnp.exp(exclude_term)
+  # When an excluded id holds the max its term is exactly exp(0) = 1, and
+  # log1p of the others keeps log p(y) accurate for p close to 1.
+  label_top = label_term == 0
+  exclude_top = ~label_top & (exclude_term == 0)
+  log_norm = jnp.where(
+      label_top,
+      jnp.log1p(rest_exp + exclude_exp),
+      jnp.where(
+          exclude_top,
+          jnp.log1p(rest_exp + label_exp),
+          jnp.log(rest_exp + label_exp + exclude_exp),
+      ),
+  )
+  # An invalid label (only ever at positions the caller ignores) counts as
+  # logit 0 after the shift, as in `logprobs.token_logps`.
+  logp = jnp.where(label_ok, label_term, 0.0) - log_norm
+  not_logp = rest_term - log_norm
+  exclude_logp = exclude_term - log_norm
+  residuals = (top, log_norm, rest_max_safe, rest_sum, logp, not_logp,
+               exclude_logp)
+  return logp, not_logp, residuals
+
+
+def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
+              vocab_chunk, token_chunk):
+  """Gradients for hidden and lm_head, recomputing each tile's logits."""
+  n, d = hidden.shape
+  vocab = lm_head.shape[1]
+  acc = _logprobs._compute_dtype(hidden.dtype)
+  has_exclude = exclude is not None
+  num_tokens = n // token_chunk
+  top, log_norm, rest_max, rest_sum, logp, not_logp, exclude_logp = residuals
+  d_logp, d_not_logp = (c.astype(acc) for c in cotangents)
+
+  # d/dz_v of logp = [v = y] - p_v; of not_logp = [v not excluded] r_v - p_v,
+  # with r the softmax over the non-excluded ids.
+  d_both = d_logp + d_not_logp
+  label_p = jnp.exp(logp)
+  exclude_p = jnp.exp(exclude_logp)
+  # 1 - p(y) as a sum of the other masses, not a difference: exact near p = 1.
+  label_one_minus_p = jnp.exp(not_logp) + exclude_p
+  d_label = d_logp * label_one_minus_p - d_not_logp * label_p
+  d_label = jnp.where(labels >= 0, d_label, 0.0)
+  d_exclude = -d_both * exclude_p
+  # For non-excluded v: p_v = e_v * exp(m_rest - m - log_norm), r_v = e_v / s.
+  has_rest = rest_sum > 0
+  rest_scale = jnp.where(
+      has_rest,
+      d_not_logp / jnp.where(has_rest, rest_sum, 1.0)
+      - d_both * jnp.exp((rest_max - top) - log_norm),
+      0.0,
+  )
+
+  # The head's gradient contracts over tokens; a transposed copy of hidden
+  # (hidden-sized, made once) lets every tile use a plain [d, t] @ [t, v].
+  hidden_t = hidden.T
+
+  def tile(ids, columns, i, grads):
+    d_hidden, d_columns = grads
+    rows = lambda x: _rows(x, i, token_chunk)
+    z = _dot(rows(hidden), columns, acc)
+    e = jnp.exp(z - rows(rest_max)[:, None])
+    dz = e * rows(rest_scale)[:, None]
+    if vocab % vocab_chunk:
+      dz = jnp.where(ids >= 0, dz, 0.0)
+    if has_exclude:
+      dz = jnp.where(
+          ids == rows(exclude)[:, None], rows(d_exclude)[:, None], dz
+      )
+    # The label last: with also_exclude == label it is counted once, as y.
+    dz = jnp.where(ids == rows(labels)[:, None], rows(d_label)[:, None], dz)
+    dz = dz.astype(columns.dtype)
+    d_rows = rows(d_hidden) + _dot(dz, columns.T, acc)
+    hidden_t_rows = jax.lax.dynamic_slice_in_dim(
+        hidden_t, i * token_chunk, token_chunk, axis=1
+    )
+    d_columns = d_columns + _dot(hidden_t_rows, dz, acc)
+    return _set_rows(d_hidden, d_rows, i, token_chunk), d_columns
+
+  def vocab_step(j, grads):
+    d_hidden, d_head = grads
+    start, columns, ids = _vocab_chunk(lm_head, j, vocab_chunk)
+    chunk_grads = (d_hidden, jnp.zeros((d, vocab_chunk), acc))
+    if num_tokens == 1:
+      d_hidden, d_columns = tile(ids, columns, 0, chunk_grads)
+    else:
+      d_hidden, d_columns = jax.lax.fori_loop(
+          0, num_tokens, lambda i, g: tile(ids, columns, i, g), chunk_grads
+      )
+    d_columns = d_columns.astype(d_head.dtype)
+    if vocab % vocab_chunk:
+      # Stale columns belong to the previous chunk: keep what it wrote.
+      old = jax.lax.dynamic_slice_in_dim(d_head, start, vocab_chunk, axis=1)
+      d_columns = jnp.where(ids >= 0, d_columns, old)
+    d_head = jax.lax.dynamic_update_slice_in_dim(d_head, d_columns, start, 1)
+    return d_hidden, d_head
+
+  init = (jnp.zeros((n, d), acc), jnp.zeros(lm_head.shape, lm_head.dtype))
+  d_hidden, d_head = jax.lax.fori_loop(
+      0, num_chunks(vocab, vocab_chunk), vocab_step, init
+  )
+  return d_hidden.astype(hidden.dtype), d_head
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def tiled_token_logps(hidden, lm_head, labels, exclude, vocab_chunk,
+                      token_chunk):
+  """``(log p(y), log(1 - p(y) [- p(z)]))``, each ``[N]``, tile by tile.
+
+  Args:
+    hidden: ``[N, d]``, N a multiple of ``token_chunk``.
+    lm_head: ``[d, V]`` in the same dtype as ``hidden``.
+    labels: ``[N]`` int32 ids in ``[0, V)`` or ``NO_ID`` (matches nothing).
+    exclude: ``[N]`` int32 ids likewise, or None.
+    vocab_chunk: columns per tile, at most V (static).
+    token_chunk: rows per tile (static).
+
+  Returns:
+    ``(logp, not_logp)`` in float32 (float64 for float64 inputs).
+  """
+  logp, not_logp, _ = _forward(
+      hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+  )
+  return logp, not_logp
+
+
+def _fused_fwd(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
+  logp, not_logp, residuals = _forward(
+      hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+  )
+  return (logp, not_logp), (hidden, lm_head, labels, exclude, residuals)
+
+
+def _fused_bwd(vocab_chunk, token_chunk, saved, cotangents):
+  hidden, lm_head, labels, exclude, residuals = saved
+  d_hidden, d_head = _backward(
+      hidden, lm_head, labels, exclude, residuals, cotangents, vocab_chunk,
+      token_chunk,
+  )
+  return d_hidden, d_head, None, None
+
+
+tiled_token_logps.defvjp(_fused_fwd, _fused_bwd)
