@@ -182,11 +182,30 @@ def _named_pairs(model):
   }
 
 
+def _pairs_around_the_mode(model):
+  """Unterminated pairs that share the likeliest long response's prefixes.
+
+  In the peaked model these cover more than half the mass, so the prefix-tree
+  form of the pair complement is the one evaluated (see _complement).
+  """
+  mode = max(
+      (s for s in model.all_sequences() if len(s) >= 3), key=model.probability
+  )
+  other = (mode[1] + 1) % model.num_tokens
+  return [
+      (mode[:1], mode),
+      (mode, mode[:2]),
+      (mode[:2], mode[:1] + (other,)),
+      (mode[:1] + (other, model.eos), mode[:2]),
+      (mode[:2], mode[:2]),
+  ]
+
+
 def test_enumeration_pair_not_logps(model, x64):
   """Every ordered pair of responses, and the named special cases."""
   del x64
   everything = model.all_sequences()
-  named = list(_named_pairs(model).values())
+  named = list(_named_pairs(model).values()) + _pairs_around_the_mode(model)
   responses = everything + [r for pair in named for r in pair]
   # Layouts of each response after each prompt length, drawn once.
   layouts = [
@@ -226,6 +245,9 @@ def test_enumeration_pair_not_logps(model, x64):
   with np.errstate(divide="ignore"):
     want = np.log(np.sum(np.where(covered, 0.0, probabilities), -1))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+  if max(probabilities) > 0.5:
+    # Enough pairs cover more than half the mass to test the tree form.
+    assert np.sum(np.exp(want) < 0.5) > 150
 
 
 def test_enumeration_pair_not_logps_is_symmetric(model, x64):
