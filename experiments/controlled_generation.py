@@ -272,7 +272,8 @@ def summarize(rows: list[dict]) -> list[dict]:
   for (family, loss, hparam), members in groups.items():
     entry = {"family": family, "loss": loss, "hyperparameter": hparam,
              "seeds": len(members), "step": max(m["step"] for m in members)}
-    for column in ("reward", "kl", "eval_accuracy", "eval_chosen_logp_shift"):
+    for column in ("reward", "kl", "length", "eval_accuracy",
+                   "eval_chosen_logp_shift"):
       mean, low, high = stats.mean_interval(
           np.array([m[column] for m in members]))
       entry[column] = (mean, low, high)
@@ -302,14 +303,15 @@ def markdown_table(table: list[dict]) -> str:
 
   lines = [
       "| loss | hyperparameter | seeds | final step | reward | KL (nats) |"
-      " eval accuracy | shift of log pi(y_w) |",
-      "|---|---|---|---|---|---|---|---|",
+      " sample length | eval accuracy | shift of log pi(y_w) |",
+      "|---|---|---|---|---|---|---|---|---|",
   ]
   for e in table:
     lines.append(
         f"| {FAMILY_LABELS[e['family']]} | {e['hyperparameter'] or '-'} |"
         f" {e['seeds']} | {e['step']} | {cell(e['reward'], 3)} |"
-        f" {cell(e['kl'], 2)} | {cell(e['eval_accuracy'], 3)} |"
+        f" {cell(e['kl'], 2)} | {cell(e['length'], 1)} |"
+        f" {cell(e['eval_accuracy'], 3)} |"
         f" {cell(e['eval_chosen_logp_shift'], 1)} |")
   return "\n".join(lines)
 

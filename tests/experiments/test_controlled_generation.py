@@ -16,6 +16,8 @@ from configs import controlled_generation as cg_config
 from experiments import controlled_generation as cg
 from experiments import sampling_eval
 from slpo_jax import models
+from train import setup as setup_lib
+from train.data.config import validate_data_config
 from train.data.synthetic import synthetic_prompts
 
 NUM_EVAL_PROMPTS = 8
@@ -131,3 +133,13 @@ def test_grid_covers_every_family():
   hard = [p for p in points if p.family == "slpo_hard"]
   assert hard and all(dict(p.overrides)["temperature"] == 1.0 for p in hard)
   assert jax.tree.leaves(cg_config.get_sweep("gpu").to_dict())
+
+
+@pytest.mark.parametrize("preset", cg_config.PRESETS)
+def test_presets_are_valid_training_configs(preset):
+  config = cg_config.get_config(preset)
+  setup_lib.validate(config)
+  validate_data_config(config.data, "train")
+  assert config.steps % config.eval_every == 0
+  with pytest.raises(ValueError, match="preset"):
+    cg_config.get_config("tpu")
