@@ -1,11 +1,21 @@
-"""The default run: SLPO on the synthetic sentiment task, on a CPU.
+"""The default run: DPO on the synthetic sentiment task, on a CPU.
 
   python -m train.main --config configs/default.py --workdir /tmp/default
 
-A tiny Llama-style model is fitted to the task's base language (the SFT
-reference, cached in the workdir), preference pairs are two reference samples
+A tiny Llama-style model (101k parameters) is fitted to the task's base
+language for 400 steps (the SFT reference, cached in WORKDIR/reference), 2,048
+training and 256 held-out preference pairs are drawn as two reference samples
 per prompt ranked by the true reward, and the policy is trained from the
-reference with tempered SLPO.
+reference with DPO (beta 0.1) for 200 steps of 32 pairs.
+
+Measured on a 2-core CPU (shared with other jobs, load average about 9):
+3 min 8 s wall, 1 min 12 s CPU; held-out ``eval/rewards/accuracies`` 0.805
+at step 100 and 0.816 at step 200, ``eval/rewards/margins`` 0.85.
+
+Swap the loss with ``--config.loss.name=slpo --config.loss.temperature=32``
+(held-out accuracy 0.82 at step 200 in the same setting), but read
+docs/RESULTS.md first: on this task tempered SLPO lowers the chosen
+responses' likelihood and sits below DPO's reward-against-KL frontier.
 """
 
 from configs import base
@@ -18,8 +28,8 @@ def get_config():
   config.eval_every = 100
   config.checkpoint_every = 100
   config.log_every = 10
-  config.loss.name = "slpo"
-  config.loss.temperature = 32.0
+  config.loss.name = "dpo"
+  config.loss.beta = 0.1
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 10
   config.reference.sft_steps = 400
