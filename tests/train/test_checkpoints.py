@@ -6,6 +6,7 @@ import signal
 import numpy as np
 import pytest
 
+from train.checkpoint import IncompatibleCheckpointError
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import assert_trees_equal
@@ -17,7 +18,6 @@ from train_testing import read_metrics
 from train_testing import start_train_main
 from train_testing import train
 from train_testing import wait_for
-from train.checkpoint import IncompatibleCheckpointError
 
 
 def _without_timing(record: dict) -> dict:
@@ -73,6 +73,7 @@ KILLED = {"steps": 24, "checkpoint_every": 4, "reference.sft_steps": 2,
           "reference.sft_batch_size": 16}
 
 
+@pytest.mark.slow  # Two train.main processes and an SFT reference: ~2 min.
 def test_sigkill_then_rerun_ends_bitwise_like_an_uninterrupted_run(
     tmp_path):
   config = make_tiny_config(None, **KILLED)

@@ -2,10 +2,10 @@
 
 import pytest
 
+from train.errors import ConfigError
 from train_testing import finish
 from train_testing import start_train_main
 from train_testing import train
-from train.errors import ConfigError
 
 # (override, a part of the message). Each runs on the 8 simulated devices.
 CONFIG_ERRORS = {

@@ -1,12 +1,14 @@
 """The training loop end to end, in this process, on 8 simulated devices."""
 
 import math
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
+from train import loop
+from train import reference as reference_lib
+from train.errors import ConfigError
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import assert_trees_equal
@@ -15,9 +17,6 @@ from train_testing import load_checkpoint_params
 from train_testing import read_metrics
 from train_testing import train
 from train_testing import train_losses
-from train import loop
-from train import reference as reference_lib
-from train.errors import ConfigError
 
 TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
              "rewards/margins", "logps/chosen", "logps/rejected")
@@ -57,7 +56,8 @@ def test_metrics_records_every_step_with_trl_names_and_eval(baseline):
 
 
 def test_tensorboard_events_are_written(baseline):
-  events = list((baseline.workdir / "tensorboard").glob("events.out.tfevents.*"))
+  directory = baseline.workdir / "tensorboard"
+  events = list(directory.glob("events.out.tfevents.*"))
   assert events and all(e.stat().st_size > 0 for e in events)
 
 

@@ -9,6 +9,7 @@ JAX's default ``jax_cpu_collectives_implementation``.
 import numpy as np
 import pytest
 
+from train import data as data_lib
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import finish
@@ -17,7 +18,9 @@ from train_testing import read_metrics
 from train_testing import start_train_main
 from train_testing import train
 from train_testing import train_losses
-from train import data as data_lib
+
+# Two train.main processes compiling for a 2-process mesh: ~1.5 min.
+pytestmark = pytest.mark.slow
 
 PROCESSES = 2
 # The baseline without evaluation (its steps are the baseline's steps).

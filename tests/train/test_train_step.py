@@ -6,12 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from train_testing import TOLERANCE
-from train_testing import assert_trees_close
-from train_testing import mesh_on_first_devices
 from train import objective
 from train import setup as setup_lib
 from train import step as step_lib
+from train_testing import TOLERANCE
+from train_testing import assert_trees_close
+from train_testing import mesh_on_first_devices
 
 # Small tiles, so the fused head really works tile by tile (V = 259 bytes).
 FUSED = objective.HeadOptions(

@@ -1,15 +1,15 @@
 """Helpers of the training program's tests: tiny configs, runs, files.
 
-Every test trains a tiny Llama for a few steps on a small synthetic task
+Every test trains a tiny Llama for a few steps on 128 short pairs
 (``make_tiny_config``), in this process (``train``) or as a
-``python -m train.main`` child (``train_main_command``).
+``python -m train.main`` child (``start_train_main``).
 """
 
 import dataclasses
 import json
 import os
-import random
 import pathlib
+import random
 import socket
 import subprocess
 import sys
@@ -162,6 +162,7 @@ def subprocess_env(device_count: int = 8) -> dict[str, str]:
 
 
 def free_port() -> int:
+  """A TCP port on localhost that is free now."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
@@ -204,7 +205,10 @@ def finish(process: subprocess.Popen, *, timeout: float = 300) -> str:
 
 def wait_for(predicate, *, process: subprocess.Popen, what: str,
              timeout: float = 300) -> None:
-  """Polls ``predicate`` until true; fails if ``process`` ends first."""
+  """Polls ``predicate`` until true; fails if ``process`` ends first.
+
+  On timeout the process is killed and the test fails.
+  """
   deadline = time.monotonic() + timeout
   while not predicate():
     if process.poll() is not None:
@@ -259,6 +263,7 @@ def assert_trees_equal(actual, expected) -> None:
 
 
 def assert_trees_close(actual, expected, *, rtol=TOLERANCE, atol=TOLERANCE):
+  """Same structure and leaves equal within the tolerances."""
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual),
                           jax.tree.leaves(expected)):
