@@ -82,9 +82,10 @@ def token_logps_from_hidden(
   also_exclude=also_exclude)`` without materialising the logits:
 
   .. math::
-    z_t = h_t W, \quad \log p_t(y_t) = z_{t,y_t} - \operatorname{lse}(z_t),
-    \quad \log(1 - p_t(y_t)) = \operatorname{lse}_{v \notin E_t}(z_{t,v})
-      - \operatorname{lse}(z_t)
+    \ell_t = h_t W, \quad
+    \log p_t(y_t) = \ell_{t,y_t} - \operatorname{lse}(\ell_t), \quad
+    \log(1 - p_t(y_t)) = \operatorname{lse}_{v \notin E_t}(\ell_{t,v})
+      - \operatorname{lse}(\ell_t)
 
   with :math:`E_t = \{y_t\}` or :math:`\{y_t, z_t\}`. Differentiable in
   ``hidden`` and ``lm_head``; the backward pass recomputes the logits tile by
@@ -101,10 +102,12 @@ def token_logps_from_hidden(
       giving ``log(1 - p_t(y_t) - p_t(z_t))`` (counted once when equal to the
       label, ignored when out of range).
     vocab_chunk_size: columns of the head per tile (a multiple of 128 suits
-      every backend). Defaults to a per-backend size; V need not be a
-      multiple of it.
+      every backend); V need not be a multiple of it. None picks the
+      backend's default: 1024 on CPU, 4096 on GPU and TPU.
     token_chunk_size: tokens per tile; the leading dims are flattened to N
-      tokens, padded to a multiple of it. Defaults to a per-backend size.
+      tokens, padded to a multiple of it. None picks the backend's default:
+      512 on CPU, 4096 on GPU and TPU. Scratch memory is a few float32 tiles
+      of ``[token_chunk_size, vocab_chunk_size]``, whatever N and V are.
 
   Returns:
     A :class:`~slpo_jax.logprobs.TokenLogps` of ``[..., T]`` float32 arrays
@@ -112,15 +115,17 @@ def token_logps_from_hidden(
 
   Raises:
     ValueError: when the shapes disagree or a chunk size is not positive.
+    TypeError: when the ids are not integers or the arrays not floating.
 
   Example:
     >>> import jax, jax.numpy as jnp
+    >>> from slpo_jax import token_logps
     >>> hidden = jax.random.normal(jax.random.key(0), (2, 5, 16))
     >>> lm_head = jax.random.normal(jax.random.key(1), (16, 300))
     >>> labels = jnp.arange(10).reshape(2, 5)
     >>> fused = token_logps_from_hidden(hidden, lm_head, labels,
     ...                                 vocab_chunk_size=128)
-    >>> plain = _logprobs.token_logps(hidden @ lm_head, labels)
+    >>> plain = token_logps(hidden @ lm_head, labels)
     >>> bool(jnp.allclose(fused.not_logp, plain.not_logp, atol=1e-5))
     True
   """
