@@ -52,8 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.checkpoint = ""  # Hugging Face folder to start from ('' = none).
   config.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
-  config.model.vocab_chunk_size = 2048  # Fused head: vocabulary chunk.
-  config.model.token_chunk_size = 1024  # Fused head: token chunk.
+  config.model.vocab_chunk_size = 0  # Fused head vocabulary chunk; 0 = per backend.
+  config.model.token_chunk_size = 0  # Fused head token chunk; 0 = per backend.
 
   config.reference = ml_collections.ConfigDict()
   config.reference.mode = "online"  # 'online' (frozen tree) or 'precomputed'.

@@ -5,6 +5,7 @@ The top level re-exports the pure functions most users need::
   from slpo_jax import sequence_logps, pair_not_logps, losses
 """
 
+from slpo_jax import fused
 from slpo_jax import losses
 from slpo_jax.logprobs import pair_not_logps
 from slpo_jax.logprobs import pair_not_logps_from_token_logps
@@ -14,6 +15,7 @@ from slpo_jax.logprobs import token_logps
 from slpo_jax.metrics import preference_metrics
 
 __all__ = [
+    "fused",
     "losses",
     "pair_not_logps",
     "pair_not_logps_from_token_logps",

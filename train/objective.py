@@ -114,8 +114,8 @@ class HeadOptions:
   """How per-token values are computed from the model."""
 
   fused: bool = True
-  vocab_chunk_size: int = 2048
-  token_chunk_size: int = 1024
+  vocab_chunk_size: int | None = None  # None: the fused head's default.
+  token_chunk_size: int | None = None
 
 
 def _token_logps(model, params, ids, mask, labels, head, also_exclude=None):

@@ -186,8 +186,9 @@ def build_run(config, workdir: pathlib.Path) -> Run:
   model, params, shardings = _model_and_params(config, tokenizer, mesh)
   head = objective.HeadOptions(
       fused=config.model.loss_head == "fused",
-      vocab_chunk_size=config.model.vocab_chunk_size,
-      token_chunk_size=config.model.token_chunk_size,
+      # 0 selects the fused head's tuned default for the backend.
+      vocab_chunk_size=config.model.vocab_chunk_size or None,
+      token_chunk_size=config.model.token_chunk_size or None,
   )
 
   sample_fn = None
