@@ -54,7 +54,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   # long; must be less than max_length.
   config.max_prompt_length = 256
   # Padded sequence lengths; the largest must be at least max_length.
-  config.length_buckets = [32, 64, 128, 256, 512]
+  config.length_buckets = (32, 64, 128, 256, 512)
   # A bad record raises DataError ('error') or is counted and skipped ('skip').
   config.on_bad_record = "error"
   # Fraction of a single source held out for evaluation when no eval file or
