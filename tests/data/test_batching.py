@@ -160,38 +160,46 @@ def test_resume_refuses_a_state_of_other_data(jsonl_config):
     _pipeline(jsonl_config, seed=1).set_state(state)
 
 
-def test_two_shards_partition_the_training_data(jsonl_config):
-  epoch = []
+def test_two_shards_split_every_global_batch(jsonl_config):
+  one_host = _pipeline(jsonl_config, batch_size=8, shard_index=0, shard_count=1)
+  whole = [next(one_host)["example_id"].tolist() for _ in range(5)]
+  halves = []
   for shard in range(2):
     batches = _pipeline(jsonl_config, batch_size=4, shard_index=shard,
                         shard_count=2)
     assert batches.num_shard_examples == 20
-    epoch.append(sum((next(batches)["example_id"].tolist()
-                      for _ in range(5)), []))
-  assert sorted(epoch[0]) == list(range(0, 40, 2))
-  assert sorted(epoch[1]) == list(range(1, 40, 2))
+    halves.append([next(batches)["example_id"].tolist() for _ in range(5)])
+  # Host i holds rows [4i, 4i + 4) of the batch one host would see, so the
+  # global batches do not depend on the number of hosts.
+  for step in range(5):
+    assert halves[0][step] + halves[1][step] == whole[step]
+  assert sorted(sum(whole, [])) == list(range(40))
 
 
 def test_eval_single_pass_pads_the_last_batch_on_every_shard(jsonl_config):
   jsonl_config.eval_fraction = 0.3  # 12 eval pairs.
-  per_shard = []
+  per_shard, weights_per_shard = [], []
   for shard in range(2):
     batches = _pipeline(jsonl_config, split="eval", batch_size=4,
                         shard_index=shard, shard_count=2)
-    assert batches.num_batches == 2  # ceil(ceil(12 / 2) / 4) on both shards.
+    assert batches.num_batches == 2  # ceil(12 / (2 * 4)) on both shards.
     got = list(batches)
     assert len(got) == 2
     weights = np.concatenate([b["example_weight"] for b in got])
     ids = np.concatenate([b["example_id"] for b in got])
-    np.testing.assert_array_equal(weights, [1] * 6 + [0] * 2)
-    # Filler rows repeat a real pair of the shard (finite losses, and a
-    # cache indexed by example_id is written with a correct value).
-    assert set(ids[weights == 0]) <= set(ids[weights == 1])
-    per_shard.append(set(ids[weights == 1].tolist()))
-  assert not per_shard[0] & per_shard[1]
+    weights_per_shard.append(weights.tolist())
+    per_shard.append((ids, weights))
+  # 12 real rows then 4 fillers, split 4 + 4 per global batch.
+  assert weights_per_shard == [[1] * 8, [1] * 4 + [0] * 4]
+  real = [set(ids[w == 1].tolist()) for ids, w in per_shard]
+  assert not real[0] & real[1]
   full = data.load_dataset(jsonl_config, tokenizer=data.ByteTokenizer(),
                            split="eval")
-  assert per_shard[0] | per_shard[1] == {p.example_id for p in full.pairs}
+  assert real[0] | real[1] == {p.example_id for p in full.pairs}
+  # Filler rows repeat a real pair of the split (finite losses, and a cache
+  # indexed by example_id is written with a correct value).
+  fillers = set(per_shard[1][0][per_shard[1][1] == 0].tolist())
+  assert fillers <= real[0] | real[1]
 
 
 def test_single_pass_over_training_data(jsonl_config):

@@ -97,10 +97,6 @@ def test_two_processes_train_like_one_process_reading_their_shards(
         rtol=TOLERANCE, atol=TOLERANCE, err_msg=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each host shuffles its own shard, so the global batches of a"
-    " 2-process run are not those of a 1-process run with the same seed")
 def test_two_processes_train_like_one_process(two_processes, baseline):
   expected = train_losses(baseline.workdir)
   actual = train_losses(two_processes)

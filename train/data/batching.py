@@ -202,7 +202,8 @@ def make_batch_iterator(
     batch_size: examples per batch on this host.
     seed: shuffling seed (training); the order is a pure function of it.
     shard_index: this host's index, in [0, shard_count).
-    shard_count: number of hosts; host i reads examples i, i + count, ...
+    shard_count: number of hosts; host i keeps rows
+      ``[i * batch_size, (i + 1) * batch_size)`` of every global batch.
     repeat: True for training (shuffled, endless, batches may span epochs);
       False for evaluation (one pass in order; the last batch is filled with
       rows of weight 0, and every host yields the same number of batches so
@@ -216,30 +217,41 @@ def make_batch_iterator(
     raise DataError(f"shard_index {shard_index} not in [0, {shard_count})")
   if not examples:
     raise DataError(f"{report.source}: the {report.split} split is empty")
-  shard = grain.MapDataset.source(examples)[shard_index::shard_count]
+  if len(examples) < shard_count:
+    raise DataError(
+        f"{report.source}: {len(examples)} {report.split} examples cannot "
+        f"be sharded over {shard_count} hosts")
   identity = dict(fingerprint=fingerprint, seed=seed, batch_size=batch_size,
                   shard_index=shard_index, shard_count=shard_count,
                   repeat=repeat)
+  # Every host forms the same global batch (all hosts shuffle with the same
+  # seed) and keeps its own rows of it. The global batches, and so the
+  # losses, are then the same for any number of hosts, and every host pads
+  # to the same bucket, which the global arrays need.
+  global_size = batch_size * shard_count
+  first_row = shard_index * batch_size
+
+  def collate_own_rows(entries):
+    batch = collate(entries)
+    return {k: v[first_row:first_row + batch_size] for k, v in batch.items()}
+
   if repeat:
-    if not len(shard):
-      raise DataError(
-          f"{report.source}: {len(examples)} {report.split} examples cannot "
-          f"be sharded over {shard_count} hosts")
-    batches = (shard.shuffle(seed=seed).repeat().map(lambda e: (e, 1.0))
-               .batch(batch_size, drop_remainder=True, batch_fn=collate))
+    batches = (grain.MapDataset.source(examples).shuffle(seed=seed).repeat()
+               .map(lambda e: (e, 1.0))
+               .batch(global_size, drop_remainder=True,
+                      batch_fn=collate_own_rows))
     num_batches = None
   else:
     # Filler rows copy a real example (so every loss stays finite) and keep
     # its example_id (so a cache indexed by id is still written correctly);
     # their weight is 0.
-    num_batches = math.ceil(
-        math.ceil(len(examples) / shard_count) / batch_size)
-    own = list(examples[shard_index::shard_count])
-    filler = own[0] if own else examples[0]
-    rows = [(e, 1.0) for e in own]
-    rows += [(filler, 0.0)] * (num_batches * batch_size - len(rows))
-    batches = grain.MapDataset.source(rows).batch(batch_size, batch_fn=collate)
+    num_batches = math.ceil(len(examples) / global_size)
+    rows = [(e, 1.0) for e in examples]
+    rows += [(examples[0], 0.0)] * (num_batches * global_size - len(rows))
+    batches = grain.MapDataset.source(rows).batch(
+        global_size, batch_fn=collate_own_rows)
+  num_shard_examples = len(examples) // shard_count
   return BatchIterator(
       batches, identity=identity, report=report,
-      num_examples=len(examples), num_shard_examples=len(shard),
+      num_examples=len(examples), num_shard_examples=num_shard_examples,
       num_batches=num_batches)
