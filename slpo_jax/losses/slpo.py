@@ -1,9 +1,7 @@
-"""Preference losses: SLPO and the DPO family.
+"""SLPO: hard (Eq. 8), tempered, soft (Eq. 7) and token-level forms.
 
-Each loss is one pure function. Inputs are per-example sequence
-log-probabilities (see :mod:`slpo_jax.logprobs`); outputs are per-example
-losses of the same leading shape, which the caller reduces. Hyperparameters
-are keyword-only.
+Each loss is one pure function of per-example sequence log-probabilities
+(from :mod:`slpo_jax.logprobs`), returning per-example losses.
 """
 
 import jax
@@ -11,234 +9,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from slpo_jax import logprobs as _logprobs
-
-
-def log1mexp(x: ArrayLike) -> jax.Array:
-  """``log(1 - exp(x))`` for ``x <= 0``, accurate on both sides of -log 2.
-
-  ``log(-expm1(x))`` is accurate near 0 and ``log1p(-exp(x))`` far from it
-  (Maechler, "Accurately Computing log(1 - exp(-|a|))", 2012). Returns -inf at
-  ``x = 0`` with a zero gradient rather than NaN.
-  """
-  x = jnp.minimum(jnp.asarray(x), 0.0)
-  near_zero = x > -jnp.log(2.0)
-  at_zero = x == 0.0
-  # Each branch only sees inputs from its own range: the branch not taken is
-  # still differentiated, and log1p(-exp(x)) for x within 3e-8 of 0 is
-  # log1p(-1) = -inf in float32, whose infinite gradient times the zero
-  # cotangent of jnp.where would make the result's gradient NaN.
-  near_x = jnp.where(near_zero & ~at_zero, x, -1.0)
-  far_x = jnp.where(near_zero, -1.0, x)
-  value = jnp.where(
-      near_zero,
-      jnp.log(-jnp.expm1(near_x)),
-      jnp.log1p(-jnp.exp(far_x)),
-  )
-  return jnp.where(at_zero, -jnp.inf, value)
-
-
-def _weighted_log(weight: jax.Array, log_value: jax.Array) -> jax.Array:
-  """``weight * log_value`` with ``0 * -inf = 0`` (a zero target ignores it)."""
-  used = weight > 0
-  return jnp.where(used, weight * jnp.where(used, log_value, 0.0), 0.0)
-
-
-def _log_ratio_margin(
-    policy_chosen_logps, policy_rejected_logps,
-    reference_chosen_logps, reference_rejected_logps,
-) -> jax.Array:
-  """``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``."""
-  return (jnp.asarray(policy_chosen_logps) - reference_chosen_logps) - (
-      jnp.asarray(policy_rejected_logps) - reference_rejected_logps
-  )
-
-
-def dpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-) -> jax.Array:
-  r"""Direct Preference Optimization, with conservative label smoothing.
-
-  .. math::
-    h = \beta\Big[\log\frac{\pi(y_w)}{\pi_{ref}(y_w)}
-                 - \log\frac{\pi(y_l)}{\pi_{ref}(y_l)}\Big], \quad
-    L = -(1-\epsilon)\log\sigma(h) - \epsilon\log\sigma(-h)
-
-  ``label_smoothing`` = epsilon is the probability that a label is flipped
-  (cDPO); 0 gives the original loss.
-
-  Args:
-    policy_chosen_logps: ``[...]`` log pi(y_w | x).
-    policy_rejected_logps: ``[...]`` log pi(y_l | x).
-    reference_chosen_logps: ``[...]`` log pi_ref(y_w | x).
-    reference_rejected_logps: ``[...]`` log pi_ref(y_l | x).
-    beta: inverse temperature of the implicit reward.
-    label_smoothing: cDPO's flip probability, in [0, 0.5).
-
-  Returns:
-    ``[...]`` per-example losses.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> float(dpo_loss(jnp.array(-2.), jnp.array(-3.), jnp.array(-2.),
-    ...                jnp.array(-3.), beta=0.1))  # log 2 at the reference
-    0.6931...
-
-  References:
-    Rafailov et al., "Direct Preference Optimization", arXiv:2305.18290, Eq. 7;
-    Ho, "Supervised Learning Preference Optimization", Eq. 1; Mitchell, "A note
-    on DPO with noisy preferences" (cDPO), 2023.
-  """
-  h = beta * _log_ratio_margin(
-      policy_chosen_logps, policy_rejected_logps,
-      reference_chosen_logps, reference_rejected_logps,
-  )
-  # log_sigmoid is the stable form of log(sigmoid(h)) for large |h|.
-  return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(
-      h
-  ) - label_smoothing * jax.nn.log_sigmoid(-h)
-
-
-def ipo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
-) -> jax.Array:
-  r"""Identity Preference Optimization: squared distance to a fixed margin.
-
-  .. math::
-    L = \Big(\log\frac{\pi(y_w)\,\pi_{ref}(y_l)}{\pi(y_l)\,\pi_{ref}(y_w)}
-        - \frac{1}{2\beta}\Big)^2
-
-  ``beta`` is the paper's tau. Unlike DPO the optimum is a finite margin, so
-  the policy stays near the reference on deterministic preferences.
-
-  Returns:
-    ``[...]`` per-example losses.
-
-  References:
-    Azar et al., "A General Theoretical Paradigm to Understand Learning from
-    Human Preferences", arXiv:2310.12036, Eq. 17.
-  """
-  h = _log_ratio_margin(
-      policy_chosen_logps, policy_rejected_logps,
-      reference_chosen_logps, reference_rejected_logps,
-  )
-  return jnp.square(h - 1.0 / (2.0 * beta))
-
-
-def hinge_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
-) -> jax.Array:
-  r"""SLiC's calibration hinge on the reference-normalised margin.
-
-  .. math::
-    L = \max\Big(0,\; 1 - \beta\Big[\log\frac{\pi(y_w)}{\pi_{ref}(y_w)}
-                 - \log\frac{\pi(y_l)}{\pi_{ref}(y_l)}\Big]\Big)
-
-  ``1 / beta`` is SLiC's margin delta. The reference terms make the loss zero
-  at the same place as the reference-free SLiC form shifted by the reference
-  margin, as in common DPO-family trainers.
-
-  Returns:
-    ``[...]`` per-example losses.
-
-  References:
-    Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human
-    Feedback", arXiv:2305.10425, Eq. 1.
-  """
-  h = _log_ratio_margin(
-      policy_chosen_logps, policy_rejected_logps,
-      reference_chosen_logps, reference_rejected_logps,
-  )
-  return jax.nn.relu(1.0 - beta * h)
-
-
-def simpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    chosen_lengths: ArrayLike,
-    rejected_lengths: ArrayLike,
-    *,
-    beta: float = 2.0,
-    gamma: float = 0.5,
-) -> jax.Array:
-  r"""SimPO: length-normalised, reference-free, with a target margin.
-
-  .. math::
-    L = -\log\sigma\Big(\frac{\beta}{|y_w|}\log\pi(y_w)
-                        - \frac{\beta}{|y_l|}\log\pi(y_l) - \gamma\Big)
-
-  Args:
-    policy_chosen_logps: ``[...]`` log pi(y_w | x) (summed over tokens).
-    policy_rejected_logps: ``[...]`` log pi(y_l | x).
-    chosen_lengths: ``[...]`` number of counted tokens of y_w (at least 1).
-    rejected_lengths: ``[...]`` number of counted tokens of y_l (at least 1).
-    beta: reward scale.
-    gamma: target reward margin.
-
-  Returns:
-    ``[...]`` per-example losses.
-
-  References:
-    Meng et al., "SimPO: Simple Preference Optimization with a Reference-Free
-    Reward", arXiv:2405.14734, Eq. 6.
-  """
-  chosen_avg = jnp.asarray(policy_chosen_logps) / jnp.maximum(chosen_lengths, 1)
-  rejected_avg = jnp.asarray(policy_rejected_logps) / jnp.maximum(
-      rejected_lengths, 1
-  )
-  return -jax.nn.log_sigmoid(beta * (chosen_avg - rejected_avg) - gamma)
-
-
-def orpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    chosen_lengths: ArrayLike,
-    rejected_lengths: ArrayLike,
-    *,
-    beta: float = 0.1,
-) -> jax.Array:
-  r"""ORPO: the chosen response's NLL plus a log odds-ratio penalty.
-
-  With the length-normalised probability ``P(y) = exp(log pi(y) / |y|)`` and
-  ``odds(y) = P(y) / (1 - P(y))``:
-
-  .. math::
-    L = -\frac{\log\pi(y_w)}{|y_w|}
-        - \beta \log\sigma\Big(\log\frac{odds(y_w)}{odds(y_l)}\Big)
-
-  ``log(1 - P)`` is computed by :func:`log1mexp`, which stays finite and
-  accurate as P approaches 1.
-
-  Returns:
-    ``[...]`` per-example losses.
-
-  References:
-    Hong et al., "ORPO: Monolithic Preference Optimization without Reference
-    Model", arXiv:2403.07691, Eq. 6-7.
-  """
-  chosen_avg = jnp.asarray(policy_chosen_logps) / jnp.maximum(chosen_lengths, 1)
-  rejected_avg = jnp.asarray(policy_rejected_logps) / jnp.maximum(
-      rejected_lengths, 1
-  )
-  log_odds = (chosen_avg - log1mexp(chosen_avg)) - (
-      rejected_avg - log1mexp(rejected_avg)
-  )
-  return -chosen_avg - beta * jax.nn.log_sigmoid(log_odds)
+from slpo_jax.losses._common import weighted_log
+from slpo_jax.losses._common import log1mexp
 
 
 def slpo_target_log_weight(
@@ -267,7 +39,7 @@ def _two_class_cross_entropy(
   log_pred = jax.nn.log_softmax(
       jnp.stack([log_prob, log_rest_prob], axis=-1) / temperature, axis=-1
   )
-  return -jnp.sum(_weighted_log(target, log_pred), axis=-1)
+  return -jnp.sum(weighted_log(target, log_pred), axis=-1)
 
 
 def slpo_loss(
@@ -335,7 +107,7 @@ def slpo_loss(
   rejected_not = jnp.asarray(policy_rejected_not_logps)
   if temperature == 1.0:
     winner = -(
-        jnp.exp(log_w) * chosen + _weighted_log(jnp.exp(log_rest), chosen_not)
+        jnp.exp(log_w) * chosen + weighted_log(jnp.exp(log_rest), chosen_not)
     )
     return winner - rejected_not
   if policy_rejected_logps is None:
@@ -415,7 +187,7 @@ def slpo_soft_loss(
   if temperature != 1.0:
     log_targets = jax.nn.log_softmax(log_targets / temperature, axis=-1)
     log_preds = jax.nn.log_softmax(log_preds / temperature, axis=-1)
-  return -jnp.sum(_weighted_log(jnp.exp(log_targets), log_preds), axis=-1)
+  return -jnp.sum(weighted_log(jnp.exp(log_targets), log_preds), axis=-1)
 
 
 def slpo_token_weights(
@@ -513,8 +285,8 @@ def slpo_token_loss_from_token_logps(
   where = _logprobs._check_where(where, chosen_token_logps.shape)
   weights = jnp.clip(jnp.asarray(target_weights), 0.0, 1.0)
   per_token = -(
-      _weighted_log(weights, chosen_token_logps)
-      + _weighted_log(1.0 - weights, jnp.asarray(others_token_logps))
+      weighted_log(weights, chosen_token_logps)
+      + weighted_log(1.0 - weights, jnp.asarray(others_token_logps))
   )
   per_token = jnp.where(where, per_token, 0.0)
   count = jnp.sum(where, axis=-1)

@@ -1,0 +1,35 @@
+"""Preference losses: SLPO and the DPO family.
+
+Each loss is one pure function. Inputs are per-example sequence
+log-probabilities (see :mod:`slpo_jax.logprobs`); outputs are per-example
+losses of the same leading shape, which the caller reduces. Hyperparameters
+are keyword-only.
+"""
+
+from slpo_jax.losses._common import log1mexp
+from slpo_jax.losses.dpo_family import dpo_loss
+from slpo_jax.losses.dpo_family import hinge_loss
+from slpo_jax.losses.dpo_family import ipo_loss
+from slpo_jax.losses.dpo_family import orpo_loss
+from slpo_jax.losses.dpo_family import simpo_loss
+from slpo_jax.losses.slpo import slpo_loss
+from slpo_jax.losses.slpo import slpo_soft_loss
+from slpo_jax.losses.slpo import slpo_target_log_weight
+from slpo_jax.losses.slpo import slpo_token_loss
+from slpo_jax.losses.slpo import slpo_token_loss_from_token_logps
+from slpo_jax.losses.slpo import slpo_token_weights
+
+__all__ = [
+    "dpo_loss",
+    "hinge_loss",
+    "ipo_loss",
+    "log1mexp",
+    "orpo_loss",
+    "simpo_loss",
+    "slpo_loss",
+    "slpo_soft_loss",
+    "slpo_target_log_weight",
+    "slpo_token_loss",
+    "slpo_token_loss_from_token_logps",
+    "slpo_token_weights",
+]
