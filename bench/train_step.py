@@ -82,6 +82,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from bench.loss_head import cpu_model
 from configs import base as base_config
 from slpo_jax import models
 from train import objective
@@ -433,17 +434,6 @@ def rss_results(workers) -> dict:
 
 
 # --- Report. ---------------------------------------------------------------
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def machine_description() -> dict:
