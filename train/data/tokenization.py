@@ -82,7 +82,27 @@ def _config_token(config: dict, key: str) -> str | None:
   return value if isinstance(value, str) else None
 
 
-class HFTokenizer:
+class _SpecialIds:
+  """BOS, EOS and PAD ids held as ``_bos_id``, ``_eos_id``, ``_pad_id``."""
+
+  _bos_id: int
+  _eos_id: int
+  _pad_id: int
+
+  @property
+  def bos_id(self) -> int:
+    return self._bos_id
+
+  @property
+  def eos_id(self) -> int:
+    return self._eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self._pad_id
+
+
+class HFTokenizer(_SpecialIds):
   """A Hugging Face `tokenizers` tokenizer.json.
 
   The special tokens come from arguments, else from a tokenizer_config.json
@@ -138,18 +158,6 @@ class HFTokenizer:
     return None
 
   @property
-  def bos_id(self) -> int:
-    return self._bos_id
-
-  @property
-  def eos_id(self) -> int:
-    return self._eos_id
-
-  @property
-  def pad_id(self) -> int:
-    return self._pad_id
-
-  @property
   def vocab_size(self) -> int:
     return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
@@ -168,7 +176,7 @@ class HFTokenizer:
                                   skip_special_tokens=True)
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(_SpecialIds):
   """A SentencePiece model. Without a BOS or PAD piece, EOS stands in."""
 
   def __init__(self, path: str):
@@ -185,18 +193,6 @@ class SentencePieceTokenizer:
         self._eos_id)
     self._pad_id = self._model.pad_id() if self._model.pad_id() >= 0 else (
         self._eos_id)
-
-  @property
-  def bos_id(self) -> int:
-    return self._bos_id
-
-  @property
-  def eos_id(self) -> int:
-    return self._eos_id
-
-  @property
-  def pad_id(self) -> int:
-    return self._pad_id
 
   @property
   def vocab_size(self) -> int:
