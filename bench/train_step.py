@@ -84,6 +84,7 @@ import numpy as np
 
 from bench.loss_head import cpu_model
 from configs import base as base_config
+import slpo_jax
 from slpo_jax import models
 from train import objective
 from train import step as step_lib
@@ -204,7 +205,7 @@ class JaxVariant:
     _, mode, head_name = name.split("-")
     config = train_config(inputs.setting)
     self.name = name
-    self.head = objective.HeadOptions(
+    self.head = slpo_jax.HeadOptions(
         fused=head_name == "fused",
         vocab_chunk_size=config.model.vocab_chunk_size,
         token_chunk_size=config.model.token_chunk_size,
@@ -230,12 +231,10 @@ class JaxVariant:
 
   def _reference_logps(self, model, reference, batch):
     """As ``train.reference`` computes them: the step's own loss head."""
-    spec = objective.loss_spec("dpo")
-    stats = jax.jit(
-        lambda p, b: objective.sequence_stats(model, p, b, spec, self.head)
-    )(reference, batch)
-    return {"reference_chosen_logps": stats["chosen_logps"],
-            "reference_rejected_logps": stats["rejected_logps"]}
+    stats = jax.jit(lambda p, b: objective.batch_stats(
+        model, p, b, pair_values=False, head=self.head))(reference, batch)
+    return {"reference_chosen_logps": stats.chosen_logps,
+            "reference_rejected_logps": stats.rejected_logps}
 
   def memory(self) -> dict:
     analysis = self.compiled.memory_analysis()

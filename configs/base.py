@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = "dpo"  # Any loss of slpo_jax.losses (see train/objective.py).
+  config.loss.name = "dpo"  # A name of the loss table, slpo_jax.losses.LOSSES.
   config.loss.beta = 0.1  # DPO/IPO/hinge/SimPO/ORPO strength.
   config.loss.label_smoothing = 0.0  # cDPO flip probability.
   config.loss.temperature = 1.0  # SLPO temperature; 1 is Eq. 8 exactly.

@@ -49,6 +49,7 @@ import numpy as np
 from configs import controlled_generation as cg_config
 from experiments import sampling_eval
 from experiments import stats
+import slpo_jax
 from slpo_jax import models
 from train import data as data_lib
 from train import loop
@@ -222,9 +223,12 @@ def pair_statistics(config, reference_dir: pathlib.Path, seed: int = 0
       seed=seed)
   dataset = data_lib.load_dataset(config.data, tokenizer=tokenizer,
                                   split="train", sample_fn=sample_fn)
-  stats_fn = jax.jit(lambda p, b: objective.sequence_stats(
-      model, p, b, objective.loss_spec("slpo"),
-      objective.HeadOptions(fused=False)))
+  def batch_values(p, b):
+    out = objective.batch_stats(model, p, b, pair_values=False,
+                                head=slpo_jax.HeadOptions(fused=False))
+    return {k: v for k, v in out._asdict().items() if v is not None}
+
+  stats_fn = jax.jit(batch_values)
   columns: dict[str, list[np.ndarray]] = {}
   for batch in dataset.batches(batch_size=256, seed=seed, shard_index=0,
                                shard_count=1, repeat=False):

@@ -89,6 +89,20 @@ def _masks(lengths, max_length):
   return np.arange(max_length)[None, :] < np.asarray(lengths)[:, None]
 
 
+# Counts and masks are data, not functions of the logits: gradients are taken
+# with respect to the other statistics only.
+_DATA_FIELDS = ("chosen_lengths", "rejected_lengths", "chosen_where")
+
+
+def _values(terms):
+  """The statistics that depend on the logits (data fields set to None)."""
+  return terms._replace(**{name: None for name in _DATA_FIELDS})
+
+
+def _data(terms) -> dict:
+  return {name: getattr(terms, name) for name in _DATA_FIELDS}
+
+
 def _terms(params, batch):
   # The first position is the shared prompt context: y_l reads y_w's logits.
   rejected = params["rejected"].at[0].set(params["chosen"][0])
@@ -127,7 +141,7 @@ class Pullback:
       return _terms(params, batch(where))
 
     def pull(params, where, cotangent):
-      _, vjp = jax.vjp(lambda params: terms_at(params, where), params)
+      _, vjp = jax.vjp(lambda params: _values(terms_at(params, where)), params)
       return vjp(cotangent)[0]
 
     self.terms = jax.jit(jax.vmap(terms_at, in_axes=(None, 0)))(
@@ -136,21 +150,23 @@ class Pullback:
     self._pull = jax.jit(jax.vmap(pull, in_axes=(None, 0, 0)))
 
   def _loss_of_terms(self, objective):
-    def loss(terms, where):
+    def loss(values, data):
+      terms = values._replace(**data)
       reference = jax.tree.map(jax.lax.stop_gradient, terms)
-      return objectives.mean_loss(objective, terms, reference,
-                                  self._batch(where))
+      return objectives.mean_loss(objective, terms, reference)
     return loss
 
   def cotangents(self, objective):
-    """``dL / d terms`` for every length, as a stacked :class:`PairTerms`."""
+    """``dL / d terms`` for every length, as stacked :class:`PairStats`."""
     grad = jax.vmap(jax.grad(self._loss_of_terms(objective)))
-    return jax.jit(grad)(self.terms, self.masks)
+    return jax.jit(grad)(_values(self.terms), _data(self.terms))
 
   def cotangent_at(self, objective, index):
     """``dL / d terms`` at one length (eager: the loss is a few scalars)."""
     terms = jax.tree.map(lambda x: x[index], self.terms)
-    return jax.grad(self._loss_of_terms(objective))(terms, self.masks[index])
+    return jax.grad(self._loss_of_terms(objective))(
+        _values(terms), _data(terms)
+    )
 
   def gradients(self, cotangents) -> np.ndarray:
     """``[lengths, 2 * max_length * vocab]`` float64 gradient w.r.t. logits."""
@@ -192,7 +208,7 @@ def slpo_formula(pullback: Pullback):
   log_w = pullback.terms.chosen_logps
   log_l = pullback.terms.rejected_logps
   log1mexp = slpo_jax.losses.log1mexp
-  cotangent = jax.tree.map(jnp.zeros_like, pullback.terms)._replace(
+  cotangent = jax.tree.map(jnp.zeros_like, _values(pullback.terms))._replace(
       chosen_logps=-jnp.exp(log_l - log1mexp(log_w)),
       rejected_logps=jnp.exp(log_l - log1mexp(log_l)),
   )

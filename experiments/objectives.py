@@ -1,14 +1,14 @@
-"""The losses compared by the experiments, as thin wrappers over the library.
+"""The losses compared by the experiments: entries of the library's table.
 
-Every objective maps the same bundle of teacher-forced quantities for a batch
-of preference pairs to per-pair losses by calling one function of
-:mod:`slpo_jax.losses`; the bundle itself is built by the library's
-:func:`slpo_jax.sequence_logps` and :func:`slpo_jax.pair_not_logps`. Keeping
-the experiments on this path means they measure the code users run.
+Every objective maps the library's :class:`slpo_jax.PairStats` of a batch of
+preference pairs to per-pair losses through :data:`slpo_jax.losses.LOSSES`,
+the table the training program uses; the statistics come from
+:func:`slpo_jax.pair_stats_from_logits`. Keeping the experiments on this path
+means they measure the code users run.
 """
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,22 +29,10 @@ class PairBatch(NamedTuple):
   rejected_where: jax.Array
 
 
-class PairTerms(NamedTuple):
-  """Sequence-level quantities of one model on a batch of pairs, ``[...]``."""
-
-  chosen_logps: jax.Array
-  rejected_logps: jax.Array
-  chosen_not_logps: jax.Array
-  rejected_not_logps: jax.Array
-  pair_not_logps: jax.Array
-  # Kept for the token-level form, which works on per-token distributions.
-  chosen_logits: jax.Array
-
-
 def pair_terms(
     chosen_logits: jax.Array, rejected_logits: jax.Array, batch: PairBatch
-) -> PairTerms:
-  """Scores a batch of pairs with the library's log-probability functions.
+) -> slpo_jax.PairStats:
+  """Scores a batch of pairs with the library's statistics function.
 
   Args:
     chosen_logits: ``[..., T, V]`` logits teacher-forced on y_w.
@@ -52,45 +40,36 @@ def pair_terms(
     batch: the pairs' labels and masks.
 
   Returns:
-    The :class:`PairTerms` of the model that produced the logits.
+    The :class:`slpo_jax.PairStats` of the model that produced the logits,
+    pair complement and token values included.
   """
-  chosen_logps, chosen_not = slpo_jax.sequence_logps(
-      chosen_logits, batch.chosen_labels, where=batch.chosen_where
-  )
-  rejected_logps, rejected_not = slpo_jax.sequence_logps(
-      rejected_logits, batch.rejected_labels, where=batch.rejected_where
-  )
-  pair_not = slpo_jax.pair_not_logps(
-      chosen_logits, batch.chosen_labels,
-      rejected_logits, batch.rejected_labels,
+  return slpo_jax.pair_stats_from_logits(
+      chosen_logits, rejected_logits,
+      batch.chosen_labels, batch.rejected_labels,
       chosen_where=batch.chosen_where, rejected_where=batch.rejected_where,
+      pair_values=True,
   )
-  return PairTerms(
-      chosen_logps, rejected_logps, chosen_not, rejected_not, pair_not,
-      chosen_logits,
-  )
-
-
-LossFn = Callable[[PairTerms, PairTerms, PairBatch], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """A named loss with its hyperparameter fixed.
+  """A loss of the library's table with its hyperparameters fixed.
 
   Attributes:
     family: ``dpo``, ``ipo``, ``slpo``, ``slpo_tempered``, ``slpo_soft`` or
       ``slpo_token``.
-    hparam_name: name of the swept hyperparameter (``beta``, ``tau``, ``t``,
-      ``alpha``), empty for none.
+    hparam_name: name of the swept hyperparameter as the experiments report
+      it (``beta``, ``tau``, ``t``, ``alpha``), empty for none.
     hparam: its value, or None.
-    loss: ``(policy, reference, batch) -> [...]`` per-pair losses.
+    loss_name: the entry of :data:`slpo_jax.losses.LOSSES`.
+    hparams: the keyword arguments the entry is called with.
   """
 
   family: str
   hparam_name: str
   hparam: float | None
-  loss: LossFn = dataclasses.field(compare=False, repr=False)
+  loss_name: str
+  hparams: tuple[tuple[str, float], ...] = ()
 
   @property
   def label(self) -> str:
@@ -98,53 +77,37 @@ class Objective:
       return self.family
     return f"{self.family} {self.hparam_name}={self.hparam:g}"
 
+  def loss(
+      self, policy: slpo_jax.PairStats, reference: slpo_jax.PairStats
+  ) -> jax.Array:
+    """Per-pair losses, through the library's loss table."""
+    return losses.LOSSES[self.loss_name](
+        policy, reference, **dict(self.hparams)
+    )
+
 
 def dpo(beta: float) -> Objective:
-  def loss(policy, reference, batch):
-    del batch
-    return losses.dpo_loss(
-        policy.chosen_logps, policy.rejected_logps,
-        reference.chosen_logps, reference.rejected_logps, beta=beta,
-    )
-  return Objective("dpo", "beta", beta, loss)
+  return Objective("dpo", "beta", beta, "dpo", (("beta", beta),))
 
 
 def ipo(tau: float) -> Objective:
-  def loss(policy, reference, batch):
-    del batch
-    # The library names the IPO paper's tau ``beta``: the target margin is
-    # 1 / (2 tau).
-    return losses.ipo_loss(
-        policy.chosen_logps, policy.rejected_logps,
-        reference.chosen_logps, reference.rejected_logps, beta=tau,
-    )
-  return Objective("ipo", "tau", tau, loss)
+  # The library names the IPO paper's tau ``beta``: the target margin is
+  # 1 / (2 tau).
+  return Objective("ipo", "tau", tau, "ipo", (("beta", tau),))
 
 
 def slpo(temperature: float = 1.0) -> Objective:
   """Hard SLPO (Eq. 8) at ``temperature`` 1, the tempered form above it."""
-  def loss(policy, reference, batch):
-    del batch
-    return losses.slpo_loss(
-        policy.chosen_logps, policy.chosen_not_logps,
-        policy.rejected_not_logps,
-        reference.chosen_logps, reference.rejected_logps,
-        temperature=temperature, policy_rejected_logps=policy.rejected_logps,
-    )
+  hparams = (("temperature", temperature),)
   if temperature == 1.0:
-    return Objective("slpo", "", None, loss)
-  return Objective("slpo_tempered", "t", temperature, loss)
+    return Objective("slpo", "", None, "slpo", hparams)
+  return Objective("slpo_tempered", "t", temperature, "slpo", hparams)
 
 
 def slpo_soft(alpha: float) -> Objective:
   """Soft SLPO (Eq. 7) with the pair complement of :func:`pair_not_logps`."""
-  def loss(policy, reference, batch):
-    del batch
-    return losses.slpo_soft_loss(
-        policy.chosen_logps, policy.rejected_logps, policy.pair_not_logps,
-        reference.chosen_logps, reference.rejected_logps, alpha=alpha,
-    )
-  return Objective("slpo_soft", "alpha", alpha, loss)
+  return Objective("slpo_soft", "alpha", alpha, "slpo_soft",
+                   (("alpha", alpha),))
 
 
 def slpo_token() -> Objective:
@@ -153,15 +116,7 @@ def slpo_token() -> Objective:
   Both the policy's and the reference's distributions are taken on y_w's
   prefixes, with y_l's token at the same position, as in the draft.
   """
-  def loss(policy, reference, batch):
-    weights = losses.slpo_token_weights(
-        reference.chosen_logits, batch.chosen_labels, batch.rejected_labels
-    )
-    return losses.slpo_token_loss(
-        policy.chosen_logits, batch.chosen_labels, batch.rejected_labels,
-        jax.lax.stop_gradient(weights), where=batch.chosen_where,
-    )
-  return Objective("slpo_token", "", None, loss)
+  return Objective("slpo_token", "", None, "slpo_token")
 
 
 def objective_grid(
@@ -184,8 +139,8 @@ def objective_grid(
 
 
 def mean_loss(
-    objective: Objective, policy: PairTerms, reference: PairTerms,
-    batch: PairBatch,
+    objective: Objective, policy: slpo_jax.PairStats,
+    reference: slpo_jax.PairStats,
 ) -> jax.Array:
   """Mean of the per-pair losses over every leading axis."""
-  return jnp.mean(objective.loss(policy, reference, batch))
+  return jnp.mean(objective.loss(policy, reference))

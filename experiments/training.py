@@ -100,7 +100,7 @@ def train(
     reference = jax.tree.map(jax.lax.stop_gradient, terms(reference_table))
 
     def loss_fn(table):
-      per_pair = objective.loss(terms(table), reference, batch)
+      per_pair = objective.loss(terms(table), reference)
       return jnp.sum(weights * per_pair) / jnp.sum(weights)
 
     def step(carry, _):

@@ -222,10 +222,8 @@ def sequence_logps_from_hidden(
   """
   _check_shapes(hidden, lm_head, labels)
   where = _logprobs._check_where(where, jnp.shape(labels))
-  # Ignored positions may hold -100; any valid id will do, as in the plain path.
-  safe_labels = jnp.where(where, jnp.asarray(labels), 0)
   per_token = token_logps_from_hidden(
-      hidden, lm_head, safe_labels,
+      hidden, lm_head, _logprobs.masked_ids(labels, where, fill=0),
       vocab_chunk_size=vocab_chunk_size, token_chunk_size=token_chunk_size,
   )
   return _logprobs.sequence_logps_from_token_logps(*per_token, where=where)

@@ -149,6 +149,16 @@ def _check_where(where, shape) -> jax.Array:
   return where.astype(bool)
 
 
+def masked_ids(ids: ArrayLike, where: jax.Array, *, fill: int) -> jax.Array:
+  """Token ids with the positions where ``where`` is False set to ``fill``.
+
+  Ignored positions may hold anything (for example -100). As labels they get
+  ``fill=0``, any valid id, since their values are never read; as ids to
+  exclude from a complement they get ``fill=-1``, which matches no token.
+  """
+  return jnp.where(where, jnp.asarray(ids), fill)
+
+
 def sequence_logps_from_token_logps(
     token_logp: ArrayLike,
     token_not_logp: ArrayLike,
@@ -237,8 +247,7 @@ def sequence_logps(
   """
   _check_logits_labels(logits, labels)
   where = _check_where(where, jnp.shape(labels))
-  safe_labels = jnp.where(where, jnp.asarray(labels), 0)
-  per_token = token_logps(logits, safe_labels)
+  per_token = token_logps(logits, masked_ids(labels, where, fill=0))
   return sequence_logps_from_token_logps(*per_token, where=where)
 
 
@@ -297,15 +306,16 @@ def pair_not_logps(
   shape = jnp.shape(chosen_labels)
   chosen_where = _check_where(chosen_where, shape)
   rejected_where = _check_where(rejected_where, shape)
-  chosen_labels = jnp.where(chosen_where, jnp.asarray(chosen_labels), 0)
-  rejected_labels = jnp.where(rejected_where, jnp.asarray(rejected_labels), 0)
+  chosen_labels = masked_ids(chosen_labels, chosen_where, fill=0)
+  rejected_labels = masked_ids(rejected_labels, rejected_where, fill=0)
   # At the divergence step both a_d and b_d leave the complement.
-  chosen_both_out = token_logps(
-      chosen_logits, chosen_labels, also_exclude=rejected_labels
+  chosen_pair_not_logp = token_logps(
+      chosen_logits, chosen_labels,
+      also_exclude=masked_ids(rejected_labels, rejected_where, fill=-1),
   ).not_logp
   return pair_not_logps_from_token_logps(
       token_logps(chosen_logits, chosen_labels),
-      chosen_both_out,
+      chosen_pair_not_logp,
       token_logps(rejected_logits, rejected_labels),
       chosen_labels,
       rejected_labels,
@@ -316,7 +326,7 @@ def pair_not_logps(
 
 def pair_not_logps_from_token_logps(
     chosen: TokenLogps,
-    chosen_both_out_not_logp: ArrayLike,
+    chosen_pair_not_logp: ArrayLike,
     rejected: TokenLogps,
     chosen_labels: ArrayLike,
     rejected_labels: ArrayLike,
@@ -328,7 +338,7 @@ def pair_not_logps_from_token_logps(
 
   Args:
     chosen: per-token values of y_w (see :func:`token_logps`).
-    chosen_both_out_not_logp: ``[..., T]`` ``log(1 - p_t(a_t) - p_t(b_t))``
+    chosen_pair_not_logp: ``[..., T]`` ``log(1 - p_t(a_t) - p_t(b_t))``
       on the chosen row (``token_logps(..., also_exclude=rejected_labels)``).
     rejected: per-token values of y_l.
     chosen_labels: ``[..., T]`` ids of y_w.
@@ -361,7 +371,7 @@ def pair_not_logps_from_token_logps(
       jnp.where(rejected_where, rejected.logp, 0.0)
   )
   chosen_not = jnp.where(
-      at_divergence, chosen_both_out_not_logp, chosen.not_logp
+      at_divergence, chosen_pair_not_logp, chosen.not_logp
   )
   chosen_terms = chosen_prefix + chosen_not
   rejected_terms = rejected_prefix + rejected.not_logp

@@ -6,7 +6,9 @@ split over ``("data", "fsdp")``: fsdp shards parameters *and* the batch, so
 both axes carry distinct examples.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -73,3 +75,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(host_batch: Mapping[str, Any], mesh: Mesh) -> dict:
+  """Each process's rows of a batch -> global arrays split over data x fsdp.
+
+  Every process passes its own share (the same number of rows each); the
+  result is one array per entry whose leading axis is the global batch.
+  """
+  spec = batch_sharding(mesh)
+  return {
+      name: jax.make_array_from_process_local_data(spec, np.asarray(value))
+      for name, value in host_batch.items()
+  }

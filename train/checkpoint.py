@@ -13,13 +13,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from train.errors import IncompatibleCheckpointError
+
 _STATE = "state"
 _DATA = "data"
 _RUN = "run"
-
-
-class IncompatibleCheckpointError(ValueError):
-  """The workdir holds a checkpoint of a different run."""
 
 
 class Checkpointer:

@@ -1,19 +1,34 @@
-"""Errors a user fixes by changing the config, the data or the workdir.
+"""Every error a user fixes by changing the config, the data or the workdir.
 
-The program reports these as one line without a traceback.
+All of them derive from :class:`UserError`; ``train.main`` reports each as
+one line on stderr, ``error: <message>``, and exits with code 2. Messages
+say what is wrong and what to change, in one sentence without a final period.
+The library's :class:`slpo_jax.models.CheckpointError` (an unreadable or
+unsupported Hugging Face folder) is reported the same way.
 """
 
+from slpo_jax.models import CheckpointError
 
-class ConfigError(ValueError):
+
+class UserError(Exception):
+  """A mistake in the config, the data or the workdir, not a program bug."""
+
+
+class ConfigError(UserError, ValueError):
   """A configuration that cannot work, with what to change."""
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  """The exception types reported without a traceback."""
-  from slpo_jax.models import CheckpointError
-  from train.checkpoint import IncompatibleCheckpointError
-  from train.data import DataError
-  from train.loop import NonFiniteError
+class DataError(UserError, ValueError):
+  """A data file, record or data setting that cannot be used."""
 
-  return (ConfigError, CheckpointError, DataError,
-          IncompatibleCheckpointError, NonFiniteError)
+
+class IncompatibleCheckpointError(UserError, ValueError):
+  """The workdir holds a checkpoint of a different run."""
+
+
+class NonFiniteError(UserError, RuntimeError):
+  """The loss or the gradient became NaN or infinite."""
+
+
+# What train.main reports in one line.
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, CheckpointError)

@@ -3,9 +3,12 @@
   python -m train.main --config configs/default.py --workdir /tmp/run
 
 Any config key can be overridden: ``--config.loss.name=slpo``. Rerunning the
-same command in the same workdir resumes from the latest checkpoint.
+same command in the same workdir resumes from the latest checkpoint. A
+mistake in the flags, the config or the data ends the program with one line
+on stderr, ``error: ...``, and exit code 2.
 """
 
+import ast
 import sys
 
 from absl import app
@@ -23,6 +26,37 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    # ml_collections reports a misspelt key as the repr of a two-line message.
+    try:
+      text = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      pass
+    text = f"no config key {text}"
+  elif isinstance(error, OSError):
+    # The last line of ml_collections' report says why the file did not load.
+    text = f"cannot load the --config file: {text.strip().splitlines()[-1]}"
+  return " ".join(text.split())
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every mistake reported as one line."""
+  try:
+    remaining = flags.FLAGS(argv)
+    flags.FLAGS.config.to_dict()  # A config file that fails to load fails here.
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+          OSError) as error:
+    _fail(_one_line(error))
+  return remaining
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -36,12 +70,11 @@ def main(argv):
 
   try:
     loop.train_and_evaluate(config, _WORKDIR.value)
-  except errors.user_errors() as error:
+  except errors.USER_ERRORS as error:
     # Errors the user can fix by changing the config or data: one line, no
     # traceback (and not repeated by an absl log line).
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(error))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,11 +1,15 @@
-"""Metrics to ``metrics.jsonl`` and TensorBoard, written by process 0 only."""
+"""Training metrics: accumulated off the device, written to ``metrics.jsonl``
+and TensorBoard by process 0 only."""
 
 import json
 import math
 import pathlib
+import time
 from collections.abc import Mapping
 
 import jax
+
+from train.errors import NonFiniteError
 
 
 class MetricsWriter:
@@ -49,3 +53,81 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+class TrainMetrics:
+  """Training metrics from the device to the writer, one step behind.
+
+  :meth:`push` queues a step's metrics, still on the device, and only then
+  brings the previous step's to the host, so the host never waits for the
+  device between steps. Each record is the mean of the steps since the
+  previous record, with the token throughput over them; evaluation results
+  join the record of their step. A non-finite loss or gradient raises
+  :class:`~train.errors.NonFiniteError` when its step reaches the host.
+  """
+
+  def __init__(self, writer: MetricsWriter, *, log_every: int,
+               total_steps: int, bar=None):
+    self._writer = writer
+    self._log_every = log_every
+    self._total_steps = total_steps
+    self._bar = bar
+    self._pending = None  # (step, metrics) still on the device.
+    self._records: dict[int, dict[str, float]] = {}  # Not yet written.
+    self._start_window()
+
+  def _start_window(self) -> None:
+    self._window_start = time.perf_counter()
+    self._window_tokens = 0
+    self._window_steps = 0
+    self._window_sums: dict[str, float] = {}
+
+  def push(self, step: int, metrics: Mapping[str, jax.Array],
+           tokens: int) -> None:
+    """Queues ``step``'s metrics; settles and writes the earlier steps."""
+    self._window_tokens += tokens
+    self.settle()
+    self._write(before=step)
+    self._pending = (step, metrics)
+
+  def settle(self) -> None:
+    """Brings the queued step's metrics to the host (checks them finite)."""
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    host = jax.device_get(metrics)
+    if not bool(host.pop("finite")):
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {step} (loss ="
+          f" {float(host['loss'])}, grad_norm = {float(host['grad_norm'])})."
+          " The state was not updated and no checkpoint was written; lower"
+          " optimizer.learning_rate or check the data."
+      )
+    self._window_steps += 1
+    for name, value in host.items():
+      self._window_sums[name] = self._window_sums.get(name, 0.0) + float(value)
+    rate = self._window_tokens / max(time.perf_counter() - self._window_start,
+                                     1e-9)
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f"{float(host['loss']):.4f}",
+                            tok_s=f"{rate:,.0f}")
+    if step % self._log_every == 0 or step == self._total_steps:
+      record = {k: v / self._window_steps for k, v in self._window_sums.items()}
+      record["tokens_per_second"] = rate
+      self.add(step, record)
+      self._start_window()
+
+  def add(self, step: int, values: Mapping[str, float]) -> None:
+    """Adds values (an evaluation's, say) to the record of ``step``."""
+    self._records.setdefault(step, {}).update(values)
+
+  def _write(self, before: int | None = None) -> None:
+    for step in sorted(self._records):
+      if before is None or step < before:
+        self._writer.write(step, self._records.pop(step))
+
+  def write_all(self) -> None:
+    """Settles the queued step and writes every record."""
+    self.settle()
+    self._write()

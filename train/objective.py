@@ -1,206 +1,103 @@
-"""From a batch of pairs to per-example sequence statistics and a loss.
+"""The program's one path from a batch of pairs to its loss and metrics.
 
-The model is run once on chosen and rejected rows stacked together. The
-per-token values come from the fused head (``hidden @ lm_head`` never
-materialised) or from the plain logits; the sequence values and every loss
-come from :mod:`slpo_jax`. This module only routes arguments: there is no loss
-math here.
+batch -> ``model.hidden_states`` once, chosen and rejected rows stacked ->
+the library's loss head (:func:`slpo_jax.pair_stats_from_hidden`, fused or
+plain) -> the loss table (:data:`slpo_jax.losses.LOSSES`) -> example-weighted
+sums. The loss math is all in :mod:`slpo_jax`; this module routes arrays.
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import slpo_jax
-from slpo_jax import fused
 from slpo_jax import losses
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-  """How to call one loss: its function and what it needs."""
-
-  fn: Callable[..., jax.Array]
-  needs_reference: bool = True
-  needs_pair: bool = False  # log pi(Y not in {y_w, y_l}).
-  needs_tokens: bool = False  # per-token values (token-level SLPO).
-
-
-def _dpo(p, r, c):
-  return losses.dpo_loss(
-      p["chosen_logps"], p["rejected_logps"],
-      r["chosen_logps"], r["rejected_logps"],
-      beta=c.beta, label_smoothing=c.label_smoothing,
-  )
-
-
-def _ref_margin_loss(loss_fn):
-  def call(p, r, c):
-    return loss_fn(
-        p["chosen_logps"], p["rejected_logps"],
-        r["chosen_logps"], r["rejected_logps"], beta=c.beta,
-    )
-  return call
-
-
-def _length_normalised_loss(loss_fn, **hparams):
-  def call(p, r, c):
-    del r
-    return loss_fn(
-        p["chosen_logps"], p["rejected_logps"],
-        p["chosen_lengths"], p["rejected_lengths"],
-        **{name: getattr(c, key) for name, key in hparams.items()},
-    )
-  return call
-
-
-def _slpo(p, r, c):
-  return losses.slpo_loss(
-      p["chosen_logps"], p["chosen_not_logps"], p["rejected_not_logps"],
-      r["chosen_logps"], r["rejected_logps"],
-      temperature=c.temperature, policy_rejected_logps=p["rejected_logps"],
-  )
-
-
-def _slpo_soft(p, r, c):
-  return losses.slpo_soft_loss(
-      p["chosen_logps"], p["rejected_logps"], p["pair_not_logps"],
-      r["chosen_logps"], r["rejected_logps"],
-      alpha=c.alpha, temperature=c.temperature,
-  )
-
-
-def _slpo_token(p, r, c):
-  del c
-  weights = -jnp.expm1(r["chosen_token_others_logps"])
-  return losses.slpo_token_loss_from_token_logps(
-      p["chosen_token_logps"], p["chosen_token_others_logps"], weights,
-      where=p["token_where"],
-  )
-
-
-LOSSES: Mapping[str, LossSpec] = {
-    "dpo": LossSpec(_dpo),
-    "ipo": LossSpec(_ref_margin_loss(losses.ipo_loss)),
-    "hinge": LossSpec(_ref_margin_loss(losses.hinge_loss)),
-    "simpo": LossSpec(
-        _length_normalised_loss(losses.simpo_loss, beta="beta", gamma="gamma"),
-        needs_reference=False,
-    ),
-    "orpo": LossSpec(
-        _length_normalised_loss(losses.orpo_loss, beta="beta"),
-        needs_reference=False,
-    ),
-    "slpo": LossSpec(_slpo),
-    "slpo_soft": LossSpec(_slpo_soft, needs_pair=True),
-    "slpo_token": LossSpec(_slpo_token, needs_tokens=True),
-}
-
-
-def loss_spec(name: str) -> LossSpec:
-  if name not in LOSSES:
-    raise ValueError(
-        f"unknown loss {name!r}; config.loss.name must be one of"
-        f" {sorted(LOSSES)}."
-    )
-  return LOSSES[name]
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadOptions:
-  """How per-token values are computed from the model."""
-
-  fused: bool = True
-  vocab_chunk_size: int | None = None  # None: the fused head's default.
-  token_chunk_size: int | None = None
-
-
-def _token_logps(model, params, ids, mask, labels, head, also_exclude=None):
-  if head.fused:
-    hidden, lm_head = model.hidden_states(params, ids, mask)
-    return fused.token_logps_from_hidden(
-        hidden, lm_head, labels, also_exclude=also_exclude,
-        vocab_chunk_size=head.vocab_chunk_size,
-        token_chunk_size=head.token_chunk_size,
-    )
-  logits = model.apply(params, ids, mask)
-  return slpo_jax.token_logps(logits, labels, also_exclude=also_exclude)
-
-
-def sequence_stats(
+def batch_stats(
     model: Any,
     params: Any,
     batch: Mapping[str, jax.Array],
-    spec: LossSpec,
-    head: HeadOptions,
-) -> dict[str, jax.Array]:
-  """Per-example sequence values of a model on a batch of pairs.
+    *,
+    pair_values: bool,
+    head: slpo_jax.HeadOptions,
+) -> slpo_jax.PairStats:
+  """The statistics of ``model`` with ``params`` on a batch of the pipeline.
 
   Args:
-    model: an object with ``apply(params, ids, mask) -> logits`` and
-      ``hidden_states(params, ids, mask) -> (hidden, lm_head)``.
+    model: an object with ``hidden_states(params, ids, mask) -> (hidden,
+      lm_head)``.
     params: the model's parameters.
     batch: the data pipeline's batch (``chosen_*``/``rejected_*`` arrays).
-    spec: the loss being computed, which says what it needs.
+    pair_values: compute the pair complement and the token values too.
     head: fused or plain per-token computation.
 
   Returns:
-    A dict of ``[B]`` arrays: ``chosen_logps``, ``rejected_logps``,
-    ``chosen_not_logps``, ``rejected_not_logps``, ``chosen_lengths``,
-    ``rejected_lengths``, and when the loss needs them ``pair_not_logps`` and
-    the ``[B, T]`` token values.
+    The :class:`slpo_jax.PairStats` of the batch.
   """
+  n = batch["chosen_input_ids"].shape[0]
+  # One forward pass over the chosen and rejected rows together.
   ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]])
   mask = jnp.concatenate(
       [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
   )
-  where = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]])
-  labels = jnp.where(
-      where,
-      jnp.concatenate([batch["chosen_labels"], batch["rejected_labels"]]),
-      0,
+  hidden, lm_head = model.hidden_states(params, ids, mask)
+  return slpo_jax.pair_stats_from_hidden(
+      hidden[:n], hidden[n:], lm_head,
+      batch["chosen_labels"], batch["rejected_labels"],
+      chosen_where=batch["chosen_loss_mask"],
+      rejected_where=batch["rejected_loss_mask"],
+      pair_values=pair_values, head=head,
   )
-  tokens = _token_logps(model, params, ids, mask, labels, head)
-  logps, not_logps = slpo_jax.sequence_logps_from_token_logps(
-      *tokens, where=where
-  )
-  n = batch["chosen_input_ids"].shape[0]
-  lengths = jnp.sum(where, axis=-1)
-  stats = {
-      "chosen_logps": logps[:n],
-      "rejected_logps": logps[n:],
-      "chosen_not_logps": not_logps[:n],
-      "rejected_not_logps": not_logps[n:],
-      "chosen_lengths": lengths[:n],
-      "rejected_lengths": lengths[n:],
-  }
-  if spec.needs_pair or spec.needs_tokens:
-    # The chosen rows once more, with the rejected token also excluded.
-    both_out = _token_logps(
-        model, params, ids[:n], mask[:n], labels[:n], head,
-        also_exclude=labels[n:],
+
+
+def reference_stats(
+    model: Any,
+    reference: Any,
+    batch: Mapping[str, jax.Array],
+    spec: losses.LossSpec,
+    head: slpo_jax.HeadOptions,
+) -> slpo_jax.PairStats | None:
+  """The reference's statistics: from the frozen tree, or the batch's cache.
+
+  Args:
+    model: the model object.
+    reference: the frozen reference parameters, or None when the batch
+      carries precomputed ``reference_chosen_logps``/``_rejected_logps``.
+    batch: the pipeline's batch.
+    spec: the loss, which says what it reads.
+    head: fused or plain per-token computation.
+
+  Returns:
+    The statistics, or None for a loss without a reference.
+  """
+  if not spec.needs_reference:
+    return None
+  if reference is None:
+    return slpo_jax.PairStats(
+        chosen_logps=batch["reference_chosen_logps"],
+        rejected_logps=batch["reference_rejected_logps"],
     )
-    if spec.needs_pair:
-      stats["pair_not_logps"] = slpo_jax.pair_not_logps_from_token_logps(
-          jax.tree.map(lambda x: x[:n], tokens), both_out.not_logp,
-          jax.tree.map(lambda x: x[n:], tokens), labels[:n], labels[n:],
-          chosen_where=where[:n], rejected_where=where[n:],
-      )
-    if spec.needs_tokens:
-      stats["chosen_token_logps"] = both_out.logp
-      stats["chosen_token_others_logps"] = both_out.not_logp
-      stats["token_where"] = where[:n]
-  return stats
+  # stop_gradient makes the frozen tree a constant of the loss even if a
+  # caller differentiates through it.
+  return batch_stats(
+      model, jax.lax.stop_gradient(reference), batch,
+      pair_values=spec.needs_reference_tokens, head=head,
+  )
 
 
-def compute_loss(
-    spec: LossSpec,
+def loss_hparams(spec: losses.LossSpec, loss_config: Any) -> dict[str, Any]:
+  """The loss's hyperparameters, read from ``config.loss``."""
+  return {name: loss_config[name] for name in spec.hparams}
+
+
+def weighted_sums(
+    spec: losses.LossSpec,
     loss_config: Any,
-    policy_stats: Mapping[str, jax.Array],
-    reference_stats: Mapping[str, jax.Array] | None,
+    policy: slpo_jax.PairStats,
+    reference: slpo_jax.PairStats | None,
     example_weight: jax.Array,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sums of the loss and the metrics over one batch.
@@ -209,26 +106,43 @@ def compute_loss(
   accumulating micro-batches then divides once, so metrics are averaged by
   example weight and an accuracy never exceeds 1.
   """
-  reference_stats = reference_stats or {}
-  per_example = spec.fn(policy_stats, reference_stats, loss_config)
+  per_example = spec(policy, reference, **loss_hparams(spec, loss_config))
   weight = example_weight.astype(jnp.float32)
   # Padding rows (weight 0) may hold infinite values; they add exactly nothing.
   counted = weight > 0
   sums = {"loss": jnp.sum(jnp.where(counted, per_example * weight, 0.0))}
-  if "chosen_logps" in reference_stats:
+  if reference is not None:
     metrics = slpo_jax.preference_metrics(
-        policy_stats["chosen_logps"], policy_stats["rejected_logps"],
-        reference_stats["chosen_logps"], reference_stats["rejected_logps"],
+        policy.chosen_logps, policy.rejected_logps,
+        reference.chosen_logps, reference.rejected_logps,
         beta=loss_config.beta,
-        policy_chosen_not_logps=policy_stats["chosen_not_logps"],
-        policy_rejected_not_logps=policy_stats["rejected_not_logps"],
+        policy_chosen_not_logps=policy.chosen_not_logps,
+        policy_rejected_not_logps=policy.rejected_not_logps,
     )
   else:
     metrics = {
-        "logps/chosen": policy_stats["chosen_logps"],
-        "logps/rejected": policy_stats["rejected_logps"],
+        "logps/chosen": policy.chosen_logps,
+        "logps/rejected": policy.rejected_logps,
     }
   for name, value in metrics.items():
     sums[name] = jnp.sum(jnp.where(counted, value * weight, 0.0))
   sums["weight"] = jnp.sum(weight)
   return sums["loss"], sums
+
+
+def batch_loss(
+    model: Any,
+    params: Any,
+    reference: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    loss_config: Any,
+    head: slpo_jax.HeadOptions,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted loss sum of ``params`` on a batch, and the metric sums."""
+  spec = losses.LOSSES[loss_config.name]
+  policy = batch_stats(
+      model, params, batch, pair_values=spec.needs_pair_values, head=head
+  )
+  ref = reference_stats(model, reference, batch, spec, head)
+  return weighted_sums(spec, loss_config, policy, ref, batch["example_weight"])

@@ -29,11 +29,11 @@ def params_fingerprint(params) -> str:
 
 
 def _stats_fn(model, head):
-  spec = objective.LossSpec(fn=None)
-
   def stats(params, batch):
-    out = objective.sequence_stats(model, params, batch, spec, head)
-    return out["chosen_logps"], out["rejected_logps"]
+    out = objective.batch_stats(
+        model, params, batch, pair_values=False, head=head
+    )
+    return out.chosen_logps, out.rejected_logps
 
   return jax.jit(stats)
 
@@ -71,17 +71,12 @@ class ReferenceCache:
       return cls(dict(zip(keys, zip(stored["chosen"].tolist(),
                                     stored["rejected"].tolist()))))
     stats = _stats_fn(model, head)
-    batch_spec = sharding.batch_sharding(mesh)
     values = {}
     for split in ("train", "eval"):
       for batch in tqdm(pipeline(split, single_pass=True),
                         desc=f"reference log-probs ({split})",
                         disable=jax.process_index() != 0):
-        device_batch = {
-            k: jax.make_array_from_process_local_data(batch_spec, np.asarray(v))
-            for k, v in batch.items()
-        }
-        c, r = stats(reference_params, device_batch)
+        c, r = stats(reference_params, sharding.global_batch(batch, mesh))
         # Each process keeps the rows it owns: its addressable shards.
         c, r = _local_rows(c), _local_rows(r)
         for i, cv, rv, w in zip(batch["example_id"], c, r,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import slpo_jax
 from train import objective
 
 
@@ -71,21 +72,6 @@ def _split_micro_batches(batch, count: int):
   )
 
 
-def _reference_stats(model, reference, batch, spec, head):
-  """Reference statistics: precomputed in the batch, or from the frozen tree."""
-  if not spec.needs_reference:
-    return None
-  if reference is None:
-    return {
-        "chosen_logps": batch["reference_chosen_logps"],
-        "rejected_logps": batch["reference_rejected_logps"],
-    }
-  # stop_gradient makes the frozen tree a constant of the loss even if a
-  # caller differentiates through it.
-  frozen = jax.lax.stop_gradient(reference)
-  return objective.sequence_stats(model, frozen, batch, spec, head)
-
-
 def train_step(
     state: TrainState,
     reference: Any,
@@ -94,7 +80,7 @@ def train_step(
     model: Any,
     optimizer: optax.GradientTransformation,
     loss_config: Any,
-    head: objective.HeadOptions,
+    head: slpo_jax.HeadOptions,
     grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step over ``grad_accum_steps`` micro-batches.
@@ -119,13 +105,9 @@ def train_step(
     The new state and metrics averaged by example weight, plus ``grad_norm``
     and ``finite`` (False if the loss or gradient has a non-finite value).
   """
-  spec = objective.loss_spec(loss_config.name)
-
   def summed_loss(params, micro):
-    policy = objective.sequence_stats(model, params, micro, spec, head)
-    ref = _reference_stats(model, reference, micro, spec, head)
-    return objective.compute_loss(
-        spec, loss_config, policy, ref, micro["example_weight"]
+    return objective.batch_loss(
+        model, params, reference, micro, loss_config=loss_config, head=head
     )
 
   grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -168,13 +150,10 @@ def eval_step(
     *,
     model: Any,
     loss_config: Any,
-    head: objective.HeadOptions,
+    head: slpo_jax.HeadOptions,
 ) -> dict[str, jax.Array]:
   """Weighted metric sums (and ``weight``) of the policy on one batch."""
-  spec = objective.loss_spec(loss_config.name)
-  policy = objective.sequence_stats(model, params, batch, spec, head)
-  ref = _reference_stats(model, reference, batch, spec, head)
-  _, sums = objective.compute_loss(
-      spec, loss_config, policy, ref, batch["example_weight"]
+  _, sums = objective.batch_loss(
+      model, params, reference, batch, loss_config=loss_config, head=head
   )
   return sums

@@ -16,20 +16,28 @@ from slpo_jax.losses.slpo import slpo_loss
 from slpo_jax.losses.slpo import slpo_soft_loss
 from slpo_jax.losses.slpo import slpo_target_log_weight
 from slpo_jax.losses.slpo import slpo_token_loss
+from slpo_jax.losses.slpo import slpo_token_loss_from_reference
 from slpo_jax.losses.slpo import slpo_token_loss_from_token_logps
 from slpo_jax.losses.slpo import slpo_token_weights
+from slpo_jax.losses.table import LOSSES
+from slpo_jax.losses.table import LossSpec
+from slpo_jax.losses.table import loss_spec
 
 __all__ = [
+    "LOSSES",
+    "LossSpec",
     "dpo_loss",
     "hinge_loss",
     "ipo_loss",
     "log1mexp",
+    "loss_spec",
     "orpo_loss",
     "simpo_loss",
     "slpo_loss",
     "slpo_soft_loss",
     "slpo_target_log_weight",
     "slpo_token_loss",
+    "slpo_token_loss_from_reference",
     "slpo_token_loss_from_token_logps",
     "slpo_token_weights",
 ]

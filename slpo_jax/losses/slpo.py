@@ -252,10 +252,9 @@ def slpo_token_loss(
   """
   _logprobs._check_logits_labels(logits, chosen_labels)
   where = _logprobs._check_where(where, jnp.shape(chosen_labels))
-  chosen_labels = jnp.where(where, jnp.asarray(chosen_labels), 0)
-  rejected_labels = jnp.where(where, jnp.asarray(rejected_labels), 0)
   stats = _logprobs.token_logps(
-      logits, chosen_labels, also_exclude=rejected_labels
+      logits, _logprobs.masked_ids(chosen_labels, where, fill=0),
+      also_exclude=_logprobs.masked_ids(rejected_labels, where, fill=-1),
   )
   return slpo_token_loss_from_token_logps(
       stats.logp, stats.not_logp, target_weights, where=where
@@ -264,7 +263,7 @@ def slpo_token_loss(
 
 def slpo_token_loss_from_token_logps(
     chosen_token_logps: ArrayLike,
-    others_token_logps: ArrayLike,
+    chosen_token_pair_not_logps: ArrayLike,
     target_weights: ArrayLike,
     *,
     where: ArrayLike | None = None,
@@ -273,8 +272,9 @@ def slpo_token_loss_from_token_logps(
 
   Args:
     chosen_token_logps: ``[..., T]`` ``log p_t(y_w,t)``.
-    others_token_logps: ``[..., T]`` ``log(1 - p_t(y_w,t) - p_t(y_l,t))``, as
-      from ``token_logps(logits, chosen, also_exclude=rejected).not_logp``.
+    chosen_token_pair_not_logps: ``[..., T]``
+      ``log(1 - p_t(y_w,t) - p_t(y_l,t))``, as from
+      ``token_logps(logits, chosen, also_exclude=rejected).not_logp``.
     target_weights: ``[..., T]`` w_t in [0, 1].
     where: optional ``[..., T]`` bool mask of counted tokens.
 
@@ -286,8 +286,43 @@ def slpo_token_loss_from_token_logps(
   weights = jnp.clip(jnp.asarray(target_weights), 0.0, 1.0)
   per_token = -(
       weighted_log(weights, chosen_token_logps)
-      + weighted_log(1.0 - weights, jnp.asarray(others_token_logps))
+      + weighted_log(1.0 - weights, jnp.asarray(chosen_token_pair_not_logps))
   )
   per_token = jnp.where(where, per_token, 0.0)
   count = jnp.sum(where, axis=-1)
   return jnp.sum(per_token, axis=-1) / jnp.maximum(count, 1)
+
+
+def slpo_token_loss_from_reference(
+    policy_chosen_token_logps: ArrayLike,
+    policy_chosen_token_pair_not_logps: ArrayLike,
+    reference_chosen_token_pair_not_logps: ArrayLike,
+    *,
+    chosen_where: ArrayLike | None = None,
+) -> jax.Array:
+  """Token-level SLPO with the draft's targets, from the reference's values.
+
+  The targets are ``w_t = p_ref,t(y_w,t) + p_ref,t(y_l,t)``, that is
+  ``1 - exp(reference_chosen_token_pair_not_logps)`` (as
+  :func:`slpo_token_weights` gives from logits), held constant.
+
+  Args:
+    policy_chosen_token_logps: ``[..., T]`` the policy's ``log p_t(y_w,t)``.
+    policy_chosen_token_pair_not_logps: ``[..., T]`` the policy's
+      ``log(1 - p_t(y_w,t) - p_t(y_l,t))`` on y_w's prefixes.
+    reference_chosen_token_pair_not_logps: ``[..., T]`` the same value under
+      the reference model.
+    chosen_where: optional ``[..., T]`` bool mask of y_w's counted tokens.
+
+  Returns:
+    ``[...]`` per-example losses, averaged over counted tokens.
+  """
+  reference = jax.lax.stop_gradient(
+      jnp.asarray(reference_chosen_token_pair_not_logps)
+  )
+  # 1 - w_t is exactly the reference's mass outside both tokens.
+  weights = -jnp.expm1(reference)
+  return slpo_token_loss_from_token_logps(
+      policy_chosen_token_logps, policy_chosen_token_pair_not_logps, weights,
+      where=chosen_where,
+  )

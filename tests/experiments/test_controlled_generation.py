@@ -16,7 +16,7 @@ from configs import controlled_generation as cg_config
 from experiments import controlled_generation as cg
 from experiments import sampling_eval
 from slpo_jax import models
-from train import setup as setup_lib
+from train import validate
 from train.data.config import validate_data_config
 from train.data.synthetic import synthetic_prompts
 
@@ -138,7 +138,7 @@ def test_grid_covers_every_family():
 @pytest.mark.parametrize("preset", cg_config.PRESETS)
 def test_presets_are_valid_training_configs(preset):
   config = cg_config.get_config(preset)
-  setup_lib.validate(config)
+  validate.validate(config)
   validate_data_config(config.data, "train")
   assert config.steps % config.eval_every == 0
   with pytest.raises(ValueError, match="preset"):

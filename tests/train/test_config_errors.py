@@ -20,6 +20,12 @@ CONFIG_ERRORS = {
     "unknown_loss": (
         {"loss.name": "dpoo"},
         "unknown loss 'dpoo'; config.loss.name must be one of ['dpo',"),
+    "unknown_optimizer": (
+        {"optimizer.name": "adamm"},
+        "unknown optimizer.name 'adamm'; use 'adamw' or 'rmsprop'"),
+    "bad_hyperparameter": (
+        {"loss.name": "slpo", "loss.temperature": 0.5},
+        "config.loss (slpo): temperature must be >= 1, got 0.5"),
 }
 
 
@@ -65,6 +71,9 @@ def test_command_line_reports_a_config_error_in_one_line(
 
 def test_command_line_refuses_an_unknown_config_key(command_line_failures):
   returncode, output, workdir = command_line_failures["unknown_key"]
-  assert returncode != 0
-  assert 'Did you mean "name" instead of "nmae"?' in output
+  assert returncode == 2, output
+  assert "Traceback" not in output
+  assert output.strip().splitlines() == [
+      "error: no config key 'nmae' Did you mean \"name\" instead of"
+      " \"nmae\"?"]
   assert not workdir.exists()

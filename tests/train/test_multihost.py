@@ -6,10 +6,14 @@ runtime joins them, and cross-process collectives on CPU go through gloo,
 JAX's default ``jax_cpu_collectives_implementation``.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from train import data as data_lib
+from train import loop
+from train_testing import build
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import finish
@@ -75,19 +79,21 @@ class _HostShards:
 
 
 def test_two_processes_train_like_one_process_reading_their_shards(
-    two_processes, make_config, tmp_path, monkeypatch):
-  one_host_batches = data_lib.PreferenceDataset.batches
-
-  def batches(self, *, batch_size, seed, shard_index, shard_count, repeat):
-    assert (shard_index, shard_count) == (0, 1)
-    return _HostShards([
-        one_host_batches(
-            self, batch_size=batch_size // PROCESSES, seed=seed,
-            shard_index=host, shard_count=PROCESSES, repeat=repeat)
-        for host in range(PROCESSES)])
-
-  monkeypatch.setattr(data_lib.PreferenceDataset, "batches", batches)
-  train(make_config(**CHANGES), tmp_path)
+    two_processes, make_config, tmp_path):
+  config = make_config(**CHANGES)
+  run = build(config, tmp_path)
+  dataset = data_lib.load_dataset(
+      config.data, tokenizer=data_lib.make_tokenizer(config.data, ""),
+      split="train")
+  # One process that reads the two hosts' shards in turn, as the two
+  # processes do side by side.
+  shards = _HostShards([
+      dataset.batches(batch_size=config.batch_size // PROCESSES,
+                      seed=config.seed, shard_index=host,
+                      shard_count=PROCESSES, repeat=True)
+      for host in range(PROCESSES)])
+  loop.train_and_evaluate(
+      config, tmp_path, run=dataclasses.replace(run, train_iterator=shards))
   expected = read_metrics(tmp_path)
   actual = read_metrics(two_processes)
   assert [r["step"] for r in actual] == [r["step"] for r in expected]

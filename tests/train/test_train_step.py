@@ -6,17 +6,18 @@ import jax
 import numpy as np
 import pytest
 
-from train import objective
-from train import setup as setup_lib
+import slpo_jax
+from slpo_jax import losses
+
 from train import step as step_lib
 from train_testing import TOLERANCE
 from train_testing import assert_trees_close
-from train_testing import mesh_on_first_devices
+from train_testing import build
 
 # Small tiles, so the fused head really works tile by tile (V = 259 bytes).
-FUSED = objective.HeadOptions(
+FUSED = slpo_jax.HeadOptions(
     fused=True, vocab_chunk_size=128, token_chunk_size=64)
-PLAIN = objective.HeadOptions(fused=False)
+PLAIN = slpo_jax.HeadOptions(fused=False)
 
 
 class Pieces:
@@ -28,9 +29,7 @@ class Pieces:
   """
 
   def __init__(self, config, workdir):
-    with pytest.MonkeyPatch.context() as patch:
-      patch.setattr(setup_lib, "make_mesh", mesh_on_first_devices(1))
-      run = setup_lib.build_run(config, workdir)
+    run = build(config, workdir, devices=1)
     self.config = config
     self.model = run.model
     self.reference = run.reference_params
@@ -72,7 +71,7 @@ def pieces(make_config, tmp_path_factory):
   return Pieces(make_config(), tmp_path_factory.mktemp("train_step"))
 
 
-@pytest.mark.parametrize("loss", sorted(objective.LOSSES))
+@pytest.mark.parametrize("loss", sorted(losses.LOSSES))
 def test_every_loss_takes_a_finite_step(loss, pieces):
   state, metrics = pieces.plain_step(loss)
   assert bool(metrics["finite"])

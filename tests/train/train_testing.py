@@ -23,9 +23,9 @@ import pytest
 
 from configs import base
 from configs import default as default_config
-from slpo_jax import sharding
 from train import loop
 from train import setup as setup_lib
+from train import validate
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -271,18 +271,6 @@ def assert_trees_close(actual, expected, *, rtol=TOLERANCE, atol=TOLERANCE):
         a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
-def mesh_on_first_devices(count: int):
-  """A ``train.setup.make_mesh`` replacement using ``jax.devices()[:count]``."""
-
-  def make_mesh(config):
-    return sharding.make_mesh(
-        config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-        devices=jax.devices()[:count],
-    )
-
-  return make_mesh
-
-
 @dataclasses.dataclass
 class Trained:
   """A finished in-process run and what the test may compare."""
@@ -294,32 +282,33 @@ class Trained:
   initial_reference: Any  # Host copy taken before the first step (or None).
 
 
-def train(config, workdir, *, devices: int | None = None) -> Trained:
-  """``loop.train_and_evaluate``, recording the run it builds.
+def build(config, workdir, *, devices: int | None = None) -> setup_lib.Run:
+  """Validate ``config`` and build its run, on the first ``devices`` devices.
 
   Args:
     config: the run's config.
     workdir: its workdir.
     devices: use only the first ``devices`` devices (all when None).
   """
-  built = {}
-  build_run = setup_lib.build_run
+  chosen = None if devices is None else jax.devices()[:devices]
+  mesh = validate.validate(config, chosen)
+  return setup_lib.build_run(config, pathlib.Path(workdir), mesh)
 
-  def recording_build_run(*args, **kwargs):
-    run = build_run(*args, **kwargs)
-    built["run"] = run
-    built["params"] = host_copy(run.initial_params)
-    built["reference"] = (None if run.reference_params is None
-                          else host_copy(run.reference_params))
-    return run
 
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(setup_lib, "build_run", recording_build_run)
-    if devices is not None:
-      patch.setattr(setup_lib, "make_mesh", mesh_on_first_devices(devices))
-    result = loop.train_and_evaluate(config, workdir)
-  return Trained(pathlib.Path(workdir), result, built["run"], built["params"],
-                 built["reference"])
+def train(config, workdir, *, devices: int | None = None) -> Trained:
+  """``loop.train_and_evaluate`` on a run built here, recording its start.
+
+  Args:
+    config: the run's config.
+    workdir: its workdir.
+    devices: use only the first ``devices`` devices (all when None).
+  """
+  run = build(config, workdir, devices=devices)
+  params = host_copy(run.initial_params)
+  reference = (None if run.reference_params is None
+               else host_copy(run.reference_params))
+  result = loop.train_and_evaluate(config, workdir, run=run)
+  return Trained(pathlib.Path(workdir), result, run, params, reference)
 
 
 # The run most tests compare with: DPO, online reference, 8-way data

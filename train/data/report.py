@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from train.errors import DataError  # noqa: F401  (raised here; re-exported)
+
 # Reasons a record can be rejected, with what they mean. Stable names: they
 # appear in reports and logs.
 BAD_RECORD_REASONS = {
@@ -27,15 +29,6 @@ BAD_RECORD_REASONS = {
 }
 
 ON_BAD_RECORD = ("error", "skip")
-
-
-class DataError(ValueError):
-  """Bad data or data config, with a one-line message meant for the user.
-
-  Raised when a dataset is loaded, before training starts. The message names
-  the file and line (or record) where possible, so a program can print
-  `str(error)` instead of a traceback.
-  """
 
 
 @dataclasses.dataclass

@@ -1,0 +1,163 @@
+"""The loss table: every loss of the library, declared once, by name.
+
+A loss is one pure function whose parameters say what it reads. Its array
+parameters are named after the fields of :class:`slpo_jax.PairStats`:
+
+* ``policy_<field>``: the policy's statistic (``policy_chosen_logps``);
+* ``reference_<field>``: the reference model's (``reference_chosen_logps``);
+* ``<field>`` alone: a property of the data, the same for both models
+  (``chosen_lengths``, ``chosen_where``).
+
+Its other keyword-only parameters are hyperparameters (``beta``,
+``temperature``). :class:`LossSpec` reads the signature once, so a table line
+is just ``name: function``; what the loss needs (a reference model, the pair
+complement, token values) follows from the names, and the training program
+and the experiments call every loss through the same :meth:`LossSpec.__call__`.
+
+Adding a loss: write the pure function with parameters named as above, add
+one line to :data:`LOSSES`, test it, and declare any new hyperparameter in
+the program's config.
+"""
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+
+from slpo_jax.losses import dpo_family
+from slpo_jax.losses import slpo
+from slpo_jax.pair_stats import PairStats
+
+_FIELDS = frozenset(PairStats._fields)
+# Fields filled only by a second head pass (``pair_values=True``).
+_PAIR_FIELDS = frozenset(
+    {"pair_not_logps", "chosen_token_logps", "chosen_token_pair_not_logps"}
+)
+_TOKEN_FIELDS = frozenset(
+    {"chosen_token_logps", "chosen_token_pair_not_logps", "chosen_where"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+  parameter: str
+  model: str  # "policy", "reference" or "data" (read from the policy's stats).
+  field: str
+
+
+def _inputs_and_hparams(fn) -> tuple[tuple[_Input, ...], tuple[str, ...]]:
+  inputs, hparams = [], []
+  for name, parameter in inspect.signature(fn).parameters.items():
+    model, _, field = name.partition("_")
+    if model in ("policy", "reference") and field in _FIELDS:
+      inputs.append(_Input(name, model, field))
+    elif name in _FIELDS:
+      inputs.append(_Input(name, "data", name))
+    elif parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+      hparams.append(name)
+    else:
+      raise TypeError(
+          f"{fn.__name__}: parameter {name!r} is neither a PairStats field"
+          " (optionally prefixed policy_ or reference_) nor keyword-only"
+      )
+  return tuple(inputs), tuple(hparams)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """One loss of the table and what it needs, read from its signature.
+
+  Attributes:
+    name: the table name (``config.loss.name`` in the program).
+    fn: the pure per-example loss function.
+    inputs: the statistics it reads, derived from ``fn``'s parameters.
+    hparams: its hyperparameter names, derived from ``fn``'s parameters.
+  """
+
+  name: str
+  fn: Callable[..., jax.Array]
+  inputs: tuple[_Input, ...] = dataclasses.field(init=False)
+  hparams: tuple[str, ...] = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    inputs, hparams = _inputs_and_hparams(self.fn)
+    object.__setattr__(self, "inputs", inputs)
+    object.__setattr__(self, "hparams", hparams)
+
+  @property
+  def needs_reference(self) -> bool:
+    """Whether the loss reads the reference model's statistics."""
+    return any(i.model == "reference" for i in self.inputs)
+
+  @property
+  def needs_pair_values(self) -> bool:
+    """Whether the head must run its second, pair-excluding pass."""
+    return any(i.field in _PAIR_FIELDS for i in self.inputs)
+
+  @property
+  def needs_reference_tokens(self) -> bool:
+    """Whether the reference's per-token values are read (not precomputable)."""
+    return any(
+        i.model == "reference" and i.field in _TOKEN_FIELDS | _PAIR_FIELDS
+        for i in self.inputs
+    )
+
+  def __call__(
+      self,
+      policy: PairStats,
+      reference: PairStats | None = None,
+      **hparams: Any,
+  ) -> jax.Array:
+    """Per-example losses of ``policy`` against ``reference``.
+
+    Args:
+      policy: the policy's statistics.
+      reference: the reference's statistics; None if the loss needs none.
+      **hparams: values for (some of) :attr:`hparams`; the function's
+        defaults hold for the rest. Unknown names are an error.
+
+    Returns:
+      ``[B]`` per-example losses.
+    """
+    unknown = sorted(set(hparams) - set(self.hparams))
+    if unknown:
+      raise TypeError(
+          f"loss {self.name!r} takes the hyperparameters {list(self.hparams)},"
+          f" not {unknown}"
+      )
+    arguments = {}
+    for item in self.inputs:
+      stats = reference if item.model == "reference" else policy
+      value = None if stats is None else getattr(stats, item.field)
+      if value is None:
+        raise ValueError(
+            f"loss {self.name!r} reads {item.parameter}, which the"
+            f" {item.model} statistics do not hold"
+        )
+      arguments[item.parameter] = value
+    return self.fn(**arguments, **hparams)
+
+
+def _table(**functions: Callable[..., jax.Array]) -> Mapping[str, LossSpec]:
+  return {name: LossSpec(name, fn) for name, fn in functions.items()}
+
+
+LOSSES: Mapping[str, LossSpec] = _table(
+    dpo=dpo_family.dpo_loss,
+    ipo=dpo_family.ipo_loss,
+    hinge=dpo_family.hinge_loss,
+    simpo=dpo_family.simpo_loss,
+    orpo=dpo_family.orpo_loss,
+    slpo=slpo.slpo_loss,
+    slpo_soft=slpo.slpo_soft_loss,
+    slpo_token=slpo.slpo_token_loss_from_reference,
+)
+
+
+def loss_spec(name: str) -> LossSpec:
+  """The table's entry for ``name``; ValueError naming the choices if none."""
+  if name not in LOSSES:
+    raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+  return LOSSES[name]

@@ -1,0 +1,275 @@
+"""What every preference loss reads: per-example statistics of a batch of pairs.
+
+:class:`PairStats` is the one bundle the loss table (:mod:`slpo_jax.losses`)
+maps to losses. It is built by one function,
+:func:`pair_stats_from_token_logps`, from per-token values; the two front
+ends give it those values from logits (:func:`pair_stats_from_logits`) or,
+through the loss head, from a model's final hidden states
+(:func:`pair_stats_from_hidden`, fused or plain).
+
+A pair is two rows that share their time axis (same prompt, same layout):
+position t of both holds the same response step, and ``chosen_where`` /
+``rejected_where`` mark the response tokens of each row.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from slpo_jax import fused
+from slpo_jax import logprobs
+
+
+class PairStats(NamedTuple):
+  """Sequence (and optionally token) values of one model on a batch of pairs.
+
+  The sequence fields are ``[B]`` (any leading shape), the token fields
+  ``[B, T]``. Fields a loss does not need may be None: the reference's
+  statistics, for instance, are often only ``chosen_logps`` and
+  ``rejected_logps`` (precomputed once).
+
+  Attributes:
+    chosen_logps: ``log pi(y_w)``.
+    rejected_logps: ``log pi(y_l)``.
+    chosen_not_logps: ``log pi(Y != y_w)``.
+    rejected_not_logps: ``log pi(Y != y_l)``.
+    chosen_lengths: response tokens of y_w.
+    rejected_lengths: response tokens of y_l.
+    pair_not_logps: ``log pi(Y not in {y_w, y_l})``.
+    chosen_token_logps: ``log p_t(y_w,t)`` on y_w's prefixes.
+    chosen_token_pair_not_logps: ``log(1 - p_t(y_w,t) - p_t(y_l,t))`` on
+      y_w's prefixes, the per-token form of ``pair_not_logps``.
+    chosen_where: y_w's response mask.
+  """
+
+  chosen_logps: jax.Array
+  rejected_logps: jax.Array
+  chosen_not_logps: jax.Array | None = None
+  rejected_not_logps: jax.Array | None = None
+  chosen_lengths: jax.Array | None = None
+  rejected_lengths: jax.Array | None = None
+  pair_not_logps: jax.Array | None = None
+  chosen_token_logps: jax.Array | None = None
+  chosen_token_pair_not_logps: jax.Array | None = None
+  chosen_where: jax.Array | None = None
+
+
+def pair_stats_from_token_logps(
+    chosen: logprobs.TokenLogps,
+    rejected: logprobs.TokenLogps,
+    chosen_labels: ArrayLike,
+    rejected_labels: ArrayLike,
+    *,
+    chosen_where: ArrayLike,
+    rejected_where: ArrayLike,
+    chosen_token_pair_not_logps: ArrayLike | None = None,
+) -> PairStats:
+  """The :class:`PairStats` of a batch from its per-token values.
+
+  Args:
+    chosen: per-token values of y_w (:func:`slpo_jax.token_logps`).
+    rejected: per-token values of y_l.
+    chosen_labels: ``[B, T]`` ids of y_w.
+    rejected_labels: ``[B, T]`` ids of y_l.
+    chosen_where: ``[B, T]`` bool response mask of y_w.
+    rejected_where: ``[B, T]`` bool response mask of y_l.
+    chosen_token_pair_not_logps: optional ``[B, T]``
+      ``log(1 - p_t(y_w,t) - p_t(y_l,t))`` on the chosen row; when given,
+      the pair complement and the token fields are filled in.
+
+  Returns:
+    The statistics; the pair and token fields are None without
+    ``chosen_token_pair_not_logps``.
+  """
+  shape = jnp.shape(chosen_labels)
+  chosen_where = logprobs._check_where(chosen_where, shape)
+  rejected_where = logprobs._check_where(rejected_where, shape)
+  chosen_logps, chosen_not_logps = logprobs.sequence_logps_from_token_logps(
+      *chosen, where=chosen_where
+  )
+  rejected_logps, rejected_not_logps = (
+      logprobs.sequence_logps_from_token_logps(*rejected, where=rejected_where)
+  )
+  stats = PairStats(
+      chosen_logps=chosen_logps,
+      rejected_logps=rejected_logps,
+      chosen_not_logps=chosen_not_logps,
+      rejected_not_logps=rejected_not_logps,
+      chosen_lengths=jnp.sum(chosen_where, axis=-1),
+      rejected_lengths=jnp.sum(rejected_where, axis=-1),
+  )
+  if chosen_token_pair_not_logps is None:
+    return stats
+  pair_not_logps = logprobs.pair_not_logps_from_token_logps(
+      chosen, chosen_token_pair_not_logps, rejected,
+      logprobs.masked_ids(chosen_labels, chosen_where, fill=0),
+      logprobs.masked_ids(rejected_labels, rejected_where, fill=0),
+      chosen_where=chosen_where, rejected_where=rejected_where,
+  )
+  return stats._replace(
+      pair_not_logps=pair_not_logps,
+      chosen_token_logps=jnp.where(chosen_where, chosen.logp, 0.0),
+      chosen_token_pair_not_logps=jnp.where(
+          chosen_where, jnp.asarray(chosen_token_pair_not_logps), 0.0
+      ),
+      chosen_where=chosen_where,
+  )
+
+
+def _pair_ids(chosen_labels, rejected_labels, chosen_where, rejected_where):
+  """Labels safe to look up, and y_l's ids to leave out on the chosen row.
+
+  Where y_l has no token (it ended earlier) nothing more is left out: -1
+  matches no column.
+  """
+  return (
+      logprobs.masked_ids(chosen_labels, chosen_where, fill=0),
+      logprobs.masked_ids(rejected_labels, rejected_where, fill=0),
+      logprobs.masked_ids(rejected_labels, rejected_where, fill=-1),
+  )
+
+
+def pair_stats_from_logits(
+    chosen_logits: ArrayLike,
+    rejected_logits: ArrayLike,
+    chosen_labels: ArrayLike,
+    rejected_labels: ArrayLike,
+    *,
+    chosen_where: ArrayLike,
+    rejected_where: ArrayLike,
+    pair_values: bool = False,
+) -> PairStats:
+  """The :class:`PairStats` of a batch from teacher-forced logits.
+
+  Args:
+    chosen_logits: ``[B, T, V]``; ``chosen_logits[:, t]`` predicts
+      ``chosen_labels[:, t]``.
+    rejected_logits: ``[B, T, V]``, likewise for y_l.
+    chosen_labels: ``[B, T]`` ids of y_w (ignored where not ``chosen_where``).
+    rejected_labels: ``[B, T]`` ids of y_l.
+    chosen_where: ``[B, T]`` bool response mask of y_w.
+    rejected_where: ``[B, T]`` bool response mask of y_l.
+    pair_values: also compute the pair complement and the token values
+      (soft and token-level SLPO need them).
+
+  Returns:
+    The statistics.
+  """
+  logprobs._check_logits_labels(chosen_logits, chosen_labels, "chosen_logits")
+  logprobs._check_logits_labels(
+      rejected_logits, rejected_labels, "rejected_logits"
+  )
+  chosen_where = logprobs._check_where(chosen_where, jnp.shape(chosen_labels))
+  rejected_where = logprobs._check_where(
+      rejected_where, jnp.shape(rejected_labels)
+  )
+  chosen_ids, rejected_ids, excluded = _pair_ids(
+      chosen_labels, rejected_labels, chosen_where, rejected_where
+  )
+  pair_not = None
+  if pair_values:
+    pair_not = logprobs.token_logps(
+        chosen_logits, chosen_ids, also_exclude=excluded
+    ).not_logp
+  return pair_stats_from_token_logps(
+      logprobs.token_logps(chosen_logits, chosen_ids),
+      logprobs.token_logps(rejected_logits, rejected_ids),
+      chosen_ids, rejected_ids,
+      chosen_where=chosen_where, rejected_where=rejected_where,
+      chosen_token_pair_not_logps=pair_not,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadOptions:
+  """How per-token values are computed from hidden states.
+
+  Attributes:
+    fused: stream over vocabulary tiles (:mod:`slpo_jax.fused`), never
+      holding the ``[B, T, V]`` logits; False computes the logits.
+    vocab_chunk_size: the fused head's vocabulary tile; None for the
+      backend's default.
+    token_chunk_size: the fused head's token tile; None for the default.
+  """
+
+  fused: bool = True
+  vocab_chunk_size: int | None = None
+  token_chunk_size: int | None = None
+
+
+def _plain_logits(hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
+  # Accumulated and returned in float32, as the models' own logits are.
+  return jnp.einsum(
+      "...d,dv->...v", hidden, lm_head.astype(hidden.dtype),
+      preferred_element_type=jnp.float32,
+  )
+
+
+def pair_stats_from_hidden(
+    chosen_hidden: ArrayLike,
+    rejected_hidden: ArrayLike,
+    lm_head: ArrayLike,
+    chosen_labels: ArrayLike,
+    rejected_labels: ArrayLike,
+    *,
+    chosen_where: ArrayLike,
+    rejected_where: ArrayLike,
+    pair_values: bool = False,
+    head: HeadOptions = HeadOptions(),
+) -> PairStats:
+  """The loss head: :class:`PairStats` from a model's final hidden states.
+
+  The model runs once per row; with ``pair_values`` only the head runs a
+  second time on the chosen rows, leaving y_l's token out too.
+
+  Args:
+    chosen_hidden: ``[B, T, d]`` final hidden states on the chosen rows;
+      position t predicts ``chosen_labels[:, t]``.
+    rejected_hidden: ``[B, T, d]`` on the rejected rows.
+    lm_head: ``[d, V]`` output projection.
+    chosen_labels: ``[B, T]`` ids of y_w.
+    rejected_labels: ``[B, T]`` ids of y_l.
+    chosen_where: ``[B, T]`` bool response mask of y_w.
+    rejected_where: ``[B, T]`` bool response mask of y_l.
+    pair_values: also compute the pair complement and the token values.
+    head: fused or plain, and the fused head's tiles.
+
+  Returns:
+    The statistics, equal (to float rounding) for both heads.
+  """
+  if not head.fused:
+    return pair_stats_from_logits(
+        _plain_logits(chosen_hidden, lm_head),
+        _plain_logits(rejected_hidden, lm_head),
+        chosen_labels, rejected_labels,
+        chosen_where=chosen_where, rejected_where=rejected_where,
+        pair_values=pair_values,
+    )
+  chosen_where = logprobs._check_where(chosen_where, jnp.shape(chosen_labels))
+  rejected_where = logprobs._check_where(
+      rejected_where, jnp.shape(rejected_labels)
+  )
+  chosen_ids, rejected_ids, excluded = _pair_ids(
+      chosen_labels, rejected_labels, chosen_where, rejected_where
+  )
+
+  def tokens(hidden, ids, also_exclude=None):
+    return fused.token_logps_from_hidden(
+        hidden, lm_head, ids, also_exclude=also_exclude,
+        vocab_chunk_size=head.vocab_chunk_size,
+        token_chunk_size=head.token_chunk_size,
+    )
+
+  pair_not = None
+  if pair_values:
+    pair_not = tokens(chosen_hidden, chosen_ids, excluded).not_logp
+  return pair_stats_from_token_logps(
+      tokens(chosen_hidden, chosen_ids),
+      tokens(rejected_hidden, rejected_ids),
+      chosen_ids, rejected_ids,
+      chosen_where=chosen_where, rejected_where=rejected_where,
+      chosen_token_pair_not_logps=pair_not,
+  )

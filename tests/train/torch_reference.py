@@ -1,0 +1,173 @@
+"""An independent float64 PyTorch reference for the training step's inputs.
+
+The training program turns a host batch of preference pairs into per-example
+statistics (sequence log-probabilities, their complements, lengths and
+per-token values) and feeds them to its losses. This module computes the same
+statistics with the Hugging Face `transformers` model in float64, directly
+and naively (``log_softmax``, ``gather``, ``log1p``), and back-propagates
+through it with `torch.autograd`. It shares no code with the program or with
+`slpo_jax.logprobs`: only the weight-name mapping of
+`slpo_jax.models.hf_weights` (and `save_hf_checkpoint`, to hand our weights
+to `transformers`) is reused, so a test can check a train step against it.
+
+Naive float64 forms are exact enough here: the tiny test models keep every
+probability far from 0 and 1, where ``log1p(-exp(x))`` loses nothing.
+"""
+
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from slpo_jax.models import hf_weights
+from slpo_jax.models import save_hf_checkpoint
+
+
+def torch_model(model_config, params) -> torch.nn.Module:
+  """The `transformers` model holding exactly ``params``, in float64.
+
+  Args:
+    model_config: the `slpo_jax.models.DecoderConfig` of ``params``.
+    params: our nested dict of parameters (scanned or not, as the config).
+
+  Returns:
+    The ``*ForCausalLM`` module, float64, in eval mode, with gradients
+    enabled on its parameters.
+  """
+  with tempfile.TemporaryDirectory() as folder:
+    # float32 tensors widen exactly to float64 on loading.
+    save_hf_checkpoint(model_config, params, folder, dtype="float32")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float64, attn_implementation="eager")
+  model.eval()
+  for parameter in model.parameters():
+    parameter.requires_grad_(True)
+  return model
+
+
+def _side(model, batch, side: str) -> dict[str, torch.Tensor]:
+  """Per-position log-probabilities of one side of the pairs."""
+  ids = torch.from_numpy(np.asarray(batch[f"{side}_input_ids"], np.int64))
+  mask = torch.from_numpy(
+      np.asarray(batch[f"{side}_attention_mask"], np.int64))
+  where = torch.from_numpy(np.asarray(batch[f"{side}_loss_mask"], bool))
+  labels = torch.from_numpy(np.asarray(batch[f"{side}_labels"], np.int64))
+  labels = torch.where(where, labels, 0)
+  logits = model(input_ids=ids, attention_mask=mask).logits
+  log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
+  token = torch.gather(log_probs, -1, labels[..., None])[..., 0]
+  return dict(log_probs=log_probs, labels=labels, where=where,
+              token=torch.where(where, token, 0.0))
+
+
+def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
+  """Per-example statistics of a host batch of pairs, in float64.
+
+  ``logits[:, t]`` predicts ``labels[:, t]`` where ``loss_mask[:, t]``; the
+  chosen and rejected rows share the prompt and so their time axis.
+
+  Args:
+    model: from `torch_model`.
+    batch: numpy ``chosen_``/``rejected_`` ``input_ids``, ``attention_mask``,
+      ``labels`` and ``loss_mask``, all ``[B, T]`` and right-padded.
+
+  Returns:
+    Float64 tensors, differentiable w.r.t. the model's parameters:
+    ``chosen_logps``, ``rejected_logps``, ``chosen_not_logps``,
+    ``rejected_not_logps``, ``pair_not_logps``, ``chosen_lengths``,
+    ``rejected_lengths`` (``[B]``), ``chosen_token_logps``,
+    ``chosen_token_pair_not_logps`` (``[B, T]``, 0 off the chosen mask) and
+    ``chosen_where`` (``[B, T]`` bool). ``pair_not_logps`` is
+    ``log(1 - pi(y_w) - pi(y_l))``; for a pair whose two responses are the
+    same it is ``log(1 - pi(y_w))``, and if one is a prefix of the other
+    (possible only after truncation: distinct EOS-terminated responses never
+    are) it is ``log(1 - pi(y_shorter))``, the complement of the set
+    ``{y_w, y_l}`` in both cases.
+  """
+  chosen = _side(model, batch, "chosen")
+  rejected = _side(model, batch, "rejected")
+  out = {}
+  for name, side in (("chosen", chosen), ("rejected", rejected)):
+    logps = side["token"].sum(-1)
+    out[f"{name}_logps"] = logps
+    out[f"{name}_not_logps"] = torch.log1p(-torch.exp(logps))
+    out[f"{name}_lengths"] = side["where"].sum(-1).to(torch.float64)
+  # Both masks start at the last prompt position: where both are True the
+  # shorter response lies, and it is a prefix of the other (or the same
+  # response) if all its labels agree; the set {y_w, y_l} is then covered by
+  # the shorter one alone.
+  prefix = torch.all((chosen["labels"] == rejected["labels"])
+                     | ~(chosen["where"] & rejected["where"]), -1)
+  chosen_shorter = out["chosen_lengths"] <= out["rejected_lengths"]
+  shorter = torch.where(chosen_shorter, out["chosen_logps"],
+                        out["rejected_logps"])
+  both = torch.where(
+      prefix, torch.exp(shorter),
+      torch.exp(out["chosen_logps"]) + torch.exp(out["rejected_logps"]))
+  out["pair_not_logps"] = torch.log1p(-both)
+  # p_t(b_t) on the chosen row, where the rejected response has a token b_t
+  # at t that differs from a_t (the same token is counted once).
+  other = torch.gather(chosen["log_probs"], -1,
+                       rejected["labels"][..., None])[..., 0]
+  distinct = rejected["where"] & (rejected["labels"] != chosen["labels"])
+  p_pair = torch.exp(chosen["token"]) + torch.where(
+      distinct, torch.exp(other), 0.0)
+  out["chosen_token_logps"] = chosen["token"]
+  out["chosen_token_pair_not_logps"] = torch.where(
+      chosen["where"], torch.log1p(-p_pair), 0.0)
+  out["chosen_where"] = chosen["where"]
+  return out
+
+
+def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def gradients(model, outputs, cotangents, model_config) -> dict[str, Any]:
+  """Gradient of ``sum_k <outputs[k], cotangents[k]>`` w.r.t. our params.
+
+  Args:
+    model: from `torch_model`.
+    outputs: from `pair_statistics` on ``model``.
+    cotangents: numpy arrays keyed like (some of) ``outputs``, same shapes;
+      a missing key counts as zero.
+    model_config: the `DecoderConfig` the model was built from.
+
+  Returns:
+    A nested dict of float64 numpy arrays with the structure and shapes of
+    our parameters (stacked blocks if ``model_config.scan_layers``).
+  """
+  keys = sorted(cotangents)
+  named = dict(model.named_parameters())
+  grads = torch.autograd.grad(
+      [outputs[k] for k in keys],
+      list(named.values()),
+      grad_outputs=[torch.as_tensor(np.asarray(cotangents[k], np.float64))
+                    for k in keys],
+      retain_graph=True, allow_unused=True)
+  grad_of = {name: (torch.zeros_like(p) if g is None else g)
+             for (name, p), g in zip(named.items(), grads)}
+  prefix = hf_weights.PREFIXES[model_config.family][0]
+  groups = hf_weights.tensor_groups(model_config)
+  used = {hf_weights.full_name(n, prefix) for g in groups for n in g.hf_names}
+  if set(named) != used:
+    raise ValueError(f"parameters not mapped: {sorted(set(named) - used)}; "
+                     f"names not found: {sorted(used - set(named))}")
+  tree: dict[str, Any] = {}
+  stacks: dict[tuple[str, ...], list[np.ndarray]] = {}
+  for group in groups:
+    names = [hf_weights.full_name(n, prefix) for n in group.hf_names]
+    # A tied head shares the embedding tensor: its grad holds both uses.
+    tensors = [grad_of[n].detach().numpy().astype(np.float64) for n in names]
+    for path, array in zip(group.param_paths, group.to_params(tensors)):
+      if model_config.scan_layers and group.layer is not None:
+        stacks.setdefault(hf_weights.stacked_path(path), []).append(array)
+      else:
+        _set(tree, path, np.asarray(array, np.float64))
+  for path, arrays in stacks.items():
+    _set(tree, path, np.stack(arrays))
+  return tree

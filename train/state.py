@@ -1,0 +1,113 @@
+"""The training state on the mesh, and the jitted steps that update it.
+
+Shapes first, then shardings, then one jitted initialisation that writes
+every array directly in its final layout (as nanodo and big_vision do): the
+optimizer state's shapes come from ``jax.eval_shape(optimizer.init, ...)``,
+and each of its leaves that mirrors a parameter takes that parameter's
+sharding, which comes from the parameter's logical axis names.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from slpo_jax import sharding
+from train import checkpoint as checkpoint_lib
+from train import step as step_lib
+
+
+def state_shardings(
+    optimizer: optax.GradientTransformation,
+    abstract_params: Any,
+    param_shardings: Any,
+    mesh: jax.sharding.Mesh,
+) -> step_lib.TrainState:
+  """A TrainState of shardings: parameters and optimizer moments alike.
+
+  Optimizer-state leaves that correspond to a parameter (Adam's moments)
+  follow its sharding; the rest (counts, schedule state) are replicated.
+  """
+  replicated = sharding.replicated(mesh)
+  abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, spec: spec, abstract_opt_state, param_shardings,
+      transform_non_params=lambda _: replicated,
+  )
+  return step_lib.TrainState(
+      step=replicated, params=param_shardings, opt_state=opt_state
+  )
+
+
+def initial_state(optimizer, params, shardings) -> step_lib.TrainState:
+  """Step 0 with ``params``, created directly in ``shardings``."""
+
+  def init(params):
+    return step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=optimizer.init(params),
+    )
+
+  return jax.jit(init, out_shardings=shardings)(params)
+
+
+def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
+  """The latest checkpoint's state (and data position), else step 0.
+
+  Returns:
+    ``(state, shardings)``; on restore the run's train iterator is moved to
+    the checkpoint's data position.
+  """
+  abstract_params = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.initial_params
+  )
+  shardings = state_shardings(
+      run.optimizer, abstract_params, run.param_shardings, run.mesh
+  )
+  state = initial_state(run.optimizer, run.initial_params, shardings)
+  if checkpointer.latest_step is not None:
+    state, data_state = checkpointer.restore(
+        checkpoint_lib.abstract_like(state)
+    )
+    run.train_iterator.set_state(data_state)
+    if jax.process_index() == 0:
+      print(f"Resumed from the checkpoint of step {int(state.step)}.")
+  return state, shardings
+
+
+def jit_steps(run, shardings: step_lib.TrainState):
+  """The run's train and eval steps, jitted with their shardings.
+
+  The state is donated (updated in place); the reference never is, and is
+  passed with its own sharding so it stays exactly as loaded.
+
+  Returns:
+    ``(train_fn(state, reference, batch), eval_fn(params, reference,
+    batch))``.
+  """
+  config = run.config
+  batch_spec = sharding.batch_sharding(run.mesh)
+  reference_shardings = (
+      None if run.reference_params is None
+      else jax.tree.map(lambda x: x.sharding, run.reference_params)
+  )
+  train_fn = jax.jit(
+      functools.partial(
+          step_lib.train_step, model=run.model, optimizer=run.optimizer,
+          loss_config=config.loss, head=run.head,
+          grad_accum_steps=config.grad_accum_steps,
+      ),
+      in_shardings=(shardings, reference_shardings, batch_spec),
+      out_shardings=(shardings, None),
+      donate_argnums=(0,),
+  )
+  eval_fn = jax.jit(
+      functools.partial(
+          step_lib.eval_step, model=run.model, loss_config=config.loss,
+          head=run.head,
+      ),
+      in_shardings=(shardings.params, reference_shardings, batch_spec),
+  )
+  return train_fn, eval_fn

@@ -1,0 +1,156 @@
+"""The whole config, checked once, before any data is read or model loaded.
+
+:func:`validate` raises a :class:`~train.errors.ConfigError` (or, for the
+data section, a :class:`~train.errors.DataError`) with a one-line message
+naming the key and what to change. Everything a later stage would reject
+for a reason visible in the config alone is rejected here: a misspelt loss,
+optimizer or schedule, a hyperparameter the loss refuses, a batch the mesh
+cannot split.
+"""
+
+import jax
+import jax.numpy as jnp
+
+import slpo_jax
+from slpo_jax import losses
+from slpo_jax import models
+from slpo_jax import sharding
+from train import step as step_lib
+from train.data import config as data_config
+from train.errors import ConfigError
+
+
+def _one_of(key: str, value, choices) -> None:
+  if value not in choices:
+    raise ConfigError(f"{key} is {value!r}; use one of {list(choices)}")
+
+
+def _positive(config, *keys: str) -> None:
+  for key in keys:
+    value = config[key]
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f"{key} is {value!r}; it must be a positive integer")
+
+
+def _non_negative(config, *keys: str) -> None:
+  for key in keys:
+    value = config[key]
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f"{key} is {value!r}; it must be an integer >= 0")
+
+
+def loss_spec(config) -> losses.LossSpec:
+  """The loss table's entry for ``config.loss.name``."""
+  if config.loss.name not in losses.LOSSES:
+    raise ConfigError(
+        f"unknown loss {config.loss.name!r}; config.loss.name must be one of"
+        f" {sorted(losses.LOSSES)}."
+    )
+  return losses.LOSSES[config.loss.name]
+
+
+def _check_loss(config) -> losses.LossSpec:
+  spec = loss_spec(config)
+  hparams = {name: config.loss[name] for name in spec.hparams}
+  # The loss functions check their own hyperparameters (a temperature below
+  # 1, an alpha outside (1/2, 1]); tracing one call on abstract values runs
+  # those checks now, with no data and no model.
+  scalar = jax.ShapeDtypeStruct((1,), jnp.float32)
+  tokens = jax.ShapeDtypeStruct((1, 2), jnp.float32)
+  where = jax.ShapeDtypeStruct((1, 2), jnp.bool_)
+  stats = slpo_jax.PairStats(
+      *[scalar] * 7, chosen_token_logps=tokens,
+      chosen_token_pair_not_logps=tokens, chosen_where=where,
+  )
+  try:
+    jax.eval_shape(lambda s: spec(s, s, **hparams), stats)
+  except ValueError as error:
+    raise ConfigError(f"config.loss ({spec.name}): {error}") from None
+  return spec
+
+
+def make_mesh(config, devices=None) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh of ``config.mesh``, as a ConfigError."""
+  try:
+    return sharding.make_mesh(
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+        devices=devices,
+    )
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+
+
+def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
+  if config.batch_size % config.grad_accum_steps:
+    raise ConfigError(
+        f"batch_size={config.batch_size} is not divisible by"
+        f" grad_accum_steps={config.grad_accum_steps}."
+    )
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % shards:
+    raise ConfigError(
+        f"the micro-batch of {micro} pairs (batch_size / grad_accum_steps)"
+        f" cannot be split over mesh.data x mesh.fsdp = {shards} devices;"
+        f" make batch_size a multiple of {shards * config.grad_accum_steps}."
+    )
+  if config.batch_size % jax.process_count():
+    raise ConfigError(
+        f"batch_size={config.batch_size} is not divisible by the"
+        f" {jax.process_count()} processes."
+    )
+
+
+def _check_model(config) -> None:
+  _one_of("model.loss_head", config.model.loss_head, ("fused", "plain"))
+  _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _non_negative(config.model, "vocab_chunk_size", "token_chunk_size")
+  if not config.model.checkpoint:
+    try:
+      models.get_config(config.model.family, config.model.size)
+    except ValueError as error:
+      raise ConfigError(f"config.model: {error}") from None
+
+
+def has_eval_split(config) -> bool:
+  """Whether the data config names held-out data."""
+  data = config.data
+  if data.source in ("synthetic", "bandit_transitive", "bandit_contradictory"):
+    return True
+  return bool(data.eval_path or data.tfds_split_eval or data.eval_fraction)
+
+
+def validate(config, devices=None) -> jax.sharding.Mesh:
+  """Checks the whole config; returns the mesh it describes.
+
+  Args:
+    config: the run's config (see configs/base.py).
+    devices: the devices of the mesh; all of them when None.
+
+  Returns:
+    The mesh, so that what was checked is what runs.
+
+  Raises:
+    ConfigError: for the first setting that cannot work.
+    DataError: for a data setting that cannot work.
+  """
+  _positive(config, "steps", "batch_size", "grad_accum_steps", "log_every",
+            "keep_checkpoints")
+  _non_negative(config, "eval_every", "eval_batches", "checkpoint_every")
+  spec = _check_loss(config)
+  _check_model(config)
+  _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))
+  if config.reference.mode == "precomputed" and spec.needs_reference_tokens:
+    raise ConfigError(
+        f"loss {config.loss.name!r} needs per-token reference values; set"
+        " reference.mode='online'."
+    )
+  try:
+    step_lib.make_optimizer(config.optimizer, config.steps)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  for split in ("train", "eval") if has_eval_split(config) else ("train",):
+    data_config.validate_data_config(config.data, split)
+  mesh = make_mesh(config, devices)
+  _check_batch(config, mesh)
+  return mesh
