@@ -8,12 +8,12 @@ Figure 2 left) on the synthetic sentiment task. The whole sweep is::
 
 which fits the SFT reference once (the training config below with
 ``reference.sft_steps=400``), then trains every (loss, hyperparameter, seed)
-of `get_sweep` from that reference: 11 configs x 3 seeds of 120 steps.
+of ``get_sweep`` from that reference: 11 configs x 3 seeds of 120 steps.
 Measured on a 2-core CPU shared with other jobs: 31 min 52 s wall, 770 s of
 CPU (docs/RESULTS.md, section 3). The gpu preset (``--preset gpu``: 22
 configs x 5 seeds of 1,000 steps, 8x the prompts) has not been run.
 
-`get_config` is an ordinary training config, so one grid point can be rerun
+``get_config`` is an ordinary training config, so one grid point can be rerun
 by hand; point it at the sweep's reference so that the pairs come from the
 same model::
 

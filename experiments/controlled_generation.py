@@ -2,7 +2,7 @@
 
 The analogue of the DPO paper's IMDb experiment (Rafailov et al. 2023,
 arXiv:2305.18290, section 6.1, Figure 2 left) on the synthetic sentiment task
-(`slpo_jax.tasks.synthetic`):
+(``slpo_jax.tasks.synthetic``):
 
 1. One SFT reference is fitted to the task's base language and saved as a
    Hugging Face folder; every run starts from it and uses it as pi_ref
@@ -14,7 +14,7 @@ arXiv:2305.18290, section 6.1, Figure 2 left) on the synthetic sentiment task
    and data, for several seeds.
 4. At every evaluation, the policy samples responses to the held-out prompts
    at temperature 1; their mean true reward and the sequence-level
-   KL(pi || pi_ref) (`experiments.sampling_eval`) are logged through the
+   KL(pi || pi_ref) (``experiments.sampling_eval``) are logged through the
    loop's ``eval_callback`` along with the held-out pair metrics.
 
 What a seed changes: ``config.seed`` seeds the reference samples that form
@@ -33,7 +33,7 @@ reference's rows at step 0) and ``controlled_generation.png`` to ``--out``
 and prints a table of per-config means with 95% intervals over seeds and the
 measured runtime. A rerun with the same ``--workdir`` skips finished runs.
 ``--pair-stats`` instead prints how hard SLPO's gradient at the reference is
-spread over the training pairs (`pair_statistics`).
+spread over the training pairs (``pair_statistics``).
 """
 
 import argparse
@@ -75,7 +75,7 @@ class GridPoint:
   """One (loss, hyperparameters) of the sweep.
 
   Attributes:
-    family: plotting family, one of `FAMILIES`.
+    family: plotting family, one of ``FAMILIES``.
     loss: ``config.loss.name``.
     hyperparameter: label such as ``beta=0.2`` or ``t=32``.
     overrides: ``config.loss`` fields set for this point.
@@ -93,7 +93,7 @@ class GridPoint:
 
 
 def grid(sweep) -> list[GridPoint]:
-  """The sweep's grid points, from `configs.controlled_generation`."""
+  """The sweep's grid points, from ``configs.controlled_generation``."""
   points = [GridPoint("dpo", "dpo", f"beta={b:g}", (("beta", b),))
             for b in sweep.dpo_betas]
   points += [GridPoint("ipo", "ipo", f"beta={b:g}", (("beta", b),))
@@ -252,7 +252,7 @@ def pair_statistics(config, reference_dir: pathlib.Path, seed: int = 0
 
 
 def write_points_csv(rows: list[dict], path: pathlib.Path) -> None:
-  """Writes the points with the columns of `COLUMNS`."""
+  """Writes the points with the columns of ``COLUMNS``."""
   stats.write_csv(path, [{key: row[key] for key in COLUMNS} for row in rows])
 
 
@@ -390,13 +390,13 @@ def run_sweep(preset: str, seeds: int, out: pathlib.Path,
   """Fits the reference, trains the grid, writes the CSV and the figure.
 
   Args:
-    preset: 'cpu' or 'gpu' (`configs.controlled_generation`).
+    preset: 'cpu' or 'gpu' (``configs.controlled_generation``).
     seeds: seeds 0..seeds-1 of every grid point.
     out: folder of the CSV and the PNG.
     workdir: reference, runs and compilation cache; finished runs are kept.
     learning_rate: replaces the preset's peak learning rate; the outputs
       are then named ``controlled_generation_lr<value>.{csv,png}``.
-    only: grid point names (`GridPoint.name`) or name prefixes to train;
+    only: grid point names (``GridPoint.name``) or name prefixes to train;
       every point when empty.
   """
   start = time.perf_counter()

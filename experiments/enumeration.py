@@ -186,7 +186,7 @@ def run_grid(seeds: int, config: training.TrainConfig, grid=None,
   for space, group in by_space.items():
     responses = SETTINGS[group[0]][1]
     if any(SETTINGS[setting][1] != responses for setting in group):
-      raise ValueError(f"settings {group} share a space but not a, b, c.")
+      raise ValueError(f"settings {group} share a space but not a, b, c")
     tables = [reference_tables(space, SETTINGS[setting][2], seeds)
               for setting in group]
     bounds = np.cumsum([0] + [table.shape[0] for table in tables])

@@ -96,7 +96,7 @@ def stack(sets: list[PreferenceSet]):
     rows, and ``[sets, pairs]`` float weights (1 for a real pair).
   """
   if len({preference_set.space for preference_set in sets}) != 1:
-    raise ValueError("stacked data sets must share one space.")
+    raise ValueError("stacked data sets must share one space")
   size = max(len(preference_set.pairs) for preference_set in sets)
   parts, weights = [], []
   for preference_set in sets:

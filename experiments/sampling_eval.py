@@ -80,7 +80,7 @@ def sample_reward_and_kl(
   """Samples one response per row and scores it.
 
   Args:
-    model: the `DecoderLM` of both the policy and the reference.
+    model: the ``DecoderLM`` of both the policy and the reference.
     params: the policy's parameters.
     reference_params: the reference's parameters.
     prompt_ids: ``[batch, prompt_length]`` int32 prompts, BOS first, no
@@ -115,7 +115,7 @@ def sample_reward_and_kl(
 class SamplingEvaluator:
   """Mean true reward and KL of a policy's samples on fixed prompts.
 
-  An instance is an ``eval_callback`` of `train.loop.train_and_evaluate`:
+  An instance is an ``eval_callback`` of ``train.loop.train_and_evaluate``:
   ``evaluator(step, params, run)`` returns ``sample/reward``, ``sample/kl``
   (with their standard errors over sequences) and ``sample/length``. The KL
   is taken against the run's own frozen reference when the loop passes one
@@ -123,7 +123,7 @@ class SamplingEvaluator:
   ``reference_params``), otherwise against ``reference_params``.
 
   Args:
-    model: the `DecoderLM` of the policy and the reference.
+    model: the ``DecoderLM`` of the policy and the reference.
     reference_params: the reference's parameters (the KL's ``pi_ref``).
     prompts: ``[num_prompts, prompt_length]`` word ids without BOS, e.g.
       ``train.data.synthetic.synthetic_prompts(config.data, "eval")``.

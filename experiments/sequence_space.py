@@ -58,7 +58,7 @@ class SequenceSpace:
   @property
   def eos_id(self) -> int:
     if not self.has_eos:
-      raise ValueError("this space has no end token.")
+      raise ValueError("this space has no end token")
     return self.num_tokens
 
   @property
@@ -69,7 +69,7 @@ class SequenceSpace:
   def node_id(self, prefix: Response) -> int:
     """Row of the logit table that holds the distribution after ``prefix``."""
     if len(prefix) >= self.max_length:
-      raise ValueError(f"prefix {prefix} is too long to choose a next token.")
+      raise ValueError(f"prefix {prefix} is too long to choose a next token")
     offset = sum(self.num_tokens**depth for depth in range(len(prefix)))
     value = 0
     for token in prefix:
@@ -104,7 +104,7 @@ class SequenceSpace:
     if self.has_eos and len(response) < self.max_length:
       tokens.append(self.eos_id)
     elif len(response) != self.max_length:
-      raise ValueError(f"response {response} does not fit this space.")
+      raise ValueError(f"response {response} does not fit this space")
     labels = np.full(self.max_length, PAD, dtype=np.int32)
     where = np.zeros(self.max_length, dtype=bool)
     node_ids = np.zeros(self.max_length, dtype=np.int32)

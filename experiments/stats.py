@@ -19,7 +19,7 @@ _T_975 = (
 def t_quantile_975(df: int) -> float:
   """``t_{0.975}`` with ``df`` degrees of freedom (normal beyond 30)."""
   if df < 1:
-    raise ValueError(f"df must be at least 1, got {df}.")
+    raise ValueError(f"df must be at least 1, got {df}")
   return _T_975[df - 1] if df <= len(_T_975) else 1.960
 
 

@@ -37,7 +37,7 @@ class TrainConfig:
     if self.steps % self.record_every:
       raise ValueError(
           f"steps ({self.steps}) must be a multiple of record_every"
-          f" ({self.record_every})."
+          f" ({self.record_every})"
       )
 
   @property

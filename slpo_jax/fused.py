@@ -28,7 +28,7 @@ from slpo_jax import fused_tiles as _tiles
 from slpo_jax import logprobs as _logprobs
 
 # Chunk sizes by backend. CPU: the best of a grid timed with
-# `python -m bench.loss_head --tune` (all of 256..2048 were within 10%: the
+# ``python -m bench.loss_head --tune`` (all of 256..2048 were within 10%: the
 # tiles are matmul-bound). GPU and TPU: tiles big enough to keep the matrix
 # units busy at d >= 512 while a float32 tile stays at 64 MiB; not yet timed
 # on either (see bench/README.md). Vocabulary chunks are multiples of 128, the
@@ -48,7 +48,7 @@ def _default_chunks() -> tuple[int, int]:
 def _sanitize_ids(ids, vocab: int) -> jax.Array:
   ids = jnp.asarray(ids)
   if not jnp.issubdtype(ids.dtype, jnp.integer):
-    raise TypeError(f"token ids must be integers, got {ids.dtype}.")
+    raise TypeError(f"token ids must be integers, got {ids.dtype}")
   ids = ids.astype(jnp.int32)
   return jnp.where((ids >= 0) & (ids < vocab), ids, _tiles.NO_ID)
 
@@ -63,7 +63,7 @@ def _check_shapes(hidden, lm_head, labels) -> None:
     raise ValueError(
         f"hidden has shape {jnp.shape(hidden)}, lm_head {jnp.shape(lm_head)}"
         f" and labels {jnp.shape(labels)}; expected hidden [..., T, d],"
-        " lm_head [d, V] and labels [..., T]."
+        " lm_head [d, V] and labels [..., T]"
     )
 
 
@@ -133,7 +133,7 @@ def token_logps_from_hidden(
   if also_exclude is not None and jnp.shape(also_exclude) != jnp.shape(labels):
     raise ValueError(
         f"also_exclude has shape {jnp.shape(also_exclude)} but labels have"
-        f" shape {jnp.shape(labels)}; they must be equal."
+        f" shape {jnp.shape(labels)}; they must be equal"
     )
   default_vocab_chunk, default_token_chunk = _default_chunks()
   vocab_chunk = vocab_chunk_size or default_vocab_chunk
@@ -141,13 +141,13 @@ def token_logps_from_hidden(
   if vocab_chunk <= 0 or token_chunk <= 0:
     raise ValueError(
         f"chunk sizes must be positive, got vocab_chunk_size={vocab_chunk}"
-        f" and token_chunk_size={token_chunk}."
+        f" and token_chunk_size={token_chunk}"
     )
   hidden = jnp.asarray(hidden)
   lm_head = jnp.asarray(lm_head)
   dtype = jnp.result_type(hidden, lm_head)
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"hidden and lm_head must be floating, got {dtype}.")
+    raise TypeError(f"hidden and lm_head must be floating, got {dtype}")
   d, vocab = lm_head.shape
   batch_shape = jnp.shape(labels)
   n = math.prod(batch_shape)

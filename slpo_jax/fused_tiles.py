@@ -184,7 +184,7 @@ def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
       ),
   )
   # An invalid label (only ever at positions the caller ignores) counts as
-  # logit 0 after the shift, as in `logprobs.token_logps`.
+  # logit 0 after the shift, as in ``logprobs.token_logps``.
   logp = jnp.where(label_ok, label_term, 0.0) - log_norm
   not_logp = rest_term - log_norm
   exclude_logp = exclude_term - log_norm

@@ -144,7 +144,7 @@ def _check_where(where, shape) -> jax.Array:
   if where.shape != tuple(shape):
     raise ValueError(
         f"where has shape {where.shape} but labels have shape {tuple(shape)};"
-        " they must be equal."
+        " they must be equal"
     )
   return where.astype(bool)
 
@@ -186,7 +186,7 @@ def sequence_logps_from_token_logps(
   if token_logp.shape != token_not_logp.shape:
     raise ValueError(
         f"token_logp has shape {token_logp.shape} but token_not_logp has shape"
-        f" {token_not_logp.shape}; they must be equal."
+        f" {token_not_logp.shape}; they must be equal"
     )
   where = _check_where(where, token_logp.shape)
   counted_logp = jnp.where(where, token_logp, 0.0)
@@ -203,7 +203,7 @@ def _check_logits_labels(logits, labels, name: str = "logits") -> None:
     raise ValueError(
         f"{name} has shape {jnp.shape(logits)} and labels have shape"
         f" {jnp.shape(labels)}; expected logits [..., T, V] with labels"
-        " [..., T]."
+        " [..., T]"
     )
 
 
@@ -301,7 +301,7 @@ def pair_not_logps(
     raise ValueError(
         f"chosen_logits has shape {jnp.shape(chosen_logits)} but"
         f" rejected_logits has shape {jnp.shape(rejected_logits)}; pad both"
-        " rows of a pair to the same length."
+        " rows of a pair to the same length"
     )
   shape = jnp.shape(chosen_labels)
   chosen_where = _check_where(chosen_where, shape)
@@ -356,7 +356,7 @@ def pair_not_logps_from_token_logps(
   differs = (chosen_where != rejected_where) | (
       both & (jnp.asarray(chosen_labels) != jnp.asarray(rejected_labels))
   )
-  # Positions up to and including the first difference: cumsum of `differs`
+  # Positions up to and including the first difference: cumsum of ``differs``
   # is 0 before d and 1 at d.
   seen = jax.lax.cumsum(differs.astype(jnp.int32), axis=differs.ndim - 1)
   before = seen == 0

@@ -40,16 +40,16 @@ def make_mesh(
   sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
   free = [name for name, size in sizes.items() if size == -1]
   if len(free) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {sizes}.")
+    raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
   for name, size in sizes.items():
     if size < 1 and name not in free:
-      raise ValueError(f"mesh.{name} must be >= 1 or -1, got {size}.")
+      raise ValueError(f"mesh.{name} must be >= 1 or -1, got {size}")
   fixed = int(np.prod([s for s in sizes.values() if s != -1]))
   if free:
     if count % fixed:
       raise ValueError(
           f"{count} devices cannot be split by the fixed mesh sizes {sizes};"
-          " choose sizes whose product divides the device count."
+          " choose sizes whose product divides the device count"
       )
     sizes[free[0]] = count // fixed
   data, fsdp, tensor = sizes["data"], sizes["fsdp"], sizes["tensor"]
@@ -57,7 +57,7 @@ def make_mesh(
     raise ValueError(
         f"mesh data={data} x fsdp={fsdp} x tensor={tensor} ="
         f" {data * fsdp * tensor} devices, but {count} are available; set one"
-        " axis to -1 or sizes whose product is the device count."
+        " axis to -1 or sizes whose product is the device count"
     )
   shape = (data, fsdp, tensor)
   # Auto axes: jit propagates shardings from in/out_shardings and the

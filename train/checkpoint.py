@@ -69,7 +69,7 @@ class Checkpointer:
       )
       raise IncompatibleCheckpointError(
           f"{self._directory} holds a checkpoint of a different run ({details})."
-          " Use a new --workdir, or restore the original settings."
+          " Use a new --workdir, or restore the original settings"
       )
 
   def restore(self, abstract_state: Any) -> tuple[Any, dict]:

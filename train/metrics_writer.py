@@ -102,7 +102,7 @@ class TrainMetrics:
           f"non-finite loss or gradient at step {step} (loss ="
           f" {float(host['loss'])}, grad_norm = {float(host['grad_norm'])})."
           " The state was not updated and no checkpoint was written; lower"
-          " optimizer.learning_rate or check the data."
+          " optimizer.learning_rate or check the data"
       )
     self._window_steps += 1
     for name, value in host.items():

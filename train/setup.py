@@ -68,7 +68,7 @@ def _model_and_params(config, tokenizer, mesh):
       raise ConfigError(
           f"the checkpoint's vocabulary ({model.config.vocab_size}) is smaller"
           f" than the tokenizer's ({tokenizer.vocab_size}); use the"
-          " checkpoint's own tokenizer.json."
+          " checkpoint's own tokenizer.json"
       )
     return model, params, shardings
   try:

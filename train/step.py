@@ -38,7 +38,7 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   else:
     raise ValueError(
         f"unknown optimizer.decay {config.decay!r}; use 'cosine', 'linear' or"
-        " 'constant'."
+        " 'constant'"
     )
   if warmup == 0:
     return after
@@ -59,7 +59,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     update = optax.rmsprop(schedule, decay=config.b2, eps=config.eps)
   else:
     raise ValueError(
-        f"unknown optimizer.name {config.name!r}; use 'adamw' or 'rmsprop'."
+        f"unknown optimizer.name {config.name!r}; use 'adamw' or 'rmsprop'"
     )
   if config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), update)

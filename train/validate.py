@@ -44,7 +44,7 @@ def loss_spec(config) -> losses.LossSpec:
   if config.loss.name not in losses.LOSSES:
     raise ConfigError(
         f"unknown loss {config.loss.name!r}; config.loss.name must be one of"
-        f" {sorted(losses.LOSSES)}."
+        f" {sorted(losses.LOSSES)}"
     )
   return losses.LOSSES[config.loss.name]
 
@@ -84,7 +84,7 @@ def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(
         f"batch_size={config.batch_size} is not divisible by"
-        f" grad_accum_steps={config.grad_accum_steps}."
+        f" grad_accum_steps={config.grad_accum_steps}"
     )
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = config.batch_size // config.grad_accum_steps
@@ -92,12 +92,12 @@ def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
     raise ConfigError(
         f"the micro-batch of {micro} pairs (batch_size / grad_accum_steps)"
         f" cannot be split over mesh.data x mesh.fsdp = {shards} devices;"
-        f" make batch_size a multiple of {shards * config.grad_accum_steps}."
+        f" make batch_size a multiple of {shards * config.grad_accum_steps}"
     )
   if config.batch_size % jax.process_count():
     raise ConfigError(
         f"batch_size={config.batch_size} is not divisible by the"
-        f" {jax.process_count()} processes."
+        f" {jax.process_count()} processes"
     )
 
 
@@ -143,7 +143,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
   if config.reference.mode == "precomputed" and spec.needs_reference_tokens:
     raise ConfigError(
         f"loss {config.loss.name!r} needs per-token reference values; set"
-        " reference.mode='online'."
+        " reference.mode='online'"
     )
   try:
     step_lib.make_optimizer(config.optimizer, config.steps)

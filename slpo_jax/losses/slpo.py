@@ -97,7 +97,7 @@ def slpo_loss(
     Ho, "Supervised Learning Preference Optimization", Eq. 6 and 8.
   """
   if temperature < 1.0:
-    raise ValueError(f"temperature must be >= 1, got {temperature}.")
+    raise ValueError(f"temperature must be >= 1, got {temperature}")
   log_w = slpo_target_log_weight(
       reference_chosen_logps, reference_rejected_logps
   )
@@ -112,7 +112,7 @@ def slpo_loss(
     return winner - rejected_not
   if policy_rejected_logps is None:
     raise ValueError(
-        "slpo_loss with temperature != 1 needs policy_rejected_logps."
+        "slpo_loss with temperature != 1 needs policy_rejected_logps"
     )
   winner = _two_class_cross_entropy(
       log_w, log_rest, chosen, chosen_not, temperature
@@ -162,9 +162,9 @@ def slpo_soft_loss(
     Ho, "Supervised Learning Preference Optimization", Eq. 7.
   """
   if not 0.5 < alpha <= 1.0:
-    raise ValueError(f"alpha must satisfy 0.5 < alpha <= 1, got {alpha}.")
+    raise ValueError(f"alpha must satisfy 0.5 < alpha <= 1, got {alpha}")
   if temperature < 1.0:
-    raise ValueError(f"temperature must be >= 1, got {temperature}.")
+    raise ValueError(f"temperature must be >= 1, got {temperature}")
   log_w = slpo_target_log_weight(
       reference_chosen_logps, reference_rejected_logps
   )

@@ -10,8 +10,8 @@ Two families cover GPT-2 and Llama-style models (Llama, Mistral, Qwen2):
 >>> logits.shape, logits.dtype
 ((2, 8, 512), dtype('float32'))
 
-Checkpoints written by ``save_pretrained`` load with `load_hf_model` /
-`load_hf_checkpoint` and are written back with `save_hf_checkpoint`.
+Checkpoints written by ``save_pretrained`` load with ``load_hf_model`` /
+``load_hf_checkpoint`` and are written back with ``save_hf_checkpoint``.
 """
 
 from slpo_jax.models.config import (DecoderConfig, RopeScaling, SIZES,

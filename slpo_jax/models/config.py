@@ -1,6 +1,6 @@
 """Configuration of the decoder-only language models.
 
-One frozen dataclass, `DecoderConfig`, describes both supported families:
+One frozen dataclass, ``DecoderConfig``, describes both supported families:
 
 * ``"gpt2"``: learned absolute positions, LayerNorm, a two-matrix GELU MLP,
   biases everywhere, tied input and output embeddings.
@@ -9,7 +9,7 @@ One frozen dataclass, `DecoderConfig`, describes both supported families:
   QKV bias (Qwen2) and an optional sliding window (Mistral).
 
 The dataclass is hashable, so a model built from it can be a static argument
-of `jax.jit`.
+of ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def canonical_dtype(dtype: Any) -> str:
   """Returns the canonical name of a floating dtype the models can compute in.
 
   Raises:
-    ValueError: if `dtype` is not one of `SUPPORTED_DTYPES`.
+    ValueError: if ``dtype`` is not one of ``SUPPORTED_DTYPES``.
   """
   try:
     name = jnp.dtype(dtype).name
@@ -98,7 +98,7 @@ class DecoderConfig:
     max_len: maximum number of positions (the size of GPT-2's position table;
       informational for rotary models).
     norm_eps: epsilon of LayerNorm / RMSNorm.
-    activation: MLP non-linearity, one of `ACTIVATIONS` (``"gelu_tanh"`` is
+    activation: MLP non-linearity, one of ``ACTIVATIONS`` (``"gelu_tanh"`` is
       GPT-2's ``gelu_new``).
     tie_embeddings: whether the output projection is the transposed input
       embedding.
@@ -106,14 +106,14 @@ class DecoderConfig:
     out_bias: whether the attention output projection has a bias.
     mlp_bias: whether the MLP projections have biases.
     rope_theta: base wavelength of the rotary embedding (llama family).
-    rope_scaling: optional `RopeScaling` (llama family).
-    sliding_window: if set, a query attends only to the last `sliding_window`
+    rope_scaling: optional ``RopeScaling`` (llama family).
+    sliding_window: if set, a query attends only to the last ``sliding_window``
       positions, itself included (Mistral).
     dtype: compute dtype (``"float32"`` or ``"bfloat16"``); logits are always
       float32.
     param_dtype: dtype of the parameters.
     scan_layers: stack the blocks' parameters along a leading ``"layers"``
-      axis and run them with `nn.scan` (faster compilation of deep models).
+      axis and run them with ``nn.scan`` (faster compilation of deep models).
     remat: rematerialise each block in the backward pass to save memory.
     bos_token_id: beginning-of-sequence id, carried to exported checkpoints.
     eos_token_id: end-of-sequence id(s), carried to exported checkpoints.
@@ -206,7 +206,7 @@ class DecoderConfig:
             + final_norm + head)
 
   def replace(self, **changes: Any) -> DecoderConfig:
-    """Returns a copy with `changes` applied (and validated)."""
+    """Returns a copy with ``changes`` applied (and validated)."""
     return dataclasses.replace(self, **changes)
 
 
@@ -250,11 +250,11 @@ def get_config(family: str, size: str = "tiny", **changes: Any
 
   Args:
     family: ``"gpt2"`` or ``"llama"``.
-    size: one of `SIZES`.
+    size: one of ``SIZES``.
     **changes: fields to override, e.g. ``dtype="bfloat16"``.
 
   Returns:
-    The `DecoderConfig`.
+    The ``DecoderConfig``.
   """
   try:
     make = _BUILTIN[(family, size)]

@@ -1,4 +1,4 @@
-"""Translation between Hugging Face ``config.json`` and `DecoderConfig`.
+"""Translation between Hugging Face ``config.json`` and ``DecoderConfig``.
 
 Supported ``model_type`` values: ``gpt2`` (family "gpt2") and ``llama``,
 ``mistral``, ``qwen2`` (family "llama"). Both the transformers 4 spelling
@@ -153,7 +153,7 @@ def _llama_from_hf(hf: Mapping[str, Any], model_type: str, source: str
 
 def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json",
                    **changes: Any) -> DecoderConfig:
-  """Builds a `DecoderConfig` from a parsed Hugging Face ``config.json``.
+  """Builds a ``DecoderConfig`` from a parsed Hugging Face ``config.json``.
 
   Args:
     hf: the parsed JSON.
@@ -186,7 +186,7 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json",
 
 
 def export_model_type(config: DecoderConfig) -> str:
-  """The Hugging Face ``model_type`` that reproduces `config` exactly."""
+  """The Hugging Face ``model_type`` that reproduces ``config`` exactly."""
   if config.family == "gpt2":
     return "gpt2"
   qwen_like = config.qkv_bias and not config.out_bias and not config.mlp_bias
@@ -232,7 +232,7 @@ def _rope_to_hf(config: DecoderConfig) -> dict[str, Any]:
 
 
 def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
-  """A Hugging Face ``config.json`` dict describing `config`."""
+  """A Hugging Face ``config.json`` dict describing ``config``."""
   model_type = export_model_type(config)
   common = {
       "architectures": [_ARCHITECTURES[model_type]],

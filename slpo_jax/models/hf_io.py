@@ -2,7 +2,7 @@
 
 A folder written by ``save_pretrained`` holds ``config.json`` and either
 ``model.safetensors`` or a ``model.safetensors.index.json`` naming several
-shard files. Tensors are read one at a time with the `safetensors` NumPy
+shard files. Tensors are read one at a time with the ``safetensors`` NumPy
 API (no PyTorch), converted on the host, and placed directly onto their
 target sharding, so the full model is never gathered on one device; the host
 holds at most one tensor (or, with ``scan_layers``, one tensor for all
@@ -48,11 +48,11 @@ def _check_dtype(value: Any, what: str) -> str:
 
 
 def load_hf_config(path: PathLike, **changes: Any) -> DecoderConfig:
-  """Reads ``config.json`` of a checkpoint folder into a `DecoderConfig`.
+  """Reads ``config.json`` of a checkpoint folder into a ``DecoderConfig``.
 
   Args:
     path: the checkpoint folder.
-    **changes: `DecoderConfig` fields to set (``dtype``, ``scan_layers``...).
+    **changes: ``DecoderConfig`` fields to set (``dtype``, ``scan_layers``...).
 
   Raises:
     CheckpointError: no folder, no or unreadable ``config.json``, or an
@@ -122,7 +122,7 @@ class _TensorReader:
     return str(self._folder / self._file_of[name])
 
   def read(self, name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
-    """Reads tensor `name`, checking its presence, shape and dtype."""
+    """Reads tensor ``name``, checking its presence, shape and dtype."""
     if name not in self._file_of:
       raise CheckpointError(f"{self.source}: missing tensor '{name}'")
     handle = self._open(self._file_of[name])
@@ -213,20 +213,20 @@ def load_hf_model(
     remat: bool = False,
     abstract: bool = False,
 ) -> tuple[DecoderLM, Params]:
-  """Loads a Hugging Face checkpoint folder as a `DecoderLM` and its params.
+  """Loads a Hugging Face checkpoint folder as a ``DecoderLM`` and its params.
 
   Args:
     path: folder written by ``save_pretrained``: ``config.json`` plus
       ``model.safetensors`` or ``model.safetensors.index.json`` and shards.
     dtype: compute dtype (``"float32"`` or ``"bfloat16"``).
     param_dtype: dtype the parameters are stored in.
-    shardings: None (default device), a `jax.sharding.Mesh` (the default
-      logical-axis rules on it), or a pytree of `jax.sharding.Sharding` with
+    shardings: None (default device), a ``jax.sharding.Mesh`` (the default
+      logical-axis rules on it), or a pytree of ``jax.sharding.Sharding`` with
       the structure of the parameters, e.g. ``model.shardings(mesh, rules)``
       for ``model = build(load_hf_config(path))``.
-    scan_layers: stack the blocks (see `DecoderConfig.scan_layers`).
+    scan_layers: stack the blocks (see ``DecoderConfig.scan_layers``).
     remat: rematerialise blocks in the backward pass.
-    abstract: read only ``config.json`` and return `jax.ShapeDtypeStruct`
+    abstract: read only ``config.json`` and return ``jax.ShapeDtypeStruct``
       leaves instead of parameters, e.g. to compute shardings before the
       real load.
 
@@ -290,7 +290,7 @@ def load_hf_checkpoint(
   """Loads a checkpoint folder as ``(apply_fn, params)``.
 
   ``apply_fn(params, input_ids, attention_mask)`` returns float32 logits
-  ``[B, T, V]``. Arguments are those of `load_hf_model`.
+  ``[B, T, V]``. Arguments are those of ``load_hf_model``.
   """
   model, params = load_hf_model(
       path, dtype=dtype, param_dtype=param_dtype, shardings=shardings,
@@ -353,7 +353,7 @@ def save_hf_checkpoint(
   """Writes a folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
   Args:
-    model_or_config: the `DecoderLM` or its `DecoderConfig`.
+    model_or_config: the ``DecoderLM`` or its ``DecoderConfig``.
     params: its parameters (possibly sharded across devices).
     path: output folder, created if needed.
     dtype: dtype of the saved tensors; the config's ``param_dtype`` if None.

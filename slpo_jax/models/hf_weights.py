@@ -1,6 +1,6 @@
 """Correspondence between Hugging Face tensors and our parameter tree.
 
-`tensor_groups(config)` lists, for every tensor of a checkpoint, the
+``tensor_groups(config)`` lists, for every tensor of a checkpoint, the
 parameters it becomes and the two conversions (NumPy, host side). A group
 can map one tensor to several parameters: GPT-2 stores query, key and value
 as one fused ``c_attn`` matrix, which we split so all families share the
@@ -174,7 +174,7 @@ def _llama_groups(config: DecoderConfig) -> list[TensorGroup]:
 
 
 def tensor_groups(config: DecoderConfig) -> list[TensorGroup]:
-  """All checkpoint tensors of `config`'s architecture, in a stable order."""
+  """All checkpoint tensors of ``config``'s architecture, in a stable order."""
   if config.family == "gpt2":
     return _gpt2_groups(config)
   return _llama_groups(config)

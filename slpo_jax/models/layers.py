@@ -1,7 +1,7 @@
 """Building blocks shared by the GPT-2 and Llama families.
 
-Every parameter is created through `nn.with_logical_partitioning`, so the
-abstract parameter tree carries logical axis names (see `partitioning.py`).
+Every parameter is created through ``nn.with_logical_partitioning``, so the
+abstract parameter tree carries logical axis names (see ``partitioning.py``).
 Parameter shapes keep heads as their own axis (``[embed, heads, head_dim]``)
 so tensor parallelism can split heads without reshapes.
 
@@ -44,9 +44,9 @@ def _ones_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
 
 
 class DenseGeneral(nn.Module):
-  """``x @ kernel (+ bias)`` contracting the trailing `num_in` axes of ``x``.
+  """``x @ kernel (+ bias)`` contracting the trailing ``num_in`` axes of ``x``.
 
-  `nn.DenseGeneral` creates its kernel flat and reshapes the boxed value,
+  ``nn.DenseGeneral`` creates its kernel flat and reshapes the boxed value,
   which applies a rank-mismatched sharding constraint when logical axis
   rules and a mesh are active; creating the kernel in its final shape
   avoids that.
@@ -85,7 +85,7 @@ def dense(
     name: str,
     num_in: int = 1,
 ) -> DenseGeneral:
-  """A `DenseGeneral` in the config's dtypes."""
+  """A ``DenseGeneral`` in the config's dtypes."""
   features = features if isinstance(features, tuple) else (features,)
   return DenseGeneral(features, kernel_names, use_bias, num_in=num_in,
                       dtype=config.dtype, param_dtype=config.param_dtype,
@@ -230,7 +230,7 @@ def dot_product_attention(
   num_kv_heads = key.shape[2]
   groups = num_heads // num_kv_heads
   # Query head h uses key/value head h // groups, as in the reference
-  # `repeat_kv`; grouping avoids materialising repeated keys.
+  # ``repeat_kv``; grouping avoids materialising repeated keys.
   query = query.reshape(batch, length, num_kv_heads, groups, head_dim)
   scores = jnp.einsum("btkgd,bskd->bkgts", query, key,
                       preferred_element_type=jnp.float32)
@@ -311,7 +311,7 @@ class DecoderBlock(nn.Module):
       mask: Array,
       cache_index: Array | None,
   ) -> tuple[Array, KVCache | None]:
-    # The argument order (carry, scanned, broadcast...) is the one `nn.scan`
+    # The argument order (carry, scanned, broadcast...) is the one ``nn.scan``
     # expects when the blocks are stacked.
     cfg = self.config
     h = norm(cfg, "attn_norm")(x)

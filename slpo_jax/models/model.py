@@ -1,6 +1,6 @@
-"""`DecoderLM`: the model object users hold.
+"""``DecoderLM``: the model object users hold.
 
-It wraps the Flax `Decoder` behind pure functions of ``(params, inputs)``
+It wraps the Flax ``Decoder`` behind pure functions of ``(params, inputs)``
 with plain nested-dict parameters, builds position ids and attention masks
 from a padding mask, and applies the output projection in float32.
 """
@@ -67,7 +67,7 @@ class DecoderLM:
 
   The object is hashable (it only holds the frozen config) and every method
   is a pure function of its array arguments, so methods can be passed to
-  `jax.jit` and the object can be a static argument.
+  ``jax.jit`` and the object can be a static argument.
   """
 
   config: DecoderConfig
@@ -86,28 +86,31 @@ class DecoderLM:
     """Random parameters as a plain nested dict of arrays.
 
     Compiled (a traced initialisation runs one fused program instead of
-    hundreds of small ones); it may also be wrapped in `jax.jit` with
+    hundreds of small ones); it may also be wrapped in ``jax.jit`` with
     ``out_shardings=model.shardings(mesh)`` to create the parameters sharded.
     """
     return _init(self, rng)
 
   def abstract_params(self) -> Params:
-    """Shapes and dtypes of the parameters (`jax.ShapeDtypeStruct` leaves)."""
+    """Shapes and dtypes of the parameters (``jax.ShapeDtypeStruct`` leaves)."""
     return jax.eval_shape(self.init, jax.random.key(0))
 
   def logical_axes(self) -> Any:
-    """A `PartitionSpec` of logical axis names for every parameter."""
+    """A ``PartitionSpec`` of logical axis names for every parameter."""
     boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
     return nn.get_partition_spec(boxed)
 
   def partition_specs(self, rules: partitioning.Rules | None = None, *,
                       mesh: Mesh | None = None) -> Any:
-    """Mesh `PartitionSpec` for every parameter; see `param_partition_specs`."""
+    """Mesh ``PartitionSpec`` for every parameter.
+
+    See ``param_partition_specs``.
+    """
     return partitioning.param_partition_specs(self, rules, mesh=mesh)
 
   def shardings(self, mesh: Mesh,
                 rules: partitioning.Rules | None = None) -> Any:
-    """`NamedSharding` for every parameter on `mesh`."""
+    """``NamedSharding`` for every parameter on ``mesh``."""
     return partitioning.param_shardings(self, mesh, rules)
 
   def lm_head(self, params: Params) -> Array:
@@ -138,7 +141,7 @@ class DecoderLM:
 
     Returns:
       ``(hidden [B, T, d_model], lm_head [d_model, V])``, both in the compute
-      dtype; ``logits_from_hidden(hidden, lm_head)`` equals `apply`.
+      dtype; ``logits_from_hidden(hidden, lm_head)`` equals ``apply``.
     """
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -177,7 +180,7 @@ class DecoderLM:
     return self.apply(params, input_ids, attention_mask)
 
   def init_cache(self, batch_size: int, length: int) -> transformer.Cache:
-    """A zero KV cache of `length` slots for `batch_size` rows."""
+    """A zero KV cache of ``length`` slots for ``batch_size`` rows."""
     return transformer.init_cache(self.config, batch_size, length)
 
   def decode(
@@ -197,8 +200,8 @@ class DecoderLM:
         ``cache_index .. cache_index + T - 1``.
       positions: ``[B, T]`` their position ids.
       mask: ``[B, T, S]`` boolean mask over the cache slots, e.g. from
-        `attention_mask_3d`.
-      cache: from `init_cache` or a previous call.
+        ``attention_mask_3d``.
+      cache: from ``init_cache`` or a previous call.
       cache_index: scalar int slot of the first token.
 
     Returns:
@@ -224,5 +227,5 @@ def logits_from_hidden(hidden: Array, lm_head: Array) -> Array:
 
 
 def build(config: DecoderConfig) -> DecoderLM:
-  """Returns the model for `config`."""
+  """Returns the model for ``config``."""
   return DecoderLM(config)

@@ -56,7 +56,7 @@ def logical_axis_rules(
 
   Returns:
     A tuple of ``(logical_name, mesh_axes)`` pairs for
-    `flax.linen.logical_to_mesh_axes`, `nn.logical_axis_rules`, etc.
+    ``flax.linen.logical_to_mesh_axes``, ``nn.logical_axis_rules``, etc.
   """
   return (
       ("activation_batch", _axes(data, fsdp)),
@@ -100,16 +100,16 @@ def param_partition_specs(
     *,
     mesh: Mesh | None = None,
 ) -> Any:
-  """Mesh `PartitionSpec` for every parameter of `model`.
+  """Mesh ``PartitionSpec`` for every parameter of ``model``.
 
   Args:
-    model: a `DecoderLM` (anything with ``logical_axes()`` and
+    model: a ``DecoderLM`` (anything with ``logical_axes()`` and
       ``abstract_params()``).
-    rules: logical-to-mesh rules; `DEFAULT_RULES` when None.
+    rules: logical-to-mesh rules; ``DEFAULT_RULES`` when None.
     mesh: if given, mesh axes that do not divide a dimension are dropped.
 
   Returns:
-    A pytree of `PartitionSpec` with the structure of the parameters.
+    A pytree of ``PartitionSpec`` with the structure of the parameters.
   """
   rules = DEFAULT_RULES if rules is None else tuple(rules)
   specs = nn.logical_to_mesh(model.logical_axes(), rules)
@@ -123,10 +123,10 @@ def param_partition_specs(
 
 def param_shardings(model: Any, mesh: Mesh, rules: Rules | None = None
                     ) -> Any:
-  """`NamedSharding` for every parameter of `model` on `mesh`.
+  """``NamedSharding`` for every parameter of ``model`` on ``mesh``.
 
   Pass the result as ``out_shardings`` of a jitted ``model.init`` or as
-  ``shardings`` of `load_hf_model`.
+  ``shardings`` of ``load_hf_model``.
   """
   specs = param_partition_specs(model, rules, mesh=mesh)
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,

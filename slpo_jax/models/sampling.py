@@ -1,4 +1,4 @@
-"""Autoregressive sampling with a KV cache, compiled as one `while_loop`.
+"""Autoregressive sampling with a KV cache, compiled as one ``while_loop``.
 
 Cache layout: the prompt occupies slots ``0..P-1`` exactly as it was given
 (left-, right- or un-padded), and generated token ``i`` is written to slot
@@ -25,7 +25,7 @@ _EOS_CAPACITY = 4
 
 
 class SampleOutput(NamedTuple):
-  """Result of `generate`.
+  """Result of ``generate``.
 
   Attributes:
     tokens: ``[B, max_new_tokens]`` generated ids; ``pad_id`` after EOS.
@@ -34,7 +34,7 @@ class SampleOutput(NamedTuple):
     lengths: ``[B]`` number of real generated tokens.
     sequences: ``[B, P + max_new_tokens]`` each row's real prompt tokens
       followed by its real generated tokens, right-padded with ``pad_id``.
-    sequence_mask: ``[B, P + max_new_tokens]`` int32 mask of `sequences`.
+    sequence_mask: ``[B, P + max_new_tokens]`` int32 mask of ``sequences``.
   """
 
   tokens: Array
@@ -48,7 +48,7 @@ def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
   """Sets the logits outside the top-k and the nucleus to -inf.
 
   Both limits are traced values (so changing them does not recompile): the
-  k-th largest logit is read from a sorted copy instead of `lax.top_k`,
+  k-th largest logit is read from a sorted copy instead of ``lax.top_k``,
   whose k must be static.
   """
   sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
@@ -149,7 +149,7 @@ def _generate(
     return (step < max_new_tokens) & ~jnp.all(done)
 
   def body(state):
-    # Samples token `step` from the carried logits, then feeds it (slot
+    # Samples token ``step`` from the carried logits, then feeds it (slot
     # P + step) to get the logits of token step + 1. Sampling in one place
     # keeps a single copy of the random-number code in the program.
     step, logits, tokens, cache, key_valid, key_positions, done = state
@@ -207,22 +207,22 @@ def generate(
   stop at their first EOS; the loop exits early when all rows have stopped.
 
   Args:
-    model: the `DecoderLM`.
+    model: the ``DecoderLM``.
     params: its parameters.
     prompt_ids: ``[B, P]`` int prompt tokens, padded on either side.
     prompt_mask: ``[B, P]``, 1 for real tokens; every row needs at least one.
     rng: PRNG key; the same key gives the same samples.
     max_new_tokens: number of tokens to generate per row (the output width).
     temperature: softmax temperature; 0 means greedy decoding.
-    top_k: if set, sample among the `top_k` most likely tokens.
+    top_k: if set, sample among the ``top_k`` most likely tokens.
     top_p: if set, sample from the smallest set of most likely tokens whose
-      probability reaches `top_p` (nucleus sampling).
+      probability reaches ``top_p`` (nucleus sampling).
     eos_id: id or ids that end a row; None to always generate
-      `max_new_tokens`.
-    pad_id: id written after EOS and in padded `sequences` entries.
+      ``max_new_tokens``.
+    pad_id: id written after EOS and in padded ``sequences`` entries.
 
   Returns:
-    A `SampleOutput`.
+    A ``SampleOutput``.
 
   Example:
     >>> import jax, jax.numpy as jnp

@@ -1,7 +1,7 @@
 """The Flax decoder: embeddings, a stack of blocks, the final norm.
 
-`Decoder` returns the final hidden states, not logits: the output projection
-is applied by `DecoderLM` (or fused into a log-probability kernel by the
+``Decoder`` returns the final hidden states, not logits: the output projection
+is applied by ``DecoderLM`` (or fused into a log-probability kernel by the
 caller), so a ``[B, T, V]`` tensor is only built when someone asks for it.
 """
 
@@ -23,8 +23,8 @@ Cache = tuple[layers.KVCache, ...] | layers.KVCache
 def _block_class(config: DecoderConfig) -> type[nn.Module]:
   if not config.remat:
     return layers.DecoderBlock
-  # `prevent_cse` is only needed outside a scan; inside one it blocks
-  # useful optimisations (see the `flax.linen.remat` docs).
+  # ``prevent_cse`` is only needed outside a scan; inside one it blocks
+  # useful optimisations (see the ``flax.linen.remat`` docs).
   return nn.remat(layers.DecoderBlock, prevent_cse=not config.scan_layers)
 
 
@@ -48,7 +48,7 @@ class Decoder(nn.Module):
       input_ids: ``[B, T]`` int token ids.
       positions: ``[B, T]`` int position ids.
       mask: ``[B, T, S]`` boolean attention mask (True: may attend).
-      cache: optional KV cache from `DecoderLM.init_cache`.
+      cache: optional KV cache from ``DecoderLM.init_cache``.
       cache_index: cache slot of the first token of ``input_ids``.
 
     Returns:
@@ -97,7 +97,7 @@ class Decoder(nn.Module):
 
     x = layers.norm(cfg, "final_norm")(x)
     if not cfg.tie_embeddings:
-      # Declared here so that `init` creates it; `DecoderLM` applies it.
+      # Declared here so that ``init`` creates it; ``DecoderLM`` applies it.
       self.param("lm_head",
                  nn.with_logical_partitioning(
                      nn.initializers.normal(layers.INIT_STDDEV),
@@ -107,7 +107,7 @@ class Decoder(nn.Module):
 
 
 def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:
-  """Zero KV cache for `batch_size` rows of `length` slots."""
+  """Zero KV cache for ``batch_size`` rows of ``length`` slots."""
   shape = (batch_size, length, config.num_kv_heads, config.head_dim)
   if config.scan_layers:
     zeros = jnp.zeros((config.num_layers, *shape), config.dtype)

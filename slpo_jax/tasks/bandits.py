@@ -36,12 +36,12 @@ DATASETS = {
 
 
 def bandit_tokenizer() -> WordTokenizer:
-  """The tokenizer of the bandit vocabulary (`decode([3, 4])` is 'a b')."""
+  """The tokenizer of the bandit vocabulary (``decode([3, 4])`` is 'a b')."""
   return WordTokenizer(ACTIONS)
 
 
 def action_token(action: int) -> int:
-  """The token id of action index `action` (0, 1, 2 for a, b, c)."""
+  """The token id of action index ``action`` (0, 1, 2 for a, b, c)."""
   if not 0 <= action < len(ACTIONS):
     raise ValueError(
         f"action index must be in [0, {len(ACTIONS)}), got {action}")
@@ -55,7 +55,7 @@ def bandit_pairs(name: str) -> tuple[np.ndarray, np.ndarray]:
     name: 'transitive' or 'contradictory'.
 
   Returns:
-    `(chosen, rejected)`, each ``[num_pairs]`` int32 action tokens.
+    ``(chosen, rejected)``, each ``[num_pairs]`` int32 action tokens.
   """
   if name not in DATASETS:
     raise ValueError(

@@ -7,18 +7,18 @@ the reference model for the same prompt with the higher-reward one preferred,
 and the reward is known exactly, so a trained policy can be scored by its mean
 reward against its KL divergence from the reference.
 
-* Vocabulary: `<pad>`, `<bos>`, `<eos>` and 64 words, 16 positive, 16
-  negative and 32 nearly neutral (`WORDS`, `WORD_SENTIMENT`).
+* Vocabulary: ``<pad>``, ``<bos>``, ``<eos>`` and 64 words, 16 positive, 16
+  negative and 32 nearly neutral (``WORDS``, ``WORD_SENTIMENT``).
 * Base language: a seeded random bigram Markov chain over the words with a
-  fixed end-of-sequence probability (`make_base_language`).
+  fixed end-of-sequence probability (``make_base_language``).
 * Reward: the mean sentiment of the response's words, in [-1, 1]
-  (`sentiment_reward`); it accepts NumPy and JAX arrays and is jit-safe.
-* Pairs: `make_preference_pairs(prompts, sample_fn, reward_fn, rng)` with any
-  sampler; `base_language_sampler` is a pure-NumPy stand-in for the reference
+  (``sentiment_reward``); it accepts NumPy and JAX arrays and is jit-safe.
+* Pairs: ``make_preference_pairs(prompts, sample_fn, reward_fn, rng)`` with any
+  sampler; ``base_language_sampler`` is a pure-NumPy stand-in for the reference
   model.
 
 Everything here is pure: no files, no configs. The training program turns it
-into batches (`train/data/synthetic.py`).
+into batches (``train/data/synthetic.py``).
 """
 
 from __future__ import annotations
@@ -75,13 +75,13 @@ def _word_sentiment() -> np.ndarray:
 WORD_SENTIMENT = _word_sentiment()
 WORD_SENTIMENT.setflags(write=False)
 
-# Given to `make_preference_pairs`: (prompts [N, P], rng) -> responses [N, R].
+# Given to ``make_preference_pairs``: (prompts [N, P], rng) -> responses [N, R].
 SampleFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def synthetic_tokenizer() -> WordTokenizer:
-  """The tokenizer of the task vocabulary (`decode` gives the words)."""
+  """The tokenizer of the task vocabulary (``decode`` gives the words)."""
   return WordTokenizer(WORDS)
 
 
@@ -101,7 +101,7 @@ def sentiment_reward(token_ids, where):
 
   Returns:
     Rewards in [-1, 1], ``[batch]`` float32, of the same array kind as
-    `token_ids` (a `jax.Array` under jit).
+    ``token_ids`` (a ``jax.Array`` under jit).
   """
   xp = jnp if isinstance(token_ids, jax.Array) or isinstance(
       where, jax.Array) else np
@@ -118,8 +118,8 @@ def make_base_language(
 ) -> np.ndarray:
   """The base language: a random bigram Markov chain over the words.
 
-  Each word's successor distribution is a Dirichlet(`concentration`) draw over
-  the words, scaled by `1 - eos_probability`, plus `eos_probability` on EOS;
+  Each word's successor distribution is a Dirichlet(``concentration``) draw over
+  the words, scaled by ``1 - eos_probability``, plus ``eos_probability`` on EOS;
   a small concentration gives peaked, learnable bigrams. BOS never goes to
   EOS; EOS and PAD go to PAD, so sampling past the end yields padding.
 
@@ -161,7 +161,7 @@ def sample_prompts(
     num_prompts: int,
     prompt_length: int,
 ) -> np.ndarray:
-  """Prompts: `prompt_length` words of the base language after BOS.
+  """Prompts: ``prompt_length`` words of the base language after BOS.
 
   Returns:
     Word ids (no BOS, no EOS), ``[num_prompts, prompt_length]`` int32.
@@ -186,12 +186,12 @@ def sample_continuations(
 ) -> np.ndarray:
   """Continues each prompt in the base language until EOS.
 
-  EOS is not allowed before `min_new_tokens` words and is forced after
-  `max_new_tokens` words, so every response ends with EOS; positions after it
+  EOS is not allowed before ``min_new_tokens`` words and is forced after
+  ``max_new_tokens`` words, so every response ends with EOS; positions after it
   are PAD.
 
   Args:
-    transition: the base language, from `make_base_language`.
+    transition: the base language, from ``make_base_language``.
     prompts: word ids, ``[batch, prompt_length]`` (may be empty along length).
     rng: NumPy random generator.
     max_new_tokens: most words in a response.
@@ -235,7 +235,7 @@ def response_mask(responses: np.ndarray) -> np.ndarray:
 def base_language_sampler(
     transition: np.ndarray, *, max_new_tokens: int, min_new_tokens: int = 1
 ) -> SampleFn:
-  """A `sample_fn` that samples from the base language itself.
+  """A ``sample_fn`` that samples from the base language itself.
 
   The stand-in for the reference model (which is fine-tuned on the base
   language), so that pair generation runs without a trained model.
@@ -260,7 +260,7 @@ class PreferencePairs:
     chosen_mask: response tokens (EOS included), ``[M, R]`` bool.
     rejected: response ids, ``[M, R]``.
     rejected_mask: ``[M, R]`` bool.
-    chosen_reward: ``[M]`` float32, greater than `rejected_reward`.
+    chosen_reward: ``[M]`` float32, greater than ``rejected_reward``.
     rejected_reward: ``[M]`` float32.
     num_ties: prompts whose two responses had equal reward (identical
       responses included); they carry no preference and are not in the pairs.
@@ -299,9 +299,9 @@ def make_preference_pairs(
       call gets a batch holding every prompt of a chunk twice (two samples per
       prompt), so it must sample rows independently.
     reward_fn: ``reward_fn(responses, mask) -> [batch]``, e.g.
-      `sentiment_reward`.
-    rng: NumPy random generator passed on to `sample_fn`.
-    batch_size: prompts per `sample_fn` call; all at once when None.
+      ``sentiment_reward``.
+    rng: NumPy random generator passed on to ``sample_fn``.
+    batch_size: prompts per ``sample_fn`` call; all at once when None.
 
   Returns:
     The pairs with distinct rewards, in prompt order.

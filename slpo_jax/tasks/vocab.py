@@ -1,10 +1,10 @@
 """Small integer vocabularies for the controlled tasks, with a text view.
 
 The synthetic sentiment task and the bandit datasets work on their own integer
-vocabularies, not on text. `WordTokenizer` gives such a vocabulary the same
-small interface as the text tokenizers of the training program (`encode`,
-`decode`, `bos_id`, `eos_id`, `pad_id`, `vocab_size`), so batches, metrics and
-generated samples are handled the same way whatever the task.
+vocabularies, not on text. ``WordTokenizer`` gives such a vocabulary the same
+small interface as the text tokenizers of the training program (``encode``,
+``decode``, ``bos_id``, ``eos_id``, ``pad_id``, ``vocab_size``), so batches,
+metrics and generated samples are handled the same way whatever the task.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 class WordTokenizer:
   """A whitespace tokenizer over a fixed word list.
 
-  Token ids are `0, 1, 2` for `<pad>`, `<bos>`, `<eos>`, then the words in the
-  order given. `encode` never adds special tokens (the data pipeline adds BOS
-  and EOS itself); `decode` drops them.
+  Token ids are ``0, 1, 2`` for ``<pad>``, ``<bos>``, ``<eos>``, then the
+  words in the order given. ``encode`` never adds special tokens (the data
+  pipeline adds BOS and EOS itself); ``decode`` drops them.
 
   Example::
 
@@ -49,7 +49,7 @@ class WordTokenizer:
 
   @property
   def words(self) -> tuple[str, ...]:
-    """The word list, in id order (word `i` has id `NUM_SPECIAL + i`)."""
+    """The word list, in id order (word ``i`` has id ``NUM_SPECIAL + i``)."""
     return self._words
 
   @property

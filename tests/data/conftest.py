@@ -54,11 +54,11 @@ def jsonl_config(jsonl_file):
 
 @pytest.fixture(name="write_jsonl")
 def write_jsonl_fixture():
-  """`write_jsonl(path, lines)`: see `write_lines`."""
+  """``write_jsonl(path, lines)``: see ``write_lines``."""
   return write_lines
 
 
 @pytest.fixture(name="pair_record")
 def pair_record_fixture():
-  """`pair_record(i)`: a valid explicit record."""
+  """``pair_record(i)``: a valid explicit record."""
   return pair_record

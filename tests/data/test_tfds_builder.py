@@ -1,7 +1,7 @@
 """TFDS: building local preference files offline and reading them back.
 
 Building and reading use TFDS's ArrayRecord data source, which needs no
-TensorFlow; `tfds.load` (a `tf.data` pipeline) would, and is not used.
+TensorFlow; ``tfds.load`` (a ``tf.data`` pipeline) would, and is not used.
 """
 
 import pytest
@@ -73,7 +73,7 @@ class CatalogStylePreferences(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    # Not `dataset_info_from_configs`, which looks for metadata files next to
+    # Not ``dataset_info_from_configs``, which looks for metadata files next to
     # the builder's package; a test module is not in one.
     return tfds.core.DatasetInfo(
         builder=self,

@@ -72,7 +72,7 @@ def test_hf_tokenizer(tokenizer_json):
   assert tok.eos_id == raw.token_to_id("</s>")
   assert tok.pad_id == raw.token_to_id("<pad>")
   text = "the cat sat on a mat"
-  # The file's own post-processor adds BOS; `encode` must not.
+  # The file's own post-processor adds BOS; ``encode`` must not.
   assert raw.encode(text).ids[0] == tok.bos_id
   assert tok.encode(text) == raw.encode(text, add_special_tokens=False).ids
   assert tok.bos_id not in tok.encode(text)

@@ -1,4 +1,4 @@
-"""Fixtures: reference `transformers` checkpoints saved into temp folders."""
+"""Fixtures: reference ``transformers`` checkpoints saved into temp folders."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Helpers shared by the model tests.
 
-* Tiny randomly initialised `transformers` reference models, built locally
+* Tiny randomly initialised ``transformers`` reference models, built locally
   (no hub access), with every parameter, norms and biases included,
   randomised so that a mix-up of any two tensors or a dropped bias changes
   the logits.
-* `random_params`: parameters drawn with NumPy. Compiling `DecoderLM.init`
+* ``random_params``: parameters drawn with NumPy. Compiling ``DecoderLM.init``
   costs seconds of CPU per configuration (one threefry program per
   parameter), so tests that only need some weights use this instead.
-* `apply`: `DecoderLM.apply` jitted with the model static, so every test
+* ``apply``: ``DecoderLM.apply`` jitted with the model static, so every test
   with the same configuration and shapes shares one compilation.
 """
 
@@ -27,7 +27,7 @@ _LLAMA_SHAPE = dict(vocab_size=128, hidden_size=32, intermediate_size=64,
 
 
 def hf_config(kind: str) -> Any:
-  """A `transformers` config for one of the reference model kinds."""
+  """A ``transformers`` config for one of the reference model kinds."""
   import transformers  # pylint: disable=g-import-not-at-top
 
   if kind == "gpt2":
@@ -108,7 +108,7 @@ def max_masked_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def random_params(model: Any, seed: int = 0, scale: float = 0.2) -> Any:
-  """Random float32 parameters for `model` (norm scales around one)."""
+  """Random float32 parameters for ``model`` (norm scales around one)."""
   rng = np.random.default_rng(seed)
   flat, treedef = jax.tree_util.tree_flatten_with_path(model.abstract_params())
   leaves = []

@@ -1,4 +1,4 @@
-"""Properties of `DecoderLM` that need no reference implementation."""
+"""Properties of ``DecoderLM`` that need no reference implementation."""
 
 import flax.linen as nn
 import jax

@@ -1,4 +1,4 @@
-"""Bad checkpoint folders raise a `CheckpointError` naming file and tensor."""
+"""Bad checkpoint folders raise a ``CheckpointError`` naming file and tensor."""
 
 import json
 

@@ -1,6 +1,6 @@
-"""Logit parity with `transformers` for every supported architecture.
+"""Logit parity with ``transformers`` for every supported architecture.
 
-Each test builds a tiny random model with `transformers`, saves it with
+Each test builds a tiny random model with ``transformers``, saves it with
 ``save_pretrained`` into a temp folder, loads it here and compares logits on
 a right-padded batch at the real (non-padded) positions, in float32.
 """

@@ -1,4 +1,4 @@
-"""`generate`: KV-cache decoding against full forward passes, and sampling."""
+"""``generate``: KV-cache decoding against full forward passes, and sampling."""
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ def _tiny(kind):
     # A window shorter than prompt + completion, so the cache path must mask.
     config = models.tiny_config("llama", vocab_size=64, sliding_window=5)
   elif kind == "llama_scanned":
-    # The cache is then one stacked array carried through `nn.scan`.
+    # The cache is then one stacked array carried through ``nn.scan``.
     config = models.tiny_config("llama", vocab_size=64, scan_layers=True)
   else:
     config = models.tiny_config(kind, vocab_size=64)

@@ -12,7 +12,7 @@ CONFIG_ERRORS = {
     "batch_not_divisible": (
         {"batch_size": 12},
         "cannot be split over mesh.data x mesh.fsdp = 8 devices; make"
-        " batch_size a multiple of 8."),
+        " batch_size a multiple of 8"),
     "mesh_too_large": (
         {"mesh.data": 16},
         "mesh data=16 x fsdp=1 x tensor=1 = 16 devices, but 8 are available;"

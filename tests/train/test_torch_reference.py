@@ -21,8 +21,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 import torch_reference  # noqa: E402
 
-BOS, EOS, PAD = 256, 257, 258
-BUCKET = 16
 # float32 library against float64 reference, composite ops.
 RTOL, ATOL = 1e-4, 1e-4
 # Complements can be tiny (log(1 - pi) ~ -pi): compare them relatively.
@@ -35,79 +33,6 @@ GRAD_RTOL, GRAD_ATOL = 1e-4, 2e-5
 DIFFERENTIABLE = ("chosen_logps", "rejected_logps", "chosen_not_logps",
                   "rejected_not_logps", "pair_not_logps",
                   "chosen_token_logps", "chosen_token_pair_not_logps")
-
-
-def _config(**changes):
-  return models.get_config("llama", "tiny", vocab_size=259, dtype="float32",
-                           **changes)
-
-
-def _random_params(config, seed=0):
-  """Random float32 params; a sharp head so some responses are likely.
-
-  Drawn directly (not by ``init``, which compiles): norm scales around one,
-  other weights far from their initial scale, so nothing is symmetric.
-  """
-  rng = np.random.default_rng(seed)
-  abstract = models.build(config).abstract_params()
-  flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  leaves = []
-  for path, leaf in flat:
-    name = "/".join(k.key for k in path)
-    if name.endswith("scale"):
-      value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
-    else:
-      sharp = "lm_head" in name or "embed" in name
-      value = (0.6 if sharp else 0.15) * rng.normal(size=leaf.shape)
-    leaves.append(jnp.asarray(value, jnp.float32))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def _likely_pair_start(model):
-  """A prompt and a 2-token response of high probability (0.95 here).
-
-  Of 64 candidate prompts, the one whose greedy continuation (special ids
-  skipped) is the most likely.
-  """
-  ids = torch.tensor([[BOS, 10 + k, 11] for k in range(64)])
-  logp = torch.zeros(len(ids), dtype=torch.float64)
-  with torch.no_grad():
-    for _ in range(2):
-      log_probs = torch.log_softmax(model(input_ids=ids).logits[:, -1], -1)
-      best, token = torch.max(log_probs[:, :BOS], -1)
-      logp += best
-      ids = torch.cat([ids, token[:, None]], 1)
-  row = ids[int(torch.argmax(logp))].tolist()
-  return row[:3], row[3:]
-
-
-def _batch(model):
-  """Pairs of varied lengths and shapes of their prefix tree.
-
-  The identical and the prefix pairs are likely ones, so that treating them
-  as two sequences would change ``pair_not_logps`` measurably.
-  """
-  p0, likely = _likely_pair_start(model)
-  p1, p2 = [BOS, 5], [BOS, 7, 8, 9, 10, 11]
-  other = (likely[1] + 1) % BOS
-  pairs = [
-      # A likely chosen response; the rejected one leaves it at step 2.
-      (p0, likely, [likely[0], other, EOS]),
-      # Different first tokens, then the same token at the same step; the
-      # rejected response ends early.
-      (p1, [40, 41, 42, 43, 44, 45, EOS], [50, 41, EOS]),
-      # Identical responses.
-      (p0, likely, likely),
-      # A likely rejected response, a short chosen one.
-      (p0, [70, EOS], likely),
-      # A truncated chosen response, prefix of the rejected one.
-      (p0, likely[:1], likely),
-      # A long prompt.
-      (p2, [60, 61, EOS], [62, EOS]),
-  ]
-  entries = [(TokenizedPair(i, *(np.asarray(x, np.int32) for x in pair)), 1.)
-             for i, pair in enumerate(pairs)]
-  return collate_pairs(entries, buckets=(BUCKET,), pad_id=PAD)
 
 
 def _library_statistics(config, params, batch):
@@ -148,10 +73,10 @@ def _cotangents(batch, seed=1):
 @pytest.fixture(scope="module")
 def setup():
   """The model in both frameworks, a batch, cotangents, library results."""
-  config = _config()
-  params = _random_params(config)
+  config = torch_reference.tiny_config()
+  params = torch_reference.random_params(config)
   model = torch_reference.torch_model(config, params)
-  batch = _batch(model)
+  batch = torch_reference.pairs_batch(model)
   cotangents = _cotangents(batch)
 
   def objective(params):

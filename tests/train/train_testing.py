@@ -69,7 +69,7 @@ def make_tiny_config(pair_files=None, **changes):
   """A config that trains a tiny Llama on 128 pairs in seconds.
 
   Args:
-    pair_files: ``(train_path, eval_path)`` from `write_pair_files`; None for
+    pair_files: ``(train_path, eval_path)`` from ``write_pair_files``; None for
       the synthetic task (whose pairs the reference samples: slower).
     **changes: dotted keys and values, e.g. ``**{"loss.name": "slpo"}``.
 
@@ -84,7 +84,7 @@ def make_tiny_config(pair_files=None, **changes):
   config.checkpoint_every = 0
   config.keep_checkpoints = 3
   config.loss.name = "dpo"
-  # A constant rate: the compiled step is then the same for any `steps`.
+  # A constant rate: the compiled step is then the same for any ``steps``.
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 0
   config.optimizer.decay = "constant"
@@ -187,7 +187,7 @@ def start_train_main(config, workdir, *flags: str, devices: int = 8,
 
 
 def process_output(process: subprocess.Popen) -> str:
-  """What a process started by `start_train_main` has printed so far."""
+  """What a process started by ``start_train_main`` has printed so far."""
   return process.log_path.read_text()
 
 

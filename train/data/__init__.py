@@ -15,8 +15,8 @@ Typical use::
   logging.info(train_iter.report.summary())
   batch = next(train_iter)   # dict of numpy arrays, see collate_pairs
 
-A batch holds `{chosen,rejected}_{input_ids,attention_mask,labels,loss_mask}`
-``[B, T]``, `example_weight` ``[B]`` and `example_id` ``[B]``.
+A batch holds ``{chosen,rejected}_{input_ids,attention_mask,labels,loss_mask}``
+``[B, T]``, ``example_weight`` ``[B]`` and ``example_id`` ``[B]``.
 """
 
 from train.data.batching import BatchIterator

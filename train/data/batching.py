@@ -1,6 +1,6 @@
 """Batches with static shapes, and a checkpointable iterator over them.
 
-Length buckets: a batch is padded to the smallest bucket in `length_buckets`
+Length buckets: a batch is padded to the smallest bucket in ``length_buckets``
 that fits its longest sequence, so jit compiles one program per bucket. We pad
 every pair of a batch to the batch's bucket instead of grouping pairs by
 bucket: batches stay plain random-access slices of a shuffled index, so the
@@ -9,11 +9,11 @@ order does not depend on lengths, and each batch is an unbiased sample of the
 data. The price is more padding when short and long pairs mix in one batch.
 
 Order, shuffling, sharding and the saved position come from grain:
-`MapDataset.source(...)[shard_index::shard_count]` gives each host a disjoint
-strided share, `.shuffle(seed).repeat()` reshuffles every epoch from the seed,
-and the iterator's state is the index of the next batch. `BatchIterator` is a
-`grain.DatasetIterator`, so orbax saves it with grain's checkpoint handler
-(`grain.checkpoint.CheckpointSave(iterator)`).
+``MapDataset.source(...)[shard_index::shard_count]`` gives each host a disjoint
+strided share, ``.shuffle(seed).repeat()`` reshuffles every epoch from the seed,
+and the iterator's state is the index of the next batch. ``BatchIterator`` is a
+``grain.DatasetIterator``, so orbax saves it with grain's checkpoint handler
+(``grain.checkpoint.CheckpointSave(iterator)``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket that holds `length` tokens."""
+  """The smallest bucket that holds ``length`` tokens."""
   for bucket in sorted(buckets):
     if length <= bucket:
       return bucket
@@ -82,14 +82,15 @@ def _weights_and_ids(entries: Sequence[Weighted]) -> Batch:
 def collate_pairs(
     entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
 ) -> Batch:
-  """Stacks weighted `TokenizedPair`s into a preference batch.
+  """Stacks weighted ``TokenizedPair``s into a preference batch.
 
   Returns:
-    `chosen_` and `rejected_` `input_ids`, `attention_mask`, `labels` (int32)
-    and `loss_mask` (bool), all ``[B, T]`` with T the batch's bucket;
-    `example_weight` ``[B]`` float32 and `example_id` ``[B]`` int64. The loss
-    mask is True where the label is a response token: from the label at the
-    last prompt position to the label at the second-to-last token.
+    ``chosen_`` and ``rejected_`` ``input_ids``, ``attention_mask``,
+    ``labels`` (int32) and ``loss_mask`` (bool), all ``[B, T]`` with T the
+    batch's bucket; ``example_weight`` ``[B]`` float32 and ``example_id``
+    ``[B]`` int64. The loss mask is True where the label is a response token:
+    from the label at the last prompt position to the label at the
+    second-to-last token.
   """
   length = bucket_length(max(pair.length for pair, _ in entries), buckets)
   batch = _weights_and_ids(entries)
@@ -117,11 +118,12 @@ class TokenSequence:
 def collate_sequences(
     entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
 ) -> Batch:
-  """Stacks weighted `TokenSequence`s into a supervised batch.
+  """Stacks weighted ``TokenSequence``s into a supervised batch.
 
   Returns:
-    `input_ids`, `attention_mask`, `labels`, `loss_mask` ``[B, T]`` (every
-    token after BOS is a label in the loss), `example_weight`, `example_id`.
+    ``input_ids``, ``attention_mask``, ``labels``, ``loss_mask`` ``[B, T]``
+    (every token after BOS is a label in the loss), ``example_weight``,
+    ``example_id``.
   """
   length = bucket_length(max(seq.length for seq, _ in entries), buckets)
   batch = _weights_and_ids(entries)
@@ -132,13 +134,13 @@ def collate_sequences(
 class BatchIterator(grain.DatasetIterator):
   """An iterator of batches whose position can be saved and restored.
 
-  `get_state()` returns a small JSON-serialisable dict: the grain position
+  ``get_state()`` returns a small JSON-serialisable dict: the grain position
   plus what the position means (dataset fingerprint, seed, batch size,
-  shard). `set_state` refuses a state saved for different data or settings,
+  shard). ``set_state`` refuses a state saved for different data or settings,
   since resuming there would silently replay different batches.
 
   Attributes:
-    fingerprint: hash of the tokenized dataset (see `encode.fingerprint`).
+    fingerprint: hash of the tokenized dataset (see ``encode.fingerprint``).
     report: what loading the data did.
     num_examples: examples in the dataset (all shards).
     num_shard_examples: examples this host iterates over per epoch.
@@ -194,11 +196,11 @@ def make_batch_iterator(
     fingerprint: str,
     report: DataReport,
 ) -> BatchIterator:
-  """Batches `examples` for one host.
+  """Batches ``examples`` for one host.
 
   Args:
     examples: the whole dataset (every host passes the same list).
-    collate: stacks a list of `(example, weight)` into a batch.
+    collate: stacks a list of ``(example, weight)`` into a batch.
     batch_size: examples per batch on this host.
     seed: shuffling seed (training); the order is a pure function of it.
     shard_index: this host's index, in [0, shard_count).

@@ -1,9 +1,9 @@
 """The data section of the training config: defaults and validation.
 
-`default_data_config()` is embedded by `configs/base.py` as `config.data`;
+``default_data_config()`` is embedded by ``configs/base.py`` as ``config.data``;
 every key is documented there and below. Validation happens when a dataset is
 loaded, so a bad setting stops the program before training with a one-line
-`DataError`.
+``DataError``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.source = "synthetic"
   # JSONL file (plain or gzip) of training pairs, for 'jsonl' and 'hh'.
   config.train_path = ""
-  # JSONL file of evaluation pairs; '' to hold out `eval_fraction` of train.
+  # JSONL file of evaluation pairs; '' to hold out ``eval_fraction`` of train.
   config.eval_path = ""
   # TFDS dataset name, e.g. 'local_preferences/my_pairs' (see tfds_builder).
   config.tfds_name = ""
   # TFDS data directory; '' for TFDS's default (~/tensorflow_datasets).
   config.tfds_data_dir = ""
-  # TFDS split names; an empty eval split holds out `eval_fraction` of train.
+  # TFDS split names; an empty eval split holds out ``eval_fraction`` of train.
   config.tfds_split_train = "train"
   config.tfds_split_eval = ""
   # Record field names ('a/b' reads nested field b of a). For 'hh', chosen
@@ -88,7 +88,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 def validate_data_config(config: ml_collections.ConfigDict,
                          split: str) -> None:
-  """Checks the settings that loading `split` depends on.
+  """Checks the settings that loading ``split`` depends on.
 
   Raises:
     DataError: with a one-line message naming the key.

@@ -6,10 +6,10 @@ prompt is tokenized once and shared by both sequences, so chosen and rejected
 carry identical prompt tokens at identical positions.
 
 Truncation follows the DPO reference implementation
-(`tokenize_batch_element`, truncation_mode='keep_end'): only when prompt plus
-the longer response exceeds `max_length`, the prompt is first cut to
-`max_prompt_length` keeping its end (the last turn is what the response
-answers), then both responses are cut to `max_length - prompt_length`. A cut
+(``tokenize_batch_element``, truncation_mode='keep_end'): only when prompt plus
+the longer response exceeds ``max_length``, the prompt is first cut to
+``max_prompt_length`` keeping its end (the last turn is what the response
+answers), then both responses are cut to ``max_length - prompt_length``. A cut
 response loses its EOS, as in the reference: it did not end there. BOS is kept
 through prompt truncation so every sequence starts with it.
 """
@@ -75,7 +75,7 @@ def truncate(
     rejected: rejected response tokens, EOS last.
     max_length: most tokens of prompt plus response.
     max_prompt_length: most prompt tokens (BOS included) when truncating;
-      must be less than `max_length`, so every response keeps a token.
+      must be less than ``max_length``, so every response keeps a token.
   """
   assert 0 < max_prompt_length < max_length, (max_prompt_length, max_length)
   prompt, chosen, rejected = list(prompt), list(chosen), list(rejected)
@@ -106,7 +106,7 @@ def make_token_pair(
     policy: BadRecordPolicy,
     report: DataReport,
 ) -> TokenizedPair | None:
-  """Truncates one pair, counts it in `report`; None if it became bad."""
+  """Truncates one pair, counts it in ``report``; None if it became bad."""
   cut = truncate(prompt, chosen, rejected, max_length=max_length,
                  max_prompt_length=max_prompt_length)
   if cut.chosen == cut.rejected:
@@ -145,7 +145,7 @@ def encode_pairs(
   token_pairs = []
   for i, pair in enumerate(pairs):
     prompt, chosen, rejected = encoded[3 * i:3 * i + 3]
-    # `encode` should add no special tokens; if a custom tokenizer adds BOS
+    # ``encode`` should add no special tokens; if a custom tokenizer adds BOS
     # anyway, keep its BOS rather than adding a second one.
     if not prompt or prompt[0] != bos:
       prompt = [bos] + prompt
@@ -179,7 +179,9 @@ def fingerprint(pairs: Sequence[TokenizedPair], tokenizer: Tokenizer) -> str:
 
 
 def sequences_fingerprint(sequences: Sequence) -> str:
-  """`fingerprint` for single sequences (`example_id`, `tokens`) of SFT data."""
+  """``fingerprint`` for single sequences (``example_id``, ``tokens``) of SFT
+  data.
+  """
   digest = hashlib.sha256(np.asarray([len(sequences)], "<i8").tobytes())
   for sequence in sequences:
     digest.update(np.asarray([sequence.example_id, len(sequence.tokens)],

@@ -1,6 +1,6 @@
 """Loading a preference dataset and iterating over its batches.
 
-`load_dataset` does all the work that can fail (reading, validating,
+``load_dataset`` does all the work that can fail (reading, validating,
 tokenizing) eagerly, so bad data stops the program before training starts.
 Every host loads the whole source, so all hosts agree on errors, the report
 and the fingerprint; each then iterates only over its own shard.
@@ -34,7 +34,7 @@ class PreferenceDataset:
     pairs: the pairs, in source order.
     report: what loading did (loaded, skipped by reason, truncated).
     fingerprint: hash of the tokenized pairs, a cache key (e.g. for
-      reference log-probs indexed by `example_id`).
+      reference log-probs indexed by ``example_id``).
     pad_id: the tokenizer's padding id.
     length_buckets: padded lengths batches may have.
   """
@@ -57,7 +57,7 @@ class PreferenceDataset:
       shard_count: int,
       repeat: bool,
   ) -> batching.BatchIterator:
-    """A checkpointable iterator of batches (see `make_pipeline`)."""
+    """A checkpointable iterator of batches (see ``make_pipeline``)."""
 
     def collate(entries):
       return batching.collate_pairs(
@@ -72,14 +72,14 @@ class PreferenceDataset:
 def make_tokenizer(
     data_config: ml_collections.ConfigDict, model_checkpoint: str = ""
 ) -> Tokenizer:
-  """The tokenizer for `data_config`.
+  """The tokenizer for ``data_config``.
 
   Args:
     data_config: the data config. Built-in tasks get their word tokenizer;
-      otherwise `data_config.tokenizer` names it (see `load_tokenizer`), and
+      otherwise ``data_config.tokenizer`` names it (see ``load_tokenizer``), and
       '' means the tokenizer saved with the model checkpoint.
     model_checkpoint: the model checkpoint directory, read when
-      `data_config.tokenizer` is ''.
+      ``data_config.tokenizer`` is ''.
 
   Raises:
     DataError: no such tokenizer, or a tokenizer set for a built-in task.
@@ -115,7 +115,7 @@ def _read_text_pairs(
     policy: BadRecordPolicy,
     report: DataReport,
 ) -> list[sources.TextPair]:
-  """Reads the text pairs of `split`, holding out eval pairs if asked."""
+  """Reads the text pairs of ``split``, holding out eval pairs if asked."""
   if config.source == "tfds":
     from train.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
@@ -148,18 +148,18 @@ def load_dataset(
   """Reads, validates and tokenizes one split.
 
   Args:
-    data_config: the data config (`default_data_config()` documents it).
-    tokenizer: from `make_tokenizer(data_config)`.
+    data_config: the data config (``default_data_config()`` documents it).
+    tokenizer: from ``make_tokenizer(data_config)``.
     split: 'train' or 'eval'.
     sample_fn: synthetic task only: the reference model's sampler, used to
       make pairs for the split's prompts (see
-      `train.data.synthetic.synthetic_token_pairs`).
+      ``train.data.synthetic.synthetic_token_pairs``).
     pairs: synthetic task only: ready-made pairs for this split. With neither
-      `sample_fn` nor `pairs`, pairs are sampled from the base language.
+      ``sample_fn`` nor ``pairs``, pairs are sampled from the base language.
 
   Raises:
     DataError: bad config, unreadable source, a bad record under
-      `on_bad_record='error'`, or no pairs.
+      ``on_bad_record='error'``, or no pairs.
   """
   validate_data_config(data_config, split)
   report = DataReport(source=_source_name(data_config, split), split=split)
@@ -204,29 +204,29 @@ def make_pipeline(
     pairs: PreferencePairs | None = None,
     single_pass: bool | None = None,
 ) -> batching.BatchIterator:
-  """Loads `split` and returns this host's iterator of preference batches.
+  """Loads ``split`` and returns this host's iterator of preference batches.
 
   Args:
     data_config: the data config.
-    tokenizer: from `make_tokenizer(data_config)`.
+    tokenizer: from ``make_tokenizer(data_config)``.
     batch_size: pairs per batch on this host (the global batch divided by
-      `shard_count`).
+      ``shard_count``).
     seed: shuffling seed; the batch sequence is a pure function of the data,
       the seed, the batch size and the shard.
-    shard_index: this host's index (`jax.process_index()`).
-    shard_count: number of hosts (`jax.process_count()`).
+    shard_index: this host's index (``jax.process_index()``).
+    shard_count: number of hosts (``jax.process_count()``).
     split: 'train' or 'eval'.
-    sample_fn: see `load_dataset`.
-    pairs: see `load_dataset`.
+    sample_fn: see ``load_dataset``.
+    pairs: see ``load_dataset``.
     single_pass: False: shuffled, repeating forever (training). True: one
       pass in source order, the last batch filled with rows of
-      `example_weight` 0 (evaluation, or precomputing reference log-probs).
+      ``example_weight`` 0 (evaluation, or precomputing reference log-probs).
       None: False for 'train', True for 'eval'.
 
   Returns:
-    A `grain.DatasetIterator` of batch dicts with `get_state()` /
-    `set_state()`, plus `fingerprint`, `report`, `num_examples` and
-    `num_batches` (eval) attributes.
+    A ``grain.DatasetIterator`` of batch dicts with ``get_state()`` /
+    ``set_state()``, plus ``fingerprint``, ``report``, ``num_examples`` and
+    ``num_batches`` (eval) attributes.
   """
   dataset = load_dataset(data_config, tokenizer=tokenizer, split=split,
                          sample_fn=sample_fn, pairs=pairs)
@@ -238,7 +238,7 @@ def make_pipeline(
 
 
 def fingerprint(data) -> str:
-  """The dataset fingerprint of a `make_pipeline` iterator or a dataset."""
+  """The dataset fingerprint of a ``make_pipeline`` iterator or a dataset."""
   return data.fingerprint
 
 

@@ -1,8 +1,9 @@
 """Data errors and the report of what was loaded, skipped and truncated.
 
 Every record the pipeline reads ends up in exactly one place: loaded, or
-skipped under a named reason (or, with `on_bad_record='error'`, a `DataError`
-naming the file and line). Nothing is dropped without being counted.
+skipped under a named reason (or, with ``on_bad_record='error'``, a
+``DataError`` naming the file and line). Nothing is dropped without being
+counted.
 """
 
 from __future__ import annotations
@@ -40,16 +41,16 @@ class DataReport:
     split: 'train' or 'eval'.
     num_records: records read (blank lines not counted).
     num_loaded: pairs in the dataset.
-    skipped: records skipped, by reason (see `BAD_RECORD_REASONS`; the
+    skipped: records skipped, by reason (see ``BAD_RECORD_REASONS``; the
       synthetic task adds 'tied_reward' for prompts whose two samples scored
       the same, which carry no preference).
     first_skipped: where the first record skipped for each reason was.
     num_held_out: pairs of the source assigned to the other split by
-      `eval_fraction`.
+      ``eval_fraction``.
     num_blank_lines: whitespace-only lines, which are not records.
-    num_truncated_prompts: pairs whose prompt was cut to `max_prompt_length`.
+    num_truncated_prompts: pairs whose prompt was cut to ``max_prompt_length``.
     num_truncated_responses: pairs whose responses were cut to fit
-      `max_length`.
+      ``max_length``.
   """
 
   source: str
@@ -86,7 +87,7 @@ class DataReport:
 
 
 class BadRecordPolicy:
-  """Applies `on_bad_record` to one bad record: raise, or count it."""
+  """Applies ``on_bad_record`` to one bad record: raise, or count it."""
 
   def __init__(self, on_bad_record: str, report: DataReport):
     if on_bad_record not in ON_BAD_RECORD:
@@ -98,7 +99,7 @@ class BadRecordPolicy:
     self._counts = collections.Counter(report.skipped)
 
   def bad(self, reason: str, location: str, detail: str = "") -> None:
-    """Handles a bad record at `location` (e.g. 'data.jsonl:12')."""
+    """Handles a bad record at ``location`` (e.g. 'data.jsonl:12')."""
     assert reason in BAD_RECORD_REASONS, reason
     if self._raise:
       message = f"{location}: {reason}: {detail or BAD_RECORD_REASONS[reason]}"

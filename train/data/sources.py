@@ -3,16 +3,16 @@
 Two record layouts:
 
 * explicit: each record has a prompt, a chosen and a rejected response
-  (field names from `field_map`; 'a/b' reads the nested field b of a);
-* HH transcripts: each record has the full `chosen` and `rejected`
+  (field names from ``field_map``; 'a/b' reads the nested field b of a);
+* HH transcripts: each record has the full ``chosen`` and ``rejected``
   dialogues. The prompt is the chosen transcript up to and including its
   last "\\n\\nAssistant:", as in the DPO reference implementation
-  (`extract_anthropic_prompt`), and the rejected transcript must start with
+  (``extract_anthropic_prompt``), and the rejected transcript must start with
   the same prompt. It is not the common prefix of the two transcripts: that
   would swallow the first words the two responses happen to share.
 
-Records are validated here (see `report.BAD_RECORD_REASONS`); a bad record
-raises `DataError` or is counted, as `on_bad_record` says.
+Records are validated here (see ``report.BAD_RECORD_REASONS``); a bad record
+raises ``DataError`` or is counted, as ``on_bad_record`` says.
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def pairs_from_records(
     policy: BadRecordPolicy,
     report: DataReport,
 ) -> list[TextPair]:
-  """Validates `(example_id, location, record)` triples into pairs.
+  """Validates ``(example_id, location, record)`` triples into pairs.
 
-  A record given as a `_BadRecord` exception (e.g. a line that did not parse)
+  A record given as a ``_BadRecord`` exception (e.g. a line that did not parse)
   is handed to the policy like any other bad record.
   """
   pairs = []
@@ -216,7 +216,7 @@ def read_jsonl_pairs(
 
   Raises:
     DataError: missing, unreadable or empty file, a bad record under
-      `on_bad_record='error'`, or no usable record at all.
+      ``on_bad_record='error'``, or no usable record at all.
   """
   data = _read_bytes(path)
   pairs = pairs_from_records(
@@ -240,13 +240,13 @@ def split_held_out(
 ) -> tuple[list[TextPair], int]:
   """Splits held-out evaluation pairs off one source.
 
-  The eval pairs are the `round(eval_fraction * n)` pairs (at least one)
+  The eval pairs are the ``round(eval_fraction * n)`` pairs (at least one)
   with the smallest content hash: the split does not depend on the training
   seed or the file order, a pair keeps its side when other lines are added,
   and exact duplicates land on the same side, so none leaks into eval.
 
   Returns:
-    The pairs of `split` in source order, and how many went to the other.
+    The pairs of ``split`` in source order, and how many went to the other.
   """
   if not 0.0 < eval_fraction < 1.0:
     raise DataError(

@@ -2,11 +2,11 @@
 
 Preference pairs of the synthetic task are two samples per prompt from the
 reference model, the higher-reward one preferred. The training program passes
-a `sample_fn` built from the reference model's `generate`; without one, the
+a ``sample_fn`` built from the reference model's ``generate``; without one, the
 base language itself stands in for the reference model (what the reference
 model is fine-tuned to imitate), so the pipeline runs and is tested alone.
 
-Random streams are derived from `data.synthetic.language_seed` (not from the
+Random streams are derived from ``data.synthetic.language_seed`` (not from the
 shuffling seed), so the prompts and pairs are the same across training runs that
 differ only in their seed.
 """
@@ -76,7 +76,7 @@ def synthetic_prompts(config: ml_collections.ConfigDict,
   """The prompts of a split (word ids, no BOS), ``[N, prompt_length]``.
 
   Row i is the prompt of the pair with example_id i; evaluation uses these
-  to sample from the trained policy and score it with `sentiment_reward`.
+  to sample from the trained policy and score it with ``sentiment_reward``.
   """
   task = config.synthetic
   num = task.num_prompts if split == "train" else task.num_eval_prompts
@@ -100,11 +100,11 @@ def synthetic_token_pairs(
     config: the data config.
     split: 'train' or 'eval'.
     sample_fn: ``sample_fn(prompts, rng) -> responses`` (see
-      `slpo_jax.tasks.synthetic.make_preference_pairs`) used on the split's
-      prompts (`synthetic_prompts`); prompts are word ids without BOS, so a
-      model-based sampler prepends `BOS_ID`.
-    pairs: pairs made by the caller, used as they are (their `prompt_index`
-      becomes `example_id`). At most one of `sample_fn` and `pairs`; with
+      ``slpo_jax.tasks.synthetic.make_preference_pairs``) used on the split's
+      prompts (``synthetic_prompts``); prompts are word ids without BOS, so a
+      model-based sampler prepends ``BOS_ID``.
+    pairs: pairs made by the caller, used as they are (their ``prompt_index``
+      becomes ``example_id``). At most one of ``sample_fn`` and ``pairs``; with
       neither, pairs are sampled from the base language.
     policy: what to do with a bad pair.
     report: counts; prompts whose samples tied are 'tied_reward' skips.
@@ -164,7 +164,7 @@ def synthetic_sft_sequences(
 ) -> list[batching.TokenSequence]:
   """Base-language texts (BOS, prompt words, response, EOS) for SFT.
 
-  'train' has `num_sft_sequences` texts, 'eval' `num_eval_prompts`.
+  'train' has ``num_sft_sequences`` texts, 'eval' ``num_eval_prompts``.
   """
   task = config.synthetic
   num = task.num_sft_sequences if split == "train" else task.num_eval_prompts
@@ -197,8 +197,8 @@ def make_sft_pipeline(
 ) -> batching.BatchIterator:
   """Batches of base-language text for fine-tuning the reference model.
 
-  Batches hold `input_ids`, `attention_mask`, `labels`, `loss_mask` (every
-  token after BOS), `example_weight` and `example_id`, with the same
+  Batches hold ``input_ids``, ``attention_mask``, ``labels``, ``loss_mask``
+  (every token after BOS), ``example_weight`` and ``example_id``, with the same
   conventions as the preference batches; training repeats and shuffles,
   'eval' is one pass.
   """

@@ -1,21 +1,21 @@
 """TFDS: a builder for local preference files, and reading TFDS datasets.
 
-`LocalPreferences` turns JSONL files (explicit or HH transcripts) into a TFDS
+``LocalPreferences`` turns JSONL files (explicit or HH transcripts) into a TFDS
 dataset in ArrayRecord format, offline and without TensorFlow::
 
   python -m train.data.tfds_builder --name=hh_harmless \\
       --train_path=train.jsonl.gz --eval_path=test.jsonl.gz --hh \\
       --on_bad_record=skip --data_dir=/data/tfds
 
-then `tfds.builder('local_preferences/hh_harmless', data_dir=...)` or
-`tfds.data_source(...)` reads it, and the training program uses it with
-`data.source='tfds'`, `data.tfds_name='local_preferences/hh_harmless'`,
-`data.tfds_data_dir='/data/tfds'`. Records are validated while building, with
+then ``tfds.builder('local_preferences/hh_harmless', data_dir=...)`` or
+``tfds.data_source(...)`` reads it, and the training program uses it with
+``data.source='tfds'``, ``data.tfds_name='local_preferences/hh_harmless'``,
+``data.tfds_data_dir='/data/tfds'``. Records are validated while building, with
 the same rules as the JSONL source; what was skipped is stored in the
-dataset's metadata. `tfds.load` itself returns a `tf.data.Dataset` and so
+dataset's metadata. ``tfds.load`` itself returns a ``tf.data.Dataset`` and so
 needs TensorFlow; the random-access data source does not.
 
-Catalog datasets are read through `data.field_map` (their prompt, chosen and
+Catalog datasets are read through ``data.field_map`` (their prompt, chosen and
 rejected feature names; 'a/b' for nested features). They must be prepared
 beforehand: the training program never downloads.
 """
@@ -31,7 +31,7 @@ import sys
 import ml_collections
 import numpy as np
 
-# tensorflow-datasets 4.9 imports the `importlib_resources` backport when a
+# tensorflow-datasets 4.9 imports the ``importlib_resources`` backport when a
 # builder locates its code; on Python >= 3.9 the standard library module is
 # the same API, so alias it when the backport is not installed.
 try:
@@ -79,8 +79,8 @@ class LocalPreferencesConfig(tfds.core.BuilderConfig):
 class LocalPreferences(tfds.core.GeneratorBasedBuilder):
   """Preference pairs from local JSONL files.
 
-  Features: `prompt`, `chosen`, `rejected` (text; for transcripts, the
-  prompt and the two responses after splitting) and `example_id` (the
+  Features: ``prompt``, ``chosen``, ``rejected`` (text; for transcripts, the
+  prompt and the two responses after splitting) and ``example_id`` (the
   record's 0-based line in its file).
   """
 
@@ -139,9 +139,9 @@ def prepare_local_preferences(
     on_bad_record: str = "error",
     data_dir: str | None = None,
 ) -> tfds.core.DatasetBuilder:
-  """Builds `local_preferences/<name>` from local files and returns it.
+  """Builds ``local_preferences/<name>`` from local files and returns it.
 
-  Building is skipped when the dataset already exists in `data_dir`.
+  Building is skipped when the dataset already exists in ``data_dir``.
   """
   field_map = dict(field_map or {})
   config = LocalPreferencesConfig(
@@ -165,12 +165,12 @@ def read_tfds_pairs(
 ) -> list[sources.TextPair]:
   """Reads and validates one split of a prepared TFDS dataset.
 
-  The example id is the record's `example_id` feature when it has one (as
-  `local_preferences` datasets do), else its index in the split.
+  The example id is the record's ``example_id`` feature when it has one (as
+  ``local_preferences`` datasets do), else its index in the split.
 
   Raises:
     DataError: the dataset or split cannot be opened, or a bad record under
-      `on_bad_record='error'`.
+      ``on_bad_record='error'``.
   """
   name = config.tfds_name
   try:

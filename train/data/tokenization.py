@@ -1,10 +1,10 @@
 """Tokenizers: one small protocol, three implementations.
 
-* `ByteTokenizer`: UTF-8 bytes plus BOS, EOS, PAD; needs no files.
-* `HFTokenizer`: a Hugging Face `tokenizers` tokenizer.json.
-* `SentencePieceTokenizer`: a SentencePiece .model file.
+* ``ByteTokenizer``: UTF-8 bytes plus BOS, EOS, PAD; needs no files.
+* ``HFTokenizer``: a Hugging Face ``tokenizers`` tokenizer.json.
+* ``SentencePieceTokenizer``: a SentencePiece .model file.
 
-Contract of `encode`: it returns the tokens of the text alone, never special
+Contract of ``encode``: it returns the tokens of the text alone, never special
 tokens. The pipeline adds BOS before the prompt and EOS after each response
 itself, so a tokenizer whose post-processor would add BOS (most tokenizer.json
 files of Llama-style models do) cannot produce a doubled BOS: its
@@ -42,11 +42,11 @@ class Tokenizer(Protocol):
     ...
 
   def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, without special tokens."""
+    """Token ids of ``text``, without special tokens."""
     ...
 
   def decode(self, ids: Sequence[int]) -> str:
-    """Text of `ids`, special tokens dropped."""
+    """Text of ``ids``, special tokens dropped."""
     ...
 
 
@@ -103,10 +103,10 @@ class _SpecialIds:
 
 
 class HFTokenizer(_SpecialIds):
-  """A Hugging Face `tokenizers` tokenizer.json.
+  """A Hugging Face ``tokenizers`` tokenizer.json.
 
   The special tokens come from arguments, else from a tokenizer_config.json
-  next to the file (as saved by `transformers`), else from common spellings.
+  next to the file (as saved by ``transformers``), else from common spellings.
   Without a BOS token, EOS is used as BOS (the GPT-2 convention); without a
   PAD token, EOS pads (padding is masked out everywhere, so its id is
   immaterial). A tokenizer without an EOS token is rejected: responses must
@@ -166,7 +166,7 @@ class HFTokenizer(_SpecialIds):
     return self._tokenizer.encode(text, add_special_tokens=False).ids
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    """`encode` of many texts at once, in parallel in Rust."""
+    """``encode`` of many texts at once, in parallel in Rust."""
     encodings = self._tokenizer.encode_batch(
         list(texts), add_special_tokens=False)
     return [e.ids for e in encodings]
@@ -210,7 +210,7 @@ class SentencePieceTokenizer(_SpecialIds):
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-  """Loads a tokenizer from `data.tokenizer`.
+  """Loads a tokenizer from ``data.tokenizer``.
 
   Args:
     spec: 'bytes', a path to a tokenizer.json (any name ending in .json), a
