@@ -52,8 +52,15 @@ def main(argv: list[str]) -> None:
   command, rest = argv[0], argv[1:]
   ensure_environment()
   if command == "train":
-    _run("-m", "train.main", "--config", "configs/default.py",
-         "--workdir", "workdirs/default", *rest)
+    _run(
+      "-m",
+      "train.main",
+      "--config",
+      "configs/default.py",
+      "--workdir",
+      "workdirs/default",
+      *rest,
+    )
   else:
     _run("-m", "ruff", "check", ".")
     _run("-m", "ruff", "format", "--check", ".")

@@ -36,8 +36,8 @@ import statistics
 import time
 
 import jax
-import jaxlib
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 import slpo_jax
@@ -49,11 +49,11 @@ RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 # data sheets, keyed by a substring of `device.device_kind`. Checked in order,
 # so the more specific names come first.
 BF16_PEAK_TFLOPS = (
-    ("H200", 989.0),
-    ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # SXM5 (device_kind "NVIDIA H100 80GB HBM3")
-    ("A100", 312.0),
+  ("H200", 989.0),
+  ("H100 NVL", 835.0),
+  ("H100 PCIe", 756.0),
+  ("H100", 989.0),  # SXM5 (device_kind "NVIDIA H100 80GB HBM3")
+  ("A100", 312.0),
 )
 
 
@@ -78,20 +78,20 @@ def cpu_model() -> str:
 def machine_description() -> dict:
   device = jax.devices()[0]
   return {
-      "cpu_model": cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "platform": device.platform,
-      "device_kind": device.device_kind,
-      "device_count": jax.device_count(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "python": platform.python_version(),
-      # Other work on the machine slows both paths; the runs are interleaved
-      # so the ratios hold up, but the absolute seconds do not.
-      "load_average_at_start": os.getloadavg()[0],
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"
-      ),
+    "cpu_model": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "python": platform.python_version(),
+    # Other work on the machine slows both paths; the runs are interleaved
+    # so the ratios hold up, but the absolute seconds do not.
+    "load_average_at_start": os.getloadavg()[0],
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"
+    ),
   }
 
 
@@ -100,7 +100,7 @@ def make_inputs(batch, length, hidden_size, vocab, dtype, seed=0):
   hidden = jax.random.normal(k_hidden, (batch, length, hidden_size))
   # Scaled so the logits have unit variance, as after a trained final norm.
   lm_head = jax.random.normal(k_head, (hidden_size, vocab)) / np.sqrt(
-      hidden_size
+    hidden_size
   )
   labels = jax.random.randint(k_labels, (batch, length), 0, vocab)
   return hidden.astype(dtype), lm_head.astype(dtype), labels
@@ -114,8 +114,11 @@ def plain_loss(hidden, lm_head, labels):
 
 def fused_loss(hidden, lm_head, labels, vocab_chunk=None, token_chunk=None):
   logp, not_logp = fused.sequence_logps_from_hidden(
-      hidden, lm_head, labels,
-      vocab_chunk_size=vocab_chunk, token_chunk_size=token_chunk,
+    hidden,
+    lm_head,
+    labels,
+    vocab_chunk_size=vocab_chunk,
+    token_chunk_size=token_chunk,
   )
   return jnp.sum(logp) + jnp.sum(not_logp)
 
@@ -172,27 +175,27 @@ def measure(vocab, args, dtype, vocab_chunk=None, token_chunk=None):
   inputs = make_inputs(batch, length, args.hidden_size, vocab, dtype)
   plain = compile_step(plain_loss, inputs)
   fused_step = compile_step(
-      lambda h, w, y: fused_loss(h, w, y, vocab_chunk, token_chunk), inputs
+    lambda h, w, y: fused_loss(h, w, y, vocab_chunk, token_chunk), inputs
   )
   difference = max_relative_difference(plain(*inputs), fused_step(*inputs))
   medians, cpu_medians, samples = interleaved_medians(
-      {"plain": plain, "fused": fused_step}, inputs, args.repeats, args.warmup
+    {"plain": plain, "fused": fused_step}, inputs, args.repeats, args.warmup
   )
   tokens = batch * length
   row = {
-      "dtype": jnp.dtype(dtype).name,
-      "vocab": vocab,
-      "tokens": tokens,
-      "hidden_size": args.hidden_size,
-      "plain_temp_bytes": temp_bytes(plain),
-      "fused_temp_bytes": temp_bytes(fused_step),
-      "plain_seconds": medians["plain"],
-      "fused_seconds": medians["fused"],
-      "plain_cpu_seconds": cpu_medians["plain"],
-      "fused_cpu_seconds": cpu_medians["fused"],
-      "plain_samples_wall_cpu": samples["plain"],
-      "fused_samples_wall_cpu": samples["fused"],
-      "max_relative_difference": difference,
+    "dtype": jnp.dtype(dtype).name,
+    "vocab": vocab,
+    "tokens": tokens,
+    "hidden_size": args.hidden_size,
+    "plain_temp_bytes": temp_bytes(plain),
+    "fused_temp_bytes": temp_bytes(fused_step),
+    "plain_seconds": medians["plain"],
+    "fused_seconds": medians["fused"],
+    "plain_cpu_seconds": cpu_medians["plain"],
+    "fused_cpu_seconds": cpu_medians["fused"],
+    "plain_samples_wall_cpu": samples["plain"],
+    "fused_samples_wall_cpu": samples["fused"],
+    "max_relative_difference": difference,
   }
   row["memory_ratio"] = row["fused_temp_bytes"] / row["plain_temp_bytes"]
   row["time_ratio"] = row["fused_seconds"] / row["plain_seconds"]
@@ -212,27 +215,27 @@ def mib(n: int) -> str:
 def format_table(machine, rows, gpu_note) -> str:
   """The printed table: one row per (dtype, V), then the GPU lines."""
   lines = [
-      f"Machine: {machine['cpu_model']} ({machine['cpu_count']} cores),"
-      f" platform {machine['platform']} ({machine['device_kind']}),"
-      f" jax {machine['jax']}; load average"
-      f" {machine['load_average_at_start']:.1f} at start,"
-      f" {machine['load_average_at_end']:.1f} at end.",
-      f"Shapes: B*T = {rows[0]['tokens']:,} tokens, d ="
-      f" {rows[0]['hidden_size']}; jitted forward + backward of sum(logp) +"
-      " sum(not_logp); seconds are medians of interleaved runs.",
-      "",
-      "| dtype | V | plain temp MiB | fused temp MiB | fused/plain memory"
-      " | plain s | fused s | fused/plain wall time | fused/plain CPU time"
-      " | max rel. diff |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    f"Machine: {machine['cpu_model']} ({machine['cpu_count']} cores),"
+    f" platform {machine['platform']} ({machine['device_kind']}),"
+    f" jax {machine['jax']}; load average"
+    f" {machine['load_average_at_start']:.1f} at start,"
+    f" {machine['load_average_at_end']:.1f} at end.",
+    f"Shapes: B*T = {rows[0]['tokens']:,} tokens, d ="
+    f" {rows[0]['hidden_size']}; jitted forward + backward of sum(logp) +"
+    " sum(not_logp); seconds are medians of interleaved runs.",
+    "",
+    "| dtype | V | plain temp MiB | fused temp MiB | fused/plain memory"
+    " | plain s | fused s | fused/plain wall time | fused/plain CPU time"
+    " | max rel. diff |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
     lines.append(
-        f"| {r['dtype']} | {r['vocab']:,} | {mib(r['plain_temp_bytes'])} |"
-        f" {mib(r['fused_temp_bytes'])} | {r['memory_ratio']:.4f}"
-        f" (1/{1 / r['memory_ratio']:,.0f}) | {r['plain_seconds']:.3f} |"
-        f" {r['fused_seconds']:.3f} | {r['time_ratio']:.2f} |"
-        f" {r['cpu_time_ratio']:.2f} | {r['max_relative_difference']:.1e} |"
+      f"| {r['dtype']} | {r['vocab']:,} | {mib(r['plain_temp_bytes'])} |"
+      f" {mib(r['fused_temp_bytes'])} | {r['memory_ratio']:.4f}"
+      f" (1/{1 / r['memory_ratio']:,.0f}) | {r['plain_seconds']:.3f} |"
+      f" {r['fused_seconds']:.3f} | {r['time_ratio']:.2f} |"
+      f" {r['cpu_time_ratio']:.2f} | {r['max_relative_difference']:.1e} |"
     )
   lines.append("")
   lines.extend(gpu_note)
@@ -242,17 +245,19 @@ def format_table(machine, rows, gpu_note) -> str:
 def gpu_note(device_kind, bf16_rows) -> list[str]:
   """Lines giving each bf16 row's TFLOP/s and its fraction of the peak."""
   peak = bf16_peak_tflops(device_kind)
-  note = [f"GPU: {device_kind}, dense bf16 peak "
-          + (f"{peak:.0f} TFLOP/s" if peak else "unknown for this device")
-          + "; TFLOP/s count executed matmul FLOPs (fused 8NdV, plain 6NdV)"]
+  note = [
+    f"GPU: {device_kind}, dense bf16 peak "
+    + (f"{peak:.0f} TFLOP/s" if peak else "unknown for this device")
+    + "; TFLOP/s count executed matmul FLOPs (fused 8NdV, plain 6NdV)"
+  ]
   for r in bf16_rows:
     fraction = (
-        f" = {100 * r['fused_tflops'] / peak:.1f}% of peak" if peak else ""
+      f" = {100 * r['fused_tflops'] / peak:.1f}% of peak" if peak else ""
     )
     note.append(
-        f"  bf16 V = {r['vocab']:,}: fused {r['fused_tflops']:.1f} TFLOP/s"
-        f"{fraction}; plain {r['plain_tflops']:.1f} TFLOP/s;"
-        f" fused/plain time {r['time_ratio']:.2f}"
+      f"  bf16 V = {r['vocab']:,}: fused {r['fused_tflops']:.1f} TFLOP/s"
+      f"{fraction}; plain {r['plain_tflops']:.1f} TFLOP/s;"
+      f" fused/plain time {r['time_ratio']:.2f}"
     )
   return note
 
@@ -262,8 +267,8 @@ def gpu_rows(args, vocabs):
   device = jax.devices()[0]
   if device.platform != "gpu":
     return [], [
-        f"GPU: no GPU present (platform {device.platform}); the bfloat16"
-        " ratio and TFLOP/s rows were not measured."
+      f"GPU: no GPU present (platform {device.platform}); the bfloat16"
+      " ratio and TFLOP/s rows were not measured."
     ]
   rows = [measure(v, args, jnp.bfloat16) for v in vocabs]
   return rows, gpu_note(device.device_kind, rows)
@@ -273,49 +278,62 @@ def tune(args):
   """Fused wall time over a grid of chunk sizes at one vocabulary size."""
   vocab = args.tune_vocab
   length = args.tokens // args.batch
-  inputs = make_inputs(args.batch, length, args.hidden_size, vocab,
-                       jnp.float32)
+  inputs = make_inputs(args.batch, length, args.hidden_size, vocab, jnp.float32)
   compiled = {}
   for vocab_chunk in args.tune_vocab_chunks:
     for token_chunk in args.tune_token_chunks:
       compiled[(vocab_chunk, token_chunk)] = compile_step(
-          lambda h, w, y, vc=vocab_chunk, tc=token_chunk: fused_loss(
-              h, w, y, vc, tc),
-          inputs,
+        lambda h, w, y, vc=vocab_chunk, tc=token_chunk: fused_loss(
+          h, w, y, vc, tc
+        ),
+        inputs,
       )
   compiled["plain"] = compile_step(plain_loss, inputs)
-  wall, cpu, _ = interleaved_medians(compiled, inputs, args.repeats,
-                                     args.warmup)
-  print(f"V = {vocab:,}, B*T = {args.batch * length:,}, d ="
-        f" {args.hidden_size}; plain {wall['plain']:.3f} s wall,"
-        f" {cpu['plain']:.3f} s CPU")
-  print("| vocab chunk | token chunk | fused wall s | fused/plain wall |"
-        " fused CPU s | fused/plain CPU | temp MiB |")
+  wall, cpu, _ = interleaved_medians(
+    compiled, inputs, args.repeats, args.warmup
+  )
+  print(
+    f"V = {vocab:,}, B*T = {args.batch * length:,}, d ="
+    f" {args.hidden_size}; plain {wall['plain']:.3f} s wall,"
+    f" {cpu['plain']:.3f} s CPU"
+  )
+  print(
+    "| vocab chunk | token chunk | fused wall s | fused/plain wall |"
+    " fused CPU s | fused/plain CPU | temp MiB |"
+  )
   print("|---:|---:|---:|---:|---:|---:|---:|")
   for key in sorted((k for k in cpu if k != "plain"), key=cpu.get):
-    print(f"| {key[0]} | {key[1]} | {wall[key]:.3f} |"
-          f" {wall[key] / wall['plain']:.2f} | {cpu[key]:.3f} |"
-          f" {cpu[key] / cpu['plain']:.2f} |"
-          f" {mib(temp_bytes(compiled[key]))} |")
+    print(
+      f"| {key[0]} | {key[1]} | {wall[key]:.3f} |"
+      f" {wall[key] / wall['plain']:.2f} | {cpu[key]:.3f} |"
+      f" {cpu[key] / cpu['plain']:.2f} |"
+      f" {mib(temp_bytes(compiled[key]))} |"
+    )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--vocab", type=int, nargs="+",
-                      default=[8192, 32768, 131072])
+  parser.add_argument(
+    "--vocab", type=int, nargs="+", default=[8192, 32768, 131072]
+  )
   parser.add_argument("--tokens", type=int, default=2048, help="B * T")
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--hidden-size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--quick", action="store_true",
-                      help="V = 8,192 only, 3 repeats; results not saved")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="V = 8,192 only, 3 repeats; results not saved",
+  )
   parser.add_argument("--tune", action="store_true")
   parser.add_argument("--tune-vocab", type=int, default=32768)
-  parser.add_argument("--tune-vocab-chunks", type=int, nargs="+",
-                      default=[256, 512, 1024, 2048])
-  parser.add_argument("--tune-token-chunks", type=int, nargs="+",
-                      default=[256, 512, 1024, 2048])
+  parser.add_argument(
+    "--tune-vocab-chunks", type=int, nargs="+", default=[256, 512, 1024, 2048]
+  )
+  parser.add_argument(
+    "--tune-token-chunks", type=int, nargs="+", default=[256, 512, 1024, 2048]
+  )
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR)
   args = parser.parse_args(argv)
   if args.tune:
@@ -335,9 +353,18 @@ def main(argv=None):
   args.out.mkdir(parents=True, exist_ok=True)
   stem = args.out / f"loss_head_{machine['platform']}"
   stem.with_suffix(".md").write_text(table + "\n")
-  stem.with_suffix(".json").write_text(json.dumps(
-      {"machine": machine, "command": "python -m bench.loss_head",
-       "rows": rows + bf16_rows, "gpu": gpu_note}, indent=2) + "\n")
+  stem.with_suffix(".json").write_text(
+    json.dumps(
+      {
+        "machine": machine,
+        "command": "python -m bench.loss_head",
+        "rows": rows + bf16_rows,
+        "gpu": gpu_note,
+      },
+      indent=2,
+    )
+    + "\n"
+  )
   print(f"\nSaved {stem}.md and {stem}.json")
 
 

@@ -35,13 +35,22 @@ def _write_pairs(path: pathlib.Path, count: int = 256, seed: int = 0) -> None:
 
   def words(n):
     return " ".join(
-        "".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6)))
-        for _ in range(n))
+      "".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6)))
+      for _ in range(n)
+    )
 
   with path.open("w") as f:
     for _ in range(count):
-      f.write(json.dumps({"prompt": words(6), "chosen": words(rng.randint(8, 20)),
-                          "rejected": words(rng.randint(8, 20))}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "prompt": words(6),
+            "chosen": words(rng.randint(8, 20)),
+            "rejected": words(rng.randint(8, 20)),
+          }
+        )
+        + "\n"
+      )
 
 
 def run(args) -> dict:
@@ -59,19 +68,28 @@ def run(args) -> dict:
   config.model.loss_head = "fused"
   config.mesh.data = 1
   config.eval_every = 0
-  built = setup_lib.build_run(config, workdir / "run",
-                              validate.validate(config, jax.devices()[:1]))
+  built = setup_lib.build_run(
+    config, workdir / "run", validate.validate(config, jax.devices()[:1])
+  )
   batch = built.to_device(next(built.train_iterator))
   steps = {}
   for loss in args.losses:
     loss_config = config.loss.copy_and_resolve_references()
     loss_config.name = loss
-    step = jax.jit(functools.partial(
-        step_lib.train_step, model=built.model, optimizer=built.optimizer,
-        loss_config=loss_config, head=built.head))
+    step = jax.jit(
+      functools.partial(
+        step_lib.train_step,
+        model=built.model,
+        optimizer=built.optimizer,
+        loss_config=loss_config,
+        head=built.head,
+      )
+    )
     state = step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=built.initial_params,
-        opt_state=built.optimizer.init(built.initial_params))
+      step=jnp.zeros((), jnp.int32),
+      params=built.initial_params,
+      opt_state=built.optimizer.init(built.initial_params),
+    )
     compiled = step.lower(state, built.reference_params, batch).compile()
     jax.block_until_ready(compiled(state, built.reference_params, batch))
     steps[loss] = (compiled, state)
@@ -83,11 +101,15 @@ def run(args) -> dict:
       seconds[loss].append(time.perf_counter() - start)
   median = {loss: statistics.median(s) for loss, s in seconds.items()}
   return {
-      "setting": {"size": args.size, "batch_size": args.batch_size,
-                  "length": args.length, "rounds": args.rounds,
-                  "backend": jax.default_backend()},
-      "median_seconds": median,
-      "ratio_to_dpo": {loss: m / median["dpo"] for loss, m in median.items()},
+    "setting": {
+      "size": args.size,
+      "batch_size": args.batch_size,
+      "length": args.length,
+      "rounds": args.rounds,
+      "backend": jax.default_backend(),
+    },
+    "median_seconds": median,
+    "ratio_to_dpo": {loss: m / median["dpo"] for loss, m in median.items()},
   }
 
 
@@ -97,8 +119,9 @@ def main(argv=None):
   parser.add_argument("--batch-size", type=int, default=4)
   parser.add_argument("--length", type=int, default=96)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--losses", nargs="+",
-                      default=["dpo", "slpo_soft", "slpo_token"])
+  parser.add_argument(
+    "--losses", nargs="+", default=["dpo", "slpo_soft", "slpo_token"]
+  )
   args = parser.parse_args(argv)
   if "dpo" not in args.losses:
     parser.error("--losses must include dpo, the baseline of the ratios")

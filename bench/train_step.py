@@ -82,9 +82,9 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+import slpo_jax
 from bench.loss_head import cpu_model
 from configs import base as base_config
-import slpo_jax
 from slpo_jax import models
 from train import objective
 from train import step as step_lib
@@ -101,8 +101,9 @@ TRL_VARIANTS = tuple(f"trl-{m}" for m in MODES)
 ONE_THREAD = "-1thread"
 # slpo-jax and TRL losses of the same step must agree this closely (float32).
 LOSS_TOLERANCE = 1e-4
-TIMED_VARIANTS = (JAX_VARIANTS + TRL_VARIANTS
-                  + tuple(n + ONE_THREAD for n in TRL_VARIANTS))
+TIMED_VARIANTS = (
+  JAX_VARIANTS + TRL_VARIANTS + tuple(n + ONE_THREAD for n in TRL_VARIANTS)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +147,10 @@ def make_pairs(setting: Setting, vocab_size: int) -> list[TokenizedPair]:
 
 
 def real_tokens(batch) -> int:
-  return int(np.sum(batch["chosen_attention_mask"])
-             + np.sum(batch["rejected_attention_mask"]))
+  return int(
+    np.sum(batch["chosen_attention_mask"])
+    + np.sum(batch["rejected_attention_mask"])
+  )
 
 
 def train_config(setting: Setting):
@@ -193,8 +196,11 @@ class Inputs:
   @classmethod
   def _with_batch(cls, setting, model, policy, reference, workdir):
     pairs = make_pairs(setting, model.config.vocab_size)
-    batch = collate_pairs([(p, 1.0) for p in pairs], buckets=[setting.length],
-                          pad_id=setting.special[2])
+    batch = collate_pairs(
+      [(p, 1.0) for p in pairs],
+      buckets=[setting.length],
+      pad_id=setting.special[2],
+    )
     return cls(setting, model, policy, reference, pairs, batch, workdir)
 
 
@@ -206,9 +212,9 @@ class JaxVariant:
     config = train_config(inputs.setting)
     self.name = name
     self.head = slpo_jax.HeadOptions(
-        fused=head_name == "fused",
-        vocab_chunk_size=config.model.vocab_chunk_size,
-        token_chunk_size=config.model.token_chunk_size,
+      fused=head_name == "fused",
+      vocab_chunk_size=config.model.vocab_chunk_size,
+      token_chunk_size=config.model.token_chunk_size,
     )
     optimizer = step_lib.make_optimizer(config.optimizer, total_steps=1000)
     batch = {k: jnp.asarray(v) for k, v in inputs.batch.items()}
@@ -217,32 +223,45 @@ class JaxVariant:
       batch.update(self._reference_logps(inputs.model, inputs.reference, batch))
       self.reference = None
     self.batch = batch
-    self.state = jax.jit(lambda p: step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, p),
-        opt_state=optimizer.init(p)))(inputs.policy)
+    self.state = jax.jit(
+      lambda p: step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=jax.tree.map(jnp.copy, p),
+        opt_state=optimizer.init(p),
+      )
+    )(inputs.policy)
     step = jax.jit(
-        functools.partial(
-            step_lib.train_step, model=inputs.model, optimizer=optimizer,
-            loss_config=config.loss, head=self.head, grad_accum_steps=1,
-        ),
-        donate_argnums=(0,),
+      functools.partial(
+        step_lib.train_step,
+        model=inputs.model,
+        optimizer=optimizer,
+        loss_config=config.loss,
+        head=self.head,
+        grad_accum_steps=1,
+      ),
+      donate_argnums=(0,),
     )
     self.compiled = step.lower(self.state, self.reference, batch).compile()
 
   def _reference_logps(self, model, reference, batch):
     """As ``train.reference`` computes them: the step's own loss head."""
-    stats = jax.jit(lambda p, b: objective.batch_stats(
-        model, p, b, pair_values=False, head=self.head))(reference, batch)
-    return {"reference_chosen_logps": stats.chosen_logps,
-            "reference_rejected_logps": stats.rejected_logps}
+    stats = jax.jit(
+      lambda p, b: objective.batch_stats(
+        model, p, b, pair_values=False, head=self.head
+      )
+    )(reference, batch)
+    return {
+      "reference_chosen_logps": stats.chosen_logps,
+      "reference_rejected_logps": stats.rejected_logps,
+    }
 
   def memory(self) -> dict:
     analysis = self.compiled.memory_analysis()
     return {
-        "temp": analysis.temp_size_in_bytes,
-        "argument": analysis.argument_size_in_bytes,
-        "output": analysis.output_size_in_bytes,
-        "alias": analysis.alias_size_in_bytes,
+      "temp": analysis.temp_size_in_bytes,
+      "argument": analysis.argument_size_in_bytes,
+      "output": analysis.output_size_in_bytes,
+      "alias": analysis.alias_size_in_bytes,
     }
 
   def __call__(self) -> float:
@@ -258,17 +277,24 @@ def trl_variant(name: str, inputs: Inputs):
   setting = inputs.setting
   config = train_config(setting).optimizer
   settings = trl_dpo.TrainerSettings(
-      beta=setting.beta, learning_rate=setting.learning_rate, b1=config.b1,
-      b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
-      grad_clip_norm=config.grad_clip_norm,
-      precompute_reference=name == "trl-precomputed",
+    beta=setting.beta,
+    learning_rate=setting.learning_rate,
+    b1=config.b1,
+    b2=config.b2,
+    eps=config.eps,
+    weight_decay=config.weight_decay,
+    grad_clip_norm=config.grad_clip_norm,
+    precompute_reference=name == "trl-precomputed",
   )
   bos, eos, pad = setting.special
   step = trl_dpo.TrlDpoStep(
-      inputs.checkpoints / "policy", inputs.checkpoints / "reference",
-      inputs.pairs, vocab_size=inputs.model.config.vocab_size,
-      special=trl_dpo.SpecialIds(bos=bos, eos=eos, pad=pad),
-      settings=settings, output_dir=inputs.checkpoints / name,
+    inputs.checkpoints / "policy",
+    inputs.checkpoints / "reference",
+    inputs.pairs,
+    vocab_size=inputs.model.config.vocab_size,
+    special=trl_dpo.SpecialIds(bos=bos, eos=eos, pad=pad),
+    settings=settings,
+    output_dir=inputs.checkpoints / name,
   )
   step.name = name
   return step
@@ -335,8 +361,10 @@ def interleaved_times(variants, rounds: int, steps: int, warmup: int):
       for _ in range(steps):
         wall, cpu, _ = timed(variant)
         samples[variant.name].append((wall, cpu))
-    print(f"  round {r + 1}/{rounds} done, load average"
-          f" {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+      f"  round {r + 1}/{rounds} done, load average {os.getloadavg()[0]:.2f}",
+      flush=True,
+    )
   return samples
 
 
@@ -377,8 +405,9 @@ def _high_water_mark_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure_rss(name: str, setting: Setting, workdir: pathlib.Path,
-                steps: int) -> dict:
+def measure_rss(
+  name: str, setting: Setting, workdir: pathlib.Path, steps: int
+) -> dict:
   """How far the RSS high-water mark rises over ``steps`` steps.
 
   Without ``/proc/self/clear_refs`` (not Linux), the mark cannot be reset
@@ -396,13 +425,19 @@ def measure_rss(name: str, setting: Setting, workdir: pathlib.Path,
   for _ in range(steps):
     variant()
   after = _high_water_mark_bytes()
-  return {"name": name, "rss_rise": after - before, "rss_before": before,
-          "rss_peak_until_warmup": setup_peak,
-          "high_water_mark_reset": reset, "steps": steps}
+  return {
+    "name": name,
+    "rss_rise": after - before,
+    "rss_before": before,
+    "rss_peak_until_warmup": setup_peak,
+    "high_water_mark_reset": reset,
+    "steps": steps,
+  }
 
 
-def start_rss_workers(names, setting: Setting, workdir: pathlib.Path,
-                      steps: int) -> dict:
+def start_rss_workers(
+  names, setting: Setting, workdir: pathlib.Path, steps: int
+) -> dict:
   """Starts `measure_rss` of each variant in its own subprocess.
 
   They run at the same time as each other and as the timing process's
@@ -411,11 +446,22 @@ def start_rss_workers(names, setting: Setting, workdir: pathlib.Path,
   """
   workers = {}
   for name in names:
-    command = [sys.executable, "-m", "bench.train_step", "--rss-worker", name,
-               "--rss-workdir", str(workdir), "--rss-steps", str(steps),
-               "--seed", str(setting.seed)]
-    workers[name] = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+    command = [
+      sys.executable,
+      "-m",
+      "bench.train_step",
+      "--rss-worker",
+      name,
+      "--rss-workdir",
+      str(workdir),
+      "--rss-steps",
+      str(steps),
+      "--seed",
+      str(setting.seed),
+    ]
+    workers[name] = subprocess.Popen(
+      command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
   return workers
 
 
@@ -427,8 +473,11 @@ def rss_results(workers) -> dict:
     if worker.returncode:
       raise RuntimeError(f"the RSS worker of {name} failed:\n{err[-3000:]}")
     results[name] = json.loads(out.strip().splitlines()[-1])
-    print(f"  RSS high-water mark rise, {name}:"
-          f" +{mib(results[name]['rss_rise'])} MiB", flush=True)
+    print(
+      f"  RSS high-water mark rise, {name}:"
+      f" +{mib(results[name]['rss_rise'])} MiB",
+      flush=True,
+    )
   return results
 
 
@@ -439,15 +488,16 @@ def machine_description() -> dict:
   from bench import trl_dpo  # pylint: disable=g-import-not-at-top
 
   return {
-      "cpu_model": cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "platform": jax.devices()[0].platform,
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      **trl_dpo.versions(),
-      "python": platform.python_version(),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
+    "cpu_model": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "platform": jax.devices()[0].platform,
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    **trl_dpo.versions(),
+    "python": platform.python_version(),
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"
+    ),
   }
 
 
@@ -474,11 +524,16 @@ def summarise(samples, tokens, memory, rss, cores) -> list[dict]:
   for name, pairs in samples.items():
     walls = [w for w, _ in pairs]
     label, mode = _label(name, cores)
-    row = {"name": name, "label": label, "reference": mode,
-           "steps_timed": len(pairs), "seconds": statistics.median(walls),
-           "seconds_quartiles": _quartiles(walls),
-           "cpu_seconds": statistics.median(c for _, c in pairs),
-           "samples_wall_cpu": pairs}
+    row = {
+      "name": name,
+      "label": label,
+      "reference": mode,
+      "steps_timed": len(pairs),
+      "seconds": statistics.median(walls),
+      "seconds_quartiles": _quartiles(walls),
+      "cpu_seconds": statistics.median(c for _, c in pairs),
+      "samples_wall_cpu": pairs,
+    }
     row["tokens_per_second"] = tokens / row["seconds"]
     if name in memory:
       row["xla_bytes"] = memory[name]
@@ -488,69 +543,78 @@ def summarise(samples, tokens, memory, rss, cores) -> list[dict]:
   by_name = {r["name"]: r for r in rows}
   for row in rows:
     if row["name"].startswith("jax"):
-      for key, trl_name in (("over_trl", f"trl-{row['reference']}"),
-                            ("over_trl_1thread",
-                             f"trl-{row['reference']}{ONE_THREAD}")):
+      for key, trl_name in (
+        ("over_trl", f"trl-{row['reference']}"),
+        ("over_trl_1thread", f"trl-{row['reference']}{ONE_THREAD}"),
+      ):
         if trl_name in by_name:
           row[f"speedup_{key}"] = by_name[trl_name]["seconds"] / row["seconds"]
   return rows
 
 
-def format_table(machine, setting, tokens, load, rows, losses,
-                 reference_difference) -> str:
+def format_table(
+  machine, setting, tokens, load, rows, losses, reference_difference
+) -> str:
   cores = machine["cpu_count"]
   lines = [
-      f"Machine: {machine['cpu_model']}, {cores} cores, shared;"
-      f" jax {machine['jax']}, torch {machine['torch']},"
-      f" transformers {machine['transformers']}, trl {machine['trl']}.",
-      f"Load average (1/5/15 min) during the timing: before {load['before']},"
-      f" after {load['after']}.",
-      f"Step: tiny GPT-2 (vocab 512, d 64, 2 layers), DPO beta"
-      f" {setting.beta}, AdamW + clipping; {setting.pairs} pairs x"
-      f" {setting.length} tokens = {2 * setting.pairs * setting.length:,}"
-      f" positions, {tokens:,} real tokens per step.",
-      "",
-      "| variant | reference | ms/step [IQR] | tokens/s | CPU ms/step"
-      f" | slpo-jax/TRL ({cores} threads) | slpo-jax/TRL (1 thread)"
-      " | XLA temp MiB | XLA temp+arg+out MiB | RSS HWM rise MiB |",
-      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    f"Machine: {machine['cpu_model']}, {cores} cores, shared;"
+    f" jax {machine['jax']}, torch {machine['torch']},"
+    f" transformers {machine['transformers']}, trl {machine['trl']}.",
+    f"Load average (1/5/15 min) during the timing: before {load['before']},"
+    f" after {load['after']}.",
+    f"Step: tiny GPT-2 (vocab 512, d 64, 2 layers), DPO beta"
+    f" {setting.beta}, AdamW + clipping; {setting.pairs} pairs x"
+    f" {setting.length} tokens = {2 * setting.pairs * setting.length:,}"
+    f" positions, {tokens:,} real tokens per step.",
+    "",
+    "| variant | reference | ms/step [IQR] | tokens/s | CPU ms/step"
+    f" | slpo-jax/TRL ({cores} threads) | slpo-jax/TRL (1 thread)"
+    " | XLA temp MiB | XLA temp+arg+out MiB | RSS HWM rise MiB |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
     xla = r.get("xla_bytes")
     temp = mib(xla["temp"]) if xla else "-"
-    total = (mib(xla["temp"] + xla["argument"] + xla["output"]) if xla
-             else "-")
+    total = mib(xla["temp"] + xla["argument"] + xla["output"]) if xla else "-"
     rss = mib(r["rss"]["rss_rise"]) if "rss" in r else "-"
-    ratios = [f"{r[k]:.2f}x" if k in r else "-"
-              for k in ("speedup_over_trl", "speedup_over_trl_1thread")]
+    ratios = [
+      f"{r[k]:.2f}x" if k in r else "-"
+      for k in ("speedup_over_trl", "speedup_over_trl_1thread")
+    ]
     low, high = r["seconds_quartiles"]
     lines.append(
-        f"| {r['label']} | {r['reference']} | {1e3 * r['seconds']:.0f}"
-        f" [{1e3 * low:.0f}-{1e3 * high:.0f}] |"
-        f" {r['tokens_per_second']:,.0f} | {1e3 * r['cpu_seconds']:.0f} |"
-        f" {ratios[0]} | {ratios[1]} | {temp} | {total} | {rss} |"
+      f"| {r['label']} | {r['reference']} | {1e3 * r['seconds']:.0f}"
+      f" [{1e3 * low:.0f}-{1e3 * high:.0f}] |"
+      f" {r['tokens_per_second']:,.0f} | {1e3 * r['cpu_seconds']:.0f} |"
+      f" {ratios[0]} | {ratios[1]} | {temp} | {total} | {rss} |"
     )
-  differences = [abs(ours - theirs)
-                 for name, pair in losses.items() if name.startswith("jax")
-                 for ours, theirs in zip(pair,
-                                         losses[f"trl-{name.split('-')[1]}"])]
-  verdict = ("all within" if max(differences) <= LOSS_TOLERANCE
-             else "NOT all within")
-  lines += ["", "DPO loss, same weights and batch (first step; after one"
-            f" update); {verdict} {LOSS_TOLERANCE:.0e}:"]
+  differences = [
+    abs(ours - theirs)
+    for name, pair in losses.items()
+    if name.startswith("jax")
+    for ours, theirs in zip(pair, losses[f"trl-{name.split('-')[1]}"])
+  ]
+  verdict = (
+    "all within" if max(differences) <= LOSS_TOLERANCE else "NOT all within"
+  )
+  lines += [
+    "",
+    "DPO loss, same weights and batch (first step; after one"
+    f" update); {verdict} {LOSS_TOLERANCE:.0e}:",
+  ]
   for name, (first, second) in losses.items():
     if not name.startswith("jax"):
       continue
     trl_first, trl_second = losses[f"trl-{name.split('-')[1]}"]
     lines.append(
-        f"  {_label(name, cores)[0]}, {name.split('-')[1]}:"
-        f" slpo-jax {first:.7f}, TRL {trl_first:.7f}, |diff|"
-        f" {abs(first - trl_first):.1e}; slpo-jax {second:.7f}, TRL"
-        f" {trl_second:.7f}, |diff| {abs(second - trl_second):.1e}"
+      f"  {_label(name, cores)[0]}, {name.split('-')[1]}:"
+      f" slpo-jax {first:.7f}, TRL {trl_first:.7f}, |diff|"
+      f" {abs(first - trl_first):.1e}; slpo-jax {second:.7f}, TRL"
+      f" {trl_second:.7f}, |diff| {abs(second - trl_second):.1e}"
     )
   lines.append(
-      "  Precomputed reference log-probs (sequence sums), max |slpo-jax -"
-      f" TRL|: {reference_difference:.1e}"
+    "  Precomputed reference log-probs (sequence sums), max |slpo-jax -"
+    f" TRL|: {reference_difference:.1e}"
   )
   return "\n".join(lines)
 
@@ -568,22 +632,29 @@ def run(args) -> None:
       # ones start once the steps they load from the cache are compiled.
       start_rss = not args.skip_rss
       if start_rss:
-        workers.update(start_rss_workers(TRL_VARIANTS, setting, workdir,
-                                         args.rss_steps))
-      print(f"[{time.perf_counter() - start:.0f} s] Compiling the JAX"
-            " steps...", flush=True)
+        workers.update(
+          start_rss_workers(TRL_VARIANTS, setting, workdir, args.rss_steps)
+        )
+      print(
+        f"[{time.perf_counter() - start:.0f} s] Compiling the JAX steps...",
+        flush=True,
+      )
       variants = build_variants(JAX_VARIANTS, inputs)
       if start_rss:
-        workers.update(start_rss_workers(JAX_VARIANTS, setting, workdir,
-                                         args.rss_steps))
-      print(f"[{time.perf_counter() - start:.0f} s] Building the TRL"
-            " trainers...", flush=True)
-      variants += build_variants(TIMED_VARIANTS[len(JAX_VARIANTS):], inputs)
+        workers.update(
+          start_rss_workers(JAX_VARIANTS, setting, workdir, args.rss_steps)
+        )
+      print(
+        f"[{time.perf_counter() - start:.0f} s] Building the TRL trainers...",
+        flush=True,
+      )
+      variants += build_variants(TIMED_VARIANTS[len(JAX_VARIANTS) :], inputs)
       # The first two steps of every variant with its own trainer: the loss
       # of the shared weights, and the loss after one update. They are also
       # the variants' warm-up.
-      losses = {v.name: (v(), v()) for v in variants
-                if not v.name.endswith(ONE_THREAD)}
+      losses = {
+        v.name: (v(), v()) for v in variants if not v.name.endswith(ONE_THREAD)
+      }
       reference_difference = reference_logps_difference(variants)
       rss = rss_results(workers)
     finally:
@@ -591,22 +662,26 @@ def run(args) -> None:
         if worker.poll() is None:
           worker.kill()
     load_before = os.getloadavg()
-    print(f"[{time.perf_counter() - start:.0f} s] Timing: {args.rounds}"
-          f" rounds x {args.steps} steps of each of {len(variants)} variants,"
-          " interleaved...", flush=True)
-    samples = interleaved_times(variants, args.rounds, args.steps,
-                                args.warmup)
+    print(
+      f"[{time.perf_counter() - start:.0f} s] Timing: {args.rounds}"
+      f" rounds x {args.steps} steps of each of {len(variants)} variants,"
+      " interleaved...",
+      flush=True,
+    )
+    samples = interleaved_times(variants, args.rounds, args.steps, args.warmup)
     load_after = os.getloadavg()
-    memory = {v.name: v.memory() for v in variants
-              if isinstance(v, JaxVariant)}
+    memory = {v.name: v.memory() for v in variants if isinstance(v, JaxVariant)}
   print(f"[{time.perf_counter() - start:.0f} s] done", flush=True)
   tokens = real_tokens(inputs.batch)
   machine = machine_description()
-  load = {"before": " ".join(f"{x:.2f}" for x in load_before),
-          "after": " ".join(f"{x:.2f}" for x in load_after)}
+  load = {
+    "before": " ".join(f"{x:.2f}" for x in load_before),
+    "after": " ".join(f"{x:.2f}" for x in load_after),
+  }
   rows = summarise(samples, tokens, memory, rss, machine["cpu_count"])
-  table = format_table(machine, setting, tokens, load, rows, losses,
-                       reference_difference)
+  table = format_table(
+    machine, setting, tokens, load, rows, losses, reference_difference
+  )
   print()
   print(table)
   if args.quick:
@@ -614,53 +689,84 @@ def run(args) -> None:
   args.out.mkdir(parents=True, exist_ok=True)
   stem = args.out / "train_step"
   header = (
-      f"`{COMMAND}`, {machine['date']}. Medians over {args.rounds} rounds x"
-      f" {args.steps} interleaved steps per variant; ms/step and tokens/s are"
-      " wall time, CPU ms is the process's CPU time over all threads. XLA"
-      " bytes: `memory_analysis()` of the compiled step. RSS: rise of the"
-      " kernel's high-water mark (`VmHWM`) over the steps, each variant"
-      " alone in a subprocess (see the docstring of bench/train_step.py).\n\n"
+    f"`{COMMAND}`, {machine['date']}. Medians over {args.rounds} rounds x"
+    f" {args.steps} interleaved steps per variant; ms/step and tokens/s are"
+    " wall time, CPU ms is the process's CPU time over all threads. XLA"
+    " bytes: `memory_analysis()` of the compiled step. RSS: rise of the"
+    " kernel's high-water mark (`VmHWM`) over the steps, each variant"
+    " alone in a subprocess (see the docstring of bench/train_step.py).\n\n"
   )
   stem.with_suffix(".md").write_text(header + table + "\n")
-  stem.with_suffix(".json").write_text(json.dumps({
-      "command": COMMAND, "machine": machine, "load_average": load,
-      "setting": dataclasses.asdict(setting), "real_tokens_per_step": tokens,
-      "rounds": args.rounds, "steps_per_round": args.steps,
-      "warmup": args.warmup,
-      "losses_first_and_second_step": {k: list(v) for k, v in losses.items()},
-      "reference_logps_max_abs_difference": reference_difference,
-      "rows": rows,
-  }, indent=2) + "\n")
+  stem.with_suffix(".json").write_text(
+    json.dumps(
+      {
+        "command": COMMAND,
+        "machine": machine,
+        "load_average": load,
+        "setting": dataclasses.asdict(setting),
+        "real_tokens_per_step": tokens,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "warmup": args.warmup,
+        "losses_first_and_second_step": {k: list(v) for k, v in losses.items()},
+        "reference_logps_max_abs_difference": reference_difference,
+        "rows": rows,
+      },
+      indent=2,
+    )
+    + "\n"
+  )
   print(f"\nSaved {stem}.md and {stem}.json")
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--rounds", type=int, default=4,
-                      help="interleaved rounds over all variants")
-  parser.add_argument("--steps", type=int, default=3,
-                      help="steps of one variant per round")
-  parser.add_argument("--warmup", type=int, default=0,
-                      help="untimed steps of each variant before timing, on"
-                      " top of the two steps whose losses are compared")
-  parser.add_argument("--rss-steps", type=int, default=2,
-                      help="steps over which the RSS high-water mark rise"
-                      " is measured, after one warm-up step")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="seeds the batch and the initial weights")
-  parser.add_argument("--skip-rss", action="store_true",
-                      help="no RSS subprocesses")
-  parser.add_argument("--quick", action="store_true",
-                      help="2 rounds, no RSS subprocesses; results not saved")
+  parser.add_argument(
+    "--rounds", type=int, default=4, help="interleaved rounds over all variants"
+  )
+  parser.add_argument(
+    "--steps", type=int, default=3, help="steps of one variant per round"
+  )
+  parser.add_argument(
+    "--warmup",
+    type=int,
+    default=0,
+    help="untimed steps of each variant before timing, on"
+    " top of the two steps whose losses are compared",
+  )
+  parser.add_argument(
+    "--rss-steps",
+    type=int,
+    default=2,
+    help="steps over which the RSS high-water mark rise"
+    " is measured, after one warm-up step",
+  )
+  parser.add_argument(
+    "--seed",
+    type=int,
+    default=0,
+    help="seeds the batch and the initial weights",
+  )
+  parser.add_argument(
+    "--skip-rss", action="store_true", help="no RSS subprocesses"
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="2 rounds, no RSS subprocesses; results not saved",
+  )
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR)
-  parser.add_argument("--rss-worker", choices=JAX_VARIANTS + TRL_VARIANTS,
-                      help=argparse.SUPPRESS)
-  parser.add_argument("--rss-workdir", type=pathlib.Path,
-                      help=argparse.SUPPRESS)
+  parser.add_argument(
+    "--rss-worker", choices=JAX_VARIANTS + TRL_VARIANTS, help=argparse.SUPPRESS
+  )
+  parser.add_argument(
+    "--rss-workdir", type=pathlib.Path, help=argparse.SUPPRESS
+  )
   args = parser.parse_args(argv)
   if args.rss_worker:
-    result = measure_rss(args.rss_worker, Setting(seed=args.seed),
-                         args.rss_workdir, args.rss_steps)
+    result = measure_rss(
+      args.rss_worker, Setting(seed=args.seed), args.rss_workdir, args.rss_steps
+    )
     print(json.dumps(result))
     return
   if args.quick:

@@ -71,7 +71,7 @@ def _word(token_id: int, special: SpecialIds) -> str:
 
 
 def word_level_tokenizer(
-    vocab_size: int, special: SpecialIds
+  vocab_size: int, special: SpecialIds
 ) -> transformers.PreTrainedTokenizerFast:
   """A tokenizer whose words are the token ids: ``"t7 t9"`` -> ``[7, 9]``."""
   vocab = {_word(i, special): i for i in range(vocab_size)}
@@ -80,8 +80,10 @@ def word_level_tokenizer(
   tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   tokenizer.add_special_tokens(list(SPECIAL_WORDS.values()))
   return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tokenizer, bos_token=SPECIAL_WORDS["bos"],
-      eos_token=SPECIAL_WORDS["eos"], pad_token=SPECIAL_WORDS["pad"],
+    tokenizer_object=tokenizer,
+    bos_token=SPECIAL_WORDS["bos"],
+    eos_token=SPECIAL_WORDS["eos"],
+    pad_token=SPECIAL_WORDS["pad"],
   )
 
 
@@ -90,7 +92,7 @@ def ids_to_text(ids: Sequence[int], special: SpecialIds) -> str:
 
 
 def pairs_dataset(
-    pairs: Sequence[Any], special: SpecialIds
+  pairs: Sequence[Any], special: SpecialIds
 ) -> datasets.Dataset:
   """TRL's standard text format: ``prompt``, ``chosen``, ``rejected``.
 
@@ -98,11 +100,13 @@ def pairs_dataset(
   same words as the two parts; the responses already end with EOS, so TRL
   adds none.
   """
-  return datasets.Dataset.from_dict({
+  return datasets.Dataset.from_dict(
+    {
       "prompt": [ids_to_text(p.prompt, special) + " " for p in pairs],
       "chosen": [ids_to_text(p.chosen, special) for p in pairs],
       "rejected": [ids_to_text(p.rejected, special) for p in pairs],
-  })
+    }
+  )
 
 
 def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
@@ -115,7 +119,7 @@ def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
 
 def load_gpt2(folder: pathlib.Path) -> transformers.GPT2LMHeadModel:
   return transformers.GPT2LMHeadModel.from_pretrained(
-      folder, dtype=torch.float32
+    folder, dtype=torch.float32
   )
 
 
@@ -128,17 +132,17 @@ class TrlDpoStep:
   """
 
   def __init__(
-      self,
-      policy_dir: pathlib.Path,
-      reference_dir: pathlib.Path,
-      pairs: Sequence[Any],
-      *,
-      vocab_size: int,
-      special: SpecialIds,
-      settings: TrainerSettings,
-      output_dir: pathlib.Path,
-      threads: int | None = None,
-      max_steps: int = 1000,
+    self,
+    policy_dir: pathlib.Path,
+    reference_dir: pathlib.Path,
+    pairs: Sequence[Any],
+    *,
+    vocab_size: int,
+    special: SpecialIds,
+    settings: TrainerSettings,
+    output_dir: pathlib.Path,
+    threads: int | None = None,
+    max_steps: int = 1000,
   ):
     """Builds the trainer, its optimizer and the batch.
 
@@ -157,32 +161,47 @@ class TrlDpoStep:
     self.threads = threads or os.cpu_count() or 1
     quiet()
     args = trl.DPOConfig(
-        output_dir=str(output_dir), report_to="none", use_cpu=True,
-        bf16=False, fp16=False, seed=0,
-        per_device_train_batch_size=len(pairs),
-        beta=settings.beta, loss_type=["sigmoid"], label_smoothing=0.0,
-        learning_rate=settings.learning_rate, lr_scheduler_type="constant",
-        warmup_steps=0, adam_beta1=settings.b1, adam_beta2=settings.b2,
-        adam_epsilon=settings.eps, weight_decay=settings.weight_decay,
-        max_grad_norm=settings.grad_clip_norm,
-        precompute_ref_log_probs=settings.precompute_reference,
-        **_checkpointing_argument(settings.gradient_checkpointing),
-        max_length=None, save_strategy="no", logging_strategy="no",
-        dataloader_num_workers=0, disable_tqdm=True,
+      output_dir=str(output_dir),
+      report_to="none",
+      use_cpu=True,
+      bf16=False,
+      fp16=False,
+      seed=0,
+      per_device_train_batch_size=len(pairs),
+      beta=settings.beta,
+      loss_type=["sigmoid"],
+      label_smoothing=0.0,
+      learning_rate=settings.learning_rate,
+      lr_scheduler_type="constant",
+      warmup_steps=0,
+      adam_beta1=settings.b1,
+      adam_beta2=settings.b2,
+      adam_epsilon=settings.eps,
+      weight_decay=settings.weight_decay,
+      max_grad_norm=settings.grad_clip_norm,
+      precompute_ref_log_probs=settings.precompute_reference,
+      **_checkpointing_argument(settings.gradient_checkpointing),
+      max_length=None,
+      save_strategy="no",
+      logging_strategy="no",
+      dataloader_num_workers=0,
+      disable_tqdm=True,
     )
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       self.trainer = trl.DPOTrainer(
-          model=load_gpt2(policy_dir), ref_model=load_gpt2(reference_dir),
-          args=args, train_dataset=pairs_dataset(pairs, special),
-          processing_class=word_level_tokenizer(vocab_size, special),
+        model=load_gpt2(policy_dir),
+        ref_model=load_gpt2(reference_dir),
+        args=args,
+        train_dataset=pairs_dataset(pairs, special),
+        processing_class=word_level_tokenizer(vocab_size, special),
       )
     self.trainer.create_optimizer_and_scheduler(num_training_steps=max_steps)
     # Set by `Trainer._run_epoch` before each step: micro-batches per step.
     self.trainer.current_gradient_accumulation_steps = 1
     dataset = self.trainer.train_dataset
     self.inputs = self.trainer.data_collator(
-        [dataset[i] for i in range(len(dataset))]
+      [dataset[i] for i in range(len(dataset))]
     )
     self._check_ids(pairs)
 
@@ -201,7 +220,7 @@ class TrlDpoStep:
     for row, expected, row_mask in zip(ids, rows, mask):
       if not np.array_equal(row[row_mask], expected):
         raise AssertionError(
-            "TRL's tokenization changed the benchmark's token ids."
+          "TRL's tokenization changed the benchmark's token ids."
         )
 
   @property
@@ -213,8 +232,10 @@ class TrlDpoStep:
     """TRL's precomputed reference log-probs, or None in online mode."""
     if "ref_chosen_logps" not in self.inputs:
       return None
-    return (self.inputs["ref_chosen_logps"].numpy(),
-            self.inputs["ref_rejected_logps"].numpy())
+    return (
+      self.inputs["ref_chosen_logps"].numpy(),
+      self.inputs["ref_rejected_logps"].numpy(),
+    )
 
   def __call__(self) -> float:
     """One optimizer step; returns the step's DPO loss (before the update)."""
@@ -224,7 +245,7 @@ class TrlDpoStep:
     loss = trainer.training_step(model, self.inputs)
     if trainer.args.max_grad_norm > 0:
       trainer.accelerator.clip_grad_norm_(
-          model.parameters(), trainer.args.max_grad_norm
+        model.parameters(), trainer.args.max_grad_norm
       )
     trainer.optimizer.step()
     trainer.lr_scheduler.step()
@@ -239,11 +260,16 @@ def quiet() -> None:
   transformers.logging.set_verbosity_error()
   transformers.logging.disable_progress_bar()
   # Deprecation notices of transformers that TRL's own code triggers.
-  warnings.filterwarnings("ignore", category=FutureWarning,
-                          module="transformers")
+  warnings.filterwarnings(
+    "ignore", category=FutureWarning, module="transformers"
+  )
   os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def versions() -> dict[str, str]:
-  return {"torch": torch.__version__, "transformers": transformers.__version__,
-          "trl": trl.__version__, "datasets": datasets.__version__}
+  return {
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "trl": trl.__version__,
+    "datasets": datasets.__version__,
+  }

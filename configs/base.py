@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.name = "adamw"  # 'adamw' or 'rmsprop'.
   config.optimizer.learning_rate = 1e-4  # Peak learning rate.
   config.optimizer.warmup_steps = 10  # Linear warm-up from 0.
-  config.optimizer.decay = "cosine"  # 'cosine', 'linear' or 'constant' after warm-up.
+  config.optimizer.decay = (
+    "cosine"  # 'cosine', 'linear' or 'constant' after warm-up.
+  )
   config.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW).
   config.optimizer.b1 = 0.9  # Adam first-moment decay.
   config.optimizer.b2 = 0.999  # Adam second-moment decay / RMSprop decay.
@@ -52,14 +54,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.checkpoint = ""  # Hugging Face folder to start from ('' = none).
   config.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
-  config.model.vocab_chunk_size = 0  # Fused head vocabulary chunk; 0 = per backend.
+  config.model.vocab_chunk_size = (
+    0  # Fused head vocabulary chunk; 0 = per backend.
+  )
   config.model.token_chunk_size = 0  # Fused head token chunk; 0 = per backend.
 
   config.reference = ml_collections.ConfigDict()
   config.reference.mode = "online"  # 'online' (frozen tree) or 'precomputed'.
-  config.reference.checkpoint = ""  # Reference weights; '' = the policy's start.
+  config.reference.checkpoint = (
+    ""  # Reference weights; '' = the policy's start.
+  )
   config.reference.sft_steps = 0  # Pre-train the reference on the task first.
-  config.reference.sft_learning_rate = 3e-3  # Learning rate of that pre-training.
+  config.reference.sft_learning_rate = (
+    3e-3  # Learning rate of that pre-training.
+  )
   config.reference.sft_batch_size = 64  # Sequences per pre-training step.
 
   config.mesh = ml_collections.ConfigDict()

@@ -15,8 +15,11 @@ import pathlib
 from configs import base
 
 HH_FILE = (
-    pathlib.Path(__file__).resolve().parents[1].parent
-    / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+  pathlib.Path(__file__).resolve().parents[1].parent
+  / "shared"
+  / "data"
+  / "hh-rlhf"
+  / "harmless-base-test.jsonl.gz"
 )
 
 

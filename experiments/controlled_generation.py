@@ -46,10 +46,10 @@ import time
 import jax
 import numpy as np
 
+import slpo_jax
 from configs import controlled_generation as cg_config
 from experiments import sampling_eval
 from experiments import stats
-import slpo_jax
 from slpo_jax import models
 from train import data as data_lib
 from train import loop
@@ -58,15 +58,29 @@ from train.data.synthetic import synthetic_prompts
 
 # Columns of the points CSV, in order.
 COLUMNS = (
-    "family", "loss", "hyperparameter", "seed", "step", "reward",
-    "reward_stderr", "kl", "kl_stderr", "length", "eval_accuracy",
-    "eval_chosen_logp", "eval_chosen_logp_shift", "eval_rejected_logp_shift",
+  "family",
+  "loss",
+  "hyperparameter",
+  "seed",
+  "step",
+  "reward",
+  "reward_stderr",
+  "kl",
+  "kl_stderr",
+  "length",
+  "eval_accuracy",
+  "eval_chosen_logp",
+  "eval_chosen_logp_shift",
+  "eval_rejected_logp_shift",
 )
 FAMILIES = ("dpo", "ipo", "slpo_hard", "slpo_tempered", "slpo_soft")
 FAMILY_LABELS = {
-    "dpo": "DPO", "ipo": "IPO", "slpo_hard": "SLPO hard (t=1)",
-    "slpo_tempered": "SLPO tempered", "slpo_soft": "SLPO soft",
-    "reference": "reference",
+  "dpo": "DPO",
+  "ipo": "IPO",
+  "slpo_hard": "SLPO hard (t=1)",
+  "slpo_tempered": "SLPO tempered",
+  "slpo_soft": "SLPO soft",
+  "reference": "reference",
 }
 
 
@@ -89,24 +103,37 @@ class GridPoint:
   @property
   def name(self) -> str:
     return f"{self.loss}_{self.hyperparameter}".replace("=", "").replace(
-        ",", "_")
+      ",", "_"
+    )
 
 
 def grid(sweep) -> list[GridPoint]:
   """The sweep's grid points, from ``configs.controlled_generation``."""
-  points = [GridPoint("dpo", "dpo", f"beta={b:g}", (("beta", b),))
-            for b in sweep.dpo_betas]
-  points += [GridPoint("ipo", "ipo", f"beta={b:g}", (("beta", b),))
-             for b in sweep.ipo_betas]
-  points += [
-      GridPoint("slpo_hard" if t == 1 else "slpo_tempered", "slpo",
-                f"t={t:g}", (("temperature", t),))
-      for t in sweep.slpo_temperatures
+  points = [
+    GridPoint("dpo", "dpo", f"beta={b:g}", (("beta", b),))
+    for b in sweep.dpo_betas
   ]
   points += [
-      GridPoint("slpo_soft", "slpo_soft", f"t={t:g},alpha={a:g}",
-                (("temperature", t), ("alpha", a)))
-      for t, a in sweep.slpo_soft
+    GridPoint("ipo", "ipo", f"beta={b:g}", (("beta", b),))
+    for b in sweep.ipo_betas
+  ]
+  points += [
+    GridPoint(
+      "slpo_hard" if t == 1 else "slpo_tempered",
+      "slpo",
+      f"t={t:g}",
+      (("temperature", t),),
+    )
+    for t in sweep.slpo_temperatures
+  ]
+  points += [
+    GridPoint(
+      "slpo_soft",
+      "slpo_soft",
+      f"t={t:g},alpha={a:g}",
+      (("temperature", t), ("alpha", a)),
+    )
+    for t, a in sweep.slpo_soft
   ]
   return points
 
@@ -118,16 +145,22 @@ def fit_reference(config, workdir: pathlib.Path) -> pathlib.Path:
   ``config`` (``config.seed``), and fitted with ``config.reference``.
   """
   tokenizer = data_lib.make_tokenizer(config.data)
-  model = models.build(models.get_config(
-      config.model.family, config.model.size,
-      vocab_size=tokenizer.vocab_size, dtype=config.model.dtype))
+  model = models.build(
+    models.get_config(
+      config.model.family,
+      config.model.size,
+      vocab_size=tokenizer.vocab_size,
+      dtype=config.model.dtype,
+    )
+  )
   params = model.init(jax.random.key(config.seed))
   synthetic_setup.fitted_reference(config, workdir, model, params)
   return workdir / "reference"
 
 
-def run_config(base_config, point: GridPoint, seed: int,
-               reference_dir: pathlib.Path):
+def run_config(
+  base_config, point: GridPoint, seed: int, reference_dir: pathlib.Path
+):
   """The training config of one run: ``point`` from the shared reference."""
   config = base_config.copy_and_resolve_references()
   config.seed = seed
@@ -139,35 +172,46 @@ def run_config(base_config, point: GridPoint, seed: int,
   return config
 
 
-def _rows_from_metrics(metrics_path: pathlib.Path, point: GridPoint, seed: int,
-                       beta: float) -> list[dict]:
+def _rows_from_metrics(
+  metrics_path: pathlib.Path, point: GridPoint, seed: int, beta: float
+) -> list[dict]:
   """The evaluation records of a finished run, as CSV rows."""
   rows = []
   for line in metrics_path.read_text().splitlines():
     record = json.loads(line)
     if "sample/reward" not in record:
       continue
-    rows.append({
-        "family": point.family, "loss": point.loss,
-        "hyperparameter": point.hyperparameter, "seed": seed,
+    rows.append(
+      {
+        "family": point.family,
+        "loss": point.loss,
+        "hyperparameter": point.hyperparameter,
+        "seed": seed,
         "step": int(record["step"]),
         "reward": record["sample/reward"],
         "reward_stderr": record["sample/reward_stderr"],
-        "kl": record["sample/kl"], "kl_stderr": record["sample/kl_stderr"],
+        "kl": record["sample/kl"],
+        "kl_stderr": record["sample/kl_stderr"],
         "length": record["sample/length"],
         "eval_accuracy": record.get("eval/rewards/accuracies", float("nan")),
         "eval_chosen_logp": record.get("eval/logps/chosen", float("nan")),
         # rewards/* are beta * (log pi - log pi_ref) with config.loss.beta.
-        "eval_chosen_logp_shift":
-            record.get("eval/rewards/chosen", float("nan")) / beta,
-        "eval_rejected_logp_shift":
-            record.get("eval/rewards/rejected", float("nan")) / beta,
-    })
+        "eval_chosen_logp_shift": record.get(
+          "eval/rewards/chosen", float("nan")
+        )
+        / beta,
+        "eval_rejected_logp_shift": record.get(
+          "eval/rewards/rejected", float("nan")
+        )
+        / beta,
+      }
+    )
   return rows
 
 
-def train_point(config, point: GridPoint, evaluator, run_dir: pathlib.Path
-                ) -> list[dict]:
+def train_point(
+  config, point: GridPoint, evaluator, run_dir: pathlib.Path
+) -> list[dict]:
   """Trains one run (or reads it back if finished); returns its CSV rows."""
   done = run_dir / "points.json"
   if done.exists():
@@ -175,8 +219,9 @@ def train_point(config, point: GridPoint, evaluator, run_dir: pathlib.Path
   if run_dir.exists():
     shutil.rmtree(run_dir)  # An interrupted run starts over.
   loop.train_and_evaluate(config, run_dir, eval_callback=evaluator)
-  rows = _rows_from_metrics(run_dir / "metrics.jsonl", point, config.seed,
-                            config.loss.beta)
+  rows = _rows_from_metrics(
+    run_dir / "metrics.jsonl", point, config.seed, config.loss.beta
+  )
   done.write_text(json.dumps(rows))
   return rows
 
@@ -186,18 +231,26 @@ def reference_row(evaluator, reference_params, seed: int) -> dict:
   metrics = evaluator(0, reference_params)
   nan = float("nan")
   return {
-      "family": "reference", "loss": "reference", "hyperparameter": "",
-      "seed": seed, "step": 0, "reward": metrics["sample/reward"],
-      "reward_stderr": metrics["sample/reward_stderr"],
-      "kl": metrics["sample/kl"], "kl_stderr": metrics["sample/kl_stderr"],
-      "length": metrics["sample/length"], "eval_accuracy": nan,
-      "eval_chosen_logp": nan, "eval_chosen_logp_shift": 0.0,
-      "eval_rejected_logp_shift": 0.0,
+    "family": "reference",
+    "loss": "reference",
+    "hyperparameter": "",
+    "seed": seed,
+    "step": 0,
+    "reward": metrics["sample/reward"],
+    "reward_stderr": metrics["sample/reward_stderr"],
+    "kl": metrics["sample/kl"],
+    "kl_stderr": metrics["sample/kl_stderr"],
+    "length": metrics["sample/length"],
+    "eval_accuracy": nan,
+    "eval_chosen_logp": nan,
+    "eval_chosen_logp_shift": 0.0,
+    "eval_rejected_logp_shift": 0.0,
   }
 
 
-def pair_statistics(config, reference_dir: pathlib.Path, seed: int = 0
-                    ) -> dict[str, float]:
+def pair_statistics(
+  config, reference_dir: pathlib.Path, seed: int = 0
+) -> dict[str, float]:
   """How hard SLPO's gradient at the reference is spread over the pairs.
 
   At the reference, hard SLPO's derivative with respect to log pi(y_l) is
@@ -219,19 +272,26 @@ def pair_statistics(config, reference_dir: pathlib.Path, seed: int = 0
   model, params = models.load_hf_model(reference_dir, dtype=config.model.dtype)
   tokenizer = data_lib.make_tokenizer(config.data, str(reference_dir))
   sample_fn = synthetic_setup.reference_sampler(
-      model, params, max_new_tokens=config.data.synthetic.max_new_tokens,
-      seed=seed)
-  dataset = data_lib.load_dataset(config.data, tokenizer=tokenizer,
-                                  split="train", sample_fn=sample_fn)
+    model,
+    params,
+    max_new_tokens=config.data.synthetic.max_new_tokens,
+    seed=seed,
+  )
+  dataset = data_lib.load_dataset(
+    config.data, tokenizer=tokenizer, split="train", sample_fn=sample_fn
+  )
+
   def batch_values(p, b):
-    out = objective.batch_stats(model, p, b, pair_values=False,
-                                head=slpo_jax.HeadOptions(fused=False))
+    out = objective.batch_stats(
+      model, p, b, pair_values=False, head=slpo_jax.HeadOptions(fused=False)
+    )
     return {k: v for k, v in out._asdict().items() if v is not None}
 
   stats_fn = jax.jit(batch_values)
   columns: dict[str, list[np.ndarray]] = {}
-  for batch in dataset.batches(batch_size=256, seed=seed, shard_index=0,
-                               shard_count=1, repeat=False):
+  for batch in dataset.batches(
+    batch_size=256, seed=seed, shard_index=0, shard_count=1, repeat=False
+  ):
     out = jax.device_get(stats_fn(params, jax.tree.map(np.asarray, batch)))
     real = np.asarray(batch["example_weight"]) > 0
     for name, value in out.items():
@@ -240,14 +300,19 @@ def pair_statistics(config, reference_dir: pathlib.Path, seed: int = 0
   loser_factor = np.exp(values["rejected_logps"] - values["rejected_not_logps"])
   short = values["rejected_lengths"] <= 3
   result = {"pairs": float(len(loser_factor))}
-  for name in ("chosen_logps", "rejected_logps", "chosen_lengths",
-               "rejected_lengths"):
+  for name in (
+    "chosen_logps",
+    "rejected_logps",
+    "chosen_lengths",
+    "rejected_lengths",
+  ):
     for q in (0.05, 0.5, 0.95):
       result[f"{name}_q{int(q * 100)}"] = float(np.quantile(values[name], q))
   result["loser_factor_above_1e-3"] = float(np.mean(loser_factor > 1e-3))
   result["short_rejected_fraction"] = float(np.mean(short))
   result["short_rejected_factor_share"] = float(
-      loser_factor[short].sum() / loser_factor.sum())
+    loser_factor[short].sum() / loser_factor.sum()
+  )
   return result
 
 
@@ -271,20 +336,37 @@ def summarize(rows: list[dict]) -> list[dict]:
   groups: dict[tuple[str, str, str], list[dict]] = {}
   for row in final_rows(rows):
     groups.setdefault(
-        (row["family"], row["loss"], row["hyperparameter"]), []).append(row)
+      (row["family"], row["loss"], row["hyperparameter"]), []
+    ).append(row)
   table = []
   for (family, loss, hparam), members in groups.items():
-    entry = {"family": family, "loss": loss, "hyperparameter": hparam,
-             "seeds": len(members), "step": max(m["step"] for m in members)}
-    for column in ("reward", "kl", "length", "eval_accuracy",
-                   "eval_chosen_logp_shift"):
+    entry = {
+      "family": family,
+      "loss": loss,
+      "hyperparameter": hparam,
+      "seeds": len(members),
+      "step": max(m["step"] for m in members),
+    }
+    for column in (
+      "reward",
+      "kl",
+      "length",
+      "eval_accuracy",
+      "eval_chosen_logp_shift",
+    ):
       mean, low, high = stats.mean_interval(
-          np.array([m[column] for m in members]))
+        np.array([m[column] for m in members])
+      )
       entry[column] = (mean, low, high)
     table.append(entry)
   order = {name: i for i, name in enumerate(("reference",) + FAMILIES)}
-  table.sort(key=lambda e: (order[e["family"]], e["loss"],
-                            _hparam_sort_key(e["hyperparameter"])))
+  table.sort(
+    key=lambda e: (
+      order[e["family"]],
+      e["loss"],
+      _hparam_sort_key(e["hyperparameter"]),
+    )
+  )
   return table
 
 
@@ -306,22 +388,24 @@ def markdown_table(table: list[dict]) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
   lines = [
-      "| loss | hyperparameter | seeds | final step | reward | KL (nats) |"
-      " sample length | eval accuracy | shift of log pi(y_w) |",
-      "|---|---|---|---|---|---|---|---|---|",
+    "| loss | hyperparameter | seeds | final step | reward | KL (nats) |"
+    " sample length | eval accuracy | shift of log pi(y_w) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for e in table:
     lines.append(
-        f"| {FAMILY_LABELS[e['family']]} | {e['hyperparameter'] or '-'} |"
-        f" {e['seeds']} | {e['step']} | {cell(e['reward'], 3)} |"
-        f" {cell(e['kl'], 2)} | {cell(e['length'], 1)} |"
-        f" {cell(e['eval_accuracy'], 3)} |"
-        f" {cell(e['eval_chosen_logp_shift'], 1)} |")
+      f"| {FAMILY_LABELS[e['family']]} | {e['hyperparameter'] or '-'} |"
+      f" {e['seeds']} | {e['step']} | {cell(e['reward'], 3)} |"
+      f" {cell(e['kl'], 2)} | {cell(e['length'], 1)} |"
+      f" {cell(e['eval_accuracy'], 3)} |"
+      f" {cell(e['eval_chosen_logp_shift'], 1)} |"
+    )
   return "\n".join(lines)
 
 
-def plot_frontier(rows: list[dict], path: pathlib.Path, title: str = ""
-                  ) -> None:
+def plot_frontier(
+  rows: list[dict], path: pathlib.Path, title: str = ""
+) -> None:
   """Reward against KL: every evaluation of every run, and config means.
 
   Small translucent markers are single evaluations; large outlined markers
@@ -330,49 +414,93 @@ def plot_frontier(rows: list[dict], path: pathlib.Path, title: str = ""
   the reference (the black star).
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")  # Files only; no display where this runs.
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  colors = {"dpo": "tab:blue", "ipo": "tab:orange", "slpo_hard": "tab:gray",
-            "slpo_tempered": "tab:green", "slpo_soft": "tab:red"}
-  markers = {"dpo": "o", "ipo": "s", "slpo_hard": "X",
-             "slpo_tempered": "^", "slpo_soft": "D"}
+  colors = {
+    "dpo": "tab:blue",
+    "ipo": "tab:orange",
+    "slpo_hard": "tab:gray",
+    "slpo_tempered": "tab:green",
+    "slpo_soft": "tab:red",
+  }
+  markers = {
+    "dpo": "o",
+    "ipo": "s",
+    "slpo_hard": "X",
+    "slpo_tempered": "^",
+    "slpo_soft": "D",
+  }
   fig, ax = plt.subplots(figsize=(8.0, 5.5))
   reference = [r for r in rows if r["family"] == "reference"]
-  ref_reward = float(np.mean([r["reward"] for r in reference])) if reference \
-      else float("nan")
+  ref_reward = (
+    float(np.mean([r["reward"] for r in reference]))
+    if reference
+    else float("nan")
+  )
   for family in FAMILIES:
     members = [r for r in rows if r["family"] == family]
     if not members:
       continue
-    ax.scatter([r["kl"] for r in members], [r["reward"] for r in members],
-               s=12, alpha=0.3, color=colors[family], marker=markers[family],
-               linewidths=0.8)
-    configs = sorted({r["hyperparameter"] for r in members},
-                     key=_hparam_sort_key)
+    ax.scatter(
+      [r["kl"] for r in members],
+      [r["reward"] for r in members],
+      s=12,
+      alpha=0.3,
+      color=colors[family],
+      marker=markers[family],
+      linewidths=0.8,
+    )
+    configs = sorted(
+      {r["hyperparameter"] for r in members}, key=_hparam_sort_key
+    )
     for index, hparam in enumerate(configs):
       runs = [r for r in members if r["hyperparameter"] == hparam]
       steps = sorted({r["step"] for r in runs})
-      mean_kl = [0.0] + [np.mean([r["kl"] for r in runs if r["step"] == s])
-                         for s in steps]
+      mean_kl = [0.0] + [
+        np.mean([r["kl"] for r in runs if r["step"] == s]) for s in steps
+      ]
       mean_reward = [ref_reward] + [
-          np.mean([r["reward"] for r in runs if r["step"] == s])
-          for s in steps]
-      ax.plot(mean_kl, mean_reward, color=colors[family], linewidth=0.8,
-              alpha=0.6)
-      ax.scatter(mean_kl[-1:], mean_reward[-1:], s=70, color=colors[family],
-                 marker=markers[family], edgecolors="black", linewidths=0.8,
-                 zorder=3,
-                 label=FAMILY_LABELS[family] if index == 0 else None)
-      ax.annotate(hparam, (mean_kl[-1], mean_reward[-1]), fontsize=7,
-                  xytext=(4, 3), textcoords="offset points")
+        np.mean([r["reward"] for r in runs if r["step"] == s]) for s in steps
+      ]
+      ax.plot(
+        mean_kl, mean_reward, color=colors[family], linewidth=0.8, alpha=0.6
+      )
+      ax.scatter(
+        mean_kl[-1:],
+        mean_reward[-1:],
+        s=70,
+        color=colors[family],
+        marker=markers[family],
+        edgecolors="black",
+        linewidths=0.8,
+        zorder=3,
+        label=FAMILY_LABELS[family] if index == 0 else None,
+      )
+      ax.annotate(
+        hparam,
+        (mean_kl[-1], mean_reward[-1]),
+        fontsize=7,
+        xytext=(4, 3),
+        textcoords="offset points",
+      )
   if reference:
-    ax.scatter([0.0], [ref_reward], s=160, marker="*", color="black",
-               zorder=4, label="reference (SFT)")
+    ax.scatter(
+      [0.0],
+      [ref_reward],
+      s=160,
+      marker="*",
+      color="black",
+      zorder=4,
+      label="reference (SFT)",
+    )
   # KL spans from a fraction of a nat to tens of nats across the grid.
   ax.set_xscale("symlog", linthresh=1.0)
-  ax.set_xlabel("KL(pi || pi_ref), nats per response (policy samples;"
-                " linear below 1, log above)")
+  ax.set_xlabel(
+    "KL(pi || pi_ref), nats per response (policy samples;"
+    " linear below 1, log above)"
+  )
   ax.set_ylabel("mean true reward of policy samples")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="upper left")
@@ -384,9 +512,15 @@ def plot_frontier(rows: list[dict], path: pathlib.Path, title: str = ""
   plt.close(fig)
 
 
-def run_sweep(preset: str, seeds: int, out: pathlib.Path,
-              workdir: pathlib.Path, *, learning_rate: float | None = None,
-              only: tuple[str, ...] = ()) -> list[dict]:
+def run_sweep(
+  preset: str,
+  seeds: int,
+  out: pathlib.Path,
+  workdir: pathlib.Path,
+  *,
+  learning_rate: float | None = None,
+  only: tuple[str, ...] = (),
+) -> list[dict]:
   """Fits the reference, trains the grid, writes the CSV and the figure.
 
   Args:
@@ -407,8 +541,11 @@ def run_sweep(preset: str, seeds: int, out: pathlib.Path,
     stem += f"_lr{learning_rate:g}"
     runs = workdir / f"runs_lr{learning_rate:g}"
   sweep = cg_config.get_sweep(preset)
-  points = [p for p in grid(sweep)
-            if not only or any(p.name.startswith(o) for o in only)]
+  points = [
+    p
+    for p in grid(sweep)
+    if not only or any(p.name.startswith(o) for o in only)
+  ]
   if not points:
     raise ValueError(f"no grid point matches {only}")
   # Identical programs compiled by earlier runs (same loss, other seed) are
@@ -418,62 +555,93 @@ def run_sweep(preset: str, seeds: int, out: pathlib.Path,
 
   reference_dir = fit_reference(base, workdir / "reference_fit")
   model, reference_params = models.load_hf_model(
-      reference_dir, dtype=base.model.dtype)
+    reference_dir, dtype=base.model.dtype
+  )
   prompts = synthetic_prompts(base.data, "eval")
-  print(f"reference ready after {time.perf_counter() - start:.0f} s;"
-        f" {len(points)} configs x {seeds} seeds")
+  print(
+    f"reference ready after {time.perf_counter() - start:.0f} s;"
+    f" {len(points)} configs x {seeds} seeds"
+  )
 
   rows = []
   for seed in range(seeds):
     evaluator = sampling_eval.SamplingEvaluator(
-        model, reference_params, prompts,
-        max_new_tokens=base.data.synthetic.max_new_tokens + 1,
-        samples_per_prompt=sweep.samples_per_prompt, seed=seed)
+      model,
+      reference_params,
+      prompts,
+      max_new_tokens=base.data.synthetic.max_new_tokens + 1,
+      samples_per_prompt=sweep.samples_per_prompt,
+      seed=seed,
+    )
     rows.append(reference_row(evaluator, reference_params, seed))
     for point in points:
       run_start = time.perf_counter()
       config = run_config(base, point, seed, reference_dir)
-      run_rows = train_point(config, point, evaluator,
-                             runs / f"{point.name}_seed{seed}")
+      run_rows = train_point(
+        config, point, evaluator, runs / f"{point.name}_seed{seed}"
+      )
       rows.extend(run_rows)
       last = run_rows[-1]
-      print(f"[{time.perf_counter() - start:6.0f} s] {point.loss}"
-            f" {point.hyperparameter} seed {seed}: reward"
-            f" {last['reward']:.3f}, KL {last['kl']:.2f}"
-            f" ({time.perf_counter() - run_start:.0f} s)", flush=True)
+      print(
+        f"[{time.perf_counter() - start:6.0f} s] {point.loss}"
+        f" {point.hyperparameter} seed {seed}: reward"
+        f" {last['reward']:.3f}, KL {last['kl']:.2f}"
+        f" ({time.perf_counter() - run_start:.0f} s)",
+        flush=True,
+      )
       # Written after every run, so a long sweep can be looked at early.
       write_points_csv(rows, out / f"{stem}.csv")
 
   write_points_csv(rows, out / f"{stem}.csv")
   steps = base.steps
   plot_frontier(
-      rows, out / f"{stem}.png",
-      title=f"Synthetic sentiment task, {preset} preset: {steps} steps,"
-            f" peak learning rate {base.optimizer.learning_rate:g},\n"
-            f"{seeds} seeds, {len(prompts)} held-out prompts x"
-            f" {sweep.samples_per_prompt} samples")
+    rows,
+    out / f"{stem}.png",
+    title=f"Synthetic sentiment task, {preset} preset: {steps} steps,"
+    f" peak learning rate {base.optimizer.learning_rate:g},\n"
+    f"{seeds} seeds, {len(prompts)} held-out prompts x"
+    f" {sweep.samples_per_prompt} samples",
+  )
   print(markdown_table(summarize(rows)))
-  print(f"runtime: {time.perf_counter() - start:.0f} s"
-        f" ({(time.perf_counter() - start) / 60:.1f} min)")
+  print(
+    f"runtime: {time.perf_counter() - start:.0f} s"
+    f" ({(time.perf_counter() - start) / 60:.1f} min)"
+  )
   return rows
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", choices=cg_config.PRESETS, default="cpu")
-  parser.add_argument("--seeds", type=int, default=None,
-                      help="seeds per config (default: the preset's)")
-  parser.add_argument("--out", type=pathlib.Path,
-                      default=pathlib.Path("docs/figures"))
-  parser.add_argument("--workdir", type=pathlib.Path,
-                      default=pathlib.Path("/tmp/cg"))
-  parser.add_argument("--pair-stats", action="store_true",
-                      help="only print `pair_statistics` of seed 0's pairs")
-  parser.add_argument("--learning-rate", type=float, default=None,
-                      help="replace the preset's peak learning rate")
-  parser.add_argument("--only", default="",
-                      help="comma-separated grid point names or prefixes,"
-                           " e.g. 'slpo_t,dpo_beta0.2'")
+  parser.add_argument(
+    "--seeds",
+    type=int,
+    default=None,
+    help="seeds per config (default: the preset's)",
+  )
+  parser.add_argument(
+    "--out", type=pathlib.Path, default=pathlib.Path("docs/figures")
+  )
+  parser.add_argument(
+    "--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/cg")
+  )
+  parser.add_argument(
+    "--pair-stats",
+    action="store_true",
+    help="only print `pair_statistics` of seed 0's pairs",
+  )
+  parser.add_argument(
+    "--learning-rate",
+    type=float,
+    default=None,
+    help="replace the preset's peak learning rate",
+  )
+  parser.add_argument(
+    "--only",
+    default="",
+    help="comma-separated grid point names or prefixes,"
+    " e.g. 'slpo_t,dpo_beta0.2'",
+  )
   args = parser.parse_args(argv)
   if args.pair_stats:
     base = cg_config.get_config(args.preset)
@@ -482,9 +650,14 @@ def main(argv=None):
       print(f"{name}: {value:.4g}")
     return
   seeds = args.seeds or cg_config.get_sweep(args.preset).seeds
-  run_sweep(args.preset, seeds, args.out, args.workdir,
-            learning_rate=args.learning_rate,
-            only=tuple(o for o in args.only.split(",") if o))
+  run_sweep(
+    args.preset,
+    seeds,
+    args.out,
+    args.workdir,
+    learning_rate=args.learning_rate,
+    only=tuple(o for o in args.only.split(",") if o),
+  )
 
 
 if __name__ == "__main__":

@@ -33,22 +33,34 @@ from experiments import plots
 from experiments import preference_sets
 from experiments import stats
 from experiments import training
-from experiments.sequence_space import BANDIT, TINY_LM, SequenceSpace
+from experiments.sequence_space import BANDIT
+from experiments.sequence_space import TINY_LM
+from experiments.sequence_space import SequenceSpace
 
 # name -> (space, responses called a, b, c, reference kind)
 SETTINGS = {
-    "bandit_uniform": (BANDIT, {"a": (0,), "b": (1,), "c": (2,)}, "uniform"),
-    "bandit_random": (BANDIT, {"a": (0,), "b": (1,), "c": (2,)}, "random"),
-    "tiny_lm_random": (
-        TINY_LM, {"a": (0, 1), "b": (0, 2), "c": (1,)}, "random"
-    ),
+  "bandit_uniform": (BANDIT, {"a": (0,), "b": (1,), "c": (2,)}, "uniform"),
+  "bandit_random": (BANDIT, {"a": (0,), "b": (1,), "c": (2,)}, "random"),
+  "tiny_lm_random": (TINY_LM, {"a": (0, 1), "b": (0, 2), "c": (1,)}, "random"),
 }
 
 METRICS = (
-    "pi_a", "pi_b", "pi_c", "unobserved", "unobserved_change", "rest_kl",
-    "kl", "margin_ab", "slpo_target_gap", "slpo_target_abs_gap",
-    "slpo_fixed_point_gap", "pi_a_half", "ref_a", "ref_b",
-    "ref_c", "final_loss",
+  "pi_a",
+  "pi_b",
+  "pi_c",
+  "unobserved",
+  "unobserved_change",
+  "rest_kl",
+  "kl",
+  "margin_ab",
+  "slpo_target_gap",
+  "slpo_target_abs_gap",
+  "slpo_fixed_point_gap",
+  "pi_a_half",
+  "ref_a",
+  "ref_b",
+  "ref_c",
+  "final_loss",
 )
 
 
@@ -69,9 +81,9 @@ def ipo_margin_closed_form(dataset: str, tau: float) -> float:
   minimal at h = 0. Every margin is reachable by both policy shapes here.
   """
   return {
-      "single_pair": 1.0 / (2.0 * tau),
-      "transitive": 1.0 / (3.0 * tau),
-      "contradictory": 0.0,
+    "single_pair": 1.0 / (2.0 * tau),
+    "transitive": 1.0 / (3.0 * tau),
+    "contradictory": 0.0,
   }[dataset]
 
 
@@ -91,14 +103,15 @@ def slpo_fixed_point(preference_set, reference_probs):
   Returns:
     ``{name: [seeds]}`` predicted pi(name).
   """
-  index = {name: preference_set.response_index(name)
-           for name in preference_set.named}
+  index = {
+    name: preference_set.response_index(name) for name in preference_set.named
+  }
   totals = {name: np.zeros(reference_probs.shape[0]) for name in index}
   counts = {name: 0 for name in index}
   for winner, loser in preference_set.pairs:
     target = np.minimum(
-        reference_probs[:, index[winner]] + reference_probs[:, index[loser]],
-        1.0)
+      reference_probs[:, index[winner]] + reference_probs[:, index[loser]], 1.0
+    )
     totals[winner] = totals[winner] + target
     counts[winner] += 1
     counts[loser] += 1
@@ -112,7 +125,7 @@ def _kl(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
 
 
 def summarize(
-    result: training.TrainResult, preference_set: preference_sets.PreferenceSet
+  result: training.TrainResult, preference_set: preference_sets.PreferenceSet
 ) -> dict[str, np.ndarray]:
   """Per-seed values of every metric in :data:`METRICS`."""
   final = result.log_probs[:, -1]
@@ -120,13 +133,14 @@ def summarize(
   reference = result.reference_log_probs
   seeds = final.shape[0]
   nan = np.full(seeds, np.nan)
-  index = {name: preference_set.response_index(name)
-           for name in preference_set.named}
+  index = {
+    name: preference_set.response_index(name) for name in preference_set.named
+  }
   out = {}
   for name in preference_sets.NAMES:
     out[f"pi_{name}"] = np.exp(final[:, index[name]]) if name in index else nan
     out[f"ref_{name}"] = (
-        np.exp(reference[:, index[name]]) if name in index else nan
+      np.exp(reference[:, index[name]]) if name in index else nan
     )
   out["pi_a_half"] = np.exp(half[:, index["a"]])
 
@@ -134,21 +148,22 @@ def summarize(
   unobserved[preference_set.observed_indices] = False
   # Summed directly rather than as 1 - observed: the mass can be ~1e-8.
   out["unobserved"] = np.exp(final[:, unobserved]).sum(axis=1)
-  out["unobserved_change"] = (
-      out["unobserved"] - np.exp(reference[:, unobserved]).sum(axis=1)
-  )
+  out["unobserved_change"] = out["unobserved"] - np.exp(
+    reference[:, unobserved]
+  ).sum(axis=1)
   if unobserved.sum() > 1:
     # KL between the two distributions conditioned on the unobserved set:
     # 0 when the rest keeps its reference shape, whatever its total.
     def conditional(log_p):
       rest = log_p[:, unobserved]
       return rest - np.logaddexp.reduce(rest, axis=1, keepdims=True)
+
     out["rest_kl"] = _kl(conditional(final), conditional(reference))
   else:
     out["rest_kl"] = nan
   out["kl"] = _kl(final, reference)
   out["margin_ab"] = (final[:, index["a"]] - reference[:, index["a"]]) - (
-      final[:, index["b"]] - reference[:, index["b"]]
+    final[:, index["b"]] - reference[:, index["b"]]
   )
   if preference_set.name == "single_pair":
     out["slpo_target_gap"] = out["pi_a"] - (out["ref_a"] + out["ref_b"])
@@ -157,15 +172,21 @@ def summarize(
     out["slpo_target_gap"] = out["slpo_target_abs_gap"] = nan
   predicted = slpo_fixed_point(preference_set, np.exp(reference))
   out["slpo_fixed_point_gap"] = np.max(
-      [np.abs(out[f"pi_{name}"] - predicted[name]) for name in predicted],
-      axis=0,
+    [np.abs(out[f"pi_{name}"] - predicted[name]) for name in predicted],
+    axis=0,
   )
   out["final_loss"] = result.final_loss
   return out
 
 
-def run_grid(seeds: int, config: training.TrainConfig, grid=None,
-             settings=None, datasets=None, log=print):
+def run_grid(
+  seeds: int,
+  config: training.TrainConfig,
+  grid=None,
+  settings=None,
+  datasets=None,
+  log=print,
+):
   """Trains every objective on every setting and data set.
 
   Settings that share a space (and reference tables of every kind) are
@@ -187,26 +208,32 @@ def run_grid(seeds: int, config: training.TrainConfig, grid=None,
     responses = SETTINGS[group[0]][1]
     if any(SETTINGS[setting][1] != responses for setting in group):
       raise ValueError(f"settings {group} share a space but not a, b, c")
-    tables = [reference_tables(space, SETTINGS[setting][2], seeds)
-              for setting in group]
+    tables = [
+      reference_tables(space, SETTINGS[setting][2], seeds) for setting in group
+    ]
     bounds = np.cumsum([0] + [table.shape[0] for table in tables])
-    sets = [preference_sets.make(dataset, space, responses)
-            for dataset in datasets]
+    sets = [
+      preference_sets.make(dataset, space, responses) for dataset in datasets
+    ]
     for objective in grid:
       start = time.perf_counter()
-      results = training.train(
-          objective, sets, np.concatenate(tables), config
+      results = training.train(objective, sets, np.concatenate(tables), config)
+      log(
+        f"{'+'.join(group)}: {objective.label}"
+        f"  [{time.perf_counter() - start:.1f} s]"
       )
-      log(f"{'+'.join(group)}: {objective.label}"
-          f"  [{time.perf_counter() - start:.1f} s]")
       for preference_set, result in zip(sets, results):
         for number, setting in enumerate(group):
           part = slice(bounds[number], bounds[number + 1])
           found[(setting, preference_set.name, objective.label)] = (
-              objective, preference_set, training.TrainResult(
-                  result.reference_log_probs[part], result.log_probs[part],
-                  result.final_loss[part], result.record_steps,
-              ),
+            objective,
+            preference_set,
+            training.TrainResult(
+              result.reference_log_probs[part],
+              result.log_probs[part],
+              result.final_loss[part],
+              result.record_steps,
+            ),
           )
   rows, curves = [], {}
   for setting in settings:
@@ -217,10 +244,13 @@ def run_grid(seeds: int, config: training.TrainConfig, grid=None,
         _, preference_set, result = found[(setting, dataset, objective.label)]
         values = summarize(result, preference_set)
         row = {
-            "setting": setting, "dataset": dataset, "loss": objective.family,
-            "hparam": objective.hparam_name,
-            "value": "" if objective.hparam is None else objective.hparam,
-            "seeds": result.log_probs.shape[0], "steps": config.steps,
+          "setting": setting,
+          "dataset": dataset,
+          "loss": objective.family,
+          "hparam": objective.hparam_name,
+          "value": "" if objective.hparam is None else objective.hparam,
+          "seeds": result.log_probs.shape[0],
+          "steps": config.steps,
         }
         for metric in METRICS:
           mean, low, high = stats.mean_interval(values[metric])
@@ -228,16 +258,20 @@ def run_grid(seeds: int, config: training.TrainConfig, grid=None,
           row[f"{metric}_lo"] = low
           row[f"{metric}_hi"] = high
         row["ipo_margin_closed_form"] = (
-            ipo_margin_closed_form(dataset, objective.hparam)
-            if objective.family == "ipo" else float("nan")
+          ipo_margin_closed_form(dataset, objective.hparam)
+          if objective.family == "ipo"
+          else float("nan")
         )
         rows.append(row)
         curves[(setting, dataset, objective.label)] = (
-            result.record_steps, np.exp(result.log_probs[:, :, abc])
+          result.record_steps,
+          np.exp(result.log_probs[:, :, abc]),
         )
-        log(f"{setting:15s} {dataset:14s} {objective.label:20s}"
-            f" pi(a)={row['pi_a']:.4f} pi(b)={row['pi_b']:.4f}"
-            f" unobserved={row['unobserved']:.4f} kl={row['kl']:.3f}")
+        log(
+          f"{setting:15s} {dataset:14s} {objective.label:20s}"
+          f" pi(a)={row['pi_a']:.4f} pi(b)={row['pi_b']:.4f}"
+          f" unobserved={row['unobserved']:.4f} kl={row['kl']:.3f}"
+        )
   return rows, curves
 
 
@@ -246,26 +280,31 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=10)
   parser.add_argument("--steps", type=int, default=10_000)
   parser.add_argument("--learning-rate", type=float, default=0.01)
-  parser.add_argument("--out", type=pathlib.Path,
-                      default=pathlib.Path("docs/figures"))
+  parser.add_argument(
+    "--out", type=pathlib.Path, default=pathlib.Path("docs/figures")
+  )
   args = parser.parse_args(argv)
   config = training.TrainConfig(
-      steps=args.steps, learning_rate=args.learning_rate
+    steps=args.steps, learning_rate=args.learning_rate
   )
   start = time.perf_counter()
   rows, curves = run_grid(args.seeds, config)
   for setting in SETTINGS:
     stats.write_csv(
-        args.out / f"enumeration_{setting}.csv",
-        [row for row in rows if row["setting"] == setting],
+      args.out / f"enumeration_{setting}.csv",
+      [row for row in rows if row["setting"] == setting],
     )
   plots.learning_curves(
-      curves, "bandit_uniform", "transitive",
-      args.out / "enumeration_curves_bandit_transitive",
+    curves,
+    "bandit_uniform",
+    "transitive",
+    args.out / "enumeration_curves_bandit_transitive",
   )
   plots.final_mass(rows, args.out / "enumeration_final_mass")
-  print(f"enumeration: {time.perf_counter() - start:.0f} s in all"
-        f" ({jax.device_count()} {jax.default_backend()} device(s))")
+  print(
+    f"enumeration: {time.perf_counter() - start:.0f} s in all"
+    f" ({jax.device_count()} {jax.default_backend()} device(s))"
+  )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def _row_logits(rng, labels, label_probs, vocab):
   """
   others = np.exp(rng.normal(size=(len(labels), vocab)))
   others[np.arange(len(labels)), labels] = 0.0
-  probs = others / others.sum(axis=1, keepdims=True) * (1.0 - label_probs)[:, None]
+  probs = (
+    others / others.sum(axis=1, keepdims=True) * (1.0 - label_probs)[:, None]
+  )
   probs[np.arange(len(labels)), labels] = label_probs
   return np.log(probs)
 
@@ -69,10 +71,10 @@ def make_pair(seed: int = 0, max_length: int = MAX_LENGTH, vocab: int = VOCAB):
   shift = rng.integers(1, vocab, size=max_length)
   rejected_labels = (chosen_labels + shift) % vocab
   chosen_logits = _row_logits(
-      rng, chosen_labels, rng.uniform(0.3, 0.7, size=max_length), vocab
+    rng, chosen_labels, rng.uniform(0.3, 0.7, size=max_length), vocab
   )
   rejected_logits = _row_logits(
-      rng, rejected_labels, rng.uniform(0.3, 0.7, size=max_length), vocab
+    rng, rejected_labels, rng.uniform(0.3, 0.7, size=max_length), vocab
   )
   # Position 0 is one distribution over both first tokens: 0.45 on y_w's,
   # 0.35 on y_l's, 0.2 on the rest.
@@ -128,13 +130,16 @@ class Pullback:
   def __init__(self, pair, lengths, dtype):
     chosen_logits, rejected_logits, chosen_labels, rejected_labels = pair
     self.lengths = list(lengths)
-    self.params = {"chosen": jnp.asarray(chosen_logits, dtype),
-                   "rejected": jnp.asarray(rejected_logits, dtype)}
+    self.params = {
+      "chosen": jnp.asarray(chosen_logits, dtype),
+      "rejected": jnp.asarray(rejected_logits, dtype),
+    }
     self.masks = jnp.asarray(_masks(lengths, len(chosen_labels)))
     labels = (jnp.asarray(chosen_labels), jnp.asarray(rejected_labels))
 
     def batch(where):
       return objectives.PairBatch(labels[0], where, labels[1], where)
+
     self._batch = batch
 
     def terms_at(params, where):
@@ -145,7 +150,7 @@ class Pullback:
       return vjp(cotangent)[0]
 
     self.terms = jax.jit(jax.vmap(terms_at, in_axes=(None, 0)))(
-        self.params, self.masks
+      self.params, self.masks
     )
     self._pull = jax.jit(jax.vmap(pull, in_axes=(None, 0, 0)))
 
@@ -154,6 +159,7 @@ class Pullback:
       terms = values._replace(**data)
       reference = jax.tree.map(jax.lax.stop_gradient, terms)
       return objectives.mean_loss(objective, terms, reference)
+
     return loss
 
   def cotangents(self, objective):
@@ -165,14 +171,14 @@ class Pullback:
     """``dL / d terms`` at one length (eager: the loss is a few scalars)."""
     terms = jax.tree.map(lambda x: x[index], self.terms)
     return jax.grad(self._loss_of_terms(objective))(
-        _values(terms), _data(terms)
+      _values(terms), _data(terms)
     )
 
   def gradients(self, cotangents) -> np.ndarray:
     """``[lengths, 2 * max_length * vocab]`` float64 gradient w.r.t. logits."""
     grads = self._pull(self.params, self.masks, cotangents)
     flat = np.concatenate(
-        [np.asarray(grads["chosen"]), np.asarray(grads["rejected"])], axis=-1
+      [np.asarray(grads["chosen"]), np.asarray(grads["rejected"])], axis=-1
     )
     return flat.reshape(len(self.lengths), -1).astype(np.float64)
 
@@ -189,8 +195,8 @@ def length_scaled_gradients(pullback: Pullback) -> np.ndarray:
   the loss's scalar part runs once per length.
   """
   parts = [
-      pullback.cotangent_at(objectives.slpo(float(length)), index)
-      for index, length in enumerate(pullback.lengths)
+    pullback.cotangent_at(objectives.slpo(float(length)), index)
+    for index, length in enumerate(pullback.lengths)
   ]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
   return pullback.gradients(stacked)
@@ -209,11 +215,14 @@ def slpo_formula(pullback: Pullback):
   log_l = pullback.terms.rejected_logps
   log1mexp = slpo_jax.losses.log1mexp
   cotangent = jax.tree.map(jnp.zeros_like, _values(pullback.terms))._replace(
-      chosen_logps=-jnp.exp(log_l - log1mexp(log_w)),
-      rejected_logps=jnp.exp(log_l - log1mexp(log_l)),
+    chosen_logps=-jnp.exp(log_l - log1mexp(log_w)),
+    rejected_logps=jnp.exp(log_l - log1mexp(log_l)),
   )
-  return (pullback.gradients(cotangent), np.asarray(log_w, np.float64),
-          np.asarray(log_l, np.float64))
+  return (
+    pullback.gradients(cotangent),
+    np.asarray(log_w, np.float64),
+    np.asarray(log_l, np.float64),
+  )
 
 
 def norm(grads: np.ndarray) -> np.ndarray:
@@ -234,14 +243,14 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def default_objectives():
   return [
-      objectives.dpo(0.1),
-      objectives.ipo(0.1),
-      objectives.slpo(),
-      objectives.slpo(2.0),
-      objectives.slpo(4.0),
-      objectives.slpo(8.0),
-      objectives.slpo_soft(0.9),
-      objectives.slpo_token(),
+    objectives.dpo(0.1),
+    objectives.ipo(0.1),
+    objectives.slpo(),
+    objectives.slpo(2.0),
+    objectives.slpo(4.0),
+    objectives.slpo(8.0),
+    objectives.slpo_soft(0.9),
+    objectives.slpo_token(),
   ]
 
 
@@ -274,39 +283,59 @@ def run(lengths=LENGTHS, grid=None, seed: int = 0, length_scaled: bool = True):
       norms = norm(grads)
       agreement = cosine(grads, results[(label, "float64")])
       for index, length in enumerate(lengths):
-        rows.append({
-            "length": int(length), "loss": label, "dtype": dtype,
+        rows.append(
+          {
+            "length": int(length),
+            "loss": label,
+            "dtype": dtype,
             "grad_norm": float(norms[index]),
             "cosine_to_float64": float(agreement[index]),
-            "log_pi_w": float(log_w[index]), "log_pi_l": float(log_l[index]),
-        })
+            "log_pi_w": float(log_w[index]),
+            "log_pi_l": float(log_l[index]),
+          }
+        )
       zero = [length for length, value in zip(lengths, norms) if value == 0]
-      astray = [length for length, value in zip(lengths, agreement)
-                if not value >= 0.9]
-      summary.append({
-          "loss": label, "dtype": dtype,
+      astray = [
+        length for length, value in zip(lengths, agreement) if not value >= 0.9
+      ]
+      summary.append(
+        {
+          "loss": label,
+          "dtype": dtype,
           "first_zero_length": zero[0] if zero else "",
           "first_astray_length": astray[0] if astray else "",
-          "norm_T1": float(norms[0]), "norm_T64": float(
-              norms[list(lengths).index(64)] if 64 in lengths else np.nan),
+          "norm_T1": float(norms[0]),
+          "norm_T64": float(
+            norms[list(lengths).index(64)] if 64 in lengths else np.nan
+          ),
           "norm_T256": float(norms[-1]),
-      })
+        }
+      )
   formula_norms = norm(formula)
   for index, length in enumerate(lengths):
-    rows.append({
-        "length": int(length), "loss": "slpo (formula)", "dtype": "float64",
+    rows.append(
+      {
+        "length": int(length),
+        "loss": "slpo (formula)",
+        "dtype": "float64",
         "grad_norm": float(formula_norms[index]),
-        "cosine_to_float64": float(cosine(
-            formula[index:index + 1],
-            results[("slpo", "float64")][index:index + 1])[0]),
-        "log_pi_w": float(log_w[index]), "log_pi_l": float(log_l[index]),
-    })
+        "cosine_to_float64": float(
+          cosine(
+            formula[index : index + 1],
+            results[("slpo", "float64")][index : index + 1],
+          )[0]
+        ),
+        "log_pi_w": float(log_w[index]),
+        "log_pi_l": float(log_l[index]),
+      }
+    )
   return rows, summary
 
 
 def plot(rows, path: pathlib.Path) -> None:
   """Gradient norm against length, log y, one panel per dtype."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -315,25 +344,37 @@ def plot(rows, path: pathlib.Path) -> None:
   fig, axes = plt.subplots(1, 2, sharey=True, figsize=(12, 5))
   for ax, dtype in zip(axes, ("float32", "float64")):
     for number, label in enumerate(labels):
-      chosen = [row for row in rows if row["loss"] == label and (
-          row["dtype"] == dtype or label == "slpo (formula)")]
+      chosen = [
+        row
+        for row in rows
+        if row["loss"] == label
+        and (row["dtype"] == dtype or label == "slpo (formula)")
+      ]
       lengths = np.array([row["length"] for row in chosen])
       values = np.array([row["grad_norm"] for row in chosen])
       if label == "slpo (formula)":
         style = dict(color="black", linestyle=":", linewidth=1.5)
       else:
-        style = dict(color=f"C{number % 10}",
-                     linewidth=2.5 if label == "slpo" else 1.3)
+        style = dict(
+          color=f"C{number % 10}", linewidth=2.5 if label == "slpo" else 1.3
+        )
       ax.plot(lengths, np.maximum(values, floor), label=label, **style)
       zeros = values == 0
       if zeros.any():
-        ax.scatter(lengths[zeros], np.full(zeros.sum(), floor), marker="x",
-                   s=14, color=style["color"], zorder=3)
+        ax.scatter(
+          lengths[zeros],
+          np.full(zeros.sum(), floor),
+          marker="x",
+          s=14,
+          color=style["color"],
+          zorder=3,
+        )
     ax.axhline(1e-8, color="gray", linestyle="--", linewidth=0.8)
     ax.text(1.1, 3e-8, "Adam eps = 1e-8", fontsize=7, color="gray")
     if dtype == "float32":
-      ax.axhline(np.finfo(np.float32).tiny, color="gray", linestyle="--",
-                 linewidth=0.8)
+      ax.axhline(
+        np.finfo(np.float32).tiny, color="gray", linestyle="--", linewidth=0.8
+      )
       ax.text(1.1, 3e-38, "smallest normal float32", fontsize=7, color="gray")
     ax.set_yscale("log")
     ax.set_xscale("log", base=2)
@@ -351,8 +392,9 @@ def plot(rows, path: pathlib.Path) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", type=pathlib.Path,
-                      default=pathlib.Path("docs/figures"))
+  parser.add_argument(
+    "--out", type=pathlib.Path, default=pathlib.Path("docs/figures")
+  )
   args = parser.parse_args(argv)
   start = time.perf_counter()
   rows, summary = run()
@@ -360,12 +402,14 @@ def main(argv=None):
   stats.write_csv(args.out / "gradient_scale_summary.csv", summary)
   plot(rows, args.out / "gradient_scale.png")
   for entry in summary:
-    print(f"{entry['loss']:20s} {entry['dtype']}: |g|(T=1)={entry['norm_T1']:.3g}"
-          f" |g|(T=64)={entry['norm_T64']:.3g}"
-          f" |g|(T=256)={entry['norm_T256']:.3g}"
-          f" first zero at T={entry['first_zero_length'] or '-'},"
-          f" first cos<0.9 vs float64 at T="
-          f"{entry['first_astray_length'] or '-'}")
+    print(
+      f"{entry['loss']:20s} {entry['dtype']}: |g|(T=1)={entry['norm_T1']:.3g}"
+      f" |g|(T=64)={entry['norm_T64']:.3g}"
+      f" |g|(T=256)={entry['norm_T256']:.3g}"
+      f" first zero at T={entry['first_zero_length'] or '-'},"
+      f" first cos<0.9 vs float64 at T="
+      f"{entry['first_astray_length'] or '-'}"
+    )
   print(f"gradient_scale: {time.perf_counter() - start:.0f} s")
 
 

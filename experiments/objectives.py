@@ -30,7 +30,7 @@ class PairBatch(NamedTuple):
 
 
 def pair_terms(
-    chosen_logits: jax.Array, rejected_logits: jax.Array, batch: PairBatch
+  chosen_logits: jax.Array, rejected_logits: jax.Array, batch: PairBatch
 ) -> slpo_jax.PairStats:
   """Scores a batch of pairs with the library's statistics function.
 
@@ -44,10 +44,13 @@ def pair_terms(
     pair complement and token values included.
   """
   return slpo_jax.pair_stats_from_logits(
-      chosen_logits, rejected_logits,
-      batch.chosen_labels, batch.rejected_labels,
-      chosen_where=batch.chosen_where, rejected_where=batch.rejected_where,
-      pair_values=True,
+    chosen_logits,
+    rejected_logits,
+    batch.chosen_labels,
+    batch.rejected_labels,
+    chosen_where=batch.chosen_where,
+    rejected_where=batch.rejected_where,
+    pair_values=True,
   )
 
 
@@ -78,11 +81,11 @@ class Objective:
     return f"{self.family} {self.hparam_name}={self.hparam:g}"
 
   def loss(
-      self, policy: slpo_jax.PairStats, reference: slpo_jax.PairStats
+    self, policy: slpo_jax.PairStats, reference: slpo_jax.PairStats
   ) -> jax.Array:
     """Per-pair losses, through the library's loss table."""
     return losses.LOSSES[self.loss_name](
-        policy, reference, **dict(self.hparams)
+      policy, reference, **dict(self.hparams)
     )
 
 
@@ -106,8 +109,9 @@ def slpo(temperature: float = 1.0) -> Objective:
 
 def slpo_soft(alpha: float) -> Objective:
   """Soft SLPO (Eq. 7) with the pair complement of :func:`pair_not_logps`."""
-  return Objective("slpo_soft", "alpha", alpha, "slpo_soft",
-                   (("alpha", alpha),))
+  return Objective(
+    "slpo_soft", "alpha", alpha, "slpo_soft", (("alpha", alpha),)
+  )
 
 
 def slpo_token() -> Objective:
@@ -120,12 +124,12 @@ def slpo_token() -> Objective:
 
 
 def objective_grid(
-    *,
-    dpo_betas=(0.1, 0.5, 1.0, 2.0),
-    ipo_taus=(0.1, 0.5, 1.0, 2.0),
-    temperatures=(2.0, 4.0, 8.0),
-    alphas=(0.75, 0.9, 1.0),
-    token_level: bool = True,
+  *,
+  dpo_betas=(0.1, 0.5, 1.0, 2.0),
+  ipo_taus=(0.1, 0.5, 1.0, 2.0),
+  temperatures=(2.0, 4.0, 8.0),
+  alphas=(0.75, 0.9, 1.0),
+  token_level: bool = True,
 ) -> list[Objective]:
   """The losses of the enumeration experiment, in table order."""
   grid = [dpo(beta) for beta in dpo_betas]
@@ -139,8 +143,9 @@ def objective_grid(
 
 
 def mean_loss(
-    objective: Objective, policy: slpo_jax.PairStats,
-    reference: slpo_jax.PairStats,
+  objective: Objective,
+  policy: slpo_jax.PairStats,
+  reference: slpo_jax.PairStats,
 ) -> jax.Array:
   """Mean of the per-pair losses over every leading axis."""
   return jnp.mean(objective.loss(policy, reference))

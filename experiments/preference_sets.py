@@ -15,14 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.objectives import PairBatch
-from experiments.sequence_space import Response, SequenceSpace
+from experiments.sequence_space import Response
+from experiments.sequence_space import SequenceSpace
 
 NAMES = ("a", "b", "c")
 
 DATASETS = {
-    "single_pair": (("a", "b"),),
-    "transitive": (("a", "b"), ("b", "c"), ("a", "c")),
-    "contradictory": (("a", "b"), ("b", "a")),
+  "single_pair": (("a", "b"),),
+  "transitive": (("a", "b"), ("b", "c"), ("a", "c")),
+  "contradictory": (("a", "b"), ("b", "a")),
 }
 
 
@@ -66,20 +67,26 @@ class PreferenceSet:
     """
     columns = []
     for role in (0, 1):
-      encoded = [self.space.encode(self.responses[pair[role]])
-                 for pair in self.pairs]
+      encoded = [
+        self.space.encode(self.responses[pair[role]]) for pair in self.pairs
+      ]
       columns.append([np.stack(part) for part in zip(*encoded)])
-    (chosen_labels, chosen_where, chosen_nodes), (
-        rejected_labels, rejected_where, rejected_nodes) = columns
+    (
+      (chosen_labels, chosen_where, chosen_nodes),
+      (rejected_labels, rejected_where, rejected_nodes),
+    ) = columns
     batch = PairBatch(
-        jnp.asarray(chosen_labels), jnp.asarray(chosen_where),
-        jnp.asarray(rejected_labels), jnp.asarray(rejected_where),
+      jnp.asarray(chosen_labels),
+      jnp.asarray(chosen_where),
+      jnp.asarray(rejected_labels),
+      jnp.asarray(rejected_where),
     )
     return batch, chosen_nodes, rejected_nodes
 
 
-def make(name: str, space: SequenceSpace,
-         responses: dict[str, Response]) -> PreferenceSet:
+def make(
+  name: str, space: SequenceSpace, responses: dict[str, Response]
+) -> PreferenceSet:
   """The data set ``name`` over the responses called a, b and c."""
   return PreferenceSet(name, space, dict(responses), DATASETS[name])
 
@@ -104,8 +111,9 @@ def stack(sets: list[PreferenceSet]):
     count = len(preference_set.pairs)
     pad = np.zeros(size, dtype=np.int32)
     pad[:count] = np.arange(count)
-    parts.append([np.asarray(x)[pad] for x in (*batch, chosen_nodes,
-                                               rejected_nodes)])
+    parts.append(
+      [np.asarray(x)[pad] for x in (*batch, chosen_nodes, rejected_nodes)]
+    )
     weights.append((np.arange(size) < count).astype(np.float64))
   columns = [np.stack(column) for column in zip(*parts)]
   batch = PairBatch(*(jnp.asarray(column) for column in columns[:4]))

@@ -32,13 +32,15 @@ import numpy as np
 
 from slpo_jax import models
 from slpo_jax.tasks import synthetic
-from slpo_jax.tasks.vocab import BOS_ID, EOS_ID, PAD_ID
+from slpo_jax.tasks.vocab import BOS_ID
+from slpo_jax.tasks.vocab import EOS_ID
+from slpo_jax.tasks.vocab import PAD_ID
 
 
 def sequence_kl(
-    policy_logits: jax.typing.ArrayLike,
-    reference_logits: jax.typing.ArrayLike,
-    where: jax.typing.ArrayLike,
+  policy_logits: jax.typing.ArrayLike,
+  reference_logits: jax.typing.ArrayLike,
+  where: jax.typing.ArrayLike,
 ) -> jax.Array:
   """Sum over positions of the full KL between two next-token distributions.
 
@@ -58,9 +60,11 @@ def sequence_kl(
   """
   policy_logps = jax.nn.log_softmax(jnp.asarray(policy_logits, jnp.float32))
   reference_logps = jax.nn.log_softmax(
-      jnp.asarray(reference_logits, jnp.float32))
+    jnp.asarray(reference_logits, jnp.float32)
+  )
   per_token = jnp.sum(
-      jnp.exp(policy_logps) * (policy_logps - reference_logps), axis=-1)
+    jnp.exp(policy_logps) * (policy_logps - reference_logps), axis=-1
+  )
   # A divergence is never negative; float32 rounding of nearly equal
   # distributions can give about -1e-8 per token, which is not information.
   per_token = jnp.maximum(per_token, 0.0)
@@ -69,13 +73,13 @@ def sequence_kl(
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def sample_reward_and_kl(
-    model,
-    params,
-    reference_params,
-    prompt_ids: jax.Array,
-    rng: jax.Array,
-    *,
-    max_new_tokens: int,
+  model,
+  params,
+  reference_params,
+  prompt_ids: jax.Array,
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
 ) -> dict[str, jax.Array]:
   """Samples one response per row and scores it.
 
@@ -94,21 +98,29 @@ def sample_reward_and_kl(
   """
   prompt_length = prompt_ids.shape[1]
   out = models.generate(
-      model, params, prompt_ids, jnp.ones_like(prompt_ids), rng=rng,
-      max_new_tokens=max_new_tokens, temperature=1.0, eos_id=EOS_ID,
-      pad_id=PAD_ID,
+    model,
+    params,
+    prompt_ids,
+    jnp.ones_like(prompt_ids),
+    rng=rng,
+    max_new_tokens=max_new_tokens,
+    temperature=1.0,
+    eos_id=EOS_ID,
+    pad_id=PAD_ID,
   )
   # Unpadded prompts: response token i sits at position prompt_length + i
   # and is predicted by the logits at position prompt_length - 1 + i.
   window = slice(prompt_length - 1, prompt_length - 1 + max_new_tokens)
   policy_logits = model.apply(params, out.sequences, out.sequence_mask)
   reference_logits = model.apply(
-      reference_params, out.sequences, out.sequence_mask)
+    reference_params, out.sequences, out.sequence_mask
+  )
   return {
-      "reward": synthetic.sentiment_reward(out.tokens, out.mask == 1),
-      "kl": sequence_kl(policy_logits[:, window], reference_logits[:, window],
-                        out.mask),
-      "length": out.lengths.astype(jnp.float32),
+    "reward": synthetic.sentiment_reward(out.tokens, out.mask == 1),
+    "kl": sequence_kl(
+      policy_logits[:, window], reference_logits[:, window], out.mask
+    ),
+    "length": out.lengths.astype(jnp.float32),
   }
 
 
@@ -134,19 +146,29 @@ class SamplingEvaluator:
       one step share their random numbers.
   """
 
-  def __init__(self, model, reference_params, prompts, *, max_new_tokens: int,
-               samples_per_prompt: int = 1, seed: int = 0):
+  def __init__(
+    self,
+    model,
+    reference_params,
+    prompts,
+    *,
+    max_new_tokens: int,
+    samples_per_prompt: int = 1,
+    seed: int = 0,
+  ):
     prompts = np.asarray(prompts, np.int32)
     with_bos = np.concatenate(
-        [np.full((len(prompts), 1), BOS_ID, np.int32), prompts], axis=1)
+      [np.full((len(prompts), 1), BOS_ID, np.int32), prompts], axis=1
+    )
     self.model = model
     self.reference_params = reference_params
     self.prompt_ids = jnp.asarray(np.repeat(with_bos, samples_per_prompt, 0))
     self.max_new_tokens = max_new_tokens
     self.seed = seed
 
-  def per_sequence(self, step: int, params, reference_params=None
-                   ) -> dict[str, np.ndarray]:
+  def per_sequence(
+    self, step: int, params, reference_params=None
+  ) -> dict[str, np.ndarray]:
     """Per-sample ``reward``, ``kl`` and ``length`` at an evaluation.
 
     Args:
@@ -157,14 +179,21 @@ class SamplingEvaluator:
     """
     if reference_params is None:
       reference_params = jax.device_put(
-          self.reference_params, jax.tree.map(lambda x: x.sharding, params))
+        self.reference_params, jax.tree.map(lambda x: x.sharding, params)
+      )
     rng = jax.random.fold_in(jax.random.key(self.seed), step)
     out = sample_reward_and_kl(
-        self.model, params, reference_params, self.prompt_ids, rng,
-        max_new_tokens=self.max_new_tokens,
+      self.model,
+      params,
+      reference_params,
+      self.prompt_ids,
+      rng,
+      max_new_tokens=self.max_new_tokens,
     )
-    return {name: np.asarray(value, np.float64)
-            for name, value in jax.device_get(out).items()}
+    return {
+      name: np.asarray(value, np.float64)
+      for name, value in jax.device_get(out).items()
+    }
 
   def __call__(self, step: int, params, run=None) -> dict[str, float]:
     # A run's own frozen reference is already laid out like its policy.
@@ -173,9 +202,9 @@ class SamplingEvaluator:
     count = len(values["reward"])
     stderr = lambda x: float(np.std(x, ddof=1) / np.sqrt(count))  # noqa: E731
     return {
-        "sample/reward": float(np.mean(values["reward"])),
-        "sample/reward_stderr": stderr(values["reward"]),
-        "sample/kl": float(np.mean(values["kl"])),
-        "sample/kl_stderr": stderr(values["kl"]),
-        "sample/length": float(np.mean(values["length"])),
+      "sample/reward": float(np.mean(values["reward"])),
+      "sample/reward_stderr": stderr(values["reward"]),
+      "sample/kl": float(np.mean(values["kl"])),
+      "sample/kl_stderr": stderr(values["kl"]),
+      "sample/length": float(np.mean(values["length"])),
     }

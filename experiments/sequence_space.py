@@ -81,9 +81,9 @@ class SequenceSpace:
     """Every response as a tuple of content tokens, shortest first."""
     lengths = range(self.max_length + 1) if self.has_eos else [self.max_length]
     return tuple(
-        response
-        for length in lengths
-        for response in itertools.product(range(self.num_tokens), repeat=length)
+      response
+      for length in lengths
+      for response in itertools.product(range(self.num_tokens), repeat=length)
     )
 
   def index(self, response: Response) -> int:
@@ -124,8 +124,8 @@ class SequenceSpace:
     """Readable name: ``"0 1 $"`` for tokens 0, 1 then the end token."""
     labels, where, _ = self.encode(response)
     return " ".join(
-        "$" if self.has_eos and token == self.eos_id else str(token)
-        for token in labels[where]
+      "$" if self.has_eos and token == self.eos_id else str(token)
+      for token in labels[where]
     )
 
   def log_probs(self, table: jax.Array) -> jax.Array:

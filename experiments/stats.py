@@ -3,16 +3,44 @@
 import csv
 import math
 import pathlib
-from typing import Iterable, Mapping
+from typing import Iterable
+from typing import Mapping
 
 import numpy as np
 
 # Two-sided 95% quantiles t_{0.975, df} for df = 1..30 (standard tables);
 # kept here so that the experiments need nothing beyond NumPy.
 _T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+  12.706,
+  4.303,
+  3.182,
+  2.776,
+  2.571,
+  2.447,
+  2.365,
+  2.306,
+  2.262,
+  2.228,
+  2.201,
+  2.179,
+  2.160,
+  2.145,
+  2.131,
+  2.120,
+  2.110,
+  2.101,
+  2.093,
+  2.086,
+  2.080,
+  2.074,
+  2.069,
+  2.064,
+  2.060,
+  2.056,
+  2.052,
+  2.048,
+  2.045,
+  2.042,
 )
 
 
@@ -40,7 +68,7 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
   if values.size == 1:
     return mean, mean, mean
   half = t_quantile_975(values.size - 1) * float(
-      np.std(values, ddof=1) / math.sqrt(values.size)
+    np.std(values, ddof=1) / math.sqrt(values.size)
   )
   return mean, mean - half, mean + half
 
@@ -53,7 +81,9 @@ def write_csv(path: pathlib.Path, rows: Iterable[Mapping[str, object]]):
     writer = csv.DictWriter(file, fieldnames=list(rows[0]))
     writer.writeheader()
     for row in rows:
-      writer.writerow({
+      writer.writerow(
+        {
           key: f"{value:.6g}" if isinstance(value, float) else value
           for key, value in row.items()
-      })
+        }
+      )

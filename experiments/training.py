@@ -36,8 +36,8 @@ class TrainConfig:
   def __post_init__(self):
     if self.steps % self.record_every:
       raise ValueError(
-          f"steps ({self.steps}) must be a multiple of record_every"
-          f" ({self.record_every})"
+        f"steps ({self.steps}) must be a multiple of record_every"
+        f" ({self.record_every})"
       )
 
   @property
@@ -65,10 +65,10 @@ class TrainResult:
 
 
 def train(
-    objective: objectives.Objective,
-    sets: list[PreferenceSet],
-    reference_tables: jax.Array,
-    config: TrainConfig,
+  objective: objectives.Objective,
+  sets: list[PreferenceSet],
+  reference_tables: jax.Array,
+  config: TrainConfig,
 ) -> list[TrainResult]:
   """Trains one policy per (data set, reference table), from that table.
 
@@ -94,7 +94,7 @@ def train(
   def one_run(batch, chosen_nodes, rejected_nodes, weights, reference_table):
     def terms(table):
       return objectives.pair_terms(
-          table[chosen_nodes], table[rejected_nodes], batch
+        table[chosen_nodes], table[rejected_nodes], batch
       )
 
     reference = jax.tree.map(jax.lax.stop_gradient, terms(reference_table))
@@ -111,13 +111,13 @@ def train(
 
     def record(carry, _):
       carry, losses = jax.lax.scan(
-          step, carry, None, length=config.record_every
+        step, carry, None, length=config.record_every
       )
       return carry, (space.log_probs(carry[0]), losses[-1])
 
     init = (reference_table, optimizer.init(reference_table))
     _, (log_probs, losses) = jax.lax.scan(
-        record, init, None, length=config.steps // config.record_every
+      record, init, None, length=config.steps // config.record_every
     )
     initial = space.log_probs(reference_table)
     return initial, jnp.concatenate([initial[None], log_probs]), losses[-1]
@@ -129,14 +129,18 @@ def train(
   # in exact arithmetic (DPO on the contradictory set) into full-size steps.
   with jax.enable_x64(dtype == jnp.float64):
     outputs = jax.jit(over_sets)(
-        batch, chosen_nodes, rejected_nodes, jnp.asarray(weights, dtype),
-        jnp.asarray(reference_tables, dtype),
+      batch,
+      chosen_nodes,
+      rejected_nodes,
+      jnp.asarray(weights, dtype),
+      jnp.asarray(reference_tables, dtype),
     )
     reference_log_probs, log_probs, final_loss = jax.tree.map(
-        lambda x: np.asarray(x, np.float64), outputs
+      lambda x: np.asarray(x, np.float64), outputs
     )
   return [
-      TrainResult(reference_log_probs[i], log_probs[i], final_loss[i],
-                  config.record_steps)
-      for i in range(len(sets))
+    TrainResult(
+      reference_log_probs[i], log_probs[i], final_loss[i], config.record_steps
+    )
+    for i in range(len(sets))
   ]

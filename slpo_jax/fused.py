@@ -34,10 +34,10 @@ from slpo_jax import logprobs as _logprobs
 # on either (see bench/README.md). Vocabulary chunks are multiples of 128, the
 # lane width of TPUs and a multiple of every GPU MMA tile.
 _DEFAULT_CHUNKS = {
-    # backend: (vocab_chunk_size, token_chunk_size)
-    "cpu": (1024, 512),
-    "gpu": (4096, 4096),
-    "tpu": (4096, 4096),
+  # backend: (vocab_chunk_size, token_chunk_size)
+  "cpu": (1024, 512),
+  "gpu": (4096, 4096),
+  "tpu": (4096, 4096),
 }
 
 
@@ -55,26 +55,26 @@ def _sanitize_ids(ids, vocab: int) -> jax.Array:
 
 def _check_shapes(hidden, lm_head, labels) -> None:
   if (
-      jnp.ndim(hidden) < 2
-      or jnp.ndim(lm_head) != 2
-      or jnp.shape(hidden)[:-1] != jnp.shape(labels)
-      or jnp.shape(hidden)[-1] != jnp.shape(lm_head)[0]
+    jnp.ndim(hidden) < 2
+    or jnp.ndim(lm_head) != 2
+    or jnp.shape(hidden)[:-1] != jnp.shape(labels)
+    or jnp.shape(hidden)[-1] != jnp.shape(lm_head)[0]
   ):
     raise ValueError(
-        f"hidden has shape {jnp.shape(hidden)}, lm_head {jnp.shape(lm_head)}"
-        f" and labels {jnp.shape(labels)}; expected hidden [..., T, d],"
-        " lm_head [d, V] and labels [..., T]"
+      f"hidden has shape {jnp.shape(hidden)}, lm_head {jnp.shape(lm_head)}"
+      f" and labels {jnp.shape(labels)}; expected hidden [..., T, d],"
+      " lm_head [d, V] and labels [..., T]"
     )
 
 
 def token_logps_from_hidden(
-    hidden: ArrayLike,
-    lm_head: ArrayLike,
-    labels: ArrayLike,
-    *,
-    also_exclude: ArrayLike | None = None,
-    vocab_chunk_size: int | None = None,
-    token_chunk_size: int | None = None,
+  hidden: ArrayLike,
+  lm_head: ArrayLike,
+  labels: ArrayLike,
+  *,
+  also_exclude: ArrayLike | None = None,
+  vocab_chunk_size: int | None = None,
+  token_chunk_size: int | None = None,
 ) -> _logprobs.TokenLogps:
   r"""Per-token ``log p_t(y_t)`` and ``log(1 - p_t(y_t))`` from hidden states.
 
@@ -132,16 +132,16 @@ def token_logps_from_hidden(
   _check_shapes(hidden, lm_head, labels)
   if also_exclude is not None and jnp.shape(also_exclude) != jnp.shape(labels):
     raise ValueError(
-        f"also_exclude has shape {jnp.shape(also_exclude)} but labels have"
-        f" shape {jnp.shape(labels)}; they must be equal"
+      f"also_exclude has shape {jnp.shape(also_exclude)} but labels have"
+      f" shape {jnp.shape(labels)}; they must be equal"
     )
   default_vocab_chunk, default_token_chunk = _default_chunks()
   vocab_chunk = vocab_chunk_size or default_vocab_chunk
   token_chunk = token_chunk_size or default_token_chunk
   if vocab_chunk <= 0 or token_chunk <= 0:
     raise ValueError(
-        f"chunk sizes must be positive, got vocab_chunk_size={vocab_chunk}"
-        f" and token_chunk_size={token_chunk}"
+      f"chunk sizes must be positive, got vocab_chunk_size={vocab_chunk}"
+      f" and token_chunk_size={token_chunk}"
     )
   hidden = jnp.asarray(hidden)
   lm_head = jnp.asarray(lm_head)
@@ -155,32 +155,37 @@ def token_logps_from_hidden(
   vocab_chunk = min(vocab_chunk, vocab)
   token_chunk = min(token_chunk, max(n, 1))
   padded = _tiles.num_chunks(n, token_chunk) * token_chunk
-  pad = lambda x, value: jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1),
-                                 constant_values=value)
+  pad = lambda x, value: jnp.pad(
+    x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1), constant_values=value
+  )
   flat_hidden = pad(hidden.astype(dtype).reshape(n, d), 0)
   flat_labels = pad(_sanitize_ids(labels, vocab).reshape(n), _tiles.NO_ID)
   flat_exclude = None
   if also_exclude is not None:
     flat_exclude = pad(
-        _sanitize_ids(also_exclude, vocab).reshape(n), _tiles.NO_ID
+      _sanitize_ids(also_exclude, vocab).reshape(n), _tiles.NO_ID
     )
   logp, not_logp = _tiles.tiled_token_logps(
-      flat_hidden, lm_head.astype(dtype), flat_labels, flat_exclude,
-      vocab_chunk, token_chunk,
+    flat_hidden,
+    lm_head.astype(dtype),
+    flat_labels,
+    flat_exclude,
+    vocab_chunk,
+    token_chunk,
   )
   return _logprobs.TokenLogps(
-      logp[:n].reshape(batch_shape), not_logp[:n].reshape(batch_shape)
+    logp[:n].reshape(batch_shape), not_logp[:n].reshape(batch_shape)
   )
 
 
 def sequence_logps_from_hidden(
-    hidden: ArrayLike,
-    lm_head: ArrayLike,
-    labels: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
-    vocab_chunk_size: int | None = None,
-    token_chunk_size: int | None = None,
+  hidden: ArrayLike,
+  lm_head: ArrayLike,
+  labels: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
+  vocab_chunk_size: int | None = None,
+  token_chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   r"""``sequence_logps(hidden @ lm_head, labels)`` without the logits.
 
@@ -223,7 +228,10 @@ def sequence_logps_from_hidden(
   _check_shapes(hidden, lm_head, labels)
   where = _logprobs._check_where(where, jnp.shape(labels))
   per_token = token_logps_from_hidden(
-      hidden, lm_head, _logprobs.masked_ids(labels, where, fill=0),
-      vocab_chunk_size=vocab_chunk_size, token_chunk_size=token_chunk_size,
+    hidden,
+    lm_head,
+    _logprobs.masked_ids(labels, where, fill=0),
+    vocab_chunk_size=vocab_chunk_size,
+    token_chunk_size=token_chunk_size,
   )
   return _logprobs.sequence_logps_from_token_logps(*per_token, where=where)

@@ -107,22 +107,22 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
     # keeps exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN.
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
     new_sum = rows(rest_sum) * jnp.exp(old_max - shift) + jnp.sum(
-        jnp.exp(rest_z - shift[:, None]), axis=-1
+      jnp.exp(rest_z - shift[:, None]), axis=-1
     )
     # A gather in the pass: the label's logit is bit-identical to the one the
     # maxima were taken over.
     new_label = rows(label_logit) + jnp.sum(
-        jnp.where(is_label, z, 0.0), axis=-1
+      jnp.where(is_label, z, 0.0), axis=-1
     )
     updates = [new_max, new_sum, new_label]
     if has_exclude:
       updates.append(
-          rows(exclude_logit) + jnp.sum(jnp.where(is_exclude, z, 0.0), axis=-1)
+        rows(exclude_logit) + jnp.sum(jnp.where(is_exclude, z, 0.0), axis=-1)
       )
     else:
       updates.append(rows(exclude_logit))
     return tuple(
-        _set_rows(s, u, i, token_chunk) for s, u in zip(state, updates)
+      _set_rows(s, u, i, token_chunk) for s, u in zip(state, updates)
     )
 
   def vocab_step(j, state):
@@ -130,20 +130,21 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
     if num_tokens == 1:
       return tile(ids, columns, 0, state)
     return jax.lax.fori_loop(
-        0, num_tokens, lambda i, s: tile(ids, columns, i, s), state
+      0, num_tokens, lambda i, s: tile(ids, columns, i, s), state
     )
 
   init = (
-      jnp.full((n,), -jnp.inf, acc),
-      jnp.zeros((n,), acc),
-      jnp.zeros((n,), acc),
-      jnp.zeros((n,), acc),
+    jnp.full((n,), -jnp.inf, acc),
+    jnp.zeros((n,), acc),
+    jnp.zeros((n,), acc),
+    jnp.zeros((n,), acc),
   )
   rest_max, rest_sum, label_logit, exclude_logit = jax.lax.fori_loop(
-      0, num_chunks(vocab, vocab_chunk), vocab_step, init
+    0, num_chunks(vocab, vocab_chunk), vocab_step, init
   )
-  return _finish(labels, exclude, rest_max, rest_sum, label_logit,
-                 exclude_logit)
+  return _finish(
+    labels, exclude, rest_max, rest_sum, label_logit, exclude_logit
+  )
 
 
 def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
@@ -161,9 +162,9 @@ def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
   has_rest = rest_sum > 0
   rest_max_safe = jnp.where(has_rest, rest_max, top)
   rest_term = jnp.where(
-      has_rest,
-      (rest_max_safe - top) + jnp.log(jnp.where(has_rest, rest_sum, 1.0)),
-      -jnp.inf,
+    has_rest,
+    (rest_max_safe - top) + jnp.log(jnp.where(has_rest, rest_sum, 1.0)),
+    -jnp.inf,
   )
   label_term = label_logit - top
   exclude_term = exclude_logit - top
@@ -175,26 +176,41 @@ def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
   label_top = label_term == 0
   exclude_top = ~label_top & (exclude_term == 0)
   log_norm = jnp.where(
-      label_top,
-      jnp.log1p(rest_exp + exclude_exp),
-      jnp.where(
-          exclude_top,
-          jnp.log1p(rest_exp + label_exp),
-          jnp.log(rest_exp + label_exp + exclude_exp),
-      ),
+    label_top,
+    jnp.log1p(rest_exp + exclude_exp),
+    jnp.where(
+      exclude_top,
+      jnp.log1p(rest_exp + label_exp),
+      jnp.log(rest_exp + label_exp + exclude_exp),
+    ),
   )
   # An invalid label (only ever at positions the caller ignores) counts as
   # logit 0 after the shift, as in ``logprobs.token_logps``.
   logp = jnp.where(label_ok, label_term, 0.0) - log_norm
   not_logp = rest_term - log_norm
   exclude_logp = exclude_term - log_norm
-  residuals = (top, log_norm, rest_max_safe, rest_sum, logp, not_logp,
-               exclude_logp)
+  residuals = (
+    top,
+    log_norm,
+    rest_max_safe,
+    rest_sum,
+    logp,
+    not_logp,
+    exclude_logp,
+  )
   return logp, not_logp, residuals
 
 
-def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
-              vocab_chunk, token_chunk):
+def _backward(
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  residuals,
+  cotangents,
+  vocab_chunk,
+  token_chunk,
+):
   """Gradients for hidden and lm_head, recomputing each tile's logits."""
   n, d = hidden.shape
   vocab = lm_head.shape[1]
@@ -217,10 +233,10 @@ def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
   # For non-excluded v: p_v = e_v * exp(m_rest - m - log_norm), r_v = e_v / s.
   has_rest = rest_sum > 0
   rest_scale = jnp.where(
-      has_rest,
-      d_not_logp / jnp.where(has_rest, rest_sum, 1.0)
-      - d_both * jnp.exp((rest_max - top) - log_norm),
-      0.0,
+    has_rest,
+    d_not_logp / jnp.where(has_rest, rest_sum, 1.0)
+    - d_both * jnp.exp((rest_max - top) - log_norm),
+    0.0,
   )
 
   # The head's gradient contracts over tokens; a transposed copy of hidden
@@ -237,14 +253,14 @@ def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
       dz = jnp.where(ids >= 0, dz, 0.0)
     if has_exclude:
       dz = jnp.where(
-          ids == rows(exclude)[:, None], rows(d_exclude)[:, None], dz
+        ids == rows(exclude)[:, None], rows(d_exclude)[:, None], dz
       )
     # The label last: with also_exclude == label it is counted once, as y.
     dz = jnp.where(ids == rows(labels)[:, None], rows(d_label)[:, None], dz)
     dz = dz.astype(columns.dtype)
     d_rows = rows(d_hidden) + _dot(dz, columns.T, acc)
     hidden_t_rows = jax.lax.dynamic_slice_in_dim(
-        hidden_t, i * token_chunk, token_chunk, axis=1
+      hidden_t, i * token_chunk, token_chunk, axis=1
     )
     d_columns = d_columns + _dot(hidden_t_rows, dz, acc)
     return _set_rows(d_hidden, d_rows, i, token_chunk), d_columns
@@ -257,7 +273,7 @@ def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
       d_hidden, d_columns = tile(ids, columns, 0, chunk_grads)
     else:
       d_hidden, d_columns = jax.lax.fori_loop(
-          0, num_tokens, lambda i, g: tile(ids, columns, i, g), chunk_grads
+        0, num_tokens, lambda i, g: tile(ids, columns, i, g), chunk_grads
       )
     d_columns = d_columns.astype(d_head.dtype)
     if vocab % vocab_chunk:
@@ -269,14 +285,15 @@ def _backward(hidden, lm_head, labels, exclude, residuals, cotangents,
 
   init = (jnp.zeros((n, d), acc), jnp.zeros(lm_head.shape, lm_head.dtype))
   d_hidden, d_head = jax.lax.fori_loop(
-      0, num_chunks(vocab, vocab_chunk), vocab_step, init
+    0, num_chunks(vocab, vocab_chunk), vocab_step, init
   )
   return d_hidden.astype(hidden.dtype), d_head
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def tiled_token_logps(hidden, lm_head, labels, exclude, vocab_chunk,
-                      token_chunk):
+def tiled_token_logps(
+  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+):
   """``(log p(y), log(1 - p(y) [- p(z)]))``, each ``[N]``, tile by tile.
 
   Args:
@@ -291,14 +308,14 @@ def tiled_token_logps(hidden, lm_head, labels, exclude, vocab_chunk,
     ``(logp, not_logp)`` in float32 (float64 for float64 inputs).
   """
   logp, not_logp, _ = _forward(
-      hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
   )
   return logp, not_logp
 
 
 def _fused_fwd(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
   logp, not_logp, residuals = _forward(
-      hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
   )
   return (logp, not_logp), (hidden, lm_head, labels, exclude, residuals)
 
@@ -306,8 +323,14 @@ def _fused_fwd(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
 def _fused_bwd(vocab_chunk, token_chunk, saved, cotangents):
   hidden, lm_head, labels, exclude, residuals = saved
   d_hidden, d_head = _backward(
-      hidden, lm_head, labels, exclude, residuals, cotangents, vocab_chunk,
-      token_chunk,
+    hidden,
+    lm_head,
+    labels,
+    exclude,
+    residuals,
+    cotangents,
+    vocab_chunk,
+    token_chunk,
   )
   return d_hidden, d_head, None, None
 

@@ -86,10 +86,10 @@ def _masked_logsumexp(x: jax.Array, where: jax.Array, axis: int) -> jax.Array:
 
 
 def token_logps(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    also_exclude: ArrayLike | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  also_exclude: ArrayLike | None = None,
 ) -> TokenLogps:
   """Per-token ``log p_t(y_t)`` and ``log(1 - p_t(y_t))`` from logits.
 
@@ -116,7 +116,7 @@ def token_logps(
   vocab = jnp.arange(logits.shape[-1])
   is_label = vocab == labels[..., None]
   shifted = logits - jax.lax.stop_gradient(
-      jnp.max(logits, axis=-1, keepdims=True)
+    jnp.max(logits, axis=-1, keepdims=True)
   )
   label_logit = jnp.sum(jnp.where(is_label, shifted, 0.0), axis=-1)
   others = _masked_logsumexp(shifted, ~is_label, axis=-1)
@@ -143,8 +143,8 @@ def _check_where(where, shape) -> jax.Array:
   where = jnp.asarray(where)
   if where.shape != tuple(shape):
     raise ValueError(
-        f"where has shape {where.shape} but labels have shape {tuple(shape)};"
-        " they must be equal"
+      f"where has shape {where.shape} but labels have shape {tuple(shape)};"
+      " they must be equal"
     )
   return where.astype(bool)
 
@@ -160,10 +160,10 @@ def masked_ids(ids: ArrayLike, where: jax.Array, *, fill: int) -> jax.Array:
 
 
 def sequence_logps_from_token_logps(
-    token_logp: ArrayLike,
-    token_not_logp: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
+  token_logp: ArrayLike,
+  token_not_logp: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Sequence ``log pi(y)`` and ``log pi(Y != y)`` from per-token values.
 
@@ -185,14 +185,14 @@ def sequence_logps_from_token_logps(
   token_not_logp = jnp.asarray(token_not_logp)
   if token_logp.shape != token_not_logp.shape:
     raise ValueError(
-        f"token_logp has shape {token_logp.shape} but token_not_logp has shape"
-        f" {token_not_logp.shape}; they must be equal"
+      f"token_logp has shape {token_logp.shape} but token_not_logp has shape"
+      f" {token_not_logp.shape}; they must be equal"
     )
   where = _check_where(where, token_logp.shape)
   counted_logp = jnp.where(where, token_logp, 0.0)
   prefix_logp = _exclusive_cumsum(counted_logp)
   first_mismatch = _masked_logsumexp(
-      prefix_logp + token_not_logp, where, axis=-1
+    prefix_logp + token_not_logp, where, axis=-1
   )
   logp = jnp.sum(counted_logp, axis=-1)
   return logp, _complement(logp, first_mismatch)
@@ -201,17 +201,17 @@ def sequence_logps_from_token_logps(
 def _check_logits_labels(logits, labels, name: str = "logits") -> None:
   if jnp.ndim(logits) < 2 or jnp.shape(logits)[:-1] != jnp.shape(labels):
     raise ValueError(
-        f"{name} has shape {jnp.shape(logits)} and labels have shape"
-        f" {jnp.shape(labels)}; expected logits [..., T, V] with labels"
-        " [..., T]"
+      f"{name} has shape {jnp.shape(logits)} and labels have shape"
+      f" {jnp.shape(labels)}; expected logits [..., T, V] with labels"
+      " [..., T]"
     )
 
 
 def sequence_logps(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Log-probability of each response and of its complement.
 
@@ -252,13 +252,13 @@ def sequence_logps(
 
 
 def pair_not_logps(
-    chosen_logits: ArrayLike,
-    chosen_labels: ArrayLike,
-    rejected_logits: ArrayLike,
-    rejected_labels: ArrayLike,
-    *,
-    chosen_where: ArrayLike | None = None,
-    rejected_where: ArrayLike | None = None,
+  chosen_logits: ArrayLike,
+  chosen_labels: ArrayLike,
+  rejected_logits: ArrayLike,
+  rejected_labels: ArrayLike,
+  *,
+  chosen_where: ArrayLike | None = None,
+  rejected_where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""``log pi(Y not in {y_w, y_l})``, by the prefix tree of the two responses.
 
@@ -299,9 +299,9 @@ def pair_not_logps(
   _check_logits_labels(rejected_logits, rejected_labels, "rejected_logits")
   if jnp.shape(chosen_logits) != jnp.shape(rejected_logits):
     raise ValueError(
-        f"chosen_logits has shape {jnp.shape(chosen_logits)} but"
-        f" rejected_logits has shape {jnp.shape(rejected_logits)}; pad both"
-        " rows of a pair to the same length"
+      f"chosen_logits has shape {jnp.shape(chosen_logits)} but"
+      f" rejected_logits has shape {jnp.shape(rejected_logits)}; pad both"
+      " rows of a pair to the same length"
     )
   shape = jnp.shape(chosen_labels)
   chosen_where = _check_where(chosen_where, shape)
@@ -310,29 +310,30 @@ def pair_not_logps(
   rejected_labels = masked_ids(rejected_labels, rejected_where, fill=0)
   # At the divergence step both a_d and b_d leave the complement.
   chosen_pair_not_logp = token_logps(
-      chosen_logits, chosen_labels,
-      also_exclude=masked_ids(rejected_labels, rejected_where, fill=-1),
+    chosen_logits,
+    chosen_labels,
+    also_exclude=masked_ids(rejected_labels, rejected_where, fill=-1),
   ).not_logp
   return pair_not_logps_from_token_logps(
-      token_logps(chosen_logits, chosen_labels),
-      chosen_pair_not_logp,
-      token_logps(rejected_logits, rejected_labels),
-      chosen_labels,
-      rejected_labels,
-      chosen_where=chosen_where,
-      rejected_where=rejected_where,
+    token_logps(chosen_logits, chosen_labels),
+    chosen_pair_not_logp,
+    token_logps(rejected_logits, rejected_labels),
+    chosen_labels,
+    rejected_labels,
+    chosen_where=chosen_where,
+    rejected_where=rejected_where,
   )
 
 
 def pair_not_logps_from_token_logps(
-    chosen: TokenLogps,
-    chosen_pair_not_logp: ArrayLike,
-    rejected: TokenLogps,
-    chosen_labels: ArrayLike,
-    rejected_labels: ArrayLike,
-    *,
-    chosen_where: ArrayLike | None = None,
-    rejected_where: ArrayLike | None = None,
+  chosen: TokenLogps,
+  chosen_pair_not_logp: ArrayLike,
+  rejected: TokenLogps,
+  chosen_labels: ArrayLike,
+  rejected_labels: ArrayLike,
+  *,
+  chosen_where: ArrayLike | None = None,
+  rejected_where: ArrayLike | None = None,
 ) -> jax.Array:
   """The reduction half of :func:`pair_not_logps`, from per-token values.
 
@@ -354,7 +355,7 @@ def pair_not_logps_from_token_logps(
   rejected_where = _check_where(rejected_where, shape)
   both = chosen_where & rejected_where
   differs = (chosen_where != rejected_where) | (
-      both & (jnp.asarray(chosen_labels) != jnp.asarray(rejected_labels))
+    both & (jnp.asarray(chosen_labels) != jnp.asarray(rejected_labels))
   )
   # Positions up to and including the first difference: cumsum of ``differs``
   # is 0 before d and 1 at d.
@@ -368,11 +369,9 @@ def pair_not_logps_from_token_logps(
 
   chosen_prefix = _exclusive_cumsum(jnp.where(chosen_where, chosen.logp, 0.0))
   rejected_prefix = _exclusive_cumsum(
-      jnp.where(rejected_where, rejected.logp, 0.0)
+    jnp.where(rejected_where, rejected.logp, 0.0)
   )
-  chosen_not = jnp.where(
-      at_divergence, chosen_pair_not_logp, chosen.not_logp
-  )
+  chosen_not = jnp.where(at_divergence, chosen_pair_not_logp, chosen.not_logp)
   chosen_terms = chosen_prefix + chosen_not
   rejected_terms = rejected_prefix + rejected.not_logp
 
@@ -388,12 +387,12 @@ def pair_not_logps_from_token_logps(
   rejected_logp = jnp.sum(jnp.where(rejected_where, rejected.logp, 0.0), -1)
   chosen_shorter = jnp.sum(chosen_where, -1) <= jnp.sum(rejected_where, -1)
   covered = jnp.where(
-      jnp.squeeze(branches, -1),
-      _masked_logsumexp(
-          jnp.stack([chosen_logp, rejected_logp], -1),
-          jnp.ones(chosen_logp.shape + (2,), bool),
-          axis=-1,
-      ),
-      jnp.where(chosen_shorter, chosen_logp, rejected_logp),
+    jnp.squeeze(branches, -1),
+    _masked_logsumexp(
+      jnp.stack([chosen_logp, rejected_logp], -1),
+      jnp.ones(chosen_logp.shape + (2,), bool),
+      axis=-1,
+    ),
+    jnp.where(chosen_shorter, chosen_logp, rejected_logp),
   )
   return _complement(covered, tree)

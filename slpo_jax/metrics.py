@@ -8,14 +8,14 @@ from slpo_jax.losses import slpo_target_log_weight
 
 
 def preference_metrics(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
-    policy_chosen_not_logps: ArrayLike | None = None,
-    policy_rejected_not_logps: ArrayLike | None = None,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+  *,
+  beta: float = 0.1,
+  policy_chosen_not_logps: ArrayLike | None = None,
+  policy_rejected_not_logps: ArrayLike | None = None,
 ) -> dict[str, jax.Array]:
   """Implicit rewards, accuracies and log-probs, one value per example.
 
@@ -41,23 +41,23 @@ def preference_metrics(
     ``logps/chosen_not`` and ``logps/rejected_not``.
   """
   chosen_rewards = beta * (
-      jnp.asarray(policy_chosen_logps) - reference_chosen_logps
+    jnp.asarray(policy_chosen_logps) - reference_chosen_logps
   )
   rejected_rewards = beta * (
-      jnp.asarray(policy_rejected_logps) - reference_rejected_logps
+    jnp.asarray(policy_rejected_logps) - reference_rejected_logps
   )
   metrics = {
-      "rewards/chosen": chosen_rewards,
-      "rewards/rejected": rejected_rewards,
-      "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(
-          chosen_rewards.dtype
-      ),
-      "rewards/margins": chosen_rewards - rejected_rewards,
-      "logps/chosen": jnp.asarray(policy_chosen_logps),
-      "logps/rejected": jnp.asarray(policy_rejected_logps),
-      "slpo/target_log_weight": slpo_target_log_weight(
-          reference_chosen_logps, reference_rejected_logps
-      ),
+    "rewards/chosen": chosen_rewards,
+    "rewards/rejected": rejected_rewards,
+    "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(
+      chosen_rewards.dtype
+    ),
+    "rewards/margins": chosen_rewards - rejected_rewards,
+    "logps/chosen": jnp.asarray(policy_chosen_logps),
+    "logps/rejected": jnp.asarray(policy_rejected_logps),
+    "slpo/target_log_weight": slpo_target_log_weight(
+      reference_chosen_logps, reference_rejected_logps
+    ),
   }
   if policy_chosen_not_logps is not None:
     metrics["logps/chosen_not"] = jnp.asarray(policy_chosen_not_logps)

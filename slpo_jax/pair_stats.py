@@ -58,14 +58,14 @@ class PairStats(NamedTuple):
 
 
 def pair_stats_from_token_logps(
-    chosen: logprobs.TokenLogps,
-    rejected: logprobs.TokenLogps,
-    chosen_labels: ArrayLike,
-    rejected_labels: ArrayLike,
-    *,
-    chosen_where: ArrayLike,
-    rejected_where: ArrayLike,
-    chosen_token_pair_not_logps: ArrayLike | None = None,
+  chosen: logprobs.TokenLogps,
+  rejected: logprobs.TokenLogps,
+  chosen_labels: ArrayLike,
+  rejected_labels: ArrayLike,
+  *,
+  chosen_where: ArrayLike,
+  rejected_where: ArrayLike,
+  chosen_token_pair_not_logps: ArrayLike | None = None,
 ) -> PairStats:
   """The :class:`PairStats` of a batch from its per-token values.
 
@@ -88,34 +88,37 @@ def pair_stats_from_token_logps(
   chosen_where = logprobs._check_where(chosen_where, shape)
   rejected_where = logprobs._check_where(rejected_where, shape)
   chosen_logps, chosen_not_logps = logprobs.sequence_logps_from_token_logps(
-      *chosen, where=chosen_where
+    *chosen, where=chosen_where
   )
-  rejected_logps, rejected_not_logps = (
-      logprobs.sequence_logps_from_token_logps(*rejected, where=rejected_where)
+  rejected_logps, rejected_not_logps = logprobs.sequence_logps_from_token_logps(
+    *rejected, where=rejected_where
   )
   stats = PairStats(
-      chosen_logps=chosen_logps,
-      rejected_logps=rejected_logps,
-      chosen_not_logps=chosen_not_logps,
-      rejected_not_logps=rejected_not_logps,
-      chosen_lengths=jnp.sum(chosen_where, axis=-1),
-      rejected_lengths=jnp.sum(rejected_where, axis=-1),
+    chosen_logps=chosen_logps,
+    rejected_logps=rejected_logps,
+    chosen_not_logps=chosen_not_logps,
+    rejected_not_logps=rejected_not_logps,
+    chosen_lengths=jnp.sum(chosen_where, axis=-1),
+    rejected_lengths=jnp.sum(rejected_where, axis=-1),
   )
   if chosen_token_pair_not_logps is None:
     return stats
   pair_not_logps = logprobs.pair_not_logps_from_token_logps(
-      chosen, chosen_token_pair_not_logps, rejected,
-      logprobs.masked_ids(chosen_labels, chosen_where, fill=0),
-      logprobs.masked_ids(rejected_labels, rejected_where, fill=0),
-      chosen_where=chosen_where, rejected_where=rejected_where,
+    chosen,
+    chosen_token_pair_not_logps,
+    rejected,
+    logprobs.masked_ids(chosen_labels, chosen_where, fill=0),
+    logprobs.masked_ids(rejected_labels, rejected_where, fill=0),
+    chosen_where=chosen_where,
+    rejected_where=rejected_where,
   )
   return stats._replace(
-      pair_not_logps=pair_not_logps,
-      chosen_token_logps=jnp.where(chosen_where, chosen.logp, 0.0),
-      chosen_token_pair_not_logps=jnp.where(
-          chosen_where, jnp.asarray(chosen_token_pair_not_logps), 0.0
-      ),
-      chosen_where=chosen_where,
+    pair_not_logps=pair_not_logps,
+    chosen_token_logps=jnp.where(chosen_where, chosen.logp, 0.0),
+    chosen_token_pair_not_logps=jnp.where(
+      chosen_where, jnp.asarray(chosen_token_pair_not_logps), 0.0
+    ),
+    chosen_where=chosen_where,
   )
 
 
@@ -126,21 +129,21 @@ def _pair_ids(chosen_labels, rejected_labels, chosen_where, rejected_where):
   matches no column.
   """
   return (
-      logprobs.masked_ids(chosen_labels, chosen_where, fill=0),
-      logprobs.masked_ids(rejected_labels, rejected_where, fill=0),
-      logprobs.masked_ids(rejected_labels, rejected_where, fill=-1),
+    logprobs.masked_ids(chosen_labels, chosen_where, fill=0),
+    logprobs.masked_ids(rejected_labels, rejected_where, fill=0),
+    logprobs.masked_ids(rejected_labels, rejected_where, fill=-1),
   )
 
 
 def pair_stats_from_logits(
-    chosen_logits: ArrayLike,
-    rejected_logits: ArrayLike,
-    chosen_labels: ArrayLike,
-    rejected_labels: ArrayLike,
-    *,
-    chosen_where: ArrayLike,
-    rejected_where: ArrayLike,
-    pair_values: bool = False,
+  chosen_logits: ArrayLike,
+  rejected_logits: ArrayLike,
+  chosen_labels: ArrayLike,
+  rejected_labels: ArrayLike,
+  *,
+  chosen_where: ArrayLike,
+  rejected_where: ArrayLike,
+  pair_values: bool = False,
 ) -> PairStats:
   """The :class:`PairStats` of a batch from teacher-forced logits.
 
@@ -160,26 +163,28 @@ def pair_stats_from_logits(
   """
   logprobs._check_logits_labels(chosen_logits, chosen_labels, "chosen_logits")
   logprobs._check_logits_labels(
-      rejected_logits, rejected_labels, "rejected_logits"
+    rejected_logits, rejected_labels, "rejected_logits"
   )
   chosen_where = logprobs._check_where(chosen_where, jnp.shape(chosen_labels))
   rejected_where = logprobs._check_where(
-      rejected_where, jnp.shape(rejected_labels)
+    rejected_where, jnp.shape(rejected_labels)
   )
   chosen_ids, rejected_ids, excluded = _pair_ids(
-      chosen_labels, rejected_labels, chosen_where, rejected_where
+    chosen_labels, rejected_labels, chosen_where, rejected_where
   )
   pair_not = None
   if pair_values:
     pair_not = logprobs.token_logps(
-        chosen_logits, chosen_ids, also_exclude=excluded
+      chosen_logits, chosen_ids, also_exclude=excluded
     ).not_logp
   return pair_stats_from_token_logps(
-      logprobs.token_logps(chosen_logits, chosen_ids),
-      logprobs.token_logps(rejected_logits, rejected_ids),
-      chosen_ids, rejected_ids,
-      chosen_where=chosen_where, rejected_where=rejected_where,
-      chosen_token_pair_not_logps=pair_not,
+    logprobs.token_logps(chosen_logits, chosen_ids),
+    logprobs.token_logps(rejected_logits, rejected_ids),
+    chosen_ids,
+    rejected_ids,
+    chosen_where=chosen_where,
+    rejected_where=rejected_where,
+    chosen_token_pair_not_logps=pair_not,
   )
 
 
@@ -203,22 +208,24 @@ class HeadOptions:
 def _plain_logits(hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
   # Accumulated and returned in float32, as the models' own logits are.
   return jnp.einsum(
-      "...d,dv->...v", hidden, lm_head.astype(hidden.dtype),
-      preferred_element_type=jnp.float32,
+    "...d,dv->...v",
+    hidden,
+    lm_head.astype(hidden.dtype),
+    preferred_element_type=jnp.float32,
   )
 
 
 def pair_stats_from_hidden(
-    chosen_hidden: ArrayLike,
-    rejected_hidden: ArrayLike,
-    lm_head: ArrayLike,
-    chosen_labels: ArrayLike,
-    rejected_labels: ArrayLike,
-    *,
-    chosen_where: ArrayLike,
-    rejected_where: ArrayLike,
-    pair_values: bool = False,
-    head: HeadOptions = HeadOptions(),
+  chosen_hidden: ArrayLike,
+  rejected_hidden: ArrayLike,
+  lm_head: ArrayLike,
+  chosen_labels: ArrayLike,
+  rejected_labels: ArrayLike,
+  *,
+  chosen_where: ArrayLike,
+  rejected_where: ArrayLike,
+  pair_values: bool = False,
+  head: HeadOptions = HeadOptions(),
 ) -> PairStats:
   """The loss head: :class:`PairStats` from a model's final hidden states.
 
@@ -242,34 +249,41 @@ def pair_stats_from_hidden(
   """
   if not head.fused:
     return pair_stats_from_logits(
-        _plain_logits(chosen_hidden, lm_head),
-        _plain_logits(rejected_hidden, lm_head),
-        chosen_labels, rejected_labels,
-        chosen_where=chosen_where, rejected_where=rejected_where,
-        pair_values=pair_values,
+      _plain_logits(chosen_hidden, lm_head),
+      _plain_logits(rejected_hidden, lm_head),
+      chosen_labels,
+      rejected_labels,
+      chosen_where=chosen_where,
+      rejected_where=rejected_where,
+      pair_values=pair_values,
     )
   chosen_where = logprobs._check_where(chosen_where, jnp.shape(chosen_labels))
   rejected_where = logprobs._check_where(
-      rejected_where, jnp.shape(rejected_labels)
+    rejected_where, jnp.shape(rejected_labels)
   )
   chosen_ids, rejected_ids, excluded = _pair_ids(
-      chosen_labels, rejected_labels, chosen_where, rejected_where
+    chosen_labels, rejected_labels, chosen_where, rejected_where
   )
 
   def tokens(hidden, ids, also_exclude=None):
     return fused.token_logps_from_hidden(
-        hidden, lm_head, ids, also_exclude=also_exclude,
-        vocab_chunk_size=head.vocab_chunk_size,
-        token_chunk_size=head.token_chunk_size,
+      hidden,
+      lm_head,
+      ids,
+      also_exclude=also_exclude,
+      vocab_chunk_size=head.vocab_chunk_size,
+      token_chunk_size=head.token_chunk_size,
     )
 
   pair_not = None
   if pair_values:
     pair_not = tokens(chosen_hidden, chosen_ids, excluded).not_logp
   return pair_stats_from_token_logps(
-      tokens(chosen_hidden, chosen_ids),
-      tokens(rejected_hidden, rejected_ids),
-      chosen_ids, rejected_ids,
-      chosen_where=chosen_where, rejected_where=rejected_where,
-      chosen_token_pair_not_logps=pair_not,
+    tokens(chosen_hidden, chosen_ids),
+    tokens(rejected_hidden, rejected_ids),
+    chosen_ids,
+    rejected_ids,
+    chosen_where=chosen_where,
+    rejected_where=rejected_where,
+    chosen_token_pair_not_logps=pair_not,
   )

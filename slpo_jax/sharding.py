@@ -6,22 +6,26 @@ split over ``("data", "fsdp")``: fsdp shards parameters *and* the batch, so
 both axes carry distinct examples.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
+
 def make_mesh(
-    data: int = -1,
-    fsdp: int = 1,
-    tensor: int = 1,
-    *,
-    devices: Sequence[jax.Device] | None = None,
+  data: int = -1,
+  fsdp: int = 1,
+  tensor: int = 1,
+  *,
+  devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
   """A ``(data, fsdp, tensor)`` mesh over all (or the given) devices.
 
@@ -48,16 +52,16 @@ def make_mesh(
   if free:
     if count % fixed:
       raise ValueError(
-          f"{count} devices cannot be split by the fixed mesh sizes {sizes};"
-          " choose sizes whose product divides the device count"
+        f"{count} devices cannot be split by the fixed mesh sizes {sizes};"
+        " choose sizes whose product divides the device count"
       )
     sizes[free[0]] = count // fixed
   data, fsdp, tensor = sizes["data"], sizes["fsdp"], sizes["tensor"]
   if data * fsdp * tensor != count:
     raise ValueError(
-        f"mesh data={data} x fsdp={fsdp} x tensor={tensor} ="
-        f" {data * fsdp * tensor} devices, but {count} are available; set one"
-        " axis to -1 or sizes whose product is the device count"
+      f"mesh data={data} x fsdp={fsdp} x tensor={tensor} ="
+      f" {data * fsdp * tensor} devices, but {count} are available; set one"
+      " axis to -1 or sizes whose product is the device count"
     )
   shape = (data, fsdp, tensor)
   # Auto axes: jit propagates shardings from in/out_shardings and the
@@ -85,6 +89,6 @@ def global_batch(host_batch: Mapping[str, Any], mesh: Mesh) -> dict:
   """
   spec = batch_sharding(mesh)
   return {
-      name: jax.make_array_from_process_local_data(spec, np.asarray(value))
-      for name, value in host_batch.items()
+    name: jax.make_array_from_process_local_data(spec, np.asarray(value))
+    for name, value in host_batch.items()
   }

@@ -44,12 +44,12 @@ class TreeModel:
   """
 
   def __init__(
-      self,
-      seed: int = 0,
-      *,
-      num_tokens: int = 4,
-      max_length: int = 4,
-      scale: float = 1.0,
+    self,
+    seed: int = 0,
+    *,
+    num_tokens: int = 4,
+    max_length: int = 4,
+    scale: float = 1.0,
   ):
     """Draws the table.
 
@@ -67,9 +67,9 @@ class TreeModel:
     self.vocab_size = num_tokens + 1
     self.eos = num_tokens
     self.prefixes = tuple(
-        prefix
-        for length in range(max_length)
-        for prefix in itertools.product(range(num_tokens), repeat=length)
+      prefix
+      for length in range(max_length)
+      for prefix in itertools.product(range(num_tokens), repeat=length)
     )
     self._row = {prefix: i for i, prefix in enumerate(self.prefixes)}
     rng = np.random.default_rng(seed)
@@ -92,10 +92,7 @@ class TreeModel:
 
   def all_sequences(self) -> list[tuple[int, ...]]:
     """Every EOS-terminated response, shortest first."""
-    return [
-        prefix + (self.eos,)
-        for prefix in self.prefixes
-    ]
+    return [prefix + (self.eos,) for prefix in self.prefixes]
 
   def log_probability(self, sequence: Sequence[int]) -> float:
     """``log pi(sequence)`` in float64.
@@ -122,12 +119,12 @@ class TreeModel:
     return 30.0 * self._junk_rng.standard_normal((rows, self.vocab_size))
 
   def logits_for(
-      self,
-      prompt_tokens: Sequence[int],
-      response: Sequence[int],
-      *,
-      length: int | None = None,
-      table=None,
+    self,
+    prompt_tokens: Sequence[int],
+    response: Sequence[int],
+    *,
+    length: int | None = None,
+    table=None,
   ):
     """Teacher-forced logits laid out as ``[prompt, response, padding]``.
 
@@ -152,8 +149,8 @@ class TreeModel:
     num_pad = length - num_prompt - len(response)
     if num_pad < 0:
       raise ValueError(
-          f"length {length} is shorter than prompt plus response"
-          f" ({num_prompt} + {len(response)})."
+        f"length {length} is shorter than prompt plus response"
+        f" ({num_prompt} + {len(response)})."
       )
     rows = [self.prefix_index(response[:t]) for t in range(len(response))]
     junk_before = self.junk_logits(num_prompt)
@@ -163,18 +160,20 @@ class TreeModel:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
     table = jnp.asarray(table)
-    return jnp.concatenate([
+    return jnp.concatenate(
+      [
         jnp.asarray(junk_before, table.dtype),
         jnp.take(table, jnp.asarray(rows, dtype=jnp.int32), axis=0),
         jnp.asarray(junk_after, table.dtype),
-    ])
+      ]
+    )
 
   def labels_and_where(
-      self,
-      prompt_tokens: Sequence[int],
-      response: Sequence[int],
-      *,
-      length: int | None = None,
+    self,
+    prompt_tokens: Sequence[int],
+    response: Sequence[int],
+    *,
+    length: int | None = None,
   ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and response mask matching :meth:`logits_for`.
 
@@ -186,15 +185,15 @@ class TreeModel:
     length = num_prompt + len(response) if length is None else length
     num_pad = length - num_prompt - len(response)
     labels = np.array(
-        list(prompt_tokens) + list(response) + [PAD_LABEL] * num_pad,
-        dtype=np.int32,
+      list(prompt_tokens) + list(response) + [PAD_LABEL] * num_pad,
+      dtype=np.int32,
     )
     where = np.zeros(length, dtype=bool)
     where[num_prompt : num_prompt + len(response)] = True
     return labels, where
 
   def complement_log_probability(
-      self, covered: Sequence[Sequence[int]]
+    self, covered: Sequence[Sequence[int]]
   ) -> float:
     """``log pi(Y not in covered)`` by summing over every listed response.
 
@@ -207,6 +206,6 @@ class TreeModel:
       return any(sequence[: len(c)] == c for c in covered)
 
     total = sum(
-        self.probability(s) for s in self.all_sequences() if not is_covered(s)
+      self.probability(s) for s in self.all_sequences() if not is_covered(s)
     )
     return float(np.log(total)) if total > 0 else -np.inf

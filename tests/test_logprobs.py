@@ -16,7 +16,6 @@ import pytest
 from jax.test_util import check_grads
 
 import slpo_jax
-from slpo_jax import logprobs
 from tests.enumeration import TreeModel
 
 # Prompt rows in front of each response and padding rows behind it.
@@ -46,7 +45,9 @@ def x64():
 def np_log_softmax(logits):
   logits = np.asarray(logits, np.float64)
   peak = np.max(logits, axis=-1, keepdims=True)
-  return logits - peak - np.log(np.sum(np.exp(logits - peak), -1, keepdims=True))
+  return (
+    logits - peak - np.log(np.sum(np.exp(logits - peak), -1, keepdims=True))
+  )
 
 
 def np_log1mexp(x):
@@ -54,9 +55,9 @@ def np_log1mexp(x):
   x = np.asarray(x, np.float64)
   with np.errstate(divide="ignore"):
     return np.where(
-        x > -np.log(2.0),
-        np.log(-np.expm1(np.minimum(x, -1e-300))),
-        np.log1p(-np.exp(np.minimum(x, -np.log(2.0)))),
+      x > -np.log(2.0),
+      np.log(-np.expm1(np.minimum(x, -1e-300))),
+      np.log1p(-np.exp(np.minimum(x, -np.log(2.0)))),
     ) + np.where(x == 0, -np.inf, 0.0)
 
 
@@ -86,7 +87,7 @@ def np_token_logps(logits, labels, also_exclude=None):
   with np.errstate(invalid="ignore"):
     logp = -np.logaddexp(0.0, np_logsumexp(logits, ~is_label) - label)
     not_logp = -np.logaddexp(
-        0.0, np_logsumexp(logits, excluded) - np_logsumexp(logits, ~excluded)
+      0.0, np_logsumexp(logits, excluded) - np_logsumexp(logits, ~excluded)
     )
   return logp, not_logp
 
@@ -156,8 +157,8 @@ def test_enumeration_sequence_logps(model, x64):
   probabilities = np.array([model.probability(s) for s in everything])
   want_logp = [model.log_probability(r) for r in responses]
   want_not = [
-      np.log(np.sum(probabilities[[not _covered(s, r) for s in everything]]))
-      for r in responses
+    np.log(np.sum(probabilities[[not _covered(s, r) for s in everything]]))
+    for r in responses
   ]
   assert logp.dtype == jnp.float64
   np.testing.assert_allclose(logp, want_logp, rtol=1e-6, atol=1e-12)
@@ -168,17 +169,17 @@ def _named_pairs(model):
   """Pairs covering every relation of two responses, by name."""
   a, b, c, eos = 0, 1, 2, model.eos
   return {
-      "different first tokens": ((a, b, eos), (c, a, eos)),
-      "shared prefix": ((a, b, eos), (a, c, eos)),
-      "shared two tokens": ((a, b, c, eos), (a, b, a, eos)),
-      "one is one token longer": ((a, eos), (a, b, eos)),
-      "one is one token shorter": ((a, b, eos), (a, eos)),
-      "identical": ((a, b, eos), (a, b, eos)),
-      "empty response (EOS only)": ((eos,), (a, b, c, eos)),
-      "different lengths": ((a, eos), (b, c, a, eos)),
-      "unterminated prefix of the other": ((a, b), (a, b, c, eos)),
-      "other is an unterminated prefix": ((a, b, c, eos), (a,)),
-      "unterminated, branching": ((a, b), (a, c)),
+    "different first tokens": ((a, b, eos), (c, a, eos)),
+    "shared prefix": ((a, b, eos), (a, c, eos)),
+    "shared two tokens": ((a, b, c, eos), (a, b, a, eos)),
+    "one is one token longer": ((a, eos), (a, b, eos)),
+    "one is one token shorter": ((a, b, eos), (a, eos)),
+    "identical": ((a, b, eos), (a, b, eos)),
+    "empty response (EOS only)": ((eos,), (a, b, c, eos)),
+    "different lengths": ((a, eos), (b, c, a, eos)),
+    "unterminated prefix of the other": ((a, b), (a, b, c, eos)),
+    "other is an unterminated prefix": ((a, b, c, eos), (a,)),
+    "unterminated, branching": ((a, b), (a, c)),
   }
 
 
@@ -189,15 +190,15 @@ def _pairs_around_the_mode(model):
   form of the pair complement is the one evaluated (see _complement).
   """
   mode = max(
-      (s for s in model.all_sequences() if len(s) >= 3), key=model.probability
+    (s for s in model.all_sequences() if len(s) >= 3), key=model.probability
   )
   other = (mode[1] + 1) % model.num_tokens
   return [
-      (mode[:1], mode),
-      (mode, mode[:2]),
-      (mode[:2], mode[:1] + (other,)),
-      (mode[:1] + (other, model.eos), mode[:2]),
-      (mode[:2], mode[:2]),
+    (mode[:1], mode),
+    (mode, mode[:2]),
+    (mode[:2], mode[:1] + (other,)),
+    (mode[:1] + (other, model.eos), mode[:2]),
+    (mode[:2], mode[:2]),
   ]
 
 
@@ -209,8 +210,8 @@ def test_enumeration_pair_not_logps(model, x64):
   responses = everything + [r for pair in named for r in pair]
   # Layouts of each response after each prompt length, drawn once.
   layouts = [
-      _layout(model, responses, [num_prompt] * len(responses))
-      for num_prompt in range(MAX_PROMPT + 1)
+    _layout(model, responses, [num_prompt] * len(responses))
+    for num_prompt in range(MAX_PROMPT + 1)
   ]
   count = len(everything)
   index = list(itertools.product(range(count), repeat=2))
@@ -219,29 +220,41 @@ def test_enumeration_pair_not_logps(model, x64):
   rng = np.random.default_rng(1)
   prompt_lengths = rng.integers(0, MAX_PROMPT + 1, len(index))
   chosen, rejected = (
-      [np.stack([layouts[p][k][i] for p, i in zip(prompt_lengths, rows)])
-       for k in range(3)]
-      for rows in index.T
+    [
+      np.stack([layouts[p][k][i] for p, i in zip(prompt_lengths, rows)])
+      for k in range(3)
+    ]
+    for rows in index.T
   )
 
   got = pair_not_logps(
-      chosen[0], chosen[1], rejected[0], rejected[1],
-      chosen_where=chosen[2], rejected_where=rejected[2],
+    chosen[0],
+    chosen[1],
+    rejected[0],
+    rejected[1],
+    chosen_where=chosen[2],
+    rejected_where=rejected[2],
   )
 
   probabilities = np.array([model.probability(s) for s in everything])
-  covered = np.array([
-      [_covered(s, responses[i]) or _covered(s, responses[j])
-       for s in everything]
-      for i, j in index[count * count:]
-  ])
+  covered = np.array(
+    [
+      [
+        _covered(s, responses[i]) or _covered(s, responses[j])
+        for s in everything
+      ]
+      for i, j in index[count * count :]
+    ]
+  )
   # For two complete responses, the covered set is the pair itself.
   sequence_ids = np.arange(count)
-  covered = np.concatenate([
+  covered = np.concatenate(
+    [
       (sequence_ids == index[: count * count, :1])
       | (sequence_ids == index[: count * count, 1:]),
       covered,
-  ])
+    ]
+  )
   with np.errstate(divide="ignore"):
     want = np.log(np.sum(np.where(covered, 0.0, probabilities), -1))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
@@ -254,14 +267,18 @@ def test_enumeration_pair_not_logps_is_symmetric(model, x64):
   del x64
   pairs = list(_named_pairs(model).values())
   chosen = _layout(model, [w for w, _ in pairs], [2] * len(pairs))
-  rejected = _layout(model, [l for _, l in pairs], [2] * len(pairs))
+  rejected = _layout(model, [loser for _, loser in pairs], [2] * len(pairs))
   forward = pair_not_logps(
-      *chosen[:2], *rejected[:2], chosen_where=chosen[2],
-      rejected_where=rejected[2],
+    *chosen[:2],
+    *rejected[:2],
+    chosen_where=chosen[2],
+    rejected_where=rejected[2],
   )
   backward = pair_not_logps(
-      *rejected[:2], *chosen[:2], chosen_where=rejected[2],
-      rejected_where=chosen[2],
+    *rejected[:2],
+    *chosen[:2],
+    chosen_where=rejected[2],
+    rejected_where=chosen[2],
   )
   np.testing.assert_allclose(forward, backward, rtol=1e-12)
 
@@ -275,8 +292,8 @@ def test_enumeration_junk_outside_the_response_is_ignored(x64):
   second = _layout(model, responses, [3] * len(responses))
   assert not np.array_equal(first[0], second[0])
   np.testing.assert_array_equal(
-      sequence_logps(first[0], first[1], where=first[2]),
-      sequence_logps(second[0], second[1], where=second[2]),
+    sequence_logps(first[0], first[1], where=first[2]),
+    sequence_logps(second[0], second[1], where=second[2]),
   )
 
 
@@ -302,26 +319,33 @@ def _accuracy_batches():
   for offset in (1e4, -1e4, 0.0):
     logits, labels = _near_certain_batch(rng, 4, 10, 7, offset)
     batches.append(
-        (f"p=1-1e-7 at {offset:g}", logits, labels, np.ones_like(labels, bool))
+      (f"p=1-1e-7 at {offset:g}", logits, labels, np.ones_like(labels, bool))
     )
   logits = rng.uniform(-1e4, 1e4, (4, 10, 7)).astype(np.float32)
   greedy = np.argmax(logits, -1).astype(np.int32)
   labels = np.where(
-      rng.random(greedy.shape) < 0.8, greedy, rng.integers(0, 7, greedy.shape)
+    rng.random(greedy.shape) < 0.8, greedy, rng.integers(0, 7, greedy.shape)
   ).astype(np.int32)
-  batches.append(("logits up to 1e4", logits, labels, np.ones(labels.shape, bool)))
+  batches.append(
+    ("logits up to 1e4", logits, labels, np.ones(labels.shape, bool))
+  )
   # Near ties at large magnitude: every probability is O(1).
   logits = (1e4 + rng.standard_normal((4, 10, 7))).astype(np.float32)
   batches.append(
-      ("1e4 + N(0, 1)", logits, rng.integers(0, 7, (4, 10)).astype(np.int32),
-       np.ones((4, 10), bool))
+    (
+      "1e4 + N(0, 1)",
+      logits,
+      rng.integers(0, 7, (4, 10)).astype(np.int32),
+      np.ones((4, 10), bool),
+    )
   )
   return batches
 
 
 @pytest.mark.parametrize(
-    "name,logits,labels,where", _accuracy_batches(),
-    ids=[b[0] for b in _accuracy_batches()],
+  "name,logits,labels,where",
+  _accuracy_batches(),
+  ids=[b[0] for b in _accuracy_batches()],
 )
 def test_sequence_logps_relative_accuracy(name, logits, labels, where):
   del name
@@ -334,8 +358,9 @@ def test_sequence_logps_relative_accuracy(name, logits, labels, where):
 
 
 @pytest.mark.parametrize(
-    "name,logits,labels,where", _accuracy_batches(),
-    ids=[b[0] for b in _accuracy_batches()],
+  "name,logits,labels,where",
+  _accuracy_batches(),
+  ids=[b[0] for b in _accuracy_batches()],
 )
 def test_token_logps_relative_accuracy(name, logits, labels, where):
   del name, where
@@ -349,7 +374,9 @@ def test_token_logps_relative_accuracy(name, logits, labels, where):
   np.testing.assert_allclose(got.logp, want_logp, rtol=1e-5, atol=TINY)
   np.testing.assert_allclose(got.not_logp, want_not, rtol=1e-5, atol=TINY)
   np.testing.assert_allclose(got_pair.logp, want_logp, rtol=1e-5, atol=TINY)
-  np.testing.assert_allclose(got_pair.not_logp, want_pair_not, rtol=1e-5, atol=TINY)
+  np.testing.assert_allclose(
+    got_pair.not_logp, want_pair_not, rtol=1e-5, atol=TINY
+  )
 
 
 def test_complement_gradient_of_unlikely_sequence_is_accurate():
@@ -367,7 +394,7 @@ def test_complement_gradient_of_unlikely_sequence_is_accurate():
   pi = np.exp(log_pi)
   onehot = np.eye(logits.shape[-1])[labels]
   want = (-pi / (1 - pi))[:, None, None] * (
-      onehot - np.exp(np_log_softmax(logits))
+    onehot - np.exp(np_log_softmax(logits))
   )
   assert np.max(np.abs(want)) < 1e-5  # the cancellation regime
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-12)
@@ -380,19 +407,24 @@ def test_pair_not_logps_float32_accuracy():
   index = rng.integers(0, len(everything), (64, 2))
   pairs = [(everything[i], everything[j]) for i, j in index]
   chosen = _layout(model, [w for w, _ in pairs], [1] * len(pairs))
-  rejected = _layout(model, [l for _, l in pairs], [1] * len(pairs))
+  rejected = _layout(model, [loser for _, loser in pairs], [1] * len(pairs))
   got = pair_not_logps(
-      chosen[0].astype(np.float32), chosen[1],
-      rejected[0].astype(np.float32), rejected[1],
-      chosen_where=chosen[2], rejected_where=rejected[2],
+    chosen[0].astype(np.float32),
+    chosen[1],
+    rejected[0].astype(np.float32),
+    rejected[1],
+    chosen_where=chosen[2],
+    rejected_where=rejected[2],
   )
   # Exact in float64 from the float32-rounded table.
   model.table = model.table.astype(np.float32).astype(np.float64)
   want = [
-      np_log1mexp(np.logaddexp(model.log_probability(w),
-                               model.log_probability(l)))
-      if w != l else np_log1mexp(model.log_probability(w))
-      for w, l in pairs
+    np_log1mexp(
+      np.logaddexp(model.log_probability(w), model.log_probability(loser))
+    )
+    if w != loser
+    else np_log1mexp(model.log_probability(w))
+    for w, loser in pairs
   ]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=TINY)
 
@@ -419,21 +451,23 @@ def test_gradients_are_finite_everywhere():
   def total(x):
     logp, not_logp = slpo_jax.sequence_logps(x, labels, where=where)
     pair = slpo_jax.pair_not_logps(
-        x, labels, x[::-1], other, chosen_where=where, rejected_where=where
+      x, labels, x[::-1], other, chosen_where=where, rejected_where=where
     )
     return (
-        _finite_part(logp) + _finite_part(not_logp) + _finite_part(pair)
-        + jnp.sum(jnp.exp(not_logp))
+      _finite_part(logp)
+      + _finite_part(not_logp)
+      + _finite_part(pair)
+      + jnp.sum(jnp.exp(not_logp))
     )
 
   def own_rows(x):
-    return _finite_part(jnp.stack(
-        slpo_jax.sequence_logps(x, labels, where=where)
-    ))
+    return _finite_part(
+      jnp.stack(slpo_jax.sequence_logps(x, labels, where=where))
+    )
 
   # Both gradients from one compiled reverse pass.
   grads = jax.jit(jax.jacrev(lambda x: jnp.stack([total(x), own_rows(x)])))(
-      jnp.asarray(logits)
+    jnp.asarray(logits)
   )
   assert np.all(np.isfinite(grads))
   # The empty row receives no gradient from its own values.
@@ -453,7 +487,7 @@ def test_empty_row_gives_zero_and_minus_infinity():
   np.testing.assert_allclose(logp[1], np.log(0.25), rtol=1e-6)
   np.testing.assert_allclose(not_logp[1], np.log(0.75), rtol=1e-6)
   pair = pair_not_logps(
-      logits, labels, logits, labels, chosen_where=where, rejected_where=where
+    logits, labels, logits, labels, chosen_where=where, rejected_where=where
   )
   assert float(pair[0]) == -np.inf
 
@@ -478,7 +512,7 @@ def test_check_grads(x64):
   def everything(x):
     logp, not_logp = slpo_jax.sequence_logps(x, labels, where=where)
     pair = slpo_jax.pair_not_logps(
-        x, labels, x + 0.5, other, chosen_where=where, rejected_where=where
+      x, labels, x + 0.5, other, chosen_where=where, rejected_where=where
     )
     return jnp.concatenate([logp, not_logp, pair])
 
@@ -491,14 +525,16 @@ def test_shape_errors_name_both_shapes():
     slpo_jax.sequence_logps(logits, np.zeros((2, 4), np.int32))
   with pytest.raises(ValueError, match=r"\(2, 4\).*\(2, 3\)"):
     slpo_jax.sequence_logps(
-        logits, np.zeros((2, 3), np.int32), where=np.ones((2, 4), bool)
+      logits, np.zeros((2, 3), np.int32), where=np.ones((2, 4), bool)
     )
   with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
     slpo_jax.sequence_logps_from_token_logps(np.zeros((2, 3)), np.zeros((2, 4)))
   with pytest.raises(ValueError, match=r"\(2, 3, 5\).*\(2, 4, 5\)"):
     slpo_jax.pair_not_logps(
-        logits, np.zeros((2, 3), np.int32),
-        np.zeros((2, 4, 5), np.float32), np.zeros((2, 4), np.int32),
+      logits,
+      np.zeros((2, 3), np.int32),
+      np.zeros((2, 4, 5), np.float32),
+      np.zeros((2, 4), np.int32),
     )
 
 
@@ -509,22 +545,34 @@ def test_shape_errors_name_both_shapes():
 SHAPE = (3, 6, 5)
 
 
-def _outputs(chosen_logits, rejected_logits, chosen_labels, rejected_labels,
-             chosen_where, rejected_where):
+def _outputs(
+  chosen_logits,
+  rejected_logits,
+  chosen_labels,
+  rejected_labels,
+  chosen_where,
+  rejected_where,
+):
   logp, not_logp = slpo_jax.sequence_logps(
-      chosen_logits, chosen_labels, where=chosen_where
+    chosen_logits, chosen_labels, where=chosen_where
   )
   pair = slpo_jax.pair_not_logps(
-      chosen_logits, chosen_labels, rejected_logits, rejected_labels,
-      chosen_where=chosen_where, rejected_where=rejected_where,
+    chosen_logits,
+    chosen_labels,
+    rejected_logits,
+    rejected_labels,
+    chosen_where=chosen_where,
+    rejected_where=rejected_where,
   )
   return logp, not_logp, pair
 
 
 _jitted_outputs = jax.jit(_outputs)
-_output_grads = jax.jit(jax.grad(
+_output_grads = jax.jit(
+  jax.grad(
     lambda *args: sum(map(_finite_part, _outputs(*args))), argnums=(0, 1)
-))
+  )
+)
 _mapped_outputs = jax.jit(jax.vmap(_outputs))
 
 
@@ -539,21 +587,31 @@ def test_masked_positions_contribute_exactly_nothing(seed):
     junk = rng.uniform(-1e4, 1e4, logits.shape).astype(np.float32)
     junk_labels = rng.choice([-100, 0, 10**6], labels.shape)
     return (
-        np.where(where[..., None], logits, junk),
-        np.where(where, labels, junk_labels).astype(np.int32),
+      np.where(where[..., None], logits, junk),
+      np.where(where, labels, junk_labels).astype(np.int32),
     )
 
-  (chosen, chosen_labels, chosen_where), (rejected, rejected_labels,
-                                          rejected_where) = rows
+  (
+    (chosen, chosen_labels, chosen_where),
+    (rejected, rejected_labels, rejected_where),
+  ) = rows
   junk_chosen, junk_chosen_labels = with_junk(*rows[0])
   junk_rejected, junk_rejected_labels = with_junk(*rows[1])
   clean = _jitted_outputs(
-      chosen, rejected, chosen_labels, rejected_labels, chosen_where,
-      rejected_where,
+    chosen,
+    rejected,
+    chosen_labels,
+    rejected_labels,
+    chosen_where,
+    rejected_where,
   )
   junk_args = (
-      junk_chosen, junk_rejected, junk_chosen_labels, junk_rejected_labels,
-      chosen_where, rejected_where,
+    junk_chosen,
+    junk_rejected,
+    junk_chosen_labels,
+    junk_rejected_labels,
+    chosen_where,
+    rejected_where,
   )
   for got, want in zip(_jitted_outputs(*junk_args), clean):
     np.testing.assert_array_equal(got, want)
@@ -573,8 +631,9 @@ def test_jit_vmap_and_loop_agree(seed):
   for _ in range(2):
     chosen = random_batch(rng, SHAPE[:2], SHAPE[2])
     rejected = random_batch(rng, SHAPE[:2], SHAPE[2])
-    batches.append((chosen[0], rejected[0], chosen[1], rejected[1],
-                    chosen[2], rejected[2]))
+    batches.append(
+      (chosen[0], rejected[0], chosen[1], rejected[1], chosen[2], rejected[2])
+    )
   eager = _outputs(*batches[0])
   jitted = _jitted_outputs(*batches[0])
   for k in range(3):
@@ -585,7 +644,7 @@ def test_jit_vmap_and_loop_agree(seed):
   looped = [_jitted_outputs(*batch) for batch in batches]
   for k in range(3):
     np.testing.assert_allclose(
-        mapped[k], np.stack([row[k] for row in looped]), rtol=1e-6, atol=0
+      mapped[k], np.stack([row[k] for row in looped]), rtol=1e-6, atol=0
     )
 
 

@@ -25,7 +25,7 @@ from slpo_jax import losses
 from tests.enumeration import TreeModel
 
 GOLDEN = json.loads(
-    (pathlib.Path(__file__).parent / "golden" / "losses.json").read_text()
+  (pathlib.Path(__file__).parent / "golden" / "losses.json").read_text()
 )
 SETTINGS = hypothesis.settings(max_examples=25, deadline=None)
 
@@ -41,9 +41,9 @@ def np_log1mexp(x):
   x = np.asarray(x, np.float64)
   with np.errstate(divide="ignore"):
     return np.where(
-        x > -np.log(2.0),
-        np.log(-np.expm1(np.minimum(x, -1e-300))),
-        np.log1p(-np.exp(np.minimum(x, -np.log(2.0)))),
+      x > -np.log(2.0),
+      np.log(-np.expm1(np.minimum(x, -1e-300))),
+      np.log1p(-np.exp(np.minimum(x, -np.log(2.0)))),
     ) + np.where(x == 0, -np.inf, 0.0)
 
 
@@ -66,11 +66,11 @@ def np_cross_entropy(target, log_pred):
 def _call_golden(case, dtype):
   inputs = {k: np.asarray(v, dtype) for k, v in case["inputs"].items()}
   fn = {
-      "dpo": losses.dpo_loss,
-      "ipo": losses.ipo_loss,
-      "hinge": losses.hinge_loss,
-      "simpo": losses.simpo_loss,
-      "orpo": losses.orpo_loss,
+    "dpo": losses.dpo_loss,
+    "ipo": losses.ipo_loss,
+    "hinge": losses.hinge_loss,
+    "simpo": losses.simpo_loss,
+    "orpo": losses.orpo_loss,
   }[case["loss"]]
   return fn(*inputs.values(), **case["params"])
 
@@ -98,10 +98,18 @@ def test_golden_float32(case):
 
 
 def test_golden_covers_the_dpo_family():
-  kinds = {(c["loss"], c["params"].get("label_smoothing", 0.0) > 0)
-           for c in GOLDEN["cases"]}
-  assert kinds >= {("dpo", False), ("dpo", True), ("ipo", False),
-                   ("hinge", False), ("simpo", False), ("orpo", False)}
+  kinds = {
+    (c["loss"], c["params"].get("label_smoothing", 0.0) > 0)
+    for c in GOLDEN["cases"]
+  }
+  assert kinds >= {
+    ("dpo", False),
+    ("dpo", True),
+    ("ipo", False),
+    ("hinge", False),
+    ("simpo", False),
+    ("orpo", False),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -123,8 +131,9 @@ def test_dpo_is_two_class_cross_entropy(label_smoothing, x64):
     log_pred = np_log_softmax(np.stack([beta * s_w, beta * s_l], -1))
     target = np.array([1.0 - label_smoothing, label_smoothing])
     want = np_cross_entropy(target, log_pred)
-    got = losses.dpo_loss(pc, pr, rc, rr, beta=beta,
-                          label_smoothing=label_smoothing)
+    got = losses.dpo_loss(
+      pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing
+    )
     # The log-softmax reference keeps only absolute precision near 0.
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
 
@@ -150,13 +159,14 @@ def test_joint_probability_identity(x64):
     cells = np.ones_like(joint, bool)
     cells[j, k] = False
     omega = np.sum(joint[cells])  # every other outcome, cell by cell
-    direct.append(-target[i] * np.log(joint[j, k])
-                  - (1 - target[i]) * np.log(omega))
+    direct.append(
+      -target[i] * np.log(joint[j, k]) - (1 - target[i]) * np.log(omega)
+    )
     s1.append(np_log_softmax(z[i])[0, j] + np_log_softmax(z[i])[1, k])
     log_omega.append(np.log(omega))
   two_class = np_cross_entropy(
-      np.stack([target, 1 - target], -1),
-      np_log_softmax(np.stack([s1, log_omega], -1)),
+    np.stack([target, 1 - target], -1),
+    np_log_softmax(np.stack([s1, log_omega], -1)),
   )
   np.testing.assert_allclose(two_class, direct, rtol=1e-12)
 
@@ -166,7 +176,7 @@ def test_joint_probability_identity(x64):
   np.testing.assert_allclose(not_logp, log_omega, rtol=1e-12, atol=1e-15)
   # w = C: the reference gives y_l no mass; the loser half is -log 1 = 0.
   winner = losses.slpo_loss(
-      logp, not_logp, np.zeros(count), np.log(target), np.full(count, -np.inf)
+    logp, not_logp, np.zeros(count), np.log(target), np.full(count, -np.inf)
   )
   np.testing.assert_allclose(winner, direct, rtol=1e-12, atol=1e-15)
 
@@ -175,7 +185,9 @@ def np_tempered_slpo(lp_w, not_w, lp_l, not_l, ref_w, ref_l, t):
   """Two-class cross-entropies of normalised t-th roots (DESIGN.md)."""
   log_w = np.minimum(np.logaddexp(ref_w, ref_l), 0.0)
   target = np.exp(np_log_softmax(np.stack([log_w, np_log1mexp(log_w)], -1) / t))
-  winner = np_cross_entropy(target, np_log_softmax(np.stack([lp_w, not_w], -1) / t))
+  winner = np_cross_entropy(
+    target, np_log_softmax(np.stack([lp_w, not_w], -1) / t)
+  )
   loser = -np_log_softmax(np.stack([lp_l, not_l], -1) / t)[..., 1]
   return winner + loser
 
@@ -186,8 +198,14 @@ def _consistent_logps(rng, n):
   lp_l = rng.uniform(-12.0, -0.05, n)
   ref_w = lp_w + rng.normal(0.0, 1.0, n)
   ref_l = lp_l + rng.normal(0.0, 1.0, n)
-  return (lp_w, np_log1mexp(lp_w), lp_l, np_log1mexp(lp_l),
-          np.minimum(ref_w, -0.05), np.minimum(ref_l, -0.05))
+  return (
+    lp_w,
+    np_log1mexp(lp_w),
+    lp_l,
+    np_log1mexp(lp_l),
+    np.minimum(ref_w, -0.05),
+    np.minimum(ref_l, -0.05),
+  )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 1.5, 3.0, 10.0])
@@ -196,8 +214,13 @@ def test_slpo_matches_tempered_two_class_form(temperature, x64):
   rng = np.random.default_rng(2)
   lp_w, not_w, lp_l, not_l, ref_w, ref_l = _consistent_logps(rng, 64)
   got = losses.slpo_loss(
-      lp_w, not_w, not_l, ref_w, ref_l, temperature=temperature,
-      policy_rejected_logps=lp_l,
+    lp_w,
+    not_w,
+    not_l,
+    ref_w,
+    ref_l,
+    temperature=temperature,
+    policy_rejected_logps=lp_l,
   )
   want = np_tempered_slpo(lp_w, not_w, lp_l, not_l, ref_w, ref_l, temperature)
   np.testing.assert_allclose(got, want, rtol=1e-10)
@@ -208,8 +231,13 @@ def test_slpo_matches_tempered_two_class_form(temperature, x64):
     np.testing.assert_allclose(got, eq8, rtol=1e-12)
     # The tempered branch just above t = 1 joins it continuously.
     near = losses.slpo_loss(
-        lp_w, not_w, not_l, ref_w, ref_l, temperature=1.0 + 1e-9,
-        policy_rejected_logps=lp_l,
+      lp_w,
+      not_w,
+      not_l,
+      ref_w,
+      ref_l,
+      temperature=1.0 + 1e-9,
+      policy_rejected_logps=lp_l,
     )
     np.testing.assert_allclose(near, got, rtol=1e-6)
 
@@ -219,8 +247,15 @@ def test_slpo_float32_matches_float64_form():
   args = _consistent_logps(rng, 64)
   lp_w, not_w, lp_l, not_l, ref_w, ref_l = (a.astype(np.float32) for a in args)
   for t in (1.0, 2.0):
-    got = losses.slpo_loss(lp_w, not_w, not_l, ref_w, ref_l, temperature=t,
-                           policy_rejected_logps=lp_l)
+    got = losses.slpo_loss(
+      lp_w,
+      not_w,
+      not_l,
+      ref_w,
+      ref_l,
+      temperature=t,
+      policy_rejected_logps=lp_l,
+    )
     want = np_tempered_slpo(lp_w, not_w, lp_l, not_l, ref_w, ref_l, t)
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
@@ -245,7 +280,7 @@ def test_slpo_soft_loss_matches_eq7(alpha, temperature, x64):
   lp_w, _, lp_l, _, ref_w, ref_l = _consistent_logps(rng, 64)
   pair_not = np_log1mexp(np.logaddexp(lp_w, lp_l) - 1e-3)
   got = losses.slpo_soft_loss(
-      lp_w, lp_l, pair_not, ref_w, ref_l, alpha=alpha, temperature=temperature
+    lp_w, lp_l, pair_not, ref_w, ref_l, alpha=alpha, temperature=temperature
   )
   want = np_soft_slpo(lp_w, lp_l, pair_not, ref_w, ref_l, alpha, temperature)
   np.testing.assert_allclose(got, want, rtol=1e-10)
@@ -276,11 +311,12 @@ def test_soft_slpo_with_alpha_one_is_the_hard_winner_half(x64):
     winner = losses.slpo_loss(lp_w, not_w, not_l, ref_w, ref_l) + not_l
     soft = losses.slpo_soft_loss(lp_w, lp_l, pair_not, ref_w, ref_l, alpha=1.0)
     np.testing.assert_allclose(
-        soft - winner, (1 - w) * (not_w - pair_not), rtol=1e-9, atol=1e-12
+      soft - winner, (1 - w) * (not_w - pair_not), rtol=1e-9, atol=1e-12
     )
     # No mass on y_l: the pair complement is the winner's complement.
-    soft_zero = losses.slpo_soft_loss(lp_w, lp_l, not_w, ref_w, ref_l,
-                                      alpha=1.0)
+    soft_zero = losses.slpo_soft_loss(
+      lp_w, lp_l, not_w, ref_w, ref_l, alpha=1.0
+    )
     np.testing.assert_allclose(soft_zero, winner, rtol=1e-12)
 
 
@@ -322,24 +358,27 @@ def test_hard_slpo_optimum_on_a_free_sequence_distribution():
 
   def loss(p):
     return losses.slpo_loss(
-        jnp.log(p[chosen]),
-        jnp.log(jnp.sum(jnp.where(not_chosen, p, 0.0))),
-        jnp.log(jnp.sum(jnp.where(not_rejected, p, 0.0))),
-        ref_w, ref_l,
+      jnp.log(p[chosen]),
+      jnp.log(jnp.sum(jnp.where(not_chosen, p, 0.0))),
+      jnp.log(jnp.sum(jnp.where(not_rejected, p, 0.0))),
+      ref_w,
+      ref_l,
     )
 
   @jax.jit
   def train(theta):
     def step(_, theta):
       return theta - 0.5 * jax.grad(loss)(jax.nn.softmax(theta))
+
     return jax.nn.softmax(jax.lax.fori_loop(0, 300, step, theta))
 
   policy = np.asarray(train(jnp.asarray(reference, jnp.float32)), np.float64)
   others = not_chosen & not_rejected
   assert policy[rejected] < 1e-6
   np.testing.assert_allclose(policy[chosen], w, rtol=1e-4)
-  np.testing.assert_allclose(policy[others], np.exp(reference[others]),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    policy[others], np.exp(reference[others]), rtol=1e-4
+  )
 
 
 def test_hard_slpo_optimum_through_sequence_logps():
@@ -368,13 +407,15 @@ def test_hard_slpo_optimum_through_sequence_logps():
     step = lambda _, t: t - 2.0 * jax.grad(loss)(t)
     return jax.lax.fori_loop(0, 3000, step, table)
 
-  trained = np.asarray(train(jnp.asarray(np.where(forced, 0.0, model.table),
-                                         jnp.float32)), np.float64)
+  trained = np.asarray(
+    train(jnp.asarray(np.where(forced, 0.0, model.table), jnp.float32)),
+    np.float64,
+  )
   model.table = np.where(forced, -np.inf, trained)
   assert model.probability(y_l) < 5e-3
   np.testing.assert_allclose(model.probability(y_w), w, atol=1e-3)
   np.testing.assert_allclose(
-      sum(model.probability(s) for s in model.all_sequences()), 1.0, rtol=1e-9
+    sum(model.probability(s) for s in model.all_sequences()), 1.0, rtol=1e-9
   )
 
 
@@ -391,7 +432,9 @@ def np_draft_token_loss(logits, y_w, y_l, w_w):
   np.put_along_axis(mask, y_l[..., None], False, -1)
   log_probs_masked = np.where(mask, log_probs, -np.inf)
   peak = np.max(log_probs_masked, -1, keepdims=True)
-  log_prob_o = np.log(np.sum(np.exp(log_probs_masked - peak), -1)) + peak[..., 0]
+  log_prob_o = (
+    np.log(np.sum(np.exp(log_probs_masked - peak), -1)) + peak[..., 0]
+  )
   return -np.mean(w_w * log_prob_w + (1 - w_w) * log_prob_o)
 
 
@@ -413,9 +456,9 @@ def test_token_loss_matches_draft_code():
   np.testing.assert_allclose(np.mean(per_example), want, rtol=1e-5)
   for i in range(len(logits)):  # the per-example values too
     np.testing.assert_allclose(
-        per_example[i],
-        np_draft_token_loss(logits[i], y_w[i], y_l[i], weights[i]),
-        rtol=1e-5,
+      per_example[i],
+      np_draft_token_loss(logits[i], y_w[i], y_l[i], weights[i]),
+      rtol=1e-5,
     )
 
 
@@ -427,12 +470,15 @@ def test_token_loss_with_mask_and_from_token_logps():
   got = losses.slpo_token_loss(logits, y_w, y_l, weights, where=where)
   for i in range(len(logits)):
     m = where[i]
-    want = (np_draft_token_loss(logits[i][m], y_w[i][m], y_l[i][m],
-                                weights[i][m]) if m.any() else 0.0)
+    want = (
+      np_draft_token_loss(logits[i][m], y_w[i][m], y_l[i][m], weights[i][m])
+      if m.any()
+      else 0.0
+    )
     np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-7)
   stats = slpo_jax.token_logps(logits, y_w, also_exclude=y_l)
   from_tokens = losses.slpo_token_loss_from_token_logps(
-      stats.logp, stats.not_logp, weights, where=where
+    stats.logp, stats.not_logp, weights, where=where
   )
   np.testing.assert_allclose(from_tokens, got, rtol=1e-6)
 
@@ -454,18 +500,23 @@ def test_slpo_token_weights_match_numpy():
 
 
 def test_log1mexp_is_accurate_with_finite_gradients():
-  x = -np.concatenate([
-      np.geomspace(1e-9, 1e4, 200), [np.log(2.0), 0.0, np.inf]
-  ]).astype(np.float32)
+  x = -np.concatenate(
+    [np.geomspace(1e-9, 1e4, 200), [np.log(2.0), 0.0, np.inf]]
+  ).astype(np.float32)
   got = losses.log1mexp(x)
-  np.testing.assert_allclose(got, np_log1mexp(x), rtol=1e-5,
-                             atol=float(np.finfo(np.float32).tiny))
+  np.testing.assert_allclose(
+    got, np_log1mexp(x), rtol=1e-5, atol=float(np.finfo(np.float32).tiny)
+  )
   grad = jax.jit(jax.vmap(jax.grad(losses.log1mexp)))(jnp.asarray(x))
   assert np.all(np.isfinite(grad))
   inside = (x < 0) & np.isfinite(x)
   x64 = x[inside].astype(np.float64)
-  np.testing.assert_allclose(grad[inside], np.exp(x64) / np.expm1(x64),
-                             rtol=1e-5, atol=float(np.finfo(np.float32).tiny))
+  np.testing.assert_allclose(
+    grad[inside],
+    np.exp(x64) / np.expm1(x64),
+    rtol=1e-5,
+    atol=float(np.finfo(np.float32).tiny),
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -475,18 +526,20 @@ def test_log1mexp_is_accurate_with_finite_gradients():
 def _sequence_losses(pc, pr, rc, rr, nc, nr, pair, lc, lr):
   """Every sequence-level loss at one setting of its hyperparameters."""
   return {
-      "dpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.1),
-      "cdpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.2),
-      "ipo": losses.ipo_loss(pc, pr, rc, rr, beta=0.1),
-      "hinge": losses.hinge_loss(pc, pr, rc, rr, beta=0.1),
-      "simpo": losses.simpo_loss(pc, pr, lc, lr, beta=2.0, gamma=0.5),
-      "orpo": losses.orpo_loss(pc, pr, lc, lr, beta=0.1),
-      "slpo": losses.slpo_loss(pc, nc, nr, rc, rr),
-      "slpo_t2": losses.slpo_loss(pc, nc, nr, rc, rr, temperature=2.0,
-                                  policy_rejected_logps=pr),
-      "slpo_soft": losses.slpo_soft_loss(pc, pr, pair, rc, rr, alpha=0.9),
-      "slpo_soft_t2": losses.slpo_soft_loss(pc, pr, pair, rc, rr, alpha=1.0,
-                                            temperature=2.0),
+    "dpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.1),
+    "cdpo": losses.dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.2),
+    "ipo": losses.ipo_loss(pc, pr, rc, rr, beta=0.1),
+    "hinge": losses.hinge_loss(pc, pr, rc, rr, beta=0.1),
+    "simpo": losses.simpo_loss(pc, pr, lc, lr, beta=2.0, gamma=0.5),
+    "orpo": losses.orpo_loss(pc, pr, lc, lr, beta=0.1),
+    "slpo": losses.slpo_loss(pc, nc, nr, rc, rr),
+    "slpo_t2": losses.slpo_loss(
+      pc, nc, nr, rc, rr, temperature=2.0, policy_rejected_logps=pr
+    ),
+    "slpo_soft": losses.slpo_soft_loss(pc, pr, pair, rc, rr, alpha=0.9),
+    "slpo_soft_t2": losses.slpo_soft_loss(
+      pc, pr, pair, rc, rr, alpha=1.0, temperature=2.0
+    ),
   }
 
 
@@ -498,7 +551,9 @@ def _sum_of_losses(*args):
 
 
 _jitted_losses = jax.jit(_sequence_losses)
-_loss_grads = jax.jit(jax.grad(_sum_of_losses, argnums=tuple(range(_POLICY_ARGS))))
+_loss_grads = jax.jit(
+  jax.grad(_sum_of_losses, argnums=tuple(range(_POLICY_ARGS)))
+)
 _mapped_losses = jax.jit(jax.vmap(_sequence_losses))
 
 
@@ -506,16 +561,19 @@ def _extreme_logps(rng, shape):
   """Log-probabilities from -1e4 to 0, with the end points."""
   special = np.array([-1e4, -1e3, -88.0, -1.0, -1e-7, 0.0])
   values = np.where(
-      rng.random(shape) < 0.5,
-      rng.choice(special, shape),
-      -np.exp(rng.uniform(np.log(1e-7), np.log(1e4), shape)),
+    rng.random(shape) < 0.5,
+    rng.choice(special, shape),
+    -np.exp(rng.uniform(np.log(1e-7), np.log(1e4), shape)),
   )
   return values.astype(np.float32)
 
 
 def _loss_args(rng, shape, extreme):
-  draw = _extreme_logps if extreme else (
-      lambda r, s: r.uniform(-30.0, -0.1, s).astype(np.float32))
+  draw = (
+    _extreme_logps
+    if extreme
+    else (lambda r, s: r.uniform(-30.0, -0.1, s).astype(np.float32))
+  )
   pc, pr, rc, rr, nc, nr, pair = (draw(rng, shape) for _ in range(7))
   # ORPO's odds are infinite at pi = 1, and their ratio is undefined when
   # both responses have it; keep the policy log-probs strictly negative.
@@ -549,8 +607,10 @@ def test_jit_vmap_and_loop_agree(seed):
   for name in eager:
     np.testing.assert_allclose(jitted[name], eager[name], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(
-        mapped[name], np.stack([row[name] for row in looped]),
-        rtol=1e-6, atol=1e-7,
+      mapped[name],
+      np.stack([row[name] for row in looped]),
+      rtol=1e-6,
+      atol=1e-7,
     )
 
 
@@ -578,10 +638,11 @@ def test_token_loss_masks_extremes_and_bfloat16(seed, extreme):
   # Masked steps: any logits and labels there change nothing.
   junk = rng.uniform(-1e4, 1e4, logits.shape).astype(np.float32)
   junk_args = (
-      np.where(where[..., None], logits, junk),
-      np.where(where, y_w, -100).astype(np.int32),
-      np.where(where, y_l, 10**6).astype(np.int32),
-      weights, where,
+    np.where(where[..., None], logits, junk),
+    np.where(where, y_w, -100).astype(np.int32),
+    np.where(where, y_l, 10**6).astype(np.int32),
+    weights,
+    where,
   )
   np.testing.assert_array_equal(_jitted_token_loss(*junk_args), value)
   # bfloat16 logits give the float32 result of the rounded logits.
@@ -589,5 +650,5 @@ def test_token_loss_masks_extremes_and_bfloat16(seed, extreme):
   got = _jitted_token_loss(low, *args[1:])
   assert got.dtype == jnp.float32
   np.testing.assert_array_equal(
-      got, _jitted_token_loss(low.astype(jnp.float32), *args[1:])
+    got, _jitted_token_loss(low.astype(jnp.float32), *args[1:])
   )

@@ -23,15 +23,18 @@ _RUN = "run"
 class Checkpointer:
   """Saves and restores the training program's checkpoints in a workdir."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int, run_identity: dict):
+  def __init__(
+    self, workdir: str | pathlib.Path, *, keep: int, run_identity: dict
+  ):
     self._directory = pathlib.Path(workdir).absolute() / "checkpoints"
     self._identity = run_identity
     self._manager = ocp.CheckpointManager(
-        self._directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max(keep, 1), create=True,
-            enable_async_checkpointing=False,
-        ),
+      self._directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max(keep, 1),
+        create=True,
+        enable_async_checkpointing=False,
+      ),
     )
 
   @property
@@ -40,13 +43,15 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
     self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(state),
-            _DATA: ocp.args.JsonSave(data_state),
-            _RUN: ocp.args.JsonSave(self._identity),
-        }),
-        force=True,
+      step,
+      args=ocp.args.Composite(
+        **{
+          _STATE: ocp.args.StandardSave(state),
+          _DATA: ocp.args.JsonSave(data_state),
+          _RUN: ocp.args.JsonSave(self._identity),
+        }
+      ),
+      force=True,
     )
     self._manager.wait_until_finished()
 
@@ -56,31 +61,35 @@ class Checkpointer:
     if step is None:
       return
     stored = self._manager.restore(
-        step, args=ocp.args.Composite(**{_RUN: ocp.args.JsonRestore()})
+      step, args=ocp.args.Composite(**{_RUN: ocp.args.JsonRestore()})
     )[_RUN]
     differing = sorted(
-        key for key in set(stored) | set(self._identity)
-        if stored.get(key) != self._identity.get(key)
+      key
+      for key in set(stored) | set(self._identity)
+      if stored.get(key) != self._identity.get(key)
     )
     if differing:
       details = "; ".join(
-          f"{k}: checkpoint has {json.dumps(stored.get(k))}, config has"
-          f" {json.dumps(self._identity.get(k))}" for k in differing
+        f"{k}: checkpoint has {json.dumps(stored.get(k))}, config has"
+        f" {json.dumps(self._identity.get(k))}"
+        for k in differing
       )
       raise IncompatibleCheckpointError(
-          f"{self._directory} holds a checkpoint of a different run ({details})."
-          " Use a new --workdir, or restore the original settings"
+        f"{self._directory} holds a checkpoint of a different run ({details})."
+        " Use a new --workdir, or restore the original settings"
       )
 
   def restore(self, abstract_state: Any) -> tuple[Any, dict]:
     """The latest state (placed like ``abstract_state``) and data state."""
     step = self.latest_step
     restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract_state),
-            _DATA: ocp.args.JsonRestore(),
-        }),
+      step,
+      args=ocp.args.Composite(
+        **{
+          _STATE: ocp.args.StandardRestore(abstract_state),
+          _DATA: ocp.args.JsonRestore(),
+        }
+      ),
     )
     return restored[_STATE], restored[_DATA]
 
@@ -91,6 +100,6 @@ class Checkpointer:
 def abstract_like(state: Any) -> Any:
   """ShapeDtypeStructs with shardings, as orbax needs for restoring."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      state,
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    state,
   )

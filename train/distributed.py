@@ -7,11 +7,19 @@ import jax
 
 def _auto_detectable() -> bool:
   """True where ``jax.distributed.initialize()`` finds its peers by itself."""
-  return any(
+  return (
+    any(
       name in os.environ
-      for name in ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "SLURM_JOB_ID",
-                   "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
-  ) and int(os.environ.get("SLURM_NTASKS", "2")) > 1
+      for name in (
+        "TPU_WORKER_HOSTNAMES",
+        "CLOUD_TPU_TASK_ID",
+        "SLURM_JOB_ID",
+        "OMPI_COMM_WORLD_SIZE",
+        "JAX_COORDINATOR_ADDRESS",
+      )
+    )
+    and int(os.environ.get("SLURM_NTASKS", "2")) > 1
+  )
 
 
 def initialize(config) -> None:
@@ -23,9 +31,9 @@ def initialize(config) -> None:
   """
   if config.coordinator_address:
     jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes or None,
-        process_id=None if config.process_id < 0 else config.process_id,
+      coordinator_address=config.coordinator_address,
+      num_processes=config.num_processes or None,
+      process_id=None if config.process_id < 0 else config.process_id,
     )
   elif _auto_detectable():
     jax.distributed.initialize()
@@ -35,7 +43,7 @@ def log_devices() -> None:
   if jax.process_index() != 0:
     return
   print(
-      f"JAX {jax.__version__}: {jax.process_count()} process(es),"
-      f" {jax.local_device_count()} local and {jax.device_count()} global"
-      f" devices ({jax.devices()[0].device_kind})."
+    f"JAX {jax.__version__}: {jax.process_count()} process(es),"
+    f" {jax.local_device_count()} local and {jax.device_count()} global"
+    f" devices ({jax.devices()[0].device_kind})."
   )

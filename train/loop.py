@@ -52,12 +52,12 @@ def _sigterm_requests():
 def run_identity(config) -> dict:
   """What must match for a checkpoint in the workdir to be resumed."""
   return {
-      "loss": config.loss.name,
-      "model": f"{config.model.family}/{config.model.size}",
-      "checkpoint": config.model.checkpoint,
-      "batch_size": config.batch_size,
-      "seed": config.seed,
-      "data": config.data.source,
+    "loss": config.loss.name,
+    "model": f"{config.model.family}/{config.model.size}",
+    "checkpoint": config.model.checkpoint,
+    "batch_size": config.batch_size,
+    "seed": config.seed,
+    "data": config.data.source,
   }
 
 
@@ -77,12 +77,12 @@ def evaluate(run: setup_lib.Run, params, eval_fn) -> dict[str, float]:
 
 
 def train_and_evaluate(
-    config,
-    workdir: str | pathlib.Path,
-    *,
-    devices=None,
-    run: setup_lib.Run | None = None,
-    eval_callback: Callable[[int, Any, Any], dict[str, float]] | None = None,
+  config,
+  workdir: str | pathlib.Path,
+  *,
+  devices=None,
+  run: setup_lib.Run | None = None,
+  eval_callback: Callable[[int, Any, Any], dict[str, float]] | None = None,
 ) -> TrainResult:
   """Train the policy described by ``config`` in ``workdir``.
 
@@ -107,7 +107,7 @@ def train_and_evaluate(
     mesh = validate.validate(config, devices)
     run = setup_lib.build_run(config, workdir, mesh)
   checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, run_identity=run_identity(config)
+    workdir, keep=config.keep_checkpoints, run_identity=run_identity(config)
   )
   checkpointer.check_compatible()
   state, shardings = state_lib.restore_or_init(run, checkpointer)
@@ -117,18 +117,23 @@ def train_and_evaluate(
   last_eval: dict[str, float] = {}
   writer = MetricsWriter(workdir, resume_step=start_step)
   bar = tqdm(
-      total=config.steps, initial=start_step, disable=jax.process_index() != 0,
-      dynamic_ncols=True, desc="train", mininterval=1.0,
+    total=config.steps,
+    initial=start_step,
+    disable=jax.process_index() != 0,
+    dynamic_ncols=True,
+    desc="train",
+    mininterval=1.0,
   )
-  metrics = TrainMetrics(writer, log_every=config.log_every,
-                         total_steps=config.steps, bar=bar)
+  metrics = TrainMetrics(
+    writer, log_every=config.log_every, total_steps=config.steps, bar=bar
+  )
   with _sigterm_requests() as sigterm, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):
       cleanup.callback(resource.close)
     for step in range(start_step + 1, config.steps + 1):
       host_batch = next(run.train_iterator)
       state, step_metrics = train_fn(
-          state, run.reference_params, run.to_device(host_batch)
+        state, run.reference_params, run.to_device(host_batch)
       )
       metrics.push(step, step_metrics, tokens=run.count_tokens(host_batch))
       bar.update(1)
@@ -139,8 +144,10 @@ def train_and_evaluate(
         if eval_callback is not None:
           last_eval.update(eval_callback(step, state.params, run))
         metrics.add(step, last_eval)
-        bar.write(f"step {step}: " + json.dumps(
-            {k: round(v, 4) for k, v in last_eval.items()}))
+        bar.write(
+          f"step {step}: "
+          + json.dumps({k: round(v, 4) for k, v in last_eval.items()})
+        )
       every = config.checkpoint_every
       if (every and step % every == 0) or at_end or sigterm["stop"]:
         # Never checkpoint a state not known to be finite.

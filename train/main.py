@@ -19,9 +19,11 @@ from ml_collections import config_flags
 from train import distributed
 from train import errors
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and caches go.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where checkpoints, metrics and caches go."
+)
 config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+  "config", None, "Path to a config file (configs/*.py).", lock_config=True
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -51,8 +53,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = flags.FLAGS(argv)
     flags.FLAGS.config.to_dict()  # A config file that fails to load fails here.
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
-          OSError) as error:
+  except (
+    flags.Error,
+    AttributeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OSError,
+  ) as error:
     _fail(_one_line(error))
   return remaining
 

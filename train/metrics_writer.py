@@ -29,13 +29,16 @@ class MetricsWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if self.path.exists():
       kept = [
-          line for line in self.path.read_text().splitlines()
-          if line.strip() and json.loads(line)["step"] <= resume_step
+        line
+        for line in self.path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= resume_step
       ]
       self.path.write_text("".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter  # Only process 0 needs it.
 
-    self._tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+    self._tensorboard = SummaryWriter(
+      str(pathlib.Path(workdir) / "tensorboard")
+    )
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self._enabled:
@@ -66,8 +69,9 @@ class TrainMetrics:
   :class:`~train.errors.NonFiniteError` when its step reaches the host.
   """
 
-  def __init__(self, writer: MetricsWriter, *, log_every: int,
-               total_steps: int, bar=None):
+  def __init__(
+    self, writer: MetricsWriter, *, log_every: int, total_steps: int, bar=None
+  ):
     self._writer = writer
     self._log_every = log_every
     self._total_steps = total_steps
@@ -82,8 +86,9 @@ class TrainMetrics:
     self._window_steps = 0
     self._window_sums: dict[str, float] = {}
 
-  def push(self, step: int, metrics: Mapping[str, jax.Array],
-           tokens: int) -> None:
+  def push(
+    self, step: int, metrics: Mapping[str, jax.Array], tokens: int
+  ) -> None:
     """Queues ``step``'s metrics; settles and writes the earlier steps."""
     self._window_tokens += tokens
     self.settle()
@@ -99,19 +104,21 @@ class TrainMetrics:
     host = jax.device_get(metrics)
     if not bool(host.pop("finite")):
       raise NonFiniteError(
-          f"non-finite loss or gradient at step {step} (loss ="
-          f" {float(host['loss'])}, grad_norm = {float(host['grad_norm'])})."
-          " The state was not updated and no checkpoint was written; lower"
-          " optimizer.learning_rate or check the data"
+        f"non-finite loss or gradient at step {step} (loss ="
+        f" {float(host['loss'])}, grad_norm = {float(host['grad_norm'])})."
+        " The state was not updated and no checkpoint was written; lower"
+        " optimizer.learning_rate or check the data"
       )
     self._window_steps += 1
     for name, value in host.items():
       self._window_sums[name] = self._window_sums.get(name, 0.0) + float(value)
-    rate = self._window_tokens / max(time.perf_counter() - self._window_start,
-                                     1e-9)
+    rate = self._window_tokens / max(
+      time.perf_counter() - self._window_start, 1e-9
+    )
     if self._bar is not None:
-      self._bar.set_postfix(loss=f"{float(host['loss']):.4f}",
-                            tok_s=f"{rate:,.0f}")
+      self._bar.set_postfix(
+        loss=f"{float(host['loss']):.4f}", tok_s=f"{rate:,.0f}"
+      )
     if step % self._log_every == 0 or step == self._total_steps:
       record = {k: v / self._window_steps for k, v in self._window_sums.items()}
       record["tokens_per_second"] = rate

@@ -17,12 +17,12 @@ from slpo_jax import losses
 
 
 def batch_stats(
-    model: Any,
-    params: Any,
-    batch: Mapping[str, jax.Array],
-    *,
-    pair_values: bool,
-    head: slpo_jax.HeadOptions,
+  model: Any,
+  params: Any,
+  batch: Mapping[str, jax.Array],
+  *,
+  pair_values: bool,
+  head: slpo_jax.HeadOptions,
 ) -> slpo_jax.PairStats:
   """The statistics of ``model`` with ``params`` on a batch of the pipeline.
 
@@ -39,26 +39,32 @@ def batch_stats(
   """
   n = batch["chosen_input_ids"].shape[0]
   # One forward pass over the chosen and rejected rows together.
-  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+  ids = jnp.concatenate(
+    [batch["chosen_input_ids"], batch["rejected_input_ids"]]
+  )
   mask = jnp.concatenate(
-      [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
+    [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
   )
   hidden, lm_head = model.hidden_states(params, ids, mask)
   return slpo_jax.pair_stats_from_hidden(
-      hidden[:n], hidden[n:], lm_head,
-      batch["chosen_labels"], batch["rejected_labels"],
-      chosen_where=batch["chosen_loss_mask"],
-      rejected_where=batch["rejected_loss_mask"],
-      pair_values=pair_values, head=head,
+    hidden[:n],
+    hidden[n:],
+    lm_head,
+    batch["chosen_labels"],
+    batch["rejected_labels"],
+    chosen_where=batch["chosen_loss_mask"],
+    rejected_where=batch["rejected_loss_mask"],
+    pair_values=pair_values,
+    head=head,
   )
 
 
 def reference_stats(
-    model: Any,
-    reference: Any,
-    batch: Mapping[str, jax.Array],
-    spec: losses.LossSpec,
-    head: slpo_jax.HeadOptions,
+  model: Any,
+  reference: Any,
+  batch: Mapping[str, jax.Array],
+  spec: losses.LossSpec,
+  head: slpo_jax.HeadOptions,
 ) -> slpo_jax.PairStats | None:
   """The reference's statistics: from the frozen tree, or the batch's cache.
 
@@ -77,14 +83,17 @@ def reference_stats(
     return None
   if reference is None:
     return slpo_jax.PairStats(
-        chosen_logps=batch["reference_chosen_logps"],
-        rejected_logps=batch["reference_rejected_logps"],
+      chosen_logps=batch["reference_chosen_logps"],
+      rejected_logps=batch["reference_rejected_logps"],
     )
   # stop_gradient makes the frozen tree a constant of the loss even if a
   # caller differentiates through it.
   return batch_stats(
-      model, jax.lax.stop_gradient(reference), batch,
-      pair_values=spec.needs_reference_tokens, head=head,
+    model,
+    jax.lax.stop_gradient(reference),
+    batch,
+    pair_values=spec.needs_reference_tokens,
+    head=head,
   )
 
 
@@ -94,11 +103,11 @@ def loss_hparams(spec: losses.LossSpec, loss_config: Any) -> dict[str, Any]:
 
 
 def weighted_sums(
-    spec: losses.LossSpec,
-    loss_config: Any,
-    policy: slpo_jax.PairStats,
-    reference: slpo_jax.PairStats | None,
-    example_weight: jax.Array,
+  spec: losses.LossSpec,
+  loss_config: Any,
+  policy: slpo_jax.PairStats,
+  reference: slpo_jax.PairStats | None,
+  example_weight: jax.Array,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sums of the loss and the metrics over one batch.
 
@@ -113,16 +122,18 @@ def weighted_sums(
   sums = {"loss": jnp.sum(jnp.where(counted, per_example * weight, 0.0))}
   if reference is not None:
     metrics = slpo_jax.preference_metrics(
-        policy.chosen_logps, policy.rejected_logps,
-        reference.chosen_logps, reference.rejected_logps,
-        beta=loss_config.beta,
-        policy_chosen_not_logps=policy.chosen_not_logps,
-        policy_rejected_not_logps=policy.rejected_not_logps,
+      policy.chosen_logps,
+      policy.rejected_logps,
+      reference.chosen_logps,
+      reference.rejected_logps,
+      beta=loss_config.beta,
+      policy_chosen_not_logps=policy.chosen_not_logps,
+      policy_rejected_not_logps=policy.rejected_not_logps,
     )
   else:
     metrics = {
-        "logps/chosen": policy.chosen_logps,
-        "logps/rejected": policy.rejected_logps,
+      "logps/chosen": policy.chosen_logps,
+      "logps/rejected": policy.rejected_logps,
     }
   for name, value in metrics.items():
     sums[name] = jnp.sum(jnp.where(counted, value * weight, 0.0))
@@ -131,18 +142,18 @@ def weighted_sums(
 
 
 def batch_loss(
-    model: Any,
-    params: Any,
-    reference: Any,
-    batch: Mapping[str, jax.Array],
-    *,
-    loss_config: Any,
-    head: slpo_jax.HeadOptions,
+  model: Any,
+  params: Any,
+  reference: Any,
+  batch: Mapping[str, jax.Array],
+  *,
+  loss_config: Any,
+  head: slpo_jax.HeadOptions,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted loss sum of ``params`` on a batch, and the metric sums."""
   spec = losses.LOSSES[loss_config.name]
   policy = batch_stats(
-      model, params, batch, pair_values=spec.needs_pair_values, head=head
+    model, params, batch, pair_values=spec.needs_pair_values, head=head
   )
   ref = reference_stats(model, reference, batch, spec, head)
   return weighted_sums(spec, loss_config, policy, ref, batch["example_weight"])

@@ -31,7 +31,7 @@ def params_fingerprint(params) -> str:
 def _stats_fn(model, head):
   def stats(params, batch):
     out = objective.batch_stats(
-        model, params, batch, pair_values=False, head=head
+      model, params, batch, pair_values=False, head=head
     )
     return out.chosen_logps, out.rejected_logps
 
@@ -47,62 +47,81 @@ class ReferenceCache:
     self._values = values
 
   @classmethod
-  def build(cls, workdir, config, model, reference_params, pipeline, mesh, *,
-            dataset_fingerprint: str, head) -> "ReferenceCache":
+  def build(
+    cls,
+    workdir,
+    config,
+    model,
+    reference_params,
+    pipeline,
+    mesh,
+    *,
+    dataset_fingerprint: str,
+    head,
+  ) -> "ReferenceCache":
     key_fields = {
-        "data": dataset_fingerprint,
-        "reference": params_fingerprint(reference_params),
-        "max_length": config.data.max_length,
-        "max_prompt_length": config.data.max_prompt_length,
-        "buckets": list(config.data.length_buckets),
-        "head": config.model.loss_head,
-        "dtype": config.model.dtype,
+      "data": dataset_fingerprint,
+      "reference": params_fingerprint(reference_params),
+      "max_length": config.data.max_length,
+      "max_prompt_length": config.data.max_prompt_length,
+      "buckets": list(config.data.length_buckets),
+      "head": config.model.loss_head,
+      "dtype": config.model.dtype,
     }
     key = hashlib.sha256(
-        json.dumps(key_fields, sort_keys=True).encode()
+      json.dumps(key_fields, sort_keys=True).encode()
     ).hexdigest()[:16]
     path = (
-        pathlib.Path(workdir) / "reference_logps"
-        / f"{key}.process{jax.process_index()}.npz"
+      pathlib.Path(workdir)
+      / "reference_logps"
+      / f"{key}.process{jax.process_index()}.npz"
     )
     if path.exists():
       stored = np.load(path)
       keys = zip(stored["split"].tolist(), stored["example_id"].tolist())
-      return cls(dict(zip(keys, zip(stored["chosen"].tolist(),
-                                    stored["rejected"].tolist()))))
+      return cls(
+        dict(
+          zip(keys, zip(stored["chosen"].tolist(), stored["rejected"].tolist()))
+        )
+      )
     stats = _stats_fn(model, head)
     values = {}
     for split in ("train", "eval"):
-      for batch in tqdm(pipeline(split, single_pass=True),
-                        desc=f"reference log-probs ({split})",
-                        disable=jax.process_index() != 0):
+      for batch in tqdm(
+        pipeline(split, single_pass=True),
+        desc=f"reference log-probs ({split})",
+        disable=jax.process_index() != 0,
+      ):
         c, r = stats(reference_params, sharding.global_batch(batch, mesh))
         # Each process keeps the rows it owns: its addressable shards.
         c, r = _local_rows(c), _local_rows(r)
-        for i, cv, rv, w in zip(batch["example_id"], c, r,
-                                batch["example_weight"]):
+        for i, cv, rv, w in zip(
+          batch["example_id"], c, r, batch["example_weight"]
+        ):
           if w > 0:
             values[(split, int(i))] = (float(cv), float(rv))
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted(values)
     np.savez(
-        path,
-        split=np.array([k[0] for k in keys]),
-        example_id=np.array([k[1] for k in keys], np.int64),
-        chosen=np.array([values[k][0] for k in keys], np.float32),
-        rejected=np.array([values[k][1] for k in keys], np.float32),
+      path,
+      split=np.array([k[0] for k in keys]),
+      example_id=np.array([k[1] for k in keys], np.int64),
+      chosen=np.array([values[k][0] for k in keys], np.float32),
+      rejected=np.array([values[k][1] for k in keys], np.float32),
     )
     return cls(values)
 
   def _attach(self, batch: dict, split: str) -> dict:
     found = [
-        self._values[(split, int(i))] if w > 0 else (0.0, 0.0)
-        for i, w in zip(batch["example_id"], batch["example_weight"])
+      self._values[(split, int(i))] if w > 0 else (0.0, 0.0)
+      for i, w in zip(batch["example_id"], batch["example_weight"])
     ]
     batch = dict(batch)
-    batch["reference_chosen_logps"] = np.array([c for c, _ in found], np.float32)
+    batch["reference_chosen_logps"] = np.array(
+      [c for c, _ in found], np.float32
+    )
     batch["reference_rejected_logps"] = np.array(
-        [r for _, r in found], np.float32
+      [r for _, r in found], np.float32
     )
     return batch
 
@@ -146,4 +165,3 @@ class _AttachingIterator:
 
   def set_state(self, state):
     self._inner.set_state(state)
-

@@ -6,13 +6,13 @@ accepted, and the mesh it returned.
 
 import dataclasses
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import optax
 
 import slpo_jax
@@ -45,8 +45,10 @@ class Run:
   @staticmethod
   def count_tokens(batch: dict) -> int:
     """Real (non-padding) tokens of a host batch, chosen and rejected."""
-    return int(np.sum(batch["chosen_attention_mask"])
-               + np.sum(batch["rejected_attention_mask"]))
+    return int(
+      np.sum(batch["chosen_attention_mask"])
+      + np.sum(batch["rejected_attention_mask"])
+    )
 
   def to_device(self, batch: dict) -> dict:
     """Host-local numpy batch -> global arrays sharded over data and fsdp."""
@@ -58,30 +60,32 @@ def _model_and_params(config, tokenizer, mesh):
   rules = models.logical_axis_rules()
   if config.model.checkpoint:
     model, _ = models.load_hf_model(
-        config.model.checkpoint, dtype=config.model.dtype, abstract=True
+      config.model.checkpoint, dtype=config.model.dtype, abstract=True
     )
     shardings = model.shardings(mesh, rules)
     _, params = models.load_hf_model(
-        config.model.checkpoint, dtype=config.model.dtype, shardings=shardings
+      config.model.checkpoint, dtype=config.model.dtype, shardings=shardings
     )
     if model.config.vocab_size < tokenizer.vocab_size:
       raise ConfigError(
-          f"the checkpoint's vocabulary ({model.config.vocab_size}) is smaller"
-          f" than the tokenizer's ({tokenizer.vocab_size}); use the"
-          " checkpoint's own tokenizer.json"
+        f"the checkpoint's vocabulary ({model.config.vocab_size}) is smaller"
+        f" than the tokenizer's ({tokenizer.vocab_size}); use the"
+        " checkpoint's own tokenizer.json"
       )
     return model, params, shardings
   try:
     model_config = models.get_config(
-        config.model.family, config.model.size,
-        vocab_size=tokenizer.vocab_size, dtype=config.model.dtype,
+      config.model.family,
+      config.model.size,
+      vocab_size=tokenizer.vocab_size,
+      dtype=config.model.dtype,
     )
   except ValueError as error:
     raise ConfigError(str(error)) from None
   model = models.build(model_config)
   shardings = model.shardings(mesh, rules)
   params = jax.jit(model.init, out_shardings=shardings)(
-      jax.random.key(config.seed)
+    jax.random.key(config.seed)
   )
   return model, params, shardings
 
@@ -89,7 +93,7 @@ def _model_and_params(config, tokenizer, mesh):
 def _copy(tree, shardings):
   """Fresh buffers: the policy state is donated, the reference must not be."""
   return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(
-      tree
+    tree
   )
 
 
@@ -101,10 +105,10 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   tokenizer = data_lib.make_tokenizer(config.data, config.model.checkpoint)
   model, params, shardings = _model_and_params(config, tokenizer, mesh)
   head = slpo_jax.HeadOptions(
-      fused=config.model.loss_head == "fused",
-      # 0 selects the fused head's tuned default for the backend.
-      vocab_chunk_size=config.model.vocab_chunk_size or None,
-      token_chunk_size=config.model.token_chunk_size or None,
+    fused=config.model.loss_head == "fused",
+    # 0 selects the fused head's tuned default for the backend.
+    vocab_chunk_size=config.model.vocab_chunk_size or None,
+    token_chunk_size=config.model.token_chunk_size or None,
   )
 
   sample_fn = None
@@ -112,17 +116,20 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
     # The reference is fitted to the task's base language, the policy starts
     # from it, and the pairs are two reference samples ranked by the reward.
     params = jax.device_put(
-        synthetic_setup.fitted_reference(config, workdir, model, params),
-        shardings,
+      synthetic_setup.fitted_reference(config, workdir, model, params),
+      shardings,
     )
     sample_fn = synthetic_setup.reference_sampler(
-        model, params, max_new_tokens=config.data.synthetic.max_new_tokens,
-        seed=config.seed,
+      model,
+      params,
+      max_new_tokens=config.data.synthetic.max_new_tokens,
+      seed=config.seed,
     )
   if config.reference.checkpoint:
     _, reference = models.load_hf_model(
-        config.reference.checkpoint, dtype=config.model.dtype,
-        shardings=shardings,
+      config.reference.checkpoint,
+      dtype=config.model.dtype,
+      shardings=shardings,
     )
   else:
     reference = _copy(params, shardings)
@@ -130,11 +137,11 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   # Loading validates and tokenizes everything up front: bad data stops the
   # run here, before any training step.
   datasets = {
-      split: data_lib.load_dataset(
-          config.data, tokenizer=tokenizer, split=split, sample_fn=sample_fn
-      )
-      for split in ("train", "eval")
-      if split == "train" or validate.has_eval_split(config)
+    split: data_lib.load_dataset(
+      config.data, tokenizer=tokenizer, split=split, sample_fn=sample_fn
+    )
+    for split in ("train", "eval")
+    if split == "train" or validate.has_eval_split(config)
   }
   if jax.process_index() == 0:
     for dataset in datasets.values():
@@ -144,26 +151,38 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
     if split not in datasets:
       return iter(())
     return datasets[split].batches(
-        batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), repeat=not single_pass,
+      batch_size=config.batch_size // jax.process_count(),
+      seed=config.seed,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      repeat=not single_pass,
     )
 
   train_iterator = batches("train", single_pass=False)
   eval_batches = lambda: batches("eval", single_pass=True)  # noqa: E731
   if config.reference.mode == "precomputed" and spec.needs_reference:
     cache = reference_lib.ReferenceCache.build(
-        workdir, config, model, reference, batches, mesh,
-        dataset_fingerprint="/".join(d.fingerprint for d in datasets.values()),
-        head=head,
+      workdir,
+      config,
+      model,
+      reference,
+      batches,
+      mesh,
+      dataset_fingerprint="/".join(d.fingerprint for d in datasets.values()),
+      head=head,
     )
     train_iterator = cache.attach(train_iterator)
     eval_batches = lambda: cache.attach_all(batches("eval", True))  # noqa: E731
     reference = None
   return Run(
-      config=config, mesh=mesh, optimizer=optimizer, model=model, initial_params=params,
-      param_shardings=shardings, reference_params=reference,
-      train_iterator=train_iterator, eval_batches=eval_batches,
-      head=head,
+    config=config,
+    mesh=mesh,
+    optimizer=optimizer,
+    model=model,
+    initial_params=params,
+    param_shardings=shardings,
+    reference_params=reference,
+    train_iterator=train_iterator,
+    eval_batches=eval_batches,
+    head=head,
   )
-

@@ -18,7 +18,7 @@ from tqdm import tqdm
 def _nll(model, params, batch):
   logits = model.apply(params, batch["input_ids"], batch["attention_mask"])
   per_token = optax.softmax_cross_entropy_with_integer_labels(
-      logits, batch["labels"]
+    logits, batch["labels"]
   )
   counted = batch["loss_mask"].astype(jnp.float32)
   return jnp.sum(per_token * counted) / jnp.maximum(jnp.sum(counted), 1.0)
@@ -27,20 +27,20 @@ def _nll(model, params, batch):
 @functools.partial(jax.jit, static_argnames=("model", "optimizer"))
 def _sft_step(params, opt_state, batch, *, model, optimizer):
   loss, grads = jax.value_and_grad(functools.partial(_nll, model))(
-      params, batch
+    params, batch
   )
   updates, opt_state = optimizer.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
 
 def fit(
-    model,
-    params,
-    batches,
-    *,
-    steps: int,
-    learning_rate: float,
-    show_progress: bool = True,
+  model,
+  params,
+  batches,
+  *,
+  steps: int,
+  learning_rate: float,
+  show_progress: bool = True,
 ):
   """Fit ``params`` to next-token prediction on ``batches``.
 
@@ -57,7 +57,7 @@ def fit(
     ``(params, final_loss)``.
   """
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, max(steps // 20, 1), max(steps, 2)
+    0.0, learning_rate, max(steps // 20, 1), max(steps, 2)
   )
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
   opt_state = optimizer.init(params)
@@ -67,8 +67,11 @@ def fit(
   for _ in bar:
     batch = next(batches)
     params, opt_state, loss = _sft_step(
-        params, opt_state, {k: jnp.asarray(batch[k]) for k in keys},
-        model=model, optimizer=optimizer,
+      params,
+      opt_state,
+      {k: jnp.asarray(batch[k]) for k in keys},
+      model=model,
+      optimizer=optimizer,
     )
     bar.set_postfix(nll=f"{float(loss):.3f}")
   return params, float(loss)

@@ -20,10 +20,10 @@ from train import step as step_lib
 
 
 def state_shardings(
-    optimizer: optax.GradientTransformation,
-    abstract_params: Any,
-    param_shardings: Any,
-    mesh: jax.sharding.Mesh,
+  optimizer: optax.GradientTransformation,
+  abstract_params: Any,
+  param_shardings: Any,
+  mesh: jax.sharding.Mesh,
 ) -> step_lib.TrainState:
   """A TrainState of shardings: parameters and optimizer moments alike.
 
@@ -33,11 +33,14 @@ def state_shardings(
   replicated = sharding.replicated(mesh)
   abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
   opt_state = optax.tree_map_params(
-      optimizer, lambda _, spec: spec, abstract_opt_state, param_shardings,
-      transform_non_params=lambda _: replicated,
+    optimizer,
+    lambda _, spec: spec,
+    abstract_opt_state,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
   )
   return step_lib.TrainState(
-      step=replicated, params=param_shardings, opt_state=opt_state
+    step=replicated, params=param_shardings, opt_state=opt_state
   )
 
 
@@ -46,8 +49,9 @@ def initial_state(optimizer, params, shardings) -> step_lib.TrainState:
 
   def init(params):
     return step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        opt_state=optimizer.init(params),
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
     )
 
   return jax.jit(init, out_shardings=shardings)(params)
@@ -61,15 +65,15 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
     the checkpoint's data position.
   """
   abstract_params = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.initial_params
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.initial_params
   )
   shardings = state_shardings(
-      run.optimizer, abstract_params, run.param_shardings, run.mesh
+    run.optimizer, abstract_params, run.param_shardings, run.mesh
   )
   state = initial_state(run.optimizer, run.initial_params, shardings)
   if checkpointer.latest_step is not None:
     state, data_state = checkpointer.restore(
-        checkpoint_lib.abstract_like(state)
+      checkpoint_lib.abstract_like(state)
     )
     run.train_iterator.set_state(data_state)
     if jax.process_index() == 0:
@@ -90,24 +94,30 @@ def jit_steps(run, shardings: step_lib.TrainState):
   config = run.config
   batch_spec = sharding.batch_sharding(run.mesh)
   reference_shardings = (
-      None if run.reference_params is None
-      else jax.tree.map(lambda x: x.sharding, run.reference_params)
+    None
+    if run.reference_params is None
+    else jax.tree.map(lambda x: x.sharding, run.reference_params)
   )
   train_fn = jax.jit(
-      functools.partial(
-          step_lib.train_step, model=run.model, optimizer=run.optimizer,
-          loss_config=config.loss, head=run.head,
-          grad_accum_steps=config.grad_accum_steps,
-      ),
-      in_shardings=(shardings, reference_shardings, batch_spec),
-      out_shardings=(shardings, None),
-      donate_argnums=(0,),
+    functools.partial(
+      step_lib.train_step,
+      model=run.model,
+      optimizer=run.optimizer,
+      loss_config=config.loss,
+      head=run.head,
+      grad_accum_steps=config.grad_accum_steps,
+    ),
+    in_shardings=(shardings, reference_shardings, batch_spec),
+    out_shardings=(shardings, None),
+    donate_argnums=(0,),
   )
   eval_fn = jax.jit(
-      functools.partial(
-          step_lib.eval_step, model=run.model, loss_config=config.loss,
-          head=run.head,
-      ),
-      in_shardings=(shardings.params, reference_shardings, batch_spec),
+    functools.partial(
+      step_lib.eval_step,
+      model=run.model,
+      loss_config=config.loss,
+      head=run.head,
+    ),
+    in_shardings=(shardings.params, reference_shardings, batch_spec),
   )
   return train_fn, eval_fn

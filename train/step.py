@@ -37,13 +37,13 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     after = optax.constant_schedule(peak)
   else:
     raise ValueError(
-        f"unknown optimizer.decay {config.decay!r}; use 'cosine', 'linear' or"
-        " 'constant'"
+      f"unknown optimizer.decay {config.decay!r}; use 'cosine', 'linear' or"
+      " 'constant'"
     )
   if warmup == 0:
     return after
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, warmup), after], [warmup]
+    [optax.linear_schedule(0.0, peak, warmup), after], [warmup]
   )
 
 
@@ -52,14 +52,17 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "adamw":
     update = optax.adamw(
-        schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-        weight_decay=config.weight_decay,
+      schedule,
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=config.weight_decay,
     )
   elif config.name == "rmsprop":
     update = optax.rmsprop(schedule, decay=config.b2, eps=config.eps)
   else:
     raise ValueError(
-        f"unknown optimizer.name {config.name!r}; use 'adamw' or 'rmsprop'"
+      f"unknown optimizer.name {config.name!r}; use 'adamw' or 'rmsprop'"
     )
   if config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), update)
@@ -68,20 +71,20 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 
 def _split_micro_batches(batch, count: int):
   return jax.tree.map(
-      lambda x: x.reshape((count, x.shape[0] // count) + x.shape[1:]), batch
+    lambda x: x.reshape((count, x.shape[0] // count) + x.shape[1:]), batch
   )
 
 
 def train_step(
-    state: TrainState,
-    reference: Any,
-    batch: Mapping[str, jax.Array],
-    *,
-    model: Any,
-    optimizer: optax.GradientTransformation,
-    loss_config: Any,
-    head: slpo_jax.HeadOptions,
-    grad_accum_steps: int = 1,
+  state: TrainState,
+  reference: Any,
+  batch: Mapping[str, jax.Array],
+  *,
+  model: Any,
+  optimizer: optax.GradientTransformation,
+  loss_config: Any,
+  head: slpo_jax.HeadOptions,
+  grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step over ``grad_accum_steps`` micro-batches.
 
@@ -105,9 +108,10 @@ def train_step(
     The new state and metrics averaged by example weight, plus ``grad_norm``
     and ``finite`` (False if the loss or gradient has a non-finite value).
   """
+
   def summed_loss(params, micro):
     return objective.batch_loss(
-        model, params, reference, micro, loss_config=loss_config, head=head
+      model, params, reference, micro, loss_config=loss_config, head=head
     )
 
   grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -134,9 +138,9 @@ def train_step(
   # A non-finite step leaves the state untouched; the loop then stops, so no
   # checkpoint ever holds non-finite values.
   new_state = jax.tree.map(
-      lambda new, old: jnp.where(finite, new, old),
-      state.replace(step=state.step + 1, params=params, opt_state=opt_state),
-      state,
+    lambda new, old: jnp.where(finite, new, old),
+    state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+    state,
   )
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite
@@ -144,16 +148,16 @@ def train_step(
 
 
 def eval_step(
-    params: Any,
-    reference: Any,
-    batch: Mapping[str, jax.Array],
-    *,
-    model: Any,
-    loss_config: Any,
-    head: slpo_jax.HeadOptions,
+  params: Any,
+  reference: Any,
+  batch: Mapping[str, jax.Array],
+  *,
+  model: Any,
+  loss_config: Any,
+  head: slpo_jax.HeadOptions,
 ) -> dict[str, jax.Array]:
   """Weighted metric sums (and ``weight``) of the policy on one batch."""
   _, sums = objective.batch_loss(
-      model, params, reference, batch, loss_config=loss_config, head=head
+    model, params, reference, batch, loss_config=loss_config, head=head
   )
   return sums

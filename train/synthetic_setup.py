@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from slpo_jax import models
-from slpo_jax.tasks.vocab import BOS_ID, EOS_ID, PAD_ID
+from slpo_jax.tasks.vocab import BOS_ID
+from slpo_jax.tasks.vocab import EOS_ID
+from slpo_jax.tasks.vocab import PAD_ID
 from train import data as data_lib
 from train import sft
 
@@ -23,14 +25,20 @@ def fitted_reference(config, workdir: pathlib.Path, model, params):
   if config.reference.sft_steps <= 0:
     return params
   batches = data_lib.make_sft_pipeline(
-      config.data, batch_size=config.reference.sft_batch_size,
-      seed=config.seed, shard_index=0, shard_count=1,
+    config.data,
+    batch_size=config.reference.sft_batch_size,
+    seed=config.seed,
+    shard_index=0,
+    shard_count=1,
   )
   return sft.cached_fit(
-      pathlib.Path(workdir) / "reference", model, jax.device_get(params),
-      batches, steps=config.reference.sft_steps,
-      learning_rate=config.reference.sft_learning_rate,
-      show_progress=jax.process_index() == 0,
+    pathlib.Path(workdir) / "reference",
+    model,
+    jax.device_get(params),
+    batches,
+    steps=config.reference.sft_steps,
+    learning_rate=config.reference.sft_learning_rate,
+    show_progress=jax.process_index() == 0,
   )
 
 
@@ -49,12 +57,18 @@ def reference_sampler(model, params, *, max_new_tokens: int, seed: int):
     nonlocal key
     key, subkey = jax.random.split(key)
     ids = np.concatenate(
-        [np.full((len(prompts), 1), BOS_ID), prompts], axis=1
+      [np.full((len(prompts), 1), BOS_ID), prompts], axis=1
     ).astype(np.int32)
     out = models.generate(
-        model, params, jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32),
-        rng=subkey, max_new_tokens=max_new_tokens + 1, temperature=1.0,
-        eos_id=EOS_ID, pad_id=PAD_ID,
+      model,
+      params,
+      jnp.asarray(ids),
+      jnp.ones(ids.shape, jnp.int32),
+      rng=subkey,
+      max_new_tokens=max_new_tokens + 1,
+      temperature=1.0,
+      eos_id=EOS_ID,
+      pad_id=PAD_ID,
     )
     return np.asarray(out.tokens)
 

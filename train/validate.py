@@ -43,8 +43,8 @@ def loss_spec(config) -> losses.LossSpec:
   """The loss table's entry for ``config.loss.name``."""
   if config.loss.name not in losses.LOSSES:
     raise ConfigError(
-        f"unknown loss {config.loss.name!r}; config.loss.name must be one of"
-        f" {sorted(losses.LOSSES)}"
+      f"unknown loss {config.loss.name!r}; config.loss.name must be one of"
+      f" {sorted(losses.LOSSES)}"
     )
   return losses.LOSSES[config.loss.name]
 
@@ -59,8 +59,10 @@ def _check_loss(config) -> losses.LossSpec:
   tokens = jax.ShapeDtypeStruct((1, 2), jnp.float32)
   where = jax.ShapeDtypeStruct((1, 2), jnp.bool_)
   stats = slpo_jax.PairStats(
-      *[scalar] * 7, chosen_token_logps=tokens,
-      chosen_token_pair_not_logps=tokens, chosen_where=where,
+    *[scalar] * 7,
+    chosen_token_logps=tokens,
+    chosen_token_pair_not_logps=tokens,
+    chosen_where=where,
   )
   try:
     jax.eval_shape(lambda s: spec(s, s, **hparams), stats)
@@ -73,8 +75,10 @@ def make_mesh(config, devices=None) -> jax.sharding.Mesh:
   """The (data, fsdp, tensor) mesh of ``config.mesh``, as a ConfigError."""
   try:
     return sharding.make_mesh(
-        config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-        devices=devices,
+      config.mesh.data,
+      config.mesh.fsdp,
+      config.mesh.tensor,
+      devices=devices,
     )
   except ValueError as error:
     raise ConfigError(str(error)) from None
@@ -83,21 +87,21 @@ def make_mesh(config, devices=None) -> jax.sharding.Mesh:
 def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(
-        f"batch_size={config.batch_size} is not divisible by"
-        f" grad_accum_steps={config.grad_accum_steps}"
+      f"batch_size={config.batch_size} is not divisible by"
+      f" grad_accum_steps={config.grad_accum_steps}"
     )
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = config.batch_size // config.grad_accum_steps
   if micro % shards:
     raise ConfigError(
-        f"the micro-batch of {micro} pairs (batch_size / grad_accum_steps)"
-        f" cannot be split over mesh.data x mesh.fsdp = {shards} devices;"
-        f" make batch_size a multiple of {shards * config.grad_accum_steps}"
+      f"the micro-batch of {micro} pairs (batch_size / grad_accum_steps)"
+      f" cannot be split over mesh.data x mesh.fsdp = {shards} devices;"
+      f" make batch_size a multiple of {shards * config.grad_accum_steps}"
     )
   if config.batch_size % jax.process_count():
     raise ConfigError(
-        f"batch_size={config.batch_size} is not divisible by the"
-        f" {jax.process_count()} processes"
+      f"batch_size={config.batch_size} is not divisible by the"
+      f" {jax.process_count()} processes"
     )
 
 
@@ -134,16 +138,22 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
     ConfigError: for the first setting that cannot work.
     DataError: for a data setting that cannot work.
   """
-  _positive(config, "steps", "batch_size", "grad_accum_steps", "log_every",
-            "keep_checkpoints")
+  _positive(
+    config,
+    "steps",
+    "batch_size",
+    "grad_accum_steps",
+    "log_every",
+    "keep_checkpoints",
+  )
   _non_negative(config, "eval_every", "eval_batches", "checkpoint_every")
   spec = _check_loss(config)
   _check_model(config)
   _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))
   if config.reference.mode == "precomputed" and spec.needs_reference_tokens:
     raise ConfigError(
-        f"loss {config.loss.name!r} needs per-token reference values; set"
-        " reference.mode='online'"
+      f"loss {config.loss.name!r} needs per-token reference values; set"
+      " reference.mode='online'"
     )
   try:
     step_lib.make_optimizer(config.optimizer, config.steps)

@@ -22,9 +22,9 @@ def log1mexp(x: ArrayLike) -> jax.Array:
   near_x = jnp.where(near_zero & ~at_zero, x, -1.0)
   far_x = jnp.where(near_zero, -1.0, x)
   value = jnp.where(
-      near_zero,
-      jnp.log(-jnp.expm1(near_x)),
-      jnp.log1p(-jnp.exp(far_x)),
+    near_zero,
+    jnp.log(-jnp.expm1(near_x)),
+    jnp.log1p(-jnp.exp(far_x)),
   )
   return jnp.where(at_zero, -jnp.inf, value)
 

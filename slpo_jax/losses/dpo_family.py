@@ -12,23 +12,25 @@ from slpo_jax.losses._common import log1mexp
 
 
 def _log_ratio_margin(
-    policy_chosen_logps, policy_rejected_logps,
-    reference_chosen_logps, reference_rejected_logps,
+  policy_chosen_logps,
+  policy_rejected_logps,
+  reference_chosen_logps,
+  reference_rejected_logps,
 ) -> jax.Array:
   """``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``."""
   return (jnp.asarray(policy_chosen_logps) - reference_chosen_logps) - (
-      jnp.asarray(policy_rejected_logps) - reference_rejected_logps
+    jnp.asarray(policy_rejected_logps) - reference_rejected_logps
   )
 
 
 def dpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+  *,
+  beta: float = 0.1,
+  label_smoothing: float = 0.0,
 ) -> jax.Array:
   r"""Direct Preference Optimization, with conservative label smoothing.
 
@@ -63,22 +65,24 @@ def dpo_loss(
     on DPO with noisy preferences" (cDPO), 2023.
   """
   h = beta * _log_ratio_margin(
-      policy_chosen_logps, policy_rejected_logps,
-      reference_chosen_logps, reference_rejected_logps,
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
   )
   # log_sigmoid is the stable form of log(sigmoid(h)) for large |h|.
   return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(
-      h
+    h
   ) - label_smoothing * jax.nn.log_sigmoid(-h)
 
 
 def ipo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+  *,
+  beta: float = 0.1,
 ) -> jax.Array:
   r"""Identity Preference Optimization: squared distance to a fixed margin.
 
@@ -97,19 +101,21 @@ def ipo_loss(
     Human Preferences", arXiv:2310.12036, Eq. 17.
   """
   h = _log_ratio_margin(
-      policy_chosen_logps, policy_rejected_logps,
-      reference_chosen_logps, reference_rejected_logps,
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
   )
   return jnp.square(h - 1.0 / (2.0 * beta))
 
 
 def hinge_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    beta: float = 0.1,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+  *,
+  beta: float = 0.1,
 ) -> jax.Array:
   r"""SLiC's calibration hinge on the reference-normalised margin.
 
@@ -129,20 +135,22 @@ def hinge_loss(
     Feedback", arXiv:2305.10425, Eq. 1.
   """
   h = _log_ratio_margin(
-      policy_chosen_logps, policy_rejected_logps,
-      reference_chosen_logps, reference_rejected_logps,
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
   )
   return jax.nn.relu(1.0 - beta * h)
 
 
 def simpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    chosen_lengths: ArrayLike,
-    rejected_lengths: ArrayLike,
-    *,
-    beta: float = 2.0,
-    gamma: float = 0.5,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  chosen_lengths: ArrayLike,
+  rejected_lengths: ArrayLike,
+  *,
+  beta: float = 2.0,
+  gamma: float = 0.5,
 ) -> jax.Array:
   r"""SimPO: length-normalised, reference-free, with a target margin.
 
@@ -167,18 +175,18 @@ def simpo_loss(
   """
   chosen_avg = jnp.asarray(policy_chosen_logps) / jnp.maximum(chosen_lengths, 1)
   rejected_avg = jnp.asarray(policy_rejected_logps) / jnp.maximum(
-      rejected_lengths, 1
+    rejected_lengths, 1
   )
   return -jax.nn.log_sigmoid(beta * (chosen_avg - rejected_avg) - gamma)
 
 
 def orpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    chosen_lengths: ArrayLike,
-    rejected_lengths: ArrayLike,
-    *,
-    beta: float = 0.1,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  chosen_lengths: ArrayLike,
+  rejected_lengths: ArrayLike,
+  *,
+  beta: float = 0.1,
 ) -> jax.Array:
   r"""ORPO: the chosen response's NLL plus a log odds-ratio penalty.
 
@@ -201,9 +209,9 @@ def orpo_loss(
   """
   chosen_avg = jnp.asarray(policy_chosen_logps) / jnp.maximum(chosen_lengths, 1)
   rejected_avg = jnp.asarray(policy_rejected_logps) / jnp.maximum(
-      rejected_lengths, 1
+    rejected_lengths, 1
   )
   log_odds = (chosen_avg - log1mexp(chosen_avg)) - (
-      rejected_avg - log1mexp(rejected_avg)
+    rejected_avg - log1mexp(rejected_avg)
   )
   return -chosen_avg - beta * jax.nn.log_sigmoid(log_odds)

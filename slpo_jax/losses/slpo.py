@@ -9,12 +9,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from slpo_jax import logprobs as _logprobs
-from slpo_jax.losses._common import weighted_log
 from slpo_jax.losses._common import log1mexp
+from slpo_jax.losses._common import weighted_log
 
 
 def slpo_target_log_weight(
-    reference_chosen_logps: ArrayLike, reference_rejected_logps: ArrayLike
+  reference_chosen_logps: ArrayLike, reference_rejected_logps: ArrayLike
 ) -> jax.Array:
   """``log w`` with ``w = min(1, pi_ref(y_w) + pi_ref(y_l))``, in log space.
 
@@ -24,33 +24,36 @@ def slpo_target_log_weight(
   probabilities of a few dozen tokens would underflow to 0.
   """
   return jnp.minimum(
-      jnp.logaddexp(reference_chosen_logps, reference_rejected_logps), 0.0
+    jnp.logaddexp(reference_chosen_logps, reference_rejected_logps), 0.0
   )
 
 
 def _two_class_cross_entropy(
-    log_target: jax.Array, log_rest_target: jax.Array,
-    log_prob: jax.Array, log_rest_prob: jax.Array, temperature: float,
+  log_target: jax.Array,
+  log_rest_target: jax.Array,
+  log_prob: jax.Array,
+  log_rest_prob: jax.Array,
+  temperature: float,
 ) -> jax.Array:
   """CE of softmax([t1, t2] / T) against softmax([p1, p2] / T)."""
   target = jax.nn.softmax(
-      jnp.stack([log_target, log_rest_target], axis=-1) / temperature, axis=-1
+    jnp.stack([log_target, log_rest_target], axis=-1) / temperature, axis=-1
   )
   log_pred = jax.nn.log_softmax(
-      jnp.stack([log_prob, log_rest_prob], axis=-1) / temperature, axis=-1
+    jnp.stack([log_prob, log_rest_prob], axis=-1) / temperature, axis=-1
   )
   return -jnp.sum(weighted_log(target, log_pred), axis=-1)
 
 
 def slpo_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_chosen_not_logps: ArrayLike,
-    policy_rejected_not_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    temperature: float = 1.0,
-    policy_rejected_logps: ArrayLike | None = None,
+  policy_chosen_logps: ArrayLike,
+  policy_chosen_not_logps: ArrayLike,
+  policy_rejected_not_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+  *,
+  temperature: float = 1.0,
+  policy_rejected_logps: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Hard SLPO (Eq. 8), optionally tempered.
 
@@ -99,7 +102,7 @@ def slpo_loss(
   if temperature < 1.0:
     raise ValueError(f"temperature must be >= 1, got {temperature}")
   log_w = slpo_target_log_weight(
-      reference_chosen_logps, reference_rejected_logps
+    reference_chosen_logps, reference_rejected_logps
   )
   log_rest = log1mexp(log_w)
   chosen = jnp.asarray(policy_chosen_logps)
@@ -107,32 +110,32 @@ def slpo_loss(
   rejected_not = jnp.asarray(policy_rejected_not_logps)
   if temperature == 1.0:
     winner = -(
-        jnp.exp(log_w) * chosen + weighted_log(jnp.exp(log_rest), chosen_not)
+      jnp.exp(log_w) * chosen + weighted_log(jnp.exp(log_rest), chosen_not)
     )
     return winner - rejected_not
   if policy_rejected_logps is None:
     raise ValueError(
-        "slpo_loss with temperature != 1 needs policy_rejected_logps"
+      "slpo_loss with temperature != 1 needs policy_rejected_logps"
     )
   winner = _two_class_cross_entropy(
-      log_w, log_rest, chosen, chosen_not, temperature
+    log_w, log_rest, chosen, chosen_not, temperature
   )
   # The loser's target is [0, 1]: -log softmax([a, b] / t)[1].
   loser = jax.nn.softplus(
-      (jnp.asarray(policy_rejected_logps) - rejected_not) / temperature
+    (jnp.asarray(policy_rejected_logps) - rejected_not) / temperature
   )
   return winner + loser
 
 
 def slpo_soft_loss(
-    policy_chosen_logps: ArrayLike,
-    policy_rejected_logps: ArrayLike,
-    policy_pair_not_logps: ArrayLike,
-    reference_chosen_logps: ArrayLike,
-    reference_rejected_logps: ArrayLike,
-    *,
-    alpha: float = 0.9,
-    temperature: float = 1.0,
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  policy_pair_not_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+  *,
+  alpha: float = 0.9,
+  temperature: float = 1.0,
 ) -> jax.Array:
   r"""Soft SLPO (Eq. 7): a three-way target over y_w, y_l and the rest.
 
@@ -166,23 +169,23 @@ def slpo_soft_loss(
   if temperature < 1.0:
     raise ValueError(f"temperature must be >= 1, got {temperature}")
   log_w = slpo_target_log_weight(
-      reference_chosen_logps, reference_rejected_logps
+    reference_chosen_logps, reference_rejected_logps
   )
   log_targets = jnp.stack(
-      [
-          log_w + jnp.log(alpha),
-          log_w + (jnp.log1p(-alpha) if alpha < 1.0 else -jnp.inf),
-          log1mexp(log_w),
-      ],
-      axis=-1,
+    [
+      log_w + jnp.log(alpha),
+      log_w + (jnp.log1p(-alpha) if alpha < 1.0 else -jnp.inf),
+      log1mexp(log_w),
+    ],
+    axis=-1,
   )
   log_preds = jnp.stack(
-      [
-          jnp.asarray(policy_chosen_logps),
-          jnp.asarray(policy_rejected_logps),
-          jnp.asarray(policy_pair_not_logps),
-      ],
-      axis=-1,
+    [
+      jnp.asarray(policy_chosen_logps),
+      jnp.asarray(policy_rejected_logps),
+      jnp.asarray(policy_pair_not_logps),
+    ],
+    axis=-1,
   )
   if temperature != 1.0:
     log_targets = jax.nn.log_softmax(log_targets / temperature, axis=-1)
@@ -191,9 +194,9 @@ def slpo_soft_loss(
 
 
 def slpo_token_weights(
-    reference_logits: ArrayLike,
-    chosen_labels: ArrayLike,
-    rejected_labels: ArrayLike,
+  reference_logits: ArrayLike,
+  chosen_labels: ArrayLike,
+  rejected_labels: ArrayLike,
 ) -> jax.Array:
   """Per-token targets ``w_t = p_ref,t(y_w,t) + p_ref,t(y_l,t)`` for the token form.
 
@@ -208,19 +211,19 @@ def slpo_token_weights(
     ``[..., T]`` weights in [0, 1].
   """
   stats = _logprobs.token_logps(
-      reference_logits, chosen_labels, also_exclude=rejected_labels
+    reference_logits, chosen_labels, also_exclude=rejected_labels
   )
   # 1 - w_t is exactly the mass outside both tokens.
   return -jnp.expm1(stats.not_logp)
 
 
 def slpo_token_loss(
-    logits: ArrayLike,
-    chosen_labels: ArrayLike,
-    rejected_labels: ArrayLike,
-    target_weights: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
+  logits: ArrayLike,
+  chosen_labels: ArrayLike,
+  rejected_labels: ArrayLike,
+  target_weights: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Token-level SLPO, the form in the earlier draft's code.
 
@@ -253,20 +256,21 @@ def slpo_token_loss(
   _logprobs._check_logits_labels(logits, chosen_labels)
   where = _logprobs._check_where(where, jnp.shape(chosen_labels))
   stats = _logprobs.token_logps(
-      logits, _logprobs.masked_ids(chosen_labels, where, fill=0),
-      also_exclude=_logprobs.masked_ids(rejected_labels, where, fill=-1),
+    logits,
+    _logprobs.masked_ids(chosen_labels, where, fill=0),
+    also_exclude=_logprobs.masked_ids(rejected_labels, where, fill=-1),
   )
   return slpo_token_loss_from_token_logps(
-      stats.logp, stats.not_logp, target_weights, where=where
+    stats.logp, stats.not_logp, target_weights, where=where
   )
 
 
 def slpo_token_loss_from_token_logps(
-    chosen_token_logps: ArrayLike,
-    chosen_token_pair_not_logps: ArrayLike,
-    target_weights: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
+  chosen_token_logps: ArrayLike,
+  chosen_token_pair_not_logps: ArrayLike,
+  target_weights: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   """:func:`slpo_token_loss` from per-token values instead of logits.
 
@@ -285,8 +289,8 @@ def slpo_token_loss_from_token_logps(
   where = _logprobs._check_where(where, chosen_token_logps.shape)
   weights = jnp.clip(jnp.asarray(target_weights), 0.0, 1.0)
   per_token = -(
-      weighted_log(weights, chosen_token_logps)
-      + weighted_log(1.0 - weights, jnp.asarray(chosen_token_pair_not_logps))
+    weighted_log(weights, chosen_token_logps)
+    + weighted_log(1.0 - weights, jnp.asarray(chosen_token_pair_not_logps))
   )
   per_token = jnp.where(where, per_token, 0.0)
   count = jnp.sum(where, axis=-1)
@@ -294,11 +298,11 @@ def slpo_token_loss_from_token_logps(
 
 
 def slpo_token_loss_from_reference(
-    policy_chosen_token_logps: ArrayLike,
-    policy_chosen_token_pair_not_logps: ArrayLike,
-    reference_chosen_token_pair_not_logps: ArrayLike,
-    *,
-    chosen_where: ArrayLike | None = None,
+  policy_chosen_token_logps: ArrayLike,
+  policy_chosen_token_pair_not_logps: ArrayLike,
+  reference_chosen_token_pair_not_logps: ArrayLike,
+  *,
+  chosen_where: ArrayLike | None = None,
 ) -> jax.Array:
   """Token-level SLPO with the draft's targets, from the reference's values.
 
@@ -318,11 +322,13 @@ def slpo_token_loss_from_reference(
     ``[...]`` per-example losses, averaged over counted tokens.
   """
   reference = jax.lax.stop_gradient(
-      jnp.asarray(reference_chosen_token_pair_not_logps)
+    jnp.asarray(reference_chosen_token_pair_not_logps)
   )
   # 1 - w_t is exactly the reference's mass outside both tokens.
   weights = -jnp.expm1(reference)
   return slpo_token_loss_from_token_logps(
-      policy_chosen_token_logps, policy_chosen_token_pair_not_logps, weights,
-      where=chosen_where,
+    policy_chosen_token_logps,
+    policy_chosen_token_pair_not_logps,
+    weights,
+    where=chosen_where,
   )

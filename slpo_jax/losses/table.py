@@ -21,7 +21,8 @@ the program's config.
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -33,10 +34,10 @@ from slpo_jax.pair_stats import PairStats
 _FIELDS = frozenset(PairStats._fields)
 # Fields filled only by a second head pass (``pair_values=True``).
 _PAIR_FIELDS = frozenset(
-    {"pair_not_logps", "chosen_token_logps", "chosen_token_pair_not_logps"}
+  {"pair_not_logps", "chosen_token_logps", "chosen_token_pair_not_logps"}
 )
 _TOKEN_FIELDS = frozenset(
-    {"chosen_token_logps", "chosen_token_pair_not_logps", "chosen_where"}
+  {"chosen_token_logps", "chosen_token_pair_not_logps", "chosen_where"}
 )
 
 
@@ -59,8 +60,8 @@ def _inputs_and_hparams(fn) -> tuple[tuple[_Input, ...], tuple[str, ...]]:
       hparams.append(name)
     else:
       raise TypeError(
-          f"{fn.__name__}: parameter {name!r} is neither a PairStats field"
-          " (optionally prefixed policy_ or reference_) nor keyword-only"
+        f"{fn.__name__}: parameter {name!r} is neither a PairStats field"
+        " (optionally prefixed policy_ or reference_) nor keyword-only"
       )
   return tuple(inputs), tuple(hparams)
 
@@ -100,15 +101,15 @@ class LossSpec:
   def needs_reference_tokens(self) -> bool:
     """Whether the reference's per-token values are read (not precomputable)."""
     return any(
-        i.model == "reference" and i.field in _TOKEN_FIELDS | _PAIR_FIELDS
-        for i in self.inputs
+      i.model == "reference" and i.field in _TOKEN_FIELDS | _PAIR_FIELDS
+      for i in self.inputs
     )
 
   def __call__(
-      self,
-      policy: PairStats,
-      reference: PairStats | None = None,
-      **hparams: Any,
+    self,
+    policy: PairStats,
+    reference: PairStats | None = None,
+    **hparams: Any,
   ) -> jax.Array:
     """Per-example losses of ``policy`` against ``reference``.
 
@@ -124,8 +125,8 @@ class LossSpec:
     unknown = sorted(set(hparams) - set(self.hparams))
     if unknown:
       raise TypeError(
-          f"loss {self.name!r} takes the hyperparameters {list(self.hparams)},"
-          f" not {unknown}"
+        f"loss {self.name!r} takes the hyperparameters {list(self.hparams)},"
+        f" not {unknown}"
       )
     arguments = {}
     for item in self.inputs:
@@ -133,8 +134,8 @@ class LossSpec:
       value = None if stats is None else getattr(stats, item.field)
       if value is None:
         raise ValueError(
-            f"loss {self.name!r} reads {item.parameter}, which the"
-            f" {item.model} statistics do not hold"
+          f"loss {self.name!r} reads {item.parameter}, which the"
+          f" {item.model} statistics do not hold"
         )
       arguments[item.parameter] = value
     return self.fn(**arguments, **hparams)
@@ -145,14 +146,14 @@ def _table(**functions: Callable[..., jax.Array]) -> Mapping[str, LossSpec]:
 
 
 LOSSES: Mapping[str, LossSpec] = _table(
-    dpo=dpo_family.dpo_loss,
-    ipo=dpo_family.ipo_loss,
-    hinge=dpo_family.hinge_loss,
-    simpo=dpo_family.simpo_loss,
-    orpo=dpo_family.orpo_loss,
-    slpo=slpo.slpo_loss,
-    slpo_soft=slpo.slpo_soft_loss,
-    slpo_token=slpo.slpo_token_loss_from_reference,
+  dpo=dpo_family.dpo_loss,
+  ipo=dpo_family.ipo_loss,
+  hinge=dpo_family.hinge_loss,
+  simpo=dpo_family.simpo_loss,
+  orpo=dpo_family.orpo_loss,
+  slpo=slpo.slpo_loss,
+  slpo_soft=slpo.slpo_soft_loss,
+  slpo_token=slpo.slpo_token_loss_from_reference,
 )
 
 

@@ -14,41 +14,52 @@ Checkpoints written by ``save_pretrained`` load with ``load_hf_model`` /
 ``load_hf_checkpoint`` and are written back with ``save_hf_checkpoint``.
 """
 
-from slpo_jax.models.config import (DecoderConfig, RopeScaling, SIZES,
-                                    get_config, tiny_config)
-from slpo_jax.models.sampling import SampleOutput, generate
-from slpo_jax.models.hf_config import (SUPPORTED_MODEL_TYPES, CheckpointError,
-                                       config_from_hf, config_to_hf)
-from slpo_jax.models.hf_io import (load_hf_checkpoint, load_hf_config,
-                                   load_hf_model, save_hf_checkpoint)
-from slpo_jax.models.model import (DecoderLM, build, logits_from_hidden,
-                                   position_ids)
-from slpo_jax.models.partitioning import (DEFAULT_RULES, logical_axis_rules,
-                                          param_partition_specs,
-                                          param_shardings)
+from slpo_jax.models.config import SIZES
+from slpo_jax.models.config import DecoderConfig
+from slpo_jax.models.config import RopeScaling
+from slpo_jax.models.config import get_config
+from slpo_jax.models.config import tiny_config
+from slpo_jax.models.hf_config import SUPPORTED_MODEL_TYPES
+from slpo_jax.models.hf_config import CheckpointError
+from slpo_jax.models.hf_config import config_from_hf
+from slpo_jax.models.hf_config import config_to_hf
+from slpo_jax.models.hf_io import load_hf_checkpoint
+from slpo_jax.models.hf_io import load_hf_config
+from slpo_jax.models.hf_io import load_hf_model
+from slpo_jax.models.hf_io import save_hf_checkpoint
+from slpo_jax.models.model import DecoderLM
+from slpo_jax.models.model import build
+from slpo_jax.models.model import logits_from_hidden
+from slpo_jax.models.model import position_ids
+from slpo_jax.models.partitioning import DEFAULT_RULES
+from slpo_jax.models.partitioning import logical_axis_rules
+from slpo_jax.models.partitioning import param_partition_specs
+from slpo_jax.models.partitioning import param_shardings
+from slpo_jax.models.sampling import SampleOutput
+from slpo_jax.models.sampling import generate
 
 __all__ = [
-    "CheckpointError",
-    "DEFAULT_RULES",
-    "DecoderConfig",
-    "DecoderLM",
-    "RopeScaling",
-    "SIZES",
-    "SUPPORTED_MODEL_TYPES",
-    "SampleOutput",
-    "build",
-    "config_from_hf",
-    "config_to_hf",
-    "generate",
-    "get_config",
-    "load_hf_checkpoint",
-    "load_hf_config",
-    "load_hf_model",
-    "logical_axis_rules",
-    "logits_from_hidden",
-    "param_partition_specs",
-    "param_shardings",
-    "position_ids",
-    "save_hf_checkpoint",
-    "tiny_config",
+  "CheckpointError",
+  "DEFAULT_RULES",
+  "DecoderConfig",
+  "DecoderLM",
+  "RopeScaling",
+  "SIZES",
+  "SUPPORTED_MODEL_TYPES",
+  "SampleOutput",
+  "build",
+  "config_from_hf",
+  "config_to_hf",
+  "generate",
+  "get_config",
+  "load_hf_checkpoint",
+  "load_hf_config",
+  "load_hf_model",
+  "logical_axis_rules",
+  "logits_from_hidden",
+  "param_partition_specs",
+  "param_shardings",
+  "position_ids",
+  "save_hf_checkpoint",
+  "tiny_config",
 ]

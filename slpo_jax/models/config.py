@@ -50,17 +50,18 @@ class RopeScaling:
   def __post_init__(self):
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(
-          f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}"
+        f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}"
       )
     if self.factor <= 0:
       raise ValueError(
-          f"rope scaling factor must be positive, got {self.factor}")
+        f"rope scaling factor must be positive, got {self.factor}"
+      )
     if self.rope_type == "llama3" and (
-        self.high_freq_factor <= self.low_freq_factor
+      self.high_freq_factor <= self.low_freq_factor
     ):
       raise ValueError(
-          "llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
-          f"{self.high_freq_factor} and {self.low_freq_factor}"
+        "llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
+        f"{self.high_freq_factor} and {self.low_freq_factor}"
       )
 
 
@@ -76,7 +77,7 @@ def canonical_dtype(dtype: Any) -> str:
     raise ValueError(f"not a dtype: {dtype!r}") from e
   if name not in SUPPORTED_DTYPES:
     raise ValueError(
-        f"dtype {name} is not supported; use one of {SUPPORTED_DTYPES}"
+      f"dtype {name} is not supported; use one of {SUPPORTED_DTYPES}"
     )
   return name
 
@@ -152,29 +153,38 @@ class DecoderConfig:
   def __post_init__(self):
     if self.family not in FAMILIES:
       raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
-    for field in ("vocab_size", "d_model", "num_layers", "num_heads",
-                  "num_kv_heads", "head_dim", "mlp_dim", "max_len"):
+    for field in (
+      "vocab_size",
+      "d_model",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+      "mlp_dim",
+      "max_len",
+    ):
       value = getattr(self, field)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"{field} must be a positive int, got {value!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-          f"({self.num_kv_heads})"
+        f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+        f"({self.num_kv_heads})"
       )
     if self.activation not in ACTIVATIONS:
       raise ValueError(
-          f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+        f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"
       )
     if self.family == "gpt2":
       if self.num_kv_heads != self.num_heads:
-        raise ValueError("gpt2 uses multi-head attention: num_kv_heads must "
-                         "equal num_heads")
+        raise ValueError(
+          "gpt2 uses multi-head attention: num_kv_heads must equal num_heads"
+        )
       if self.rope_scaling is not None or self.sliding_window is not None:
         raise ValueError("gpt2 has no rope_scaling or sliding_window")
     if self.sliding_window is not None and self.sliding_window <= 0:
       raise ValueError(
-          f"sliding_window must be positive, got {self.sliding_window}"
+        f"sliding_window must be positive, got {self.sliding_window}"
       )
     # Normalise dtypes to names so that equal configs hash equally and the
     # dataclass stays serialisable.
@@ -202,8 +212,13 @@ class DecoderConfig:
       final_norm = d
       positions = 0
     head = 0 if self.tie_embeddings else d * v
-    return (v * d + positions + self.num_layers * (attention + mlp + norms)
-            + final_norm + head)
+    return (
+      v * d
+      + positions
+      + self.num_layers * (attention + mlp + norms)
+      + final_norm
+      + head
+    )
 
   def replace(self, **changes: Any) -> DecoderConfig:
     """Returns a copy with ``changes`` applied (and validated)."""
@@ -212,22 +227,52 @@ class DecoderConfig:
 
 def _gpt2(vocab_size, d_model, num_layers, num_heads, max_len) -> DecoderConfig:
   return DecoderConfig(
-      family="gpt2", vocab_size=vocab_size, d_model=d_model,
-      num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads,
-      head_dim=d_model // num_heads, mlp_dim=4 * d_model, max_len=max_len,
-      norm_eps=1e-5, activation="gelu_tanh", tie_embeddings=True,
-      qkv_bias=True, out_bias=True, mlp_bias=True, hf_model_type="gpt2",
+    family="gpt2",
+    vocab_size=vocab_size,
+    d_model=d_model,
+    num_layers=num_layers,
+    num_heads=num_heads,
+    num_kv_heads=num_heads,
+    head_dim=d_model // num_heads,
+    mlp_dim=4 * d_model,
+    max_len=max_len,
+    norm_eps=1e-5,
+    activation="gelu_tanh",
+    tie_embeddings=True,
+    qkv_bias=True,
+    out_bias=True,
+    mlp_bias=True,
+    hf_model_type="gpt2",
   )
 
 
-def _llama(vocab_size, d_model, num_layers, num_heads, num_kv_heads, mlp_dim,
-           max_len, tie_embeddings) -> DecoderConfig:
+def _llama(
+  vocab_size,
+  d_model,
+  num_layers,
+  num_heads,
+  num_kv_heads,
+  mlp_dim,
+  max_len,
+  tie_embeddings,
+) -> DecoderConfig:
   return DecoderConfig(
-      family="llama", vocab_size=vocab_size, d_model=d_model,
-      num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-      head_dim=d_model // num_heads, mlp_dim=mlp_dim, max_len=max_len,
-      norm_eps=1e-6, activation="silu", tie_embeddings=tie_embeddings,
-      qkv_bias=False, out_bias=False, mlp_bias=False, hf_model_type="llama",
+    family="llama",
+    vocab_size=vocab_size,
+    d_model=d_model,
+    num_layers=num_layers,
+    num_heads=num_heads,
+    num_kv_heads=num_kv_heads,
+    head_dim=d_model // num_heads,
+    mlp_dim=mlp_dim,
+    max_len=max_len,
+    norm_eps=1e-6,
+    activation="silu",
+    tie_embeddings=tie_embeddings,
+    qkv_bias=False,
+    out_bias=False,
+    mlp_bias=False,
+    hf_model_type="llama",
   )
 
 
@@ -235,17 +280,17 @@ def _llama(vocab_size, d_model, num_layers, num_heads, num_kv_heads, mlp_dim,
 # hundred thousand parameters (tests, the CPU default run); "small" is the
 # GPT-2 124M shape and a Llama of similar size.
 _BUILTIN = {
-    ("gpt2", "tiny"): lambda: _gpt2(512, 64, 2, 4, 256),
-    ("gpt2", "small"): lambda: _gpt2(50257, 768, 12, 12, 1024),
-    ("llama", "tiny"): lambda: _llama(512, 64, 2, 4, 2, 176, 256, False),
-    ("llama", "small"): lambda: _llama(32000, 768, 12, 12, 4, 2048, 2048,
-                                       False),
+  ("gpt2", "tiny"): lambda: _gpt2(512, 64, 2, 4, 256),
+  ("gpt2", "small"): lambda: _gpt2(50257, 768, 12, 12, 1024),
+  ("llama", "tiny"): lambda: _llama(512, 64, 2, 4, 2, 176, 256, False),
+  ("llama", "small"): lambda: _llama(32000, 768, 12, 12, 4, 2048, 2048, False),
 }
 SIZES = ("tiny", "small")
 
 
-def get_config(family: str, size: str = "tiny", **changes: Any
-               ) -> DecoderConfig:
+def get_config(
+  family: str, size: str = "tiny", **changes: Any
+) -> DecoderConfig:
   """Returns a built-in configuration.
 
   Args:
@@ -260,8 +305,8 @@ def get_config(family: str, size: str = "tiny", **changes: Any
     make = _BUILTIN[(family, size)]
   except KeyError:
     raise ValueError(
-        f"no built-in config for family={family!r} size={size!r}; families "
-        f"are {FAMILIES} and sizes {SIZES}"
+      f"no built-in config for family={family!r} size={size!r}; families "
+      f"are {FAMILIES} and sizes {SIZES}"
     ) from None
   return make().replace(**changes)
 

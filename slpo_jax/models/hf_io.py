@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Callable, Iterator
+from typing import Any
+from typing import Callable
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +28,14 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from slpo_jax.models import hf_weights
-from slpo_jax.models.config import DecoderConfig, canonical_dtype
-from slpo_jax.models.hf_config import (CheckpointError, config_from_hf,
-                                       config_to_hf)
-from slpo_jax.models.model import DecoderLM, Params, build
+from slpo_jax.models.config import DecoderConfig
+from slpo_jax.models.config import canonical_dtype
+from slpo_jax.models.hf_config import CheckpointError
+from slpo_jax.models.hf_config import config_from_hf
+from slpo_jax.models.hf_config import config_to_hf
+from slpo_jax.models.model import DecoderLM
+from slpo_jax.models.model import Params
+from slpo_jax.models.model import build
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,8 +70,9 @@ def load_hf_config(path: PathLike, **changes: Any) -> DecoderConfig:
   config_path = folder / CONFIG_FILE
   if not config_path.is_file():
     raise CheckpointError(
-        f"{config_path}: missing; a checkpoint folder written by "
-        "save_pretrained holds config.json next to model.safetensors")
+      f"{config_path}: missing; a checkpoint folder written by "
+      "save_pretrained holds config.json next to model.safetensors"
+    )
   try:
     hf = json.loads(config_path.read_text())
   except (OSError, json.JSONDecodeError) as e:
@@ -86,8 +93,9 @@ class _TensorReader:
     single_path = folder / WEIGHTS_FILE
     if single_path.is_file():
       self.source = str(single_path)
-      self._file_of = {name: WEIGHTS_FILE
-                       for name in self._open(WEIGHTS_FILE).keys()}
+      self._file_of = {
+        name: WEIGHTS_FILE for name in self._open(WEIGHTS_FILE).keys()
+      }
     elif index_path.is_file():
       self.source = str(index_path)
       try:
@@ -101,18 +109,19 @@ class _TensorReader:
     else:
       found = sorted(p.name for p in folder.iterdir())
       raise CheckpointError(
-          f"{folder}: no {WEIGHTS_FILE} or {INDEX_FILE} (found {found}); "
-          "PyTorch .bin checkpoints must first be re-saved with "
-          "save_pretrained(..., safe_serialization=True)")
+        f"{folder}: no {WEIGHTS_FILE} or {INDEX_FILE} (found {found}); "
+        "PyTorch .bin checkpoints must first be re-saved with "
+        "save_pretrained(..., safe_serialization=True)"
+      )
 
   def _open(self, file: str) -> Any:
     if file not in self._handles:
       try:
         self._handles[file] = self._stack.enter_context(
-            safe_open(str(self._folder / file), framework="numpy"))
+          safe_open(str(self._folder / file), framework="numpy")
+        )
       except Exception as e:  # safetensors raises its own error types.
-        raise CheckpointError(f"{self._folder / file}: unreadable: {e}"
-                              ) from e
+        raise CheckpointError(f"{self._folder / file}: unreadable: {e}") from e
     return self._handles[file]
 
   def names(self) -> set[str]:
@@ -130,22 +139,26 @@ class _TensorReader:
       view = handle.get_slice(name)
       shape = tuple(view.get_shape())
     except Exception as e:
-      raise CheckpointError(f"{self.path_of(name)}: tensor '{name}' "
-                            f"unreadable: {e}") from e
+      raise CheckpointError(
+        f"{self.path_of(name)}: tensor '{name}' unreadable: {e}"
+      ) from e
     if shape != tuple(expected_shape):
       raise CheckpointError(
-          f"{self.path_of(name)}: tensor '{name}' has shape {list(shape)}, "
-          f"expected {list(expected_shape)} from config.json")
+        f"{self.path_of(name)}: tensor '{name}' has shape {list(shape)}, "
+        f"expected {list(expected_shape)} from config.json"
+      )
     try:
       array = handle.get_tensor(name)
     except Exception as e:
-      raise CheckpointError(f"{self.path_of(name)}: tensor '{name}' "
-                            f"unreadable: {e}") from e
+      raise CheckpointError(
+        f"{self.path_of(name)}: tensor '{name}' unreadable: {e}"
+      ) from e
     if array.dtype.name not in _FLOAT_DTYPES:
       raise CheckpointError(
-          f"{self.path_of(name)}: tensor '{name}' has dtype {array.dtype}, "
-          f"which the model cannot use (expected one of {_FLOAT_DTYPES}; "
-          "quantised checkpoints are not supported)")
+        f"{self.path_of(name)}: tensor '{name}' has dtype {array.dtype}, "
+        f"which the model cannot use (expected one of {_FLOAT_DTYPES}; "
+        "quantised checkpoints are not supported)"
+      )
     return array
 
 
@@ -156,12 +169,14 @@ def _detect_prefix(config: DecoderConfig, reader: _TensorReader) -> str:
     if hf_weights.full_name(first, prefix) in reader.names():
       return prefix
   raise CheckpointError(
-      f"{reader.source}: missing tensor "
-      f"'{hf_weights.full_name(first, prefixes[0])}'")
+    f"{reader.source}: missing tensor "
+    f"'{hf_weights.full_name(first, prefixes[0])}'"
+  )
 
 
-def _flat_shardings(shardings: Any, model: DecoderLM
-                    ) -> dict[tuple[str, ...], Any] | None:
+def _flat_shardings(
+  shardings: Any, model: DecoderLM
+) -> dict[tuple[str, ...], Any] | None:
   """``{param path: sharding}`` from a Mesh, a pytree of shardings, or None."""
   if shardings is None:
     return None
@@ -169,13 +184,16 @@ def _flat_shardings(shardings: Any, model: DecoderLM
     shardings = model.shardings(shardings)
   expected = jax.tree_util.tree_structure(model.abstract_params())
   got = jax.tree_util.tree_structure(
-      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+  )
   if expected != got:
     raise ValueError(
-        "shardings must have the structure of the parameters "
-        f"(model.abstract_params()); got {got}, expected {expected}")
+      "shardings must have the structure of the parameters "
+      f"(model.abstract_params()); got {got}, expected {expected}"
+    )
   flat = jax.tree_util.tree_flatten_with_path(
-      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
+    shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+  )[0]
   return {tuple(k.key for k in path): s for path, s in flat}
 
 
@@ -184,8 +202,9 @@ def _place(host: np.ndarray, dtype: str, sharding: Any) -> jax.Array:
   if sharding is None:
     return jnp.asarray(host)
   # Each device receives only its own slice of the host array.
-  return jax.make_array_from_callback(host.shape, sharding,
-                                      lambda index: host[index])
+  return jax.make_array_from_callback(
+    host.shape, sharding, lambda index: host[index]
+  )
 
 
 def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -195,23 +214,25 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _converted_groups(
-    config: DecoderConfig, reader: _TensorReader, prefix: str
+  config: DecoderConfig, reader: _TensorReader, prefix: str
 ) -> Iterator[tuple[hf_weights.TensorGroup, list[np.ndarray]]]:
   for group in hf_weights.tensor_groups(config):
-    tensors = [reader.read(hf_weights.full_name(n, prefix), s)
-               for n, s in zip(group.hf_names, group.hf_shapes)]
+    tensors = [
+      reader.read(hf_weights.full_name(n, prefix), s)
+      for n, s in zip(group.hf_names, group.hf_shapes)
+    ]
     yield group, group.to_params(tensors)
 
 
 def load_hf_model(
-    path: PathLike,
-    *,
-    dtype: Any = "float32",
-    param_dtype: Any = "float32",
-    shardings: Any = None,
-    scan_layers: bool = False,
-    remat: bool = False,
-    abstract: bool = False,
+  path: PathLike,
+  *,
+  dtype: Any = "float32",
+  param_dtype: Any = "float32",
+  shardings: Any = None,
+  scan_layers: bool = False,
+  remat: bool = False,
+  abstract: bool = False,
 ) -> tuple[DecoderLM, Params]:
   """Loads a Hugging Face checkpoint folder as a ``DecoderLM`` and its params.
 
@@ -239,8 +260,13 @@ def load_hf_model(
   """
   dtype = _check_dtype(dtype, f"{path}: compute dtype")
   param_dtype = _check_dtype(param_dtype, f"{path}: parameter dtype")
-  config = load_hf_config(path, dtype=dtype, param_dtype=param_dtype,
-                          scan_layers=scan_layers, remat=remat)
+  config = load_hf_config(
+    path,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scan_layers=scan_layers,
+    remat=remat,
+  )
   model = build(config)
   if abstract:
     return model, model.abstract_params()
@@ -266,26 +292,35 @@ def load_hf_model(
         pending.setdefault(stacked, []).append(array)
         if len(pending[stacked]) == config.num_layers:
           _set(params, stacked, place(stacked, np.stack(pending.pop(stacked))))
-    used = {hf_weights.full_name(n, prefix)
-            for g in hf_weights.tensor_groups(config) for n in g.hf_names}
+    used = {
+      hf_weights.full_name(n, prefix)
+      for g in hf_weights.tensor_groups(config)
+      for n in g.hf_names
+    }
     unused = sorted(
-        n for n in reader.names() - used
-        if not n.endswith(hf_weights.IGNORED_SUFFIXES)
-        and not (config.tie_embeddings and n == "lm_head.weight"))
+      n
+      for n in reader.names() - used
+      if not n.endswith(hf_weights.IGNORED_SUFFIXES)
+      and not (config.tie_embeddings and n == "lm_head.weight")
+    )
     if unused:
-      logging.warning("%s: ignoring %d tensors not used by the model: %s",
-                      reader.source, len(unused), unused[:8])
+      logging.warning(
+        "%s: ignoring %d tensors not used by the model: %s",
+        reader.source,
+        len(unused),
+        unused[:8],
+      )
   return model, params
 
 
 def load_hf_checkpoint(
-    path: PathLike,
-    *,
-    dtype: Any = "float32",
-    param_dtype: Any = "float32",
-    shardings: Any = None,
-    scan_layers: bool = False,
-    remat: bool = False,
+  path: PathLike,
+  *,
+  dtype: Any = "float32",
+  param_dtype: Any = "float32",
+  shardings: Any = None,
+  scan_layers: bool = False,
+  remat: bool = False,
 ) -> tuple[Callable[..., jax.Array], Params]:
   """Loads a checkpoint folder as ``(apply_fn, params)``.
 
@@ -293,8 +328,13 @@ def load_hf_checkpoint(
   ``[B, T, V]``. Arguments are those of ``load_hf_model``.
   """
   model, params = load_hf_model(
-      path, dtype=dtype, param_dtype=param_dtype, shardings=shardings,
-      scan_layers=scan_layers, remat=remat)
+    path,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    shardings=shardings,
+    scan_layers=scan_layers,
+    remat=remat,
+  )
   return model.apply, params
 
 
@@ -307,8 +347,9 @@ def _lookup(params: Params, path: tuple[str, ...]) -> Any:
   return node
 
 
-def _hf_tensors(config: DecoderConfig, params: Params, dtype: str
-                ) -> dict[str, np.ndarray]:
+def _hf_tensors(
+  config: DecoderConfig, params: Params, dtype: str
+) -> dict[str, np.ndarray]:
   prefix = hf_weights.PREFIXES[config.family][0]
   tensors = {}
   for group in hf_weights.tensor_groups(config):
@@ -320,17 +361,21 @@ def _hf_tensors(config: DecoderConfig, params: Params, dtype: str
         leaf = _lookup(params, param_path)
       array = np.asarray(jax.device_get(leaf), dtype=np.float32)
       if array.shape != shape:
-        raise ValueError(f"param {'/'.join(param_path)} has shape "
-                         f"{array.shape}, expected {shape}")
+        raise ValueError(
+          f"param {'/'.join(param_path)} has shape "
+          f"{array.shape}, expected {shape}"
+        )
       arrays.append(array)
     for name, tensor in zip(group.hf_names, group.to_hf(arrays)):
       tensors[hf_weights.full_name(name, prefix)] = np.ascontiguousarray(
-          tensor.astype(jnp.dtype(dtype)))
+        tensor.astype(jnp.dtype(dtype))
+      )
   return tensors
 
 
-def _shard(tensors: dict[str, np.ndarray], max_shard_size: int
-           ) -> list[dict[str, np.ndarray]]:
+def _shard(
+  tensors: dict[str, np.ndarray], max_shard_size: int
+) -> list[dict[str, np.ndarray]]:
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name, tensor in tensors.items():
@@ -343,12 +388,12 @@ def _shard(tensors: dict[str, np.ndarray], max_shard_size: int
 
 
 def save_hf_checkpoint(
-    model_or_config: DecoderLM | DecoderConfig,
-    params: Params,
-    path: PathLike,
-    *,
-    dtype: Any = None,
-    max_shard_size: int | None = None,
+  model_or_config: DecoderLM | DecoderConfig,
+  params: Params,
+  path: PathLike,
+  *,
+  dtype: Any = None,
+  max_shard_size: int | None = None,
 ) -> None:
   """Writes a folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
@@ -361,10 +406,14 @@ def save_hf_checkpoint(
       many bytes (one tensor may exceed it) with a
       ``model.safetensors.index.json``.
   """
-  config = (model_or_config.config if isinstance(model_or_config, DecoderLM)
-            else model_or_config)
-  dtype = _check_dtype(config.param_dtype if dtype is None else dtype,
-                       "save dtype")
+  config = (
+    model_or_config.config
+    if isinstance(model_or_config, DecoderLM)
+    else model_or_config
+  )
+  dtype = _check_dtype(
+    config.param_dtype if dtype is None else dtype, "save dtype"
+  )
   folder = pathlib.Path(path)
   folder.mkdir(parents=True, exist_ok=True)
   tensors = _hf_tensors(config, params, dtype)
@@ -382,6 +431,8 @@ def save_hf_checkpoint(
     file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
     save_file(shard, str(folder / file), metadata=metadata)
     weight_map.update({name: file for name in shard})
-  index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-           "weight_map": weight_map}
+  index = {
+    "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+    "weight_map": weight_map,
+  }
   (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

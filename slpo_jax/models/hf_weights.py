@@ -14,7 +14,8 @@ heads as a separate axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import numpy as np
 
@@ -51,23 +52,35 @@ class TensorGroup:
   template: str = ""
 
 
-def _reshape(name: str, hf_shape: Shape, path: Path, shape: Shape,
-             **kw) -> TensorGroup:
+def _reshape(
+  name: str, hf_shape: Shape, path: Path, shape: Shape, **kw
+) -> TensorGroup:
   """Same memory order, possibly a different shape (Conv1D, biases)."""
   return TensorGroup(
-      (name,), (hf_shape,), (path,), (shape,),
-      to_params=lambda t: [t[0].reshape(shape)],
-      to_hf=lambda p: [p[0].reshape(hf_shape)], **kw)
+    (name,),
+    (hf_shape,),
+    (path,),
+    (shape,),
+    to_params=lambda t: [t[0].reshape(shape)],
+    to_hf=lambda p: [p[0].reshape(hf_shape)],
+    **kw,
+  )
 
 
-def _linear(name: str, out_features: int, in_features: int, path: Path,
-            shape: Shape, **kw) -> TensorGroup:
+def _linear(
+  name: str, out_features: int, in_features: int, path: Path, shape: Shape, **kw
+) -> TensorGroup:
   """A PyTorch ``[out, in]`` weight becoming an ``[in..., out...]`` kernel."""
   hf_shape = (out_features, in_features)
   return TensorGroup(
-      (name,), (hf_shape,), (path,), (shape,),
-      to_params=lambda t: [t[0].T.reshape(shape)],
-      to_hf=lambda p: [p[0].reshape(in_features, out_features).T], **kw)
+    (name,),
+    (hf_shape,),
+    (path,),
+    (shape,),
+    to_params=lambda t: [t[0].T.reshape(shape)],
+    to_hf=lambda p: [p[0].reshape(in_features, out_features).T],
+    **kw,
+  )
 
 
 def _embeddings(config: DecoderConfig, embed_name: str) -> list[TensorGroup]:
@@ -83,8 +96,14 @@ def _gpt2_groups(config: DecoderConfig) -> list[TensorGroup]:
   d, f = config.d_model, config.mlp_dim
   h, hd = config.num_heads, config.head_dim
   groups = _embeddings(config, "wte.weight")
-  groups.append(_reshape("wpe.weight", (config.max_len, d),
-                         ("pos_embed", "embedding"), (config.max_len, d)))
+  groups.append(
+    _reshape(
+      "wpe.weight",
+      (config.max_len, d),
+      ("pos_embed", "embedding"),
+      (config.max_len, d),
+    )
+  )
   for i in range(config.num_layers):
     layer = f"layers_{i}"
     kw = dict(layer=i)
@@ -94,34 +113,57 @@ def _gpt2_groups(config: DecoderConfig) -> list[TensorGroup]:
 
     for hf_norm, norm in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
       for hf_param, param in (("weight", "scale"), ("bias", "bias")):
-        groups.append(_reshape(hf(f"{hf_norm}.{hf_param}"), (d,),
-                               (layer, norm, param), (d,),
-                               template=f"{hf_norm}.{hf_param}", **kw))
+        groups.append(
+          _reshape(
+            hf(f"{hf_norm}.{hf_param}"),
+            (d,),
+            (layer, norm, param),
+            (d,),
+            template=f"{hf_norm}.{hf_param}",
+            **kw,
+          )
+        )
     qkv_paths = tuple((layer, "attn", n, "kernel") for n in "qkv")
-    groups.append(TensorGroup(
-        (hf("attn.c_attn.weight"),), ((d, 3 * d),), qkv_paths,
+    groups.append(
+      TensorGroup(
+        (hf("attn.c_attn.weight"),),
+        ((d, 3 * d),),
+        qkv_paths,
         ((d, h, hd),) * 3,
-        to_params=lambda t: [w.reshape(d, h, hd)
-                             for w in np.split(t[0], 3, axis=-1)],
+        to_params=lambda t: [
+          w.reshape(d, h, hd) for w in np.split(t[0], 3, axis=-1)
+        ],
         to_hf=lambda p: [np.concatenate([w.reshape(d, d) for w in p], -1)],
-        template="c_attn.weight", **kw))
+        template="c_attn.weight",
+        **kw,
+      )
+    )
     qkv_bias_paths = tuple((layer, "attn", n, "bias") for n in "qkv")
-    groups.append(TensorGroup(
-        (hf("attn.c_attn.bias"),), ((3 * d,),), qkv_bias_paths,
+    groups.append(
+      TensorGroup(
+        (hf("attn.c_attn.bias"),),
+        ((3 * d,),),
+        qkv_bias_paths,
         ((h, hd),) * 3,
         to_params=lambda t: [b.reshape(h, hd) for b in np.split(t[0], 3)],
         to_hf=lambda p: [np.concatenate([b.reshape(d) for b in p])],
-        template="c_attn.bias", **kw))
+        template="c_attn.bias",
+        **kw,
+      )
+    )
     for hf_name, path, hf_shape, shape in (
-        ("attn.c_proj.weight", ("attn", "o", "kernel"), (d, d), (h, hd, d)),
-        ("attn.c_proj.bias", ("attn", "o", "bias"), (d,), (d,)),
-        ("mlp.c_fc.weight", ("mlp", "fc", "kernel"), (d, f), (d, f)),
-        ("mlp.c_fc.bias", ("mlp", "fc", "bias"), (f,), (f,)),
-        ("mlp.c_proj.weight", ("mlp", "proj", "kernel"), (f, d), (f, d)),
-        ("mlp.c_proj.bias", ("mlp", "proj", "bias"), (d,), (d,)),
+      ("attn.c_proj.weight", ("attn", "o", "kernel"), (d, d), (h, hd, d)),
+      ("attn.c_proj.bias", ("attn", "o", "bias"), (d,), (d,)),
+      ("mlp.c_fc.weight", ("mlp", "fc", "kernel"), (d, f), (d, f)),
+      ("mlp.c_fc.bias", ("mlp", "fc", "bias"), (f,), (f,)),
+      ("mlp.c_proj.weight", ("mlp", "proj", "kernel"), (f, d), (f, d)),
+      ("mlp.c_proj.bias", ("mlp", "proj", "bias"), (d,), (d,)),
     ):
-      groups.append(_reshape(hf(hf_name), hf_shape, (layer, *path), shape,
-                             template=hf_name, **kw))
+      groups.append(
+        _reshape(
+          hf(hf_name), hf_shape, (layer, *path), shape, template=hf_name, **kw
+        )
+      )
   groups.append(_reshape("ln_f.weight", (d,), ("final_norm", "scale"), (d,)))
   groups.append(_reshape("ln_f.bias", (d,), ("final_norm", "bias"), (d,)))
   return groups
@@ -135,40 +177,94 @@ def _llama_groups(config: DecoderConfig) -> list[TensorGroup]:
     layer = f"layers_{i}"
     kw = dict(layer=i)
     prefix = f"layers.{i}."
-    for hf_norm, norm in (("input_layernorm", "attn_norm"),
-                          ("post_attention_layernorm", "mlp_norm")):
+    for hf_norm, norm in (
+      ("input_layernorm", "attn_norm"),
+      ("post_attention_layernorm", "mlp_norm"),
+    ):
       name = f"{hf_norm}.weight"
-      groups.append(_reshape(prefix + name, (d,), (layer, norm, "scale"),
-                             (d,), template=name, **kw))
+      groups.append(
+        _reshape(
+          prefix + name, (d,), (layer, norm, "scale"), (d,), template=name, **kw
+        )
+      )
     for proj, heads in (("q", h), ("k", kv), ("v", kv)):
       name = f"self_attn.{proj}_proj.weight"
-      groups.append(_linear(prefix + name, heads * hd, d,
-                            (layer, "attn", proj, "kernel"), (d, heads, hd),
-                            template=name, **kw))
+      groups.append(
+        _linear(
+          prefix + name,
+          heads * hd,
+          d,
+          (layer, "attn", proj, "kernel"),
+          (d, heads, hd),
+          template=name,
+          **kw,
+        )
+      )
       if config.qkv_bias:
         name = f"self_attn.{proj}_proj.bias"
-        groups.append(_reshape(prefix + name, (heads * hd,),
-                               (layer, "attn", proj, "bias"), (heads, hd),
-                               template=name, **kw))
+        groups.append(
+          _reshape(
+            prefix + name,
+            (heads * hd,),
+            (layer, "attn", proj, "bias"),
+            (heads, hd),
+            template=name,
+            **kw,
+          )
+        )
     name = "self_attn.o_proj.weight"
-    groups.append(_linear(prefix + name, d, h * hd,
-                          (layer, "attn", "o", "kernel"), (h, hd, d),
-                          template=name, **kw))
+    groups.append(
+      _linear(
+        prefix + name,
+        d,
+        h * hd,
+        (layer, "attn", "o", "kernel"),
+        (h, hd, d),
+        template=name,
+        **kw,
+      )
+    )
     if config.out_bias:
       name = "self_attn.o_proj.bias"
-      groups.append(_reshape(prefix + name, (d,), (layer, "attn", "o", "bias"),
-                             (d,), template=name, **kw))
-    for proj, out_features, in_features in (("gate", f, d), ("up", f, d),
-                                            ("down", d, f)):
+      groups.append(
+        _reshape(
+          prefix + name,
+          (d,),
+          (layer, "attn", "o", "bias"),
+          (d,),
+          template=name,
+          **kw,
+        )
+      )
+    for proj, out_features, in_features in (
+      ("gate", f, d),
+      ("up", f, d),
+      ("down", d, f),
+    ):
       name = f"mlp.{proj}_proj.weight"
-      groups.append(_linear(prefix + name, out_features, in_features,
-                            (layer, "mlp", proj, "kernel"),
-                            (in_features, out_features), template=name, **kw))
+      groups.append(
+        _linear(
+          prefix + name,
+          out_features,
+          in_features,
+          (layer, "mlp", proj, "kernel"),
+          (in_features, out_features),
+          template=name,
+          **kw,
+        )
+      )
       if config.mlp_bias:
         name = f"mlp.{proj}_proj.bias"
-        groups.append(_reshape(prefix + name, (out_features,),
-                               (layer, "mlp", proj, "bias"), (out_features,),
-                               template=name, **kw))
+        groups.append(
+          _reshape(
+            prefix + name,
+            (out_features,),
+            (layer, "mlp", proj, "bias"),
+            (out_features,),
+            template=name,
+            **kw,
+          )
+        )
   groups.append(_reshape("norm.weight", (d,), ("final_norm", "scale"), (d,)))
   return groups
 
@@ -195,8 +291,7 @@ def full_name(name: str, prefix: str) -> str:
 
 
 def stacked_path(path: Path) -> Path:
-  """Path of a block parameter in the scanned tree (``layers_3`` -> ``layers``).
-  """
+  """Path of a block parameter in the scanned tree (``layers_3`` -> ``layers``)."""
   if path[0].startswith("layers_"):
     return ("layers",) + path[1:]
   return path

@@ -32,7 +32,8 @@ INIT_STDDEV = 0.02
 
 def _kernel_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
   return nn.with_logical_partitioning(
-      nn.initializers.normal(INIT_STDDEV), names)
+    nn.initializers.normal(INIT_STDDEV), names
+  )
 
 
 def _zeros_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
@@ -61,35 +62,50 @@ class DenseGeneral(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    in_shape = x.shape[x.ndim - self.num_in:]
-    kernel = self.param("kernel", _kernel_init(self.kernel_names),
-                        in_shape + self.features, self.param_dtype)
+    in_shape = x.shape[x.ndim - self.num_in :]
+    kernel = self.param(
+      "kernel",
+      _kernel_init(self.kernel_names),
+      in_shape + self.features,
+      self.param_dtype,
+    )
     x_axes = tuple(range(x.ndim - self.num_in, x.ndim))
     y = jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        ((x_axes, tuple(range(self.num_in))), ((), ())))
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      ((x_axes, tuple(range(self.num_in))), ((), ())),
+    )
     if self.use_bias:
-      bias = self.param("bias",
-                        _zeros_init(self.kernel_names[self.num_in:]),
-                        self.features, self.param_dtype)
+      bias = self.param(
+        "bias",
+        _zeros_init(self.kernel_names[self.num_in :]),
+        self.features,
+        self.param_dtype,
+      )
       y = y + bias.astype(self.dtype)
     return y
 
 
 def dense(
-    config: DecoderConfig,
-    features: int | tuple[int, ...],
-    kernel_names: tuple[str, ...],
-    *,
-    use_bias: bool,
-    name: str,
-    num_in: int = 1,
+  config: DecoderConfig,
+  features: int | tuple[int, ...],
+  kernel_names: tuple[str, ...],
+  *,
+  use_bias: bool,
+  name: str,
+  num_in: int = 1,
 ) -> DenseGeneral:
   """A ``DenseGeneral`` in the config's dtypes."""
   features = features if isinstance(features, tuple) else (features,)
-  return DenseGeneral(features, kernel_names, use_bias, num_in=num_in,
-                      dtype=config.dtype, param_dtype=config.param_dtype,
-                      name=name)
+  return DenseGeneral(
+    features,
+    kernel_names,
+    use_bias,
+    num_in=num_in,
+    dtype=config.dtype,
+    param_dtype=config.param_dtype,
+    name=name,
+  )
 
 
 class RMSNorm(nn.Module):
@@ -100,11 +116,13 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    scale = self.param("scale", _ones_init(("norm",)), (x.shape[-1],),
-                       cfg.param_dtype)
+    scale = self.param(
+      "scale", _ones_init(("norm",)), (x.shape[-1],), cfg.param_dtype
+    )
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(
-        jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
+      jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps
+    )
     # Cast before scaling, as the reference does, so bfloat16 runs round at
     # the same place.
     return normed.astype(cfg.dtype) * scale.astype(cfg.dtype)
@@ -113,13 +131,13 @@ class RMSNorm(nn.Module):
 def layer_norm(config: DecoderConfig, name: str) -> nn.LayerNorm:
   """LayerNorm (GPT-2). The two-pass variance matches PyTorch in float32."""
   return nn.LayerNorm(
-      epsilon=config.norm_eps,
-      dtype=config.dtype,
-      param_dtype=config.param_dtype,
-      use_fast_variance=False,
-      scale_init=_ones_init(("norm",)),
-      bias_init=_zeros_init(("norm",)),
-      name=name,
+    epsilon=config.norm_eps,
+    dtype=config.dtype,
+    param_dtype=config.param_dtype,
+    use_fast_variance=False,
+    scale_init=_ones_init(("norm",)),
+    bias_init=_zeros_init(("norm",)),
+    name=name,
   )
 
 
@@ -153,18 +171,19 @@ class Mlp(nn.Module):
     cfg = self.config
     bias = cfg.mlp_bias
     if cfg.family == "gpt2":
-      h = dense(cfg, cfg.mlp_dim, ("embed", "mlp"), use_bias=bias,
-                name="fc")(x)
+      h = dense(cfg, cfg.mlp_dim, ("embed", "mlp"), use_bias=bias, name="fc")(x)
       h = activation(cfg.activation, h)
-      return dense(cfg, cfg.d_model, ("mlp", "embed"), use_bias=bias,
-                   name="proj")(h)
-    gate = dense(cfg, cfg.mlp_dim, ("embed", "mlp"), use_bias=bias,
-                 name="gate")(x)
-    up = dense(cfg, cfg.mlp_dim, ("embed", "mlp"), use_bias=bias,
-               name="up")(x)
+      return dense(
+        cfg, cfg.d_model, ("mlp", "embed"), use_bias=bias, name="proj"
+      )(h)
+    gate = dense(
+      cfg, cfg.mlp_dim, ("embed", "mlp"), use_bias=bias, name="gate"
+    )(x)
+    up = dense(cfg, cfg.mlp_dim, ("embed", "mlp"), use_bias=bias, name="up")(x)
     h = activation(cfg.activation, gate) * up
-    return dense(cfg, cfg.d_model, ("mlp", "embed"), use_bias=bias,
-                 name="down")(h)
+    return dense(
+      cfg, cfg.d_model, ("mlp", "embed"), use_bias=bias, name="down"
+    )(h)
 
 
 def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
@@ -176,7 +195,7 @@ def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
   """
   dim = config.head_dim
   exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
-  inv_freq = (1.0 / (config.rope_theta ** exponents)).astype(np.float32)
+  inv_freq = (1.0 / (config.rope_theta**exponents)).astype(np.float32)
   scaling = config.rope_scaling
   if scaling is None:
     return inv_freq
@@ -186,10 +205,12 @@ def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
   low_freq_wavelen = old_len / scaling.low_freq_factor
   high_freq_wavelen = old_len / scaling.high_freq_factor
   wavelen = 2 * math.pi / inv_freq
-  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor,
-                    inv_freq)
+  scaled = np.where(
+    wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq
+  )
   smooth = (old_len / wavelen - scaling.low_freq_factor) / (
-      scaling.high_freq_factor - scaling.low_freq_factor)
+    scaling.high_freq_factor - scaling.low_freq_factor
+  )
   smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
   is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
@@ -212,7 +233,7 @@ def apply_rope(x: Array, positions: Array, config: DecoderConfig) -> Array:
 
 
 def dot_product_attention(
-    query: Array, key: Array, value: Array, mask: Array, dtype: Any
+  query: Array, key: Array, value: Array, mask: Array, dtype: Any
 ) -> Array:
   """Grouped-query attention with a boolean mask.
 
@@ -232,8 +253,9 @@ def dot_product_attention(
   # Query head h uses key/value head h // groups, as in the reference
   # ``repeat_kv``; grouping avoids materialising repeated keys.
   query = query.reshape(batch, length, num_kv_heads, groups, head_dim)
-  scores = jnp.einsum("btkgd,bskd->bkgts", query, key,
-                      preferred_element_type=jnp.float32)
+  scores = jnp.einsum(
+    "btkgd,bskd->bkgts", query, key, preferred_element_type=jnp.float32
+  )
   scores = scores * (1.0 / math.sqrt(head_dim))
   # A finite fill keeps fully masked rows (left padding) free of NaN; their
   # outputs are discarded by the caller.
@@ -251,12 +273,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      positions: Array,
-      mask: Array,
-      cache: KVCache | None = None,
-      cache_index: Array | None = None,
+    self,
+    x: Array,
+    positions: Array,
+    mask: Array,
+    cache: KVCache | None = None,
+    cache_index: Array | None = None,
   ) -> tuple[Array, KVCache | None]:
     """Attends over ``x`` (and the cache, when given).
 
@@ -272,28 +294,48 @@ class Attention(nn.Module):
       ``([B, T, d_model], updated cache or None)``.
     """
     cfg = self.config
-    q = dense(cfg, (cfg.num_heads, cfg.head_dim),
-              ("embed", "heads", "head_dim"), use_bias=cfg.qkv_bias,
-              name="q")(x)
-    k = dense(cfg, (cfg.num_kv_heads, cfg.head_dim),
-              ("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias,
-              name="k")(x)
-    v = dense(cfg, (cfg.num_kv_heads, cfg.head_dim),
-              ("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias,
-              name="v")(x)
+    q = dense(
+      cfg,
+      (cfg.num_heads, cfg.head_dim),
+      ("embed", "heads", "head_dim"),
+      use_bias=cfg.qkv_bias,
+      name="q",
+    )(x)
+    k = dense(
+      cfg,
+      (cfg.num_kv_heads, cfg.head_dim),
+      ("embed", "kv_heads", "head_dim"),
+      use_bias=cfg.qkv_bias,
+      name="k",
+    )(x)
+    v = dense(
+      cfg,
+      (cfg.num_kv_heads, cfg.head_dim),
+      ("embed", "kv_heads", "head_dim"),
+      use_bias=cfg.qkv_bias,
+      name="v",
+    )(x)
     if cfg.family == "llama":
       q = apply_rope(q, positions, cfg)
       k = apply_rope(k, positions, cfg)
     new_cache = None
     if cache is not None:
       k = jax.lax.dynamic_update_slice_in_dim(
-          cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
+        cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1
+      )
       v = jax.lax.dynamic_update_slice_in_dim(
-          cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
+        cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1
+      )
       new_cache = {"k": k, "v": v}
     out = dot_product_attention(q, k, v, mask, cfg.dtype)
-    out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"),
-                use_bias=cfg.out_bias, num_in=2, name="o")(out)
+    out = dense(
+      cfg,
+      cfg.d_model,
+      ("heads", "head_dim", "embed"),
+      use_bias=cfg.out_bias,
+      num_in=2,
+      name="o",
+    )(out)
     return out, new_cache
 
 
@@ -304,22 +346,24 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      cache: KVCache | None,
-      positions: Array,
-      mask: Array,
-      cache_index: Array | None,
+    self,
+    x: Array,
+    cache: KVCache | None,
+    positions: Array,
+    mask: Array,
+    cache_index: Array | None,
   ) -> tuple[Array, KVCache | None]:
     # The argument order (carry, scanned, broadcast...) is the one ``nn.scan``
     # expects when the blocks are stacked.
     cfg = self.config
     h = norm(cfg, "attn_norm")(x)
-    h, cache = Attention(cfg, name="attn")(h, positions, mask, cache,
-                                           cache_index)
+    h, cache = Attention(cfg, name="attn")(
+      h, positions, mask, cache, cache_index
+    )
     x = x + h
     h = norm(cfg, "mlp_norm")(x)
     x = x + Mlp(cfg, name="mlp")(h)
     x = nn.with_logical_constraint(
-        x, ("activation_batch", "activation_length", "activation_embed"))
+      x, ("activation_batch", "activation_length", "activation_embed")
+    )
     return x, cache

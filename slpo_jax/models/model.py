@@ -35,11 +35,11 @@ def position_ids(attention_mask: Array) -> Array:
 
 
 def attention_mask_3d(
-    query_slots: Array,
-    query_positions: Array,
-    key_positions: Array,
-    key_valid: Array,
-    sliding_window: int | None,
+  query_slots: Array,
+  query_positions: Array,
+  key_positions: Array,
+  key_valid: Array,
+  sliding_window: int | None,
 ) -> Array:
   """Boolean ``[B, T, S]`` mask: causal in slot order and over real keys.
 
@@ -100,16 +100,18 @@ class DecoderLM:
     boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
     return nn.get_partition_spec(boxed)
 
-  def partition_specs(self, rules: partitioning.Rules | None = None, *,
-                      mesh: Mesh | None = None) -> Any:
+  def partition_specs(
+    self, rules: partitioning.Rules | None = None, *, mesh: Mesh | None = None
+  ) -> Any:
     """Mesh ``PartitionSpec`` for every parameter.
 
     See ``param_partition_specs``.
     """
     return partitioning.param_partition_specs(self, rules, mesh=mesh)
 
-  def shardings(self, mesh: Mesh,
-                rules: partitioning.Rules | None = None) -> Any:
+  def shardings(
+    self, mesh: Mesh, rules: partitioning.Rules | None = None
+  ) -> Any:
     """``NamedSharding`` for every parameter on ``mesh``."""
     return partitioning.param_shardings(self, mesh, rules)
 
@@ -126,10 +128,10 @@ class DecoderLM:
     return kernel.astype(self.config.dtype)
 
   def hidden_states(
-      self,
-      params: Params,
-      input_ids: Array,
-      attention_mask: Array | None = None,
+    self,
+    params: Params,
+    input_ids: Array,
+    attention_mask: Array | None = None,
   ) -> tuple[Array, Array]:
     """Final hidden states and the output projection.
 
@@ -145,24 +147,32 @@ class DecoderLM:
     """
     if attention_mask is None:
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-    if (self.config.family == "gpt2"
-        and input_ids.shape[1] > self.config.max_len):
+    if (
+      self.config.family == "gpt2" and input_ids.shape[1] > self.config.max_len
+    ):
       # Out-of-range lookups in the position table would return NaN.
-      raise ValueError(f"{input_ids.shape[1]} tokens exceed the "
-                       f"{self.config.max_len} learned positions")
+      raise ValueError(
+        f"{input_ids.shape[1]} tokens exceed the "
+        f"{self.config.max_len} learned positions"
+      )
     positions = position_ids(attention_mask)
     mask = attention_mask_3d(
-        jnp.arange(input_ids.shape[1]), positions, positions,
-        attention_mask != 0, self.config.sliding_window)
-    hidden, _ = self.module.apply({"params": params}, input_ids, positions,
-                                  mask)
+      jnp.arange(input_ids.shape[1]),
+      positions,
+      positions,
+      attention_mask != 0,
+      self.config.sliding_window,
+    )
+    hidden, _ = self.module.apply(
+      {"params": params}, input_ids, positions, mask
+    )
     return hidden, self.lm_head(params)
 
   def apply(
-      self,
-      params: Params,
-      input_ids: Array,
-      attention_mask: Array | None = None,
+    self,
+    params: Params,
+    input_ids: Array,
+    attention_mask: Array | None = None,
   ) -> Array:
     """Next-token logits, ``[B, T, V]`` float32.
 
@@ -175,8 +185,9 @@ class DecoderLM:
     hidden, lm_head = self.hidden_states(params, input_ids, attention_mask)
     return logits_from_hidden(hidden, lm_head)
 
-  def __call__(self, params: Params, input_ids: Array,
-               attention_mask: Array | None = None) -> Array:
+  def __call__(
+    self, params: Params, input_ids: Array, attention_mask: Array | None = None
+  ) -> Array:
     return self.apply(params, input_ids, attention_mask)
 
   def init_cache(self, batch_size: int, length: int) -> transformer.Cache:
@@ -184,13 +195,13 @@ class DecoderLM:
     return transformer.init_cache(self.config, batch_size, length)
 
   def decode(
-      self,
-      params: Params,
-      input_ids: Array,
-      positions: Array,
-      mask: Array,
-      cache: transformer.Cache,
-      cache_index: Array,
+    self,
+    params: Params,
+    input_ids: Array,
+    positions: Array,
+    mask: Array,
+    cache: transformer.Cache,
+    cache_index: Array,
   ) -> tuple[Array, transformer.Cache]:
     """Runs tokens through the model, reading and writing the KV cache.
 
@@ -207,8 +218,9 @@ class DecoderLM:
     Returns:
       ``(hidden [B, T, d_model], updated cache)``.
     """
-    return self.module.apply({"params": params}, input_ids, positions, mask,
-                             cache, cache_index)
+    return self.module.apply(
+      {"params": params}, input_ids, positions, mask, cache, cache_index
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -219,11 +231,19 @@ def _init(model: DecoderLM, rng: Array) -> Params:
 
 def logits_from_hidden(hidden: Array, lm_head: Array) -> Array:
   """``hidden @ lm_head`` accumulated and returned in float32."""
-  logits = jnp.einsum("...d,dv->...v", hidden, lm_head.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
-  return nn.with_logical_constraint(
+  logits = jnp.einsum(
+    "...d,dv->...v",
+    hidden,
+    lm_head.astype(hidden.dtype),
+    preferred_element_type=jnp.float32,
+  )
+  return (
+    nn.with_logical_constraint(
       logits, ("activation_batch", "activation_length", "activation_vocab")
-  ) if logits.ndim == 3 else logits
+    )
+    if logits.ndim == 3
+    else logits
+  )
 
 
 def build(config: DecoderConfig) -> DecoderLM:

@@ -23,11 +23,14 @@ on any mesh; that dimension is then replicated.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
@@ -41,10 +44,10 @@ def _axes(*names: str | None) -> MeshAxes:
 
 
 def logical_axis_rules(
-    *,
-    data: str | None = "data",
-    fsdp: str | None = "fsdp",
-    tensor: str | None = "tensor",
+  *,
+  data: str | None = "data",
+  fsdp: str | None = "fsdp",
+  tensor: str | None = "tensor",
 ) -> tuple[tuple[str, MeshAxes], ...]:
   """Rules mapping the models' logical axis names to mesh axis names.
 
@@ -59,27 +62,28 @@ def logical_axis_rules(
     ``flax.linen.logical_to_mesh_axes``, ``nn.logical_axis_rules``, etc.
   """
   return (
-      ("activation_batch", _axes(data, fsdp)),
-      ("activation_length", None),
-      ("activation_embed", None),
-      ("activation_vocab", _axes(tensor)),
-      ("vocab", _axes(tensor)),
-      ("embed", _axes(fsdp)),
-      ("mlp", _axes(tensor)),
-      ("heads", _axes(tensor)),
-      ("kv_heads", _axes(tensor)),
-      ("head_dim", None),
-      ("positions", None),
-      ("norm", None),
-      ("layers", None),
+    ("activation_batch", _axes(data, fsdp)),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_vocab", _axes(tensor)),
+    ("vocab", _axes(tensor)),
+    ("embed", _axes(fsdp)),
+    ("mlp", _axes(tensor)),
+    ("heads", _axes(tensor)),
+    ("kv_heads", _axes(tensor)),
+    ("head_dim", None),
+    ("positions", None),
+    ("norm", None),
+    ("layers", None),
   )
 
 
 DEFAULT_RULES = logical_axis_rules()
 
 
-def _fit_to_shape(spec: PartitionSpec, shape: Sequence[int],
-                  mesh: Mesh) -> PartitionSpec:
+def _fit_to_shape(
+  spec: PartitionSpec, shape: Sequence[int], mesh: Mesh
+) -> PartitionSpec:
   """Replicates the dimensions that the assigned mesh axes don't divide."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -95,10 +99,10 @@ def _fit_to_shape(spec: PartitionSpec, shape: Sequence[int],
 
 
 def param_partition_specs(
-    model: Any,
-    rules: Rules | None = None,
-    *,
-    mesh: Mesh | None = None,
+  model: Any,
+  rules: Rules | None = None,
+  *,
+  mesh: Mesh | None = None,
 ) -> Any:
   """Mesh ``PartitionSpec`` for every parameter of ``model``.
 
@@ -116,18 +120,22 @@ def param_partition_specs(
   if mesh is None:
     return specs
   return jax.tree.map(
-      lambda spec, leaf: _fit_to_shape(spec, leaf.shape, mesh),
-      specs, model.abstract_params(),
-      is_leaf=lambda x: isinstance(x, PartitionSpec))
+    lambda spec, leaf: _fit_to_shape(spec, leaf.shape, mesh),
+    specs,
+    model.abstract_params(),
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
 
 
-def param_shardings(model: Any, mesh: Mesh, rules: Rules | None = None
-                    ) -> Any:
+def param_shardings(model: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
   """``NamedSharding`` for every parameter of ``model`` on ``mesh``.
 
   Pass the result as ``out_shardings`` of a jitted ``model.init`` or as
   ``shardings`` of ``load_hf_model``.
   """
   specs = param_partition_specs(model, rules, mesh=mesh)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec),
+    specs,
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )

@@ -11,14 +11,18 @@ result does not depend on how the prompt batch was padded.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slpo_jax.models.model import (DecoderLM, Params, attention_mask_3d,
-                                   logits_from_hidden, position_ids)
+from slpo_jax.models.model import DecoderLM
+from slpo_jax.models.model import Params
+from slpo_jax.models.model import attention_mask_3d
+from slpo_jax.models.model import logits_from_hidden
+from slpo_jax.models.model import position_ids
 
 Array = jax.Array
 _EOS_CAPACITY = 4
@@ -57,14 +61,21 @@ def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
   # Keep a token if the mass strictly before it is below top_p, so the
   # most likely token is always kept.
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  nucleus = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf),
-                    axis=-1, keepdims=True)
+  nucleus = jnp.min(
+    jnp.where(mass_before < top_p, sorted_logits, jnp.inf),
+    axis=-1,
+    keepdims=True,
+  )
   # Ties with the threshold are kept, as in other implementations.
   return jnp.where(logits < jnp.maximum(kth, nucleus), -jnp.inf, logits)
 
 
-def _sample(logits: Array, rng: Array, temperature: Array,
-            limits: tuple[Array, Array] | None) -> Array:
+def _sample(
+  logits: Array,
+  rng: Array,
+  temperature: Array,
+  limits: tuple[Array, Array] | None,
+) -> Array:
   """Draws one token per row from float32 ``logits [B, V]``.
 
   Args:
@@ -83,8 +94,13 @@ def _sample(logits: Array, rng: Array, temperature: Array,
   return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
-def _compact(prompt_ids: Array, prompt_mask: Array, tokens: Array,
-             mask: Array, pad_id: Array) -> tuple[Array, Array]:
+def _compact(
+  prompt_ids: Array,
+  prompt_mask: Array,
+  tokens: Array,
+  mask: Array,
+  pad_id: Array,
+) -> tuple[Array, Array]:
   """Real prompt tokens then real generated tokens, right-padded."""
   batch, prompt_len = prompt_ids.shape
   total = prompt_len + tokens.shape[1]
@@ -102,21 +118,19 @@ def _compact(prompt_ids: Array, prompt_mask: Array, tokens: Array,
   return sequences, sequence_mask
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("model", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(
-    model: DecoderLM,
-    params: Params,
-    prompt_ids: Array,
-    prompt_mask: Array,
-    rng: Array,
-    temperature: Array,
-    limits: tuple[Array, Array] | None,
-    eos_ids: Array,
-    pad_id: Array,
-    *,
-    max_new_tokens: int,
+  model: DecoderLM,
+  params: Params,
+  prompt_ids: Array,
+  prompt_mask: Array,
+  rng: Array,
+  temperature: Array,
+  limits: tuple[Array, Array] | None,
+  eos_ids: Array,
+  pad_id: Array,
+  *,
+  max_new_tokens: int,
 ) -> SampleOutput:
   config = model.config
   batch, prompt_len = prompt_ids.shape
@@ -129,17 +143,32 @@ def _generate(
   def is_eos(token: Array) -> Array:
     return jnp.any(token[..., None] == eos_ids, axis=-1)
 
-  key_valid = jnp.zeros((batch, cache_len), bool).at[:, :prompt_len].set(
-      prompt_mask)
-  key_positions = jnp.zeros((batch, cache_len), jnp.int32).at[
-      :, :prompt_len].set(prompt_positions)
+  key_valid = (
+    jnp.zeros((batch, cache_len), bool).at[:, :prompt_len].set(prompt_mask)
+  )
+  key_positions = (
+    jnp.zeros((batch, cache_len), jnp.int32)
+    .at[:, :prompt_len]
+    .set(prompt_positions)
+  )
 
   # Prefill: the whole prompt in one pass, then the next-token logits at
   # each row's last real prompt token.
-  mask = attention_mask_3d(jnp.arange(prompt_len), prompt_positions,
-                           key_positions, key_valid, config.sliding_window)
-  hidden, cache = model.decode(params, prompt_ids, prompt_positions, mask,
-                               model.init_cache(batch, cache_len), 0)
+  mask = attention_mask_3d(
+    jnp.arange(prompt_len),
+    prompt_positions,
+    key_positions,
+    key_valid,
+    config.sliding_window,
+  )
+  hidden, cache = model.decode(
+    params,
+    prompt_ids,
+    prompt_positions,
+    mask,
+    model.init_cache(batch, cache_len),
+    0,
+  )
   last = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)
   last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
   logits = logits_from_hidden(last_hidden, lm_head)
@@ -153,8 +182,7 @@ def _generate(
     # P + step) to get the logits of token step + 1. Sampling in one place
     # keeps a single copy of the random-number code in the program.
     step, logits, tokens, cache, key_valid, key_positions, done = state
-    token = _sample(logits, jax.random.fold_in(rng, step), temperature,
-                    limits)
+    token = _sample(logits, jax.random.fold_in(rng, step), temperature, limits)
     token = jnp.where(done, pad_id, token)
     tokens = tokens.at[:, step].set(token)
     done = done | is_eos(token)
@@ -162,16 +190,29 @@ def _generate(
     position = prompt_lengths + step
     key_valid = key_valid.at[:, slot].set(True)
     key_positions = key_positions.at[:, slot].set(position)
-    mask = attention_mask_3d(slot[None], position[:, None], key_positions,
-                             key_valid, config.sliding_window)
-    hidden, cache = model.decode(params, token[:, None], position[:, None],
-                                 mask, cache, slot)
+    mask = attention_mask_3d(
+      slot[None],
+      position[:, None],
+      key_positions,
+      key_valid,
+      config.sliding_window,
+    )
+    hidden, cache = model.decode(
+      params, token[:, None], position[:, None], mask, cache, slot
+    )
     logits = logits_from_hidden(hidden[:, 0], lm_head)
     return step + 1, logits, tokens, cache, key_valid, key_positions, done
 
   tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-  state = (jnp.int32(0), logits, tokens, cache, key_valid, key_positions,
-           jnp.zeros((batch,), bool))
+  state = (
+    jnp.int32(0),
+    logits,
+    tokens,
+    cache,
+    key_valid,
+    key_positions,
+    jnp.zeros((batch,), bool),
+  )
   tokens = jax.lax.while_loop(cond, body, state)[2]
 
   # A token is real if no EOS came strictly before it; this also holds when
@@ -179,25 +220,27 @@ def _generate(
   eos_seen = jnp.cumsum(is_eos(tokens).astype(jnp.int32), axis=-1)
   out_mask = (eos_seen - is_eos(tokens) == 0).astype(jnp.int32)
   tokens = jnp.where(out_mask == 1, tokens, pad_id)
-  sequences, sequence_mask = _compact(prompt_ids.astype(jnp.int32),
-                                      prompt_mask, tokens, out_mask, pad_id)
-  return SampleOutput(tokens, out_mask, jnp.sum(out_mask, axis=-1),
-                      sequences, sequence_mask)
+  sequences, sequence_mask = _compact(
+    prompt_ids.astype(jnp.int32), prompt_mask, tokens, out_mask, pad_id
+  )
+  return SampleOutput(
+    tokens, out_mask, jnp.sum(out_mask, axis=-1), sequences, sequence_mask
+  )
 
 
 def generate(
-    model: DecoderLM,
-    params: Params,
-    prompt_ids: Array,
-    prompt_mask: Array,
-    *,
-    rng: Array,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | Sequence[int] | None = None,
-    pad_id: int = 0,
+  model: DecoderLM,
+  params: Params,
+  prompt_ids: Array,
+  prompt_mask: Array,
+  *,
+  rng: Array,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+  top_p: float | None = None,
+  eos_id: int | Sequence[int] | None = None,
+  pad_id: int = 0,
 ) -> SampleOutput:
   """Samples continuations of a batch of prompts.
 
@@ -242,24 +285,37 @@ def generate(
   if top_p is not None and not 0 < top_p <= 1:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}")
   prompt_len = prompt_ids.shape[1]
-  if (model.config.family == "gpt2"
-      and prompt_len + max_new_tokens > model.config.max_len):
+  if (
+    model.config.family == "gpt2"
+    and prompt_len + max_new_tokens > model.config.max_len
+  ):
     raise ValueError(
-        f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} "
-        f"exceeds the {model.config.max_len} learned positions")
+      f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} "
+      f"exceeds the {model.config.max_len} learned positions"
+    )
   limits = None
   if top_k is not None or top_p is not None:
     # Defaults that filter nothing: all tokens, and a mass bound above 1.
-    limits = (jnp.asarray(model.config.vocab_size if top_k is None else top_k,
-                          jnp.int32),
-              jnp.asarray(2.0 if top_p is None else top_p, jnp.float32))
+    limits = (
+      jnp.asarray(
+        model.config.vocab_size if top_k is None else top_k, jnp.int32
+      ),
+      jnp.asarray(2.0 if top_p is None else top_p, jnp.float32),
+    )
   eos_ids = [] if eos_id is None else list(np.atleast_1d(eos_id))
   # Padded with -1 (never a token) to a fixed capacity, so that any eos_id
   # up to _EOS_CAPACITY ids reuses one compiled loop.
   capacity = max(_EOS_CAPACITY, len(eos_ids))
   eos_ids = eos_ids + [-1] * (capacity - len(eos_ids))
   return _generate(
-      model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng,
-      jnp.asarray(temperature, jnp.float32), limits,
-      jnp.asarray(eos_ids, jnp.int32), jnp.asarray(pad_id, jnp.int32),
-      max_new_tokens=max_new_tokens)
+    model,
+    params,
+    jnp.asarray(prompt_ids),
+    jnp.asarray(prompt_mask),
+    rng,
+    jnp.asarray(temperature, jnp.float32),
+    limits,
+    jnp.asarray(eos_ids, jnp.int32),
+    jnp.asarray(pad_id, jnp.int32),
+    max_new_tokens=max_new_tokens,
+  )

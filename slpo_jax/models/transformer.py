@@ -35,12 +35,12 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      input_ids: Array,
-      positions: Array,
-      mask: Array,
-      cache: Cache | None = None,
-      cache_index: Array | None = None,
+    self,
+    input_ids: Array,
+    positions: Array,
+    mask: Array,
+    cache: Cache | None = None,
+    cache_index: Array | None = None,
   ) -> tuple[Array, Cache | None]:
     """Runs the decoder.
 
@@ -56,53 +56,66 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     embed = nn.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(layers.INIT_STDDEV), ("vocab", "embed")),
-        name="embed")
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(layers.INIT_STDDEV), ("vocab", "embed")
+      ),
+      name="embed",
+    )
     x = embed(input_ids)
     if cfg.family == "gpt2":
       pos_embed = nn.Embed(
-          cfg.max_len, cfg.d_model, dtype=cfg.dtype,
-          param_dtype=cfg.param_dtype,
-          embedding_init=nn.with_logical_partitioning(
-              nn.initializers.normal(layers.INIT_STDDEV),
-              ("positions", "embed")),
-          name="pos_embed")
+        cfg.max_len,
+        cfg.d_model,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        embedding_init=nn.with_logical_partitioning(
+          nn.initializers.normal(layers.INIT_STDDEV), ("positions", "embed")
+        ),
+        name="pos_embed",
+      )
       x = x + pos_embed(positions)
     x = nn.with_logical_constraint(
-        x, ("activation_batch", "activation_length", "activation_embed"))
+      x, ("activation_batch", "activation_length", "activation_embed")
+    )
 
     block = _block_class(cfg)
     if cfg.scan_layers:
       stack = nn.scan(
-          block,
-          variable_axes={"params": 0},
-          split_rngs={"params": True},
-          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-          length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"},
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x, cache = stack(cfg, name="layers")(x, cache, positions, mask,
-                                           cache_index)
+      x, cache = stack(cfg, name="layers")(
+        x, cache, positions, mask, cache_index
+      )
     else:
       new_cache = []
       for i in range(cfg.num_layers):
         layer_cache = None if cache is None else cache[i]
         x, layer_cache = block(cfg, name=f"layers_{i}")(
-            x, layer_cache, positions, mask, cache_index)
+          x, layer_cache, positions, mask, cache_index
+        )
         new_cache.append(layer_cache)
       cache = None if cache is None else tuple(new_cache)
 
     x = layers.norm(cfg, "final_norm")(x)
     if not cfg.tie_embeddings:
       # Declared here so that ``init`` creates it; ``DecoderLM`` applies it.
-      self.param("lm_head",
-                 nn.with_logical_partitioning(
-                     nn.initializers.normal(layers.INIT_STDDEV),
-                     ("embed", "vocab")),
-                 (cfg.d_model, cfg.vocab_size), cfg.param_dtype)
+      self.param(
+        "lm_head",
+        nn.with_logical_partitioning(
+          nn.initializers.normal(layers.INIT_STDDEV), ("embed", "vocab")
+        ),
+        (cfg.d_model, cfg.vocab_size),
+        cfg.param_dtype,
+      )
     return x, cache
 
 
@@ -112,6 +125,7 @@ def init_cache(config: DecoderConfig, batch_size: int, length: int) -> Cache:
   if config.scan_layers:
     zeros = jnp.zeros((config.num_layers, *shape), config.dtype)
     return {"k": zeros, "v": zeros}
-  return tuple({"k": jnp.zeros(shape, config.dtype),
-                "v": jnp.zeros(shape, config.dtype)}
-               for _ in range(config.num_layers))
+  return tuple(
+    {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}
+    for _ in range(config.num_layers)
+  )

@@ -30,8 +30,8 @@ VOCAB_SIZE = NUM_SPECIAL + len(ACTIONS)
 TRANSITIVE_PAIRS = ((0, 1), (1, 2), (0, 2))
 CONTRADICTORY_PAIRS = ((0, 1), (1, 0))
 DATASETS = {
-    "transitive": TRANSITIVE_PAIRS,
-    "contradictory": CONTRADICTORY_PAIRS,
+  "transitive": TRANSITIVE_PAIRS,
+  "contradictory": CONTRADICTORY_PAIRS,
 }
 
 
@@ -44,7 +44,8 @@ def action_token(action: int) -> int:
   """The token id of action index ``action`` (0, 1, 2 for a, b, c)."""
   if not 0 <= action < len(ACTIONS):
     raise ValueError(
-        f"action index must be in [0, {len(ACTIONS)}), got {action}")
+      f"action index must be in [0, {len(ACTIONS)}), got {action}"
+    )
   return NUM_SPECIAL + action
 
 
@@ -59,6 +60,7 @@ def bandit_pairs(name: str) -> tuple[np.ndarray, np.ndarray]:
   """
   if name not in DATASETS:
     raise ValueError(
-        f"unknown bandit dataset {name!r}; one of {sorted(DATASETS)}")
+      f"unknown bandit dataset {name!r}; one of {sorted(DATASETS)}"
+    )
   pairs = np.asarray(DATASETS[name], np.int32) + NUM_SPECIAL
   return pairs[:, 0], pairs[:, 1]

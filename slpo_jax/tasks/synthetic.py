@@ -23,8 +23,8 @@ into batches (``train/data/synthetic.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,19 +37,74 @@ from slpo_jax.tasks.vocab import PAD_ID
 from slpo_jax.tasks.vocab import WordTokenizer
 
 POSITIVE_WORDS = (
-    "good", "great", "love", "happy", "wonderful", "excellent", "fun",
-    "brilliant", "enjoy", "beautiful", "best", "delight", "superb",
-    "charming", "fine", "nice",
+  "good",
+  "great",
+  "love",
+  "happy",
+  "wonderful",
+  "excellent",
+  "fun",
+  "brilliant",
+  "enjoy",
+  "beautiful",
+  "best",
+  "delight",
+  "superb",
+  "charming",
+  "fine",
+  "nice",
 )
 NEGATIVE_WORDS = (
-    "bad", "awful", "hate", "sad", "terrible", "boring", "worst", "poor",
-    "ugly", "dull", "horrible", "weak", "annoying", "mess", "waste", "fail",
+  "bad",
+  "awful",
+  "hate",
+  "sad",
+  "terrible",
+  "boring",
+  "worst",
+  "poor",
+  "ugly",
+  "dull",
+  "horrible",
+  "weak",
+  "annoying",
+  "mess",
+  "waste",
+  "fail",
 )
 NEUTRAL_WORDS = (
-    "the", "a", "movie", "film", "plot", "actor", "scene", "story", "it",
-    "was", "is", "and", "but", "with", "this", "that", "of", "to", "in",
-    "very", "quite", "ending", "music", "director", "cast", "show", "time",
-    "really", "so", "character", "some", "script",
+  "the",
+  "a",
+  "movie",
+  "film",
+  "plot",
+  "actor",
+  "scene",
+  "story",
+  "it",
+  "was",
+  "is",
+  "and",
+  "but",
+  "with",
+  "this",
+  "that",
+  "of",
+  "to",
+  "in",
+  "very",
+  "quite",
+  "ending",
+  "music",
+  "director",
+  "cast",
+  "show",
+  "time",
+  "really",
+  "so",
+  "character",
+  "some",
+  "script",
 )
 WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS
 FIRST_WORD_ID = NUM_SPECIAL
@@ -64,9 +119,9 @@ def _word_sentiment() -> np.ndarray:
   scores = np.zeros([VOCAB_SIZE], np.float32)
   n_pos, n_neg = len(POSITIVE_WORDS), len(NEGATIVE_WORDS)
   start = FIRST_WORD_ID
-  scores[start:start + n_pos] = np.linspace(1.0, 0.5, n_pos)
+  scores[start : start + n_pos] = np.linspace(1.0, 0.5, n_pos)
   start += n_pos
-  scores[start:start + n_neg] = -np.linspace(1.0, 0.5, n_neg)
+  scores[start : start + n_neg] = -np.linspace(1.0, 0.5, n_neg)
   start += n_neg
   scores[start:] = np.linspace(-0.1, 0.1, len(NEUTRAL_WORDS))
   return scores
@@ -103,8 +158,11 @@ def sentiment_reward(token_ids, where):
     Rewards in [-1, 1], ``[batch]`` float32, of the same array kind as
     ``token_ids`` (a ``jax.Array`` under jit).
   """
-  xp = jnp if isinstance(token_ids, jax.Array) or isinstance(
-      where, jax.Array) else np
+  xp = (
+    jnp
+    if isinstance(token_ids, jax.Array) or isinstance(where, jax.Array)
+    else np
+  )
   token_ids = xp.asarray(token_ids)
   scores = xp.asarray(WORD_SENTIMENT)[token_ids]
   is_word = (token_ids >= FIRST_WORD_ID) & xp.asarray(where, dtype=bool)
@@ -114,7 +172,7 @@ def sentiment_reward(token_ids, where):
 
 
 def make_base_language(
-    seed: int, *, concentration: float = 0.3, eos_probability: float = 0.1
+  seed: int, *, concentration: float = 0.3, eos_probability: float = 0.1
 ) -> np.ndarray:
   """The base language: a random bigram Markov chain over the words.
 
@@ -134,14 +192,16 @@ def make_base_language(
   """
   if not 0.0 < eos_probability < 1.0:
     raise ValueError(
-        f"eos_probability must be in (0, 1), got {eos_probability}")
+      f"eos_probability must be in (0, 1), got {eos_probability}"
+    )
   rng = np.random.default_rng(seed)
   num_words = len(WORDS)
   transition = np.zeros([VOCAB_SIZE, VOCAB_SIZE])
   transition[PAD_ID, PAD_ID] = 1.0
   transition[EOS_ID, PAD_ID] = 1.0
   transition[BOS_ID, FIRST_WORD_ID:] = rng.dirichlet(
-      np.full(num_words, concentration))
+    np.full(num_words, concentration)
+  )
   words = rng.dirichlet(np.full(num_words, concentration), size=num_words)
   transition[FIRST_WORD_ID:, FIRST_WORD_ID:] = (1.0 - eos_probability) * words
   transition[FIRST_WORD_ID:, EOS_ID] = eos_probability
@@ -156,10 +216,10 @@ def _sample_step(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_prompts(
-    transition: np.ndarray,
-    rng: np.random.Generator,
-    num_prompts: int,
-    prompt_length: int,
+  transition: np.ndarray,
+  rng: np.random.Generator,
+  num_prompts: int,
+  prompt_length: int,
 ) -> np.ndarray:
   """Prompts: ``prompt_length`` words of the base language after BOS.
 
@@ -177,12 +237,12 @@ def sample_prompts(
 
 
 def sample_continuations(
-    transition: np.ndarray,
-    prompts: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    max_new_tokens: int,
-    min_new_tokens: int = 1,
+  transition: np.ndarray,
+  prompts: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  max_new_tokens: int,
+  min_new_tokens: int = 1,
 ) -> np.ndarray:
   """Continues each prompt in the base language until EOS.
 
@@ -212,8 +272,9 @@ def sample_continuations(
       probs[:, EOS_ID] = 0.0
     if t == max_new_tokens:
       # Rows still open must end here; rows that ended continue as PAD.
-      probs = np.where(state[:, None] >= FIRST_WORD_ID,
-                       np.eye(VOCAB_SIZE)[EOS_ID], probs)
+      probs = np.where(
+        state[:, None] >= FIRST_WORD_ID, np.eye(VOCAB_SIZE)[EOS_ID], probs
+      )
     state = _sample_step(probs, rng)
     responses[:, t] = state
   return responses
@@ -233,7 +294,7 @@ def response_mask(responses: np.ndarray) -> np.ndarray:
 
 
 def base_language_sampler(
-    transition: np.ndarray, *, max_new_tokens: int, min_new_tokens: int = 1
+  transition: np.ndarray, *, max_new_tokens: int, min_new_tokens: int = 1
 ) -> SampleFn:
   """A ``sample_fn`` that samples from the base language itself.
 
@@ -243,8 +304,12 @@ def base_language_sampler(
 
   def sample_fn(prompts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return sample_continuations(
-        transition, prompts, rng, max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens)
+      transition,
+      prompts,
+      rng,
+      max_new_tokens=max_new_tokens,
+      min_new_tokens=min_new_tokens,
+    )
 
   return sample_fn
 
@@ -283,12 +348,12 @@ def _pad_to(responses: np.ndarray, length: int) -> np.ndarray:
 
 
 def make_preference_pairs(
-    prompts: np.ndarray,
-    sample_fn: SampleFn,
-    reward_fn: RewardFn,
-    rng: np.random.Generator,
-    *,
-    batch_size: int | None = None,
+  prompts: np.ndarray,
+  sample_fn: SampleFn,
+  reward_fn: RewardFn,
+  rng: np.random.Generator,
+  *,
+  batch_size: int | None = None,
 ) -> PreferencePairs:
   """Samples two responses per prompt and prefers the higher reward.
 
@@ -311,15 +376,17 @@ def make_preference_pairs(
   chunk = batch_size or max(num_prompts, 1)
   firsts, seconds = [], []
   for start in range(0, num_prompts, chunk):
-    part = prompts[start:start + chunk]
+    part = prompts[start : start + chunk]
     responses = np.asarray(sample_fn(np.concatenate([part, part]), rng))
-    firsts.append(responses[:len(part)])
-    seconds.append(responses[len(part):])
+    firsts.append(responses[: len(part)])
+    seconds.append(responses[len(part) :])
   length = max([r.shape[1] for r in firsts] or [1])
-  first = np.concatenate([_pad_to(r, length) for r in firsts] or
-                         [np.zeros([0, length], np.int32)]).astype(np.int32)
-  second = np.concatenate([_pad_to(r, length) for r in seconds] or
-                          [np.zeros([0, length], np.int32)]).astype(np.int32)
+  first = np.concatenate(
+    [_pad_to(r, length) for r in firsts] or [np.zeros([0, length], np.int32)]
+  ).astype(np.int32)
+  second = np.concatenate(
+    [_pad_to(r, length) for r in seconds] or [np.zeros([0, length], np.int32)]
+  ).astype(np.int32)
   first_mask, second_mask = response_mask(first), response_mask(second)
   # Zero what lies outside the response so the arrays are canonical.
   first = np.where(first_mask, first, PAD_ID)
@@ -331,13 +398,13 @@ def make_preference_pairs(
   index = np.flatnonzero(keep)
   pick = lambda a, b: np.where(first_wins, a, b)[keep]
   return PreferencePairs(
-      prompt_index=index.astype(np.int64),
-      prompts=prompts[keep],
-      chosen=pick(first, second),
-      chosen_mask=pick(first_mask, second_mask),
-      rejected=pick(second, first),
-      rejected_mask=pick(second_mask, first_mask),
-      chosen_reward=np.maximum(first_reward, second_reward)[keep],
-      rejected_reward=np.minimum(first_reward, second_reward)[keep],
-      num_ties=int(num_prompts - keep.sum()),
+    prompt_index=index.astype(np.int64),
+    prompts=prompts[keep],
+    chosen=pick(first, second),
+    chosen_mask=pick(first_mask, second_mask),
+    rejected=pick(second, first),
+    rejected_mask=pick(second_mask, first_mask),
+    chosen_reward=np.maximum(first_reward, second_reward)[keep],
+    rejected_reward=np.minimum(first_reward, second_reward)[keep],
+    num_ties=int(num_prompts - keep.sum()),
   )

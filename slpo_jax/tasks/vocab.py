@@ -79,9 +79,7 @@ class WordTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     """Maps ids to words joined by spaces, dropping the special tokens."""
-    return " ".join(
-        self._pieces[int(i)] for i in ids if int(i) >= NUM_SPECIAL
-    )
+    return " ".join(self._pieces[int(i)] for i in ids if int(i) >= NUM_SPECIAL)
 
   def id_to_piece(self, token_id: int) -> str:
     """The word or special token with this id (specials included)."""

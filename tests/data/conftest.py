@@ -12,9 +12,9 @@ from train import data
 def pair_record(i: int) -> dict:
   """A valid explicit record whose texts differ per index."""
   return {
-      "prompt": f"Question {i}: what is {i} plus {i}?",
-      "chosen": f" It is {2 * i}.",
-      "rejected": f" It is {2 * i + 1}, I think." + " really" * (i % 7),
+    "prompt": f"Question {i}: what is {i} plus {i}?",
+    "chosen": f" It is {2 * i}.",
+    "rejected": f" It is {2 * i + 1}, I think." + " really" * (i % 7),
   }
 
 
@@ -37,8 +37,9 @@ def write_lines(path: pathlib.Path, lines) -> pathlib.Path:
 @pytest.fixture
 def jsonl_file(tmp_path):
   """A JSONL file of 40 valid explicit pairs."""
-  return write_lines(tmp_path / "pairs.jsonl",
-                     [pair_record(i) for i in range(40)])
+  return write_lines(
+    tmp_path / "pairs.jsonl", [pair_record(i) for i in range(40)]
+  )
 
 
 @pytest.fixture

@@ -2,18 +2,24 @@
 
 import json
 
-from etils import epath
 import grain
 import numpy as np
 import pytest
+from etils import epath
 
 from train import data
 from train.data import encode
 
 
 def _pipeline(config, **overrides):
-  kwargs = dict(tokenizer=data.ByteTokenizer(), batch_size=4, seed=0,
-                shard_index=0, shard_count=1, split="train")
+  kwargs = dict(
+    tokenizer=data.ByteTokenizer(),
+    batch_size=4,
+    seed=0,
+    shard_index=0,
+    shard_count=1,
+    split="train",
+  )
   kwargs.update(overrides)
   return data.make_pipeline(config, **kwargs)
 
@@ -33,8 +39,9 @@ def _check_batch(batch, pairs_by_id, tok, buckets):
     mask = batch[f"{side}_attention_mask"]
     labels = batch[f"{side}_labels"]
     loss = batch[f"{side}_loss_mask"]
-    assert ids.shape == mask.shape == labels.shape == loss.shape == (
-        size, length)
+    assert (
+      ids.shape == mask.shape == labels.shape == loss.shape == (size, length)
+    )
     assert ids.dtype == mask.dtype == labels.dtype == np.int32
     assert loss.dtype == bool
     for row, example_id in enumerate(batch["example_id"]):
@@ -44,16 +51,18 @@ def _check_batch(batch, pairs_by_id, tok, buckets):
       np.testing.assert_array_equal(ids[row, :n], tokens)
       assert np.all(ids[row, n:] == tok.pad_id)  # Right padding.
       np.testing.assert_array_equal(mask[row], np.arange(length) < n)
-      np.testing.assert_array_equal(labels[row, :n - 1], tokens[1:])
-      assert np.all(labels[row, n - 1:] == 0)
+      np.testing.assert_array_equal(labels[row, : n - 1], tokens[1:])
+      assert np.all(labels[row, n - 1 :] == 0)
       # Exactly the labels that are response tokens.
       np.testing.assert_array_equal(
-          loss[row], (np.arange(length) >= p - 1) & (np.arange(length) < n - 1))
+        loss[row], (np.arange(length) >= p - 1) & (np.arange(length) < n - 1)
+      )
   # Chosen and rejected share the prompt tokens at the same positions.
   for row, example_id in enumerate(batch["example_id"]):
     p = len(pairs_by_id[int(example_id)].prompt)
-    np.testing.assert_array_equal(batch["chosen_input_ids"][row, :p],
-                                  batch["rejected_input_ids"][row, :p])
+    np.testing.assert_array_equal(
+      batch["chosen_input_ids"][row, :p], batch["rejected_input_ids"][row, :p]
+    )
 
 
 def test_batch_format(jsonl_config):
@@ -79,29 +88,38 @@ def test_hh_batches(hh_rlhf_path):
   tok = data.ByteTokenizer()
   dataset = data.load_dataset(config, tokenizer=tok, split="train")
   pairs_by_id = {p.example_id: p for p in dataset.pairs}
-  batches = dataset.batches(batch_size=8, seed=1, shard_index=0,
-                            shard_count=1, repeat=True)
+  batches = dataset.batches(
+    batch_size=8, seed=1, shard_index=0, shard_count=1, repeat=True
+  )
   for _ in range(3):
     _check_batch(next(batches), pairs_by_id, tok, config.length_buckets)
 
 
 def test_truncation_follows_the_reference_rule():
-  cut = encode.truncate([9, 1, 2, 3, 4, 5], [7] * 3 + [0], [8] * 2 + [0],
-                        max_length=10, max_prompt_length=5)
+  cut = encode.truncate(
+    [9, 1, 2, 3, 4, 5],
+    [7] * 3 + [0],
+    [8] * 2 + [0],
+    max_length=10,
+    max_prompt_length=5,
+  )
   # 6 + 4 = 10 fits: nothing is cut.
   assert cut.prompt == [9, 1, 2, 3, 4, 5] and not cut.prompt_truncated
-  cut = encode.truncate([9, 1, 2, 3, 4, 5, 6], [7] * 6, [8] * 2,
-                        max_length=10, max_prompt_length=4)
+  cut = encode.truncate(
+    [9, 1, 2, 3, 4, 5, 6], [7] * 6, [8] * 2, max_length=10, max_prompt_length=4
+  )
   # Prompt keeps BOS + its last 3 tokens; responses get 10 - 4 = 6.
   assert cut.prompt == [9, 4, 5, 6] and cut.prompt_truncated
   assert cut.chosen == [7] * 6 and not cut.responses_truncated
-  cut = encode.truncate([9, 1, 2, 3, 4, 5, 6], [7] * 9, [8] * 9,
-                        max_length=10, max_prompt_length=3)
+  cut = encode.truncate(
+    [9, 1, 2, 3, 4, 5, 6], [7] * 9, [8] * 9, max_length=10, max_prompt_length=3
+  )
   assert cut.prompt == [9, 5, 6]
   assert cut.chosen == [7] * 7 and cut.responses_truncated
   # A short prompt is not cut even when the responses must be.
-  cut = encode.truncate([9, 1], [7] * 20, [8], max_length=10,
-                        max_prompt_length=5)
+  cut = encode.truncate(
+    [9, 1], [7] * 20, [8], max_length=10, max_prompt_length=5
+  )
   assert cut.prompt == [9, 1] and cut.chosen == [7] * 8 and cut.rejected == [8]
 
 
@@ -116,8 +134,10 @@ def test_shuffling_is_deterministic_from_the_seed(jsonl_config):
 
 def test_epochs_are_reshuffled(jsonl_config):
   batches = _pipeline(jsonl_config, batch_size=8)
-  epochs = [sum((next(batches)["example_id"].tolist() for _ in range(5)), [])
-            for _ in range(2)]
+  epochs = [
+    sum((next(batches)["example_id"].tolist() for _ in range(5)), [])
+    for _ in range(2)
+  ]
   assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(40))
   assert epochs[0] != epochs[1]
 
@@ -165,8 +185,9 @@ def test_two_shards_split_every_global_batch(jsonl_config):
   whole = [next(one_host)["example_id"].tolist() for _ in range(5)]
   halves = []
   for shard in range(2):
-    batches = _pipeline(jsonl_config, batch_size=4, shard_index=shard,
-                        shard_count=2)
+    batches = _pipeline(
+      jsonl_config, batch_size=4, shard_index=shard, shard_count=2
+    )
     assert batches.num_shard_examples == 20
     halves.append([next(batches)["example_id"].tolist() for _ in range(5)])
   # Host i holds rows [4i, 4i + 4) of the batch one host would see, so the
@@ -180,8 +201,9 @@ def test_eval_single_pass_pads_the_last_batch_on_every_shard(jsonl_config):
   jsonl_config.eval_fraction = 0.3  # 12 eval pairs.
   per_shard, weights_per_shard = [], []
   for shard in range(2):
-    batches = _pipeline(jsonl_config, split="eval", batch_size=4,
-                        shard_index=shard, shard_count=2)
+    batches = _pipeline(
+      jsonl_config, split="eval", batch_size=4, shard_index=shard, shard_count=2
+    )
     assert batches.num_batches == 2  # ceil(12 / (2 * 4)) on both shards.
     got = list(batches)
     assert len(got) == 2
@@ -193,8 +215,9 @@ def test_eval_single_pass_pads_the_last_batch_on_every_shard(jsonl_config):
   assert weights_per_shard == [[1] * 8, [1] * 4 + [0] * 4]
   real = [set(ids[w == 1].tolist()) for ids, w in per_shard]
   assert not real[0] & real[1]
-  full = data.load_dataset(jsonl_config, tokenizer=data.ByteTokenizer(),
-                           split="eval")
+  full = data.load_dataset(
+    jsonl_config, tokenizer=data.ByteTokenizer(), split="eval"
+  )
   assert real[0] | real[1] == {p.example_id for p in full.pairs}
   # Filler rows repeat a real pair of the split (finite losses, and a cache
   # indexed by example_id is written with a correct value).
@@ -218,8 +241,10 @@ def test_fingerprint(jsonl_config):
   assert data.fingerprint(batches) == first
   jsonl_config.max_length = 64  # Truncation changes the tokens.
   jsonl_config.max_prompt_length = 32
-  assert data.dataset_fingerprint(
-      jsonl_config, tokenizer=tok, split="train") != first
+  assert (
+    data.dataset_fingerprint(jsonl_config, tokenizer=tok, split="train")
+    != first
+  )
 
 
 def test_sharding_and_batch_errors(jsonl_config):

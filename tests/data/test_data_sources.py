@@ -10,8 +10,14 @@ from train.data import sources
 
 
 def _texts(dataset, tokenizer):
-  return [(tokenizer.decode(p.prompt), tokenizer.decode(p.chosen),
-           tokenizer.decode(p.rejected)) for p in dataset.pairs]
+  return [
+    (
+      tokenizer.decode(p.prompt),
+      tokenizer.decode(p.chosen),
+      tokenizer.decode(p.rejected),
+    )
+    for p in dataset.pairs
+  ]
 
 
 def test_jsonl_plain_and_gzip_read_the_same(jsonl_config, jsonl_file, tmp_path):
@@ -26,29 +32,39 @@ def test_jsonl_plain_and_gzip_read_the_same(jsonl_config, jsonl_file, tmp_path):
   assert [p.example_id for p in plain.pairs] == list(range(40))
   prompt, chosen, rejected = _texts(plain, tok)[3]
   assert (prompt, chosen, rejected) == (
-      "Question 3: what is 3 plus 3?", " It is 6.", " It is 7, I think. really"
-      " really" " really")
+    "Question 3: what is 3 plus 3?",
+    " It is 6.",
+    " It is 7, I think. really really really",
+  )
 
 
 def test_remapped_and_nested_fields(jsonl_config, tmp_path, write_jsonl):
-  records = [{"meta": {"question": f"q{i}"}, "good": f"yes {i}",
-              "bad": f"no {i}"} for i in range(5)]
+  records = [
+    {"meta": {"question": f"q{i}"}, "good": f"yes {i}", "bad": f"no {i}"}
+    for i in range(5)
+  ]
   jsonl_config.train_path = str(write_jsonl(tmp_path / "r.jsonl", records))
-  jsonl_config.field_map = dict(prompt="meta/question", chosen="good",
-                                rejected="bad")
+  jsonl_config.field_map = dict(
+    prompt="meta/question", chosen="good", rejected="bad"
+  )
   tok = data.ByteTokenizer()
   dataset = data.load_dataset(jsonl_config, tokenizer=tok, split="train")
   assert _texts(dataset, tok)[2] == ("q2", "yes 2", "no 2")
 
 
 def test_hh_prompt_is_up_to_the_last_assistant_turn():
-  chosen = ("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke."
-            "\n\nAssistant: Sure, here is one about cats.")
-  rejected = ("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke."
-              "\n\nAssistant: Sure, here is one about dogs.")
+  chosen = (
+    "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke."
+    "\n\nAssistant: Sure, here is one about cats."
+  )
+  rejected = (
+    "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke."
+    "\n\nAssistant: Sure, here is one about dogs."
+  )
   prompt, c, r = sources.split_hh_transcripts(chosen, rejected)
-  assert prompt == ("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a "
-                    "joke.\n\nAssistant:")
+  assert prompt == (
+    "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke.\n\nAssistant:"
+  )
   # Not the common prefix, which would swallow " Sure, here is one about ".
   assert c == " Sure, here is one about cats."
   assert r == " Sure, here is one about dogs."
@@ -57,8 +73,9 @@ def test_hh_prompt_is_up_to_the_last_assistant_turn():
 def test_hh_rejected_must_share_the_prompt():
   with pytest.raises(sources._BadRecord) as info:
     sources.split_hh_transcripts(
-        "\n\nHuman: A\n\nAssistant: x\n\nHuman: B\n\nAssistant: y",
-        "\n\nHuman: A\n\nAssistant: z")
+      "\n\nHuman: A\n\nAssistant: x\n\nHuman: B\n\nAssistant: y",
+      "\n\nHuman: A\n\nAssistant: z",
+    )
   assert info.value.reason == "prompt_mismatch"
   with pytest.raises(sources._BadRecord) as info:
     sources.split_hh_transcripts("no turns here", "no turns there")
@@ -120,9 +137,11 @@ def test_held_out_split(jsonl_config):
 
 
 def test_held_out_membership_is_stable_when_lines_are_added(
-    jsonl_config, tmp_path, write_jsonl, pair_record):
+  jsonl_config, tmp_path, write_jsonl, pair_record
+):
   text_pairs = lambda n: [
-      sources.TextPair(i, **pair_record(i), location=str(i)) for i in range(n)]
+    sources.TextPair(i, **pair_record(i), location=str(i)) for i in range(n)
+  ]
   small, _ = sources.split_held_out(text_pairs(200), 0.1, "eval")
   large, _ = sources.split_held_out(text_pairs(220), 0.1, "eval")
   # Adding lines moves only the boundary: most held-out pairs stay held out.
@@ -131,8 +150,11 @@ def test_held_out_membership_is_stable_when_lines_are_added(
 
 
 def test_separate_eval_file(jsonl_config, tmp_path, write_jsonl, pair_record):
-  jsonl_config.eval_path = str(write_jsonl(
-      tmp_path / "eval.jsonl", [pair_record(100 + i) for i in range(6)]))
+  jsonl_config.eval_path = str(
+    write_jsonl(
+      tmp_path / "eval.jsonl", [pair_record(100 + i) for i in range(6)]
+    )
+  )
   tok = data.ByteTokenizer()
   held = data.load_dataset(jsonl_config, tokenizer=tok, split="eval")
   assert len(held) == 6 and held.report.source == jsonl_config.eval_path

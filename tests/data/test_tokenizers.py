@@ -17,8 +17,10 @@ from train import data
 
 
 def _corpus():
-  words = ("the cat sat on a mat while dogs ran far away and birds sang "
-           "songs of joy question answer yes no maybe it is plus what").split()
+  words = (
+    "the cat sat on a mat while dogs ran far away and birds sang "
+    "songs of joy question answer yes no maybe it is plus what"
+  ).split()
   rng = np.random.default_rng(0)
   return [" ".join(rng.choice(words, size=8)) + f" {i}." for i in range(400)]
 
@@ -30,12 +32,15 @@ def tokenizer_json(tmp_path_factory):
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False)
+    vocab_size=400,
+    special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
   tok.train_from_iterator(_corpus(), trainer)
   tok.post_processor = processors.TemplateProcessing(
-      single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+  )
   path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
   tok.save(str(path))
   return path
@@ -46,8 +51,13 @@ def sentencepiece_model(tmp_path_factory):
   """A unigram SentencePiece model with ~100 pieces, no PAD piece."""
   model = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(_corpus()), model_writer=model, vocab_size=100,
-      model_type="unigram", hard_vocab_limit=False, minloglevel=2)
+    sentence_iterator=iter(_corpus()),
+    model_writer=model,
+    vocab_size=100,
+    model_type="unigram",
+    hard_vocab_limit=False,
+    minloglevel=2,
+  )
   path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
   path.write_bytes(model.getvalue())
   return path
@@ -56,7 +66,11 @@ def sentencepiece_model(tmp_path_factory):
 def test_byte_tokenizer():
   tok = data.ByteTokenizer()
   assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (
-      256, 257, 258, 259)
+    256,
+    257,
+    258,
+    259,
+  )
   text = "héllo ✓"
   ids = tok.encode(text)
   assert len(ids) == len(text.encode("utf-8"))
@@ -77,8 +91,10 @@ def test_hf_tokenizer(tokenizer_json):
   assert tok.encode(text) == raw.encode(text, add_special_tokens=False).ids
   assert tok.bos_id not in tok.encode(text)
   assert tok.decode([tok.bos_id, *tok.encode(text), tok.eos_id]) == text
-  assert tok.encode_batch([text, "dogs"]) == [tok.encode(text),
-                                              tok.encode("dogs")]
+  assert tok.encode_batch([text, "dogs"]) == [
+    tok.encode(text),
+    tok.encode("dogs"),
+  ]
   # A directory (a model checkpoint) finds its tokenizer.json.
   assert data.load_tokenizer(str(tokenizer_json.parent)).eos_id == tok.eos_id
 
@@ -86,9 +102,15 @@ def test_hf_tokenizer(tokenizer_json):
 def test_hf_tokenizer_config_names_the_special_tokens(tokenizer_json, tmp_path):
   path = tmp_path / "tokenizer.json"
   path.write_bytes(tokenizer_json.read_bytes())
-  (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-      "bos_token": {"content": "</s>"}, "eos_token": "<pad>",
-      "pad_token": None}))
+  (tmp_path / "tokenizer_config.json").write_text(
+    json.dumps(
+      {
+        "bos_token": {"content": "</s>"},
+        "eos_token": "<pad>",
+        "pad_token": None,
+      }
+    )
+  )
   tok = data.HFTokenizer(str(path))
   raw = tokenizers.Tokenizer.from_file(str(path))
   assert tok.bos_id == raw.token_to_id("</s>")
@@ -99,8 +121,9 @@ def test_hf_tokenizer_config_names_the_special_tokens(tokenizer_json, tmp_path):
 
 
 def test_hf_tokenizer_without_eos_is_rejected(tmp_path):
-  tok = tokenizers.Tokenizer(models.WordLevel({"a": 0, "<unk>": 1},
-                                              unk_token="<unk>"))
+  tok = tokenizers.Tokenizer(
+    models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")
+  )
   tok.save(str(tmp_path / "tokenizer.json"))
   with pytest.raises(data.DataError, match="no EOS token"):
     data.load_tokenizer(str(tmp_path / "tokenizer.json"))
@@ -132,14 +155,24 @@ def test_tokenizer_specs_that_fail(tmp_path):
 
 @pytest.mark.parametrize("kind", ["bytes", "json", "sentencepiece"])
 def test_exactly_one_bos_and_eos_ending_responses(
-    kind, jsonl_config, tokenizer_json, sentencepiece_model):
-  spec = {"bytes": "bytes", "json": str(tokenizer_json),
-          "sentencepiece": str(sentencepiece_model)}[kind]
+  kind, jsonl_config, tokenizer_json, sentencepiece_model
+):
+  spec = {
+    "bytes": "bytes",
+    "json": str(tokenizer_json),
+    "sentencepiece": str(sentencepiece_model),
+  }[kind]
   jsonl_config.tokenizer = spec
   tok = data.make_tokenizer(jsonl_config)
   batches = data.make_pipeline(
-      jsonl_config, tokenizer=tok, batch_size=8, seed=0, shard_index=0,
-      shard_count=1, split="train")
+    jsonl_config,
+    tokenizer=tok,
+    batch_size=8,
+    seed=0,
+    shard_index=0,
+    shard_count=1,
+    split="train",
+  )
   for _ in range(5):
     batch = next(batches)
     for side in ("chosen", "rejected"):
@@ -159,7 +192,6 @@ def test_exactly_one_bos_and_eos_ending_responses(
 def test_encode_adding_bos_does_not_double_it(jsonl_config):
 
   class AddsBos(data.ByteTokenizer):
-
     def encode(self, text):
       return [self.bos_id] + super().encode(text)
 
@@ -168,8 +200,9 @@ def test_encode_adding_bos_does_not_double_it(jsonl_config):
     assert pair.prompt[0] == 256 and pair.prompt[1] != 256
 
 
-def test_empty_tokenizer_means_the_model_checkpoint(jsonl_config,
-                                                    tokenizer_json):
+def test_empty_tokenizer_means_the_model_checkpoint(
+  jsonl_config, tokenizer_json
+):
   jsonl_config.tokenizer = ""
   tok = data.make_tokenizer(jsonl_config, str(tokenizer_json.parent))
   assert isinstance(tok, data.HFTokenizer)

@@ -50,9 +50,13 @@ def fitted(tmp_path_factory):
   reference_dir = cg.fit_reference(config, workdir / "reference_fit")
   model, reference_params = models.load_hf_model(reference_dir)
   evaluator = sampling_eval.SamplingEvaluator(
-      model, reference_params, synthetic_prompts(config.data, "eval"),
-      max_new_tokens=config.data.synthetic.max_new_tokens + 1,
-      samples_per_prompt=SAMPLES_PER_PROMPT, seed=0)
+    model,
+    reference_params,
+    synthetic_prompts(config.data, "eval"),
+    max_new_tokens=config.data.synthetic.max_new_tokens + 1,
+    samples_per_prompt=SAMPLES_PER_PROMPT,
+    seed=0,
+  )
   return workdir, config, reference_dir, reference_params, evaluator
 
 
@@ -69,8 +73,10 @@ def test_sequence_kl_matches_float64_numpy():
   lp, lq = log_softmax(p_logits), log_softmax(q_logits)
   expected = ((np.exp(lp) * (lp - lq)).sum(-1) * where).sum(-1)
   got = sampling_eval.sequence_kl(
-      jnp.asarray(p_logits, jnp.float32), jnp.asarray(q_logits, jnp.float32),
-      where)
+    jnp.asarray(p_logits, jnp.float32),
+    jnp.asarray(q_logits, jnp.float32),
+    where,
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
   same = sampling_eval.sequence_kl(p_logits, p_logits, where)
   np.testing.assert_array_equal(same, np.zeros(3))

@@ -15,8 +15,7 @@ from experiments import plots
 from experiments import preference_sets
 from experiments import training
 
-CONFIG = training.TrainConfig(steps=2000, learning_rate=0.01,
-                              record_every=100)
+CONFIG = training.TrainConfig(steps=2000, learning_rate=0.01, record_every=100)
 SEEDS = 2
 
 
@@ -28,21 +27,29 @@ def _quiet(*args, **kwargs):
 def bandit_runs():
   grid = [objectives.dpo(0.5), objectives.slpo(4.0)]
   return enumeration.run_grid(
-      SEEDS, CONFIG, grid=grid, settings=["bandit_uniform", "bandit_random"],
-      log=_quiet)
+    SEEDS,
+    CONFIG,
+    grid=grid,
+    settings=["bandit_uniform", "bandit_random"],
+    log=_quiet,
+  )
 
 
 @pytest.fixture(scope="module")
 def tiny_lm_runs():
   grid = [objectives.ipo(0.5), objectives.slpo()]
   return enumeration.run_grid(
-      SEEDS, CONFIG, grid=grid, settings=["tiny_lm_random"], log=_quiet)
+    SEEDS, CONFIG, grid=grid, settings=["tiny_lm_random"], log=_quiet
+  )
 
 
 def _row(rows, setting, dataset, label):
   for row in rows:
-    name = f"{row['loss']} {row['hparam']}={row['value']:g}" if row[
-        "hparam"] else row["loss"]
+    name = (
+      f"{row['loss']} {row['hparam']}={row['value']:g}"
+      if row["hparam"]
+      else row["loss"]
+    )
     if (row["setting"], row["dataset"], name) == (setting, dataset, label):
       return row
   raise KeyError((setting, dataset, label))
@@ -82,7 +89,7 @@ def test_hard_slpo_reaches_the_papers_target_on_a_single_pair(tiny_lm_runs):
   rows, _ = tiny_lm_runs
   row = _row(rows, "tiny_lm_random", "single_pair", "slpo")
   assert row["slpo_target_abs_gap"] < 1e-3  # pi(y_w) = pi_ref(y_w + y_l)
-  assert row["pi_b"] < 1e-3                 # pi(y_l) -> 0
+  assert row["pi_b"] < 1e-3  # pi(y_l) -> 0
   assert abs(row["unobserved_change"]) < 1e-3  # the rest keeps its mass
   # ... but not its shape: the loss does not see how the rest is spread.
   assert row["rest_kl"] > 1e-2
@@ -100,13 +107,17 @@ def test_fixed_point_formula_on_the_uniform_bandit():
   space, responses, _ = enumeration.SETTINGS["bandit_uniform"]
   reference = np.full((1, 3), 1.0 / 3.0)
   transitive = enumeration.slpo_fixed_point(
-      preference_sets.make("transitive", space, responses), reference)
+    preference_sets.make("transitive", space, responses), reference
+  )
   np.testing.assert_allclose(
-      [transitive[name][0] for name in "abc"], [2 / 3, 1 / 3, 0.0])
+    [transitive[name][0] for name in "abc"], [2 / 3, 1 / 3, 0.0]
+  )
   contradictory = enumeration.slpo_fixed_point(
-      preference_sets.make("contradictory", space, responses), reference)
+    preference_sets.make("contradictory", space, responses), reference
+  )
   np.testing.assert_allclose(
-      [contradictory[name][0] for name in "ab"], [1 / 3, 1 / 3])
+    [contradictory[name][0] for name in "ab"], [1 / 3, 1 / 3]
+  )
 
 
 def test_rows_have_every_metric_and_plots_write(bandit_runs, tmp_path):
@@ -116,8 +127,9 @@ def test_rows_have_every_metric_and_plots_write(bandit_runs, tmp_path):
       assert {metric, f"{metric}_lo", f"{metric}_hi"} <= set(row)
     assert row["seeds"] == (1 if row["setting"] == "bandit_uniform" else SEEDS)
     assert not math.isnan(row["kl"]) and row["kl"] >= -1e-9
-  plots.learning_curves(curves, "bandit_uniform", "transitive",
-                        tmp_path / "curves")
+  plots.learning_curves(
+    curves, "bandit_uniform", "transitive", tmp_path / "curves"
+  )
   plots.final_mass(rows, tmp_path / "mass", settings=("bandit_random",))
   assert (tmp_path / "curves.png").stat().st_size > 0
   assert (tmp_path / "curves.csv").read_text().startswith("loss,step,")

@@ -20,10 +20,14 @@ def pair():
 def float32_norms(pair):
   pullback = gradient_scale.Pullback(pair, LENGTHS, jnp.float32)
   return {
-      objective.label: gradient_scale.norm(
-          gradient_scale.gradients(objective, pullback))
-      for objective in (objectives.dpo(0.1), objectives.slpo(),
-                        objectives.slpo(8.0))
+    objective.label: gradient_scale.norm(
+      gradient_scale.gradients(objective, pullback)
+    )
+    for objective in (
+      objectives.dpo(0.1),
+      objectives.slpo(),
+      objectives.slpo(8.0),
+    )
   }
 
 
@@ -34,8 +38,7 @@ def test_pair_has_realistic_token_probabilities(pair):
   np.testing.assert_allclose(np.exp(chosen_logits).sum(axis=1), 1.0)
 
 
-def test_hard_slpo_underflows_in_float32_and_tempered_does_not(
-    float32_norms):
+def test_hard_slpo_underflows_in_float32_and_tempered_does_not(float32_norms):
   hard = float32_norms["slpo"]
   tempered = float32_norms["slpo_tempered t=8"]
   lengths = np.array(LENGTHS)
@@ -59,10 +62,12 @@ def test_float64_hard_slpo_matches_its_closed_form(pair):
     measured = gradient_scale.gradients(objectives.slpo(), pullback)
     formula, log_w, log_l = gradient_scale.slpo_formula(pullback)
   assert np.all(log_w < 0) and np.all(log_l < 0)
-  np.testing.assert_allclose(gradient_scale.norm(measured),
-                             gradient_scale.norm(formula), rtol=1e-9)
   np.testing.assert_allclose(
-      gradient_scale.cosine(measured, formula), 1.0, atol=1e-9)
+    gradient_scale.norm(measured), gradient_scale.norm(formula), rtol=1e-9
+  )
+  np.testing.assert_allclose(
+    gradient_scale.cosine(measured, formula), 1.0, atol=1e-9
+  )
 
 
 def test_norm_survives_tiny_values():

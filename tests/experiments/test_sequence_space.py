@@ -7,7 +7,9 @@ import pytest
 
 import slpo_jax
 from experiments import stats
-from experiments.sequence_space import BANDIT, PAD, TINY_LM
+from experiments.sequence_space import BANDIT
+from experiments.sequence_space import PAD
+from experiments.sequence_space import TINY_LM
 
 
 def _product_log_probs(space, table):
@@ -17,8 +19,13 @@ def _product_log_probs(space, table):
   out = []
   for response in space.responses:
     labels, where, nodes = space.encode(response)
-    out.append(sum(log_softmax[nodes[t], labels[t]]
-                   for t in range(space.max_length) if where[t]))
+    out.append(
+      sum(
+        log_softmax[nodes[t], labels[t]]
+        for t in range(space.max_length)
+        if where[t]
+      )
+    )
   return np.array(out)
 
 
@@ -34,7 +41,8 @@ def test_encode_places_the_end_token_and_forces_it_at_full_length():
   np.testing.assert_array_equal(labels, [0, 2, TINY_LM.eos_id])
   np.testing.assert_array_equal(where, [True, True, True])
   np.testing.assert_array_equal(
-      nodes, [0, TINY_LM.node_id((0,)), TINY_LM.node_id((0, 2))])
+    nodes, [0, TINY_LM.node_id((0,)), TINY_LM.node_id((0, 2))]
+  )
   labels, where, _ = TINY_LM.encode((1,))
   np.testing.assert_array_equal(labels, [1, TINY_LM.eos_id, PAD])
   np.testing.assert_array_equal(where, [True, True, False])
@@ -49,15 +57,19 @@ def test_listed_distribution_sums_to_one_and_matches_products(space):
   log_probs = np.asarray(jax.jit(space.log_probs)(table), np.float64)
   np.testing.assert_allclose(np.exp(log_probs).sum(), 1.0, atol=1e-5)
   np.testing.assert_allclose(
-      log_probs, _product_log_probs(space, table), atol=1e-5)
+    log_probs, _product_log_probs(space, table), atol=1e-5
+  )
 
 
-@pytest.mark.parametrize("chosen,rejected", [
-    ((0, 1), (0, 2)),   # Shared prefix, same length.
-    ((0, 1), (1,)),     # Different first token and length.
+@pytest.mark.parametrize(
+  "chosen,rejected",
+  [
+    ((0, 1), (0, 2)),  # Shared prefix, same length.
+    ((0, 1), (1,)),  # Different first token and length.
     ((0,), (0, 1, 2)),  # One is a prefix of the other's content.
     ((2, 2, 2), (2, 2, 1)),
-])
+  ],
+)
 def test_library_complements_match_enumeration(chosen, rejected):
   """pi(Y != y) and pi(Y not in {y_w, y_l}) as 1 - listed masses."""
   table = TINY_LM.random_table(jax.random.PRNGKey(5))
@@ -69,7 +81,8 @@ def test_library_complements_match_enumeration(chosen, rejected):
   def complements(table):
     _, chosen_not = slpo_jax.sequence_logps(table[cn], cl, where=cw)
     pair_not = slpo_jax.pair_not_logps(
-        table[cn], cl, table[rn], rl, chosen_where=cw, rejected_where=rw)
+      table[cn], cl, table[rn], rl, chosen_where=cw, rejected_where=rw
+    )
     return chosen_not, pair_not
 
   chosen_not, pair_not = complements(table)
@@ -77,14 +90,16 @@ def test_library_complements_match_enumeration(chosen, rejected):
   p_rejected = probs[TINY_LM.index(rejected)]
   np.testing.assert_allclose(np.exp(chosen_not), 1 - p_chosen, rtol=1e-5)
   np.testing.assert_allclose(
-      np.exp(pair_not), 1 - p_chosen - p_rejected, rtol=1e-5)
+    np.exp(pair_not), 1 - p_chosen - p_rejected, rtol=1e-5
+  )
 
 
 def test_t_quantiles_match_scipy():
   scipy_stats = pytest.importorskip("scipy.stats")
   for df in range(1, 31):
     assert stats.t_quantile_975(df) == pytest.approx(
-        scipy_stats.t.ppf(0.975, df), abs=1e-3)
+      scipy_stats.t.ppf(0.975, df), abs=1e-3
+    )
 
 
 def test_mean_interval():

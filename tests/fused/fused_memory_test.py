@@ -26,8 +26,12 @@ def test_fused_temp_memory_is_far_below_plain_and_flat_in_vocab():
     return sum(jnp.sum(v) for v in slpo_jax.sequence_logps(h @ w, labels))
 
   def chunked(h, w):
-    return sum(jnp.sum(v) for v in fused.sequence_logps_from_hidden(
-        h, w, labels, vocab_chunk_size=512, token_chunk_size=128))
+    return sum(
+      jnp.sum(v)
+      for v in fused.sequence_logps_from_hidden(
+        h, w, labels, vocab_chunk_size=512, token_chunk_size=128
+      )
+    )
 
   temps = {}
   for vocab in (8192, 32768):

@@ -21,9 +21,9 @@ from slpo_jax import logprobs
 # or not (the last tile shifted), several leading dims, N a multiple of the
 # token chunk or not (padded rows), a single token tile.
 SHAPES = [
-    ((3, 9), 16, 300, 128, 5),
-    ((2, 3, 5), 8, 256, 128, 4),
-    ((3, 7), 12, 1000, 384, 64),
+  ((3, 9), 16, 300, 128, 5),
+  ((2, 3, 5), 8, 256, 128, 4),
+  ((3, 7), 12, 1000, 384, 64),
 ]
 
 
@@ -47,8 +47,10 @@ def _values_and_grads(f, weights):
 
   def run(hidden, lm_head):
     values, pullback = jax.vjp(f, hidden, lm_head)
-    cotangents = [jnp.broadcast_to(c, v.shape).astype(v.dtype)
-                  for c, v in zip(weights, values)]
+    cotangents = [
+      jnp.broadcast_to(c, v.shape).astype(v.dtype)
+      for c, v in zip(weights, values)
+    ]
     if isinstance(values, logprobs.TokenLogps):
       cotangents = logprobs.TokenLogps(*cotangents)
     else:
@@ -77,14 +79,16 @@ def _numpy_token_logps(logits, labels, exclude=None):
 
 def _assert_close(actual, expected, tol):
   np.testing.assert_allclose(
-      np.asarray(actual, np.float64), np.asarray(expected, np.float64),
-      rtol=tol, atol=tol,
+    np.asarray(actual, np.float64),
+    np.asarray(expected, np.float64),
+    rtol=tol,
+    atol=tol,
   )
 
 
 @pytest.mark.parametrize("leading,d,vocab,vocab_chunk,token_chunk", SHAPES)
 def test_sequence_values_and_gradients_match_plain(
-    leading, d, vocab, vocab_chunk, token_chunk
+  leading, d, vocab, vocab_chunk, token_chunk
 ):
   hidden, lm_head, labels, where, rng = _inputs(leading, d, vocab)
   # A fully padded row, and ignored positions holding ids out of range both
@@ -98,13 +102,19 @@ def test_sequence_values_and_gradients_match_plain(
   weights = rng.standard_normal((2, *leading[:-1]), np.float32)
 
   got, got_grads = _values_and_grads(
-      lambda h, w: fused.sequence_logps_from_hidden(
-          h, w, labels, where=where,
-          vocab_chunk_size=vocab_chunk, token_chunk_size=token_chunk),
-      weights)(hidden, lm_head)
+    lambda h, w: fused.sequence_logps_from_hidden(
+      h,
+      w,
+      labels,
+      where=where,
+      vocab_chunk_size=vocab_chunk,
+      token_chunk_size=token_chunk,
+    ),
+    weights,
+  )(hidden, lm_head)
   want, want_grads = _values_and_grads(
-      lambda h, w: slpo_jax.sequence_logps(h @ w, labels, where=where),
-      weights)(hidden, lm_head)
+    lambda h, w: slpo_jax.sequence_logps(h @ w, labels, where=where), weights
+  )(hidden, lm_head)
 
   for value, expected in zip(got, want):
     _assert_close(value, expected, 1e-5)
@@ -127,19 +137,27 @@ def test_token_values_and_gradients_with_also_exclude():
   weights = rng.standard_normal((2, *leading), np.float32)
 
   got, got_grads = _values_and_grads(
-      lambda h, w: fused.token_logps_from_hidden(
-          h, w, labels, also_exclude=exclude,
-          vocab_chunk_size=128, token_chunk_size=5),
-      weights)(hidden, lm_head)
+    lambda h, w: fused.token_logps_from_hidden(
+      h,
+      w,
+      labels,
+      also_exclude=exclude,
+      vocab_chunk_size=128,
+      token_chunk_size=5,
+    ),
+    weights,
+  )(hidden, lm_head)
   want, want_grads = _values_and_grads(
-      lambda h, w: logprobs.token_logps(h @ w, labels, also_exclude=exclude),
-      weights)(hidden, lm_head)
+    lambda h, w: logprobs.token_logps(h @ w, labels, also_exclude=exclude),
+    weights,
+  )(hidden, lm_head)
 
   for value, expected in zip(got, want):
     _assert_close(value, expected, 1e-5)
   reference = _numpy_token_logps(
-      np.asarray(hidden, np.float64) @ np.asarray(lm_head, np.float64),
-      labels, np.where((exclude >= 0) & (exclude < vocab), exclude, -1),
+    np.asarray(hidden, np.float64) @ np.asarray(lm_head, np.float64),
+    labels,
+    np.where((exclude >= 0) & (exclude < vocab), exclude, -1),
   )
   for value, expected in zip(got, reference):
     _assert_close(value, expected, 1e-5)
@@ -165,16 +183,17 @@ def test_near_deterministic_tokens_keep_log_one_minus_p():
   # Choose each label's logit so that 1 - p = 1e-7 (up to float32 rounding).
   others = np.where(np.arange(vocab) == labels[:, None], 0.0, np.exp(noise))
   logits = noise.copy()
-  logits[np.arange(steps), labels] = np.log(
-      others.sum(-1) * (1 - 1e-7) / 1e-7)
+  logits[np.arange(steps), labels] = np.log(others.sum(-1) * (1 - 1e-7) / 1e-7)
   hidden, lm_head = _identity_head_inputs(logits)
 
   @jax.jit
   def run(h, w):
     per_token = fused.token_logps_from_hidden(
-        h, w, labels, vocab_chunk_size=128, token_chunk_size=4)
+      h, w, labels, vocab_chunk_size=128, token_chunk_size=4
+    )
     sequence = fused.sequence_logps_from_hidden(
-        h[None], w, labels[None], vocab_chunk_size=128, token_chunk_size=4)
+      h[None], w, labels[None], vocab_chunk_size=128, token_chunk_size=4
+    )
     return per_token, sequence
 
   got, (seq_logp, seq_not) = run(hidden, lm_head)
@@ -204,11 +223,14 @@ def test_logits_of_large_magnitude():
   labels = np.array([0, 5, 130, 259, 77])
   weights = rng.standard_normal((2, steps), np.float32)
   fused_run = _values_and_grads(
-      lambda h, w: fused.token_logps_from_hidden(
-          h, w, labels, vocab_chunk_size=128, token_chunk_size=2),
-      weights)
+    lambda h, w: fused.token_logps_from_hidden(
+      h, w, labels, vocab_chunk_size=128, token_chunk_size=2
+    ),
+    weights,
+  )
   plain_run = _values_and_grads(
-      lambda h, w: logprobs.token_logps(h @ w, labels), weights)
+    lambda h, w: logprobs.token_logps(h @ w, labels), weights
+  )
 
   for label_offset in (0.0, 30.0, 1e4):
     logits = 1e4 + noise
@@ -232,8 +254,11 @@ def test_vocabulary_fully_excluded():
   labels = np.array([0, 1, 0])
   exclude = np.array([1, 0, 0])
   got, grads = _values_and_grads(
-      lambda h, w: fused.token_logps_from_hidden(
-          h, w, labels, also_exclude=exclude), (1.0, 0.0))(hidden, lm_head)
+    lambda h, w: fused.token_logps_from_hidden(
+      h, w, labels, also_exclude=exclude
+    ),
+    (1.0, 0.0),
+  )(hidden, lm_head)
   want = logprobs.token_logps(hidden @ lm_head, labels, also_exclude=exclude)
   np.testing.assert_array_equal(got.not_logp[:2], -np.inf)
   for value, expected in zip(got, want):
@@ -244,9 +269,9 @@ def test_vocabulary_fully_excluded():
 def test_jit_matches_eager():
   hidden, lm_head, labels, where, _ = _inputs((2, 7), 8, 300, seed=8)
   run = lambda h, w: fused.sequence_logps_from_hidden(
-      h, w, labels, where=where, vocab_chunk_size=128, token_chunk_size=3)
-  for eager, jitted in zip(run(hidden, lm_head),
-                           jax.jit(run)(hidden, lm_head)):
+    h, w, labels, where=where, vocab_chunk_size=128, token_chunk_size=3
+  )
+  for eager, jitted in zip(run(hidden, lm_head), jax.jit(run)(hidden, lm_head)):
     _assert_close(jitted, eager, 1e-6)
 
 
@@ -261,15 +286,22 @@ def test_float64_gradients_by_finite_differences():
     @jax.jit
     def values(h, w):
       per_token = fused.token_logps_from_hidden(
-          h, w, labels, also_exclude=exclude, vocab_chunk_size=128,
-          token_chunk_size=3)
+        h,
+        w,
+        labels,
+        also_exclude=exclude,
+        vocab_chunk_size=128,
+        token_chunk_size=3,
+      )
       sequence = fused.sequence_logps_from_hidden(
-          h, w, labels, where=where, vocab_chunk_size=128, token_chunk_size=3)
+        h, w, labels, where=where, vocab_chunk_size=128, token_chunk_size=3
+      )
       return per_token, sequence
 
     assert values(hidden, lm_head)[0].logp.dtype == jnp.float64
-    jax.test_util.check_grads(values, (hidden, lm_head), order=1,
-                              modes=["rev"], eps=1e-6)
+    jax.test_util.check_grads(
+      values, (hidden, lm_head), order=1, modes=["rev"], eps=1e-6
+    )
 
 
 def test_bfloat16_inputs_against_plain_on_the_same_product():
@@ -296,13 +328,15 @@ def test_bfloat16_inputs_against_plain_on_the_same_product():
   weights = rng.standard_normal((2, leading[0]), np.float32)
 
   got, got_grads = _values_and_grads(
-      lambda h, w: fused.sequence_logps_from_hidden(
-          h, w, labels, where=where, vocab_chunk_size=256, token_chunk_size=8),
-      weights)(hidden, lm_head)
+    lambda h, w: fused.sequence_logps_from_hidden(
+      h, w, labels, where=where, vocab_chunk_size=256, token_chunk_size=8
+    ),
+    weights,
+  )(hidden, lm_head)
   logits = h32 @ w32
   want, d_logits = _values_and_grads(
-      lambda z, _: slpo_jax.sequence_logps(z, labels, where=where),
-      weights)(logits, None)
+    lambda z, _: slpo_jax.sequence_logps(z, labels, where=where), weights
+  )(logits, None)
   d_logits = d_logits[0]
   for value, expected in zip(got, want):
     assert value.dtype == jnp.float32
@@ -314,12 +348,13 @@ def test_bfloat16_inputs_against_plain_on_the_same_product():
   abs_dz = jnp.abs(d_logits)
   unit_roundoff = 2.0**-8
   bounds = (
-      unit_roundoff * (abs_dz @ jnp.abs(w32).T + jnp.abs(want_hidden)),
-      unit_roundoff * (jnp.einsum("btd,btv->dv", jnp.abs(h32), abs_dz)
-                       + jnp.abs(want_head)),
+    unit_roundoff * (abs_dz @ jnp.abs(w32).T + jnp.abs(want_hidden)),
+    unit_roundoff
+    * (jnp.einsum("btd,btv->dv", jnp.abs(h32), abs_dz) + jnp.abs(want_head)),
   )
-  for value, expected, bound in zip(got_grads, (want_hidden, want_head),
-                                    bounds):
+  for value, expected, bound in zip(
+    got_grads, (want_hidden, want_head), bounds
+  ):
     error = jnp.abs(value.astype(jnp.float32) - expected)
     worst = float(jnp.max(error / (bound + 1e-6)))
     assert worst <= 1.0, worst
@@ -331,11 +366,14 @@ def test_shape_errors():
   with pytest.raises(ValueError, match="lm_head"):
     fused.sequence_logps_from_hidden(hidden, jnp.zeros((5, 7)), labels)
   with pytest.raises(ValueError, match="labels"):
-    fused.token_logps_from_hidden(hidden, jnp.zeros((4, 7)),
-                                  jnp.zeros((2, 4), int))
+    fused.token_logps_from_hidden(
+      hidden, jnp.zeros((4, 7)), jnp.zeros((2, 4), int)
+    )
   with pytest.raises(ValueError, match="where"):
-    fused.sequence_logps_from_hidden(hidden, jnp.zeros((4, 7)), labels,
-                                     where=jnp.ones((3, 2), bool))
+    fused.sequence_logps_from_hidden(
+      hidden, jnp.zeros((4, 7)), labels, where=jnp.ones((3, 2), bool)
+    )
   with pytest.raises(ValueError, match="chunk"):
-    fused.token_logps_from_hidden(hidden, jnp.zeros((4, 7)), labels,
-                                  vocab_chunk_size=-1)
+    fused.token_logps_from_hidden(
+      hidden, jnp.zeros((4, 7)), labels, vocab_chunk_size=-1
+    )

@@ -43,14 +43,14 @@ BATCH = 16
 
 
 def preference_loss(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-    beta,
-    label_smoothing=0.0,
-    ipo=False,
-    reference_free=False,
+  policy_chosen_logps,
+  policy_rejected_logps,
+  reference_chosen_logps,
+  reference_rejected_logps,
+  beta,
+  label_smoothing=0.0,
+  ipo=False,
+  reference_free=False,
 ):
   """Transcription of the reference DPO implementation's preference_loss."""
   pi_logratios = policy_chosen_logps - policy_rejected_logps
@@ -62,8 +62,8 @@ def preference_loss(
     losses = (logits - 1 / (2 * beta)) ** 2
   else:
     losses = (
-        -F.logsigmoid(beta * logits) * (1 - label_smoothing)
-        - F.logsigmoid(-beta * logits) * label_smoothing
+      -F.logsigmoid(beta * logits) * (1 - label_smoothing)
+      - F.logsigmoid(-beta * logits) * label_smoothing
     )
   chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps)
   rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)
@@ -73,10 +73,10 @@ def preference_loss(
 def _trl_self(**attrs):
   """The attributes TRL's loss methods read from their trainer."""
   defaults = dict(
-      alpha=0.0,
-      label_smoothing=0.0,
-      simpo_gamma=0.0,
-      accelerator=types.SimpleNamespace(device="cpu"),
+    alpha=0.0,
+    label_smoothing=0.0,
+    simpo_gamma=0.0,
+    accelerator=types.SimpleNamespace(device="cpu"),
   )
   return types.SimpleNamespace(**{**defaults, **attrs})
 
@@ -99,10 +99,10 @@ def _reference_inputs(rng):
   reference_chosen[0] = policy_chosen[0]
   reference_rejected[0] = policy_rejected[0]
   return {
-      "policy_chosen_logps": _f32(np.minimum(policy_chosen, -1e-3)),
-      "policy_rejected_logps": _f32(np.minimum(policy_rejected, -1e-3)),
-      "reference_chosen_logps": _f32(np.minimum(reference_chosen, -1e-3)),
-      "reference_rejected_logps": _f32(np.minimum(reference_rejected, -1e-3)),
+    "policy_chosen_logps": _f32(np.minimum(policy_chosen, -1e-3)),
+    "policy_rejected_logps": _f32(np.minimum(policy_rejected, -1e-3)),
+    "reference_chosen_logps": _f32(np.minimum(reference_chosen, -1e-3)),
+    "reference_rejected_logps": _f32(np.minimum(reference_rejected, -1e-3)),
   }
 
 
@@ -110,35 +110,35 @@ def _length_inputs(rng):
   chosen_lengths = rng.integers(1, 21, BATCH)
   rejected_lengths = rng.integers(1, 21, BATCH)
   return {
-      "policy_chosen_logps": _f32(
-          -rng.uniform(0.01, 3.0, BATCH) * chosen_lengths
-      ),
-      "policy_rejected_logps": _f32(
-          -rng.uniform(0.01, 3.0, BATCH) * rejected_lengths
-      ),
-      "chosen_lengths": chosen_lengths.astype(np.float64),
-      "rejected_lengths": rejected_lengths.astype(np.float64),
+    "policy_chosen_logps": _f32(
+      -rng.uniform(0.01, 3.0, BATCH) * chosen_lengths
+    ),
+    "policy_rejected_logps": _f32(
+      -rng.uniform(0.01, 3.0, BATCH) * rejected_lengths
+    ),
+    "chosen_lengths": chosen_lengths.astype(np.float64),
+    "rejected_lengths": rejected_lengths.astype(np.float64),
   }
 
 
 def _margins(inputs):
   chosen = _t(inputs["policy_chosen_logps"]) - _t(
-      inputs["reference_chosen_logps"]
+    inputs["reference_chosen_logps"]
   )
   rejected = _t(inputs["policy_rejected_logps"]) - _t(
-      inputs["reference_rejected_logps"]
+    inputs["reference_rejected_logps"]
   )
   return chosen, rejected
 
 
 def _case(loss, params, inputs, expected, source, **extra):
   return {
-      "loss": loss,
-      "params": params,
-      "source": source,
-      "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
-      "expected": np.asarray(expected, np.float64).tolist(),
-      **{k: np.asarray(v, np.float64).tolist() for k, v in extra.items()},
+    "loss": loss,
+    "params": params,
+    "source": source,
+    "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
+    "expected": np.asarray(expected, np.float64).tolist(),
+    **{k: np.asarray(v, np.float64).tolist() for k, v in extra.items()},
   }
 
 
@@ -151,80 +151,110 @@ def main():
       inputs = _reference_inputs(rng)
       args = [_t(inputs[k]) for k in inputs]
       losses, chosen_rewards, rejected_rewards = preference_loss(
-          *args, beta=beta, label_smoothing=label_smoothing
+        *args, beta=beta, label_smoothing=label_smoothing
       )
       trl_losses, _, _ = CPOTrainer.cpo_loss(
-          _trl_self(beta=beta, loss_type="sigmoid",
-                    label_smoothing=label_smoothing),
-          *_margins(inputs),
+        _trl_self(
+          beta=beta, loss_type="sigmoid", label_smoothing=label_smoothing
+        ),
+        *_margins(inputs),
       )
       np.testing.assert_allclose(trl_losses, losses, rtol=1e-12)
-      cases.append(_case(
-          "dpo", {"beta": beta, "label_smoothing": label_smoothing}, inputs,
-          losses, "eric-mitchell preference_loss (transcribed); TRL cpo_loss",
-          chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
-      ))
+      cases.append(
+        _case(
+          "dpo",
+          {"beta": beta, "label_smoothing": label_smoothing},
+          inputs,
+          losses,
+          "eric-mitchell preference_loss (transcribed); TRL cpo_loss",
+          chosen_rewards=chosen_rewards,
+          rejected_rewards=rejected_rewards,
+        )
+      )
 
   for beta in (0.01, 0.1, 0.5, 2.0):
     inputs = _reference_inputs(rng)
     args = [_t(inputs[k]) for k in inputs]
     losses, _, _ = preference_loss(*args, beta=beta, ipo=True)
     trl_losses, _, _ = CPOTrainer.cpo_loss(
-        _trl_self(beta=beta, loss_type="ipo"), *_margins(inputs)
+      _trl_self(beta=beta, loss_type="ipo"), *_margins(inputs)
     )
     np.testing.assert_allclose(trl_losses, losses, rtol=1e-12)
-    cases.append(_case(
-        "ipo", {"beta": beta}, inputs, losses,
+    cases.append(
+      _case(
+        "ipo",
+        {"beta": beta},
+        inputs,
+        losses,
         "eric-mitchell preference_loss ipo=True (transcribed); TRL cpo_loss",
-    ))
+      )
+    )
 
   for beta in (0.01, 0.1, 0.5, 2.0):
     inputs = _reference_inputs(rng)
     losses, _, _ = CPOTrainer.cpo_loss(
-        _trl_self(beta=beta, loss_type="hinge"), *_margins(inputs)
+      _trl_self(beta=beta, loss_type="hinge"), *_margins(inputs)
     )
-    cases.append(_case(
+    cases.append(
+      _case(
         "hinge", {"beta": beta}, inputs, losses, "TRL CPOTrainer.cpo_loss hinge"
-    ))
+      )
+    )
 
   for beta, gamma in ((2.0, 0.5), (2.5, 1.0), (10.0, 3.0)):
     inputs = _length_inputs(rng)
     losses, _, _ = CPOTrainer.cpo_loss(
-        _trl_self(beta=beta, loss_type="simpo", simpo_gamma=gamma),
-        _t(inputs["policy_chosen_logps"]) / _t(inputs["chosen_lengths"]),
-        _t(inputs["policy_rejected_logps"]) / _t(inputs["rejected_lengths"]),
+      _trl_self(beta=beta, loss_type="simpo", simpo_gamma=gamma),
+      _t(inputs["policy_chosen_logps"]) / _t(inputs["chosen_lengths"]),
+      _t(inputs["policy_rejected_logps"]) / _t(inputs["rejected_lengths"]),
     )
-    cases.append(_case(
-        "simpo", {"beta": beta, "gamma": gamma}, inputs, losses,
+    cases.append(
+      _case(
+        "simpo",
+        {"beta": beta, "gamma": gamma},
+        inputs,
+        losses,
         "TRL CPOTrainer.cpo_loss simpo",
-    ))
+      )
+    )
 
   for beta in (0.1, 0.25, 1.0):
     inputs = _length_inputs(rng)
     chosen_avg = _t(inputs["policy_chosen_logps"]) / _t(
-        inputs["chosen_lengths"]
+      inputs["chosen_lengths"]
     )
     rejected_avg = _t(inputs["policy_rejected_logps"]) / _t(
-        inputs["rejected_lengths"]
+      inputs["rejected_lengths"]
     )
     odds_term = ORPOTrainer.odds_ratio_loss(
-        _trl_self(beta=beta), chosen_avg, rejected_avg
+      _trl_self(beta=beta), chosen_avg, rejected_avg
     )[0]
     # TRL adds the token-averaged NLL of the chosen response and subtracts
     # the odds-ratio term; per example the NLL is -chosen_avg.
     losses = -chosen_avg - odds_term.double()
-    cases.append(_case(
-        "orpo", {"beta": beta}, inputs, losses,
+    cases.append(
+      _case(
+        "orpo",
+        {"beta": beta},
+        inputs,
+        losses,
         "TRL ORPOTrainer.odds_ratio_loss (float32) + chosen NLL",
-    ))
+      )
+    )
 
-  OUTPUT.write_text(json.dumps({
-      "command": "python tests/golden/make_golden.py",
-      "seed": SEED,
-      "torch": torch.__version__,
-      "trl": trl.__version__,
-      "cases": cases,
-  }, indent=1) + "\n")
+  OUTPUT.write_text(
+    json.dumps(
+      {
+        "command": "python tests/golden/make_golden.py",
+        "seed": SEED,
+        "torch": torch.__version__,
+        "trl": trl.__version__,
+        "cases": cases,
+      },
+      indent=1,
+    )
+    + "\n"
+  )
   print(f"wrote {len(cases)} cases to {OUTPUT}")
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import pytest
-
 from models_testing import make_hf_model
 
 

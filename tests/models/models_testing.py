@@ -21,9 +21,15 @@ import numpy as np
 
 # Shapes small enough that a forward pass takes milliseconds, with
 # num_kv_heads < num_heads so grouped-query attention is exercised.
-_LLAMA_SHAPE = dict(vocab_size=128, hidden_size=32, intermediate_size=64,
-                    num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=64)
+_LLAMA_SHAPE = dict(
+  vocab_size=128,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+)
 
 
 def hf_config(kind: str) -> Any:
@@ -32,9 +38,18 @@ def hf_config(kind: str) -> Any:
 
   if kind == "gpt2":
     return transformers.GPT2Config(
-        vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)
+      vocab_size=128,
+      n_positions=64,
+      n_embd=32,
+      n_layer=2,
+      n_head=4,
+      activation_function="gelu_new",
+      resid_pdrop=0.0,
+      embd_pdrop=0.0,
+      attn_pdrop=0.0,
+      bos_token_id=1,
+      eos_token_id=2,
+    )
   if kind == "llama":
     return transformers.LlamaConfig(**_LLAMA_SHAPE, tie_word_embeddings=True)
   if kind == "llama3":
@@ -42,18 +57,28 @@ def hf_config(kind: str) -> Any:
     # an original length of 16 they fall in the kept, smoothed and divided
     # bands of the Llama 3 scaling. Untied head, attention and MLP biases.
     return transformers.LlamaConfig(
-        **_LLAMA_SHAPE, tie_word_embeddings=False, attention_bias=True,
-        mlp_bias=True, rope_theta=10000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 4.0,
-                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 16})
+      **_LLAMA_SHAPE,
+      tie_word_embeddings=False,
+      attention_bias=True,
+      mlp_bias=True,
+      rope_theta=10000.0,
+      rope_scaling={
+        "rope_type": "llama3",
+        "factor": 4.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+      },
+    )
   if kind == "qwen2":
-    return transformers.Qwen2Config(**_LLAMA_SHAPE, tie_word_embeddings=True,
-                                    rope_theta=1000000.0)
+    return transformers.Qwen2Config(
+      **_LLAMA_SHAPE, tie_word_embeddings=True, rope_theta=1000000.0
+    )
   if kind == "mistral":
     # A window shorter than the test sequences, so it masks something.
-    return transformers.MistralConfig(**_LLAMA_SHAPE, sliding_window=4,
-                                      tie_word_embeddings=False)
+    return transformers.MistralConfig(
+      **_LLAMA_SHAPE, sliding_window=4, tie_word_embeddings=False
+    )
   raise ValueError(kind)
 
 
@@ -69,8 +94,7 @@ def randomize(hf_model: Any, seed: int) -> Any:
     for name, param in hf_model.named_parameters():
       noise = torch.randn(param.shape, generator=generator) * 0.2
       is_norm = "norm" in name or "ln_" in name
-      param.copy_(noise + 1.0 if is_norm and name.endswith("weight")
-                  else noise)
+      param.copy_(noise + 1.0 if is_norm and name.endswith("weight") else noise)
   return hf_model.eval()
 
 
@@ -86,19 +110,23 @@ def hf_logits(hf_model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   import torch  # pylint: disable=g-import-not-at-top
 
   with torch.no_grad():
-    out = hf_model(input_ids=torch.from_numpy(np.asarray(ids, np.int64)),
-                   attention_mask=torch.from_numpy(np.asarray(mask, np.int64)))
+    out = hf_model(
+      input_ids=torch.from_numpy(np.asarray(ids, np.int64)),
+      attention_mask=torch.from_numpy(np.asarray(mask, np.int64)),
+    )
   return out.logits.float().numpy()
 
 
-def right_padded_batch(vocab_size: int, lengths: tuple[int, ...], seed: int = 0
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def right_padded_batch(
+  vocab_size: int, lengths: tuple[int, ...], seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Random ids, right-padded with 0, and the matching mask."""
   rng = np.random.default_rng(seed)
   width = max(lengths)
   ids = rng.integers(3, vocab_size, size=(len(lengths), width)).astype(np.int32)
   mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(
-      np.int32)
+    np.int32
+  )
   return ids * mask, mask
 
 

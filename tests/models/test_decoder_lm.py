@@ -5,14 +5,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+from models_testing import apply
+from models_testing import hidden_states
+from models_testing import random_params
 
-from models_testing import apply, hidden_states, random_params
 from slpo_jax import models
 
 FAMILIES = ("gpt2", "llama")
-LOGICAL_NAMES = {"vocab", "embed", "mlp", "heads", "kv_heads", "head_dim",
-                 "norm", "positions", "layers"}
+LOGICAL_NAMES = {
+  "vocab",
+  "embed",
+  "mlp",
+  "heads",
+  "kv_heads",
+  "head_dim",
+  "norm",
+  "positions",
+  "layers",
+}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -56,7 +69,8 @@ def test_config_validation():
     models.tiny_config("llama", dtype="int32")
   config = models.tiny_config("llama", dtype=jnp.bfloat16)
   assert config.dtype == "bfloat16" and hash(config) == hash(
-      models.tiny_config("llama", dtype="bfloat16"))
+    models.tiny_config("llama", dtype="bfloat16")
+  )
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -65,12 +79,13 @@ def test_every_param_has_logical_axes(scan_layers):
     model = models.build(models.tiny_config(family, scan_layers=scan_layers))
     axes = model.logical_axes()
     shapes = model.abstract_params()
-    assert (jax.tree.structure(shapes) ==
-            jax.tree.structure(axes, is_leaf=lambda x: isinstance(
-                x, PartitionSpec)))
+    assert jax.tree.structure(shapes) == jax.tree.structure(
+      axes, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )
     for spec, shape in zip(
-        jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, PartitionSpec)),
-        jax.tree.leaves(shapes)):
+      jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+      jax.tree.leaves(shapes),
+    ):
       assert len(spec) == len(shape.shape)
       assert set(spec) <= LOGICAL_NAMES
       assert (spec[0] == "layers") == (scan_layers and spec[0] == "layers")
@@ -84,9 +99,11 @@ def test_partition_specs_follow_rules():
   q = specs["layers_0"]["attn"]["q"]["kernel"]
   assert q == PartitionSpec("fsdp", "tensor", None)
   assert specs["layers_0"]["mlp"]["down"]["kernel"] == PartitionSpec(
-      "tensor", "fsdp")
+    "tensor", "fsdp"
+  )
   no_tensor = models.param_partition_specs(
-      model, models.logical_axis_rules(tensor=None))
+    model, models.logical_axis_rules(tensor=None)
+  )
   assert no_tensor["lm_head"] == PartitionSpec("fsdp", None)
 
 
@@ -104,12 +121,15 @@ def test_sharded_init_and_apply():
   assert kv == PartitionSpec(None, "fsdp", None, None)
   # An "rbg" key compiles faster than the default threefry on CPU.
   params = jax.jit(model.init, out_shardings=shardings)(
-      jax.random.key(0, impl="rbg"))
+    jax.random.key(0, impl="rbg")
+  )
   assert params["lm_head"].sharding == NamedSharding(
-      mesh, PartitionSpec("fsdp", "tensor"))
+    mesh, PartitionSpec("fsdp", "tensor")
+  )
   # Plain arrays (no partitioning boxes), float32, the usual initial values.
-  for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(
-      x, nn.meta.AxisMetadata)):
+  for leaf in jax.tree.leaves(
+    params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)
+  ):
     assert isinstance(leaf, jax.Array) and leaf.dtype == jnp.float32
   np.testing.assert_array_equal(params["layers"]["mlp_norm"]["scale"], 1.0)
   assert 0.015 < np.std(params["embed"]["embedding"]) < 0.025
@@ -140,8 +160,9 @@ def test_padding_side_does_not_matter(tiny):
   left = apply(model, params, left_ids, left_mask)
   for row, shift in enumerate(shifts):
     length = int(mask[row].sum())
-    np.testing.assert_allclose(left[row, shift:], right[row, :length],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      left[row, shift:], right[row, :length], atol=1e-5
+    )
 
 
 def test_causality(tiny):
@@ -160,13 +181,16 @@ def test_scan_and_remat_match_unrolled(tiny):
   layers = [params[f"layers_{i}"] for i in range(model.config.num_layers)]
   stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
   stacked["layers"] = jax.tree.map(lambda *x: jnp.stack(x), *layers)
-  assert (jax.tree.structure(stacked) ==
-          jax.tree.structure(scanned.abstract_params()))
+  assert jax.tree.structure(stacked) == jax.tree.structure(
+    scanned.abstract_params()
+  )
   ids, mask = _batch(model.config.vocab_size)
 
-  np.testing.assert_allclose(apply(scanned, stacked, ids, mask),
-                             apply(model, params, ids, mask),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    apply(scanned, stacked, ids, mask),
+    apply(model, params, ids, mask),
+    atol=1e-5,
+  )
   if model.config.family != "llama":
     return  # The gradient path is shared; one family suffices.
 
@@ -178,8 +202,9 @@ def test_scan_and_remat_match_unrolled(tiny):
   grad = jax.jit(jax.grad(loss))(stacked)
   assert jax.tree.structure(grad) == jax.tree.structure(stacked)
   for leaf in jax.tree.leaves(grad["layers"]):
-    assert np.isfinite(leaf).all() and np.all(np.abs(leaf).sum(
-        axis=tuple(range(1, leaf.ndim))) > 0)
+    assert np.isfinite(leaf).all() and np.all(
+      np.abs(leaf).sum(axis=tuple(range(1, leaf.ndim))) > 0
+    )
 
 
 def test_bfloat16_compute(tiny):
@@ -208,7 +233,7 @@ def test_sliding_window_masks_distant_tokens():
   a, b = apply(model, params, ids, mask), apply(model, params, changed, mask)
   # Token 0 reaches position t through at most (window - 1) * layers steps.
   reach = (config.sliding_window - 1) * config.num_layers
-  np.testing.assert_array_equal(a[:, reach + 1:], b[:, reach + 1:])
+  np.testing.assert_array_equal(a[:, reach + 1 :], b[:, reach + 1 :])
   assert not np.allclose(a[:, reach], b[:, reach])
 
 
@@ -222,5 +247,5 @@ def test_gpt2_refuses_more_tokens_than_positions():
 def test_position_ids():
   mask = jnp.array([[1, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1]])
   np.testing.assert_array_equal(
-      models.position_ids(mask),
-      [[0, 1, 2, 2], [0, 0, 0, 1], [0, 1, 2, 3]])
+    models.position_ids(mask), [[0, 1, 2, 2], [0, 0, 0, 1], [0, 1, 2, 3]]
+  )

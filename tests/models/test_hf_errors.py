@@ -5,9 +5,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
-
 from models_testing import random_params
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
+
 from slpo_jax import models
 
 
@@ -45,9 +46,11 @@ def test_missing_folder(tmp_path):
 
 def test_missing_config(good_checkpoint, tmp_path):
   (tmp_path / "model.safetensors").write_bytes(
-      (good_checkpoint / "model.safetensors").read_bytes())
-  with pytest.raises(models.CheckpointError,
-                     match=r"config\.json: missing") as info:
+    (good_checkpoint / "model.safetensors").read_bytes()
+  )
+  with pytest.raises(
+    models.CheckpointError, match=r"config\.json: missing"
+  ) as info:
     models.load_hf_checkpoint(tmp_path)
   assert str(tmp_path) in str(info.value)
 
@@ -61,36 +64,52 @@ def test_unreadable_config(tmp_path):
 @pytest.mark.parametrize("model_type", ["bert", "gemma", None])
 def test_unsupported_architecture(good_checkpoint, tmp_path, model_type):
   _copy(good_checkpoint, tmp_path, config={"model_type": model_type})
-  with pytest.raises(models.CheckpointError,
-                     match=f"unsupported model_type {model_type!r}") as info:
+  with pytest.raises(
+    models.CheckpointError, match=f"unsupported model_type {model_type!r}"
+  ) as info:
     models.load_hf_model(tmp_path)
   assert "config.json" in str(info.value)
   assert "gpt2, llama, mistral, qwen2" in str(info.value)
 
 
 def test_unsupported_rope_type(good_checkpoint, tmp_path):
-  _copy(good_checkpoint, tmp_path, config={
+  _copy(
+    good_checkpoint,
+    tmp_path,
+    config={
       "rope_scaling": None,
-      "rope_parameters": {"rope_type": "yarn", "factor": 4.0,
-                          "rope_theta": 1e4}})
+      "rope_parameters": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "rope_theta": 1e4,
+      },
+    },
+  )
   with pytest.raises(models.CheckpointError, match="rope type 'yarn'"):
     models.load_hf_model(tmp_path)
 
 
 def test_missing_tensor(good_checkpoint, tmp_path):
   name = "model.layers.1.mlp.up_proj.weight"
-  _copy(good_checkpoint, tmp_path,
-        tensors=lambda w: {k: v for k, v in w.items() if k != name})
-  with pytest.raises(models.CheckpointError,
-                     match=f"missing tensor '{name}'") as info:
+  _copy(
+    good_checkpoint,
+    tmp_path,
+    tensors=lambda w: {k: v for k, v in w.items() if k != name},
+  )
+  with pytest.raises(
+    models.CheckpointError, match=f"missing tensor '{name}'"
+  ) as info:
     models.load_hf_model(tmp_path)
   assert "model.safetensors" in str(info.value)
 
 
 def test_missing_embedding_under_any_prefix(good_checkpoint, tmp_path):
   name = "model.embed_tokens.weight"
-  _copy(good_checkpoint, tmp_path,
-        tensors=lambda w: {k: v for k, v in w.items() if k != name})
+  _copy(
+    good_checkpoint,
+    tmp_path,
+    tensors=lambda w: {k: v for k, v in w.items() if k != name},
+  )
   with pytest.raises(models.CheckpointError, match=f"missing tensor '{name}'"):
     models.load_hf_model(tmp_path)
 
@@ -113,8 +132,9 @@ def test_misshaped_tensor(good_checkpoint, tmp_path):
 
 def test_config_and_tensors_disagree(good_checkpoint, tmp_path):
   _copy(good_checkpoint, tmp_path, config={"intermediate_size": 100})
-  with pytest.raises(models.CheckpointError,
-                     match="mlp.gate_proj.weight' has shape"):
+  with pytest.raises(
+    models.CheckpointError, match="mlp.gate_proj.weight' has shape"
+  ):
     models.load_hf_model(tmp_path)
 
 
@@ -126,8 +146,9 @@ def test_integer_tensor(good_checkpoint, tmp_path):
     return weights
 
   _copy(good_checkpoint, tmp_path, tensors=quantise)
-  with pytest.raises(models.CheckpointError,
-                     match=f"tensor '{name}' has dtype int8"):
+  with pytest.raises(
+    models.CheckpointError, match=f"tensor '{name}' has dtype int8"
+  ):
     models.load_hf_model(tmp_path)
 
 
@@ -141,16 +162,19 @@ def test_unusable_compute_dtype(good_checkpoint, dtype):
 
 def test_no_safetensors(good_checkpoint, tmp_path):
   (tmp_path / "config.json").write_text(
-      (good_checkpoint / "config.json").read_text())
+    (good_checkpoint / "config.json").read_text()
+  )
   (tmp_path / "pytorch_model.bin").write_bytes(b"")
-  with pytest.raises(models.CheckpointError,
-                     match="no model.safetensors .*pytorch_model.bin"):
+  with pytest.raises(
+    models.CheckpointError, match="no model.safetensors .*pytorch_model.bin"
+  ):
     models.load_hf_model(tmp_path)
 
 
 def test_corrupt_safetensors(good_checkpoint, tmp_path):
   (tmp_path / "config.json").write_text(
-      (good_checkpoint / "config.json").read_text())
+    (good_checkpoint / "config.json").read_text()
+  )
   (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
   with pytest.raises(models.CheckpointError, match="model.safetensors"):
     models.load_hf_model(tmp_path)
@@ -158,12 +182,16 @@ def test_corrupt_safetensors(good_checkpoint, tmp_path):
 
 def test_index_names_missing_shard(good_checkpoint, tmp_path):
   (tmp_path / "config.json").write_text(
-      (good_checkpoint / "config.json").read_text())
-  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+    (good_checkpoint / "config.json").read_text()
+  )
+  (tmp_path / "model.safetensors.index.json").write_text(
+    json.dumps(
       {"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}
-  ))
-  with pytest.raises(models.CheckpointError,
-                     match="shard file model-00001-of-00002.safetensors"):
+    )
+  )
+  with pytest.raises(
+    models.CheckpointError, match="shard file model-00001-of-00002.safetensors"
+  ):
     models.load_hf_model(tmp_path)
 
 
@@ -174,7 +202,8 @@ def test_wrong_sharding_tree(good_checkpoint):
 
 def test_abstract_load_reads_only_config(good_checkpoint, tmp_path):
   (tmp_path / "config.json").write_text(
-      (good_checkpoint / "config.json").read_text())
+    (good_checkpoint / "config.json").read_text()
+  )
   model, shapes = models.load_hf_model(tmp_path, abstract=True)
   assert shapes["embed"]["embedding"].shape == (64, 64)
   assert model.config.vocab_size == 64
@@ -182,17 +211,17 @@ def test_abstract_load_reads_only_config(good_checkpoint, tmp_path):
 
 def test_load_onto_a_mesh(good_checkpoint):
   """Each tensor is placed on its sharding as it is read."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(1, 2, 4),
-                           ("data", "fsdp", "tensor"))
+  mesh = jax.sharding.Mesh(
+    np.array(jax.devices()[:8]).reshape(1, 2, 4), ("data", "fsdp", "tensor")
+  )
   model, params = models.load_hf_model(good_checkpoint, shardings=mesh)
   _, plain = models.load_hf_model(good_checkpoint)
   expected = model.shardings(mesh)
-  for leaf, sharding, reference in zip(jax.tree.leaves(params),
-                                       jax.tree.leaves(expected),
-                                       jax.tree.leaves(plain)):
+  for leaf, sharding, reference in zip(
+    jax.tree.leaves(params), jax.tree.leaves(expected), jax.tree.leaves(plain)
+  ):
     assert leaf.sharding == sharding
     np.testing.assert_array_equal(leaf, reference)
   embedding = params["embed"]["embedding"]
-  assert embedding.sharding.spec == jax.sharding.PartitionSpec(
-      "tensor", "fsdp")
+  assert embedding.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
   assert embedding.addressable_shards[0].data.shape == (16, 32)

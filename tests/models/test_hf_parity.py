@@ -11,10 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from models_testing import HF_KINDS
+from models_testing import apply
+from models_testing import hf_logits
+from models_testing import make_hf_model
+from models_testing import max_masked_diff
+from models_testing import random_params
+from models_testing import right_padded_batch
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 
-from models_testing import (HF_KINDS, apply, hf_logits, make_hf_model,
-                            max_masked_diff, random_params, right_padded_batch)
 from slpo_jax import models
 
 TOLERANCE = 1e-4
@@ -47,8 +53,12 @@ def test_config_translation(hf_checkpoint):
   assert not config.tie_embeddings
   assert config.qkv_bias and config.out_bias and config.mlp_bias
   assert config.rope_scaling == models.RopeScaling(
-      "llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
-      original_max_len=16)
+    "llama3",
+    factor=4.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_len=16,
+  )
   qwen = models.load_hf_config(hf_checkpoint("qwen2")[0])
   assert qwen.qkv_bias and not qwen.out_bias and qwen.tie_embeddings
   assert qwen.rope_theta == 1e6
@@ -61,8 +71,9 @@ def test_scanned_layers_match(kind, hf_checkpoint):
   model, params = models.load_hf_model(folder, scan_layers=True, remat=True)
   assert params["layers"]["attn"]["q"]["kernel"].shape[0] == 2
   ids, mask = _batch(hf_model.config.vocab_size)
-  diff = max_masked_diff(apply(model, params, ids, mask),
-                         hf_logits(hf_model, ids, mask), mask)
+  diff = max_masked_diff(
+    apply(model, params, ids, mask), hf_logits(hf_model, ids, mask), mask
+  )
   assert diff <= TOLERANCE
 
 
@@ -73,26 +84,31 @@ def test_sharded_index_checkpoint(hf_checkpoint):
   assert len(list(folder.glob("model-*.safetensors"))) > 1
   apply_fn, params = models.load_hf_checkpoint(folder)
   ids, mask = _batch(hf_model.config.vocab_size)
-  assert max_masked_diff(jax.jit(apply_fn)(params, ids, mask),
-                         hf_logits(hf_model, ids, mask), mask) <= TOLERANCE
+  assert (
+    max_masked_diff(
+      jax.jit(apply_fn)(params, ids, mask), hf_logits(hf_model, ids, mask), mask
+    )
+    <= TOLERANCE
+  )
 
 
 def test_unprefixed_gpt2_with_mask_buffers(hf_checkpoint, tmp_path):
   """The layout of the original GPT-2 upload: no "transformer." prefix and
   the causal-mask buffers stored as ".attn.bias" tensors."""
   folder, hf_model = hf_checkpoint("gpt2")
-  weights = {k.removeprefix("transformer."): v
-             for k, v in load_file(folder / "model.safetensors").items()}
+  weights = {
+    k.removeprefix("transformer."): v
+    for k, v in load_file(folder / "model.safetensors").items()
+  }
   for i in range(hf_model.config.n_layer):
     weights[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
-  save_file(weights, tmp_path / "model.safetensors",
-            metadata={"format": "pt"})
-  (tmp_path / "config.json").write_text(
-      (folder / "config.json").read_text())
+  save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+  (tmp_path / "config.json").write_text((folder / "config.json").read_text())
   model, params = models.load_hf_model(tmp_path)
   ids, mask = _batch(hf_model.config.vocab_size)
-  diff = max_masked_diff(apply(model, params, ids, mask),
-                         hf_logits(hf_model, ids, mask), mask)
+  diff = max_masked_diff(
+    apply(model, params, ids, mask), hf_logits(hf_model, ids, mask), mask
+  )
   assert diff <= TOLERANCE
 
 
@@ -113,47 +129,56 @@ def test_bfloat16_checkpoint_tensors(tmp_path):
 @pytest.mark.parametrize("kind", HF_KINDS)
 def test_round_trip_through_transformers(kind, hf_checkpoint, tmp_path):
   import transformers  # pylint: disable=g-import-not-at-top
+
   folder, hf_model = hf_checkpoint(kind)
   model, params = models.load_hf_model(folder)
   models.save_hf_checkpoint(model, params, tmp_path)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      tmp_path, attn_implementation="eager").eval()
+    tmp_path, attn_implementation="eager"
+  ).eval()
   assert type(reloaded) is type(hf_model)
   ids, mask = _batch(hf_model.config.vocab_size)
   expected = hf_logits(hf_model, ids, mask)
-  assert max_masked_diff(hf_logits(reloaded, ids, mask), expected,
-                         mask) <= 1e-5
+  assert max_masked_diff(hf_logits(reloaded, ids, mask), expected, mask) <= 1e-5
 
 
-@pytest.mark.parametrize("family,scan_layers", [("gpt2", False),
-                                                ("llama", True)])
+@pytest.mark.parametrize(
+  "family,scan_layers", [("gpt2", False), ("llama", True)]
+)
 def test_export_of_native_model(family, scan_layers, tmp_path):
   """A model initialised here, exported, runs identically in transformers."""
   pytest.importorskip("torch")
   import transformers  # pylint: disable=g-import-not-at-top
-  config = models.tiny_config(family, vocab_size=128,
-                              scan_layers=scan_layers)
+
+  config = models.tiny_config(family, vocab_size=128, scan_layers=scan_layers)
   model = models.build(config)
   # Random norms and biases too, so that their export is checked.
   params = random_params(model, seed=3)
   models.save_hf_checkpoint(model, params, tmp_path, max_shard_size=50_000)
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-      tmp_path, attn_implementation="eager").eval()
+    tmp_path, attn_implementation="eager"
+  ).eval()
   ids, mask = _batch(config.vocab_size)
-  diff = max_masked_diff(apply(model, params, ids, mask),
-                         hf_logits(hf_model, ids, mask), mask)
+  diff = max_masked_diff(
+    apply(model, params, ids, mask), hf_logits(hf_model, ids, mask), mask
+  )
   assert diff <= TOLERANCE
   # And back: our own loader reads the sharded export.
   reloaded, reloaded_params = models.load_hf_model(
-      tmp_path, scan_layers=scan_layers)
+    tmp_path, scan_layers=scan_layers
+  )
   assert reloaded.config.replace(hf_model_type=None) == config.replace(
-      hf_model_type=None)
+    hf_model_type=None
+  )
   jax.tree.map(np.testing.assert_array_equal, reloaded_params, params)
 
 
 def test_exported_config_json(tmp_path):
-  config = models.tiny_config("llama", rope_scaling=models.RopeScaling(
-      "llama3", factor=8.0, original_max_len=64), eos_token_id=(2, 3))
+  config = models.tiny_config(
+    "llama",
+    rope_scaling=models.RopeScaling("llama3", factor=8.0, original_max_len=64),
+    eos_token_id=(2, 3),
+  )
   model = models.build(config)
   models.save_hf_checkpoint(model, random_params(model), tmp_path)
   written = json.loads((tmp_path / "config.json").read_text())

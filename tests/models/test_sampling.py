@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_testing import apply
+from models_testing import random_params
 
-from models_testing import apply, random_params
 from slpo_jax import models
 from slpo_jax.models import sampling
 
@@ -29,8 +30,9 @@ def _tiny(kind):
 # Every distinct set of static arguments compiles the whole decoding loop
 # (seconds of CPU), so the cache-correctness tests cover all architectures
 # and the sampling options, whose code is shared, are tested on one.
-@pytest.fixture(scope="module",
-                params=["gpt2", "llama", "mistral", "llama_scanned"])
+@pytest.fixture(
+  scope="module", params=["gpt2", "llama", "mistral", "llama_scanned"]
+)
 def tiny(request):
   return _tiny(request.param)
 
@@ -56,8 +58,9 @@ def _greedy_without_cache(model, params, ids, mask, steps):
   width = ids.shape[1] + steps
   for _ in range(steps):
     batch = np.array([r + [PAD] * (width - len(r)) for r in rows], np.int32)
-    batch_mask = np.array([[1] * len(r) + [0] * (width - len(r))
-                           for r in rows], np.int32)
+    batch_mask = np.array(
+      [[1] * len(r) + [0] * (width - len(r)) for r in rows], np.int32
+    )
     logits = apply(model, params, batch, batch_mask)
     for i, row in enumerate(rows):
       token = int(jnp.argmax(logits[i, len(row) - 1]))
@@ -104,8 +107,9 @@ def test_sequences_concatenate_prompt_and_completion(tiny):
     total = length + MAX_NEW
     np.testing.assert_array_equal(out.sequences[row, :total], expected)
     np.testing.assert_array_equal(out.sequences[row, total:], PAD)
-    np.testing.assert_array_equal(out.sequence_mask[row],
-                                  np.arange(ids.shape[1] + MAX_NEW) < total)
+    np.testing.assert_array_equal(
+      out.sequence_mask[row], np.arange(ids.shape[1] + MAX_NEW) < total
+    )
 
 
 def test_same_key_same_samples(llama):
@@ -122,10 +126,12 @@ def test_top_k_one_and_tiny_top_p_are_greedy(llama):
   model, params = llama
   ids, mask = _prompts()
   greedy = _generate(model, params, ids, mask, temperature=0.0)
-  top_k = _generate(model, params, ids, mask, temperature=1.5, top_k=1,
-                    rng=jax.random.key(3))
-  top_p = _generate(model, params, ids, mask, temperature=1.0, top_p=1e-6,
-                    rng=jax.random.key(4))
+  top_k = _generate(
+    model, params, ids, mask, temperature=1.5, top_k=1, rng=jax.random.key(3)
+  )
+  top_p = _generate(
+    model, params, ids, mask, temperature=1.0, top_p=1e-6, rng=jax.random.key(4)
+  )
   np.testing.assert_array_equal(top_k.tokens, greedy.tokens)
   np.testing.assert_array_equal(top_p.tokens, greedy.tokens)
 
@@ -136,21 +142,28 @@ def test_eos_stops_rows(llama):
   free = _generate(model, params, ids, mask, temperature=0.0)
   # One id per row, from different steps; each row stops at the first of
   # any of them, and once every row has stopped the loop ends.
-  eos = [int(free.tokens[0, 2]), int(free.tokens[1, 0]),
-         int(free.tokens[2, 3])]
+  eos = [int(free.tokens[0, 2]), int(free.tokens[1, 0]), int(free.tokens[2, 3])]
   for pad in (PAD, eos[0]):  # The pad id may itself be an EOS id.
-    out = models.generate(model, params, ids, mask, rng=jax.random.key(0),
-                          max_new_tokens=MAX_NEW, temperature=0.0,
-                          eos_id=eos, pad_id=pad)
+    out = models.generate(
+      model,
+      params,
+      ids,
+      mask,
+      rng=jax.random.key(0),
+      max_new_tokens=MAX_NEW,
+      temperature=0.0,
+      eos_id=eos,
+      pad_id=pad,
+    )
     for row in range(ids.shape[0]):
       hits = np.flatnonzero(np.isin(free.tokens[row], eos))
       length = hits[0] + 1
       assert out.lengths[row] == length
-      np.testing.assert_array_equal(out.tokens[row, :length],
-                                    free.tokens[row, :length])
+      np.testing.assert_array_equal(
+        out.tokens[row, :length], free.tokens[row, :length]
+      )
       np.testing.assert_array_equal(out.tokens[row, length:], pad)
-      np.testing.assert_array_equal(out.mask[row],
-                                    np.arange(MAX_NEW) < length)
+      np.testing.assert_array_equal(out.mask[row], np.arange(MAX_NEW) < length)
     assert np.all(np.asarray(out.lengths) <= [3, 1, 4])
 
 
@@ -174,14 +187,22 @@ def test_bad_arguments():
   ids, mask = _prompts()
   params = model.abstract_params()
   with pytest.raises(ValueError, match="max_new_tokens"):
-    models.generate(model, params, ids, mask, rng=jax.random.key(0),
-                    max_new_tokens=0)
+    models.generate(
+      model, params, ids, mask, rng=jax.random.key(0), max_new_tokens=0
+    )
   with pytest.raises(ValueError, match="top_k"):
-    models.generate(model, params, ids, mask, rng=jax.random.key(0),
-                    max_new_tokens=2, top_k=0)
+    models.generate(
+      model, params, ids, mask, rng=jax.random.key(0), max_new_tokens=2, top_k=0
+    )
   with pytest.raises(ValueError, match="learned positions"):
-    models.generate(model, params, ids, mask, rng=jax.random.key(0),
-                    max_new_tokens=model.config.max_len)
+    models.generate(
+      model,
+      params,
+      ids,
+      mask,
+      rng=jax.random.key(0),
+      max_new_tokens=model.config.max_len,
+    )
 
 
 def test_filters_and_sampling_distribution():
@@ -196,11 +217,13 @@ def test_filters_and_sampling_distribution():
 
   np.testing.assert_allclose(frequencies(None), probs, atol=0.02)
   top_k = (jnp.int32(2), jnp.float32(2.0))
-  np.testing.assert_allclose(frequencies(top_k), [0.625, 0.375, 0, 0],
-                             atol=0.02)
+  np.testing.assert_allclose(
+    frequencies(top_k), [0.625, 0.375, 0, 0], atol=0.02
+  )
   # Mass before each token: 0, 0.5, 0.8, 0.95; top_p=0.7 keeps two tokens.
   top_p = (jnp.int32(4), jnp.float32(0.7))
-  np.testing.assert_allclose(frequencies(top_p), [0.625, 0.375, 0, 0],
-                             atol=0.02)
+  np.testing.assert_allclose(
+    frequencies(top_p), [0.625, 0.375, 0, 0], atol=0.02
+  )
   both = (jnp.int32(1), jnp.float32(0.9))
   np.testing.assert_array_equal(frequencies(both), [1, 0, 0, 0])

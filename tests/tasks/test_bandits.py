@@ -12,10 +12,15 @@ def test_transitive_and_contradictory_sets():
   chosen, rejected = bandits.bandit_pairs("transitive")
   as_text = lambda ids: [tok.decode([i]) for i in ids]
   assert list(zip(as_text(chosen), as_text(rejected))) == [
-      ("a", "b"), ("b", "c"), ("a", "c")]
+    ("a", "b"),
+    ("b", "c"),
+    ("a", "c"),
+  ]
   chosen, rejected = bandits.bandit_pairs("contradictory")
   assert list(zip(as_text(chosen), as_text(rejected))) == [
-      ("a", "b"), ("b", "a")]
+    ("a", "b"),
+    ("b", "a"),
+  ]
   assert chosen.dtype == np.int32
 
 

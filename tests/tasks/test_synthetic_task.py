@@ -39,23 +39,26 @@ def test_word_tokenizer_rejects_unknown_words():
 def test_reward_is_mean_word_sentiment_ignoring_specials():
   great, awful, movie = _ids("great", "awful", "movie")
   s = synthetic.WORD_SENTIMENT
-  tokens = np.array([
+  tokens = np.array(
+    [
       [great, awful, movie, 2, 0],
       [great, 2, 0, 0, 0],
       [2, 0, 0, 0, 0],  # Empty response: reward 0.
       [awful, awful, 2, great, great],  # Masked tail does not count.
-  ])
-  where = np.array([
-      [1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]],
-                   bool)
-  expected = np.array([
-      (s[great] + s[awful] + s[movie]) / 3, s[great], 0.0, s[awful]],
-                      np.float32)
+    ]
+  )
+  where = np.array(
+    [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]], bool
+  )
+  expected = np.array(
+    [(s[great] + s[awful] + s[movie]) / 3, s[great], 0.0, s[awful]], np.float32
+  )
   reward = synthetic.sentiment_reward(tokens, where)
   assert isinstance(reward, np.ndarray) and reward.dtype == np.float32
   np.testing.assert_allclose(reward, expected, rtol=1e-6)
-  jax_reward = synthetic.sentiment_reward(jnp.asarray(tokens),
-                                          jnp.asarray(where))
+  jax_reward = synthetic.sentiment_reward(
+    jnp.asarray(tokens), jnp.asarray(where)
+  )
   assert isinstance(jax_reward, jax.Array)
   jit_reward = jax.jit(synthetic.sentiment_reward)(tokens, where)
   np.testing.assert_allclose(jax_reward, expected, rtol=1e-6)
@@ -68,8 +71,9 @@ def test_reward_range():
   reward = synthetic.sentiment_reward(tokens, rng.random((256, 10)) < 0.7)
   assert np.all(reward >= -1.0) and np.all(reward <= 1.0)
   best = _ids(synthetic.POSITIVE_WORDS[0])
-  all_best = synthetic.sentiment_reward(np.array([best * 3]),
-                                        np.ones([1, 3], bool))
+  all_best = synthetic.sentiment_reward(
+    np.array([best * 3]), np.ones([1, 3], bool)
+  )
   assert all_best[0] == 1.0
 
 
@@ -80,7 +84,8 @@ def test_base_language_is_seeded_and_stochastic():
   assert not np.array_equal(language, synthetic.make_base_language(4))
   assert language[vocab.BOS_ID, vocab.EOS_ID] == 0.0
   np.testing.assert_allclose(
-      language[synthetic.FIRST_WORD_ID:, vocab.EOS_ID], 0.1)
+    language[synthetic.FIRST_WORD_ID :, vocab.EOS_ID], 0.1
+  )
 
 
 def test_samples_are_well_formed():
@@ -90,7 +95,8 @@ def test_samples_are_well_formed():
   assert prompts.shape == (500, 4) and prompts.dtype == np.int32
   assert np.all(prompts >= synthetic.FIRST_WORD_ID)
   responses = synthetic.sample_continuations(
-      language, prompts, rng, max_new_tokens=6, min_new_tokens=2)
+    language, prompts, rng, max_new_tokens=6, min_new_tokens=2
+  )
   assert responses.shape == (500, 7)
   mask = synthetic.response_mask(responses)
   lengths = mask.sum(axis=-1)
@@ -105,8 +111,10 @@ def test_samples_are_well_formed():
 
 def test_response_mask_stops_at_first_eos():
   responses = np.array([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 5, 0, 0, 0]])
-  np.testing.assert_array_equal(synthetic.response_mask(responses), [
-      [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    synthetic.response_mask(responses),
+    [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]],
+  )
 
 
 def test_preference_pairs_from_base_language():
@@ -115,18 +123,21 @@ def test_preference_pairs_from_base_language():
   prompts = synthetic.sample_prompts(language, rng, 300, 3)
   sampler = synthetic.base_language_sampler(language, max_new_tokens=8)
   pairs = synthetic.make_preference_pairs(
-      prompts, sampler, synthetic.sentiment_reward, rng, batch_size=64)
+    prompts, sampler, synthetic.sentiment_reward, rng, batch_size=64
+  )
   kept = len(pairs.prompt_index)
   assert kept + pairs.num_ties == 300
   assert kept > 290
   np.testing.assert_array_equal(pairs.prompts, prompts[pairs.prompt_index])
   assert np.all(pairs.chosen_reward > pairs.rejected_reward)
   np.testing.assert_allclose(
-      synthetic.sentiment_reward(pairs.chosen, pairs.chosen_mask),
-      pairs.chosen_reward)
+    synthetic.sentiment_reward(pairs.chosen, pairs.chosen_mask),
+    pairs.chosen_reward,
+  )
   np.testing.assert_allclose(
-      synthetic.sentiment_reward(pairs.rejected, pairs.rejected_mask),
-      pairs.rejected_reward)
+    synthetic.sentiment_reward(pairs.rejected, pairs.rejected_mask),
+    pairs.rejected_reward,
+  )
   assert pairs.chosen.shape == pairs.rejected.shape == (kept, 9)
 
 
@@ -147,8 +158,12 @@ def test_preference_pairs_with_a_custom_sampler():
 
   prompts = np.arange(10, dtype=np.int32).reshape(5, 2) + 3
   pairs = synthetic.make_preference_pairs(
-      prompts, sample_fn, synthetic.sentiment_reward, np.random.default_rng(0),
-      batch_size=2)
+    prompts,
+    sample_fn,
+    synthetic.sentiment_reward,
+    np.random.default_rng(0),
+    batch_size=2,
+  )
   assert calls == [(4, 2), (4, 2), (2, 2)]
   assert pairs.num_ties == 1
   np.testing.assert_array_equal(pairs.prompt_index, [1, 2, 3, 4])

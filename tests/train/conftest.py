@@ -11,9 +11,8 @@ import functools
 import pathlib
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import pytest
-
+from jax.experimental.compilation_cache import compilation_cache
 from train_testing import BASELINE
 from train_testing import Trained
 from train_testing import make_tiny_config
@@ -23,8 +22,10 @@ from train_testing import write_pair_files
 
 @contextlib.contextmanager
 def _persistent_compilation_cache(directory: pathlib.Path):
-  names = ("jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs")
+  names = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+  )
   previous = {name: getattr(jax.config, name) for name in names}
   jax.config.update("jax_compilation_cache_dir", str(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

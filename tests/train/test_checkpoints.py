@@ -5,8 +5,6 @@ import signal
 
 import numpy as np
 import pytest
-
-from train.checkpoint import IncompatibleCheckpointError
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import assert_trees_equal
@@ -19,13 +17,16 @@ from train_testing import start_train_main
 from train_testing import train
 from train_testing import wait_for
 
+from train.checkpoint import IncompatibleCheckpointError
+
 
 def _without_timing(record: dict) -> dict:
   return {k: v for k, v in record.items() if k != "tokens_per_second"}
 
 
 def test_rerun_resumes_keeping_one_record_per_step(
-    make_config, baseline, tmp_path, capsys):
+  make_config, baseline, tmp_path, capsys
+):
   changes = {**BASELINE, "checkpoint_every": 1, "keep_checkpoints": 2}
   train(make_config(**{**changes, "steps": 2}), tmp_path)
   assert checkpoint_steps(tmp_path) == [1, 2]
@@ -43,8 +44,9 @@ def test_rerun_resumes_keeping_one_record_per_step(
     actual, wanted = _without_timing(actual), _without_timing(wanted)
     assert actual.keys() == wanted.keys()
     for name in wanted:
-      np.testing.assert_allclose(actual[name], wanted[name], rtol=TOLERANCE,
-                                 atol=TOLERANCE, err_msg=name)
+      np.testing.assert_allclose(
+        actual[name], wanted[name], rtol=TOLERANCE, atol=TOLERANCE, err_msg=name
+      )
 
   # The same command once more: nothing left to do, nothing written twice.
   train(make_config(**changes), tmp_path)
@@ -53,12 +55,12 @@ def test_rerun_resumes_keeping_one_record_per_step(
   assert checkpoint_steps(tmp_path) == [3, 4]
 
 
-def test_incompatible_checkpoint_fails_at_start(make_config, baseline,
-                                                tmp_path):
+def test_incompatible_checkpoint_fails_at_start(
+  make_config, baseline, tmp_path
+):
   shutil.copytree(baseline.workdir / "checkpoints", tmp_path / "checkpoints")
   with pytest.raises(IncompatibleCheckpointError) as error:
-    train(make_config(**BASELINE, **{"loss.name": "ipo", "seed": 3}),
-          tmp_path)
+    train(make_config(**BASELINE, **{"loss.name": "ipo", "seed": 3}), tmp_path)
   message = str(error.value)
   assert 'loss: checkpoint has "dpo", config has "ipo"' in message
   assert "seed: checkpoint has 0, config has 3" in message
@@ -69,21 +71,27 @@ def test_incompatible_checkpoint_fails_at_start(make_config, baseline,
 
 # The default program path: synthetic pairs sampled from an SFT reference
 # that the run fits and caches in its workdir.
-KILLED = {"steps": 24, "checkpoint_every": 4, "reference.sft_steps": 2,
-          "reference.sft_batch_size": 16}
+KILLED = {
+  "steps": 24,
+  "checkpoint_every": 4,
+  "reference.sft_steps": 2,
+  "reference.sft_batch_size": 16,
+}
 
 
 @pytest.mark.slow  # Two train.main processes and an SFT reference: ~2 min.
-def test_sigkill_then_rerun_ends_bitwise_like_an_uninterrupted_run(
-    tmp_path):
+def test_sigkill_then_rerun_ends_bitwise_like_an_uninterrupted_run(tmp_path):
   config = make_tiny_config(None, **KILLED)
   uninterrupted = tmp_path / "uninterrupted"
   train(config, uninterrupted)
 
   killed = tmp_path / "killed"
   process = start_train_main(config, killed, log_name="first")
-  wait_for(lambda: (killed / "checkpoints" / "4").exists(), process=process,
-           what="the first checkpoint")
+  wait_for(
+    lambda: (killed / "checkpoints" / "4").exists(),
+    process=process,
+    what="the first checkpoint",
+  )
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert process.returncode == -signal.SIGKILL
@@ -93,18 +101,27 @@ def test_sigkill_then_rerun_ends_bitwise_like_an_uninterrupted_run(
   output = finish(rerun)
   assert rerun.returncode == 0, output
   assert "Resumed from the checkpoint of step" in output
-  assert_trees_equal(load_checkpoint_params(killed, config.steps),
-                     load_checkpoint_params(uninterrupted, config.steps))
-  assert ([r["step"] for r in read_metrics(killed)]
-          == list(range(1, config.steps + 1)))
+  assert_trees_equal(
+    load_checkpoint_params(killed, config.steps),
+    load_checkpoint_params(uninterrupted, config.steps),
+  )
+  assert [r["step"] for r in read_metrics(killed)] == list(
+    range(1, config.steps + 1)
+  )
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(make_config, tmp_path):
   config = make_config(steps=1000)
   process = start_train_main(config, tmp_path / "run")
-  wait_for(lambda: len(read_metrics(tmp_path / "run")) >= 2
-           if (tmp_path / "run" / "metrics.jsonl").exists() else False,
-           process=process, what="two steps")
+  wait_for(
+    lambda: (
+      len(read_metrics(tmp_path / "run")) >= 2
+      if (tmp_path / "run" / "metrics.jsonl").exists()
+      else False
+    ),
+    process=process,
+    what="two steps",
+  )
   process.send_signal(signal.SIGTERM)
   output = finish(process)
   assert process.returncode == 0, output

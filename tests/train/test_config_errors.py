@@ -1,31 +1,36 @@
 """Configs that cannot work fail at start, saying what to change."""
 
 import pytest
-
-from train.errors import ConfigError
 from train_testing import finish
 from train_testing import start_train_main
 from train_testing import train
 
+from train.errors import ConfigError
+
 # (override, a part of the message). Each runs on the 8 simulated devices.
 CONFIG_ERRORS = {
-    "batch_not_divisible": (
-        {"batch_size": 12},
-        "cannot be split over mesh.data x mesh.fsdp = 8 devices; make"
-        " batch_size a multiple of 8"),
-    "mesh_too_large": (
-        {"mesh.data": 16},
-        "mesh data=16 x fsdp=1 x tensor=1 = 16 devices, but 8 are available;"
-        " set one axis to -1"),
-    "unknown_loss": (
-        {"loss.name": "dpoo"},
-        "unknown loss 'dpoo'; config.loss.name must be one of ['dpo',"),
-    "unknown_optimizer": (
-        {"optimizer.name": "adamm"},
-        "unknown optimizer.name 'adamm'; use 'adamw' or 'rmsprop'"),
-    "bad_hyperparameter": (
-        {"loss.name": "slpo", "loss.temperature": 0.5},
-        "config.loss (slpo): temperature must be >= 1, got 0.5"),
+  "batch_not_divisible": (
+    {"batch_size": 12},
+    "cannot be split over mesh.data x mesh.fsdp = 8 devices; make"
+    " batch_size a multiple of 8",
+  ),
+  "mesh_too_large": (
+    {"mesh.data": 16},
+    "mesh data=16 x fsdp=1 x tensor=1 = 16 devices, but 8 are available;"
+    " set one axis to -1",
+  ),
+  "unknown_loss": (
+    {"loss.name": "dpoo"},
+    "unknown loss 'dpoo'; config.loss.name must be one of ['dpo',",
+  ),
+  "unknown_optimizer": (
+    {"optimizer.name": "adamm"},
+    "unknown optimizer.name 'adamm'; use 'adamw' or 'rmsprop'",
+  ),
+  "bad_hyperparameter": (
+    {"loss.name": "slpo", "loss.temperature": 0.5},
+    "config.loss (slpo): temperature must be >= 1, got 0.5",
+  ),
 }
 
 
@@ -46,20 +51,25 @@ def command_line_failures(make_config, tmp_path_factory):
   """
   root = tmp_path_factory.mktemp("config_errors")
   processes = {
-      case: start_train_main(make_config(**changes), root / case)
-      for case, (changes, _) in CONFIG_ERRORS.items()
+    case: start_train_main(make_config(**changes), root / case)
+    for case, (changes, _) in CONFIG_ERRORS.items()
   }
   processes["unknown_key"] = start_train_main(
-      make_config(), root / "unknown_key", "--config.loss.nmae=x")
-  outputs = {case: finish(process, timeout=120)
-             for case, process in processes.items()}
-  return {case: (process.returncode, outputs[case], root / case)
-          for case, process in processes.items()}
+    make_config(), root / "unknown_key", "--config.loss.nmae=x"
+  )
+  outputs = {
+    case: finish(process, timeout=120) for case, process in processes.items()
+  }
+  return {
+    case: (process.returncode, outputs[case], root / case)
+    for case, process in processes.items()
+  }
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_ERRORS))
 def test_command_line_reports_a_config_error_in_one_line(
-    case, command_line_failures):
+  case, command_line_failures
+):
   returncode, output, workdir = command_line_failures[case]
   _, message = CONFIG_ERRORS[case]
   assert returncode == 2, output
@@ -74,6 +84,6 @@ def test_command_line_refuses_an_unknown_config_key(command_line_failures):
   assert returncode == 2, output
   assert "Traceback" not in output
   assert output.strip().splitlines() == [
-      "error: no config key 'nmae' Did you mean \"name\" instead of"
-      " \"nmae\"?"]
+    "error: no config key 'nmae' Did you mean \"name\" instead of \"nmae\"?"
+  ]
   assert not workdir.exists()

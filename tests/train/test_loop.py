@@ -5,12 +5,6 @@ import math
 import jax
 import numpy as np
 import pytest
-
-from train import loop
-from train import reference as reference_lib
-from train import validate
-from train.errors import ConfigError
-from train.errors import NonFiniteError
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import assert_trees_equal
@@ -20,21 +14,35 @@ from train_testing import read_metrics
 from train_testing import train
 from train_testing import train_losses
 
-TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
-             "rewards/margins", "logps/chosen", "logps/rejected")
+from train import reference as reference_lib
+from train import validate
+from train.errors import ConfigError
+from train.errors import NonFiniteError
+
+TRL_NAMES = (
+  "rewards/chosen",
+  "rewards/rejected",
+  "rewards/accuracies",
+  "rewards/margins",
+  "logps/chosen",
+  "logps/rejected",
+)
 
 
 def _leaves_differ(a, b) -> bool:
-  return any(not np.array_equal(x, y)
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return any(
+    not np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_online_reference_is_untouched_and_policy_moves(baseline):
   run = baseline.run
   assert run.reference_params is not None
   # Still alive (never donated) and bitwise what it was before step 1.
-  assert_trees_equal(jax.device_get(run.reference_params),
-                     baseline.initial_reference)
+  assert_trees_equal(
+    jax.device_get(run.reference_params), baseline.initial_reference
+  )
   final = jax.device_get(baseline.result.state.params)
   assert _leaves_differ(final, baseline.initial_params)
   assert int(baseline.result.state.step) == BASELINE["steps"]
@@ -54,7 +62,8 @@ def test_metrics_records_every_step_with_trl_names_and_eval(baseline):
       for name in TRL_NAMES:
         assert math.isfinite(record[f"eval/{name}"])
   assert baseline.result.eval_metrics == {
-      k: v for k, v in records[-1].items() if k.startswith("eval/")}
+    k: v for k, v in records[-1].items() if k.startswith("eval/")
+  }
 
 
 def test_tensorboard_events_are_written(baseline):
@@ -64,11 +73,13 @@ def test_tensorboard_events_are_written(baseline):
 
 
 def test_non_finite_loss_stops_without_a_non_finite_checkpoint(
-    make_config, tmp_path):
+  make_config, tmp_path
+):
   # Adam's first update moves every weight by ~1e30: the second forward pass
   # overflows.
-  config = make_config(**{
-      "optimizer.learning_rate": 1e30, "checkpoint_every": 1, "steps": 4})
+  config = make_config(
+    **{"optimizer.learning_rate": 1e30, "checkpoint_every": 1, "steps": 4}
+  )
   with pytest.raises(NonFiniteError, match="non-finite .* at step 2"):
     train(config, tmp_path)
   assert checkpoint_steps(tmp_path) == [1]
@@ -81,8 +92,7 @@ def test_non_finite_loss_stops_without_a_non_finite_checkpoint(
 def precomputed(make_config, tmp_path_factory):
   """The baseline with precomputed reference log-probs; its workdir."""
   workdir = tmp_path_factory.mktemp("precomputed")
-  train(make_config(**BASELINE, **{"reference.mode": "precomputed"}),
-        workdir)
+  train(make_config(**BASELINE, **{"reference.mode": "precomputed"}), workdir)
   return workdir
 
 
@@ -94,12 +104,17 @@ def test_precomputed_reference_matches_online(precomputed, baseline):
     for name in ("loss", "eval/loss", *TRL_NAMES):
       if name in b:
         np.testing.assert_allclose(
-            a[name], b[name], rtol=TOLERANCE, atol=TOLERANCE,
-            err_msg=f"step {b['step']} {name}")
+          a[name],
+          b[name],
+          rtol=TOLERANCE,
+          atol=TOLERANCE,
+          err_msg=f"step {b['step']} {name}",
+        )
 
 
 def test_precomputed_reference_cache_is_reused(
-    precomputed, make_config, monkeypatch):
+  precomputed, make_config, monkeypatch
+):
   (cache,) = (precomputed / "reference_logps").glob("*.npz")
   stamp = cache.stat().st_mtime_ns
 
@@ -108,15 +123,17 @@ def test_precomputed_reference_cache_is_reused(
 
   monkeypatch.setattr(reference_lib, "_stats_fn", no_rebuild)
   # Same workdir: the cache is loaded and the finished run resumes at its end.
-  train(make_config(**BASELINE, **{"reference.mode": "precomputed"}),
-        precomputed)
+  train(
+    make_config(**BASELINE, **{"reference.mode": "precomputed"}), precomputed
+  )
   assert list((precomputed / "reference_logps").glob("*.npz")) == [cache]
   assert cache.stat().st_mtime_ns == stamp
 
 
 def test_precomputed_reference_refuses_per_token_losses(make_config, tmp_path):
   config = make_config(
-      **{"loss.name": "slpo_token", "reference.mode": "precomputed"})
+    **{"loss.name": "slpo_token", "reference.mode": "precomputed"}
+  )
   with pytest.raises(ConfigError, match="reference.mode='online'"):
     train(config, tmp_path)
   assert not any(tmp_path.iterdir())  # Failed before any work.
@@ -125,28 +142,34 @@ def test_precomputed_reference_refuses_per_token_losses(make_config, tmp_path):
 def test_soft_slpo_reads_only_sequence_values_of_the_reference(make_config):
   # Its pair complement is the policy's; the reference enters through
   # log pi_ref(y_w) and log pi_ref(y_l), which can be precomputed.
-  validate.validate(make_config(
-      **{"loss.name": "slpo_soft", "reference.mode": "precomputed"}))
+  validate.validate(
+    make_config(**{"loss.name": "slpo_soft", "reference.mode": "precomputed"})
+  )
 
 
 MESHES = {
-    "one_device": (1, {"mesh.data": 1}),
-    "fsdp": (None, {"mesh.data": 2, "mesh.fsdp": 4}),
-    "tensor": (None, {"mesh.data": 4, "mesh.tensor": 2}),
+  "one_device": (1, {"mesh.data": 1}),
+  "fsdp": (None, {"mesh.data": 2, "mesh.fsdp": 4}),
+  "tensor": (None, {"mesh.data": 4, "mesh.tensor": 2}),
 }
 
 
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_sharding_gives_the_data_parallel_losses(
-    mesh, baseline, make_config, tmp_path):
+  mesh, baseline, make_config, tmp_path
+):
   devices, changes = MESHES[mesh]
-  config = make_config(**{**BASELINE, "eval_every": 0,
-                               "checkpoint_every": 0, **changes})
+  config = make_config(
+    **{**BASELINE, "eval_every": 0, "checkpoint_every": 0, **changes}
+  )
   trained = train(config, tmp_path, devices=devices)
   assert trained.run.mesh.devices.size == (devices or 8)
   expected = train_losses(baseline.workdir)
   actual = train_losses(tmp_path)
   assert sorted(actual) == sorted(expected)
   np.testing.assert_allclose(
-      [actual[s] for s in sorted(actual)],
-      [expected[s] for s in sorted(expected)], rtol=TOLERANCE, atol=TOLERANCE)
+    [actual[s] for s in sorted(actual)],
+    [expected[s] for s in sorted(expected)],
+    rtol=TOLERANCE,
+    atol=TOLERANCE,
+  )

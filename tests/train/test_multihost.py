@@ -10,18 +10,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from train import data as data_lib
-from train import loop
-from train_testing import build
 from train_testing import BASELINE
 from train_testing import TOLERANCE
+from train_testing import build
 from train_testing import finish
 from train_testing import free_port
 from train_testing import read_metrics
 from train_testing import start_train_main
-from train_testing import train
 from train_testing import train_losses
+
+from train import data as data_lib
+from train import loop
 
 # Two train.main processes compiling for a 2-process mesh: ~1.5 min.
 pytestmark = pytest.mark.slow
@@ -38,13 +37,16 @@ def two_processes(make_config, tmp_path_factory):
   config = make_config(**CHANGES)
   address = f"localhost:{free_port()}"
   processes = [
-      start_train_main(
-          config, workdir,
-          f"--config.distributed.coordinator_address={address}",
-          f"--config.distributed.num_processes={PROCESSES}",
-          f"--config.distributed.process_id={index}",
-          devices=8 // PROCESSES, log_name=f"process{index}")
-      for index in range(PROCESSES)
+    start_train_main(
+      config,
+      workdir,
+      f"--config.distributed.coordinator_address={address}",
+      f"--config.distributed.num_processes={PROCESSES}",
+      f"--config.distributed.process_id={index}",
+      devices=8 // PROCESSES,
+      log_name=f"process{index}",
+    )
+    for index in range(PROCESSES)
   ]
   outputs = [finish(process, timeout=540) for process in processes]
   for process, output in zip(processes, outputs):
@@ -79,28 +81,43 @@ class _HostShards:
 
 
 def test_two_processes_train_like_one_process_reading_their_shards(
-    two_processes, make_config, tmp_path):
+  two_processes, make_config, tmp_path
+):
   config = make_config(**CHANGES)
   run = build(config, tmp_path)
   dataset = data_lib.load_dataset(
-      config.data, tokenizer=data_lib.make_tokenizer(config.data, ""),
-      split="train")
+    config.data,
+    tokenizer=data_lib.make_tokenizer(config.data, ""),
+    split="train",
+  )
   # One process that reads the two hosts' shards in turn, as the two
   # processes do side by side.
-  shards = _HostShards([
-      dataset.batches(batch_size=config.batch_size // PROCESSES,
-                      seed=config.seed, shard_index=host,
-                      shard_count=PROCESSES, repeat=True)
-      for host in range(PROCESSES)])
+  shards = _HostShards(
+    [
+      dataset.batches(
+        batch_size=config.batch_size // PROCESSES,
+        seed=config.seed,
+        shard_index=host,
+        shard_count=PROCESSES,
+        repeat=True,
+      )
+      for host in range(PROCESSES)
+    ]
+  )
   loop.train_and_evaluate(
-      config, tmp_path, run=dataclasses.replace(run, train_iterator=shards))
+    config, tmp_path, run=dataclasses.replace(run, train_iterator=shards)
+  )
   expected = read_metrics(tmp_path)
   actual = read_metrics(two_processes)
   assert [r["step"] for r in actual] == [r["step"] for r in expected]
   for name in ("loss", "grad_norm", "logps/chosen", "rewards/margins"):
     np.testing.assert_allclose(
-        [r[name] for r in actual], [r[name] for r in expected],
-        rtol=TOLERANCE, atol=TOLERANCE, err_msg=name)
+      [r[name] for r in actual],
+      [r[name] for r in expected],
+      rtol=TOLERANCE,
+      atol=TOLERANCE,
+      err_msg=name,
+    )
 
 
 def test_two_processes_train_like_one_process(two_processes, baseline):
@@ -108,5 +125,8 @@ def test_two_processes_train_like_one_process(two_processes, baseline):
   actual = train_losses(two_processes)
   assert sorted(actual) == sorted(expected)
   np.testing.assert_allclose(
-      [actual[s] for s in sorted(actual)],
-      [expected[s] for s in sorted(expected)], rtol=TOLERANCE, atol=TOLERANCE)
+    [actual[s] for s in sorted(actual)],
+    [expected[s] for s in sorted(expected)],
+    rtol=TOLERANCE,
+    atol=TOLERANCE,
+  )

@@ -40,9 +40,15 @@ RTOL = 1e-4
 # Gradients per leaf: the absolute tolerance is relative to the leaf's
 # largest entry (float32 rounding of sums over the whole batch).
 GRAD_RTOL, GRAD_ATOL = 1e-4, 2e-5
-DIFFERENTIABLE = ("chosen_logps", "rejected_logps", "chosen_not_logps",
-                  "rejected_not_logps", "pair_not_logps",
-                  "chosen_token_logps", "chosen_token_pair_not_logps")
+DIFFERENTIABLE = (
+  "chosen_logps",
+  "rejected_logps",
+  "chosen_not_logps",
+  "rejected_not_logps",
+  "pair_not_logps",
+  "chosen_token_logps",
+  "chosen_token_pair_not_logps",
+)
 # The last row is padding: weight 0, so it must count for nothing.
 WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 
@@ -73,9 +79,15 @@ def setup():
   policy_stats = torch_reference.pair_statistics(policy_model, batch)
   with torch.no_grad():
     reference_stats = torch_reference.pair_statistics(reference_model, batch)
-  return dict(config=config, policy=policy, reference=reference, batch=batch,
-              policy_model=policy_model, policy_stats=policy_stats,
-              reference_stats=reference_stats)
+  return dict(
+    config=config,
+    policy=policy,
+    reference=reference,
+    batch=batch,
+    policy_model=policy_model,
+    policy_stats=policy_stats,
+    reference_stats=reference_stats,
+  )
 
 
 def _numpy(stats) -> dict[str, np.ndarray]:
@@ -94,18 +106,20 @@ def _expected_step(setup, loss_name, loss_config, optimizer_config):
     weights = jnp.asarray(WEIGHTS)
 
     def mean_loss(values):
-      per_example = spec(slpo_jax.PairStats(**values, **data),
-                         reference_stats, **hparams)
+      per_example = spec(
+        slpo_jax.PairStats(**values, **data), reference_stats, **hparams
+      )
       return jnp.sum(jnp.where(weights > 0, weights * per_example, 0.0)) / (
-          jnp.sum(weights))
+        jnp.sum(weights)
+      )
 
     values = {k: jnp.asarray(policy[k]) for k in DIFFERENTIABLE}
     loss, cotangents = jax.value_and_grad(mean_loss)(values)
     loss = float(loss)
     cotangents = {k: np.asarray(v) for k, v in cotangents.items()}
   grads = torch_reference.gradients(
-      setup["policy_model"], setup["policy_stats"], cotangents,
-      setup["config"])
+    setup["policy_model"], setup["policy_stats"], cotangents, setup["config"]
+  )
   # AdamW's first step: m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected to
   # g and g^2, then decoupled weight decay, all scaled by the rate.
   c = optimizer_config
@@ -115,7 +129,8 @@ def _expected_step(setup, loss_name, loss_config, optimizer_config):
     m_hat = (1 - c.b1) * grad / (1 - c.b1)
     v_hat = (1 - c.b2) * grad**2 / (1 - c.b2)
     return param - c.learning_rate * (
-        m_hat / (np.sqrt(v_hat) + c.eps) + c.weight_decay * param)
+      m_hat / (np.sqrt(v_hat) + c.eps) + c.weight_decay * param
+    )
 
   updated = jax.tree.map(adamw, setup["policy"], grads)
   return loss, grads, updated
@@ -129,35 +144,45 @@ def _program_step(loss_name: str):
   loss_config.name = loss_name
   optimizer = step_lib.make_optimizer(_optimizer_config(), total_steps=10)
   step = jax.jit(
-      functools.partial(
-          step_lib.train_step, model=models.build(config),
-          optimizer=optimizer, loss_config=loss_config,
-          head=slpo_jax.HeadOptions(fused=False)),
-      compiler_options={"xla_backend_optimization_level": 0})
+    functools.partial(
+      step_lib.train_step,
+      model=models.build(config),
+      optimizer=optimizer,
+      loss_config=loss_config,
+      head=slpo_jax.HeadOptions(fused=False),
+    ),
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
   return step, optimizer, loss_config
 
 
 def _assert_leaves_close(actual, expected, what):
-  for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual),
-                          jax.tree.leaves(expected)):
+  for (path, a), e in zip(
+    jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)
+  ):
     scale = float(np.max(np.abs(e)))
     np.testing.assert_allclose(
-        np.asarray(a, np.float64), e, rtol=GRAD_RTOL,
-        atol=GRAD_ATOL * max(scale, 1e-30),
-        err_msg=f"{what} {jax.tree_util.keystr(path)}")
+      np.asarray(a, np.float64),
+      e,
+      rtol=GRAD_RTOL,
+      atol=GRAD_ATOL * max(scale, 1e-30),
+      err_msg=f"{what} {jax.tree_util.keystr(path)}",
+    )
 
 
 @pytest.mark.parametrize("loss_name", sorted(losses.LOSSES))
 def test_train_step_matches_an_independent_computation(loss_name, setup):
   step, optimizer, loss_config = _program_step(loss_name)
   state = step_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=setup["policy"],
-      opt_state=optimizer.init(setup["policy"]))
+    step=jnp.zeros((), jnp.int32),
+    params=setup["policy"],
+    opt_state=optimizer.init(setup["policy"]),
+  )
   batch = {k: jnp.asarray(v) for k, v in setup["batch"].items()}
-  new_state, metrics = jax.device_get(
-      step(state, setup["reference"], batch))
+  new_state, metrics = jax.device_get(step(state, setup["reference"], batch))
   loss, grads, updated = _expected_step(
-      setup, loss_name, loss_config, _optimizer_config())
+    setup, loss_name, loss_config, _optimizer_config()
+  )
 
   assert bool(metrics["finite"])
   np.testing.assert_allclose(metrics["loss"], loss, rtol=RTOL, atol=1e-6)
@@ -167,16 +192,23 @@ def test_train_step_matches_an_independent_computation(loss_name, setup):
   np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=RTOL)
   b1 = _optimizer_config().b1
   program_grads = jax.tree.map(
-      lambda mu: np.asarray(mu, np.float64) / (1 - b1),
-      optax.tree_utils.tree_get(new_state.opt_state, "mu"))
+    lambda mu: np.asarray(mu, np.float64) / (1 - b1),
+    optax.tree_utils.tree_get(new_state.opt_state, "mu"),
+  )
   _assert_leaves_close(program_grads, grads, "gradient")
   # Where the gradient is resolved, Adam's first step is the rate times its
   # sign plus the decay: compare the updated parameters there.
   for (path, new), want, g in zip(
-      jax.tree_util.tree_leaves_with_path(new_state.params),
-      jax.tree.leaves(updated), jax.tree.leaves(grads)):
+    jax.tree_util.tree_leaves_with_path(new_state.params),
+    jax.tree.leaves(updated),
+    jax.tree.leaves(grads),
+  ):
     resolved = np.abs(g) > 1e-2 * np.max(np.abs(g))
     np.testing.assert_allclose(
-        np.asarray(new, np.float64)[resolved], want[resolved], rtol=0,
-        atol=1e-6, err_msg=f"updated {jax.tree_util.keystr(path)}")
+      np.asarray(new, np.float64)[resolved],
+      want[resolved],
+      rtol=0,
+      atol=1e-6,
+      err_msg=f"updated {jax.tree_util.keystr(path)}",
+    )
   assert int(new_state.step) == 1

@@ -5,18 +5,18 @@ import functools
 import jax
 import numpy as np
 import pytest
-
-import slpo_jax
-from slpo_jax import losses
-
-from train import step as step_lib
 from train_testing import TOLERANCE
 from train_testing import assert_trees_close
 from train_testing import build
 
+import slpo_jax
+from slpo_jax import losses
+from train import step as step_lib
+
 # Small tiles, so the fused head really works tile by tile (V = 259 bytes).
 FUSED = slpo_jax.HeadOptions(
-    fused=True, vocab_chunk_size=128, token_chunk_size=64)
+  fused=True, vocab_chunk_size=128, token_chunk_size=64
+)
 PLAIN = slpo_jax.HeadOptions(fused=False)
 
 
@@ -36,33 +36,46 @@ class Pieces:
     self.batches = [run.to_device(next(run.train_iterator)) for _ in range(2)]
     leaves, treedef = jax.tree.flatten(self.reference)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    self.policy = jax.tree.unflatten(treedef, [
+    self.policy = jax.tree.unflatten(
+      treedef,
+      [
         x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
-        for x, k in zip(leaves, keys)])
+        for x, k in zip(leaves, keys)
+      ],
+    )
     self.optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
     self._plain_results = {}
 
   def state(self):
     return step_lib.TrainState(
-        step=jax.numpy.zeros((), jax.numpy.int32), params=self.policy,
-        opt_state=self.optimizer.init(self.policy))
+      step=jax.numpy.zeros((), jax.numpy.int32),
+      params=self.policy,
+      opt_state=self.optimizer.init(self.policy),
+    )
 
   def step_fn(self, loss: str, head, grad_accum_steps: int = 1):
     loss_config = self.config.loss.copy_and_resolve_references()
     loss_config.name = loss
     # Compiled without backend optimisation: half the compile time on CPU,
     # and every step compared here is compiled alike.
-    return jax.jit(functools.partial(
-        step_lib.train_step, model=self.model, optimizer=self.optimizer,
-        loss_config=loss_config, head=head,
-        grad_accum_steps=grad_accum_steps),
-        compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(
+      functools.partial(
+        step_lib.train_step,
+        model=self.model,
+        optimizer=self.optimizer,
+        loss_config=loss_config,
+        head=head,
+        grad_accum_steps=grad_accum_steps,
+      ),
+      compiler_options={"xla_backend_optimization_level": 0},
+    )
 
   def plain_step(self, loss: str):
     """One plain-head step's ``(state, metrics)`` on the first batch, cached."""
     if loss not in self._plain_results:
-      self._plain_results[loss] = jax.device_get(self.step_fn(loss, PLAIN)(
-          self.state(), self.reference, self.batches[0]))
+      self._plain_results[loss] = jax.device_get(
+        self.step_fn(loss, PLAIN)(self.state(), self.reference, self.batches[0])
+      )
     return self._plain_results[loss]
 
 
@@ -78,19 +91,25 @@ def test_every_loss_takes_a_finite_step(loss, pieces):
   assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
   assert int(state.step) == 1
   policy = jax.device_get(pieces.policy)
-  assert any(not np.array_equal(new, old) for new, old in zip(
-      jax.tree.leaves(state.params), jax.tree.leaves(policy)))
+  assert any(
+    not np.array_equal(new, old)
+    for new, old in zip(jax.tree.leaves(state.params), jax.tree.leaves(policy))
+  )
 
 
 @pytest.mark.parametrize("loss", ["dpo", "slpo", "slpo_soft"])
 def test_fused_head_gives_the_plain_loss(loss, pieces):
   _, plain = pieces.plain_step(loss)
-  _, fused = jax.device_get(pieces.step_fn(loss, FUSED)(
-      pieces.state(), pieces.reference, pieces.batches[0]))
+  _, fused = jax.device_get(
+    pieces.step_fn(loss, FUSED)(
+      pieces.state(), pieces.reference, pieces.batches[0]
+    )
+  )
   assert bool(fused["finite"])
   for name in ("loss", "logps/chosen", "logps/rejected"):
-    np.testing.assert_allclose(fused[name], plain[name], rtol=TOLERANCE,
-                               atol=TOLERANCE, err_msg=name)
+    np.testing.assert_allclose(
+      fused[name], plain[name], rtol=TOLERANCE, atol=TOLERANCE, err_msg=name
+    )
 
 
 def test_gradient_accumulation_matches_one_batch(pieces):
@@ -99,7 +118,8 @@ def test_gradient_accumulation_matches_one_batch(pieces):
   first = dict(pieces.batches[0])
   weight = np.asarray(first["example_weight"])
   first["example_weight"] = jax.numpy.asarray(
-      np.array([1, 1, 1, 1, 1, 0, 0, 0], weight.dtype))
+    np.array([1, 1, 1, 1, 1, 0, 0, 0], weight.dtype)
+  )
   batches = [first, pieces.batches[1]]
   results = {}
   for accumulation in (1, 2, 4):
@@ -116,7 +136,11 @@ def test_gradient_accumulation_matches_one_batch(pieces):
       assert expected.keys() == actual.keys()
       for name in expected:
         np.testing.assert_allclose(
-            actual[name], expected[name], rtol=TOLERANCE, atol=TOLERANCE,
-            err_msg=f"accumulation {accumulation}, step {step + 1}, {name}")
+          actual[name],
+          expected[name],
+          rtol=TOLERANCE,
+          atol=TOLERANCE,
+          err_msg=f"accumulation {accumulation}, step {step + 1}, {name}",
+        )
       assert 0.0 <= actual["rewards/accuracies"] <= 1.0
     assert_trees_close(other_params, params)

@@ -45,7 +45,8 @@ def torch_model(model_config, params) -> torch.nn.Module:
     # float32 tensors widen exactly to float64 on loading.
     save_hf_checkpoint(model_config, params, folder, dtype="float32")
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float64, attn_implementation="eager")
+      folder, dtype=torch.float64, attn_implementation="eager"
+    )
   model.eval()
   for parameter in model.parameters():
     parameter.requires_grad_(True)
@@ -55,16 +56,19 @@ def torch_model(model_config, params) -> torch.nn.Module:
 def _side(model, batch, side: str) -> dict[str, torch.Tensor]:
   """Per-position log-probabilities of one side of the pairs."""
   ids = torch.from_numpy(np.asarray(batch[f"{side}_input_ids"], np.int64))
-  mask = torch.from_numpy(
-      np.asarray(batch[f"{side}_attention_mask"], np.int64))
+  mask = torch.from_numpy(np.asarray(batch[f"{side}_attention_mask"], np.int64))
   where = torch.from_numpy(np.asarray(batch[f"{side}_loss_mask"], bool))
   labels = torch.from_numpy(np.asarray(batch[f"{side}_labels"], np.int64))
   labels = torch.where(where, labels, 0)
   logits = model(input_ids=ids, attention_mask=mask).logits
   log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
   token = torch.gather(log_probs, -1, labels[..., None])[..., 0]
-  return dict(log_probs=log_probs, labels=labels, where=where,
-              token=torch.where(where, token, 0.0))
+  return dict(
+    log_probs=log_probs,
+    labels=labels,
+    where=where,
+    token=torch.where(where, token, 0.0),
+  )
 
 
 def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
@@ -103,25 +107,34 @@ def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
   # shorter response lies, and it is a prefix of the other (or the same
   # response) if all its labels agree; the set {y_w, y_l} is then covered by
   # the shorter one alone.
-  prefix = torch.all((chosen["labels"] == rejected["labels"])
-                     | ~(chosen["where"] & rejected["where"]), -1)
+  prefix = torch.all(
+    (chosen["labels"] == rejected["labels"])
+    | ~(chosen["where"] & rejected["where"]),
+    -1,
+  )
   chosen_shorter = out["chosen_lengths"] <= out["rejected_lengths"]
-  shorter = torch.where(chosen_shorter, out["chosen_logps"],
-                        out["rejected_logps"])
+  shorter = torch.where(
+    chosen_shorter, out["chosen_logps"], out["rejected_logps"]
+  )
   both = torch.where(
-      prefix, torch.exp(shorter),
-      torch.exp(out["chosen_logps"]) + torch.exp(out["rejected_logps"]))
+    prefix,
+    torch.exp(shorter),
+    torch.exp(out["chosen_logps"]) + torch.exp(out["rejected_logps"]),
+  )
   out["pair_not_logps"] = torch.log1p(-both)
   # p_t(b_t) on the chosen row, where the rejected response has a token b_t
   # at t that differs from a_t (the same token is counted once).
-  other = torch.gather(chosen["log_probs"], -1,
-                       rejected["labels"][..., None])[..., 0]
+  other = torch.gather(chosen["log_probs"], -1, rejected["labels"][..., None])[
+    ..., 0
+  ]
   distinct = rejected["where"] & (rejected["labels"] != chosen["labels"])
   p_pair = torch.exp(chosen["token"]) + torch.where(
-      distinct, torch.exp(other), 0.0)
+    distinct, torch.exp(other), 0.0
+  )
   out["chosen_token_logps"] = chosen["token"]
   out["chosen_token_pair_not_logps"] = torch.where(
-      chosen["where"], torch.log1p(-p_pair), 0.0)
+    chosen["where"], torch.log1p(-p_pair), 0.0
+  )
   out["chosen_where"] = chosen["where"]
   return out
 
@@ -149,19 +162,26 @@ def gradients(model, outputs, cotangents, model_config) -> dict[str, Any]:
   keys = sorted(cotangents)
   named = dict(model.named_parameters())
   grads = torch.autograd.grad(
-      [outputs[k] for k in keys],
-      list(named.values()),
-      grad_outputs=[torch.as_tensor(np.asarray(cotangents[k], np.float64))
-                    for k in keys],
-      retain_graph=True, allow_unused=True)
-  grad_of = {name: (torch.zeros_like(p) if g is None else g)
-             for (name, p), g in zip(named.items(), grads)}
+    [outputs[k] for k in keys],
+    list(named.values()),
+    grad_outputs=[
+      torch.as_tensor(np.asarray(cotangents[k], np.float64)) for k in keys
+    ],
+    retain_graph=True,
+    allow_unused=True,
+  )
+  grad_of = {
+    name: (torch.zeros_like(p) if g is None else g)
+    for (name, p), g in zip(named.items(), grads)
+  }
   prefix = hf_weights.PREFIXES[model_config.family][0]
   groups = hf_weights.tensor_groups(model_config)
   used = {hf_weights.full_name(n, prefix) for g in groups for n in g.hf_names}
   if set(named) != used:
-    raise ValueError(f"parameters not mapped: {sorted(set(named) - used)}; "
-                     f"names not found: {sorted(used - set(named))}")
+    raise ValueError(
+      f"parameters not mapped: {sorted(set(named) - used)}; "
+      f"names not found: {sorted(used - set(named))}"
+    )
   tree: dict[str, Any] = {}
   stacks: dict[tuple[str, ...], list[np.ndarray]] = {}
   for group in groups:
@@ -185,8 +205,9 @@ BUCKET = 16
 
 def tiny_config(**changes):
   """The tiny Llama of the byte vocabulary (259 ids) in float32."""
-  return models.get_config("llama", "tiny", vocab_size=259, dtype="float32",
-                           **changes)
+  return models.get_config(
+    "llama", "tiny", vocab_size=259, dtype="float32", **changes
+  )
 
 
 def random_params(config, seed=0):
@@ -238,20 +259,22 @@ def pairs_batch(model):
   p1, p2 = [BOS, 5], [BOS, 7, 8, 9, 10, 11]
   other = (likely[1] + 1) % BOS
   pairs = [
-      # A likely chosen response; the rejected one leaves it at step 2.
-      (p0, likely, [likely[0], other, EOS]),
-      # Different first tokens, then the same token at the same step; the
-      # rejected response ends early.
-      (p1, [40, 41, 42, 43, 44, 45, EOS], [50, 41, EOS]),
-      # Identical responses.
-      (p0, likely, likely),
-      # A likely rejected response, a short chosen one.
-      (p0, [70, EOS], likely),
-      # A truncated chosen response, prefix of the rejected one.
-      (p0, likely[:1], likely),
-      # A long prompt.
-      (p2, [60, 61, EOS], [62, EOS]),
+    # A likely chosen response; the rejected one leaves it at step 2.
+    (p0, likely, [likely[0], other, EOS]),
+    # Different first tokens, then the same token at the same step; the
+    # rejected response ends early.
+    (p1, [40, 41, 42, 43, 44, 45, EOS], [50, 41, EOS]),
+    # Identical responses.
+    (p0, likely, likely),
+    # A likely rejected response, a short chosen one.
+    (p0, [70, EOS], likely),
+    # A truncated chosen response, prefix of the rejected one.
+    (p0, likely[:1], likely),
+    # A long prompt.
+    (p2, [60, 61, EOS], [62, EOS]),
   ]
-  entries = [(TokenizedPair(i, *(np.asarray(x, np.int32) for x in pair)), 1.)
-             for i, pair in enumerate(pairs)]
+  entries = [
+    (TokenizedPair(i, *(np.asarray(x, np.int32) for x in pair)), 1.0)
+    for i, pair in enumerate(pairs)
+  ]
   return collate_pairs(entries, buckets=(BUCKET,), pad_id=PAD)

@@ -46,8 +46,9 @@ def write_pair_files(directory) -> tuple[pathlib.Path, pathlib.Path]:
 
   def words(count: int) -> str:
     return " ".join(
-        "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 3)))
-        for _ in range(count))
+      "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 3)))
+      for _ in range(count)
+    )
 
   paths = []
   for split, count in (("train", 128), ("eval", 32)):
@@ -57,8 +58,9 @@ def write_pair_files(directory) -> tuple[pathlib.Path, pathlib.Path]:
       rejected = chosen
       while rejected == chosen:
         rejected = words(rng.randint(1, 5))
-      lines.append(json.dumps(
-          {"prompt": words(2), "chosen": chosen, "rejected": rejected}))
+      lines.append(
+        json.dumps({"prompt": words(2), "chosen": chosen, "rejected": rejected})
+      )
     path = pathlib.Path(directory) / f"{split}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     paths.append(path)
@@ -142,9 +144,16 @@ def command_line_overrides(config) -> list[str]:
 
 def train_main_command(workdir, *flags: str) -> list[str]:
   """``python -m train.main --config configs/default.py --workdir ...``."""
-  return [sys.executable, "-m", "train.main", "--config",
-          str(REPO_ROOT / "configs" / "default.py"), "--workdir", str(workdir),
-          *flags]
+  return [
+    sys.executable,
+    "-m",
+    "train.main",
+    "--config",
+    str(REPO_ROOT / "configs" / "default.py"),
+    "--workdir",
+    str(workdir),
+    *flags,
+  ]
 
 
 def subprocess_env(device_count: int = 8) -> dict[str, str]:
@@ -153,7 +162,8 @@ def subprocess_env(device_count: int = 8) -> dict[str, str]:
   env["JAX_PLATFORMS"] = "cpu"
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
   env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
+  )
   cache_dir = jax.config.jax_compilation_cache_dir
   if cache_dir:
     env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
@@ -168,8 +178,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_train_main(config, workdir, *flags: str, devices: int = 8,
-                     log_name: str = "log") -> subprocess.Popen:
+def start_train_main(
+  config, workdir, *flags: str, devices: int = 8, log_name: str = "log"
+) -> subprocess.Popen:
   """Starts ``python -m train.main`` for ``config`` on ``devices`` devices.
 
   Its stdout and stderr go to the file ``process.log_path`` next to the
@@ -179,9 +190,13 @@ def start_train_main(config, workdir, *flags: str, devices: int = 8,
   log_path = workdir.parent / f"{workdir.name}.{log_name}.txt"
   with log_path.open("w") as output:
     process = subprocess.Popen(
-        train_main_command(workdir, *command_line_overrides(config), *flags),
-        env=subprocess_env(devices), stdout=output, stderr=subprocess.STDOUT,
-        text=True, cwd=REPO_ROOT)
+      train_main_command(workdir, *command_line_overrides(config), *flags),
+      env=subprocess_env(devices),
+      stdout=output,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=REPO_ROOT,
+    )
   process.log_path = log_path
   return process
 
@@ -198,13 +213,16 @@ def finish(process: subprocess.Popen, *, timeout: float = 300) -> str:
   except subprocess.TimeoutExpired:
     process.kill()
     process.wait()
-    pytest.fail(f"train.main did not finish in {timeout} s:\n"
-                f"{process_output(process)[-3000:]}")
+    pytest.fail(
+      f"train.main did not finish in {timeout} s:\n"
+      f"{process_output(process)[-3000:]}"
+    )
   return process_output(process)
 
 
-def wait_for(predicate, *, process: subprocess.Popen, what: str,
-             timeout: float = 300) -> None:
+def wait_for(
+  predicate, *, process: subprocess.Popen, what: str, timeout: float = 300
+) -> None:
   """Polls ``predicate`` until true; fails if ``process`` ends first.
 
   On timeout the process is killed and the test fails.
@@ -212,8 +230,10 @@ def wait_for(predicate, *, process: subprocess.Popen, what: str,
   deadline = time.monotonic() + timeout
   while not predicate():
     if process.poll() is not None:
-      pytest.fail(f"train.main ended (exit {process.returncode}) before"
-                  f" {what}:\n{process_output(process)[-3000:]}")
+      pytest.fail(
+        f"train.main ended (exit {process.returncode}) before"
+        f" {what}:\n{process_output(process)[-3000:]}"
+      )
     if time.monotonic() > deadline:
       process.kill()
       process.wait()
@@ -256,19 +276,23 @@ def host_copy(tree) -> Any:
 def assert_trees_equal(actual, expected) -> None:
   """Same structure and bitwise-equal leaves."""
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual),
-                          jax.tree.leaves(expected)):
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)
+  ):
     np.testing.assert_array_equal(
-        a, b, err_msg=jax.tree_util.keystr(path), strict=True)
+      a, b, err_msg=jax.tree_util.keystr(path), strict=True
+    )
 
 
 def assert_trees_close(actual, expected, *, rtol=TOLERANCE, atol=TOLERANCE):
   """Same structure and leaves equal within the tolerances."""
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual),
-                          jax.tree.leaves(expected)):
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)
+  ):
     np.testing.assert_allclose(
-        a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+      a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 @dataclasses.dataclass
@@ -305,8 +329,9 @@ def train(config, workdir, *, devices: int | None = None) -> Trained:
   """
   run = build(config, workdir, devices=devices)
   params = host_copy(run.initial_params)
-  reference = (None if run.reference_params is None
-               else host_copy(run.reference_params))
+  reference = (
+    None if run.reference_params is None else host_copy(run.reference_params)
+  )
   result = loop.train_and_evaluate(config, workdir, run=run)
   return Trained(pathlib.Path(workdir), result, run, params, reference)
 

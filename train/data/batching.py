@@ -18,9 +18,10 @@ and the iterator's state is the index of the next batch. ``BatchIterator`` is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import dataclasses
 import math
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -43,13 +44,16 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
   for bucket in sorted(buckets):
     if length <= bucket:
       return bucket
-  raise DataError(f"a sequence of {length} tokens fits no length bucket "
-                  f"{sorted(buckets)}")
+  raise DataError(
+    f"a sequence of {length} tokens fits no length bucket {sorted(buckets)}"
+  )
 
 
 def _fill(
-    side: str, sequences: Sequence[tuple[np.ndarray, int]], length: int,
-    pad_id: int
+  side: str,
+  sequences: Sequence[tuple[np.ndarray, int]],
+  length: int,
+  pad_id: int,
 ) -> Batch:
   """Right-padded next-token arrays for (tokens, first_loss_label) rows."""
   rows = len(sequences)
@@ -62,25 +66,25 @@ def _fill(
     input_ids[i, :n] = tokens
     attention_mask[i, :n] = 1
     # labels[t] = input_ids[t + 1]; the last label and padding labels stay 0.
-    labels[i, :n - 1] = tokens[1:]
-    loss_mask[i, first_label:n - 1] = True
+    labels[i, : n - 1] = tokens[1:]
+    loss_mask[i, first_label : n - 1] = True
   return {
-      f"{side}input_ids": input_ids,
-      f"{side}attention_mask": attention_mask,
-      f"{side}labels": labels,
-      f"{side}loss_mask": loss_mask,
+    f"{side}input_ids": input_ids,
+    f"{side}attention_mask": attention_mask,
+    f"{side}labels": labels,
+    f"{side}loss_mask": loss_mask,
   }
 
 
 def _weights_and_ids(entries: Sequence[Weighted]) -> Batch:
   return {
-      "example_weight": np.asarray([w for _, w in entries], np.float32),
-      "example_id": np.asarray([e.example_id for e, _ in entries], np.int64),
+    "example_weight": np.asarray([w for _, w in entries], np.float32),
+    "example_id": np.asarray([e.example_id for e, _ in entries], np.int64),
   }
 
 
 def collate_pairs(
-    entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
+  entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
 ) -> Batch:
   """Stacks weighted ``TokenizedPair``s into a preference batch.
 
@@ -116,7 +120,7 @@ class TokenSequence:
 
 
 def collate_sequences(
-    entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
+  entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
 ) -> Batch:
   """Stacks weighted ``TokenSequence``s into a supervised batch.
 
@@ -148,14 +152,14 @@ class BatchIterator(grain.DatasetIterator):
   """
 
   def __init__(
-      self,
-      batches: grain.MapDataset,
-      *,
-      identity: dict[str, Any],
-      report: DataReport,
-      num_examples: int,
-      num_shard_examples: int,
-      num_batches: int | None,
+    self,
+    batches: grain.MapDataset,
+    *,
+    identity: dict[str, Any],
+    report: DataReport,
+    num_examples: int,
+    num_shard_examples: int,
+    num_batches: int | None,
   ):
     super().__init__(batches.to_iter_dataset(_READ_OPTIONS).__iter__())
     self._identity = identity
@@ -172,29 +176,32 @@ class BatchIterator(grain.DatasetIterator):
     return {"position": self._parent.get_state(), **self._identity}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    changed = sorted(key for key, value in self._identity.items()
-                     if state.get(key) != value)
+    changed = sorted(
+      key for key, value in self._identity.items() if state.get(key) != value
+    )
     if changed:
       details = ", ".join(
-          f"{key}: saved {state.get(key)!r}, now {self._identity[key]!r}"
-          for key in changed)
+        f"{key}: saved {state.get(key)!r}, now {self._identity[key]!r}"
+        for key in changed
+      )
       raise DataError(
-          f"cannot resume the data iterator: the data or its settings changed "
-          f"since the state was saved ({details})")
+        f"cannot resume the data iterator: the data or its settings changed "
+        f"since the state was saved ({details})"
+      )
     self._parent.set_state(state["position"])
 
 
 def make_batch_iterator(
-    examples: Sequence[Any],
-    collate: Callable[[Sequence[Weighted]], Batch],
-    *,
-    batch_size: int,
-    seed: int,
-    shard_index: int,
-    shard_count: int,
-    repeat: bool,
-    fingerprint: str,
-    report: DataReport,
+  examples: Sequence[Any],
+  collate: Callable[[Sequence[Weighted]], Batch],
+  *,
+  batch_size: int,
+  seed: int,
+  shard_index: int,
+  shard_count: int,
+  repeat: bool,
+  fingerprint: str,
+  report: DataReport,
 ) -> BatchIterator:
   """Batches ``examples`` for one host.
 
@@ -221,11 +228,17 @@ def make_batch_iterator(
     raise DataError(f"{report.source}: the {report.split} split is empty")
   if len(examples) < shard_count:
     raise DataError(
-        f"{report.source}: {len(examples)} {report.split} examples cannot "
-        f"be sharded over {shard_count} hosts")
-  identity = dict(fingerprint=fingerprint, seed=seed, batch_size=batch_size,
-                  shard_index=shard_index, shard_count=shard_count,
-                  repeat=repeat)
+      f"{report.source}: {len(examples)} {report.split} examples cannot "
+      f"be sharded over {shard_count} hosts"
+    )
+  identity = dict(
+    fingerprint=fingerprint,
+    seed=seed,
+    batch_size=batch_size,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    repeat=repeat,
+  )
   # Every host forms the same global batch (all hosts shuffle with the same
   # seed) and keeps its own rows of it. The global batches, and so the
   # losses, are then the same for any number of hosts, and every host pads
@@ -235,13 +248,16 @@ def make_batch_iterator(
 
   def collate_own_rows(entries):
     batch = collate(entries)
-    return {k: v[first_row:first_row + batch_size] for k, v in batch.items()}
+    return {k: v[first_row : first_row + batch_size] for k, v in batch.items()}
 
   if repeat:
-    batches = (grain.MapDataset.source(examples).shuffle(seed=seed).repeat()
-               .map(lambda e: (e, 1.0))
-               .batch(global_size, drop_remainder=True,
-                      batch_fn=collate_own_rows))
+    batches = (
+      grain.MapDataset.source(examples)
+      .shuffle(seed=seed)
+      .repeat()
+      .map(lambda e: (e, 1.0))
+      .batch(global_size, drop_remainder=True, batch_fn=collate_own_rows)
+    )
     num_batches = None
   else:
     # Filler rows copy a real example (so every loss stays finite) and keep
@@ -251,9 +267,14 @@ def make_batch_iterator(
     rows = [(e, 1.0) for e in examples]
     rows += [(examples[0], 0.0)] * (num_batches * global_size - len(rows))
     batches = grain.MapDataset.source(rows).batch(
-        global_size, batch_fn=collate_own_rows)
+      global_size, batch_fn=collate_own_rows
+    )
   num_shard_examples = len(examples) // shard_count
   return BatchIterator(
-      batches, identity=identity, report=report,
-      num_examples=len(examples), num_shard_examples=num_shard_examples,
-      num_batches=num_batches)
+    batches,
+    identity=identity,
+    report=report,
+    num_examples=len(examples),
+    num_shard_examples=num_shard_examples,
+    num_batches=num_batches,
+  )

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import ml_collections
 
-from train.data.report import DataError
 from train.data.report import ON_BAD_RECORD
+from train.data.report import DataError
 
 # 'jsonl': explicit prompt/chosen/rejected records; 'hh': HH-RLHF transcripts;
 # 'tfds': a TFDS dataset; the rest are the built-in controlled tasks.
-SOURCES = ("synthetic", "jsonl", "hh", "tfds", "bandit_transitive",
-           "bandit_contradictory")
+SOURCES = (
+  "synthetic",
+  "jsonl",
+  "hh",
+  "tfds",
+  "bandit_transitive",
+  "bandit_contradictory",
+)
 TEXT_SOURCES = ("jsonl", "hh", "tfds")
 SPLITS = ("train", "eval")
 FIELD_ROLES = ("prompt", "chosen", "rejected")
@@ -42,7 +48,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   # and rejected name the transcripts and prompt is not read; for 'tfds', an
   # empty prompt name means the records hold HH transcripts.
   config.field_map = ml_collections.ConfigDict(
-      dict(prompt="prompt", chosen="chosen", rejected="rejected"))
+    dict(prompt="prompt", chosen="chosen", rejected="rejected")
+  )
   # 'bytes' (built in), a tokenizer.json path, a SentencePiece .model path,
   # a directory holding either, or '' for the model checkpoint's own
   # tokenizer. The synthetic and bandit tasks use their own words and
@@ -86,13 +93,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   return config
 
 
-def validate_data_config(config: ml_collections.ConfigDict,
-                         split: str) -> None:
+def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
   """Checks the settings that loading ``split`` depends on.
 
   Raises:
     DataError: with a one-line message naming the key.
   """
+
   def fail(message: str):
     raise DataError(f"data config: {message}")
 
@@ -101,17 +108,23 @@ def validate_data_config(config: ml_collections.ConfigDict,
   if config.source not in SOURCES:
     fail(f"source must be one of {SOURCES}, got {config.source!r}")
   if config.on_bad_record not in ON_BAD_RECORD:
-    fail(f"on_bad_record must be one of {ON_BAD_RECORD}, "
-         f"got {config.on_bad_record!r}")
+    fail(
+      f"on_bad_record must be one of {ON_BAD_RECORD}, "
+      f"got {config.on_bad_record!r}"
+    )
   if not 0 < config.max_prompt_length < config.max_length:
-    fail(f"need 0 < max_prompt_length ({config.max_prompt_length}) < "
-         f"max_length ({config.max_length}), so every response keeps a token")
+    fail(
+      f"need 0 < max_prompt_length ({config.max_prompt_length}) < "
+      f"max_length ({config.max_length}), so every response keeps a token"
+    )
   buckets = list(config.length_buckets)
   if not buckets or any(int(b) != b or b < 2 for b in buckets):
     fail(f"length_buckets must be integers >= 2, got {buckets}")
   if max(buckets) < config.max_length:
-    fail(f"the largest length bucket ({max(buckets)}) is smaller than "
-         f"max_length ({config.max_length})")
+    fail(
+      f"the largest length bucket ({max(buckets)}) is smaller than "
+      f"max_length ({config.max_length})"
+    )
   if not 0.0 <= config.eval_fraction < 1.0:
     fail(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
   if config.source not in TEXT_SOURCES:

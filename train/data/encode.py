@@ -16,9 +16,9 @@ through prompt truncation so every sequence starts with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -60,12 +60,12 @@ class Truncation:
 
 
 def truncate(
-    prompt: Sequence[int],
-    chosen: Sequence[int],
-    rejected: Sequence[int],
-    *,
-    max_length: int,
-    max_prompt_length: int,
+  prompt: Sequence[int],
+  chosen: Sequence[int],
+  rejected: Sequence[int],
+  *,
+  max_length: int,
+  max_prompt_length: int,
 ) -> Truncation:
   """Truncates a pair as the DPO reference does (see the module docstring).
 
@@ -84,42 +84,55 @@ def truncate(
   if len(prompt) + longer > max_length and len(prompt) > max_prompt_length:
     # Keep BOS and the last max_prompt_length - 1 tokens of the text.
     body = prompt[1:]
-    prompt = prompt[:1] + body[len(body) - (max_prompt_length - 1):]
+    prompt = prompt[:1] + body[len(body) - (max_prompt_length - 1) :]
     prompt_truncated = True
   if len(prompt) + longer > max_length:
     keep = max_length - len(prompt)
     chosen, rejected = chosen[:keep], rejected[:keep]
     responses_truncated = True
-  return Truncation(prompt, chosen, rejected, prompt_truncated,
-                    responses_truncated)
+  return Truncation(
+    prompt, chosen, rejected, prompt_truncated, responses_truncated
+  )
 
 
 def make_token_pair(
-    example_id: int,
-    prompt: Sequence[int],
-    chosen: Sequence[int],
-    rejected: Sequence[int],
-    *,
-    location: str,
-    max_length: int,
-    max_prompt_length: int,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  example_id: int,
+  prompt: Sequence[int],
+  chosen: Sequence[int],
+  rejected: Sequence[int],
+  *,
+  location: str,
+  max_length: int,
+  max_prompt_length: int,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> TokenizedPair | None:
   """Truncates one pair, counts it in ``report``; None if it became bad."""
-  cut = truncate(prompt, chosen, rejected, max_length=max_length,
-                 max_prompt_length=max_prompt_length)
+  cut = truncate(
+    prompt,
+    chosen,
+    rejected,
+    max_length=max_length,
+    max_prompt_length=max_prompt_length,
+  )
   if cut.chosen == cut.rejected:
     # Responses that differ only beyond the cut carry no preference left.
-    policy.bad("identical_after_truncation", location,
-               f"the responses agree on their first {len(cut.chosen)} tokens")
+    policy.bad(
+      "identical_after_truncation",
+      location,
+      f"the responses agree on their first {len(cut.chosen)} tokens",
+    )
     return None
   report.num_truncated_prompts += cut.prompt_truncated
   report.num_truncated_responses += cut.responses_truncated
   report.num_loaded += 1
   as_array = lambda tokens: np.asarray(tokens, np.int32)
-  return TokenizedPair(example_id, as_array(cut.prompt), as_array(cut.chosen),
-                       as_array(cut.rejected))
+  return TokenizedPair(
+    example_id,
+    as_array(cut.prompt),
+    as_array(cut.chosen),
+    as_array(cut.rejected),
+  )
 
 
 def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -130,13 +143,13 @@ def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def encode_pairs(
-    pairs: Sequence[TextPair],
-    tokenizer: Tokenizer,
-    *,
-    max_length: int,
-    max_prompt_length: int,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  pairs: Sequence[TextPair],
+  tokenizer: Tokenizer,
+  *,
+  max_length: int,
+  max_prompt_length: int,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[TokenizedPair]:
   """Tokenizes text pairs: one BOS before the prompt, EOS after responses."""
   bos, eos = tokenizer.bos_id, tokenizer.eos_id
@@ -144,15 +157,22 @@ def encode_pairs(
   encoded = _encode_all(tokenizer, texts)
   token_pairs = []
   for i, pair in enumerate(pairs):
-    prompt, chosen, rejected = encoded[3 * i:3 * i + 3]
+    prompt, chosen, rejected = encoded[3 * i : 3 * i + 3]
     # ``encode`` should add no special tokens; if a custom tokenizer adds BOS
     # anyway, keep its BOS rather than adding a second one.
     if not prompt or prompt[0] != bos:
       prompt = [bos] + prompt
     token_pair = make_token_pair(
-        pair.example_id, prompt, chosen + [eos], rejected + [eos],
-        location=pair.location, max_length=max_length,
-        max_prompt_length=max_prompt_length, policy=policy, report=report)
+      pair.example_id,
+      prompt,
+      chosen + [eos],
+      rejected + [eos],
+      location=pair.location,
+      max_length=max_length,
+      max_prompt_length=max_prompt_length,
+      policy=policy,
+      report=report,
+    )
     if token_pair is not None:
       token_pairs.append(token_pair)
   return token_pairs
@@ -166,13 +186,26 @@ def fingerprint(pairs: Sequence[TokenizedPair], tokenizer: Tokenizer) -> str:
   the tokenizer or the truncation settings changes it.
   """
   digest = hashlib.sha256()
-  header = (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id,
-            tokenizer.pad_id, len(pairs))
+  header = (
+    tokenizer.vocab_size,
+    tokenizer.bos_id,
+    tokenizer.eos_id,
+    tokenizer.pad_id,
+    len(pairs),
+  )
   digest.update(np.asarray(header, "<i8").tobytes())
   for pair in pairs:
-    digest.update(np.asarray(
-        [pair.example_id, len(pair.prompt), len(pair.chosen),
-         len(pair.rejected)], "<i8").tobytes())
+    digest.update(
+      np.asarray(
+        [
+          pair.example_id,
+          len(pair.prompt),
+          len(pair.chosen),
+          len(pair.rejected),
+        ],
+        "<i8",
+      ).tobytes()
+    )
     for tokens in (pair.prompt, pair.chosen, pair.rejected):
       digest.update(np.asarray(tokens, "<i4").tobytes())
   return digest.hexdigest()[:32]
@@ -184,7 +217,8 @@ def sequences_fingerprint(sequences: Sequence) -> str:
   """
   digest = hashlib.sha256(np.asarray([len(sequences)], "<i8").tobytes())
   for sequence in sequences:
-    digest.update(np.asarray([sequence.example_id, len(sequence.tokens)],
-                             "<i8").tobytes())
+    digest.update(
+      np.asarray([sequence.example_id, len(sequence.tokens)], "<i8").tobytes()
+    )
     digest.update(np.asarray(sequence.tokens, "<i4").tobytes())
   return digest.hexdigest()[:32]

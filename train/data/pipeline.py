@@ -49,28 +49,36 @@ class PreferenceDataset:
     return len(self.pairs)
 
   def batches(
-      self,
-      *,
-      batch_size: int,
-      seed: int,
-      shard_index: int,
-      shard_count: int,
-      repeat: bool,
+    self,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+    repeat: bool,
   ) -> batching.BatchIterator:
     """A checkpointable iterator of batches (see ``make_pipeline``)."""
 
     def collate(entries):
       return batching.collate_pairs(
-          entries, buckets=self.length_buckets, pad_id=self.pad_id)
+        entries, buckets=self.length_buckets, pad_id=self.pad_id
+      )
 
     return batching.make_batch_iterator(
-        self.pairs, collate, batch_size=batch_size, seed=seed,
-        shard_index=shard_index, shard_count=shard_count, repeat=repeat,
-        fingerprint=self.fingerprint, report=self.report)
+      self.pairs,
+      collate,
+      batch_size=batch_size,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      repeat=repeat,
+      fingerprint=self.fingerprint,
+      report=self.report,
+    )
 
 
 def make_tokenizer(
-    data_config: ml_collections.ConfigDict, model_checkpoint: str = ""
+  data_config: ml_collections.ConfigDict, model_checkpoint: str = ""
 ) -> Tokenizer:
   """The tokenizer for ``data_config``.
 
@@ -88,13 +96,16 @@ def make_tokenizer(
   if data_config.source in ("synthetic", *synthetic.BANDIT_SOURCES):
     if spec != "bytes":
       raise DataError(
-          f"data config: source {data_config.source!r} uses its own word "
-          f"vocabulary; leave tokenizer at 'bytes', not {spec!r}")
+        f"data config: source {data_config.source!r} uses its own word "
+        f"vocabulary; leave tokenizer at 'bytes', not {spec!r}"
+      )
     return synthetic.task_tokenizer(data_config.source)
   if not spec:
     if not model_checkpoint:
-      raise DataError("data config: tokenizer is '' (the model checkpoint's "
-                      "tokenizer) but no model checkpoint is set")
+      raise DataError(
+        "data config: tokenizer is '' (the model checkpoint's "
+        "tokenizer) but no model checkpoint is set"
+      )
     spec = str(model_checkpoint)
   return load_tokenizer(spec)
 
@@ -110,40 +121,50 @@ def _source_name(config: ml_collections.ConfigDict, split: str) -> str:
 
 
 def _read_text_pairs(
-    config: ml_collections.ConfigDict,
-    split: str,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  config: ml_collections.ConfigDict,
+  split: str,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[sources.TextPair]:
   """Reads the text pairs of ``split``, holding out eval pairs if asked."""
   if config.source == "tfds":
     from train.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
     own_eval = bool(config.tfds_split_eval)
-    name = config.tfds_split_eval if split == "eval" and own_eval else (
-        config.tfds_split_train)
-    pairs = tfds_builder.read_tfds_pairs(config, name, policy=policy,
-                                         report=report)
+    name = (
+      config.tfds_split_eval
+      if split == "eval" and own_eval
+      else (config.tfds_split_train)
+    )
+    pairs = tfds_builder.read_tfds_pairs(
+      config, name, policy=policy, report=report
+    )
   else:
     own_eval = bool(config.eval_path)
-    path = config.eval_path if split == "eval" and own_eval else (
-        config.train_path)
+    path = (
+      config.eval_path if split == "eval" and own_eval else (config.train_path)
+    )
     pairs = sources.read_jsonl_pairs(
-        path, field_map=config.field_map,
-        transcripts=config.source == "hh", policy=policy, report=report)
+      path,
+      field_map=config.field_map,
+      transcripts=config.source == "hh",
+      policy=policy,
+      report=report,
+    )
   if not own_eval and config.eval_fraction:
     pairs, report.num_held_out = sources.split_held_out(
-        pairs, config.eval_fraction, split)
+      pairs, config.eval_fraction, split
+    )
   return pairs
 
 
 def load_dataset(
-    data_config: ml_collections.ConfigDict,
-    *,
-    tokenizer: Tokenizer,
-    split: str,
-    sample_fn: SampleFn | None = None,
-    pairs: PreferencePairs | None = None,
+  data_config: ml_collections.ConfigDict,
+  *,
+  tokenizer: Tokenizer,
+  split: str,
+  sample_fn: SampleFn | None = None,
+  pairs: PreferencePairs | None = None,
 ) -> PreferenceDataset:
   """Reads, validates and tokenizes one split.
 
@@ -165,44 +186,59 @@ def load_dataset(
   report = DataReport(source=_source_name(data_config, split), split=split)
   policy = BadRecordPolicy(data_config.on_bad_record, report)
   if data_config.source != "synthetic" and (
-      sample_fn is not None or pairs is not None):
-    raise DataError(f"data config: sample_fn and pairs are for source "
-                    f"'synthetic', not {data_config.source!r}")
+    sample_fn is not None or pairs is not None
+  ):
+    raise DataError(
+      f"data config: sample_fn and pairs are for source "
+      f"'synthetic', not {data_config.source!r}"
+    )
   if data_config.source == "synthetic":
     synthetic.check_tokenizer(data_config.source, tokenizer)
     token_pairs = synthetic.synthetic_token_pairs(
-        data_config, split, sample_fn=sample_fn, pairs=pairs, policy=policy,
-        report=report)
+      data_config,
+      split,
+      sample_fn=sample_fn,
+      pairs=pairs,
+      policy=policy,
+      report=report,
+    )
   elif data_config.source in synthetic.BANDIT_SOURCES:
     synthetic.check_tokenizer(data_config.source, tokenizer)
     # The bandit datasets are their own evaluation set.
     token_pairs = synthetic.bandit_token_pairs(
-        data_config, policy=policy, report=report)
+      data_config, policy=policy, report=report
+    )
   else:
     text_pairs = _read_text_pairs(data_config, split, policy, report)
     token_pairs = encode.encode_pairs(
-        text_pairs, tokenizer, max_length=data_config.max_length,
-        max_prompt_length=data_config.max_prompt_length, policy=policy,
-        report=report)
+      text_pairs,
+      tokenizer,
+      max_length=data_config.max_length,
+      max_prompt_length=data_config.max_prompt_length,
+      policy=policy,
+      report=report,
+    )
   return PreferenceDataset(
-      pairs=tuple(token_pairs), report=report,
-      fingerprint=encode.fingerprint(token_pairs, tokenizer),
-      pad_id=tokenizer.pad_id,
-      length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)))
+    pairs=tuple(token_pairs),
+    report=report,
+    fingerprint=encode.fingerprint(token_pairs, tokenizer),
+    pad_id=tokenizer.pad_id,
+    length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)),
+  )
 
 
 def make_pipeline(
-    data_config: ml_collections.ConfigDict,
-    *,
-    tokenizer: Tokenizer,
-    batch_size: int,
-    seed: int,
-    shard_index: int,
-    shard_count: int,
-    split: str,
-    sample_fn: SampleFn | None = None,
-    pairs: PreferencePairs | None = None,
-    single_pass: bool | None = None,
+  data_config: ml_collections.ConfigDict,
+  *,
+  tokenizer: Tokenizer,
+  batch_size: int,
+  seed: int,
+  shard_index: int,
+  shard_count: int,
+  split: str,
+  sample_fn: SampleFn | None = None,
+  pairs: PreferencePairs | None = None,
+  single_pass: bool | None = None,
 ) -> batching.BatchIterator:
   """Loads ``split`` and returns this host's iterator of preference batches.
 
@@ -228,13 +264,22 @@ def make_pipeline(
     ``set_state()``, plus ``fingerprint``, ``report``, ``num_examples`` and
     ``num_batches`` (eval) attributes.
   """
-  dataset = load_dataset(data_config, tokenizer=tokenizer, split=split,
-                         sample_fn=sample_fn, pairs=pairs)
+  dataset = load_dataset(
+    data_config,
+    tokenizer=tokenizer,
+    split=split,
+    sample_fn=sample_fn,
+    pairs=pairs,
+  )
   if single_pass is None:
     single_pass = split == "eval"
-  return dataset.batches(batch_size=batch_size, seed=seed,
-                         shard_index=shard_index, shard_count=shard_count,
-                         repeat=not single_pass)
+  return dataset.batches(
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    repeat=not single_pass,
+  )
 
 
 def fingerprint(data) -> str:
@@ -243,10 +288,10 @@ def fingerprint(data) -> str:
 
 
 def dataset_fingerprint(
-    data_config: ml_collections.ConfigDict,
-    *,
-    tokenizer: Tokenizer,
-    split: str,
+  data_config: ml_collections.ConfigDict,
+  *,
+  tokenizer: Tokenizer,
+  split: str,
 ) -> str:
   """The fingerprint of a split's tokenized pairs (loads the split)."""
   return load_dataset(data_config, tokenizer=tokenizer, split=split).fingerprint

@@ -16,17 +16,16 @@ from train.errors import DataError  # noqa: F401  (raised here; re-exported)
 # Reasons a record can be rejected, with what they mean. Stable names: they
 # appear in reports and logs.
 BAD_RECORD_REASONS = {
-    "invalid_utf8": "the line or a field is not valid UTF-8",
-    "malformed_json": "the line is not valid JSON",
-    "not_an_object": "the line is JSON but not an object",
-    "missing_field": "a required field is absent",
-    "non_string_field": "a required field is not a string",
-    "empty_response": "the chosen or rejected response is empty or blank",
-    "identical_responses": "chosen and rejected are the same text",
-    "no_assistant_turn": "an HH transcript has no '\\n\\nAssistant:' turn",
-    "prompt_mismatch": "an HH rejected transcript does not share the prompt",
-    "identical_after_truncation":
-        "chosen and rejected are the same tokens after truncation",
+  "invalid_utf8": "the line or a field is not valid UTF-8",
+  "malformed_json": "the line is not valid JSON",
+  "not_an_object": "the line is JSON but not an object",
+  "missing_field": "a required field is absent",
+  "non_string_field": "a required field is not a string",
+  "empty_response": "the chosen or rejected response is empty or blank",
+  "identical_responses": "chosen and rejected are the same text",
+  "no_assistant_turn": "an HH transcript has no '\\n\\nAssistant:' turn",
+  "prompt_mismatch": "an HH rejected transcript does not share the prompt",
+  "identical_after_truncation": "chosen and rejected are the same tokens after truncation",
 }
 
 ON_BAD_RECORD = ("error", "skip")
@@ -76,8 +75,9 @@ class DataReport:
       parts.append(f"{self.num_held_out} held out for the other split")
     if self.skipped:
       reasons = ", ".join(
-          f"{reason}={count} (first at {self.first_skipped[reason]})"
-          for reason, count in sorted(self.skipped.items()))
+        f"{reason}={count} (first at {self.first_skipped[reason]})"
+        for reason, count in sorted(self.skipped.items())
+      )
       parts.append(f"{self.num_skipped} skipped [{reasons}]")
     if self.num_blank_lines:
       parts.append(f"{self.num_blank_lines} blank lines")
@@ -92,8 +92,9 @@ class BadRecordPolicy:
   def __init__(self, on_bad_record: str, report: DataReport):
     if on_bad_record not in ON_BAD_RECORD:
       raise DataError(
-          f"data config: on_bad_record must be one of {ON_BAD_RECORD}, "
-          f"got {on_bad_record!r}")
+        f"data config: on_bad_record must be one of {ON_BAD_RECORD}, "
+        f"got {on_bad_record!r}"
+      )
     self._raise = on_bad_record == "error"
     self._report = report
     self._counts = collections.Counter(report.skipped)
@@ -104,7 +105,8 @@ class BadRecordPolicy:
     if self._raise:
       message = f"{location}: {reason}: {detail or BAD_RECORD_REASONS[reason]}"
       raise DataError(
-          message + " (on_bad_record='skip' skips and counts such records)")
+        message + " (on_bad_record='skip' skips and counts such records)"
+      )
     self._counts[reason] += 1
     self._report.skipped = dict(self._counts)
     self._report.first_skipped.setdefault(reason, location)

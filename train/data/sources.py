@@ -17,12 +17,14 @@ raises ``DataError`` or is counted, as ``on_bad_record`` says.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
 import dataclasses
 import gzip
 import hashlib
 import json
 import zlib
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
 
 from etils import epath
 
@@ -55,7 +57,6 @@ class TextPair:
 
 
 class _BadRecord(Exception):
-
   def __init__(self, reason: str, detail: str = ""):
     super().__init__(reason, detail)
     self.reason = reason
@@ -71,13 +72,14 @@ def split_hh_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
   cut = chosen.rfind(HH_ASSISTANT_TAG)
   if cut < 0:
     raise _BadRecord("no_assistant_turn")
-  prompt = chosen[:cut + len(HH_ASSISTANT_TAG)]
+  prompt = chosen[: cut + len(HH_ASSISTANT_TAG)]
   if not rejected.startswith(prompt):
     raise _BadRecord(
-        "prompt_mismatch",
-        "the rejected transcript does not start with the chosen transcript's "
-        "prompt (text up to its last '\\n\\nAssistant:')")
-  return prompt, chosen[len(prompt):], rejected[len(prompt):]
+      "prompt_mismatch",
+      "the rejected transcript does not start with the chosen transcript's "
+      "prompt (text up to its last '\\n\\nAssistant:')",
+    )
+  return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
 
 
 def _lookup(record: Mapping[str, object], name: str) -> str:
@@ -93,8 +95,9 @@ def _lookup(record: Mapping[str, object], name: str) -> str:
       raise _BadRecord("invalid_utf8", f"field {name!r}: {e}") from None
   if not isinstance(value, str):
     raise _BadRecord(
-        "non_string_field",
-        f"field {name!r} is {type(value).__name__}, not a string")
+      "non_string_field",
+      f"field {name!r} is {type(value).__name__}, not a string",
+    )
   try:
     # JSON escapes can encode lone surrogates, which no tokenizer accepts.
     value.encode("utf-8")
@@ -104,12 +107,12 @@ def _lookup(record: Mapping[str, object], name: str) -> str:
 
 
 def record_to_pair(
-    record: object,
-    *,
-    example_id: int,
-    location: str,
-    field_map: Mapping[str, str],
-    transcripts: bool,
+  record: object,
+  *,
+  example_id: int,
+  location: str,
+  field_map: Mapping[str, str],
+  transcripts: bool,
 ) -> TextPair:
   """Validates one parsed record and returns its pair.
 
@@ -118,7 +121,8 @@ def record_to_pair(
   """
   if not isinstance(record, Mapping):
     raise _BadRecord(
-        "not_an_object", f"got a JSON {type(record).__name__}, not an object")
+      "not_an_object", f"got a JSON {type(record).__name__}, not an object"
+    )
   chosen = _lookup(record, field_map["chosen"])
   rejected = _lookup(record, field_map["rejected"])
   if transcripts:
@@ -134,12 +138,12 @@ def record_to_pair(
 
 
 def pairs_from_records(
-    records: Iterable[tuple[int, str, object]],
-    *,
-    field_map: Mapping[str, str],
-    transcripts: bool,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  records: Iterable[tuple[int, str, object]],
+  *,
+  field_map: Mapping[str, str],
+  transcripts: bool,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[TextPair]:
   """Validates ``(example_id, location, record)`` triples into pairs.
 
@@ -152,9 +156,15 @@ def pairs_from_records(
     try:
       if isinstance(record, _BadRecord):
         raise record
-      pairs.append(record_to_pair(
-          record, example_id=example_id, location=location,
-          field_map=field_map, transcripts=transcripts))
+      pairs.append(
+        record_to_pair(
+          record,
+          example_id=example_id,
+          location=location,
+          field_map=field_map,
+          transcripts=transcripts,
+        )
+      )
     except _BadRecord as bad:
       policy.bad(bad.reason, location, bad.detail)
   return pairs
@@ -179,15 +189,20 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _jsonl_records(
-    path: str, data: bytes, report: DataReport
+  path: str, data: bytes, report: DataReport
 ) -> Iterator[tuple[int, str, object]]:
   for index, raw in enumerate(data.splitlines()):
     location = f"{path}:{index + 1}"
     try:
       text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-      yield index, location, _BadRecord(
-          "invalid_utf8", f"invalid UTF-8 byte at column {e.start + 1}")
+      yield (
+        index,
+        location,
+        _BadRecord(
+          "invalid_utf8", f"invalid UTF-8 byte at column {e.start + 1}"
+        ),
+      )
       continue
     if not text.strip():
       report.num_blank_lines += 1
@@ -195,19 +210,22 @@ def _jsonl_records(
     try:
       record = json.loads(text)
     except json.JSONDecodeError as e:
-      yield index, location, _BadRecord(
-          "malformed_json", f"{e.msg} at column {e.colno}")
+      yield (
+        index,
+        location,
+        _BadRecord("malformed_json", f"{e.msg} at column {e.colno}"),
+      )
       continue
     yield index, location, record
 
 
 def read_jsonl_pairs(
-    path: str,
-    *,
-    field_map: Mapping[str, str],
-    transcripts: bool,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  path: str,
+  *,
+  field_map: Mapping[str, str],
+  transcripts: bool,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[TextPair]:
   """Reads and validates a JSONL file (plain or gzip, detected by content).
 
@@ -220,13 +238,19 @@ def read_jsonl_pairs(
   """
   data = _read_bytes(path)
   pairs = pairs_from_records(
-      _jsonl_records(path, data, report), field_map=field_map,
-      transcripts=transcripts, policy=policy, report=report)
+    _jsonl_records(path, data, report),
+    field_map=field_map,
+    transcripts=transcripts,
+    policy=policy,
+    report=report,
+  )
   if report.num_records == 0:
     raise DataError(f"{path}: no records (the file is empty)")
   if not pairs:
-    raise DataError(f"{path}: none of the {report.num_records} records is "
-                    f"usable: {report.summary()}")
+    raise DataError(
+      f"{path}: none of the {report.num_records} records is "
+      f"usable: {report.summary()}"
+    )
   return pairs
 
 
@@ -236,7 +260,7 @@ def _pair_hash(pair: TextPair) -> bytes:
 
 
 def split_held_out(
-    pairs: list[TextPair], eval_fraction: float, split: str
+  pairs: list[TextPair], eval_fraction: float, split: str
 ) -> tuple[list[TextPair], int]:
   """Splits held-out evaluation pairs off one source.
 
@@ -250,15 +274,18 @@ def split_held_out(
   """
   if not 0.0 < eval_fraction < 1.0:
     raise DataError(
-        f"data config: eval_fraction must be in (0, 1), got {eval_fraction}")
+      f"data config: eval_fraction must be in (0, 1), got {eval_fraction}"
+    )
   num_eval = max(1, round(eval_fraction * len(pairs)))
   if num_eval >= len(pairs):
     raise DataError(
-        f"data config: eval_fraction={eval_fraction} of {len(pairs)} pairs "
-        "leaves no training pairs")
+      f"data config: eval_fraction={eval_fraction} of {len(pairs)} pairs "
+      "leaves no training pairs"
+    )
   ranked = sorted(range(len(pairs)), key=lambda i: _pair_hash(pairs[i]))
   eval_indices = set(ranked[:num_eval])
   want_eval = split == "eval"
-  selected = [pair for i, pair in enumerate(pairs)
-              if (i in eval_indices) == want_eval]
+  selected = [
+    pair for i, pair in enumerate(pairs) if (i in eval_indices) == want_eval
+  ]
   return selected, len(pairs) - len(selected)

@@ -34,8 +34,8 @@ _SAMPLES = {"train": 3, "eval": 4}
 _SFT = {"train": 5, "eval": 6}
 
 BANDIT_SOURCES = {
-    "bandit_transitive": "transitive",
-    "bandit_contradictory": "contradictory",
+  "bandit_transitive": "transitive",
+  "bandit_contradictory": "contradictory",
 }
 
 
@@ -54,9 +54,10 @@ def check_tokenizer(source: str, tokenizer) -> None:
   ids = lambda t: (t.vocab_size, t.bos_id, t.eos_id, t.pad_id)
   if ids(tokenizer) != ids(expected):
     raise DataError(
-        f"source {source!r} has its own vocabulary; pass the tokenizer from "
-        f"train.data.make_tokenizer (vocab_size, bos, eos, pad = "
-        f"{ids(expected)}, got {ids(tokenizer)})")
+      f"source {source!r} has its own vocabulary; pass the tokenizer from "
+      f"train.data.make_tokenizer (vocab_size, bos, eos, pad = "
+      f"{ids(expected)}, got {ids(tokenizer)})"
+    )
 
 
 def _rng(config: ml_collections.ConfigDict, stream: int) -> np.random.Generator:
@@ -67,12 +68,15 @@ def synthetic_language(config: ml_collections.ConfigDict) -> np.ndarray:
   """The base language's transition matrix, ``[V, V]``."""
   task = config.synthetic
   return synthetic.make_base_language(
-      task.language_seed, concentration=task.concentration,
-      eos_probability=task.eos_probability)
+    task.language_seed,
+    concentration=task.concentration,
+    eos_probability=task.eos_probability,
+  )
 
 
-def synthetic_prompts(config: ml_collections.ConfigDict,
-                      split: str) -> np.ndarray:
+def synthetic_prompts(
+  config: ml_collections.ConfigDict, split: str
+) -> np.ndarray:
   """The prompts of a split (word ids, no BOS), ``[N, prompt_length]``.
 
   Row i is the prompt of the pair with example_id i; evaluation uses these
@@ -81,18 +85,21 @@ def synthetic_prompts(config: ml_collections.ConfigDict,
   task = config.synthetic
   num = task.num_prompts if split == "train" else task.num_eval_prompts
   return synthetic.sample_prompts(
-      synthetic_language(config), _rng(config, _PROMPTS[split]), num,
-      task.prompt_length)
+    synthetic_language(config),
+    _rng(config, _PROMPTS[split]),
+    num,
+    task.prompt_length,
+  )
 
 
 def synthetic_token_pairs(
-    config: ml_collections.ConfigDict,
-    split: str,
-    *,
-    sample_fn: synthetic.SampleFn | None = None,
-    pairs: synthetic.PreferencePairs | None = None,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  sample_fn: synthetic.SampleFn | None = None,
+  pairs: synthetic.PreferencePairs | None = None,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[TokenizedPair]:
   """The preference pairs of a split of the synthetic task, as tokens.
 
@@ -115,12 +122,17 @@ def synthetic_token_pairs(
     task = config.synthetic
     if sample_fn is None:
       sample_fn = synthetic.base_language_sampler(
-          synthetic_language(config), max_new_tokens=task.max_new_tokens,
-          min_new_tokens=task.min_new_tokens)
+        synthetic_language(config),
+        max_new_tokens=task.max_new_tokens,
+        min_new_tokens=task.min_new_tokens,
+      )
     pairs = synthetic.make_preference_pairs(
-        synthetic_prompts(config, split), sample_fn,
-        synthetic.sentiment_reward, _rng(config, _SAMPLES[split]),
-        batch_size=task.sample_batch_size)
+      synthetic_prompts(config, split),
+      sample_fn,
+      synthetic.sentiment_reward,
+      _rng(config, _SAMPLES[split]),
+      batch_size=task.sample_batch_size,
+    )
   report.num_records = len(pairs.prompt_index) + pairs.num_ties
   if pairs.num_ties:
     report.skipped["tied_reward"] = pairs.num_ties
@@ -128,39 +140,50 @@ def synthetic_token_pairs(
   token_pairs = []
   for i, prompt_index in enumerate(pairs.prompt_index):
     token_pair = make_token_pair(
-        int(prompt_index), [BOS_ID, *pairs.prompts[i]],
-        pairs.chosen[i][pairs.chosen_mask[i]],
-        pairs.rejected[i][pairs.rejected_mask[i]],
-        location=f"synthetic {split} prompt {prompt_index}",
-        max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length, policy=policy,
-        report=report)
+      int(prompt_index),
+      [BOS_ID, *pairs.prompts[i]],
+      pairs.chosen[i][pairs.chosen_mask[i]],
+      pairs.rejected[i][pairs.rejected_mask[i]],
+      location=f"synthetic {split} prompt {prompt_index}",
+      max_length=config.max_length,
+      max_prompt_length=config.max_prompt_length,
+      policy=policy,
+      report=report,
+    )
     if token_pair is not None:
       token_pairs.append(token_pair)
   return token_pairs
 
 
 def bandit_token_pairs(
-    config: ml_collections.ConfigDict,
-    *,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  config: ml_collections.ConfigDict,
+  *,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[TokenizedPair]:
   """The pairs of a bandit source: prompt BOS, one action token each."""
   chosen, rejected = bandits.bandit_pairs(BANDIT_SOURCES[config.source])
   report.num_records = len(chosen)
   token_pairs = []
   for i, (win, lose) in enumerate(zip(chosen, rejected)):
-    token_pairs.append(make_token_pair(
-        i, [BOS_ID], [int(win)], [int(lose)], location=f"{config.source}[{i}]",
+    token_pairs.append(
+      make_token_pair(
+        i,
+        [BOS_ID],
+        [int(win)],
+        [int(lose)],
+        location=f"{config.source}[{i}]",
         max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length, policy=policy,
-        report=report))
+        max_prompt_length=config.max_prompt_length,
+        policy=policy,
+        report=report,
+      )
+    )
   return token_pairs
 
 
 def synthetic_sft_sequences(
-    config: ml_collections.ConfigDict, split: str = "train"
+  config: ml_collections.ConfigDict, split: str = "train"
 ) -> list[batching.TokenSequence]:
   """Base-language texts (BOS, prompt words, response, EOS) for SFT.
 
@@ -172,28 +195,33 @@ def synthetic_sft_sequences(
   rng = _rng(config, _SFT[split])
   prompts = synthetic.sample_prompts(language, rng, num, task.prompt_length)
   responses = synthetic.sample_continuations(
-      language, prompts, rng, max_new_tokens=task.max_new_tokens,
-      min_new_tokens=task.min_new_tokens)
+    language,
+    prompts,
+    rng,
+    max_new_tokens=task.max_new_tokens,
+    min_new_tokens=task.min_new_tokens,
+  )
   masks = synthetic.response_mask(responses)
   sequences = []
   for i in range(num):
     tokens = np.concatenate([[BOS_ID], prompts[i], responses[i][masks[i]]])
     if len(tokens) > config.max_length:
       raise DataError(
-          f"data config: synthetic texts reach {len(tokens)} tokens, more "
-          f"than max_length ({config.max_length})")
+        f"data config: synthetic texts reach {len(tokens)} tokens, more "
+        f"than max_length ({config.max_length})"
+      )
     sequences.append(batching.TokenSequence(i, tokens.astype(np.int32)))
   return sequences
 
 
 def make_sft_pipeline(
-    config: ml_collections.ConfigDict,
-    *,
-    batch_size: int,
-    seed: int,
-    shard_index: int,
-    shard_count: int,
-    split: str = "train",
+  config: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+  shard_index: int,
+  shard_count: int,
+  split: str = "train",
 ) -> batching.BatchIterator:
   """Batches of base-language text for fine-tuning the reference model.
 
@@ -203,15 +231,29 @@ def make_sft_pipeline(
   'eval' is one pass.
   """
   if config.source != "synthetic":
-    raise DataError(f"data config: SFT data exists for source 'synthetic' "
-                    f"only, not {config.source!r}")
+    raise DataError(
+      f"data config: SFT data exists for source 'synthetic' "
+      f"only, not {config.source!r}"
+    )
   sequences = synthetic_sft_sequences(config, split)
-  report = DataReport(source="synthetic base language", split=split,
-                      num_records=len(sequences), num_loaded=len(sequences))
+  report = DataReport(
+    source="synthetic base language",
+    split=split,
+    num_records=len(sequences),
+    num_loaded=len(sequences),
+  )
   digest = sequences_fingerprint(sequences)
   collate = lambda entries: batching.collate_sequences(
-      entries, buckets=config.length_buckets, pad_id=synthetic.PAD_ID)
+    entries, buckets=config.length_buckets, pad_id=synthetic.PAD_ID
+  )
   return batching.make_batch_iterator(
-      sequences, collate, batch_size=batch_size, seed=seed,
-      shard_index=shard_index, shard_count=shard_count,
-      repeat=split == "train", fingerprint=digest, report=report)
+    sequences,
+    collate,
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    repeat=split == "train",
+    fingerprint=digest,
+    report=report,
+  )

@@ -23,10 +23,10 @@ beforehand: the training program never downloads.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 import dataclasses
 import importlib.resources
 import sys
+from collections.abc import Mapping
 
 import ml_collections
 import numpy as np
@@ -46,6 +46,7 @@ from train.data import sources
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
 from train.data.report import DataReport
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 BUILDER_NAME = "local_preferences"
@@ -90,15 +91,17 @@ class LocalPreferences(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description="Preference pairs (prompt, chosen, rejected) read from "
-                    "local JSONL files.",
-        features=tfds.features.FeaturesDict({
-            "prompt": tfds.features.Text(),
-            "chosen": tfds.features.Text(),
-            "rejected": tfds.features.Text(),
-            "example_id": np.int64,
-        }),
-        metadata=tfds.core.MetadataDict(),
+      description="Preference pairs (prompt, chosen, rejected) read from "
+      "local JSONL files.",
+      features=tfds.features.FeaturesDict(
+        {
+          "prompt": tfds.features.Text(),
+          "chosen": tfds.features.Text(),
+          "rejected": tfds.features.Text(),
+          "example_id": np.int64,
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
@@ -114,30 +117,43 @@ class LocalPreferences(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, path: str, split: str):
     config = self.builder_config
     report = DataReport(source=path, split=split)
-    field_map = dict(prompt=config.prompt_field, chosen=config.chosen_field,
-                     rejected=config.rejected_field)
+    field_map = dict(
+      prompt=config.prompt_field,
+      chosen=config.chosen_field,
+      rejected=config.rejected_field,
+    )
     pairs = sources.read_jsonl_pairs(
-        path, field_map=field_map, transcripts=config.transcripts,
-        policy=BadRecordPolicy(config.on_bad_record, report), report=report)
+      path,
+      field_map=field_map,
+      transcripts=config.transcripts,
+      policy=BadRecordPolicy(config.on_bad_record, report),
+      report=report,
+    )
     report.num_loaded = len(pairs)
     # Kept with the dataset, so users of the built data can see what was
     # skipped from the files.
     self.info.metadata[split] = dataclasses.asdict(report)
     for pair in pairs:
-      yield pair.example_id, dict(
-          prompt=pair.prompt, chosen=pair.chosen, rejected=pair.rejected,
-          example_id=pair.example_id)
+      yield (
+        pair.example_id,
+        dict(
+          prompt=pair.prompt,
+          chosen=pair.chosen,
+          rejected=pair.rejected,
+          example_id=pair.example_id,
+        ),
+      )
 
 
 def prepare_local_preferences(
-    name: str,
-    *,
-    train_path: str,
-    eval_path: str = "",
-    transcripts: bool = False,
-    field_map: Mapping[str, str] | None = None,
-    on_bad_record: str = "error",
-    data_dir: str | None = None,
+  name: str,
+  *,
+  train_path: str,
+  eval_path: str = "",
+  transcripts: bool = False,
+  field_map: Mapping[str, str] | None = None,
+  on_bad_record: str = "error",
+  data_dir: str | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Builds ``local_preferences/<name>`` from local files and returns it.
 
@@ -145,23 +161,28 @@ def prepare_local_preferences(
   """
   field_map = dict(field_map or {})
   config = LocalPreferencesConfig(
-      name=name, train_path=str(train_path), eval_path=str(eval_path),
-      transcripts=transcripts, on_bad_record=on_bad_record,
-      prompt_field=field_map.get("prompt", "prompt"),
-      chosen_field=field_map.get("chosen", "chosen"),
-      rejected_field=field_map.get("rejected", "rejected"))
-  builder = tfds.builder(BUILDER_NAME, config=config, data_dir=data_dir,
-                         file_format="array_record")
+    name=name,
+    train_path=str(train_path),
+    eval_path=str(eval_path),
+    transcripts=transcripts,
+    on_bad_record=on_bad_record,
+    prompt_field=field_map.get("prompt", "prompt"),
+    chosen_field=field_map.get("chosen", "chosen"),
+    rejected_field=field_map.get("rejected", "rejected"),
+  )
+  builder = tfds.builder(
+    BUILDER_NAME, config=config, data_dir=data_dir, file_format="array_record"
+  )
   builder.download_and_prepare()
   return builder
 
 
 def read_tfds_pairs(
-    config: ml_collections.ConfigDict,
-    split_name: str,
-    *,
-    policy: BadRecordPolicy,
-    report: DataReport,
+  config: ml_collections.ConfigDict,
+  split_name: str,
+  *,
+  policy: BadRecordPolicy,
+  report: DataReport,
 ) -> list[sources.TextPair]:
   """Reads and validates one split of a prepared TFDS dataset.
 
@@ -175,13 +196,18 @@ def read_tfds_pairs(
   name = config.tfds_name
   try:
     source = tfds.data_source(
-        name, split=split_name, data_dir=config.tfds_data_dir or None,
-        download=False)
+      name,
+      split=split_name,
+      data_dir=config.tfds_data_dir or None,
+      download=False,
+    )
   except Exception as e:  # TFDS raises many types; all mean "cannot open".
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise DataError(f"tfds {name!r} split {split_name!r}: cannot open "
-                    f"(prepare it first; the program does not download): "
-                    f"{message}") from None
+    raise DataError(
+      f"tfds {name!r} split {split_name!r}: cannot open "
+      f"(prepare it first; the program does not download): "
+      f"{message}"
+    ) from None
 
   def records():
     for start in range(0, len(source), _READ_CHUNK):
@@ -191,11 +217,17 @@ def read_tfds_pairs(
         yield example_id, f"{name}/{split_name}[{index}]", record
 
   pairs = sources.pairs_from_records(
-      records(), field_map=config.field_map,
-      transcripts=not config.field_map.prompt, policy=policy, report=report)
+    records(),
+    field_map=config.field_map,
+    transcripts=not config.field_map.prompt,
+    policy=policy,
+    report=report,
+  )
   if not pairs:
-    raise DataError(f"tfds {name!r} split {split_name!r}: no usable records: "
-                    f"{report.summary()}")
+    raise DataError(
+      f"tfds {name!r} split {split_name!r}: no usable records: "
+      f"{report.summary()}"
+    )
   # ArrayRecord files hold examples in TFDS's hashed order; source order is
   # easier to reason about (evaluation output, reproducing a pair).
   return sorted(pairs, key=lambda pair: pair.example_id)
@@ -203,28 +235,42 @@ def read_tfds_pairs(
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      description="Build a TFDS dataset from local preference JSONL files.")
-  parser.add_argument("--name", required=True,
-                      help="config name: the dataset is "
-                           "local_preferences/<name>")
+    description="Build a TFDS dataset from local preference JSONL files."
+  )
+  parser.add_argument(
+    "--name",
+    required=True,
+    help="config name: the dataset is local_preferences/<name>",
+  )
   parser.add_argument("--train_path", required=True)
   parser.add_argument("--eval_path", default="")
-  parser.add_argument("--hh", action="store_true",
-                      help="records hold HH-RLHF chosen/rejected transcripts")
+  parser.add_argument(
+    "--hh",
+    action="store_true",
+    help="records hold HH-RLHF chosen/rejected transcripts",
+  )
   parser.add_argument("--prompt_field", default="prompt")
   parser.add_argument("--chosen_field", default="chosen")
   parser.add_argument("--rejected_field", default="rejected")
-  parser.add_argument("--on_bad_record", default="error",
-                      choices=("error", "skip"))
+  parser.add_argument(
+    "--on_bad_record", default="error", choices=("error", "skip")
+  )
   parser.add_argument("--data_dir", default=None)
   args = parser.parse_args(argv)
   try:
     builder = prepare_local_preferences(
-        args.name, train_path=args.train_path, eval_path=args.eval_path,
-        transcripts=args.hh, on_bad_record=args.on_bad_record,
-        data_dir=args.data_dir,
-        field_map=dict(prompt=args.prompt_field, chosen=args.chosen_field,
-                       rejected=args.rejected_field))
+      args.name,
+      train_path=args.train_path,
+      eval_path=args.eval_path,
+      transcripts=args.hh,
+      on_bad_record=args.on_bad_record,
+      data_dir=args.data_dir,
+      field_map=dict(
+        prompt=args.prompt_field,
+        chosen=args.chosen_field,
+        rejected=args.rejected_field,
+      ),
+    )
   except DataError as e:
     sys.exit(f"error: {e}")
   for split, info in builder.info.splits.items():

@@ -13,10 +13,11 @@ post-processor is not run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import json
 import pathlib
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol
+from typing import runtime_checkable
 
 from train.data.report import DataError
 
@@ -26,20 +27,16 @@ class Tokenizer(Protocol):
   """What the data pipeline and the metrics need from a tokenizer."""
 
   @property
-  def bos_id(self) -> int:
-    ...
+  def bos_id(self) -> int: ...
 
   @property
-  def eos_id(self) -> int:
-    ...
+  def eos_id(self) -> int: ...
 
   @property
-  def pad_id(self) -> int:
-    ...
+  def pad_id(self) -> int: ...
 
   @property
-  def vocab_size(self) -> int:
-    ...
+  def vocab_size(self) -> int: ...
 
   def encode(self, text: str) -> list[int]:
     """Token ids of ``text``, without special tokens."""
@@ -68,10 +65,22 @@ class ByteTokenizer:
 
 # Spellings of the special tokens in common tokenizer.json files, tried in
 # order when no tokenizer_config.json says which token is which.
-_BOS_NAMES = ("<s>", "<bos>", "<|begin_of_text|>", "[BOS]", "<|startoftext|>",
-              "<|im_start|>")
-_EOS_NAMES = ("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>", "[EOS]",
-              "<|im_end|>")
+_BOS_NAMES = (
+  "<s>",
+  "<bos>",
+  "<|begin_of_text|>",
+  "[BOS]",
+  "<|startoftext|>",
+  "<|im_start|>",
+)
+_EOS_NAMES = (
+  "</s>",
+  "<eos>",
+  "<|end_of_text|>",
+  "<|endoftext|>",
+  "[EOS]",
+  "<|im_end|>",
+)
 _PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>")
 
 
@@ -114,12 +123,12 @@ class HFTokenizer(_SpecialIds):
   """
 
   def __init__(
-      self,
-      path: str,
-      *,
-      bos_token: str | None = None,
-      eos_token: str | None = None,
-      pad_token: str | None = None,
+    self,
+    path: str,
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
   ):
     import tokenizers  # pylint: disable=g-import-not-at-top
 
@@ -132,20 +141,24 @@ class HFTokenizer(_SpecialIds):
     if config_path.exists():
       config = json.loads(config_path.read_text())
     self._path = str(path)
-    eos = self._find("eos", eos_token or _config_token(config, "eos_token"),
-                     _EOS_NAMES)
+    eos = self._find(
+      "eos", eos_token or _config_token(config, "eos_token"), _EOS_NAMES
+    )
     if eos is None:
       raise DataError(f"{path}: no EOS token found; pass eos_token")
-    bos = self._find("bos", bos_token or _config_token(config, "bos_token"),
-                     _BOS_NAMES)
-    pad = self._find("pad", pad_token or _config_token(config, "pad_token"),
-                     _PAD_NAMES)
+    bos = self._find(
+      "bos", bos_token or _config_token(config, "bos_token"), _BOS_NAMES
+    )
+    pad = self._find(
+      "pad", pad_token or _config_token(config, "pad_token"), _PAD_NAMES
+    )
     self._eos_id = eos
     self._bos_id = eos if bos is None else bos
     self._pad_id = eos if pad is None else pad
 
-  def _find(self, role: str, given: str | None,
-            names: Sequence[str]) -> int | None:
+  def _find(
+    self, role: str, given: str | None, names: Sequence[str]
+  ) -> int | None:
     if given is not None:
       token_id = self._tokenizer.token_to_id(given)
       if token_id is None:
@@ -168,12 +181,14 @@ class HFTokenizer(_SpecialIds):
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """``encode`` of many texts at once, in parallel in Rust."""
     encodings = self._tokenizer.encode_batch(
-        list(texts), add_special_tokens=False)
+      list(texts), add_special_tokens=False
+    )
     return [e.ids for e in encodings]
 
   def decode(self, ids: Sequence[int]) -> str:
-    return self._tokenizer.decode([int(i) for i in ids],
-                                  skip_special_tokens=True)
+    return self._tokenizer.decode(
+      [int(i) for i in ids], skip_special_tokens=True
+    )
 
 
 class SentencePieceTokenizer(_SpecialIds):
@@ -189,10 +204,12 @@ class SentencePieceTokenizer(_SpecialIds):
     if self._model.eos_id() < 0:
       raise DataError(f"{path}: the SentencePiece model has no EOS piece")
     self._eos_id = self._model.eos_id()
-    self._bos_id = self._model.bos_id() if self._model.bos_id() >= 0 else (
-        self._eos_id)
-    self._pad_id = self._model.pad_id() if self._model.pad_id() >= 0 else (
-        self._eos_id)
+    self._bos_id = (
+      self._model.bos_id() if self._model.bos_id() >= 0 else (self._eos_id)
+    )
+    self._pad_id = (
+      self._model.pad_id() if self._model.pad_id() >= 0 else (self._eos_id)
+    )
 
   @property
   def vocab_size(self) -> int:
@@ -226,8 +243,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
     for name in ("tokenizer.json", "tokenizer.model"):
       if (pathlib.Path(spec) / name).exists():
         return load_tokenizer(str(pathlib.Path(spec) / name))
-    raise DataError(f"{spec}: no tokenizer.json or tokenizer.model in the "
-                    "directory")
+    raise DataError(
+      f"{spec}: no tokenizer.json or tokenizer.model in the directory"
+    )
   if spec.endswith(".json") or spec.endswith(".model"):
     if not pathlib.Path(spec).exists():
       raise DataError(f"{spec}: tokenizer file not found")
@@ -235,5 +253,6 @@ def load_tokenizer(spec: str) -> Tokenizer:
       return HFTokenizer(spec)
     return SentencePieceTokenizer(spec)
   raise DataError(
-      f"data config: tokenizer must be 'bytes', a tokenizer.json path or a "
-      f".model path, got {spec!r}")
+    f"data config: tokenizer must be 'bytes', a tokenizer.json path or a "
+    f".model path, got {spec!r}"
+  )
