@@ -28,12 +28,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = "dpo"  # A name of the loss table, slpo_jax.losses.LOSSES.
+  # A name of the loss table, slpo_jax.losses.LOSSES, or several joined by
+  # commas, summed with `weights` (e.g. 'sigmoid,bco_pair,sft', TRL's MPO).
+  config.loss.name = "dpo"
+  config.loss.weights = ()  # One weight per loss of `name`; () = 1 each.
   config.loss.beta = 0.1  # DPO/IPO/hinge/SimPO/ORPO strength.
-  config.loss.label_smoothing = 0.0  # cDPO flip probability.
+  config.loss.label_smoothing = 0.0  # Label noise of cDPO, robust, exo_pair.
   config.loss.temperature = 1.0  # SLPO temperature; 1 is Eq. 8 exactly.
   config.loss.alpha = 0.9  # Soft SLPO's winner share, 0.5 < alpha <= 1.
   config.loss.gamma = 0.5  # SimPO's target margin.
+  config.loss.discopop_tau = 0.05  # DiscoPOP's blend temperature.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # 'adamw' or 'rmsprop'.

@@ -63,7 +63,7 @@ def reference_stats(
   model: Any,
   reference: Any,
   batch: Mapping[str, jax.Array],
-  spec: losses.LossSpec,
+  spec: losses.WeightedLoss,
   head: slpo_jax.HeadOptions,
 ) -> slpo_jax.PairStats | None:
   """The reference's statistics: from the frozen tree, or the batch's cache.
@@ -97,13 +97,20 @@ def reference_stats(
   )
 
 
-def loss_hparams(spec: losses.LossSpec, loss_config: Any) -> dict[str, Any]:
+def loss_of(loss_config: Any) -> losses.WeightedLoss:
+  """The loss ``config.loss`` names: one table name, or several joined by
+  commas with ``config.loss.weights`` (empty: weight 1 each)."""
+  names = [name.strip() for name in loss_config.name.split(",")]
+  return losses.weighted_loss(names, loss_config.weights)
+
+
+def loss_hparams(spec: losses.WeightedLoss, loss_config: Any) -> dict[str, Any]:
   """The loss's hyperparameters, read from ``config.loss``."""
   return {name: loss_config[name] for name in spec.hparams}
 
 
 def weighted_sums(
-  spec: losses.LossSpec,
+  spec: losses.WeightedLoss,
   loss_config: Any,
   policy: slpo_jax.PairStats,
   reference: slpo_jax.PairStats | None,
@@ -115,11 +122,15 @@ def weighted_sums(
   accumulating micro-batches then divides once, so metrics are averaged by
   example weight and an accuracy never exceeds 1.
   """
-  per_example = spec(policy, reference, **loss_hparams(spec, loss_config))
+  parts = spec.components(policy, reference, **loss_hparams(spec, loss_config))
+  per_example = sum(w * parts[term.name] for term, w in spec.terms)
   weight = example_weight.astype(jnp.float32)
   # Padding rows (weight 0) may hold infinite values; they add exactly nothing.
   counted = weight > 0
   sums = {"loss": jnp.sum(jnp.where(counted, per_example * weight, 0.0))}
+  if len(parts) > 1:
+    for name, value in parts.items():
+      sums[f"loss/{name}"] = jnp.sum(jnp.where(counted, value * weight, 0.0))
   if reference is not None:
     metrics = slpo_jax.preference_metrics(
       policy.chosen_logps,
@@ -151,7 +162,7 @@ def batch_loss(
   head: slpo_jax.HeadOptions,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted loss sum of ``params`` on a batch, and the metric sums."""
-  spec = losses.LOSSES[loss_config.name]
+  spec = loss_of(loss_config)
   policy = batch_stats(
     model, params, batch, pair_values=spec.needs_pair_values, head=head
   )

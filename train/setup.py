@@ -16,10 +16,10 @@ import numpy as np
 import optax
 
 import slpo_jax
-from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax import sharding
 from train import data as data_lib
+from train import objective
 from train import reference as reference_lib
 from train import step as step_lib
 from train import synthetic_setup
@@ -99,7 +99,7 @@ def _copy(tree, shardings):
 
 def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   """Build model, reference and data for a validated config on ``mesh``."""
-  spec = losses.LOSSES[config.loss.name]
+  spec = objective.loss_of(config.loss)
   optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
   workdir.mkdir(parents=True, exist_ok=True)
   tokenizer = data_lib.make_tokenizer(config.data, config.model.checkpoint)

@@ -15,6 +15,7 @@ import slpo_jax
 from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax import sharding
+from train import objective
 from train import step as step_lib
 from train.data import config as data_config
 from train.errors import ConfigError
@@ -39,19 +40,22 @@ def _non_negative(config, *keys: str) -> None:
       raise ConfigError(f"{key} is {value!r}; it must be an integer >= 0")
 
 
-def loss_spec(config) -> losses.LossSpec:
-  """The loss table's entry for ``config.loss.name``."""
-  if config.loss.name not in losses.LOSSES:
+def _check_loss(config) -> losses.WeightedLoss:
+  unknown = [
+    name.strip()
+    for name in config.loss.name.split(",")
+    if name.strip() not in losses.LOSSES
+  ]
+  if unknown:
     raise ConfigError(
-      f"unknown loss {config.loss.name!r}; config.loss.name must be one of"
-      f" {sorted(losses.LOSSES)}"
+      f"unknown loss {unknown[0]!r}; config.loss.name must be one of"
+      f" {sorted(losses.LOSSES)}, or several joined by commas"
     )
-  return losses.LOSSES[config.loss.name]
-
-
-def _check_loss(config) -> losses.LossSpec:
-  spec = loss_spec(config)
-  hparams = {name: config.loss[name] for name in spec.hparams}
+  try:
+    spec = objective.loss_of(config.loss)
+  except ValueError as error:
+    raise ConfigError(f"config.loss: {error}") from None
+  hparams = objective.loss_hparams(spec, config.loss)
   # The loss functions check their own hyperparameters (a temperature below
   # 1, an alpha outside (1/2, 1]); tracing one call on abstract values runs
   # those checks now, with no data and no model.
@@ -67,7 +71,7 @@ def _check_loss(config) -> losses.LossSpec:
   try:
     jax.eval_shape(lambda s: spec(s, s, **hparams), stats)
   except ValueError as error:
-    raise ConfigError(f"config.loss ({spec.name}): {error}") from None
+    raise ConfigError(f"config.loss ({config.loss.name}): {error}") from None
   return spec
 
 
@@ -150,6 +154,11 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
   spec = _check_loss(config)
   _check_model(config)
   _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))
+  if config.reference.mode == "precomputed" and not spec.needs_reference:
+    raise ConfigError(
+      f"loss {config.loss.name!r} reads no reference model, so there is"
+      " nothing to precompute; set reference.mode='online'"
+    )
   if config.reference.mode == "precomputed" and spec.needs_reference_tokens:
     raise ConfigError(
       f"loss {config.loss.name!r} needs per-token reference values; set"

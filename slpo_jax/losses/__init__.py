@@ -12,6 +12,17 @@ from slpo_jax.losses.dpo_family import hinge_loss
 from slpo_jax.losses.dpo_family import ipo_loss
 from slpo_jax.losses.dpo_family import orpo_loss
 from slpo_jax.losses.dpo_family import simpo_loss
+from slpo_jax.losses.dpo_variants import apo_down_loss
+from slpo_jax.losses.dpo_variants import apo_zero_loss
+from slpo_jax.losses.dpo_variants import bco_pair_loss
+from slpo_jax.losses.dpo_variants import discopop_loss
+from slpo_jax.losses.dpo_variants import exo_pair_loss
+from slpo_jax.losses.dpo_variants import nca_pair_loss
+from slpo_jax.losses.dpo_variants import robust_loss
+from slpo_jax.losses.dpo_variants import sft_loss
+from slpo_jax.losses.dpo_variants import sigmoid_loss
+from slpo_jax.losses.dpo_variants import sigmoid_norm_loss
+from slpo_jax.losses.dpo_variants import sppo_hard_loss
 from slpo_jax.losses.slpo import slpo_loss
 from slpo_jax.losses.slpo import slpo_soft_loss
 from slpo_jax.losses.slpo import slpo_target_log_weight
@@ -21,17 +32,31 @@ from slpo_jax.losses.slpo import slpo_token_loss_from_token_logps
 from slpo_jax.losses.slpo import slpo_token_weights
 from slpo_jax.losses.table import LOSSES
 from slpo_jax.losses.table import LossSpec
+from slpo_jax.losses.table import WeightedLoss
 from slpo_jax.losses.table import loss_spec
+from slpo_jax.losses.table import weighted_loss
 
 __all__ = [
   "LOSSES",
   "LossSpec",
+  "WeightedLoss",
+  "apo_down_loss",
+  "apo_zero_loss",
+  "bco_pair_loss",
+  "discopop_loss",
   "dpo_loss",
+  "exo_pair_loss",
   "hinge_loss",
   "ipo_loss",
   "log1mexp",
   "loss_spec",
+  "weighted_loss",
+  "nca_pair_loss",
   "orpo_loss",
+  "robust_loss",
+  "sft_loss",
+  "sigmoid_loss",
+  "sigmoid_norm_loss",
   "simpo_loss",
   "slpo_loss",
   "slpo_soft_loss",
@@ -40,4 +65,5 @@ __all__ = [
   "slpo_token_loss_from_reference",
   "slpo_token_loss_from_token_logps",
   "slpo_token_weights",
+  "sppo_hard_loss",
 ]

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 
 from slpo_jax.losses import dpo_family
+from slpo_jax.losses import dpo_variants
 from slpo_jax.losses import slpo
 from slpo_jax.pair_stats import PairStats
 
@@ -154,7 +155,111 @@ LOSSES: Mapping[str, LossSpec] = _table(
   slpo=slpo.slpo_loss,
   slpo_soft=slpo.slpo_soft_loss,
   slpo_token=slpo.slpo_token_loss_from_reference,
+  # TRL's DPOTrainer loss_type names (TRL 1.16 semantics).
+  sigmoid=dpo_variants.sigmoid_loss,
+  robust=dpo_variants.robust_loss,
+  exo_pair=dpo_variants.exo_pair_loss,
+  nca_pair=dpo_variants.nca_pair_loss,
+  bco_pair=dpo_variants.bco_pair_loss,
+  sppo_hard=dpo_variants.sppo_hard_loss,
+  apo_zero=dpo_variants.apo_zero_loss,
+  apo_down=dpo_variants.apo_down_loss,
+  discopop=dpo_variants.discopop_loss,
+  sigmoid_norm=dpo_variants.sigmoid_norm_loss,
+  sft=dpo_variants.sft_loss,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedLoss:
+  """A weighted sum of table losses (TRL's ``loss_type`` list with
+  ``loss_weights``); a single loss is the sum of one.
+
+  Each term reads the hyperparameters it declares from the same keyword
+  arguments, so ``beta`` is shared by every term that takes it.
+
+  Attributes:
+    terms: ``(spec, weight)`` pairs.
+  """
+
+  terms: tuple[tuple[LossSpec, float], ...]
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(spec.name for spec, _ in self.terms)
+
+  @property
+  def hparams(self) -> tuple[str, ...]:
+    """Every term's hyperparameter names, each once."""
+    return tuple(
+      dict.fromkeys(h for spec, _ in self.terms for h in spec.hparams)
+    )
+
+  @property
+  def needs_reference(self) -> bool:
+    return any(spec.needs_reference for spec, _ in self.terms)
+
+  @property
+  def needs_pair_values(self) -> bool:
+    return any(spec.needs_pair_values for spec, _ in self.terms)
+
+  @property
+  def needs_reference_tokens(self) -> bool:
+    return any(spec.needs_reference_tokens for spec, _ in self.terms)
+
+  def components(
+    self,
+    policy: PairStats,
+    reference: PairStats | None = None,
+    **hparams: Any,
+  ) -> dict[str, jax.Array]:
+    """Each term's unweighted per-example losses, by table name."""
+    unknown = sorted(set(hparams) - set(self.hparams))
+    if unknown:
+      raise TypeError(
+        f"losses {list(self.names)} take the hyperparameters"
+        f" {list(self.hparams)}, not {unknown}"
+      )
+    return {
+      spec.name: spec(
+        policy,
+        reference,
+        **{h: hparams[h] for h in spec.hparams if h in hparams},
+      )
+      for spec, _ in self.terms
+    }
+
+  def __call__(
+    self,
+    policy: PairStats,
+    reference: PairStats | None = None,
+    **hparams: Any,
+  ) -> jax.Array:
+    """Per-example weighted sums of the terms' losses."""
+    parts = self.components(policy, reference, **hparams)
+    return sum(weight * parts[spec.name] for spec, weight in self.terms)
+
+
+def weighted_loss(names, weights=()) -> WeightedLoss:
+  """The :class:`WeightedLoss` of table names, weights 1 when not given.
+
+  Raises:
+    ValueError: an unknown name, a repeated one, or a weight count that does
+      not match.
+  """
+  names = tuple(names)
+  weights = tuple(weights) or (1.0,) * len(names)
+  if not names:
+    raise ValueError("no loss named")
+  if len(weights) != len(names):
+    raise ValueError(
+      f"{len(weights)} weights for the {len(names)} losses {list(names)}"
+    )
+  if len(set(names)) != len(names):
+    raise ValueError(f"a loss is named twice in {list(names)}")
+  return WeightedLoss(
+    tuple((loss_spec(name), float(w)) for name, w in zip(names, weights))
+  )
 
 
 def loss_spec(name: str) -> LossSpec:

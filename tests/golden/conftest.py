@@ -1,3 +1,3 @@
-"""The golden-file generator needs TRL, which the test suite never imports."""
+"""The golden-file generators need TRL, which the test suite never imports."""
 
-collect_ignore = ["make_golden.py"]
+collect_ignore = ["make_golden.py", "make_trl_golden.py"]

@@ -21,11 +21,15 @@ CONFIG_ERRORS = {
   ),
   "unknown_loss": (
     {"loss.name": "dpoo"},
-    "unknown loss 'dpoo'; config.loss.name must be one of ['dpo',",
+    "unknown loss 'dpoo'; config.loss.name must be one of ['apo_down',",
   ),
   "unknown_optimizer": (
     {"optimizer.name": "adamm"},
     "unknown optimizer.name 'adamm'; use 'adamw' or 'rmsprop'",
+  ),
+  "weights_do_not_match": (
+    {"loss.name": "sigmoid,sft", "loss.weights": (1.0,)},
+    "config.loss: 1 weights for the 2 losses ['sigmoid', 'sft']",
   ),
   "bad_hyperparameter": (
     {"loss.name": "slpo", "loss.temperature": 0.5},

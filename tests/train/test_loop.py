@@ -173,3 +173,31 @@ def test_sharding_gives_the_data_parallel_losses(
     rtol=TOLERANCE,
     atol=TOLERANCE,
   )
+
+
+def test_a_weighted_sum_of_losses_logs_each_term(make_config, tmp_path):
+  # TRL's MPO recipe: loss_type ["sigmoid", "bco_pair", "sft"] with
+  # loss_weights [0.8, 0.2, 1.0].
+  weights = {"sigmoid": 0.8, "bco_pair": 0.2, "sft": 1.0}
+  train(
+    make_config(
+      **{
+        "loss.name": ",".join(weights),
+        "loss.weights": tuple(weights.values()),
+      }
+    ),
+    tmp_path,
+  )
+  records = [r for r in read_metrics(tmp_path) if "loss" in r]
+  assert records
+  for record in records:
+    total = sum(w * record[f"loss/{name}"] for name, w in weights.items())
+    np.testing.assert_allclose(record["loss"], total, rtol=1e-5)
+    assert record["loss/sft"] > 0
+
+
+def test_precomputed_reference_refuses_reference_free_losses(make_config):
+  with pytest.raises(ConfigError, match="reads no reference model"):
+    validate.validate(
+      make_config(**{"loss.name": "simpo", "reference.mode": "precomputed"})
+    )

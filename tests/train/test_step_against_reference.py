@@ -49,6 +49,8 @@ DIFFERENTIABLE = (
   "chosen_token_logps",
   "chosen_token_pair_not_logps",
 )
+# Weighted sums of losses, as TRL's loss_weights: the MPO recipe.
+COMBINATIONS = {"sigmoid,bco_pair,sft": (0.8, 0.2, 1.0)}
 # The last row is padding: weight 0, so it must count for nothing.
 WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 
@@ -96,7 +98,7 @@ def _numpy(stats) -> dict[str, np.ndarray]:
 
 def _expected_step(setup, loss_name, loss_config, optimizer_config):
   """Loss, gradient and updated parameters, without the program."""
-  spec = losses.LOSSES[loss_name]
+  spec = losses.weighted_loss(loss_name.split(","), loss_config.weights)
   hparams = {name: loss_config[name] for name in spec.hparams}
   policy = _numpy(setup["policy_stats"])
   reference = _numpy(setup["reference_stats"])
@@ -142,6 +144,9 @@ def _program_step(loss_name: str):
   config = torch_reference.tiny_config()
   loss_config = base.get_config().loss
   loss_config.name = loss_name
+  loss_config.weights = COMBINATIONS.get(loss_name, ())
+  # Label noise for the losses that read it (exo_pair needs it above 0).
+  loss_config.label_smoothing = 0.1
   optimizer = step_lib.make_optimizer(_optimizer_config(), total_steps=10)
   step = jax.jit(
     functools.partial(
@@ -170,7 +175,9 @@ def _assert_leaves_close(actual, expected, what):
     )
 
 
-@pytest.mark.parametrize("loss_name", sorted(losses.LOSSES))
+@pytest.mark.parametrize(
+  "loss_name", sorted(losses.LOSSES) + list(COMBINATIONS)
+)
 def test_train_step_matches_an_independent_computation(loss_name, setup):
   step, optimizer, loss_config = _program_step(loss_name)
   state = step_lib.TrainState(
