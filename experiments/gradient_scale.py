@@ -93,7 +93,7 @@ def _masks(lengths, max_length):
 
 # Counts and masks are data, not functions of the logits: gradients are taken
 # with respect to the other statistics only.
-_DATA_FIELDS = ("chosen_lengths", "rejected_lengths", "chosen_where")
+_DATA_FIELDS = ("chosen_lengths", "rejected_lengths", "chosen_where", "counted")
 
 
 def _values(terms):

@@ -43,6 +43,11 @@ class PairStats(NamedTuple):
     chosen_token_pair_not_logps: ``log(1 - p_t(y_w,t) - p_t(y_l,t))`` on
       y_w's prefixes, the per-token form of ``pair_not_logps``.
     chosen_where: y_w's response mask.
+    chosen_mean_logits: the logits of y_w's response steps, averaged over
+      the vocabulary and the steps (a metric, ``logits/chosen`` in TRL).
+    rejected_mean_logits: the same for y_l.
+    counted: whether the pair counts (False for padding rows); losses of the
+      whole batch, such as AOT's sort, leave the others out.
   """
 
   chosen_logps: jax.Array
@@ -55,6 +60,9 @@ class PairStats(NamedTuple):
   chosen_token_logps: jax.Array | None = None
   chosen_token_pair_not_logps: jax.Array | None = None
   chosen_where: jax.Array | None = None
+  chosen_mean_logits: jax.Array | None = None
+  rejected_mean_logits: jax.Array | None = None
+  counted: jax.Array | None = None
 
 
 def pair_stats_from_token_logps(
@@ -100,6 +108,8 @@ def pair_stats_from_token_logps(
     rejected_not_logps=rejected_not_logps,
     chosen_lengths=jnp.sum(chosen_where, axis=-1),
     rejected_lengths=jnp.sum(rejected_where, axis=-1),
+    # A row with no response token is padding.
+    counted=jnp.any(chosen_where, axis=-1),
   )
   if chosen_token_pair_not_logps is None:
     return stats
@@ -120,6 +130,11 @@ def pair_stats_from_token_logps(
     ),
     chosen_where=chosen_where,
   )
+
+
+def _mean_over_steps(per_step: jax.Array, where: jax.Array) -> jax.Array:
+  counted = jnp.where(where, per_step, 0.0)
+  return jnp.sum(counted, axis=-1) / jnp.maximum(jnp.sum(where, axis=-1), 1)
 
 
 def _pair_ids(chosen_labels, rejected_labels, chosen_where, rejected_where):
@@ -177,7 +192,7 @@ def pair_stats_from_logits(
     pair_not = logprobs.token_logps(
       chosen_logits, chosen_ids, also_exclude=excluded
     ).not_logp
-  return pair_stats_from_token_logps(
+  stats = pair_stats_from_token_logps(
     logprobs.token_logps(chosen_logits, chosen_ids),
     logprobs.token_logps(rejected_logits, rejected_ids),
     chosen_ids,
@@ -185,6 +200,14 @@ def pair_stats_from_logits(
     chosen_where=chosen_where,
     rejected_where=rejected_where,
     chosen_token_pair_not_logps=pair_not,
+  )
+  return stats._replace(
+    chosen_mean_logits=_mean_over_steps(
+      jnp.mean(jnp.asarray(chosen_logits, jnp.float32), -1), chosen_where
+    ),
+    rejected_mean_logits=_mean_over_steps(
+      jnp.mean(jnp.asarray(rejected_logits, jnp.float32), -1), rejected_where
+    ),
   )
 
 
@@ -278,7 +301,7 @@ def pair_stats_from_hidden(
   pair_not = None
   if pair_values:
     pair_not = tokens(chosen_hidden, chosen_ids, excluded).not_logp
-  return pair_stats_from_token_logps(
+  stats = pair_stats_from_token_logps(
     tokens(chosen_hidden, chosen_ids),
     tokens(rejected_hidden, rejected_ids),
     chosen_ids,
@@ -286,4 +309,15 @@ def pair_stats_from_hidden(
     chosen_where=chosen_where,
     rejected_where=rejected_where,
     chosen_token_pair_not_logps=pair_not,
+  )
+  # The mean logit of a step is h_t . mean_v(W[:, v]): one vector, no tile.
+  mean_column = jnp.mean(jnp.asarray(lm_head, jnp.float32), axis=-1)
+  return stats._replace(
+    chosen_mean_logits=_mean_over_steps(
+      _plain_logits(chosen_hidden, mean_column[:, None])[..., 0], chosen_where
+    ),
+    rejected_mean_logits=_mean_over_steps(
+      _plain_logits(rejected_hidden, mean_column[:, None])[..., 0],
+      rejected_where,
+    ),
   )

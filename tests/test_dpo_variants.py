@@ -22,10 +22,6 @@ from slpo_jax import losses
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "trl_losses.json"
 CASES = json.loads(GOLDEN.read_text())["cases"]
 RTOL = 1e-6
-# Losses whose batch reduction differs from a mean of per-example values in
-# TRL: ``sft`` averages over the batch's tokens; ``aot`` and ``aot_unpaired``
-# sort over the batch, and are not in the table.
-BATCH_LEVEL = {"sft", "aot", "aot_unpaired"}
 # TRL's ``ipo`` averages log-ratios per token; the table's ``ipo`` is the
 # IPO paper's sequence-level loss.
 DIFFERENT = {"ipo"}
@@ -59,6 +55,7 @@ def _stats(x, chosen, rejected):
     rejected_logps=rejected,
     chosen_lengths=x["chosen_lengths"],
     rejected_lengths=x["rejected_lengths"],
+    counted=x["chosen_lengths"] > 0,
   )
 
 
@@ -107,7 +104,7 @@ def _exo_gradient(case) -> np.ndarray:
 
 
 def _compared(case) -> bool:
-  return not set(case["loss_types"]) & (DIFFERENT | {"aot", "aot_unpaired"})
+  return not set(case["loss_types"]) & DIFFERENT
 
 
 @pytest.mark.parametrize(
@@ -180,4 +177,24 @@ def test_sigmoid_ignores_label_smoothing_and_dpo_keeps_cdpo():
       beta=case["beta"],
       label_smoothing=case["label_smoothing"],
     )
-  assert abs(float(jnp.mean(cdpo)) - case["loss"]) > 1e-3
+    cdpo = float(jnp.mean(cdpo))
+  assert abs(cdpo - case["loss"]) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["aot", "aot_unpaired"])
+def test_aot_leaves_padding_rows_out_of_the_sort(name):
+  (case,) = [c for c in CASES if c["loss_types"] == [name]][:1]
+  x = _inputs(case)
+  spec = losses.LOSSES[name]
+  # Two padding rows (not counted) with margins that would sort first and
+  # last if they were.
+  padded = {k: np.concatenate([v, [0.0, 0.0]]) for k, v in x.items()}
+  padded["policy_chosen"][-2:] = [-500.0, 500.0]
+  with jax.enable_x64(True):
+    got = spec(
+      _stats(padded, padded["policy_chosen"], padded["policy_rejected"]),
+      _stats(padded, padded["reference_chosen"], padded["reference_rejected"]),
+      **_hparams(case, spec),
+    )
+  np.testing.assert_array_equal(got[-2:], 0.0)
+  np.testing.assert_allclose(np.mean(got[:-2]), case["loss"], rtol=RTOL)

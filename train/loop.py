@@ -125,7 +125,13 @@ def train_and_evaluate(
     mininterval=1.0,
   )
   metrics = TrainMetrics(
-    writer, log_every=config.log_every, total_steps=config.steps, bar=bar
+    writer,
+    log_every=config.log_every,
+    total_steps=config.steps,
+    bar=bar,
+    learning_rate=step_lib.learning_rate_schedule(
+      config.optimizer, config.steps
+    ),
   )
   with _sigterm_requests() as sigterm, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):

@@ -70,12 +70,20 @@ class TrainMetrics:
   """
 
   def __init__(
-    self, writer: MetricsWriter, *, log_every: int, total_steps: int, bar=None
+    self,
+    writer: MetricsWriter,
+    *,
+    log_every: int,
+    total_steps: int,
+    bar=None,
+    learning_rate=None,
   ):
     self._writer = writer
     self._log_every = log_every
     self._total_steps = total_steps
     self._bar = bar
+    # The schedule, logged as TRL logs it: the rate of the record's step.
+    self._learning_rate = learning_rate
     self._pending = None  # (step, metrics) still on the device.
     self._records: dict[int, dict[str, float]] = {}  # Not yet written.
     self._start_window()
@@ -122,6 +130,9 @@ class TrainMetrics:
     if step % self._log_every == 0 or step == self._total_steps:
       record = {k: v / self._window_steps for k, v in self._window_sums.items()}
       record["tokens_per_second"] = rate
+      if self._learning_rate is not None:
+        # optax counts updates from 0: step s used the rate at s - 1.
+        record["learning_rate"] = float(self._learning_rate(step - 1))
       self.add(step, record)
       self._start_window()
 

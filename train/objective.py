@@ -46,7 +46,7 @@ def batch_stats(
     [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
   )
   hidden, lm_head = model.hidden_states(params, ids, mask)
-  return slpo_jax.pair_stats_from_hidden(
+  stats = slpo_jax.pair_stats_from_hidden(
     hidden[:n],
     hidden[n:],
     lm_head,
@@ -57,6 +57,8 @@ def batch_stats(
     pair_values=pair_values,
     head=head,
   )
+  # Padding rows (weight 0, copies of a real pair) do not count either.
+  return stats._replace(counted=stats.counted & (batch["example_weight"] > 0))
 
 
 def reference_stats(
@@ -146,6 +148,9 @@ def weighted_sums(
       "logps/chosen": policy.chosen_logps,
       "logps/rejected": policy.rejected_logps,
     }
+  if policy.chosen_mean_logits is not None:
+    metrics["logits/chosen"] = policy.chosen_mean_logits
+    metrics["logits/rejected"] = policy.rejected_mean_logits
   for name, value in metrics.items():
     sums[name] = jnp.sum(jnp.where(counted, value * weight, 0.0))
   sums["weight"] = jnp.sum(weight)

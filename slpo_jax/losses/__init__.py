@@ -12,6 +12,8 @@ from slpo_jax.losses.dpo_family import hinge_loss
 from slpo_jax.losses.dpo_family import ipo_loss
 from slpo_jax.losses.dpo_family import orpo_loss
 from slpo_jax.losses.dpo_family import simpo_loss
+from slpo_jax.losses.dpo_variants import aot_loss
+from slpo_jax.losses.dpo_variants import aot_unpaired_loss
 from slpo_jax.losses.dpo_variants import apo_down_loss
 from slpo_jax.losses.dpo_variants import apo_zero_loss
 from slpo_jax.losses.dpo_variants import bco_pair_loss
@@ -40,6 +42,8 @@ __all__ = [
   "LOSSES",
   "LossSpec",
   "WeightedLoss",
+  "aot_loss",
+  "aot_unpaired_loss",
   "apo_down_loss",
   "apo_zero_loss",
   "bco_pair_loss",

@@ -99,6 +99,16 @@ class LossSpec:
     return any(i.field in _PAIR_FIELDS for i in self.inputs)
 
   @property
+  def batch_level(self) -> bool:
+    """Whether a pair's loss depends on the other pairs of its batch.
+
+    Such a loss (AOT sorts the batch's margins) reads ``counted``, to leave
+    padding rows out; under gradient accumulation its batch is the
+    micro-batch.
+    """
+    return any(i.field == "counted" for i in self.inputs)
+
+  @property
   def needs_reference_tokens(self) -> bool:
     """Whether the reference's per-token values are read (not precomputable)."""
     return any(
@@ -167,6 +177,8 @@ LOSSES: Mapping[str, LossSpec] = _table(
   discopop=dpo_variants.discopop_loss,
   sigmoid_norm=dpo_variants.sigmoid_norm_loss,
   sft=dpo_variants.sft_loss,
+  aot=dpo_variants.aot_loss,
+  aot_unpaired=dpo_variants.aot_unpaired_loss,
 )
 
 

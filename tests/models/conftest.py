@@ -7,6 +7,7 @@ from typing import Any
 from typing import Callable
 
 import pytest
+
 from models_testing import make_hf_model
 
 

@@ -8,11 +8,12 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
+
+from slpo_jax import models
+
 from models_testing import apply
 from models_testing import hidden_states
 from models_testing import random_params
-
-from slpo_jax import models
 
 FAMILIES = ("gpt2", "llama")
 LOGICAL_NAMES = {

@@ -5,11 +5,12 @@ import json
 import jax
 import numpy as np
 import pytest
-from models_testing import random_params
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 from slpo_jax import models
+
+from models_testing import random_params
 
 
 @pytest.fixture(scope="module")

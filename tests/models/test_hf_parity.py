@@ -11,6 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
+
+from slpo_jax import models
+
 from models_testing import HF_KINDS
 from models_testing import apply
 from models_testing import hf_logits
@@ -18,10 +23,6 @@ from models_testing import make_hf_model
 from models_testing import max_masked_diff
 from models_testing import random_params
 from models_testing import right_padded_batch
-from safetensors.numpy import load_file
-from safetensors.numpy import save_file
-
-from slpo_jax import models
 
 TOLERANCE = 1e-4
 # Row lengths of the test batch: full, partial, short. 12 tokens exceed the

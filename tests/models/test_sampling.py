@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from models_testing import apply
-from models_testing import random_params
 
 from slpo_jax import models
 from slpo_jax.models import sampling
+
+from models_testing import apply
+from models_testing import random_params
 
 MAX_NEW = 6
 PAD = 0

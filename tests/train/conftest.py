@@ -13,6 +13,7 @@ import pathlib
 import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
+
 from train_testing import BASELINE
 from train_testing import Trained
 from train_testing import make_tiny_config

@@ -5,6 +5,9 @@ import signal
 
 import numpy as np
 import pytest
+
+from train.checkpoint import IncompatibleCheckpointError
+
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import assert_trees_equal
@@ -16,8 +19,6 @@ from train_testing import read_metrics
 from train_testing import start_train_main
 from train_testing import train
 from train_testing import wait_for
-
-from train.checkpoint import IncompatibleCheckpointError
 
 
 def _without_timing(record: dict) -> dict:

@@ -1,11 +1,13 @@
 """Configs that cannot work fail at start, saying what to change."""
 
 import pytest
+
+from slpo_jax import losses
+from train.errors import ConfigError
+
 from train_testing import finish
 from train_testing import start_train_main
 from train_testing import train
-
-from train.errors import ConfigError
 
 # (override, a part of the message). Each runs on the 8 simulated devices.
 CONFIG_ERRORS = {
@@ -21,7 +23,8 @@ CONFIG_ERRORS = {
   ),
   "unknown_loss": (
     {"loss.name": "dpoo"},
-    "unknown loss 'dpoo'; config.loss.name must be one of ['apo_down',",
+    "unknown loss 'dpoo'; config.loss.name must be one of"
+    f" {sorted(losses.LOSSES)}, or several joined by commas",
   ),
   "unknown_optimizer": (
     {"optimizer.name": "adamm"},

@@ -5,6 +5,12 @@ import math
 import jax
 import numpy as np
 import pytest
+
+from train import reference as reference_lib
+from train import validate
+from train.errors import ConfigError
+from train.errors import NonFiniteError
+
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import assert_trees_equal
@@ -13,11 +19,6 @@ from train_testing import load_checkpoint_params
 from train_testing import read_metrics
 from train_testing import train
 from train_testing import train_losses
-
-from train import reference as reference_lib
-from train import validate
-from train.errors import ConfigError
-from train.errors import NonFiniteError
 
 TRL_NAMES = (
   "rewards/chosen",
@@ -201,3 +202,14 @@ def test_precomputed_reference_refuses_reference_free_losses(make_config):
     validate.validate(
       make_config(**{"loss.name": "simpo", "reference.mode": "precomputed"})
     )
+
+
+def test_metrics_carry_trl_names(baseline):
+  records = [r for r in read_metrics(baseline.workdir) if "loss" in r]
+  for name in (*TRL_NAMES, "logits/chosen", "logits/rejected", "grad_norm"):
+    assert all(np.isfinite(r[name]) for r in records), name
+  # A constant schedule in the tiny config: the peak rate at every step.
+  config = baseline.run.config.optimizer
+  assert [r["learning_rate"] for r in records] == pytest.approx(
+    [config.learning_rate] * len(records)
+  )

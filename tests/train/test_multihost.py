@@ -10,6 +10,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+
+from train import data as data_lib
+from train import loop
+
 from train_testing import BASELINE
 from train_testing import TOLERANCE
 from train_testing import build
@@ -18,9 +22,6 @@ from train_testing import free_port
 from train_testing import read_metrics
 from train_testing import start_train_main
 from train_testing import train_losses
-
-from train import data as data_lib
-from train import loop
 
 # Two train.main processes compiling for a 2-process mesh: ~1.5 min.
 pytestmark = pytest.mark.slow

@@ -40,15 +40,7 @@ RTOL = 1e-4
 # Gradients per leaf: the absolute tolerance is relative to the leaf's
 # largest entry (float32 rounding of sums over the whole batch).
 GRAD_RTOL, GRAD_ATOL = 1e-4, 2e-5
-DIFFERENTIABLE = (
-  "chosen_logps",
-  "rejected_logps",
-  "chosen_not_logps",
-  "rejected_not_logps",
-  "pair_not_logps",
-  "chosen_token_logps",
-  "chosen_token_pair_not_logps",
-)
+DIFFERENTIABLE = torch_reference.DIFFERENTIABLE
 # Weighted sums of losses, as TRL's loss_weights: the MPO recipe.
 COMBINATIONS = {"sigmoid,bco_pair,sft": (0.8, 0.2, 1.0)}
 # The last row is padding: weight 0, so it must count for nothing.
@@ -193,6 +185,14 @@ def test_train_step_matches_an_independent_computation(loss_name, setup):
 
   assert bool(metrics["finite"])
   np.testing.assert_allclose(metrics["loss"], loss, rtol=RTOL, atol=1e-6)
+  stats = _numpy(setup["policy_stats"])
+  for side in ("chosen", "rejected"):
+    np.testing.assert_allclose(
+      metrics[f"logits/{side}"],
+      np.sum(WEIGHTS * stats[f"{side}_mean_logits"]) / np.sum(WEIGHTS),
+      rtol=RTOL,
+      err_msg=side,
+    )
   # The gradient must be worth comparing: not zero at these weights.
   norm = np.sqrt(sum(np.sum(g**2) for g in jax.tree.leaves(grads)))
   assert norm > 1e-3, f"{loss_name}: gradient norm {norm}"

@@ -32,15 +32,7 @@ COMPLEMENTS = (
 # Gradients: float32 library against float64 reference, per leaf; the
 # absolute tolerance is relative to the leaf's largest entry.
 GRAD_RTOL, GRAD_ATOL = 1e-4, 2e-5
-DIFFERENTIABLE = (
-  "chosen_logps",
-  "rejected_logps",
-  "chosen_not_logps",
-  "rejected_not_logps",
-  "pair_not_logps",
-  "chosen_token_logps",
-  "chosen_token_pair_not_logps",
-)
+DIFFERENTIABLE = torch_reference.DIFFERENTIABLE
 
 
 def _library_statistics(config, params, batch):
@@ -57,6 +49,9 @@ def _library_statistics(config, params, batch):
     )
     out[f"{side}_logps"], out[f"{side}_not_logps"] = logp, not_logp
     out[f"{side}_lengths"] = jnp.sum(where, -1).astype(jnp.float32)
+    out[f"{side}_mean_logits"] = jnp.sum(
+      jnp.where(where, jnp.mean(logits[side], -1), 0.0), -1
+    ) / jnp.maximum(jnp.sum(where, -1), 1)
   out["pair_not_logps"] = slpo_jax.pair_not_logps(
     logits["chosen"],
     batch["chosen_labels"],
@@ -74,6 +69,7 @@ def _library_statistics(config, params, batch):
   out["chosen_token_logps"] = jnp.where(where, tokens.logp, 0.0)
   out["chosen_token_pair_not_logps"] = jnp.where(where, tokens.not_logp, 0.0)
   out["chosen_where"] = jnp.asarray(where)
+  out["counted"] = jnp.any(where, -1) & (batch["example_weight"] > 0)
   return out
 
 
@@ -138,7 +134,7 @@ def test_statistics_match_library(setup):
   for key, value in got.items():
     want = np.asarray(expected[key])
     assert value.shape == want.shape, key
-    if key == "chosen_where":
+    if key in ("chosen_where", "counted"):
       assert value.dtype == torch.bool
       np.testing.assert_array_equal(value.numpy(), want)
       continue

@@ -4,14 +4,17 @@ import functools
 
 import jax
 import numpy as np
+import optax
 import pytest
-from train_testing import TOLERANCE
-from train_testing import assert_trees_close
-from train_testing import build
 
 import slpo_jax
 from slpo_jax import losses
+from train import objective
 from train import step as step_lib
+
+from train_testing import TOLERANCE
+from train_testing import assert_trees_close
+from train_testing import build
 
 # Small tiles, so the fused head really works tile by tile (V = 259 bytes).
 FUSED = slpo_jax.HeadOptions(
@@ -99,19 +102,46 @@ def test_every_loss_takes_a_finite_step(loss, pieces):
   )
 
 
-@pytest.mark.parametrize("loss", ["dpo", "slpo", "slpo_soft"])
-def test_fused_head_gives_the_plain_loss(loss, pieces):
-  _, plain = pieces.plain_step(loss)
-  _, fused = jax.device_get(
-    pieces.step_fn(loss, FUSED)(
-      pieces.state(), pieces.reference, pieces.batches[0]
+def _with_precomputed_reference(pieces, batch):
+  stats = jax.jit(
+    functools.partial(
+      objective.batch_stats, pieces.model, pair_values=False, head=PLAIN
+    )
+  )(pieces.reference, batch)
+  return dict(
+    batch,
+    reference_chosen_logps=stats.chosen_logps,
+    reference_rejected_logps=stats.rejected_logps,
+  )
+
+
+@pytest.mark.parametrize("loss", sorted(losses.LOSSES))
+def test_fused_head_accumulation_and_precomputed_reference_agree(loss, pieces):
+  # Every loss through the step three ways at once: the fused head, two
+  # micro-batches (one for a loss of the whole batch), and (where the loss allows it) reference log-probs that
+  # come with the batch, against the plain head, one batch, online.
+  spec = losses.LOSSES[loss]
+  batch, reference = pieces.batches[0], pieces.reference
+  if spec.needs_reference and not spec.needs_reference_tokens:
+    batch, reference = _with_precomputed_reference(pieces, batch), None
+  plain_state, plain = pieces.plain_step(loss)
+  # A loss of the whole batch (AOT's sort) changes with the micro-batches.
+  accumulation = 1 if spec.batch_level else 2
+  state, metrics = jax.device_get(
+    pieces.step_fn(loss, FUSED, grad_accum_steps=accumulation)(
+      pieces.state(), reference, batch
     )
   )
-  assert bool(fused["finite"])
-  for name in ("loss", "logps/chosen", "logps/rejected"):
+  assert bool(metrics["finite"])
+  for name in plain:
     np.testing.assert_allclose(
-      fused[name], plain[name], rtol=TOLERANCE, atol=TOLERANCE, err_msg=name
+      metrics[name], plain[name], rtol=TOLERANCE, atol=TOLERANCE, err_msg=name
     )
+  # Adam's first moment is (1 - b1) times the (clipped) gradient.
+  assert_trees_close(
+    optax.tree_utils.tree_get(state.opt_state, "mu"),
+    optax.tree_utils.tree_get(plain_state.opt_state, "mu"),
+  )
 
 
 def test_gradient_accumulation_matches_one_batch(pieces):

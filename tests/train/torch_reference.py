@@ -29,6 +29,17 @@ from slpo_jax.models import save_hf_checkpoint
 from train.data.batching import collate_pairs
 from train.data.encode import TokenizedPair
 
+# The outputs of ``pair_statistics`` that depend on the weights smoothly.
+DIFFERENTIABLE = (
+  "chosen_logps",
+  "rejected_logps",
+  "chosen_not_logps",
+  "rejected_not_logps",
+  "pair_not_logps",
+  "chosen_token_logps",
+  "chosen_token_pair_not_logps",
+)
+
 
 def torch_model(model_config, params) -> torch.nn.Module:
   """The `transformers` model holding exactly ``params``, in float64.
@@ -63,11 +74,14 @@ def _side(model, batch, side: str) -> dict[str, torch.Tensor]:
   logits = model(input_ids=ids, attention_mask=mask).logits
   log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
   token = torch.gather(log_probs, -1, labels[..., None])[..., 0]
+  per_step_mean = logits.to(torch.float64).mean(-1)
   return dict(
     log_probs=log_probs,
     labels=labels,
     where=where,
     token=torch.where(where, token, 0.0),
+    mean_logits=torch.where(where, per_step_mean, 0.0).sum(-1)
+    / where.sum(-1).clamp(min=1),
   )
 
 
@@ -88,7 +102,10 @@ def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
     ``rejected_not_logps``, ``pair_not_logps``, ``chosen_lengths``,
     ``rejected_lengths`` (``[B]``), ``chosen_token_logps``,
     ``chosen_token_pair_not_logps`` (``[B, T]``, 0 off the chosen mask) and
-    ``chosen_where`` (``[B, T]`` bool). ``pair_not_logps`` is
+    ``chosen_where`` (``[B, T]`` bool), ``counted`` (``[B]`` bool), and the
+    metrics
+    ``chosen_mean_logits``, ``rejected_mean_logits`` (``[B]``: the logits
+    averaged over the vocabulary and the response steps). ``pair_not_logps`` is
     ``log(1 - pi(y_w) - pi(y_l))``; for a pair whose two responses are the
     same it is ``log(1 - pi(y_w))``, and if one is a prefix of the other
     (possible only after truncation: distinct EOS-terminated responses never
@@ -103,6 +120,7 @@ def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
     out[f"{name}_logps"] = logps
     out[f"{name}_not_logps"] = torch.log1p(-torch.exp(logps))
     out[f"{name}_lengths"] = side["where"].sum(-1).to(torch.float64)
+    out[f"{name}_mean_logits"] = side["mean_logits"]
   # Both masks start at the last prompt position: where both are True the
   # shorter response lies, and it is a prefix of the other (or the same
   # response) if all its labels agree; the set {y_w, y_l} is then covered by
@@ -136,6 +154,12 @@ def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
     chosen["where"], torch.log1p(-p_pair), 0.0
   )
   out["chosen_where"] = chosen["where"]
+  # Pairs that count: a response token, and a weight above 0 (padding rows
+  # are copies of real pairs with weight 0).
+  weight = np.asarray(
+    batch.get("example_weight", np.ones(len(chosen["where"])))
+  )
+  out["counted"] = chosen["where"].any(-1) & torch.from_numpy(weight > 0)
   return out
 
 
