@@ -18,6 +18,7 @@ from train.errors import IncompatibleCheckpointError
 _STATE = "state"
 _DATA = "data"
 _RUN = "run"
+_PROGRESS = "progress"
 
 
 class Checkpointer:
@@ -41,7 +42,11 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
+  def save(
+    self, step: int, state: Any, data_state: dict, progress: dict | None = None
+  ) -> None:
+    """Writes the state, the data position and ``progress`` (counters such
+    as ``num_tokens``) at ``step``."""
     self._manager.save(
       step,
       args=ocp.args.Composite(
@@ -49,6 +54,7 @@ class Checkpointer:
           _STATE: ocp.args.StandardSave(state),
           _DATA: ocp.args.JsonSave(data_state),
           _RUN: ocp.args.JsonSave(self._identity),
+          _PROGRESS: ocp.args.JsonSave(progress or {}),
         }
       ),
       force=True,
@@ -92,6 +98,18 @@ class Checkpointer:
       ),
     )
     return restored[_STATE], restored[_DATA]
+
+  def restore_progress(self) -> dict:
+    """The latest checkpoint's counters; empty if it has none."""
+    step = self.latest_step
+    if step is None:
+      return {}
+    try:
+      return self._manager.restore(
+        step, args=ocp.args.Composite(**{_PROGRESS: ocp.args.JsonRestore()})
+      )[_PROGRESS]
+    except (FileNotFoundError, KeyError, ValueError):
+      return {}  # Written before the counters were kept.
 
   def close(self) -> None:
     self._manager.close()

@@ -132,6 +132,7 @@ def train_and_evaluate(
     learning_rate=step_lib.learning_rate_schedule(
       config.optimizer, config.steps
     ),
+    num_tokens=checkpointer.restore_progress().get("num_tokens", 0),
   )
   with _sigterm_requests() as sigterm, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):
@@ -158,7 +159,12 @@ def train_and_evaluate(
       if (every and step % every == 0) or at_end or sigterm["stop"]:
         # Never checkpoint a state not known to be finite.
         metrics.write_all()
-        checkpointer.save(step, state, run.train_iterator.get_state())
+        checkpointer.save(
+          step,
+          state,
+          run.train_iterator.get_state(),
+          {"num_tokens": metrics.num_tokens},
+        )
       if sigterm["stop"]:
         bar.write(f"SIGTERM received: checkpoint written at step {step}.")
         break

@@ -77,6 +77,7 @@ class TrainMetrics:
     total_steps: int,
     bar=None,
     learning_rate=None,
+    num_tokens: int = 0,
   ):
     self._writer = writer
     self._log_every = log_every
@@ -84,6 +85,8 @@ class TrainMetrics:
     self._bar = bar
     # The schedule, logged as TRL logs it: the rate of the record's step.
     self._learning_rate = learning_rate
+    # Tokens trained on since the run began, over restarts.
+    self.num_tokens = num_tokens
     self._pending = None  # (step, metrics) still on the device.
     self._records: dict[int, dict[str, float]] = {}  # Not yet written.
     self._start_window()
@@ -118,6 +121,7 @@ class TrainMetrics:
         " optimizer.learning_rate or check the data"
       )
     self._window_steps += 1
+    self.num_tokens += int(host.pop("tokens"))
     for name, value in host.items():
       self._window_sums[name] = self._window_sums.get(name, 0.0) + float(value)
     rate = self._window_tokens / max(
@@ -130,6 +134,7 @@ class TrainMetrics:
     if step % self._log_every == 0 or step == self._total_steps:
       record = {k: v / self._window_steps for k, v in self._window_sums.items()}
       record["tokens_per_second"] = rate
+      record["num_tokens"] = self.num_tokens
       if self._learning_rate is not None:
         # optax counts updates from 0: step s used the rate at s - 1.
         record["learning_rate"] = float(self._learning_rate(step - 1))

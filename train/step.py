@@ -144,6 +144,11 @@ def train_step(
   )
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite
+  # Real tokens of the global batch (both rows of every pair), as TRL counts
+  # them for ``num_tokens``.
+  metrics["tokens"] = jnp.sum(batch["chosen_attention_mask"]) + jnp.sum(
+    batch["rejected_attention_mask"]
+  )
   return new_state, metrics
 
 

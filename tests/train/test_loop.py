@@ -208,6 +208,15 @@ def test_metrics_carry_trl_names(baseline):
   records = [r for r in read_metrics(baseline.workdir) if "loss" in r]
   for name in (*TRL_NAMES, "logits/chosen", "logits/rejected", "grad_norm"):
     assert all(np.isfinite(r[name]) for r in records), name
+  # Real tokens so far: each record's step adds a batch's worth, at least
+  # one response token per row (8 pairs, 2 rows).
+  tokens = [r["num_tokens"] for r in records]
+  steps = [r["step"] for r in records]
+  assert all(
+    later - earlier >= 16 * (s1 - s0)
+    for earlier, later, s0, s1 in zip(tokens, tokens[1:], steps, steps[1:])
+  )
+  assert all(float(t).is_integer() for t in tokens)
   # A constant schedule in the tiny config: the peak rate at every step.
   config = baseline.run.config.optimizer
   assert [r["learning_rate"] for r in records] == pytest.approx(
