@@ -7,13 +7,13 @@ are keyword-only.
 """
 
 from slpo_jax.losses._common import log1mexp
+from slpo_jax.losses.aot import aot_loss
+from slpo_jax.losses.aot import aot_unpaired_loss
 from slpo_jax.losses.dpo_family import dpo_loss
 from slpo_jax.losses.dpo_family import hinge_loss
 from slpo_jax.losses.dpo_family import ipo_loss
 from slpo_jax.losses.dpo_family import orpo_loss
 from slpo_jax.losses.dpo_family import simpo_loss
-from slpo_jax.losses.dpo_variants import aot_loss
-from slpo_jax.losses.dpo_variants import aot_unpaired_loss
 from slpo_jax.losses.dpo_variants import apo_down_loss
 from slpo_jax.losses.dpo_variants import apo_zero_loss
 from slpo_jax.losses.dpo_variants import bco_pair_loss

@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 
+from slpo_jax.losses import aot
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import dpo_variants
 from slpo_jax.losses import slpo
@@ -177,8 +178,8 @@ LOSSES: Mapping[str, LossSpec] = _table(
   discopop=dpo_variants.discopop_loss,
   sigmoid_norm=dpo_variants.sigmoid_norm_loss,
   sft=dpo_variants.sft_loss,
-  aot=dpo_variants.aot_loss,
-  aot_unpaired=dpo_variants.aot_unpaired_loss,
+  aot=aot.aot_loss,
+  aot_unpaired=aot.aot_unpaired_loss,
 )
 
 
