@@ -32,6 +32,7 @@ from slpo_jax.losses.slpo import slpo_token_loss
 from slpo_jax.losses.slpo import slpo_token_loss_from_reference
 from slpo_jax.losses.slpo import slpo_token_loss_from_token_logps
 from slpo_jax.losses.slpo import slpo_token_weights
+from slpo_jax.losses.slpo_normalized import slpo_normalized_loss
 from slpo_jax.losses.table import LOSSES
 from slpo_jax.losses.table import LossSpec
 from slpo_jax.losses.table import WeightedLoss
@@ -63,6 +64,7 @@ __all__ = [
   "sigmoid_norm_loss",
   "simpo_loss",
   "slpo_loss",
+  "slpo_normalized_loss",
   "slpo_soft_loss",
   "slpo_target_log_weight",
   "slpo_token_loss",

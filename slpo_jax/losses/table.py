@@ -31,6 +31,7 @@ from slpo_jax.losses import aot
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import dpo_variants
 from slpo_jax.losses import slpo
+from slpo_jax.losses import slpo_normalized
 from slpo_jax.pair_stats import PairStats
 
 _FIELDS = frozenset(PairStats._fields)
@@ -166,6 +167,7 @@ LOSSES: Mapping[str, LossSpec] = _table(
   slpo=slpo.slpo_loss,
   slpo_soft=slpo.slpo_soft_loss,
   slpo_token=slpo.slpo_token_loss_from_reference,
+  slpo_normalized=slpo_normalized.slpo_normalized_loss,
   # TRL's DPOTrainer loss_type names (TRL 1.16 semantics).
   sigmoid=dpo_variants.sigmoid_loss,
   robust=dpo_variants.robust_loss,
