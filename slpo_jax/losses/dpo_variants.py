@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from slpo_jax.losses import dpo_family
+
 
 def _log_ratios(
   policy_chosen_logps,
@@ -56,13 +58,13 @@ def sigmoid_loss(
     Rafailov et al., "Direct Preference Optimization", arXiv:2305.18290,
     Eq. 7.
   """
-  chosen, rejected = _log_ratios(
+  return dpo_family.dpo_loss(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
     reference_rejected_logps,
+    beta=beta,
   )
-  return -jax.nn.log_sigmoid(beta * (chosen - rejected))
 
 
 def robust_loss(
@@ -98,13 +100,12 @@ def robust_loss(
     Noisy Feedback", arXiv:2403.00409 (the rDPO loss).
   """
   _check_smoothing(label_smoothing)
-  chosen, rejected = _log_ratios(
+  h = beta * dpo_family._log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
     reference_rejected_logps,
   )
-  h = beta * (chosen - rejected)
   clean = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(h)
   flipped = -label_smoothing * jax.nn.log_sigmoid(-h)
   return (clean - flipped) / (1.0 - 2.0 * label_smoothing)
@@ -143,13 +144,12 @@ def exo_pair_loss(
     Alignment", arXiv:2402.00856, Eq. 16.
   """
   _check_smoothing(label_smoothing, low_open=True)
-  chosen, rejected = _log_ratios(
+  h = beta * dpo_family._log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
     reference_rejected_logps,
   )
-  h = beta * (chosen - rejected)
   log_q_chosen = jax.nn.log_sigmoid(h)
   log_q_rejected = jax.nn.log_sigmoid(-h)
   return jnp.exp(log_q_chosen) * (
@@ -334,13 +334,12 @@ def discopop_loss(
   """
   if discopop_tau <= 0:
     raise ValueError(f"discopop_tau must be positive, got {discopop_tau}")
-  chosen, rejected = _log_ratios(
+  h = beta * dpo_family._log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
     reference_rejected_logps,
   )
-  h = beta * (chosen - rejected)
   blend = jax.nn.sigmoid(h / discopop_tau)
   return (1.0 - blend) * -jax.nn.log_sigmoid(h) + blend * jnp.exp(-h)
 
