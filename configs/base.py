@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.alpha = 0.9  # Soft SLPO's winner share, 0.5 < alpha <= 1.
   config.loss.gamma = 0.5  # SimPO's target margin.
   config.loss.discopop_tau = 0.05  # DiscoPOP's blend temperature.
+  config.loss.transfer = 0.5  # SLPO-diff: share of the loser's mass moved.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # 'adamw' or 'rmsprop'.
@@ -73,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     3e-3  # Learning rate of that pre-training.
   )
   config.reference.sft_batch_size = 64  # Sequences per pre-training step.
+  # Reference sync (TR-DPO, TRL's sync_ref_model): every sync_every steps the
+  # reference becomes sync_mix * policy + (1 - sync_mix) * reference.
+  config.reference.sync_every = 0  # 0 = the reference stays frozen.
+  config.reference.sync_mix = 1.0  # 1 = copy the policy; TR-DPO's alpha.
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # Data-parallel axis size; -1 = all remaining devices.

@@ -73,13 +73,29 @@ COLUMNS = (
   "eval_chosen_logp_shift",
   "eval_rejected_logp_shift",
 )
-FAMILIES = ("dpo", "ipo", "slpo_hard", "slpo_tempered", "slpo_soft")
+FAMILIES = (
+  "dpo",
+  "ipo",
+  "slpo_hard",
+  "slpo_tempered",
+  "slpo_soft",
+  "slpo_normalized",
+  "slpo_normalized_sync",
+  "slpo_length_tempered",
+  "slpo_diff",
+  "slpo_token",
+)
 FAMILY_LABELS = {
   "dpo": "DPO",
   "ipo": "IPO",
   "slpo_hard": "SLPO hard (t=1)",
   "slpo_tempered": "SLPO tempered",
   "slpo_soft": "SLPO soft",
+  "slpo_normalized": "SLPO normalized",
+  "slpo_normalized_sync": "SLPO normalized, reference sync",
+  "slpo_length_tempered": "SLPO length-tempered",
+  "slpo_diff": "SLPO-diff",
+  "slpo_token": "SLPO token-level",
   "reference": "reference",
 }
 
@@ -93,12 +109,15 @@ class GridPoint:
     loss: ``config.loss.name``.
     hyperparameter: label such as ``beta=0.2`` or ``t=32``.
     overrides: ``config.loss`` fields set for this point.
+    program: other config fields set for this point, by dotted path (for
+      example ``("reference.sync_every", 60)``).
   """
 
   family: str
   loss: str
   hyperparameter: str
   overrides: tuple[tuple[str, float], ...]
+  program: tuple[tuple[str, float], ...] = ()
 
   @property
   def name(self) -> str:
@@ -167,6 +186,12 @@ def run_config(
   config.loss.name = point.loss
   for key, value in point.overrides:
     config.loss[key] = value
+  for path, value in point.program:
+    *sections, key = path.split(".")
+    target = config
+    for section in sections:
+      target = target[section]
+    target[key] = value
   config.model.checkpoint = str(reference_dir)
   config.reference.sft_steps = 0
   return config
@@ -175,12 +200,28 @@ def run_config(
 def _rows_from_metrics(
   metrics_path: pathlib.Path, point: GridPoint, seed: int, beta: float
 ) -> list[dict]:
-  """The evaluation records of a finished run, as CSV rows."""
+  """The evaluation records of a finished run, as CSV rows.
+
+  The shifts of log pi(y_w) and log pi(y_l) are taken from the original
+  reference, whose held-out log-probs the first evaluation gives
+  (``rewards/*`` are ``beta * (log pi - log pi_ref)`` with
+  ``config.loss.beta``): with ``reference.sync_every`` the later ``rewards/*``
+  are against the moved reference.
+  """
+  nan = float("nan")
+  records = [
+    json.loads(line) for line in metrics_path.read_text().splitlines()
+  ]
+  records = [r for r in records if "sample/reward" in r]
+  origin = {}
+  if records:
+    for side in ("chosen", "rejected"):
+      first = records[0]
+      origin[side] = first.get(f"eval/logps/{side}", nan) - (
+        first.get(f"eval/rewards/{side}", nan) / beta
+      )
   rows = []
-  for line in metrics_path.read_text().splitlines():
-    record = json.loads(line)
-    if "sample/reward" not in record:
-      continue
+  for record in records:
     rows.append(
       {
         "family": point.family,
@@ -193,17 +234,12 @@ def _rows_from_metrics(
         "kl": record["sample/kl"],
         "kl_stderr": record["sample/kl_stderr"],
         "length": record["sample/length"],
-        "eval_accuracy": record.get("eval/rewards/accuracies", float("nan")),
-        "eval_chosen_logp": record.get("eval/logps/chosen", float("nan")),
-        # rewards/* are beta * (log pi - log pi_ref) with config.loss.beta.
-        "eval_chosen_logp_shift": record.get(
-          "eval/rewards/chosen", float("nan")
-        )
-        / beta,
-        "eval_rejected_logp_shift": record.get(
-          "eval/rewards/rejected", float("nan")
-        )
-        / beta,
+        "eval_accuracy": record.get("eval/rewards/accuracies", nan),
+        "eval_chosen_logp": record.get("eval/logps/chosen", nan),
+        "eval_chosen_logp_shift": record.get("eval/logps/chosen", nan)
+        - origin["chosen"],
+        "eval_rejected_logp_shift": record.get("eval/logps/rejected", nan)
+        - origin["rejected"],
       }
     )
   return rows
@@ -424,6 +460,11 @@ def plot_frontier(
     "slpo_hard": "tab:gray",
     "slpo_tempered": "tab:green",
     "slpo_soft": "tab:red",
+    "slpo_normalized": "tab:purple",
+    "slpo_normalized_sync": "tab:brown",
+    "slpo_length_tempered": "tab:olive",
+    "slpo_diff": "tab:cyan",
+    "slpo_token": "tab:pink",
   }
   markers = {
     "dpo": "o",
@@ -431,6 +472,11 @@ def plot_frontier(
     "slpo_hard": "X",
     "slpo_tempered": "^",
     "slpo_soft": "D",
+    "slpo_normalized": "P",
+    "slpo_normalized_sync": "*",
+    "slpo_length_tempered": "v",
+    "slpo_diff": "h",
+    "slpo_token": "d",
   }
   fig, ax = plt.subplots(figsize=(8.0, 5.5))
   reference = [r for r in rows if r["family"] == "reference"]
@@ -520,6 +566,10 @@ def run_sweep(
   *,
   learning_rate: float | None = None,
   only: tuple[str, ...] = (),
+  points: list[GridPoint] | None = None,
+  steps: int | None = None,
+  eval_every: int | None = None,
+  stem: str = "controlled_generation",
 ) -> list[dict]:
   """Fits the reference, trains the grid, writes the CSV and the figure.
 
@@ -529,21 +579,32 @@ def run_sweep(
     out: folder of the CSV and the PNG.
     workdir: reference, runs and compilation cache; finished runs are kept.
     learning_rate: replaces the preset's peak learning rate; the outputs
-      are then named ``controlled_generation_lr<value>.{csv,png}``.
+      are then named ``<stem>_lr<value>.{csv,png}``.
     only: grid point names (``GridPoint.name``) or name prefixes to train;
       every point when empty.
+    points: the grid; the preset's sweep (:func:`grid`) when None.
+    steps, eval_every: replace the preset's; the outputs and runs are then
+      named with ``_s<steps>``.
+    stem: the outputs' file name before those suffixes.
   """
   start = time.perf_counter()
   base = cg_config.get_config(preset)
-  stem, runs = "controlled_generation", workdir / "runs"
+  runs = "runs"
+  if steps is not None:
+    base.steps = steps
+    stem += f"_s{steps}"
+    runs += f"_s{steps}"
+  if eval_every is not None:
+    base.eval_every = eval_every
   if learning_rate is not None:
     base.optimizer.learning_rate = learning_rate
     stem += f"_lr{learning_rate:g}"
-    runs = workdir / f"runs_lr{learning_rate:g}"
+    runs += f"_lr{learning_rate:g}"
+  runs = workdir / runs
   sweep = cg_config.get_sweep(preset)
   points = [
     p
-    for p in grid(sweep)
+    for p in (grid(sweep) if points is None else points)
     if not only or any(p.name.startswith(o) for o in only)
   ]
   if not points:

@@ -2,8 +2,9 @@
 
 A checkpoint holds the :class:`~train.step.TrainState` (step, policy
 parameters, optimizer state), the data iterator's state as JSON, and a small
-JSON record identifying the run. The frozen reference is not written: it is
-rebuilt from its own source on restart.
+JSON record identifying the run. A frozen reference is not written: it is
+rebuilt from its own source on restart; one that ``reference.sync_every``
+moves is written beside the state.
 """
 
 import json
@@ -19,6 +20,7 @@ _STATE = "state"
 _DATA = "data"
 _RUN = "run"
 _PROGRESS = "progress"
+_REFERENCE = "reference"
 
 
 class Checkpointer:
@@ -43,22 +45,25 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(
-    self, step: int, state: Any, data_state: dict, progress: dict | None = None
+    self,
+    step: int,
+    state: Any,
+    data_state: dict,
+    progress: dict | None = None,
+    *,
+    reference: Any = None,
   ) -> None:
     """Writes the state, the data position and ``progress`` (counters such
-    as ``num_tokens``) at ``step``."""
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        **{
-          _STATE: ocp.args.StandardSave(state),
-          _DATA: ocp.args.JsonSave(data_state),
-          _RUN: ocp.args.JsonSave(self._identity),
-          _PROGRESS: ocp.args.JsonSave(progress or {}),
-        }
-      ),
-      force=True,
-    )
+    as ``num_tokens``) at ``step``, and ``reference`` unless None."""
+    items = {
+      _STATE: ocp.args.StandardSave(state),
+      _DATA: ocp.args.JsonSave(data_state),
+      _RUN: ocp.args.JsonSave(self._identity),
+      _PROGRESS: ocp.args.JsonSave(progress or {}),
+    }
+    if reference is not None:
+      items[_REFERENCE] = ocp.args.StandardSave(reference)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
 
   def check_compatible(self) -> None:
@@ -98,6 +103,15 @@ class Checkpointer:
       ),
     )
     return restored[_STATE], restored[_DATA]
+
+  def restore_reference(self, abstract_reference: Any) -> Any:
+    """The latest checkpoint's moving reference, placed like the abstract."""
+    return self._manager.restore(
+      self.latest_step,
+      args=ocp.args.Composite(
+        **{_REFERENCE: ocp.args.StandardRestore(abstract_reference)}
+      ),
+    )[_REFERENCE]
 
   def restore_progress(self) -> dict:
     """The latest checkpoint's counters; empty if it has none."""

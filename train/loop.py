@@ -51,7 +51,7 @@ def _sigterm_requests():
 
 def run_identity(config) -> dict:
   """What must match for a checkpoint in the workdir to be resumed."""
-  return {
+  identity = {
     "loss": config.loss.name,
     "model": f"{config.model.family}/{config.model.size}",
     "checkpoint": config.model.checkpoint,
@@ -59,15 +59,23 @@ def run_identity(config) -> dict:
     "seed": config.seed,
     "data": config.data.source,
   }
+  if config.reference.sync_every:
+    identity["reference_sync"] = (
+      f"every {config.reference.sync_every} steps,"
+      f" mix {config.reference.sync_mix:g}"
+    )
+  return identity
 
 
-def evaluate(run: setup_lib.Run, params, eval_fn) -> dict[str, float]:
+def evaluate(
+  run: setup_lib.Run, params, reference, eval_fn
+) -> dict[str, float]:
   """Weighted means of the eval metrics over the held-out split."""
   totals: dict[str, float] = {}
   for index, batch in enumerate(run.eval_batches()):
     if run.config.eval_batches and index >= run.config.eval_batches:
       break
-    sums = eval_fn(params, run.reference_params, run.to_device(batch))
+    sums = eval_fn(params, reference, run.to_device(batch))
     for name, value in jax.device_get(sums).items():
       totals[name] = totals.get(name, 0.0) + float(value)
   if not totals:
@@ -112,6 +120,8 @@ def train_and_evaluate(
   checkpointer.check_compatible()
   state, shardings = state_lib.restore_or_init(run, checkpointer)
   train_fn, eval_fn = state_lib.jit_steps(run, shardings)
+  reference, sync_fn = state_lib.reference_sync(run, checkpointer)
+  sync_every = config.reference.sync_every
   start_step = int(state.step)
 
   last_eval: dict[str, float] = {}
@@ -140,14 +150,16 @@ def train_and_evaluate(
     for step in range(start_step + 1, config.steps + 1):
       host_batch = next(run.train_iterator)
       state, step_metrics = train_fn(
-        state, run.reference_params, run.to_device(host_batch)
+        state, reference, run.to_device(host_batch)
       )
+      if sync_fn is not None and step % sync_every == 0:
+        reference = sync_fn(reference, state.params)
       metrics.push(step, step_metrics, tokens=run.count_tokens(host_batch))
       bar.update(1)
       at_end = step == config.steps
       if config.eval_every and (step % config.eval_every == 0 or at_end):
         metrics.settle()
-        last_eval = evaluate(run, state.params, eval_fn)
+        last_eval = evaluate(run, state.params, reference, eval_fn)
         if eval_callback is not None:
           last_eval.update(eval_callback(step, state.params, run))
         metrics.add(step, last_eval)
@@ -164,6 +176,7 @@ def train_and_evaluate(
           state,
           run.train_iterator.get_state(),
           {"num_tokens": metrics.num_tokens},
+          reference=reference if sync_fn is not None else None,
         )
       if sigterm["stop"]:
         bar.write(f"SIGTERM received: checkpoint written at step {step}.")

@@ -81,6 +81,32 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
   return state, shardings
 
 
+def reference_sync(run, checkpointer: checkpoint_lib.Checkpointer):
+  """The reference to start from, and the jitted sync (None when frozen).
+
+  With ``reference.sync_every`` the reference changes during training, so a
+  resumed run takes it from the checkpoint, not from its source.
+
+  Returns:
+    ``(reference, sync_fn)``, ``sync_fn(reference, params)`` returning the
+    new reference in the same shardings.
+  """
+  config = run.config.reference
+  if not config.sync_every:
+    return run.reference_params, None
+  reference = run.reference_params
+  if checkpointer.latest_step is not None:
+    reference = checkpointer.restore_reference(
+      checkpoint_lib.abstract_like(reference)
+    )
+  reference_shardings = jax.tree.map(lambda x: x.sharding, reference)
+  sync_fn = jax.jit(
+    functools.partial(step_lib.synced_reference, mix=config.sync_mix),
+    out_shardings=reference_shardings,
+  )
+  return reference, sync_fn
+
+
 def jit_steps(run, shardings: step_lib.TrainState):
   """The run's train and eval steps, jitted with their shardings.
 

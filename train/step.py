@@ -16,7 +16,9 @@ class TrainState(flax.struct.PyTreeNode):
   """What the optimizer owns: step, policy parameters, optimizer state.
 
   The reference parameters are deliberately not in here: they are a separate
-  argument of :func:`train_step`, never optimized, donated or checkpointed.
+  argument of :func:`train_step`, never optimized or donated (and
+  checkpointed beside the state only when ``reference.sync_every`` moves
+  them).
   """
 
   step: jax.Array
@@ -150,6 +152,24 @@ def train_step(
     batch["rejected_attention_mask"]
   )
   return new_state, metrics
+
+
+def synced_reference(reference: Any, params: Any, *, mix: float) -> Any:
+  """TR-DPO's reference update: ``mix * params + (1 - mix) * reference``.
+
+  Mixed in float32 and stored in the reference's own dtypes; ``mix = 1``
+  copies the policy exactly. (Gorbatovski et al. 2024, "Learn Your
+  Reference Model for Real Good Alignment", arXiv:2404.09656, Eq. 5 and 6.)
+  """
+  if mix == 1.0:
+    return jax.tree.map(lambda r, p: p.astype(r.dtype), reference, params)
+  return jax.tree.map(
+    lambda r, p: (
+      (1.0 - mix) * r.astype(jnp.float32) + mix * p.astype(jnp.float32)
+    ).astype(r.dtype),
+    reference,
+    params,
+  )
 
 
 def eval_step(

@@ -75,6 +75,33 @@ def _check_loss(config) -> losses.WeightedLoss:
   return spec
 
 
+def _check_reference_sync(config, spec: losses.WeightedLoss) -> None:
+  every = config.reference.sync_every
+  if not isinstance(every, int) or every < 0:
+    raise ConfigError(
+      f"reference.sync_every is {every!r}; it must be an integer >= 0"
+      " (0 keeps the reference frozen)"
+    )
+  if not every:
+    return
+  mix = config.reference.sync_mix
+  if not isinstance(mix, (int, float)) or not 0.0 < mix <= 1.0:
+    raise ConfigError(
+      f"reference.sync_mix is {mix!r}; it must be in (0, 1] (1 copies the"
+      " policy)"
+    )
+  if not spec.needs_reference:
+    raise ConfigError(
+      f"loss {config.loss.name!r} reads no reference model, so"
+      " reference.sync_every has nothing to sync; set it to 0"
+    )
+  if config.reference.mode == "precomputed":
+    raise ConfigError(
+      "reference.sync_every moves the reference during training, so its"
+      " log-probs cannot be precomputed; set reference.mode='online'"
+    )
+
+
 def make_mesh(config, devices=None) -> jax.sharding.Mesh:
   """The (data, fsdp, tensor) mesh of ``config.mesh``, as a ConfigError."""
   try:
@@ -164,6 +191,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
       f"loss {config.loss.name!r} needs per-token reference values; set"
       " reference.mode='online'"
     )
+  _check_reference_sync(config, spec)
   try:
     step_lib.make_optimizer(config.optimizer, config.steps)
   except ValueError as error:

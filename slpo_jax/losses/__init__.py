@@ -32,6 +32,8 @@ from slpo_jax.losses.slpo import slpo_token_loss
 from slpo_jax.losses.slpo import slpo_token_loss_from_reference
 from slpo_jax.losses.slpo import slpo_token_loss_from_token_logps
 from slpo_jax.losses.slpo import slpo_token_weights
+from slpo_jax.losses.slpo_forms import slpo_diff_loss
+from slpo_jax.losses.slpo_forms import slpo_length_tempered_loss
 from slpo_jax.losses.slpo_normalized import slpo_normalized_loss
 from slpo_jax.losses.table import LOSSES
 from slpo_jax.losses.table import LossSpec
@@ -63,6 +65,8 @@ __all__ = [
   "sigmoid_loss",
   "sigmoid_norm_loss",
   "simpo_loss",
+  "slpo_diff_loss",
+  "slpo_length_tempered_loss",
   "slpo_loss",
   "slpo_normalized_loss",
   "slpo_soft_loss",

@@ -31,6 +31,7 @@ from slpo_jax.losses import aot
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import dpo_variants
 from slpo_jax.losses import slpo
+from slpo_jax.losses import slpo_forms
 from slpo_jax.losses import slpo_normalized
 from slpo_jax.pair_stats import PairStats
 
@@ -168,6 +169,8 @@ LOSSES: Mapping[str, LossSpec] = _table(
   slpo_soft=slpo.slpo_soft_loss,
   slpo_token=slpo.slpo_token_loss_from_reference,
   slpo_normalized=slpo_normalized.slpo_normalized_loss,
+  slpo_length_tempered=slpo_forms.slpo_length_tempered_loss,
+  slpo_diff=slpo_forms.slpo_diff_loss,
   # TRL's DPOTrainer loss_type names (TRL 1.16 semantics).
   sigmoid=dpo_variants.sigmoid_loss,
   robust=dpo_variants.robust_loss,
