@@ -56,6 +56,7 @@ METRICS = (
   "slpo_target_gap",
   "slpo_target_abs_gap",
   "slpo_fixed_point_gap",
+  "normalized_fixed_point_gap",
   "pi_a_half",
   "ref_a",
   "ref_b",
@@ -118,6 +119,32 @@ def slpo_fixed_point(preference_set, reference_probs):
   return {name: totals[name] / counts[name] for name in index}
 
 
+def slpo_normalized_fixed_point(preference_set, reference_probs):
+  """Where ``slpo_normalized`` should settle, per named response.
+
+  Dividing pair i's Eq. 8 term by its w_i weighs the targets: y minimises
+  ``-sum_i [t_i log p + (w_i - t_i) log(1 - p)] / w_i`` over the pairs it
+  is in, with t_i = w_i where it wins and 0 where it loses, so
+  p = (pairs won) / sum_i (1 / w_i). A lone pair still gives Eq. 6.
+
+  Returns:
+    ``{name: [seeds]}`` predicted pi(name).
+  """
+  index = {
+    name: preference_set.response_index(name) for name in preference_set.named
+  }
+  wins = {name: 0 for name in index}
+  inverse = {name: np.zeros(reference_probs.shape[0]) for name in index}
+  for winner, loser in preference_set.pairs:
+    w = np.minimum(
+      reference_probs[:, index[winner]] + reference_probs[:, index[loser]], 1.0
+    )
+    wins[winner] += 1
+    inverse[winner] = inverse[winner] + 1 / w
+    inverse[loser] = inverse[loser] + 1 / w
+  return {name: wins[name] / inverse[name] for name in index}
+
+
 def _kl(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
   """``sum p log(p / q)`` over the last axis, with ``0 log 0 = 0``."""
   p = np.exp(log_p)
@@ -173,6 +200,11 @@ def summarize(
   predicted = slpo_fixed_point(preference_set, np.exp(reference))
   out["slpo_fixed_point_gap"] = np.max(
     [np.abs(out[f"pi_{name}"] - predicted[name]) for name in predicted],
+    axis=0,
+  )
+  normalized = slpo_normalized_fixed_point(preference_set, np.exp(reference))
+  out["normalized_fixed_point_gap"] = np.max(
+    [np.abs(out[f"pi_{name}"] - normalized[name]) for name in normalized],
     axis=0,
   )
   out["final_loss"] = result.final_loss
@@ -283,11 +315,30 @@ def main(argv=None):
   parser.add_argument(
     "--out", type=pathlib.Path, default=pathlib.Path("docs/figures")
   )
+  parser.add_argument(
+    "--grid",
+    choices=("paper", "forms"),
+    default="paper",
+    help="'paper': the losses of section 1; 'forms': the SLPO forms of"
+    " section 4 (outputs named enumeration_forms_*)",
+  )
   args = parser.parse_args(argv)
   config = training.TrainConfig(
     steps=args.steps, learning_rate=args.learning_rate
   )
   start = time.perf_counter()
+  if args.grid == "forms":
+    rows, _ = run_grid(
+      args.seeds, config, grid=objectives.forms_grid(args.steps // 10)
+    )
+    for setting in SETTINGS:
+      stats.write_csv(
+        args.out / f"enumeration_forms_{setting}.csv",
+        [row for row in rows if row["setting"] == setting],
+      )
+    plots.final_mass(rows, args.out / "enumeration_forms_final_mass")
+    print(f"enumeration (forms): {time.perf_counter() - start:.0f} s in all")
+    return
   rows, curves = run_grid(args.seeds, config)
   for setting in SETTINGS:
     stats.write_csv(

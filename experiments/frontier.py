@@ -139,12 +139,6 @@ def _final(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
   return groups
 
 
-def _reference_reward(rows: list[dict]) -> float:
-  return float(np.mean([r["reward"] for r in rows if r["family"] == "ref"]
-                       or [r["reward"] for r in rows
-                           if r["family"] == "reference"]))
-
-
 def select(phase_a: dict[float, list[dict]]) -> list[tuple[cg.GridPoint, float]]:
   """Phase A's choice of (point, learning rate) for phase B (the protocol)."""
   finals = []  # (point, lr, kl, reward)
@@ -295,13 +289,15 @@ def report(out: pathlib.Path) -> str:
   lines += ["", "Reward at KL budgets (per-evaluation means over seeds):", "",
             "| run | " + " | ".join(f"KL = {b:g}" for b in KL_BUDGETS) + " |",
             "|---|" + "---|" * len(KL_BUDGETS)]
-  frontier_curve = _upper_trajectory(
-    [t for (key, lr), t in trajectories.items()
-     if summary[(key, lr)]["family"] in BASELINES]
-  )
+  baseline_trajectories = [
+    t
+    for (key, lr), t in trajectories.items()
+    if summary[(key, lr)]["family"] in BASELINES
+  ]
   lines.append(
-    "| DPO/IPO frontier (best baseline) | "
-    + " | ".join(_budget_cell(frontier_curve, b) for b in KL_BUDGETS) + " |"
+    "| best DPO/IPO run at that KL | "
+    + " | ".join(_budget_cell(baseline_trajectories, b) for b in KL_BUDGETS)
+    + " |"
   )
   for (key, lr), trajectory in trajectories.items():
     if summary[(key, lr)]["family"] in BASELINES:
@@ -318,10 +314,6 @@ def report(out: pathlib.Path) -> str:
     f" family (phase A), {SEEDS} seeds",
   )
   return "\n".join(lines)
-
-
-def _upper_trajectory(trajectories) -> list[list[tuple[float, float]]]:
-  return trajectories
 
 
 def _budget_cell(trajectories, budget: float) -> str:

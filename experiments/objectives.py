@@ -66,6 +66,9 @@ class Objective:
     hparam: its value, or None.
     loss_name: the entry of :data:`slpo_jax.losses.LOSSES`.
     hparams: the keyword arguments the entry is called with.
+    sync_every: steps between reference syncs (the reference replaced by
+      the policy, as ``reference.sync_every`` does in the program); 0 keeps
+      the reference frozen.
   """
 
   family: str
@@ -73,6 +76,7 @@ class Objective:
   hparam: float | None
   loss_name: str
   hparams: tuple[tuple[str, float], ...] = ()
+  sync_every: int = 0
 
   @property
   def label(self) -> str:
@@ -121,6 +125,42 @@ def slpo_token() -> Objective:
   prefixes, with y_l's token at the same position, as in the draft.
   """
   return Objective("slpo_token", "", None, "slpo_token")
+
+
+def slpo_normalized(sync_every: int = 0) -> Objective:
+  """Eq. 8 divided by w; with ``sync_every``, the reference synced."""
+  if sync_every:
+    return Objective(
+      "slpo_normalized_sync",
+      "k",
+      sync_every,
+      "slpo_normalized",
+      sync_every=sync_every,
+    )
+  return Objective("slpo_normalized", "", None, "slpo_normalized")
+
+
+def slpo_length_tempered() -> Objective:
+  return Objective("slpo_length_tempered", "", None, "slpo_length_tempered")
+
+
+def slpo_diff(transfer: float) -> Objective:
+  return Objective(
+    "slpo_diff", "a", transfer, "slpo_diff", (("transfer", transfer),)
+  )
+
+
+def forms_grid(sync_every: int = 1000) -> list[Objective]:
+  """The SLPO forms of docs/RESULTS.md section 4, with hard SLPO and DPO."""
+  return [
+    dpo(0.1),
+    slpo(),
+    slpo_normalized(),
+    slpo_normalized(sync_every),
+    slpo_length_tempered(),
+    slpo_diff(0.5),
+    slpo_token(),
+  ]
 
 
 def objective_grid(

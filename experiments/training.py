@@ -97,17 +97,24 @@ def train(
         table[chosen_nodes], table[rejected_nodes], batch
       )
 
-    reference = jax.tree.map(jax.lax.stop_gradient, terms(reference_table))
-
-    def loss_fn(table):
+    def loss_fn(table, sync_table):
+      reference = jax.tree.map(jax.lax.stop_gradient, terms(sync_table))
       per_pair = objective.loss(terms(table), reference)
       return jnp.sum(weights * per_pair) / jnp.sum(weights)
 
     def step(carry, _):
-      table, opt_state = carry
-      loss, grads = jax.value_and_grad(loss_fn)(table)
+      # sync_table is the reference the loss sees: reference_table, or with
+      # objective.sync_every the policy of the last sync.
+      table, opt_state, sync_table, count = carry
+      loss, grads = jax.value_and_grad(loss_fn)(table, sync_table)
       updates, opt_state = optimizer.update(grads, opt_state, table)
-      return (optax.apply_updates(table, updates), opt_state), loss
+      table = optax.apply_updates(table, updates)
+      count = count + 1
+      if objective.sync_every:
+        sync_table = jnp.where(
+          count % objective.sync_every == 0, table, sync_table
+        )
+      return (table, opt_state, sync_table, count), loss
 
     def record(carry, _):
       carry, losses = jax.lax.scan(
@@ -115,7 +122,12 @@ def train(
       )
       return carry, (space.log_probs(carry[0]), losses[-1])
 
-    init = (reference_table, optimizer.init(reference_table))
+    init = (
+      reference_table,
+      optimizer.init(reference_table),
+      reference_table,
+      jnp.zeros((), jnp.int32),
+    )
     _, (log_probs, losses) = jax.lax.scan(
       record, init, None, length=config.steps // config.record_every
     )
