@@ -24,6 +24,7 @@ reuses phase A's seed 0 and an interrupted phase continues.
 
 import argparse
 import csv
+import math
 import pathlib
 import time
 
@@ -197,9 +198,13 @@ def _phase_a_rows(out: pathlib.Path) -> dict[float, list[dict]]:
   }
 
 
-def run_phase_b(workdir: pathlib.Path, out: pathlib.Path) -> None:
+def run_phase_b(
+  workdir: pathlib.Path, out: pathlib.Path, learning_rates=()
+) -> None:
   chosen = select(_phase_a_rows(out))
   for lr in sorted({lr for _, lr in chosen}):
+    if learning_rates and not any(math.isclose(lr, x) for x in learning_rates):
+      continue
     cg.run_sweep(
       "cpu",
       SEEDS,
@@ -339,6 +344,11 @@ def main(argv=None):
   parser.add_argument(
     "--only", default="", help="phase A: comma-separated point names"
   )
+  parser.add_argument(
+    "--learning-rates",
+    default="",
+    help="phase B: only the chosen points at these (comma-separated) rates",
+  )
   args = parser.parse_args(argv)
   start = time.perf_counter()
   if args.phase == "phase-a":
@@ -346,7 +356,11 @@ def main(argv=None):
       args.workdir, args.out, tuple(o for o in args.only.split(",") if o)
     )
   elif args.phase == "phase-b":
-    run_phase_b(args.workdir, args.out)
+    run_phase_b(
+      args.workdir,
+      args.out,
+      tuple(float(x) for x in args.learning_rates.split(",") if x),
+    )
   else:
     print(report(args.out))
   print(f"{args.phase}: {time.perf_counter() - start:.0f} s")
