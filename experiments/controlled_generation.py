@@ -209,9 +209,7 @@ def _rows_from_metrics(
   are against the moved reference.
   """
   nan = float("nan")
-  records = [
-    json.loads(line) for line in metrics_path.read_text().splitlines()
-  ]
+  records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
   records = [r for r in records if "sample/reward" in r]
   origin = {}
   if records:

@@ -140,7 +140,9 @@ def _final(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
   return groups
 
 
-def select(phase_a: dict[float, list[dict]]) -> list[tuple[cg.GridPoint, float]]:
+def select(
+  phase_a: dict[float, list[dict]],
+) -> list[tuple[cg.GridPoint, float]]:
   """Phase A's choice of (point, learning rate) for phase B (the protocol)."""
   finals = []  # (point, lr, kl, reward)
   by_key = {(p.loss, p.hyperparameter): p for p in points()}
@@ -226,9 +228,12 @@ def _label(point_key, lr) -> str:
 def report(out: pathlib.Path) -> str:
   """The Markdown tables of section 4, and ``frontier.png``."""
   phase_a = _phase_a_rows(out)
-  lines = ["Phase A (seed 0, final step):", "",
-           "| run | KL (nats) | reward | eval accuracy | selected |",
-           "|---|---|---|---|---|"]
+  lines = [
+    "Phase A (seed 0, final step):",
+    "",
+    "| run | KL (nats) | reward | eval accuracy | selected |",
+    "|---|---|---|---|---|",
+  ]
   chosen = select(phase_a)
   chosen_keys = {((p.loss, p.hyperparameter), lr) for p, lr in chosen}
   for lr, rows in sorted(phase_a.items()):
@@ -273,10 +278,14 @@ def report(out: pathlib.Path) -> str:
     if e["family"] in BASELINES
   )
   frontier = [(0.0, ref_mean, ref_low, ref_high)] + baselines
-  lines += ["", "Phase B (5 seeds, final step; mean [95% interval]):", "",
-            "| run | KL (nats) | reward | frontier at that KL (lower end) |"
-            " reaches the frontier | eval accuracy | shift of log pi(y_w) |",
-            "|---|---|---|---|---|---|---|"]
+  lines += [
+    "",
+    "Phase B (5 seeds, final step; mean [95% interval]):",
+    "",
+    "| run | KL (nats) | reward | frontier at that KL (lower end) |"
+    " reaches the frontier | eval accuracy | shift of log pi(y_w) |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for (key, lr), e in sorted(summary.items(), key=lambda kv: kv[1]["kl"][0]):
     level, low, _ = interpolate(frontier, e["kl"][0])
     if e["family"] in BASELINES:
@@ -291,9 +300,13 @@ def report(out: pathlib.Path) -> str:
       f" {_cell(e['eval_accuracy'], 3)} |"
       f" {_cell(e['eval_chosen_logp_shift'], 1)} |"
     )
-  lines += ["", "Reward at KL budgets (per-evaluation means over seeds):", "",
-            "| run | " + " | ".join(f"KL = {b:g}" for b in KL_BUDGETS) + " |",
-            "|---|" + "---|" * len(KL_BUDGETS)]
+  lines += [
+    "",
+    "Reward at KL budgets (per-evaluation means over seeds):",
+    "",
+    "| run | " + " | ".join(f"KL = {b:g}" for b in KL_BUDGETS) + " |",
+    "|---|" + "---|" * len(KL_BUDGETS),
+  ]
   baseline_trajectories = [
     t
     for (key, lr), t in trajectories.items()
@@ -309,7 +322,8 @@ def report(out: pathlib.Path) -> str:
       continue
     lines.append(
       f"| {_label(key, lr)} | "
-      + " | ".join(_budget_cell([trajectory], b) for b in KL_BUDGETS) + " |"
+      + " | ".join(_budget_cell([trajectory], b) for b in KL_BUDGETS)
+      + " |"
     )
   rows = [r for rs in phase_b.values() for r in rs]
   cg.plot_frontier(

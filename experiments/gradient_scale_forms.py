@@ -90,7 +90,9 @@ def table(rows) -> str:
   ]
   keys = list(dict.fromkeys((r["loss"], r["dtype"]) for r in rows))
   for loss, dtype in keys:
-    chosen = {r["length"]: r for r in rows if (r["loss"], r["dtype"]) == (loss, dtype)}
+    chosen = {
+      r["length"]: r for r in rows if (r["loss"], r["dtype"]) == (loss, dtype)
+    }
     zero = [t for t, r in sorted(chosen.items()) if r["grad_norm"] == 0]
     cosines = [r["cosine_to_float64"] for r in chosen.values()]
     lines.append(
@@ -116,11 +118,18 @@ def plot(rows, path: pathlib.Path) -> None:
       chosen = [r for r in rows if r["loss"] == label and r["dtype"] == dtype]
       lengths = np.array([r["length"] for r in chosen])
       values = np.array([r["grad_norm"] for r in chosen])
-      ax.plot(lengths, np.maximum(values, floor), label=label, color=f"C{number}")
+      ax.plot(
+        lengths, np.maximum(values, floor), label=label, color=f"C{number}"
+      )
       zeros = values == 0
       if zeros.any():
-        ax.scatter(lengths[zeros], np.full(zeros.sum(), floor), marker="x",
-                   s=12, color=f"C{number}")
+        ax.scatter(
+          lengths[zeros],
+          np.full(zeros.sum(), floor),
+          marker="x",
+          s=12,
+          color=f"C{number}",
+        )
     ax.axhline(1e-8, color="gray", linestyle="--", linewidth=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -32,7 +32,10 @@ def _inputs(seed, size=32, low=0.05, high=6.0):
 
 def _length_tempered_numpy(a):
   """Probabilities exponentiated directly: valid for the moderate inputs."""
-  p_w, p_l = np.exp(a["policy_chosen_logps"]), np.exp(a["policy_rejected_logps"])
+  p_w, p_l = (
+    np.exp(a["policy_chosen_logps"]),
+    np.exp(a["policy_rejected_logps"]),
+  )
   w = np.minimum(
     np.exp(a["reference_chosen_logps"]) + np.exp(a["reference_rejected_logps"]),
     1.0,
@@ -46,7 +49,10 @@ def _length_tempered_numpy(a):
 
 
 def _diff_numpy(a, transfer):
-  p_w, p_l = np.exp(a["policy_chosen_logps"]), np.exp(a["policy_rejected_logps"])
+  p_w, p_l = (
+    np.exp(a["policy_chosen_logps"]),
+    np.exp(a["policy_rejected_logps"]),
+  )
   r_w, r_l = (
     np.exp(a["reference_chosen_logps"]),
     np.exp(a["reference_rejected_logps"]),
@@ -68,9 +74,7 @@ def test_length_tempered_matches_numpy_and_hard_slpo_at_length_one():
   with jax.enable_x64(True):
     got = losses.slpo_length_tempered_loss(**a)
     np.testing.assert_allclose(got, _length_tempered_numpy(a), rtol=1e-10)
-    ones = dict(
-      a, chosen_lengths=np.ones(32), rejected_lengths=np.ones(32)
-    )
+    ones = dict(a, chosen_lengths=np.ones(32), rejected_lengths=np.ones(32))
     hard = losses.slpo_loss(
       a["policy_chosen_logps"],
       a["policy_chosen_not_logps"],
@@ -110,9 +114,7 @@ def test_diff_matches_numpy_and_gradient():
     # with respect to log pi(y_w) is 1 / ((1 - pi(y_w)) |y_w|).
     grad = jax.grad(
       lambda c: jnp.sum(
-        losses.slpo_diff_loss(
-          **dict(a, policy_chosen_logps=c), transfer=0.3
-        )
+        losses.slpo_diff_loss(**dict(a, policy_chosen_logps=c), transfer=0.3)
       )
     )(a["policy_chosen_logps"])
     z = -np.log(np.expm1(_diff_numpy(a, 0.3)))  # softplus(-z) inverted

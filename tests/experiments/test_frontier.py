@@ -63,7 +63,9 @@ def test_select_takes_the_envelope_and_each_forms_best_learning_rate():
       _rows("slpo_normalized", "", "slpo_normalized", 3.0, 0.30),
     ],
   }
-  chosen = {(p.loss, p.hyperparameter, lr) for p, lr in frontier.select(phase_a)}
+  chosen = {
+    (p.loss, p.hyperparameter, lr) for p, lr in frontier.select(phase_a)
+  }
   assert chosen == {
     ("dpo", "beta=0.2", 3e-3),
     ("dpo", "beta=1", 3e-3),
