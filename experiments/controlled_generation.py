@@ -578,8 +578,8 @@ def run_sweep(
     workdir: reference, runs and compilation cache; finished runs are kept.
     learning_rate: replaces the preset's peak learning rate; the outputs
       are then named ``<stem>_lr<value>.{csv,png}``.
-    only: grid point names (``GridPoint.name``) or name prefixes to train;
-      every point when empty.
+    only: grid point names (``GridPoint.name``, that point alone) or name
+      prefixes to train; every point when empty.
     points: the grid; the preset's sweep (:func:`grid`) when None.
     steps, eval_every: replace the preset's; the outputs and runs are then
       named with ``_s<steps>``.
@@ -600,10 +600,16 @@ def run_sweep(
     runs += f"_lr{learning_rate:g}"
   runs = workdir / runs
   sweep = cg_config.get_sweep(preset)
+  points = grid(sweep) if points is None else points
+  names = {p.name for p in points}
+  # A full name selects that point alone, anything else is a prefix.
   points = [
     p
-    for p in (grid(sweep) if points is None else points)
-    if not only or any(p.name.startswith(o) for o in only)
+    for p in points
+    if not only
+    or any(
+      p.name == o or (o not in names and p.name.startswith(o)) for o in only
+    )
   ]
   if not points:
     raise ValueError(f"no grid point matches {only}")
@@ -696,6 +702,22 @@ def main(argv=None):
     help="replace the preset's peak learning rate",
   )
   parser.add_argument(
+    "--steps", type=int, default=None, help="replace the preset's steps"
+  )
+  parser.add_argument(
+    "--eval-every",
+    type=int,
+    default=None,
+    help="replace the preset's evaluation interval",
+  )
+  parser.add_argument(
+    "--grid",
+    choices=("preset", "frontier"),
+    default="preset",
+    help="the preset's sweep, or the points of the frontier study"
+    " (experiments.frontier)",
+  )
+  parser.add_argument(
     "--only",
     default="",
     help="comma-separated grid point names or prefixes,"
@@ -716,7 +738,17 @@ def main(argv=None):
     args.workdir,
     learning_rate=args.learning_rate,
     only=tuple(o for o in args.only.split(",") if o),
+    points=_frontier_points() if args.grid == "frontier" else None,
+    steps=args.steps,
+    eval_every=args.eval_every,
   )
+
+
+def _frontier_points() -> list[GridPoint]:
+  # Imported here: experiments.frontier imports this module.
+  from experiments import frontier  # pylint: disable=import-outside-toplevel
+
+  return frontier.points()
 
 
 if __name__ == "__main__":

@@ -201,9 +201,15 @@ def _phase_a_rows(out: pathlib.Path) -> dict[float, list[dict]]:
 
 
 def run_phase_b(
-  workdir: pathlib.Path, out: pathlib.Path, learning_rates=()
+  workdir: pathlib.Path, out: pathlib.Path, learning_rates=(), only=()
 ) -> None:
-  chosen = select(_phase_a_rows(out))
+  phase_a = _phase_a_rows(out)
+  if len(phase_a) != len(LEARNING_RATES):
+    raise SystemExit(
+      f"phase B needs phase A's {len(LEARNING_RATES)} CSV files in {out}"
+      f" (found {len(phase_a)}); run phase-a with the same --out first"
+    )
+  chosen = select(phase_a)
   for lr in sorted({lr for _, lr in chosen}):
     if learning_rates and not any(math.isclose(lr, x) for x in learning_rates):
       continue
@@ -214,6 +220,7 @@ def run_phase_b(
       workdir,
       learning_rate=lr,
       points=[p for p, plr in chosen if plr == lr],
+      only=only,
       steps=STEPS,
       eval_every=EVAL_EVERY,
       stem="frontier_b",
@@ -356,7 +363,9 @@ def main(argv=None):
     "--out", type=pathlib.Path, default=pathlib.Path("docs/figures")
   )
   parser.add_argument(
-    "--only", default="", help="phase A: comma-separated point names"
+    "--only",
+    default="",
+    help="comma-separated point names or prefixes (both phases)",
   )
   parser.add_argument(
     "--learning-rates",
@@ -374,6 +383,7 @@ def main(argv=None):
       args.workdir,
       args.out,
       tuple(float(x) for x in args.learning_rates.split(",") if x),
+      tuple(o for o in args.only.split(",") if o),
     )
   else:
     print(report(args.out))
