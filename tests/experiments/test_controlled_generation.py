@@ -14,6 +14,7 @@ import pytest
 
 from configs import controlled_generation as cg_config
 from experiments import controlled_generation as cg
+from experiments import frontier
 from experiments import sampling_eval
 from slpo_jax import models
 from train import validate
@@ -133,9 +134,12 @@ def test_dpo_run_moves_away_from_the_reference(fitted):
 
 
 def test_grid_covers_every_family():
+  # The presets' sweep and the frontier study's points between them.
   points = cg.grid(cg_config.get_sweep("cpu"))
-  assert {p.family for p in points} == set(cg.FAMILIES)
+  study = frontier.points()
+  assert {p.family for p in points + study} == set(cg.FAMILIES)
   assert len({p.name for p in points}) == len(points)
+  assert len({p.name for p in study}) == len(study)
   hard = [p for p in points if p.family == "slpo_hard"]
   assert hard and all(dict(p.overrides)["temperature"] == 1.0 for p in hard)
   assert jax.tree.leaves(cg_config.get_sweep("gpu").to_dict())
@@ -149,3 +153,18 @@ def test_presets_are_valid_training_configs(preset):
   assert config.steps % config.eval_every == 0
   with pytest.raises(ValueError, match="preset"):
     cg_config.get_config("tpu")
+
+
+def test_a_point_sets_its_program_settings(tmp_path):
+  (synced,) = [p for p in frontier.points() if p.program]
+  config = cg.run_config(cg_config.get_config("cpu"), synced, 3, tmp_path)
+  assert config.reference.sync_every == 60
+  assert config.reference.sync_mix == 1.0
+  assert config.loss.name == "slpo_normalized" and config.seed == 3
+  plain = cg.run_config(
+    cg_config.get_config("cpu"),
+    cg.grid(cg_config.get_sweep("cpu"))[0],
+    3,
+    tmp_path,
+  )
+  assert plain.reference.sync_every == 0
