@@ -347,6 +347,19 @@ def pair_statistics(
   result["short_rejected_factor_share"] = float(
     loser_factor[short].sum() / loser_factor.sum()
   )
+  # slpo_normalized at the reference: both of a pair's gradients are its
+  # loser's share of the target, pi_ref(y_l) / w, and the winner's target
+  # lies log(w / pi_ref(y_w)) nats above it.
+  gap = values["rejected_logps"] - values["chosen_logps"]
+  share = 1.0 / (1.0 + np.exp(-gap))
+  winner_rise = np.logaddexp(0.0, gap)
+  result["loser_share_above_0.1"] = float(np.mean(share > 0.1))
+  result["loser_share_above_0.9"] = float(np.mean(share > 0.9))
+  for q in (0.5, 0.9):
+    result[f"winner_target_rise_q{int(q * 100)}"] = float(
+      np.quantile(winner_rise, q)
+    )
+  result["winner_target_rise_mean"] = float(np.mean(winner_rise))
   return result
 
 
