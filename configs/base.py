@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.size = "tiny"  # Built-in size when no checkpoint is given.
   config.model.checkpoint = ""  # Hugging Face folder to start from ('' = none).
   config.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
+  config.model.remat = False  # Recompute each block in the backward pass.
+  config.model.scan_layers = False  # One scanned block (faster compiles).
   config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
   config.model.vocab_chunk_size = (
     0  # Fused head vocabulary chunk; 0 = per backend.

@@ -8,14 +8,12 @@ mistake in the flags, the config or the data ends the program with one line
 on stderr, ``error: ...``, and exit code 2.
 """
 
-import ast
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from train import cli
 from train import distributed
 from train import errors
 
@@ -26,43 +24,6 @@ config_flags.DEFINE_config_file(
   "config", None, "Path to a config file (configs/*.py).", lock_config=True
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def _one_line(error: BaseException) -> str:
-  text = str(error)
-  if isinstance(error, (AttributeError, KeyError)):
-    # ml_collections reports a misspelt key as the repr of a two-line message.
-    try:
-      text = ast.literal_eval(text)
-    except (SyntaxError, ValueError):
-      pass
-    text = f"no config key {text}"
-  elif isinstance(error, OSError):
-    # The last line of ml_collections' report says why the file did not load.
-    text = f"cannot load the --config file: {text.strip().splitlines()[-1]}"
-  return " ".join(text.split())
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every mistake reported as one line."""
-  try:
-    remaining = flags.FLAGS(argv)
-    flags.FLAGS.config.to_dict()  # A config file that fails to load fails here.
-  except (
-    flags.Error,
-    AttributeError,
-    KeyError,
-    TypeError,
-    ValueError,
-    OSError,
-  ) as error:
-    _fail(_one_line(error))
-  return remaining
 
 
 def main(argv):
@@ -81,8 +42,8 @@ def main(argv):
   except errors.USER_ERRORS as error:
     # Errors the user can fix by changing the config or data: one line, no
     # traceback (and not repeated by an absl log line).
-    _fail(str(error))
+    cli.fail(str(error))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -59,12 +59,17 @@ def _model_and_params(config, tokenizer, mesh):
   """The policy's model and its initial parameters, placed on the mesh."""
   rules = models.logical_axis_rules()
   if config.model.checkpoint:
+    layout = dict(
+      dtype=config.model.dtype,
+      remat=config.model.remat,
+      scan_layers=config.model.scan_layers,
+    )
     model, _ = models.load_hf_model(
-      config.model.checkpoint, dtype=config.model.dtype, abstract=True
+      config.model.checkpoint, abstract=True, **layout
     )
     shardings = model.shardings(mesh, rules)
     _, params = models.load_hf_model(
-      config.model.checkpoint, dtype=config.model.dtype, shardings=shardings
+      config.model.checkpoint, shardings=shardings, **layout
     )
     if model.config.vocab_size < tokenizer.vocab_size:
       raise ConfigError(
@@ -79,6 +84,8 @@ def _model_and_params(config, tokenizer, mesh):
       config.model.size,
       vocab_size=tokenizer.vocab_size,
       dtype=config.model.dtype,
+      remat=config.model.remat,
+      scan_layers=config.model.scan_layers,
     )
   except ValueError as error:
     raise ConfigError(str(error)) from None
@@ -130,6 +137,7 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
       config.reference.checkpoint,
       dtype=config.model.dtype,
       shardings=shardings,
+      scan_layers=config.model.scan_layers,
     )
   else:
     reference = _copy(params, shardings)

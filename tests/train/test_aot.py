@@ -1,0 +1,62 @@
+"""Compiling the train step ahead of time (``train.aot``)."""
+
+import jax
+import numpy as np
+import pytest
+
+from train import aot
+from train import validate
+
+from train_testing import build
+
+
+def test_abstract_batch_is_the_pipelines_batch(make_config, tmp_path):
+  config = make_config()
+  run = build(config, tmp_path)
+  real = run.to_device(next(run.train_iterator))
+  mesh = validate.validate(config)
+  abstract = aot.abstract_batch(config, mesh, needs_reference_logps=False)
+  assert abstract.keys() == real.keys()
+  for name, value in real.items():
+    assert abstract[name].shape == value.shape, name
+    assert abstract[name].dtype == value.dtype, name
+    assert abstract[name].sharding == value.sharding, name
+
+
+def test_model_flops_match_the_compiled_step_on_cpu(make_config):
+  # The same program compiled for this CPU: XLA's count of an unrolled
+  # step is the matmuls of the analytic count plus the elementwise work
+  # (softmax, norms, Adam), a few percent at this size but not more.
+  config = make_config(**{"model.loss_head": "plain", "batch_size": 16})
+  compiled, model, spec = aot.compile_step(config, jax.devices())
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = aot.model_flops(model, config, spec)
+  # cost_analysis counts the per-device program; the batch is split 8 ways.
+  ratio = cost["flops"] * len(jax.devices()) / analytic
+  assert 1.0 <= ratio <= 1.6, ratio
+
+
+def test_unknown_generation_is_one_clear_error():
+  with pytest.raises(ValueError, match="unknown TPU generation 'v9'"):
+    aot.topology_devices("v9:2x2")
+
+
+def _has_libtpu() -> bool:
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+@pytest.mark.skipif(
+  not _has_libtpu(),
+  reason="libtpu is not installed (pip install -e '.[tpu-aot]')",
+)
+def test_tiny_step_compiles_for_a_v5e_topology(make_config):
+  figures = aot.analyse(make_config(), "v5e:2x2")
+  assert figures["devices"] == 4 and "v5" in figures["device_kind"]
+  assert 0 < figures["total_bytes"] < figures["hbm_bytes"]
+  assert figures["flops"] > 0 and 0 < figures["estimated_mfu"] <= 1
+  assert np.isfinite(figures["roofline_step_seconds"])

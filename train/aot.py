@@ -1,0 +1,372 @@
+"""Compile a config's exact train step for a Cloud TPU topology, on a CPU.
+
+  python -m train.aot --config configs/llama8b_tpu_pod.py --topology v5p:4x4x2
+  python -m train.aot --config configs/default.py --topology v5e:2x2 --json
+
+The step is the one ``train.main`` runs (model, loss, reference mode, mesh,
+remat, batch, fused head, donation), lowered from abstract parameters (no
+weights are read or allocated: a checkpoint folder needs only its
+``config.json``) and compiled by TPU XLA for the topology's abstract
+devices. It prints, per chip, the compiled argument, output, temporary and
+total bytes against the chip's HBM, XLA's FLOPs and bytes accessed per step,
+the analytic model FLOPs (6 x parameters x tokens for the policy, 2 x for
+the reference's forward pass, plus attention), and a roofline step time and
+MFU from the chip's published peak bf16 FLOP/s and HBM bandwidth. The
+roofline is a lower bound on the step time (an upper bound on MFU): it
+assumes compute and memory traffic overlap perfectly.
+
+Needs ``libtpu`` (``pip install -e ".[tpu-aot]"``); nothing else of a TPU.
+"""
+
+import dataclasses
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import slpo_jax
+from slpo_jax import models
+from train import data as data_lib
+from train import objective
+from train import setup as setup_lib
+from train import state as state_lib
+from train import step as step_lib
+from train import validate
+from train.data import batching
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Published per-chip figures (Google Cloud TPU documentation)."""
+
+  hbm_bytes: int
+  peak_bf16_flops: float
+  hbm_bytes_per_second: float
+
+
+GIB = 1024**3
+# Per chip: HBM, peak bf16 dense FLOP/s, HBM bandwidth.
+CHIPS = {
+  "v4": Chip(32 * GIB, 275e12, 1228e9),
+  "v5e": Chip(16 * GIB, 197e12, 819e9),
+  "v5p": Chip(95 * GIB, 459e12, 2765e9),
+  "v6e": Chip(32 * GIB, 918e12, 1640e9),
+}
+# Chips whose two TensorCores act as one device ("megacore").
+_MEGACORE = ("v4", "v5p")
+
+
+def topology_devices(name: str, num_slices: int = 1) -> list:
+  """Abstract TPU devices of a topology such as ``v5p:4x4x2``.
+
+  Raises:
+    ValueError: for an unknown chip, or when libtpu is missing.
+  """
+  chip = name.split(":")[0]
+  if chip not in CHIPS:
+    raise ValueError(
+      f"unknown TPU generation {chip!r} in {name!r}; use one of"
+      f" {sorted(CHIPS)}, e.g. v5p:4x4x2"
+    )
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise ValueError(
+      "compiling for TPU needs libtpu: pip install -e '.[tpu-aot]'"
+    ) from None
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
+  bounds = (2, 2, 1)  # Four chips per host, as on every Cloud TPU VM here.
+  topology = topologies.get_topology_desc(
+    platform="tpu",
+    topology_name=name,
+    chip_config_name="megacore" if chip in _MEGACORE else "default",
+    chips_per_host_bounds=bounds,
+    num_slices=num_slices,
+  )
+  return list(topology.devices)
+
+
+def _model(config):
+  layout = dict(
+    dtype=config.model.dtype,
+    remat=config.model.remat,
+    scan_layers=config.model.scan_layers,
+  )
+  if config.model.checkpoint:
+    model, _ = models.load_hf_model(
+      config.model.checkpoint, abstract=True, **layout
+    )
+    return model
+  # As the program builds it: a built-in size takes the tokenizer's
+  # vocabulary.
+  tokenizer = data_lib.make_tokenizer(config.data, "")
+  return models.build(
+    models.get_config(
+      config.model.family,
+      config.model.size,
+      vocab_size=tokenizer.vocab_size,
+      **layout,
+    )
+  )
+
+
+def sequence_length(config) -> int:
+  """The longest padded length a batch can have (its largest bucket)."""
+  return batching.bucket_length(
+    config.data.max_length, config.data.length_buckets
+  )
+
+
+def abstract_batch(config, mesh, needs_reference_logps: bool) -> dict:
+  """The global batch as the pipeline builds it, as sharded shapes."""
+  rows, length = config.batch_size, sequence_length(config)
+  spec = slpo_jax.sharding.batch_sharding(mesh)
+  batch = {}
+  for side in ("chosen_", "rejected_"):
+    for name, dtype in (
+      ("input_ids", jnp.int32),
+      ("attention_mask", jnp.int32),
+      ("labels", jnp.int32),
+      ("loss_mask", jnp.bool_),
+    ):
+      batch[side + name] = jax.ShapeDtypeStruct(
+        (rows, length), dtype, sharding=spec
+      )
+  batch["example_weight"] = jax.ShapeDtypeStruct(
+    (rows,), jnp.float32, sharding=spec
+  )
+  batch["example_id"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=spec)
+  if needs_reference_logps:
+    for side in ("chosen", "rejected"):
+      batch[f"reference_{side}_logps"] = jax.ShapeDtypeStruct(
+        (rows,), jnp.float32, sharding=spec
+      )
+  return batch
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    tree,
+    shardings,
+  )
+
+
+def model_flops(model, config, spec) -> float:
+  """Analytic FLOPs of one step over the whole batch.
+
+  Matmul FLOPs are 2 per multiply-add: 6 N per token for the policy's
+  forward and backward passes, 2 N for the reference's forward pass (when it
+  runs), with N the parameters outside the embedding lookup; attention adds
+  ``4 T d`` per token and layer forward (scores and values), three times that
+  with the backward pass. Rematerialisation's recomputed forward is not
+  counted (MFU counts useful work only).
+  """
+  c = model.config
+  params = sum(
+    int(np.prod(x.shape)) for x in jax.tree.leaves(model.abstract_params())
+  )
+  embedding = c.vocab_size * c.d_model
+  # The head's matmul is counted: tied or not, the logits are computed.
+  dense = params - embedding + (embedding if c.tie_embeddings else 0)
+  tokens = 2 * config.batch_size * sequence_length(config)  # Both rows.
+  attention = 4 * sequence_length(config) * c.num_heads * c.head_dim
+  attention *= c.num_layers
+  policy = 3 * (2 * dense + attention) * tokens
+  reference = (
+    (2 * dense + attention) * tokens
+    if spec.needs_reference and config.reference.mode == "online"
+    else 0.0
+  )
+  return float(policy + reference)
+
+
+def compile_step(config, devices):
+  """``(compiled, model, spec)``: the config's train step, compiled."""
+  mesh = validate.validate(config, devices)
+  spec = objective.loss_of(config.loss)
+  model = _model(config)
+  rules = models.logical_axis_rules()
+  param_shardings = model.shardings(mesh, rules)
+  params = _abstract(model.abstract_params(), param_shardings)
+  optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
+  shardings = state_lib.state_shardings(
+    optimizer, params, param_shardings, mesh
+  )
+  state = _abstract(
+    jax.eval_shape(
+      lambda p: step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)
+      ),
+      params,
+    ),
+    shardings,
+  )
+  precomputed = config.reference.mode == "precomputed" and spec.needs_reference
+  reference = None if precomputed else params
+  run = setup_lib.Run(
+    config=config,
+    mesh=mesh,
+    optimizer=optimizer,
+    model=model,
+    initial_params=params,
+    param_shardings=param_shardings,
+    reference_params=reference,
+    train_iterator=None,
+    eval_batches=None,
+    head=slpo_jax.HeadOptions(
+      fused=config.model.loss_head == "fused",
+      vocab_chunk_size=config.model.vocab_chunk_size or None,
+      token_chunk_size=config.model.token_chunk_size or None,
+    ),
+  )
+  train_fn, _ = state_lib.jit_steps(run, shardings)
+  batch = abstract_batch(config, mesh, precomputed)
+  compiled = train_fn.lower(state, reference, batch).compile()
+  return compiled, model, spec
+
+
+class DoesNotFit(ValueError):
+  """TPU XLA refused the step: it needs more HBM than a chip has."""
+
+
+_OOM = re.compile(r"Ran out of memory in memory space hbm|Ran out of memory on HBM")
+
+
+def analyse(config, topology: str, num_slices: int = 1) -> dict:
+  """Compiles the step and returns the per-chip figures.
+
+  Raises:
+    DoesNotFit: with XLA's own account of the shortfall.
+  """
+  devices = topology_devices(topology, num_slices)
+  try:
+    compiled, model, spec = compile_step(config, devices)
+  except jax.errors.JaxRuntimeError as error:
+    if not _OOM.search(str(error)):
+      raise
+    first = str(error).strip().splitlines()[0]
+    raise DoesNotFit(
+      f"the step does not fit {topology}: {first.split(': ', 1)[-1]}"
+    ) from None
+  chip = CHIPS[topology.split(":")[0]]
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  total = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    + memory.temp_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
+  count = len(devices)
+  flops = float(cost.get("flops", 0.0))
+  accessed = float(cost.get("bytes accessed", 0.0))
+  analytic = model_flops(model, config, spec) / count
+  # A scanned stack is one while loop, whose body XLA's cost analysis counts
+  # once: the compiled FLOPs then cover about one layer.
+  scanned = bool(config.model.scan_layers)
+  step_flops = analytic if scanned else flops
+  seconds = max(
+    step_flops / chip.peak_bf16_flops, accessed / chip.hbm_bytes_per_second
+  )
+  params = sum(
+    int(np.prod(x.shape)) for x in jax.tree.leaves(model.abstract_params())
+  )
+  return {
+    "topology": topology,
+    "devices": count,
+    "device_kind": devices[0].device_kind,
+    "parameters": params,
+    "global_batch_pairs": config.batch_size,
+    "sequence_length": sequence_length(config),
+    "argument_bytes": memory.argument_size_in_bytes,
+    "output_bytes": memory.output_size_in_bytes,
+    "temp_bytes": memory.temp_size_in_bytes,
+    "alias_bytes": memory.alias_size_in_bytes,
+    "total_bytes": total,
+    "hbm_bytes": chip.hbm_bytes,
+    "hbm_fraction": total / chip.hbm_bytes,
+    "flops": flops,
+    "flops_counts_one_scanned_layer": scanned,
+    "model_flops": analytic,
+    "compiled_over_model_flops": flops / analytic if analytic else None,
+    "bytes_accessed": accessed,
+    "roofline_step_seconds": seconds,
+    "estimated_tokens_per_second_per_chip": (
+      2 * config.batch_size * sequence_length(config) / count / seconds
+    ),
+    "estimated_mfu": analytic / (seconds * chip.peak_bf16_flops),
+  }
+
+
+def report(figures: dict) -> str:
+  """The figures as lines a person reads."""
+  gib = 1024**3
+  f = figures
+  lines = [
+    f"{f['topology']}: {f['devices']} x {f['device_kind']},"
+    f" {f['parameters'] / 1e9:.2f}B parameters,"
+    f" {f['global_batch_pairs']} pairs x {f['sequence_length']} tokens",
+    "per chip:",
+    f"  arguments   {f['argument_bytes'] / gib:8.2f} GiB",
+    f"  outputs     {f['output_bytes'] / gib:8.2f} GiB"
+    f" ({f['alias_bytes'] / gib:.2f} GiB aliased to donated arguments)",
+    f"  temporaries {f['temp_bytes'] / gib:8.2f} GiB",
+    f"  total       {f['total_bytes'] / gib:8.2f} GiB of"
+    f" {f['hbm_bytes'] / gib:.0f} GiB HBM ({100 * f['hbm_fraction']:.0f}%)",
+    f"  XLA FLOPs {f['flops']:.3e}"
+    + (" (one scanned layer's loop body)" if f["flops_counts_one_scanned_layer"] else "")
+    + f", model FLOPs {f['model_flops']:.3e}, bytes accessed"
+    f" {f['bytes_accessed']:.3e}",
+    f"  roofline step {f['roofline_step_seconds'] * 1e3:.1f} ms,"
+    f" {f['estimated_tokens_per_second_per_chip']:.0f} tokens/s,"
+    f" MFU at most {100 * f['estimated_mfu']:.0f}%",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from train import cli  # pylint: disable=import-outside-toplevel
+  from train import errors  # pylint: disable=import-outside-toplevel
+
+  del argv
+  values = flags.FLAGS
+  try:
+    figures = analyse(values.config, values.topology, values.num_slices)
+  except errors.USER_ERRORS as error:
+    cli.fail(str(error))
+  except ValueError as error:
+    cli.fail(" ".join(str(error).split()))
+  print(json.dumps(figures) if values.json else report(figures))
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+  config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+  )
+  flags.DEFINE_string(
+    "topology", None, "Cloud TPU topology, e.g. v5p:4x4x2 or v5e:2x4."
+  )
+  flags.DEFINE_integer("num_slices", 1, "Slices of that topology (DCN).")
+  flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.mark_flags_as_required(["config", "topology"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=import-outside-toplevel
+
+  from train import cli  # pylint: disable=import-outside-toplevel
+
+  # TPU XLA compiles here for abstract devices; the host runs on its CPU.
+  jax.config.update("jax_platforms", "cpu")
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,47 @@
+"""Command-line plumbing shared by ``train.main`` and ``train.aot``.
+
+Every mistake in the flags or the config file ends the program with one
+line on stderr, ``error: ...``, and exit code 2.
+"""
+
+import ast
+import sys
+
+from absl import flags
+
+
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+  text = str(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    # ml_collections reports a misspelt key as the repr of a two-line message.
+    try:
+      text = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      pass
+    text = f"no config key {text}"
+  elif isinstance(error, OSError):
+    # The last line of ml_collections' report says why the file did not load.
+    text = f"cannot load the --config file: {text.strip().splitlines()[-1]}"
+  return " ".join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every mistake reported as one line."""
+  try:
+    remaining = flags.FLAGS(argv)
+    flags.FLAGS.config.to_dict()  # A config file that fails to load fails here.
+  except (
+    flags.Error,
+    AttributeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OSError,
+  ) as error:
+    fail(one_line(error))
+  return remaining
