@@ -13,10 +13,10 @@ SFT included; held-out ``eval/rewards/accuracies`` 0.805 at step 100 and
 0.816 at step 200, ``eval/rewards/margins`` 0.85 (the same values on a rerun:
 the run is deterministic). Under heavy load from other jobs it took 3 min 8 s.
 
-Swap the loss with ``--config.loss.name=slpo --config.loss.temperature=32``
-(held-out accuracy 0.82 at step 200 in the same setting), but read
-docs/RESULTS.md first: on this task tempered SLPO lowers the chosen
-responses' likelihood and sits below DPO's reward-against-KL frontier.
+Swap the loss with ``--config.loss.name=slpo_normalized`` (SLPO with Eq.
+6's target and order-one gradients) or any other name of the loss table,
+but read docs/RESULTS.md first: on this task no form of SLPO that keeps
+Eq. 6's target reaches DPO's reward-against-KL frontier (section 4).
 """
 
 from configs import base

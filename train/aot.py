@@ -233,7 +233,9 @@ class DoesNotFit(ValueError):
   """TPU XLA refused the step: it needs more HBM than a chip has."""
 
 
-_OOM = re.compile(r"Ran out of memory in memory space hbm|Ran out of memory on HBM")
+_OOM = re.compile(
+  r"Ran out of memory in memory space hbm|Ran out of memory on HBM"
+)
 
 
 def analyse(config, topology: str, num_slices: int = 1) -> dict:
@@ -319,7 +321,11 @@ def report(figures: dict) -> str:
     f"  total       {f['total_bytes'] / gib:8.2f} GiB of"
     f" {f['hbm_bytes'] / gib:.0f} GiB HBM ({100 * f['hbm_fraction']:.0f}%)",
     f"  XLA FLOPs {f['flops']:.3e}"
-    + (" (one scanned layer's loop body)" if f["flops_counts_one_scanned_layer"] else "")
+    + (
+      " (one scanned layer's loop body)"
+      if f["flops_counts_one_scanned_layer"]
+      else ""
+    )
     + f", model FLOPs {f['model_flops']:.3e}, bytes accessed"
     f" {f['bytes_accessed']:.3e}",
     f"  roofline step {f['roofline_step_seconds'] * 1e3:.1f} ms,"
