@@ -16,7 +16,10 @@ STEPS="${STEPS:-400}"
 LR="${LR:-0.003}"
 PRESET="${PRESET:-gpu}"  # cpu: a quick check of the script itself
 mkdir -p "$OUT"
-python -m pip install -q -e ".[train]" "jax[cuda12]" >/dev/null 2>&1 || true
+# The GPU build of jax, only where there is a GPU (never into a CPU checkout).
+if command -v nvidia-smi >/dev/null 2>&1; then
+  python -m pip install -q -e ".[train]" "jax[cuda12]"
+fi
 start=$(date +%s)
 python -m experiments.controlled_generation --preset "$PRESET" --grid frontier \
   --seeds 3 --steps "$STEPS" --eval-every 100 --learning-rate "$LR" \

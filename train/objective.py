@@ -14,6 +14,29 @@ import jax.numpy as jnp
 
 import slpo_jax
 from slpo_jax import losses
+from slpo_jax import sharding
+
+_BATCH = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
+_REPLICATED = jax.sharding.PartitionSpec()
+
+
+def _head_per_shard(head_fn, mesh: jax.sharding.Mesh | None, fused: bool):
+  """``head_fn`` run on each device's own rows, when the batch is split.
+
+  The fused head walks the flattened tokens tile by tile; under plain jit
+  that walk over a batch-sharded axis makes XLA gather every device's
+  hidden states, so each device would run the head on the whole global
+  batch. Under ``shard_map`` each device walks only its rows (the output
+  projection is gathered, as the matmul needs it whole anyway).
+  """
+  if mesh is None or not fused:
+    return head_fn
+  if mesh.shape["data"] * mesh.shape["fsdp"] == 1:
+    return head_fn
+  rows = (_BATCH, _BATCH, _REPLICATED, _BATCH, _BATCH, _BATCH, _BATCH)
+  return jax.shard_map(
+    head_fn, mesh=mesh, in_specs=rows, out_specs=_BATCH, check_vma=False
+  )
 
 
 def batch_stats(
@@ -23,6 +46,7 @@ def batch_stats(
   *,
   pair_values: bool,
   head: slpo_jax.HeadOptions,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> slpo_jax.PairStats:
   """The statistics of ``model`` with ``params`` on a batch of the pipeline.
 
@@ -33,6 +57,8 @@ def batch_stats(
     batch: the data pipeline's batch (``chosen_*``/``rejected_*`` arrays).
     pair_values: compute the pair complement and the token values too.
     head: fused or plain per-token computation.
+    mesh: the mesh the batch is split over; the fused head then runs on
+      each device's rows (None: one device, or no split).
 
   Returns:
     The :class:`slpo_jax.PairStats` of the batch.
@@ -46,16 +72,28 @@ def batch_stats(
     [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
   )
   hidden, lm_head = model.hidden_states(params, ids, mask)
-  stats = slpo_jax.pair_stats_from_hidden(
+
+  def head_fn(chosen, rejected, lm_head, labels_w, labels_l, where_w, where_l):
+    return slpo_jax.pair_stats_from_hidden(
+      chosen,
+      rejected,
+      lm_head,
+      labels_w,
+      labels_l,
+      chosen_where=where_w,
+      rejected_where=where_l,
+      pair_values=pair_values,
+      head=head,
+    )
+
+  stats = _head_per_shard(head_fn, mesh, head.fused)(
     hidden[:n],
     hidden[n:],
     lm_head,
     batch["chosen_labels"],
     batch["rejected_labels"],
-    chosen_where=batch["chosen_loss_mask"],
-    rejected_where=batch["rejected_loss_mask"],
-    pair_values=pair_values,
-    head=head,
+    batch["chosen_loss_mask"],
+    batch["rejected_loss_mask"],
   )
   # Padding rows (weight 0, copies of a real pair) do not count either.
   return stats._replace(counted=stats.counted & (batch["example_weight"] > 0))
@@ -67,6 +105,7 @@ def reference_stats(
   batch: Mapping[str, jax.Array],
   spec: losses.WeightedLoss,
   head: slpo_jax.HeadOptions,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> slpo_jax.PairStats | None:
   """The reference's statistics: from the frozen tree, or the batch's cache.
 
@@ -96,6 +135,7 @@ def reference_stats(
     batch,
     pair_values=spec.needs_reference_tokens,
     head=head,
+    mesh=mesh,
   )
 
 
@@ -165,11 +205,17 @@ def batch_loss(
   *,
   loss_config: Any,
   head: slpo_jax.HeadOptions,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The weighted loss sum of ``params`` on a batch, and the metric sums."""
   spec = loss_of(loss_config)
   policy = batch_stats(
-    model, params, batch, pair_values=spec.needs_pair_values, head=head
+    model,
+    params,
+    batch,
+    pair_values=spec.needs_pair_values,
+    head=head,
+    mesh=mesh,
   )
-  ref = reference_stats(model, reference, batch, spec, head)
+  ref = reference_stats(model, reference, batch, spec, head, mesh)
   return weighted_sums(spec, loss_config, policy, ref, batch["example_weight"])

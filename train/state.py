@@ -132,6 +132,7 @@ def jit_steps(run, shardings: step_lib.TrainState):
       loss_config=config.loss,
       head=run.head,
       grad_accum_steps=config.grad_accum_steps,
+      mesh=run.mesh,
     ),
     in_shardings=(shardings, reference_shardings, batch_spec),
     out_shardings=(shardings, None),
@@ -143,6 +144,7 @@ def jit_steps(run, shardings: step_lib.TrainState):
       model=run.model,
       loss_config=config.loss,
       head=run.head,
+      mesh=run.mesh,
     ),
     in_shardings=(shardings.params, reference_shardings, batch_spec),
   )

@@ -87,6 +87,7 @@ def train_step(
   loss_config: Any,
   head: slpo_jax.HeadOptions,
   grad_accum_steps: int = 1,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step over ``grad_accum_steps`` micro-batches.
 
@@ -105,6 +106,8 @@ def train_step(
     loss_config: ``config.loss``.
     head: fused or plain per-token computation.
     grad_accum_steps: micro-batches per step.
+    mesh: the mesh the batch is split over (see
+      :func:`train.objective.batch_stats`); None on one device.
 
   Returns:
     The new state and metrics averaged by example weight, plus ``grad_norm``
@@ -113,7 +116,13 @@ def train_step(
 
   def summed_loss(params, micro):
     return objective.batch_loss(
-      model, params, reference, micro, loss_config=loss_config, head=head
+      model,
+      params,
+      reference,
+      micro,
+      loss_config=loss_config,
+      head=head,
+      mesh=mesh,
     )
 
   grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -180,9 +189,16 @@ def eval_step(
   model: Any,
   loss_config: Any,
   head: slpo_jax.HeadOptions,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, jax.Array]:
   """Weighted metric sums (and ``weight``) of the policy on one batch."""
   _, sums = objective.batch_loss(
-    model, params, reference, batch, loss_config=loss_config, head=head
+    model,
+    params,
+    reference,
+    batch,
+    loss_config=loss_config,
+    head=head,
+    mesh=mesh,
   )
   return sums

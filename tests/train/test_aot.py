@@ -60,3 +60,21 @@ def test_tiny_step_compiles_for_a_v5e_topology(make_config):
   assert 0 < figures["total_bytes"] < figures["hbm_bytes"]
   assert figures["flops"] > 0 and 0 < figures["estimated_mfu"] <= 1
   assert np.isfinite(figures["roofline_step_seconds"])
+
+
+def test_the_fused_head_never_gathers_the_batch(make_config):
+  # Under plain jit, the fused head's walk over the flattened tokens of a
+  # batch-sharded array (several tiles of 64 tokens here) made XLA gather
+  # every device's rows, so each device ran the head on the whole batch;
+  # run per shard, nothing with a row per token of the batch is gathered.
+  config = make_config(
+    **{"model.loss_head": "fused", "mesh.data": 8, "model.token_chunk_size": 64}
+  )
+  compiled, _, _ = aot.compile_step(config, jax.devices())
+  tokens = config.batch_size * aot.sequence_length(config)  # One side.
+  gathered = [
+    line
+    for line in compiled.as_text().splitlines()
+    if "all-gather(" in line and f"[{tokens}" in line.split("=")[1]
+  ]
+  assert not gathered, gathered[0][:200]

@@ -152,6 +152,17 @@ MESHES = {
   "one_device": (1, {"mesh.data": 1}),
   "fsdp": (None, {"mesh.data": 2, "mesh.fsdp": 4}),
   "tensor": (None, {"mesh.data": 4, "mesh.tensor": 2}),
+  # The fused head runs on each device's own rows (shard_map): the same
+  # losses as the plain head over the whole batch.
+  "fused_fsdp": (
+    None,
+    {
+      "mesh.data": 2,
+      "mesh.fsdp": 2,
+      "mesh.tensor": 2,
+      "model.loss_head": "fused",
+    },
+  ),
 }
 
 
