@@ -7,14 +7,17 @@ Run on every host of the slice (see README, "Cloud TPU"):
       --config.model.checkpoint=/mnt/disks/models/Meta-Llama-3-8B-Instruct \
       --config.data.tokenizer=/mnt/disks/models/Meta-Llama-3-8B-Instruct/tokenizer.json
 
-Not run in CI. Estimates, not yet measured: 8.0B parameters; float32 policy
-(32 GB) + AdamW moments (64 GB) + bfloat16 reference (16 GB) = about 112 GB,
-sharded over 32 chips by fsdp (about 3.5 GB per chip) plus activations of
-4 pairs x 1,024 tokens per chip with rematerialisation-free bfloat16 layers
-(about 20-30 GB per chip): within a v5p chip's 95 GB. The fused loss head
-keeps the 128,256-entry vocabulary from materialising [B, T, V] logits
-(4 GB per 8k tokens in float32). Expected throughput on the order of
-1,000-2,000 tokens/s per chip (estimate).
+Not run in CI, and measured not to fit as written. Compiled from this
+repository's CPU machine for the v5p-64 topology (``python -m train.aot
+--config configs/llama8b_tpu_pod.py --topology v5p:4x4x2
+--config.model.checkpoint=configs/shapes/llama3_8b``, 8.03B parameters),
+TPU XLA refuses the step: its temporaries need 918 GiB per chip without
+rematerialisation and 896 GiB with ``--config.model.remat=True``, against
+95.7 GiB of HBM. The earlier estimate (about 112 GB of state sharded to
+3.5 GB per chip, plus 20-30 GB of activations) was wrong: the fsdp-sharded
+step keeps whole-batch MLP activations on every chip (docs/ARCHITECTURE.md,
+"Sharding"). Until that is fixed, plan a pod run with ``train.aot``, not
+with this docstring.
 """
 
 from configs import hh
