@@ -7,13 +7,16 @@ and each of its leaves that mirrors a parameter takes that parameter's
 sharding, which comes from the parameter's logical axis names.
 """
 
+import contextlib
 import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 
+from slpo_jax import models
 from slpo_jax import sharding
 from train import checkpoint as checkpoint_lib
 from train import step as step_lib
@@ -107,6 +110,35 @@ def reference_sync(run, checkpointer: checkpoint_lib.Checkpointer):
   return reference, sync_fn
 
 
+class OnMesh:
+  """A jitted step, traced and run on its mesh with the models' axis rules.
+
+  The models constrain their activations by logical names (the batch over
+  data x fsdp). Those constraints bind only while Flax's logical-axis rules
+  and the mesh are in context at trace time; without them XLA's propagation
+  places the activations, and on an fsdp mesh it keeps whole-batch
+  activations on every device.
+  """
+
+  def __init__(self, jitted, mesh: jax.sharding.Mesh):
+    self._jitted = jitted
+    self._mesh = mesh
+
+  @contextlib.contextmanager
+  def _context(self):
+    with jax.set_mesh(self._mesh):
+      with nn.logical_axis_rules(models.logical_axis_rules()):
+        yield
+
+  def __call__(self, *args):
+    with self._context():
+      return self._jitted(*args)
+
+  def lower(self, *args):
+    with self._context():
+      return self._jitted.lower(*args)
+
+
 def jit_steps(run, shardings: step_lib.TrainState):
   """The run's train and eval steps, jitted with their shardings.
 
@@ -148,4 +180,4 @@ def jit_steps(run, shardings: step_lib.TrainState):
     ),
     in_shardings=(shardings.params, reference_shardings, batch_spec),
   )
-  return train_fn, eval_fn
+  return OnMesh(train_fn, run.mesh), OnMesh(eval_fn, run.mesh)

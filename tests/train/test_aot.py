@@ -78,3 +78,14 @@ def test_the_fused_head_never_gathers_the_batch(make_config):
     if "all-gather(" in line and f"[{tokens}" in line.split("=")[1]
   ]
   assert not gathered, gathered[0][:200]
+
+
+def test_the_step_binds_the_models_activation_constraints(make_config):
+  # The models name their activations' axes; traced without the rules and
+  # the mesh in context (train.state.OnMesh) those names bind nothing and
+  # the lowered step holds no sharding constraint at all.
+  config = make_config(**{"mesh.data": 2, "mesh.fsdp": 4})
+  lowered, model, _ = aot.lower_step(config, jax.devices())
+  constraints = lowered.as_text().count("sharding_constraint")
+  # One per block output and one after the embedding, at least.
+  assert constraints >= model.config.num_layers + 1, constraints
