@@ -89,3 +89,29 @@ def test_the_step_binds_the_models_activation_constraints(make_config):
   constraints = lowered.as_text().count("sharding_constraint")
   # One per block output and one after the embedding, at least.
   assert constraints >= model.config.num_layers + 1, constraints
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+  not _has_libtpu(),
+  reason="libtpu is not installed (pip install -e '.[tpu-aot]')",
+)
+def test_the_8b_pod_config_fits_as_its_docstring_says():
+  # The docstring quotes a compile for v5p-64; a fresh compile must agree
+  # (total bytes per chip to 1%), so the numbers cannot go stale.
+  import re  # pylint: disable=import-outside-toplevel
+
+  from configs import llama8b_tpu_pod  # pylint: disable=import-outside-toplevel
+
+  config = llama8b_tpu_pod.get_config()
+  config.model.checkpoint = str(
+    aot.__file__.rsplit("/train/", 1)[0] + "/configs/shapes/llama3_8b"
+  )
+  figures = aot.analyse(config, "v5p:4x4x2")
+  quoted = re.search(
+    r"([\d.]+) GiB in all", " ".join(llama8b_tpu_pod.__doc__.split())
+  )
+  assert quoted, "the docstring quotes no total"
+  total_gib = figures["total_bytes"] / 1024**3
+  assert total_gib == pytest.approx(float(quoted.group(1)), rel=0.01)
+  assert figures["hbm_fraction"] <= 0.9  # At least 10% headroom.
