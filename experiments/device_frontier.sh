@@ -5,15 +5,15 @@
 # samples) for STEPS steps of 64 pairs. Writes the CSV, the figure and
 # summary.json under OUT (default: $OUT, else /tmp/device_frontier).
 #
-#   FORM=slpo_normalized_ STEPS=400 bash experiments/device_frontier.sh
+#   FORM=slpo_normalized_ STEPS=400 LR=0.0003 bash experiments/device_frontier.sh
 #
 # FORM is a point name of experiments.frontier.points() (controlled_generation
 # --grid frontier), LR the peak learning rate phase A chose for it.
 set -euo pipefail
 OUT="${OUT:-/tmp/device_frontier}"
-FORM="${FORM:-slpo_normalized_sync60}"
+FORM="${FORM:-slpo_normalized_}"
 STEPS="${STEPS:-400}"
-LR="${LR:-0.003}"
+LR="${LR:-0.0003}"  # phase A chose 3e-4 for every SLPO form and most baselines
 PRESET="${PRESET:-gpu}"  # cpu: a quick check of the script itself
 mkdir -p "$OUT"
 # The GPU build of jax, only where there is a GPU (never into a CPU checkout).
