@@ -13,7 +13,7 @@ set -euo pipefail
 OUT="${OUT:-/tmp/device_frontier}"
 FORM="${FORM:-slpo_normalized_}"
 STEPS="${STEPS:-400}"
-LR="${LR:-0.0003}"  # phase A chose 3e-4 for every SLPO form and most baselines
+LR="${LR:-0.0003}"  # phase A: 3e-4 for the Eq. 6 forms and most baselines
 PRESET="${PRESET:-gpu}"  # cpu: a quick check of the script itself
 mkdir -p "$OUT"
 # The GPU build of jax, only where there is a GPU (never into a CPU checkout).
