@@ -27,20 +27,18 @@ python -m experiments.controlled_generation --preset "$PRESET" --grid frontier \
   --out "$OUT" --workdir /tmp/device_frontier_work 2>&1 \
   | tr '\r' '\n' | grep -v 'it/s\|s/it' | tee "$OUT/log.txt"
 python - "$OUT" "$start" <<'PY'
-import glob, json, sys, time
+import glob, json, pathlib, sys, time
 from experiments import controlled_generation as cg, frontier
 out, start = sys.argv[1], float(sys.argv[2])
 rows = []
 for path in glob.glob(f"{out}/controlled_generation_s*_lr*.csv"):
-  rows += frontier._read_csv(__import__("pathlib").Path(path))
+  rows += frontier.read_csv(pathlib.Path(path))
 table = cg.summarize(rows)
 import jax
 summary = {
   "device": str(jax.devices()[0].device_kind),
   "seconds": time.time() - start,
-  "configs": [
-    {k: v for k, v in e.items()} for e in table
-  ],
+  "configs": table,
 }
 with open(f"{out}/summary.json", "w") as f:
   json.dump(summary, f, indent=1, default=float)

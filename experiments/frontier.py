@@ -73,7 +73,8 @@ def _key(row) -> tuple[str, str]:
   return (row["loss"], row["hyperparameter"])
 
 
-def _read_csv(path: pathlib.Path) -> list[dict]:
+def read_csv(path: pathlib.Path) -> list[dict]:
+  """A sweep's CSV (``controlled_generation.write_points_csv``) as rows."""
   rows = []
   with open(path) as file:
     for row in csv.DictReader(file):
@@ -194,7 +195,7 @@ def run_phase_a(workdir: pathlib.Path, out: pathlib.Path, only=()) -> None:
 
 def _phase_a_rows(out: pathlib.Path) -> dict[float, list[dict]]:
   return {
-    lr: _read_csv(_csv_path(out, "frontier_a", lr))
+    lr: read_csv(_csv_path(out, "frontier_a", lr))
     for lr in LEARNING_RATES
     if _csv_path(out, "frontier_a", lr).exists()
   }
@@ -254,7 +255,7 @@ def report(out: pathlib.Path) -> str:
   for lr in sorted({lr for _, lr in chosen}):
     path = _csv_path(out, "frontier_b", lr)
     if path.exists():
-      phase_b[lr] = _read_csv(path)
+      phase_b[lr] = read_csv(path)
   if not phase_b:
     return "\n".join(lines)
   summary = {}  # (key, lr) -> entry

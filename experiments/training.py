@@ -97,8 +97,16 @@ def train(
         table[chosen_nodes], table[rejected_nodes], batch
       )
 
+    def reference_terms(table):
+      return jax.tree.map(jax.lax.stop_gradient, terms(table))
+
+    # A frozen reference's terms are computed once, outside the steps.
+    frozen = reference_terms(reference_table)
+
     def loss_fn(table, sync_table):
-      reference = jax.tree.map(jax.lax.stop_gradient, terms(sync_table))
+      reference = (
+        reference_terms(sync_table) if objective.sync_every else frozen
+      )
       per_pair = objective.loss(terms(table), reference)
       return jnp.sum(weights * per_pair) / jnp.sum(weights)
 

@@ -90,26 +90,18 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
 
 
 def _model(config):
-  layout = dict(
-    dtype=config.model.dtype,
-    remat=config.model.remat,
-    scan_layers=config.model.scan_layers,
-  )
-  if config.model.checkpoint:
-    model, _ = models.load_hf_model(
-      config.model.checkpoint, abstract=True, **layout
-    )
-    return model
-  # As the program builds it: a built-in size takes the tokenizer's
-  # vocabulary.
-  tokenizer = data_lib.make_tokenizer(config.data, "")
-  return models.build(
-    models.get_config(
-      config.model.family,
-      config.model.size,
-      vocab_size=tokenizer.vocab_size,
-      **layout,
-    )
+  # A built-in size takes the tokenizer's vocabulary, as in the program; a
+  # checkpoint's config.json has its own (and the folder may hold nothing
+  # else).
+  vocab_size = None
+  if not config.model.checkpoint:
+    vocab_size = data_lib.make_tokenizer(config.data, "").vocab_size
+  return setup_lib.abstract_model(config, vocab_size)
+
+
+def parameter_count(model) -> int:
+  return sum(
+    int(np.prod(x.shape)) for x in jax.tree.leaves(model.abstract_params())
   )
 
 
@@ -166,9 +158,7 @@ def model_flops(model, config, spec) -> float:
   counted (MFU counts useful work only).
   """
   c = model.config
-  params = sum(
-    int(np.prod(x.shape)) for x in jax.tree.leaves(model.abstract_params())
-  )
+  params = parameter_count(model)
   embedding = c.vocab_size * c.d_model
   # The head's matmul is counted: tied or not, the logits are computed.
   dense = params - embedding + (embedding if c.tie_embeddings else 0)
@@ -204,10 +194,7 @@ def lower_step(config, devices):
   )
   state = _abstract(
     jax.eval_shape(
-      lambda p: step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)
-      ),
-      params,
+      lambda p: state_lib.initial_state(optimizer, p, shardings), params
     ),
     shardings,
   )
@@ -223,11 +210,7 @@ def lower_step(config, devices):
     reference_params=reference,
     train_iterator=None,
     eval_batches=None,
-    head=slpo_jax.HeadOptions(
-      fused=config.model.loss_head == "fused",
-      vocab_chunk_size=config.model.vocab_chunk_size or None,
-      token_chunk_size=config.model.token_chunk_size or None,
-    ),
+    head=setup_lib.head_options(config),
   )
   train_fn, _ = state_lib.jit_steps(run, shardings)
   batch = abstract_batch(config, mesh, precomputed)
@@ -281,14 +264,11 @@ def analyse(config, topology: str, num_slices: int = 1) -> dict:
   seconds = max(
     step_flops / chip.peak_bf16_flops, accessed / chip.hbm_bytes_per_second
   )
-  params = sum(
-    int(np.prod(x.shape)) for x in jax.tree.leaves(model.abstract_params())
-  )
   return {
     "topology": topology,
     "devices": count,
     "device_kind": devices[0].device_kind,
-    "parameters": params,
+    "parameters": parameter_count(model),
     "global_batch_pairs": config.batch_size,
     "sequence_length": sequence_length(config),
     "argument_bytes": memory.argument_size_in_bytes,

@@ -55,21 +55,57 @@ class Run:
     return sharding.global_batch(batch, self.mesh)
 
 
+def _layout(config) -> dict:
+  return dict(
+    dtype=config.model.dtype,
+    remat=config.model.remat,
+    scan_layers=config.model.scan_layers,
+  )
+
+
+def abstract_model(config, vocab_size: int | None):
+  """The policy's model as ``config`` describes it, without weights.
+
+  Args:
+    config: the run's config.
+    vocab_size: the tokenizer's vocabulary, which a built-in size takes;
+      unused (may be None) with a checkpoint, whose ``config.json`` has its
+      own.
+  """
+  if config.model.checkpoint:
+    model, _ = models.load_hf_model(
+      config.model.checkpoint, abstract=True, **_layout(config)
+    )
+    return model
+  try:
+    model_config = models.get_config(
+      config.model.family,
+      config.model.size,
+      vocab_size=vocab_size,
+      **_layout(config),
+    )
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  return models.build(model_config)
+
+
+def head_options(config) -> slpo_jax.HeadOptions:
+  """The loss head ``config.model`` asks for."""
+  return slpo_jax.HeadOptions(
+    fused=config.model.loss_head == "fused",
+    # 0 selects the fused head's tuned default for the backend.
+    vocab_chunk_size=config.model.vocab_chunk_size or None,
+    token_chunk_size=config.model.token_chunk_size or None,
+  )
+
+
 def _model_and_params(config, tokenizer, mesh):
   """The policy's model and its initial parameters, placed on the mesh."""
-  rules = models.logical_axis_rules()
+  model = abstract_model(config, tokenizer.vocab_size)
+  shardings = model.shardings(mesh, models.logical_axis_rules())
   if config.model.checkpoint:
-    layout = dict(
-      dtype=config.model.dtype,
-      remat=config.model.remat,
-      scan_layers=config.model.scan_layers,
-    )
-    model, _ = models.load_hf_model(
-      config.model.checkpoint, abstract=True, **layout
-    )
-    shardings = model.shardings(mesh, rules)
     _, params = models.load_hf_model(
-      config.model.checkpoint, shardings=shardings, **layout
+      config.model.checkpoint, shardings=shardings, **_layout(config)
     )
     if model.config.vocab_size < tokenizer.vocab_size:
       raise ConfigError(
@@ -78,19 +114,6 @@ def _model_and_params(config, tokenizer, mesh):
         " checkpoint's own tokenizer.json"
       )
     return model, params, shardings
-  try:
-    model_config = models.get_config(
-      config.model.family,
-      config.model.size,
-      vocab_size=tokenizer.vocab_size,
-      dtype=config.model.dtype,
-      remat=config.model.remat,
-      scan_layers=config.model.scan_layers,
-    )
-  except ValueError as error:
-    raise ConfigError(str(error)) from None
-  model = models.build(model_config)
-  shardings = model.shardings(mesh, rules)
   params = jax.jit(model.init, out_shardings=shardings)(
     jax.random.key(config.seed)
   )
@@ -111,12 +134,7 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   workdir.mkdir(parents=True, exist_ok=True)
   tokenizer = data_lib.make_tokenizer(config.data, config.model.checkpoint)
   model, params, shardings = _model_and_params(config, tokenizer, mesh)
-  head = slpo_jax.HeadOptions(
-    fused=config.model.loss_head == "fused",
-    # 0 selects the fused head's tuned default for the backend.
-    vocab_chunk_size=config.model.vocab_chunk_size or None,
-    token_chunk_size=config.model.token_chunk_size or None,
-  )
+  head = head_options(config)
 
   sample_fn = None
   if config.data.source == "synthetic":
