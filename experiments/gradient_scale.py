@@ -93,7 +93,13 @@ def _masks(lengths, max_length):
 
 # Counts and masks are data, not functions of the logits: gradients are taken
 # with respect to the other statistics only.
-_DATA_FIELDS = ("chosen_lengths", "rejected_lengths", "chosen_where", "counted")
+_DATA_FIELDS = (
+  "chosen_lengths",
+  "rejected_lengths",
+  "chosen_where",
+  "counted",
+  "chosen_top1_tokens",
+)
 
 
 def _values(terms):

@@ -165,7 +165,7 @@ def token_logps_from_hidden(
     flat_exclude = pad(
       _sanitize_ids(also_exclude, vocab).reshape(n), _tiles.NO_ID
     )
-  logp, not_logp = _tiles.tiled_token_logps(
+  logp, not_logp, is_top1 = _tiles.tiled_token_logps(
     flat_hidden,
     lm_head.astype(dtype),
     flat_labels,
@@ -174,7 +174,9 @@ def token_logps_from_hidden(
     token_chunk,
   )
   return _logprobs.TokenLogps(
-    logp[:n].reshape(batch_shape), not_logp[:n].reshape(batch_shape)
+    logp[:n].reshape(batch_shape),
+    not_logp[:n].reshape(batch_shape),
+    is_top1[:n].reshape(batch_shape),
   )
 
 
@@ -234,4 +236,6 @@ def sequence_logps_from_hidden(
     vocab_chunk_size=vocab_chunk_size,
     token_chunk_size=token_chunk_size,
   )
-  return _logprobs.sequence_logps_from_token_logps(*per_token, where=where)
+  return _logprobs.sequence_logps_from_token_logps(
+    per_token.logp, per_token.not_logp, where=where
+  )

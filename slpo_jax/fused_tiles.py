@@ -80,7 +80,7 @@ def _set_rows(x, update, i, token_chunk):
 def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
   """Per-token statistics for the whole vocabulary, one tile at a time.
 
-  Returns ``(logp, not_logp, residuals)`` with every array ``[N]``.
+  Returns ``(logp, not_logp, is_top1, residuals)`` with every array ``[N]``.
   """
   n, _ = hidden.shape
   vocab = lm_head.shape[1]
@@ -89,7 +89,7 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
   num_tokens = n // token_chunk
 
   def tile(ids, columns, i, state):
-    rest_max, rest_sum, label_logit, exclude_logit = state
+    rest_max, rest_sum, label_logit, exclude_logit, before_max = state
     rows = lambda x: _rows(x, i, token_chunk)
     z = _dot(rows(hidden), columns, acc)
     is_label = ids == rows(labels)[:, None]
@@ -109,6 +109,10 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
     new_sum = rows(rest_sum) * jnp.exp(old_max - shift) + jnp.sum(
       jnp.exp(rest_z - shift[:, None]), axis=-1
     )
+    # The largest logit of a lower id than the label: argmax's tie-break
+    # (the first maximum wins) for ``is_top1``, at one max per logit.
+    before_z = jnp.where(ids < rows(labels)[:, None], rest_z, -jnp.inf)
+    new_before = jnp.maximum(rows(before_max), jnp.max(before_z, axis=-1))
     # A gather in the pass: the label's logit is bit-identical to the one the
     # maxima were taken over.
     new_label = rows(label_logit) + jnp.sum(
@@ -121,6 +125,7 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
       )
     else:
       updates.append(rows(exclude_logit))
+    updates.append(new_before)
     return tuple(
       _set_rows(s, u, i, token_chunk) for s, u in zip(state, updates)
     )
@@ -138,13 +143,29 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
     jnp.zeros((n,), acc),
     jnp.zeros((n,), acc),
     jnp.zeros((n,), acc),
+    jnp.full((n,), -jnp.inf, acc),
   )
-  rest_max, rest_sum, label_logit, exclude_logit = jax.lax.fori_loop(
-    0, num_chunks(vocab, vocab_chunk), vocab_step, init
+  rest_max, rest_sum, label_logit, exclude_logit, before_max = (
+    jax.lax.fori_loop(0, num_chunks(vocab, vocab_chunk), vocab_step, init)
   )
-  return _finish(
+  logp, not_logp, residuals = _finish(
     labels, exclude, rest_max, rest_sum, label_logit, exclude_logit
   )
+  is_top1 = _is_top1(labels, exclude, rest_max, before_max, label_logit,
+                     exclude_logit)
+  return logp, not_logp, is_top1, residuals
+
+
+def _is_top1(labels, exclude, rest_max, before_max, label_logit, exclude_logit):
+  """Whether the label is the row's argmax (the first one, on ties)."""
+  if exclude is not None:
+    exclude_ok = (exclude >= 0) & (exclude != labels)
+    other = jnp.where(exclude_ok, exclude_logit, -jnp.inf)
+    rest_max = jnp.maximum(rest_max, other)
+    before_max = jnp.maximum(
+      before_max, jnp.where(exclude < labels, other, -jnp.inf)
+    )
+  return (labels >= 0) & (label_logit >= rest_max) & (label_logit > before_max)
 
 
 def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
@@ -294,7 +315,7 @@ def _backward(
 def tiled_token_logps(
   hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
 ):
-  """``(log p(y), log(1 - p(y) [- p(z)]))``, each ``[N]``, tile by tile.
+  """``(log p(y), log(1 - p(y) [- p(z)]), is_top1)``, ``[N]`` each, by tiles.
 
   Args:
     hidden: ``[N, d]``, N a multiple of ``token_chunk``.
@@ -305,19 +326,22 @@ def tiled_token_logps(
     token_chunk: rows per tile (static).
 
   Returns:
-    ``(logp, not_logp)`` in float32 (float64 for float64 inputs).
+    ``(logp, not_logp)`` in float32 (float64 for float64 inputs), and
+    ``is_top1``, bool: whether the label is the argmax of its row (no
+    gradient flows through it).
   """
-  logp, not_logp, _ = _forward(
+  logp, not_logp, is_top1, _ = _forward(
     hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
   )
-  return logp, not_logp
+  return logp, not_logp, is_top1
 
 
 def _fused_fwd(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
-  logp, not_logp, residuals = _forward(
+  logp, not_logp, is_top1, residuals = _forward(
     hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
   )
-  return (logp, not_logp), (hidden, lm_head, labels, exclude, residuals)
+  saved = (hidden, lm_head, labels, exclude, residuals)
+  return (logp, not_logp, is_top1), saved
 
 
 def _fused_bwd(vocab_chunk, token_chunk, saved, cotangents):
@@ -328,7 +352,7 @@ def _fused_bwd(vocab_chunk, token_chunk, saved, cotangents):
     labels,
     exclude,
     residuals,
-    cotangents,
+    cotangents[:2],  # is_top1 is boolean: its cotangent is float0.
     vocab_chunk,
     token_chunk,
   )

@@ -38,10 +38,14 @@ class TokenLogps(NamedTuple):
   Attributes:
     logp: ``log p_t(y_t)``, shape ``[..., T]``.
     not_logp: ``log(1 - p_t(y_t))``, shape ``[..., T]``.
+    is_top1: whether ``y_t`` is the most likely token (the first, on ties,
+      as ``argmax`` picks), shape ``[..., T]`` bool; a metric (TRL's
+      ``mean_token_accuracy``), without gradient.
   """
 
   logp: jax.Array
   not_logp: jax.Array
+  is_top1: jax.Array | None = None
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -122,12 +126,13 @@ def token_logps(
   others = _masked_logsumexp(shifted, ~is_label, axis=-1)
   # p = e^l / (e^l + e^o): the two-class logistic form of the softmax.
   logp = jax.nn.log_sigmoid(label_logit - others)
+  is_top1 = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1) == labels)
   if also_exclude is None:
-    return TokenLogps(logp, jax.nn.log_sigmoid(others - label_logit))
+    return TokenLogps(logp, jax.nn.log_sigmoid(others - label_logit), is_top1)
   excluded = is_label | (vocab == jnp.asarray(also_exclude)[..., None])
   kept = _masked_logsumexp(shifted, ~excluded, axis=-1)
   removed = _masked_logsumexp(shifted, excluded, axis=-1)
-  return TokenLogps(logp, jax.nn.log_sigmoid(kept - removed))
+  return TokenLogps(logp, jax.nn.log_sigmoid(kept - removed), is_top1)
 
 
 def _exclusive_cumsum(x: jax.Array) -> jax.Array:
@@ -248,7 +253,9 @@ def sequence_logps(
   _check_logits_labels(logits, labels)
   where = _check_where(where, jnp.shape(labels))
   per_token = token_logps(logits, masked_ids(labels, where, fill=0))
-  return sequence_logps_from_token_logps(*per_token, where=where)
+  return sequence_logps_from_token_logps(
+    per_token.logp, per_token.not_logp, where=where
+  )
 
 
 def pair_not_logps(

@@ -46,6 +46,9 @@ class PairStats(NamedTuple):
     chosen_mean_logits: the logits of y_w's response steps, averaged over
       the vocabulary and the steps (a metric, ``logits/chosen`` in TRL).
     rejected_mean_logits: the same for y_l.
+    chosen_top1_tokens: response tokens of y_w that the model ranks first
+      (a metric: TRL's ``mean_token_accuracy`` is their share of the
+      batch's chosen response tokens).
     counted: whether the pair counts (False for padding rows); losses of the
       whole batch, such as AOT's sort, leave the others out.
   """
@@ -62,6 +65,7 @@ class PairStats(NamedTuple):
   chosen_where: jax.Array | None = None
   chosen_mean_logits: jax.Array | None = None
   rejected_mean_logits: jax.Array | None = None
+  chosen_top1_tokens: jax.Array | None = None
   counted: jax.Array | None = None
 
 
@@ -96,10 +100,10 @@ def pair_stats_from_token_logps(
   chosen_where = logprobs._check_where(chosen_where, shape)
   rejected_where = logprobs._check_where(rejected_where, shape)
   chosen_logps, chosen_not_logps = logprobs.sequence_logps_from_token_logps(
-    *chosen, where=chosen_where
+    chosen.logp, chosen.not_logp, where=chosen_where
   )
   rejected_logps, rejected_not_logps = logprobs.sequence_logps_from_token_logps(
-    *rejected, where=rejected_where
+    rejected.logp, rejected.not_logp, where=rejected_where
   )
   stats = PairStats(
     chosen_logps=chosen_logps,
@@ -111,6 +115,10 @@ def pair_stats_from_token_logps(
     # A row with no response token is padding.
     counted=jnp.any(chosen_where, axis=-1),
   )
+  if chosen.is_top1 is not None:
+    stats = stats._replace(
+      chosen_top1_tokens=jnp.sum(chosen_where & chosen.is_top1, axis=-1)
+    )
   if chosen_token_pair_not_logps is None:
     return stats
   pair_not_logps = logprobs.pair_not_logps_from_token_logps(

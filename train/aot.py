@@ -189,12 +189,14 @@ def lower_step(config, devices):
   param_shardings = model.shardings(mesh, rules)
   params = _abstract(model.abstract_params(), param_shardings)
   optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
+  loss_state = state_lib.initial_loss_state(config)
   shardings = state_lib.state_shardings(
-    optimizer, params, param_shardings, mesh
+    optimizer, params, param_shardings, mesh, loss_state
   )
   state = _abstract(
     jax.eval_shape(
-      lambda p: state_lib.initial_state(optimizer, p, shardings), params
+      lambda p: state_lib.initial_state(optimizer, p, shardings, loss_state),
+      params,
     ),
     shardings,
   )

@@ -7,6 +7,7 @@ rebuilt from its own source on restart; one that ``reference.sync_every``
 moves is written beside the state.
 """
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -56,7 +57,7 @@ class Checkpointer:
     """Writes the state, the data position and ``progress`` (counters such
     as ``num_tokens``) at ``step``, and ``reference`` unless None."""
     items = {
-      _STATE: ocp.args.StandardSave(state),
+      _STATE: ocp.args.StandardSave(_fields(state)),
       _DATA: ocp.args.JsonSave(data_state),
       _RUN: ocp.args.JsonSave(self._identity),
       _PROGRESS: ocp.args.JsonSave(progress or {}),
@@ -97,12 +98,12 @@ class Checkpointer:
       step,
       args=ocp.args.Composite(
         **{
-          _STATE: ocp.args.StandardRestore(abstract_state),
+          _STATE: ocp.args.StandardRestore(_fields(abstract_state)),
           _DATA: ocp.args.JsonRestore(),
         }
       ),
     )
-    return restored[_STATE], restored[_DATA]
+    return abstract_state.replace(**restored[_STATE]), restored[_DATA]
 
   def restore_reference(self, abstract_reference: Any) -> Any:
     """The latest checkpoint's moving reference, placed like the abstract."""
@@ -127,6 +128,16 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _fields(state: Any) -> dict[str, Any]:
+  """The state's fields as a dict, those that are None left out: a state
+  without a loss state is stored exactly as before the field existed."""
+  return {
+    field.name: getattr(state, field.name)
+    for field in dataclasses.fields(state)
+    if getattr(state, field.name) is not None
+  }
 
 
 def abstract_like(state: Any) -> Any:

@@ -17,6 +17,7 @@ import jax
 from tqdm import tqdm
 
 from train import checkpoint as checkpoint_lib
+from train import objective
 from train import setup as setup_lib
 from train import state as state_lib
 from train import step as step_lib
@@ -68,20 +69,20 @@ def run_identity(config) -> dict:
 
 
 def evaluate(
-  run: setup_lib.Run, params, reference, eval_fn
+  run: setup_lib.Run, params, reference, eval_fn, loss_state=None
 ) -> dict[str, float]:
   """Weighted means of the eval metrics over the held-out split."""
   totals: dict[str, float] = {}
   for index, batch in enumerate(run.eval_batches()):
     if run.config.eval_batches and index >= run.config.eval_batches:
       break
-    sums = eval_fn(params, reference, run.to_device(batch))
+    sums = eval_fn(params, reference, run.to_device(batch), loss_state)
     for name, value in jax.device_get(sums).items():
       totals[name] = totals.get(name, 0.0) + float(value)
   if not totals:
     return {}
-  weight = max(totals.pop("weight"), 1e-9)
-  return {f"eval/{k}": v / weight for k, v in totals.items()}
+  means = objective.metric_means(totals)
+  return {f"eval/{k}": float(v) for k, v in means.items()}
 
 
 def train_and_evaluate(
@@ -159,7 +160,9 @@ def train_and_evaluate(
       at_end = step == config.steps
       if config.eval_every and (step % config.eval_every == 0 or at_end):
         metrics.settle()
-        last_eval = evaluate(run, state.params, reference, eval_fn)
+        last_eval = evaluate(
+          run, state.params, reference, eval_fn, state.loss_state
+        )
         if eval_callback is not None:
           last_eval.update(eval_callback(step, state.params, run))
         metrics.add(step, last_eval)

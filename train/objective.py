@@ -157,14 +157,21 @@ def weighted_sums(
   policy: slpo_jax.PairStats,
   reference: slpo_jax.PairStats | None,
   example_weight: jax.Array,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+  loss_state: Any = None,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
   """Weighted sums of the loss and the metrics over one batch.
 
   Returns sums, not means, together with the total weight under ``"weight"``:
   accumulating micro-batches then divides once, so metrics are averaged by
   example weight and an accuracy never exceeds 1.
+
+  Returns:
+    ``(loss sum, (metric sums, new loss state))``; the loss state is None
+    when no term carries one.
   """
-  parts = spec.components(policy, reference, **loss_hparams(spec, loss_config))
+  parts, new_state = spec.apply(
+    policy, reference, loss_state, **loss_hparams(spec, loss_config)
+  )
   per_example = sum(w * parts[term.name] for term, w in spec.terms)
   weight = example_weight.astype(jnp.float32)
   # Padding rows (weight 0) may hold infinite values; they add exactly nothing.
@@ -191,10 +198,34 @@ def weighted_sums(
   if policy.chosen_mean_logits is not None:
     metrics["logits/chosen"] = policy.chosen_mean_logits
     metrics["logits/rejected"] = policy.rejected_mean_logits
+  if policy.chosen_top1_tokens is not None:
+    metrics[_TOP1_TOKENS] = policy.chosen_top1_tokens
+    metrics[_CHOSEN_TOKENS] = policy.chosen_lengths
   for name, value in metrics.items():
     sums[name] = jnp.sum(jnp.where(counted, value * weight, 0.0))
   sums["weight"] = jnp.sum(weight)
-  return sums["loss"], sums
+  return sums["loss"], (sums, new_state or None)
+
+
+# Token counts summed for ``mean_token_accuracy``, a share of the batch's
+# tokens (as TRL pools them), not a mean over pairs.
+_TOP1_TOKENS = "_chosen_top1_tokens"
+_CHOSEN_TOKENS = "_chosen_tokens"
+
+
+def metric_means(sums: Mapping[str, Any]) -> dict[str, Any]:
+  """Metrics from summed ones (:func:`weighted_sums`, summed over batches).
+
+  Every value is divided by the total weight, except ``mean_token_accuracy``:
+  the share of the chosen response tokens that the policy ranks first.
+  Works on device arrays and host floats alike.
+  """
+  sums = dict(sums)
+  weight = jnp.maximum(sums.pop("weight"), 1e-9)
+  if _TOP1_TOKENS in sums:
+    top1, tokens = sums.pop(_TOP1_TOKENS), sums.pop(_CHOSEN_TOKENS)
+    sums["mean_token_accuracy"] = top1 / jnp.maximum(tokens, 1e-9) * weight
+  return {name: value / weight for name, value in sums.items()}
 
 
 def batch_loss(
@@ -206,8 +237,10 @@ def batch_loss(
   loss_config: Any,
   head: slpo_jax.HeadOptions,
   mesh: jax.sharding.Mesh | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The weighted loss sum of ``params`` on a batch, and the metric sums."""
+  loss_state: Any = None,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+  """The weighted loss sum of ``params`` on a batch, and ``(metric sums,
+  new loss state)`` (:func:`weighted_sums`)."""
   spec = loss_of(loss_config)
   policy = batch_stats(
     model,
@@ -218,4 +251,6 @@ def batch_loss(
     mesh=mesh,
   )
   ref = reference_stats(model, reference, batch, spec, head, mesh)
-  return weighted_sums(spec, loss_config, policy, ref, batch["example_weight"])
+  return weighted_sums(
+    spec, loss_config, policy, ref, batch["example_weight"], loss_state
+  )

@@ -19,6 +19,7 @@ from flax import linen as nn
 from slpo_jax import models
 from slpo_jax import sharding
 from train import checkpoint as checkpoint_lib
+from train import objective
 from train import step as step_lib
 
 
@@ -27,11 +28,13 @@ def state_shardings(
   abstract_params: Any,
   param_shardings: Any,
   mesh: jax.sharding.Mesh,
+  loss_state: Any = None,
 ) -> step_lib.TrainState:
   """A TrainState of shardings: parameters and optimizer moments alike.
 
   Optimizer-state leaves that correspond to a parameter (Adam's moments)
-  follow its sharding; the rest (counts, schedule state) are replicated.
+  follow its sharding; the rest (counts, schedule state) are replicated, as
+  is a ``loss_state`` (scalars), when there is one.
   """
   replicated = sharding.replicated(mesh)
   abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
@@ -43,11 +46,16 @@ def state_shardings(
     transform_non_params=lambda _: replicated,
   )
   return step_lib.TrainState(
-    step=replicated, params=param_shardings, opt_state=opt_state
+    step=replicated,
+    params=param_shardings,
+    opt_state=opt_state,
+    loss_state=jax.tree.map(lambda _: replicated, loss_state),
   )
 
 
-def initial_state(optimizer, params, shardings) -> step_lib.TrainState:
+def initial_state(
+  optimizer, params, shardings, loss_state=None
+) -> step_lib.TrainState:
   """Step 0 with ``params``, created directly in ``shardings``."""
 
   def init(params):
@@ -55,6 +63,7 @@ def initial_state(optimizer, params, shardings) -> step_lib.TrainState:
       step=jnp.zeros((), jnp.int32),
       params=params,
       opt_state=optimizer.init(params),
+      loss_state=loss_state,
     )
 
   return jax.jit(init, out_shardings=shardings)(params)
@@ -70,10 +79,13 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
   abstract_params = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.initial_params
   )
+  loss_state = initial_loss_state(run.config)
   shardings = state_shardings(
-    run.optimizer, abstract_params, run.param_shardings, run.mesh
+    run.optimizer, abstract_params, run.param_shardings, run.mesh, loss_state
   )
-  state = initial_state(run.optimizer, run.initial_params, shardings)
+  state = initial_state(
+    run.optimizer, run.initial_params, shardings, loss_state
+  )
   if checkpointer.latest_step is not None:
     state, data_state = checkpointer.restore(
       checkpoint_lib.abstract_like(state)
@@ -82,6 +94,11 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
     if jax.process_index() == 0:
       print(f"Resumed from the checkpoint of step {int(state.step)}.")
   return state, shardings
+
+
+def initial_loss_state(config) -> Any:
+  """The config's loss state before training; None if no term has one."""
+  return objective.loss_of(config.loss).initial_state() or None
 
 
 def reference_sync(run, checkpointer: checkpoint_lib.Checkpointer):
@@ -147,7 +164,7 @@ def jit_steps(run, shardings: step_lib.TrainState):
 
   Returns:
     ``(train_fn(state, reference, batch), eval_fn(params, reference,
-    batch))``.
+    batch, loss_state))``.
   """
   config = run.config
   batch_spec = sharding.batch_sharding(run.mesh)
@@ -178,6 +195,11 @@ def jit_steps(run, shardings: step_lib.TrainState):
       head=run.head,
       mesh=run.mesh,
     ),
-    in_shardings=(shardings.params, reference_shardings, batch_spec),
+    in_shardings=(
+      shardings.params,
+      reference_shardings,
+      batch_spec,
+      shardings.loss_state,
+    ),
   )
   return OnMesh(train_fn, run.mesh), OnMesh(eval_fn, run.mesh)

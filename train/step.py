@@ -13,17 +13,27 @@ from train import objective
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """What the optimizer owns: step, policy parameters, optimizer state.
+  """What training updates: step, policy parameters, optimizer state, and
+  the state of a loss that carries one from batch to batch.
 
   The reference parameters are deliberately not in here: they are a separate
   argument of :func:`train_step`, never optimized or donated (and
   checkpointed beside the state only when ``reference.sync_every`` moves
   them).
+
+  Attributes:
+    step: optimizer steps taken.
+    params: the policy's parameters.
+    opt_state: the optimizer's state.
+    loss_state: the stateful loss terms' states by name (BCO's running
+      reward mean, :meth:`slpo_jax.losses.WeightedLoss.initial_state`);
+      None when no term has one.
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  loss_state: Any = None
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
@@ -114,7 +124,7 @@ def train_step(
     and ``finite`` (False if the loss or gradient has a non-finite value).
   """
 
-  def summed_loss(params, micro):
+  def summed_loss(params, micro, loss_state):
     return objective.batch_loss(
       model,
       params,
@@ -123,24 +133,32 @@ def train_step(
       loss_config=loss_config,
       head=head,
       mesh=mesh,
+      loss_state=loss_state,
     )
 
   grad_fn = jax.grad(summed_loss, has_aux=True)
   micro_batches = _split_micro_batches(batch, grad_accum_steps)
 
   def accumulate(carry, micro):
-    grads, sums = grad_fn(state.params, micro)
-    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+    grads, sums, loss_state = carry
+    # A loss state moves micro-batch by micro-batch, as TRL's moves with
+    # each forward pass.
+    micro_grads, (micro_sums, loss_state) = grad_fn(
+      state.params, micro, loss_state
+    )
+    grads, sums = jax.tree.map(jnp.add, (grads, sums), (micro_grads, micro_sums))
+    return (grads, sums, loss_state), None
 
   first = jax.tree.map(lambda x: x[0], micro_batches)
-  carry = grad_fn(state.params, first)
+  grads, (sums, loss_state) = grad_fn(state.params, first, state.loss_state)
+  carry = (grads, sums, loss_state)
   if grad_accum_steps > 1:
     rest = jax.tree.map(lambda x: x[1:], micro_batches)
     carry, _ = jax.lax.scan(accumulate, carry, rest)
-  grads, sums = carry
-  total_weight = jnp.maximum(sums.pop("weight"), 1e-9)
+  grads, sums, loss_state = carry
+  total_weight = jnp.maximum(sums["weight"], 1e-9)
   grads = jax.tree.map(lambda g: g / total_weight, grads)
-  metrics = {name: value / total_weight for name, value in sums.items()}
+  metrics = objective.metric_means(sums)
 
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
@@ -150,7 +168,12 @@ def train_step(
   # checkpoint ever holds non-finite values.
   new_state = jax.tree.map(
     lambda new, old: jnp.where(finite, new, old),
-    state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+    state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      loss_state=loss_state,
+    ),
     state,
   )
   metrics["grad_norm"] = grad_norm
@@ -185,14 +208,19 @@ def eval_step(
   params: Any,
   reference: Any,
   batch: Mapping[str, jax.Array],
+  loss_state: Any = None,
   *,
   model: Any,
   loss_config: Any,
   head: slpo_jax.HeadOptions,
   mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, jax.Array]:
-  """Weighted metric sums (and ``weight``) of the policy on one batch."""
-  _, sums = objective.batch_loss(
+  """Weighted metric sums (and ``weight``) of the policy on one batch.
+
+  A stateful loss is evaluated at the training state's ``loss_state``,
+  which evaluation does not move.
+  """
+  _, (sums, _) = objective.batch_loss(
     model,
     params,
     reference,
@@ -200,5 +228,6 @@ def eval_step(
     loss_config=loss_config,
     head=head,
     mesh=mesh,
+    loss_state=loss_state,
   )
   return sums

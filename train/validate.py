@@ -67,9 +67,12 @@ def _check_loss(config) -> losses.WeightedLoss:
     chosen_token_logps=tokens,
     chosen_token_pair_not_logps=tokens,
     chosen_where=where,
+    counted=jax.ShapeDtypeStruct((1,), jnp.bool_),
   )
   try:
-    jax.eval_shape(lambda s: spec(s, s, **hparams), stats)
+    jax.eval_shape(
+      lambda s: spec.apply(s, s, spec.initial_state(), **hparams), stats
+    )
   except ValueError as error:
     raise ConfigError(f"config.loss ({config.loss.name}): {error}") from None
   return spec

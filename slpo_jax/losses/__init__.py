@@ -9,6 +9,9 @@ are keyword-only.
 from slpo_jax.losses._common import log1mexp
 from slpo_jax.losses.aot import aot_loss
 from slpo_jax.losses.aot import aot_unpaired_loss
+from slpo_jax.losses.bco import RunningMean
+from slpo_jax.losses.bco import bco_pair_loss
+from slpo_jax.losses.bco import bco_pair_running_loss
 from slpo_jax.losses.dpo_family import dpo_loss
 from slpo_jax.losses.dpo_family import hinge_loss
 from slpo_jax.losses.dpo_family import ipo_loss
@@ -16,7 +19,6 @@ from slpo_jax.losses.dpo_family import orpo_loss
 from slpo_jax.losses.dpo_family import simpo_loss
 from slpo_jax.losses.dpo_variants import apo_down_loss
 from slpo_jax.losses.dpo_variants import apo_zero_loss
-from slpo_jax.losses.dpo_variants import bco_pair_loss
 from slpo_jax.losses.dpo_variants import discopop_loss
 from slpo_jax.losses.dpo_variants import exo_pair_loss
 from slpo_jax.losses.dpo_variants import nca_pair_loss
@@ -44,12 +46,14 @@ from slpo_jax.losses.table import weighted_loss
 __all__ = [
   "LOSSES",
   "LossSpec",
+  "RunningMean",
   "WeightedLoss",
   "aot_loss",
   "aot_unpaired_loss",
   "apo_down_loss",
   "apo_zero_loss",
   "bco_pair_loss",
+  "bco_pair_running_loss",
   "discopop_loss",
   "dpo_loss",
   "exo_pair_loss",

@@ -189,36 +189,6 @@ def nca_pair_loss(
   )
 
 
-def bco_pair_loss(
-  policy_chosen_logps: ArrayLike,
-  policy_rejected_logps: ArrayLike,
-  reference_chosen_logps: ArrayLike,
-  reference_rejected_logps: ArrayLike,
-  *,
-  beta: float = 0.1,
-) -> jax.Array:
-  r"""BCO on pairs: a binary classifier whose logit is the implicit reward.
-
-  .. math:: L = -\log\sigma(\beta r_w) - \log\sigma(-\beta r_l)
-
-  As TRL 1.16 computes it, without the running reward baseline of the paper
-  (and of TRL before 1.0): the shift is 0.
-
-  References:
-    Jung et al., "Binary Classifier Optimization for Large Language Model
-    Alignment", arXiv:2404.04656 (the BCO loss, without its reward shift).
-  """
-  chosen, rejected = _log_ratios(
-    policy_chosen_logps,
-    policy_rejected_logps,
-    reference_chosen_logps,
-    reference_rejected_logps,
-  )
-  return -jax.nn.log_sigmoid(beta * chosen) - jax.nn.log_sigmoid(
-    -beta * rejected
-  )
-
-
 def sppo_hard_loss(
   policy_chosen_logps: ArrayLike,
   policy_rejected_logps: ArrayLike,

@@ -9,7 +9,9 @@ parameters are named after the fields of :class:`slpo_jax.PairStats`:
   (``chosen_lengths``, ``chosen_where``).
 
 Its other keyword-only parameters are hyperparameters (``beta``,
-``temperature``). :class:`LossSpec` reads the signature once, so a table line
+``temperature``). A loss that carries state from batch to batch (BCO's
+running reward mean) takes it as ``loss_state``, returns ``(losses,
+new_state)``, and its table line names the state's initial value. :class:`LossSpec` reads the signature once, so a table line
 is just ``name: function``; what the loss needs (a reference model, the pair
 complement, token values) follows from the names, and the training program
 and the experiments call every loss through the same :meth:`LossSpec.__call__`.
@@ -28,6 +30,7 @@ from typing import Any
 import jax
 
 from slpo_jax.losses import aot
+from slpo_jax.losses import bco
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import dpo_variants
 from slpo_jax.losses import slpo
@@ -52,10 +55,15 @@ class _Input:
   field: str
 
 
+_STATE = "loss_state"
+
+
 def _inputs_and_hparams(fn) -> tuple[tuple[_Input, ...], tuple[str, ...]]:
   inputs, hparams = [], []
   for name, parameter in inspect.signature(fn).parameters.items():
     model, _, field = name.partition("_")
+    if name == _STATE:
+      continue
     if model in ("policy", "reference") and field in _FIELDS:
       inputs.append(_Input(name, model, field))
     elif name in _FIELDS:
@@ -77,12 +85,15 @@ class LossSpec:
   Attributes:
     name: the table name (``config.loss.name`` in the program).
     fn: the pure per-example loss function.
+    initial_state: for a loss with a ``loss_state`` parameter, the function
+      giving the state before the first batch; None for the others.
     inputs: the statistics it reads, derived from ``fn``'s parameters.
     hparams: its hyperparameter names, derived from ``fn``'s parameters.
   """
 
   name: str
-  fn: Callable[..., jax.Array]
+  fn: Callable[..., Any]
+  initial_state: Callable[[], Any] | None = None
   inputs: tuple[_Input, ...] = dataclasses.field(init=False)
   hparams: tuple[str, ...] = dataclasses.field(init=False)
 
@@ -90,6 +101,17 @@ class LossSpec:
     inputs, hparams = _inputs_and_hparams(self.fn)
     object.__setattr__(self, "inputs", inputs)
     object.__setattr__(self, "hparams", hparams)
+    takes_state = _STATE in inspect.signature(self.fn).parameters
+    if takes_state != (self.initial_state is not None):
+      raise TypeError(
+        f"loss {self.name!r}: a {_STATE} parameter and an initial_state go"
+        " together"
+      )
+
+  @property
+  def stateful(self) -> bool:
+    """Whether the loss carries state from batch to batch."""
+    return self.initial_state is not None
 
   @property
   def needs_reference(self) -> bool:
@@ -136,6 +158,32 @@ class LossSpec:
     Returns:
       ``[B]`` per-example losses.
     """
+    if self.stateful:
+      raise TypeError(
+        f"loss {self.name!r} carries a state: call .apply(policy, reference,"
+        " loss_state, ...)"
+      )
+    return self.apply(policy, reference, None, **hparams)[0]
+
+  def apply(
+    self,
+    policy: PairStats,
+    reference: PairStats | None = None,
+    loss_state: Any = None,
+    **hparams: Any,
+  ) -> tuple[jax.Array, Any]:
+    """Per-example losses and the state after this batch.
+
+    Args:
+      policy: the policy's statistics.
+      reference: the reference's statistics; None if the loss needs none.
+      loss_state: the state before this batch, for a :attr:`stateful` loss
+        (ignored by the others).
+      **hparams: as for :meth:`__call__`.
+
+    Returns:
+      ``([B]`` per-example losses, the new state (None if stateless)``)``.
+    """
     unknown = sorted(set(hparams) - set(self.hparams))
     if unknown:
       raise TypeError(
@@ -152,11 +200,20 @@ class LossSpec:
           f" {item.model} statistics do not hold"
         )
       arguments[item.parameter] = value
-    return self.fn(**arguments, **hparams)
+    if not self.stateful:
+      return self.fn(**arguments, **hparams), None
+    if loss_state is None:
+      raise ValueError(f"loss {self.name!r} needs its loss_state")
+    return self.fn(**arguments, loss_state=loss_state, **hparams)
 
 
-def _table(**functions: Callable[..., jax.Array]) -> Mapping[str, LossSpec]:
-  return {name: LossSpec(name, fn) for name, fn in functions.items()}
+def _table(**entries) -> Mapping[str, LossSpec]:
+  """Table lines: ``name=function``, or ``name=(function, initial_state)``."""
+  table = {}
+  for name, entry in entries.items():
+    fn, initial = entry if isinstance(entry, tuple) else (entry, None)
+    table[name] = LossSpec(name, fn, initial)
+  return table
 
 
 LOSSES: Mapping[str, LossSpec] = _table(
@@ -176,7 +233,9 @@ LOSSES: Mapping[str, LossSpec] = _table(
   robust=dpo_variants.robust_loss,
   exo_pair=dpo_variants.exo_pair_loss,
   nca_pair=dpo_variants.nca_pair_loss,
-  bco_pair=dpo_variants.bco_pair_loss,
+  bco_pair=bco.bco_pair_loss,
+  # BCO with the running reward mean of the paper and of TRL before 0.29.
+  bco_pair_running=(bco.bco_pair_running_loss, bco.RunningMean.zero),
   sppo_hard=dpo_variants.sppo_hard_loss,
   apo_zero=dpo_variants.apo_zero_loss,
   apo_down=dpo_variants.apo_down_loss,
@@ -225,27 +284,55 @@ class WeightedLoss:
   def needs_reference_tokens(self) -> bool:
     return any(spec.needs_reference_tokens for spec, _ in self.terms)
 
-  def components(
+  @property
+  def stateful(self) -> bool:
+    """Whether a term carries state from batch to batch."""
+    return any(spec.stateful for spec, _ in self.terms)
+
+  def initial_state(self) -> dict[str, Any]:
+    """The state of every stateful term before the first batch, by name
+    (empty when there is none)."""
+    return {
+      spec.name: spec.initial_state() for spec, _ in self.terms if spec.stateful
+    }
+
+  def apply(
     self,
     policy: PairStats,
     reference: PairStats | None = None,
+    loss_state: Mapping[str, Any] | None = None,
     **hparams: Any,
-  ) -> dict[str, jax.Array]:
-    """Each term's unweighted per-example losses, by table name."""
+  ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+    """Each term's unweighted per-example losses, by table name, and the
+    stateful terms' new states (``loss_state`` holds their old ones)."""
     unknown = sorted(set(hparams) - set(self.hparams))
     if unknown:
       raise TypeError(
         f"losses {list(self.names)} take the hyperparameters"
         f" {list(self.hparams)}, not {unknown}"
       )
-    return {
-      spec.name: spec(
+    loss_state = loss_state or {}
+    parts, new_state = {}, {}
+    for spec, _ in self.terms:
+      parts[spec.name], state = spec.apply(
         policy,
         reference,
+        loss_state.get(spec.name),
         **{h: hparams[h] for h in spec.hparams if h in hparams},
       )
-      for spec, _ in self.terms
-    }
+      if spec.stateful:
+        new_state[spec.name] = state
+    return parts, new_state
+
+  def components(
+    self,
+    policy: PairStats,
+    reference: PairStats | None = None,
+    **hparams: Any,
+  ) -> dict[str, jax.Array]:
+    """Each term's unweighted per-example losses, by table name (stateless
+    terms only: a stateful one needs :meth:`apply`)."""
+    return self.apply(policy, reference, None, **hparams)[0]
 
   def __call__(
     self,

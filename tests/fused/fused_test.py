@@ -52,7 +52,9 @@ def _values_and_grads(f, weights):
       for c, v in zip(weights, values)
     ]
     if isinstance(values, logprobs.TokenLogps):
-      cotangents = logprobs.TokenLogps(*cotangents)
+      # is_top1 is boolean; its cotangent is float0.
+      top1 = np.zeros(values.is_top1.shape, jax.dtypes.float0)
+      cotangents = logprobs.TokenLogps(*cotangents[:2], top1)
     else:
       cotangents = tuple(cotangents)
     return values, pullback(cotangents)
@@ -296,9 +298,9 @@ def test_float64_gradients_by_finite_differences():
       sequence = fused.sequence_logps_from_hidden(
         h, w, labels, where=where, vocab_chunk_size=128, token_chunk_size=3
       )
-      return per_token, sequence
+      return per_token[:2], sequence  # Not is_top1: boolean, no gradient.
 
-    assert values(hidden, lm_head)[0].logp.dtype == jnp.float64
+    assert values(hidden, lm_head)[0][0].dtype == jnp.float64
     jax.test_util.check_grads(
       values, (hidden, lm_head), order=1, modes=["rev"], eps=1e-6
     )
@@ -377,3 +379,40 @@ def test_shape_errors():
     fused.token_logps_from_hidden(
       hidden, jnp.zeros((4, 7)), labels, vocab_chunk_size=-1
     )
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_is_top1_is_numpy_argmax_with_its_tie_break(exclude):
+  """is_top1 (TRL's token accuracy) equals ``argmax(logits) == label``.
+
+  Small integer weights make every logit an exact small integer, so ties
+  are frequent and identical on every path: a label tied with an earlier id
+  is not the argmax. The vocabulary (150) is not a multiple of the tile
+  (64), so the last tile's stale columns are in play; labels out of range
+  are never top.
+  """
+  rng = np.random.default_rng(3)
+  hidden = rng.integers(-2, 3, (4, 9, 3)).astype(np.float32)
+  lm_head = rng.integers(-2, 3, (3, 150)).astype(np.float32)
+  logits = hidden @ lm_head
+  first_max = np.argmax(logits, axis=-1)
+  last_max = logits.shape[-1] - 1 - np.argmax(logits[..., ::-1], axis=-1)
+  labels = rng.integers(0, 150, (4, 9))
+  pick = rng.integers(0, 3, (4, 9))
+  labels = np.where(pick == 0, first_max, np.where(pick == 1, last_max, labels))
+  labels[0, :2] = (-1, 150)
+  labels = labels.astype(np.int32)
+  expected = np.argmax(logits, axis=-1) == labels
+  assert expected.any() and (~expected & (pick == 1)).any()
+  also_exclude = np.roll(labels, 1, axis=-1) if exclude else None
+  plain = logprobs.token_logps(logits, labels, also_exclude=also_exclude)
+  tiled = fused.token_logps_from_hidden(
+    hidden,
+    lm_head,
+    labels,
+    also_exclude=also_exclude,
+    vocab_chunk_size=64,
+    token_chunk_size=5,
+  )
+  np.testing.assert_array_equal(plain.is_top1, expected)
+  np.testing.assert_array_equal(tiled.is_top1, expected)

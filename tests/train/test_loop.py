@@ -219,6 +219,11 @@ def test_metrics_carry_trl_names(baseline):
   records = [r for r in read_metrics(baseline.workdir) if "loss" in r]
   for name in (*TRL_NAMES, "logits/chosen", "logits/rejected", "grad_norm"):
     assert all(np.isfinite(r[name]) for r in records), name
+  evals = [r for r in read_metrics(baseline.workdir) if "eval/loss" in r]
+  assert evals
+  accuracies = [r["mean_token_accuracy"] for r in records]
+  accuracies += [r["eval/mean_token_accuracy"] for r in evals]
+  assert all(0 <= a <= 1 for a in accuracies)
   # Real tokens so far: each record's step adds a batch's worth, at least
   # one response token per row (8 pairs, 2 rows).
   tokens = [r["num_tokens"] for r in records]

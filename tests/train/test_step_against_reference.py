@@ -100,9 +100,14 @@ def _expected_step(setup, loss_name, loss_config, optimizer_config):
     weights = jnp.asarray(WEIGHTS)
 
     def mean_loss(values):
-      per_example = spec(
-        slpo_jax.PairStats(**values, **data), reference_stats, **hparams
+      # A stateful loss (BCO's running mean) from its initial state.
+      parts, _ = spec.apply(
+        slpo_jax.PairStats(**values, **data),
+        reference_stats,
+        spec.initial_state(),
+        **hparams,
       )
+      per_example = sum(w * parts[term.name] for term, w in spec.terms)
       return jnp.sum(jnp.where(weights > 0, weights * per_example, 0.0)) / (
         jnp.sum(weights)
       )
@@ -176,6 +181,8 @@ def test_train_step_matches_an_independent_computation(loss_name, setup):
     step=jnp.zeros((), jnp.int32),
     params=setup["policy"],
     opt_state=optimizer.init(setup["policy"]),
+    loss_state=losses.weighted_loss(loss_name.split(",")).initial_state()
+    or None,
   )
   batch = {k: jnp.asarray(v) for k, v in setup["batch"].items()}
   new_state, metrics = jax.device_get(step(state, setup["reference"], batch))
@@ -193,6 +200,14 @@ def test_train_step_matches_an_independent_computation(loss_name, setup):
       rtol=RTOL,
       err_msg=side,
     )
+  # TRL's mean_token_accuracy: a share of the batch's chosen tokens.
+  top1 = np.sum(WEIGHTS * stats["chosen_top1_tokens"])
+  assert top1 > 0
+  np.testing.assert_allclose(
+    metrics["mean_token_accuracy"],
+    top1 / np.sum(WEIGHTS * stats["chosen_lengths"]),
+    rtol=RTOL,
+  )
   # The gradient must be worth comparing: not zero at these weights.
   norm = np.sqrt(sum(np.sum(g**2) for g in jax.tree.leaves(grads)))
   assert norm > 1e-3, f"{loss_name}: gradient norm {norm}"

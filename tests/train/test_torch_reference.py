@@ -52,6 +52,10 @@ def _library_statistics(config, params, batch):
     out[f"{side}_mean_logits"] = jnp.sum(
       jnp.where(where, jnp.mean(logits[side], -1), 0.0), -1
     ) / jnp.maximum(jnp.sum(where, -1), 1)
+  top1 = jnp.argmax(logits["chosen"], -1) == batch["chosen_labels"]
+  out["chosen_top1_tokens"] = jnp.sum(
+    top1 & batch["chosen_loss_mask"], -1
+  ).astype(jnp.float32)
   out["pair_not_logps"] = slpo_jax.pair_not_logps(
     logits["chosen"],
     batch["chosen_labels"],

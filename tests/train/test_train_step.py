@@ -49,11 +49,12 @@ class Pieces:
     self.optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
     self._plain_results = {}
 
-  def state(self):
+  def state(self, loss: str = "dpo"):
     return step_lib.TrainState(
       step=jax.numpy.zeros((), jax.numpy.int32),
       params=self.policy,
       opt_state=self.optimizer.init(self.policy),
+      loss_state=losses.weighted_loss(loss.split(",")).initial_state() or None,
     )
 
   def step_fn(self, loss: str, head, grad_accum_steps: int = 1):
@@ -79,7 +80,9 @@ class Pieces:
     """One plain-head step's ``(state, metrics)`` on the first batch, cached."""
     if loss not in self._plain_results:
       self._plain_results[loss] = jax.device_get(
-        self.step_fn(loss, PLAIN)(self.state(), self.reference, self.batches[0])
+        self.step_fn(loss, PLAIN)(
+          self.state(loss), self.reference, self.batches[0]
+        )
       )
     return self._plain_results[loss]
 
@@ -145,7 +148,7 @@ def test_fused_head_accumulation_and_precomputed_reference_agree(loss, pieces):
   accumulation = 1 if spec.batch_level else 2
   state, metrics = jax.device_get(
     pieces.step_fn(loss, FUSED, grad_accum_steps=accumulation)(
-      pieces.state(), reference, batch
+      pieces.state(loss), reference, batch
     )
   )
   assert bool(metrics["finite"])

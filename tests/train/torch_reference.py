@@ -75,7 +75,9 @@ def _side(model, batch, side: str) -> dict[str, torch.Tensor]:
   log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
   token = torch.gather(log_probs, -1, labels[..., None])[..., 0]
   per_step_mean = logits.to(torch.float64).mean(-1)
+  top1 = torch.argmax(logits, dim=-1) == labels
   return dict(
+    top1_tokens=(top1 & where).sum(-1).to(torch.float64),
     log_probs=log_probs,
     labels=labels,
     where=where,
@@ -105,7 +107,9 @@ def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
     ``chosen_where`` (``[B, T]`` bool), ``counted`` (``[B]`` bool), and the
     metrics
     ``chosen_mean_logits``, ``rejected_mean_logits`` (``[B]``: the logits
-    averaged over the vocabulary and the response steps). ``pair_not_logps`` is
+    averaged over the vocabulary and the response steps) and
+    ``chosen_top1_tokens`` (``[B]``: chosen response tokens that are the
+    argmax of their logits). ``pair_not_logps`` is
     ``log(1 - pi(y_w) - pi(y_l))``; for a pair whose two responses are the
     same it is ``log(1 - pi(y_w))``, and if one is a prefix of the other
     (possible only after truncation: distinct EOS-terminated responses never
@@ -121,6 +125,7 @@ def pair_statistics(model, batch) -> dict[str, torch.Tensor]:
     out[f"{name}_not_logps"] = torch.log1p(-torch.exp(logps))
     out[f"{name}_lengths"] = side["where"].sum(-1).to(torch.float64)
     out[f"{name}_mean_logits"] = side["mean_logits"]
+  out["chosen_top1_tokens"] = chosen["top1_tokens"]
   # Both masks start at the last prompt position: where both are True the
   # shorter response lies, and it is a prefix of the other (or the same
   # response) if all its labels agree; the set {y_w, y_l} is then covered by
