@@ -151,8 +151,9 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
   logp, not_logp, residuals = _finish(
     labels, exclude, rest_max, rest_sum, label_logit, exclude_logit
   )
-  is_top1 = _is_top1(labels, exclude, rest_max, before_max, label_logit,
-                     exclude_logit)
+  is_top1 = _is_top1(
+    labels, exclude, rest_max, before_max, label_logit, exclude_logit
+  )
   return logp, not_logp, is_top1, residuals
 
 

@@ -31,7 +31,9 @@ def _stats(chosen, rejected, counted):
 
 
 @pytest.mark.parametrize(
-  "sequence", SEQUENCES, ids=[f"beta={s['beta']}/scale={s['scale']}" for s in SEQUENCES]
+  "sequence",
+  SEQUENCES,
+  ids=[f"beta={s['beta']}/scale={s['scale']}" for s in SEQUENCES],
 )
 def test_running_bco_equals_trl_batch_after_batch(sequence):
   spec = losses.LOSSES["bco_pair_running"]
@@ -45,7 +47,9 @@ def test_running_bco_equals_trl_batch_after_batch(sequence):
         x["reference_chosen_logps"], x["reference_rejected_logps"], counted
       )
 
-      def mean_loss(chosen, rejected, state=state, reference=reference):
+      def mean_loss(
+        chosen, rejected, state=state, reference=reference, counted=counted
+      ):
         per_example, new_state = spec.apply(
           _stats(chosen, rejected, counted),
           reference,
@@ -101,13 +105,16 @@ def test_the_shift_is_the_running_mean_of_counted_pairs_only(x64):
   counted = np.array([True, True, False])
   ref_stats = _stats(reference, reference, counted)
   first, state = spec.apply(
-    _stats(chosen, rejected, counted), ref_stats, losses.RunningMean.zero(jnp.float64), beta=beta
+    _stats(chosen, rejected, counted),
+    ref_stats,
+    losses.RunningMean.zero(jnp.float64),
+    beta=beta,
   )
   delta = beta * (1.0 + 2.0 - 3.0 + 0.0) / 4
   np.testing.assert_allclose(float(state.mean), delta)
-  expected = np.logaddexp(0, -(beta * np.array([1.0, 2.0]) - delta)) + np.logaddexp(
-    0, beta * np.array([-3.0, 0.0]) - delta
-  )
+  expected = np.logaddexp(
+    0, -(beta * np.array([1.0, 2.0]) - delta)
+  ) + np.logaddexp(0, beta * np.array([-3.0, 0.0]) - delta)
   np.testing.assert_allclose(np.asarray(first)[:2], expected, rtol=1e-12)
   # The second batch's own mean reward is beta * 4: the shift is the mean
   # of the two batch means.
@@ -132,6 +139,6 @@ def test_a_stateful_loss_refuses_to_run_without_its_state():
     spec(stats, stats)
   with pytest.raises(ValueError, match="needs its loss_state"):
     losses.weighted_loss(["bco_pair_running"]).components(stats, stats)
-  assert losses.weighted_loss(["sigmoid", "bco_pair_running"]).initial_state() == {
-    "bco_pair_running": losses.RunningMean.zero()
-  }
+  assert losses.weighted_loss(
+    ["sigmoid", "bco_pair_running"]
+  ).initial_state() == {"bco_pair_running": losses.RunningMean.zero()}

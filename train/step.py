@@ -146,7 +146,9 @@ def train_step(
     micro_grads, (micro_sums, loss_state) = grad_fn(
       state.params, micro, loss_state
     )
-    grads, sums = jax.tree.map(jnp.add, (grads, sums), (micro_grads, micro_sums))
+    grads, sums = jax.tree.map(
+      jnp.add, (grads, sums), (micro_grads, micro_sums)
+    )
     return (grads, sums, loss_state), None
 
   first = jax.tree.map(lambda x: x[0], micro_batches)

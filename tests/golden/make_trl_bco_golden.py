@@ -84,7 +84,6 @@ def _batch(rng, scale):
 
 def _sequence(trainer_class, moments_class, rng, beta, scale):
   import torch
-
   from trl.trainer.dpo_config import FDivergenceType
 
   trainer = object.__new__(trainer_class)
@@ -102,7 +101,9 @@ def _sequence(trainer_class, moments_class, rng, beta, scale):
   batches = []
   for _ in range(BATCHES):
     inputs = _batch(rng, scale)
-    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()}
+    tensors = {
+      k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()
+    }
     chosen = tensors["policy_chosen_logps"].requires_grad_(True)
     rejected = tensors["policy_rejected_logps"].requires_grad_(True)
     losses, _, _ = trainer.dpo_loss(

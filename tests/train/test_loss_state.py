@@ -24,7 +24,9 @@ def test_running_mean_is_checkpointed_and_resumed_bitwise(
   make_config, baseline, tmp_path
 ):
   whole = train(make_config(**RUNNING_BCO), tmp_path / "whole")
-  stored = _stored_state(tmp_path / "whole", 2)["loss_state"]["bco_pair_running"]
+  stored = _stored_state(tmp_path / "whole", 2)["loss_state"][
+    "bco_pair_running"
+  ]
   # One batch mean per step (no accumulation in the tiny config), and a
   # moving mean: the policy's rewards change from step to step.
   assert float(stored["count"]) == 2
