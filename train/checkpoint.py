@@ -1,20 +1,31 @@
 """Orbax checkpoints of the policy state, the data position and the run's key.
 
 A checkpoint holds the :class:`~train.step.TrainState` (step, policy
-parameters, optimizer state), the data iterator's state as JSON, and a small
-JSON record identifying the run. A frozen reference is not written: it is
-rebuilt from its own source on restart; one that ``reference.sync_every``
-moves is written beside the state.
+parameters, optimizer state, loss state), the data iterator's state as JSON,
+counters (``num_tokens``), and a small JSON record identifying the run. A
+frozen reference is not written: it is rebuilt from its own source on
+restart; one that ``reference.sync_every`` moves is written beside the state.
+
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a checkpoint directory is whole or absent. One that is whole
+but damaged afterwards (a truncated or deleted file) fails to read; restoring
+moves it aside to ``checkpoints-damaged/`` and falls back to the one before.
 """
 
 import dataclasses
 import json
+import logging
 import pathlib
+import shutil
+import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from train.errors import DamagedCheckpointsError
 from train.errors import IncompatibleCheckpointError
 
 _STATE = "state"
@@ -22,6 +33,17 @@ _DATA = "data"
 _RUN = "run"
 _PROGRESS = "progress"
 _REFERENCE = "reference"
+
+
+@dataclasses.dataclass
+class Restored:
+  """What a checkpoint brings back."""
+
+  step: int
+  state: Any
+  data_state: dict
+  progress: dict  # Counters such as num_tokens; empty in old checkpoints.
+  reference: Any  # The moving reference, or None when not asked for.
 
 
 class Checkpointer:
@@ -40,6 +62,10 @@ class Checkpointer:
         enable_async_checkpointing=False,
       ),
     )
+
+  @property
+  def directory(self) -> pathlib.Path:
+    return self._directory
 
   @property
   def latest_step(self) -> int | None:
@@ -67,14 +93,51 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
 
-  def check_compatible(self) -> None:
-    """Raise if the latest checkpoint was written by an incompatible run."""
-    step = self.latest_step
-    if step is None:
-      return
-    stored = self._manager.restore(
-      step, args=ocp.args.Composite(**{_RUN: ocp.args.JsonRestore()})
-    )[_RUN]
+  def restore_latest(
+    self, abstract_state: Any, abstract_reference: Any = None
+  ) -> Restored | None:
+    """The newest checkpoint that reads back whole; None if there is none.
+
+    A checkpoint that fails to read (a truncated or missing file) is moved
+    to ``checkpoints-damaged/`` beside ``checkpoints/``, with a one-line
+    warning saying why, and the next older one is tried.
+
+    Args:
+      abstract_state: the state's shapes, dtypes and shardings.
+      abstract_reference: the moving reference's, when it is checkpointed.
+
+    Raises:
+      IncompatibleCheckpointError: the newest readable checkpoint is of a
+        different run (it is left where it is).
+      DamagedCheckpointsError: there were checkpoints and none could be read.
+    """
+    _quiet_failed_reads()
+    set_aside = []
+    while (step := self.latest_step) is not None:
+      try:
+        stored = self._manager.restore(
+          step, args=ocp.args.Composite(**{_RUN: ocp.args.JsonRestore()})
+        )[_RUN]
+        failure = None
+      except Exception as error:  # noqa: BLE001 (any failure to read is damage)
+        stored, failure = None, error
+      if _all_processes_agree(failure is None):
+        self._check_compatible(stored)
+        try:
+          restored = self._read(step, abstract_state, abstract_reference)
+        except Exception as error:  # noqa: BLE001
+          restored, failure = None, error
+        if _all_processes_agree(failure is None):
+          return restored
+      set_aside.append(self._set_aside(step, failure))
+    if set_aside:
+      raise DamagedCheckpointsError(
+        f"no checkpoint in {self._directory} can be read (moved to"
+        f" {', '.join(set_aside)}); use a new --workdir to start again"
+      )
+    return None
+
+  def _check_compatible(self, stored: dict) -> None:
     differing = sorted(
       key
       for key in set(stored) | set(self._identity)
@@ -91,40 +154,49 @@ class Checkpointer:
         " Use a new --workdir, or restore the original settings"
       )
 
-  def restore(self, abstract_state: Any) -> tuple[Any, dict]:
-    """The latest state (placed like ``abstract_state``) and data state."""
-    step = self.latest_step
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{
-          _STATE: ocp.args.StandardRestore(_fields(abstract_state)),
-          _DATA: ocp.args.JsonRestore(),
-        }
-      ),
-    )
-    return abstract_state.replace(**restored[_STATE]), restored[_DATA]
-
-  def restore_reference(self, abstract_reference: Any) -> Any:
-    """The latest checkpoint's moving reference, placed like the abstract."""
-    return self._manager.restore(
-      self.latest_step,
-      args=ocp.args.Composite(
-        **{_REFERENCE: ocp.args.StandardRestore(abstract_reference)}
-      ),
-    )[_REFERENCE]
-
-  def restore_progress(self) -> dict:
-    """The latest checkpoint's counters; empty if it has none."""
-    step = self.latest_step
-    if step is None:
-      return {}
+  def _read(self, step: int, abstract_state, abstract_reference) -> Restored:
+    items = {
+      _STATE: ocp.args.StandardRestore(_fields(abstract_state)),
+      _DATA: ocp.args.JsonRestore(),
+    }
+    if abstract_reference is not None:
+      items[_REFERENCE] = ocp.args.StandardRestore(abstract_reference)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     try:
-      return self._manager.restore(
+      progress = self._manager.restore(
         step, args=ocp.args.Composite(**{_PROGRESS: ocp.args.JsonRestore()})
       )[_PROGRESS]
     except (FileNotFoundError, KeyError, ValueError):
-      return {}  # Written before the counters were kept.
+      progress = {}  # Written before the counters were kept.
+    return Restored(
+      step=step,
+      state=abstract_state.replace(**restored[_STATE]),
+      data_state=restored[_DATA],
+      progress=progress,
+      reference=restored.get(_REFERENCE),
+    )
+
+  def _set_aside(self, step: int, error: BaseException | None) -> str:
+    """Moves checkpoint ``step`` out of the manager's sight; returns where."""
+    source = self._directory / str(step)
+    destination = self._directory.parent / "checkpoints-damaged" / str(step)
+    suffix = 1
+    while destination.exists():
+      destination = destination.with_name(f"{step}.{suffix}")
+      suffix += 1
+    if jax.process_index() == 0:
+      destination.parent.mkdir(exist_ok=True)
+      shutil.move(source, destination)
+      why = "another process cannot read it" if error is None else error
+      print(
+        f"warning: checkpoint {source} cannot be read ({_first_line(why)});"
+        f" moved to {destination}, trying the one before it",
+        file=sys.stderr,
+        flush=True,
+      )
+    _barrier(f"checkpoint_set_aside_{step}")
+    self._manager.reload()
+    return str(destination)
 
   def close(self) -> None:
     self._manager.close()
@@ -138,6 +210,41 @@ def _fields(state: Any) -> dict[str, Any]:
     for field in dataclasses.fields(state)
     if getattr(state, field.name) is not None
   }
+
+
+def _first_line(error: BaseException | str) -> str:
+  if isinstance(error, str):
+    return error
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+class _DropUnretrievedFutures(logging.Filter):
+  """Orbax reads a checkpoint's arrays concurrently: when one read fails,
+  asyncio later logs every other failed read ("Future exception was never
+  retrieved", a long tensorstore message each) as its future is collected.
+  The first failure is reported, in one line; those are dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in str(record.msg)
+
+
+def _quiet_failed_reads() -> None:
+  logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _DropUnretrievedFutures) for f in logger.filters):
+    logger.addFilter(_DropUnretrievedFutures())
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True when ``ok`` holds on every process: all restore, or none does."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def abstract_like(state: Any) -> Any:

@@ -26,6 +26,10 @@ class IncompatibleCheckpointError(UserError, ValueError):
   """The workdir holds a checkpoint of a different run."""
 
 
+class DamagedCheckpointsError(UserError, RuntimeError):
+  """Every checkpoint in the workdir failed to read."""
+
+
 class NonFiniteError(UserError, RuntimeError):
   """The loss or the gradient became NaN or infinite."""
 

@@ -118,10 +118,9 @@ def train_and_evaluate(
   checkpointer = checkpoint_lib.Checkpointer(
     workdir, keep=config.keep_checkpoints, run_identity=run_identity(config)
   )
-  checkpointer.check_compatible()
-  state, shardings = state_lib.restore_or_init(run, checkpointer)
+  state, shardings, restored = state_lib.restore_or_init(run, checkpointer)
   train_fn, eval_fn = state_lib.jit_steps(run, shardings)
-  reference, sync_fn = state_lib.reference_sync(run, checkpointer)
+  reference, sync_fn = state_lib.reference_sync(run, restored)
   sync_every = config.reference.sync_every
   start_step = int(state.step)
 
@@ -143,7 +142,7 @@ def train_and_evaluate(
     learning_rate=step_lib.learning_rate_schedule(
       config.optimizer, config.steps
     ),
-    num_tokens=checkpointer.restore_progress().get("num_tokens", 0),
+    num_tokens=restored.progress.get("num_tokens", 0) if restored else 0,
   )
   with _sigterm_requests() as sigterm, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):

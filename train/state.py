@@ -70,11 +70,13 @@ def initial_state(
 
 
 def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
-  """The latest checkpoint's state (and data position), else step 0.
+  """The newest readable checkpoint's state (and data position), else step 0.
 
   Returns:
-    ``(state, shardings)``; on restore the run's train iterator is moved to
-    the checkpoint's data position.
+    ``(state, shardings, restored)``: ``restored`` is the
+    :class:`~train.checkpoint.Restored` checkpoint (its progress counters
+    and moving reference), or None at step 0. On restore the run's train
+    iterator is moved to the checkpoint's data position.
   """
   abstract_params = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.initial_params
@@ -86,14 +88,18 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
   state = initial_state(
     run.optimizer, run.initial_params, shardings, loss_state
   )
-  if checkpointer.latest_step is not None:
-    state, data_state = checkpointer.restore(
-      checkpoint_lib.abstract_like(state)
-    )
-    run.train_iterator.set_state(data_state)
+  moving_reference = None
+  if run.config.reference.sync_every:
+    moving_reference = checkpoint_lib.abstract_like(run.reference_params)
+  restored = checkpointer.restore_latest(
+    checkpoint_lib.abstract_like(state), moving_reference
+  )
+  if restored is not None:
+    state = restored.state
+    run.train_iterator.set_state(restored.data_state)
     if jax.process_index() == 0:
       print(f"Resumed from the checkpoint of step {int(state.step)}.")
-  return state, shardings
+  return state, shardings, restored
 
 
 def initial_loss_state(config) -> Any:
@@ -101,7 +107,7 @@ def initial_loss_state(config) -> Any:
   return objective.loss_of(config.loss).initial_state() or None
 
 
-def reference_sync(run, checkpointer: checkpoint_lib.Checkpointer):
+def reference_sync(run, restored: checkpoint_lib.Restored | None):
   """The reference to start from, and the jitted sync (None when frozen).
 
   With ``reference.sync_every`` the reference changes during training, so a
@@ -115,10 +121,8 @@ def reference_sync(run, checkpointer: checkpoint_lib.Checkpointer):
   if not config.sync_every:
     return run.reference_params, None
   reference = run.reference_params
-  if checkpointer.latest_step is not None:
-    reference = checkpointer.restore_reference(
-      checkpoint_lib.abstract_like(reference)
-    )
+  if restored is not None:
+    reference = restored.reference
   reference_shardings = jax.tree.map(lambda x: x.sharding, reference)
   sync_fn = jax.jit(
     functools.partial(step_lib.synced_reference, mix=config.sync_mix),

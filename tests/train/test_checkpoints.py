@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from train.checkpoint import IncompatibleCheckpointError
+from train.errors import DamagedCheckpointsError
 
 from train_testing import BASELINE
 from train_testing import TOLERANCE
@@ -68,6 +69,59 @@ def test_incompatible_checkpoint_fails_at_start(
   assert "batch_size" not in message  # Only what differs.
   assert "--workdir" in message
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def _truncate_largest_state_file(checkpoint):
+  largest = max(
+    (f for f in (checkpoint / "state").rglob("*") if f.is_file()),
+    key=lambda f: f.stat().st_size,
+  )
+  largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
+def _delete_manifest(checkpoint):
+  (checkpoint / "state" / "manifest.ocdbt").unlink()
+
+
+@pytest.mark.parametrize(
+  "damage", [_truncate_largest_state_file, _delete_manifest]
+)
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumed(
+  make_config, baseline, tmp_path, capsys, damage
+):
+  shutil.copytree(baseline.workdir / "checkpoints", tmp_path / "checkpoints")
+  shutil.copy(baseline.workdir / "metrics.jsonl", tmp_path / "metrics.jsonl")
+  damage(tmp_path / "checkpoints" / "4")
+  train(make_config(**BASELINE), tmp_path)
+  printed = capsys.readouterr()
+  warnings = [line for line in printed.err.splitlines() if "warning:" in line]
+  assert len(warnings) == 1 and "checkpoints/4 cannot be read" in warnings[0]
+  assert "Resumed from the checkpoint of step 2." in printed.out
+  # Moved aside, not deleted; the run went on from step 2 and ended like the
+  # uninterrupted baseline, one metrics record per step.
+  assert (tmp_path / "checkpoints-damaged" / "4" / "state").is_dir()
+  assert checkpoint_steps(tmp_path) == [2, 4]
+  assert_trees_equal(
+    load_checkpoint_params(tmp_path, 4),
+    load_checkpoint_params(baseline.workdir, 4),
+  )
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_when_no_checkpoint_reads_the_run_stops_with_one_line(
+  make_config, baseline, tmp_path
+):
+  shutil.copytree(baseline.workdir / "checkpoints", tmp_path / "checkpoints")
+  for step in (2, 4):
+    _delete_manifest(tmp_path / "checkpoints" / str(step))
+  with pytest.raises(DamagedCheckpointsError, match="no checkpoint in .* can"):
+    train(make_config(**BASELINE), tmp_path)
+  assert sorted(
+    p.name for p in (tmp_path / "checkpoints-damaged").iterdir()
+  ) == [
+    "2",
+    "4",
+  ]
 
 
 # The default program path: synthetic pairs sampled from an SFT reference
