@@ -26,6 +26,10 @@ class IncompatibleCheckpointError(UserError, ValueError):
   """The workdir holds a checkpoint of a different run."""
 
 
+class WorkdirBusyError(UserError, RuntimeError):
+  """Another live run holds the workdir."""
+
+
 class DamagedCheckpointsError(UserError, RuntimeError):
   """Every checkpoint in the workdir failed to read."""
 

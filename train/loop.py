@@ -22,6 +22,7 @@ from train import setup as setup_lib
 from train import state as state_lib
 from train import step as step_lib
 from train import validate
+from train import workdir as workdir_lib
 from train.metrics_writer import MetricsWriter
 from train.metrics_writer import TrainMetrics
 
@@ -112,9 +113,15 @@ def train_and_evaluate(
     is off).
   """
   workdir = pathlib.Path(workdir)
-  if run is None:
-    mesh = validate.validate(config, devices)
-    run = setup_lib.build_run(config, workdir, mesh)
+  mesh = validate.validate(config, devices) if run is None else None
+  with workdir_lib.WorkdirLock(workdir):
+    if run is None:
+      run = setup_lib.build_run(config, workdir, mesh)
+    return _train(config, workdir, run, eval_callback)
+
+
+def _train(config, workdir, run, eval_callback) -> TrainResult:
+  """The loop itself, in a workdir this run holds."""
   checkpointer = checkpoint_lib.Checkpointer(
     workdir, keep=config.keep_checkpoints, run_identity=run_identity(config)
   )
