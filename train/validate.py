@@ -8,6 +8,8 @@ optimizer or schedule, a hyperparameter the loss refuses, a batch the mesh
 cannot split.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +40,61 @@ def _non_negative(config, *keys: str) -> None:
     value = config[key]
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"{key} is {value!r}; it must be an integer >= 0")
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def _is_real(value) -> bool:
+  return (
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+  )
+
+
+# Numeric settings not checked elsewhere: (key, test, what it must be).
+# Loss hyperparameters that only some losses read (temperature, alpha, ...)
+# are checked by those losses' functions (see _check_loss).
+_REAL_RANGES = (
+  ("optimizer.learning_rate", lambda v: v > 0, "> 0"),
+  ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+  ("optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+  ("optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+  ("optimizer.eps", lambda v: v > 0, "> 0"),
+  ("optimizer.grad_clip_norm", lambda v: v >= 0, ">= 0 (0 turns it off)"),
+  ("loss.beta", lambda v: v > 0, "> 0"),
+  ("loss.label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+  ("reference.sft_learning_rate", lambda v: v > 0, "> 0"),
+)
+_INT_RANGES = (
+  ("seed", lambda v: True, "an integer"),
+  ("optimizer.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+  ("reference.sft_steps", lambda v: v >= 0, "an integer >= 0"),
+  ("reference.sft_batch_size", lambda v: v >= 1, "a positive integer"),
+)
+
+
+def _check_ranges(config) -> None:
+  for key, test, wanted in _REAL_RANGES:
+    value = _get(config, key)
+    if not _is_real(value) or not test(value):
+      raise ConfigError(f"{key} is {value!r}; it must be a number {wanted}")
+  for key, test, wanted in _INT_RANGES:
+    value = _get(config, key)
+    if not isinstance(value, int) or isinstance(value, bool) or not test(value):
+      raise ConfigError(f"{key} is {value!r}; it must be {wanted}")
+  weights = config.loss.weights
+  if not isinstance(weights, (tuple, list)) or not all(
+    _is_real(w) and w >= 0 for w in weights
+  ):
+    raise ConfigError(
+      f"loss.weights is {weights!r}; it must be a tuple of numbers >= 0,"
+      " one per loss of loss.name (() = 1 each)"
+    )
 
 
 def _check_loss(config) -> losses.WeightedLoss:
@@ -181,6 +238,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
     "keep_checkpoints",
   )
   _non_negative(config, "eval_every", "eval_batches", "checkpoint_every")
+  _check_ranges(config)
   spec = _check_loss(config)
   _check_model(config)
   _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))

@@ -38,12 +38,49 @@ CONFIG_ERRORS = {
     {"loss.name": "slpo", "loss.temperature": 0.5},
     "config.loss (slpo): temperature must be >= 1, got 0.5",
   ),
+  "negative_learning_rate": (
+    {"optimizer.learning_rate": -1e-4},
+    "optimizer.learning_rate is -0.0001; it must be a number > 0",
+  ),
+}
+
+# Checked in-process only (the command-line path is the same for all).
+RANGE_ERRORS = {
+  "no_steps": ({"steps": 0}, "steps is 0; it must be a positive integer"),
+  "negative_steps": ({"steps": -5}, "steps is -5; it must be a positive"),
+  "b1_one": (
+    {"optimizer.b1": 1.0},
+    "optimizer.b1 is 1.0; it must be a number in [0, 1)",
+  ),
+  "nan_beta": (
+    {"loss.beta": float("nan")},
+    "loss.beta is nan; it must be a number > 0",
+  ),
+  "smoothing": ({"loss.label_smoothing": 0.5}, "loss.label_smoothing is 0.5"),
+  "bool_seed": ({"seed": True}, "seed is True; it must be an integer"),
+  "negative_weight": (
+    {"loss.name": "sigmoid,sft", "loss.weights": (1.0, -1.0)},
+    "loss.weights is (1.0, -1.0); it must be a tuple of numbers >= 0",
+  ),
+  "sft_batch": (
+    {"reference.sft_batch_size": 0},
+    "reference.sft_batch_size is 0",
+  ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_ERRORS))
 def test_config_error_before_any_work(case, make_config, tmp_path):
   changes, message = CONFIG_ERRORS[case]
+  with pytest.raises(ConfigError) as error:
+    train(make_config(**changes), tmp_path / "run")
+  assert message in str(error.value)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", sorted(RANGE_ERRORS))
+def test_numeric_settings_out_of_range(case, make_config, tmp_path):
+  changes, message = RANGE_ERRORS[case]
   with pytest.raises(ConfigError) as error:
     train(make_config(**changes), tmp_path / "run")
   assert message in str(error.value)
