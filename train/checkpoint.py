@@ -14,7 +14,6 @@ moves it aside to ``checkpoints-damaged/`` and falls back to the one before.
 
 import dataclasses
 import json
-import logging
 import pathlib
 import shutil
 import sys
@@ -25,8 +24,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from train import orbax_noise
 from train.errors import DamagedCheckpointsError
+from train.errors import DiskFullError
 from train.errors import IncompatibleCheckpointError
+from train.errors import disk_full
 
 _STATE = "state"
 _DATA = "data"
@@ -59,6 +61,9 @@ class Checkpointer:
       options=ocp.CheckpointManagerOptions(
         max_to_keep=max(keep, 1),
         create=True,
+        # A save cut short (a kill, a full disk) leaves a temporary
+        # directory, never a checkpoint; the next run removes it.
+        cleanup_tmp_directories=True,
         enable_async_checkpointing=False,
       ),
     )
@@ -90,8 +95,18 @@ class Checkpointer:
     }
     if reference is not None:
       items[_REFERENCE] = ocp.args.StandardSave(reference)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self._manager.wait_until_finished()
+    try:
+      with orbax_noise.held_while_saving():
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+    except Exception as error:
+      if disk_full(error) is None:
+        raise
+      raise DiskFullError(
+        f"no space left on device while writing checkpoint {step} into"
+        f" {self._directory}; free some space and rerun the same command:"
+        " it resumes from the last complete checkpoint"
+      ) from None
 
   def restore_latest(
     self, abstract_state: Any, abstract_reference: Any = None
@@ -111,7 +126,7 @@ class Checkpointer:
         different run (it is left where it is).
       DamagedCheckpointsError: there were checkpoints and none could be read.
     """
-    _quiet_failed_reads()
+    orbax_noise.drop_unretrieved_read_failures()
     set_aside = []
     while (step := self.latest_step) is not None:
       try:
@@ -217,22 +232,6 @@ def _first_line(error: BaseException | str) -> str:
     return error
   lines = str(error).strip().splitlines()
   return f"{type(error).__name__}: {lines[0] if lines else ''}"
-
-
-class _DropUnretrievedFutures(logging.Filter):
-  """Orbax reads a checkpoint's arrays concurrently: when one read fails,
-  asyncio later logs every other failed read ("Future exception was never
-  retrieved", a long tensorstore message each) as its future is collected.
-  The first failure is reported, in one line; those are dropped."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "exception was never retrieved" not in str(record.msg)
-
-
-def _quiet_failed_reads() -> None:
-  logger = logging.getLogger("asyncio")
-  if not any(isinstance(f, _DropUnretrievedFutures) for f in logger.filters):
-    logger.addFilter(_DropUnretrievedFutures())
 
 
 def _all_processes_agree(ok: bool) -> bool:

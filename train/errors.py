@@ -7,6 +7,8 @@ The library's :class:`slpo_jax.models.CheckpointError` (an unreadable or
 unsupported Hugging Face folder) is reported the same way.
 """
 
+import errno
+
 from slpo_jax.models import CheckpointError
 
 
@@ -30,6 +32,10 @@ class WorkdirBusyError(UserError, RuntimeError):
   """Another live run holds the workdir."""
 
 
+class DiskFullError(UserError, OSError):
+  """A write failed for want of space."""
+
+
 class DamagedCheckpointsError(UserError, RuntimeError):
   """Every checkpoint in the workdir failed to read."""
 
@@ -40,3 +46,28 @@ class NonFiniteError(UserError, RuntimeError):
 
 # What train.main reports in one line.
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, CheckpointError)
+
+
+def disk_full(error: BaseException) -> str | None:
+  """One line for an error caused by a full disk, else None.
+
+  Looks through the chain of causes: orbax and tensorstore report ENOSPC
+  inside their own exception types, with the path in the message.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      where = f" writing {error.filename}" if error.filename else ""
+      return _disk_full_line(where)
+    if "No space left on device" in str(error):
+      return _disk_full_line("")
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _disk_full_line(where: str) -> str:
+  return (
+    f"no space left on device{where}; free some space and rerun the same"
+    " command: it resumes from the last complete checkpoint"
+  )

@@ -43,6 +43,13 @@ def main(argv):
     # Errors the user can fix by changing the config or data: one line, no
     # traceback (and not repeated by an absl log line).
     cli.fail(str(error))
+  except Exception as error:
+    # A full disk is the user's to fix too; any other error is a bug and
+    # keeps its traceback.
+    message = errors.disk_full(error)
+    if message is None:
+      raise
+    cli.fail(message)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def test_a_live_run_holds_the_workdir_and_a_dead_one_does_not(
 
 def test_a_workdir_under_a_file_is_refused_in_one_line(tmp_path):
   (tmp_path / "file").write_text("")
-  with pytest.raises(ConfigError, match="cannot use --workdir .*file/run: Not a directory"):
+  with pytest.raises(
+    ConfigError, match="cannot use --workdir .*file/run: Not a directory"
+  ):
     with workdir_lib.WorkdirLock(tmp_path / "file" / "run"):
       pass

@@ -1,0 +1,110 @@
+"""Quiet orbax's background threads when a checkpoint write or read fails.
+
+Orbax writes and reads a checkpoint's arrays concurrently. When one fails
+(a full disk, a truncated file) every other pending operation reports its
+own failure from a background thread: asyncio log records, thread
+tracebacks, and tensorstore callbacks printing from C++. The program reports
+the failure itself in one line; this module keeps those hundreds of echoes
+off the terminal, and lets everything through when nothing failed.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import warnings
+
+
+class _DropUnretrievedFutures(logging.Filter):
+  """Orbax reads a checkpoint's arrays concurrently: when one read fails,
+  asyncio later logs every other failed read ("Future exception was never
+  retrieved", a long tensorstore message each) as its future is collected.
+  The first failure is reported, in one line; those are dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in str(record.msg)
+
+
+class _Hold(logging.Filter):
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    self.records.append(record)
+    return False
+
+
+@contextlib.contextmanager
+def held_while_saving():
+  """Holds back what orbax's writer threads print while a save runs.
+
+  When a save fails (a full disk), each of orbax's concurrent writes logs
+  its failure and its thread dies printing a traceback: hundreds of lines
+  that bury the one the program prints. They are held during the save,
+  printed as usual if it succeeds, and dropped if it fails: the failure
+  itself propagates to the caller.
+  """
+  hold = _Hold()
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  for logger in loggers:
+    logger.addFilter(hold)
+  thread_errors = []
+  previous_hook = threading.excepthook
+  threading.excepthook = thread_errors.append
+  previous_excepthook = sys.excepthook
+  sys.excepthook = _ignoring_closed_loop(previous_excepthook)
+  # tensorstore's callbacks print from C++, past every Python hook: file
+  # descriptor 2 itself is held.
+  sys.stderr.flush()
+  held = tempfile.TemporaryFile()
+  stderr_fd = os.dup(2)
+  os.dup2(held.fileno(), 2)
+  failed = True
+  try:
+    yield
+    failed = False
+  finally:
+    sys.stderr.flush()
+    os.dup2(stderr_fd, 2)
+    os.close(stderr_fd)
+    if not failed:
+      held.seek(0)
+      text = held.read().decode(errors="replace")
+      if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    held.close()
+    for logger in loggers:
+      logger.removeFilter(hold)
+    if failed:
+      # Writer threads may still die after the save has raised, and
+      # tensorstore's callbacks into the closed event loop keep reporting
+      # through sys.excepthook.
+      threading.excepthook = lambda args: None
+      warnings.filterwarnings("ignore", "coroutine", RuntimeWarning)
+    else:
+      threading.excepthook = previous_hook
+      sys.excepthook = previous_excepthook
+      for record in hold.records:
+        logging.getLogger(record.name).handle(record)
+      for args in thread_errors:
+        previous_hook(args)
+
+
+def _ignoring_closed_loop(hook):
+  def filtered(kind, value, traceback):
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+      return
+    hook(kind, value, traceback)
+
+  return filtered
+
+
+def drop_unretrieved_read_failures() -> None:
+  """Drops asyncio's echo of failed concurrent reads (see the filter)."""
+  logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _DropUnretrievedFutures) for f in logger.filters):
+    logger.addFilter(_DropUnretrievedFutures())
