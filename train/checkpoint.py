@@ -35,6 +35,7 @@ _DATA = "data"
 _RUN = "run"
 _PROGRESS = "progress"
 _REFERENCE = "reference"
+_SETTINGS = "settings"
 
 
 @dataclasses.dataclass
@@ -46,16 +47,23 @@ class Restored:
   data_state: dict
   progress: dict  # Counters such as num_tokens; empty in old checkpoints.
   reference: Any  # The moving reference, or None when not asked for.
+  settings: dict  # The config it was written under; {} in old checkpoints.
 
 
 class Checkpointer:
   """Saves and restores the training program's checkpoints in a workdir."""
 
   def __init__(
-    self, workdir: str | pathlib.Path, *, keep: int, run_identity: dict
+    self,
+    workdir: str | pathlib.Path,
+    *,
+    keep: int,
+    run_identity: dict,
+    settings: dict | None = None,
   ):
     self._directory = pathlib.Path(workdir).absolute() / "checkpoints"
     self._identity = run_identity
+    self._settings = settings or {}
     self._manager = ocp.CheckpointManager(
       self._directory,
       options=ocp.CheckpointManagerOptions(
@@ -92,6 +100,7 @@ class Checkpointer:
       _DATA: ocp.args.JsonSave(data_state),
       _RUN: ocp.args.JsonSave(self._identity),
       _PROGRESS: ocp.args.JsonSave(progress or {}),
+      _SETTINGS: ocp.args.JsonSave(self._settings),
     }
     if reference is not None:
       items[_REFERENCE] = ocp.args.StandardSave(reference)
@@ -177,19 +186,24 @@ class Checkpointer:
     if abstract_reference is not None:
       items[_REFERENCE] = ocp.args.StandardRestore(abstract_reference)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    try:
-      progress = self._manager.restore(
-        step, args=ocp.args.Composite(**{_PROGRESS: ocp.args.JsonRestore()})
-      )[_PROGRESS]
-    except (FileNotFoundError, KeyError, ValueError):
-      progress = {}  # Written before the counters were kept.
+    progress = self._optional_json(step, _PROGRESS)
     return Restored(
+      settings=self._optional_json(step, _SETTINGS),
       step=step,
       state=abstract_state.replace(**restored[_STATE]),
       data_state=restored[_DATA],
       progress=progress,
       reference=restored.get(_REFERENCE),
     )
+
+  def _optional_json(self, step: int, item: str) -> dict:
+    """A JSON item that checkpoints of older versions lack ({} then)."""
+    try:
+      return self._manager.restore(
+        step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+      )[item]
+    except (FileNotFoundError, KeyError, ValueError):
+      return {}
 
   def _set_aside(self, step: int, error: BaseException | None) -> str:
     """Moves checkpoint ``step`` out of the manager's sight; returns where."""

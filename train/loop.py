@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from train import checkpoint as checkpoint_lib
 from train import objective
+from train import resume
 from train import setup as setup_lib
 from train import state as state_lib
 from train import step as step_lib
@@ -123,9 +124,16 @@ def train_and_evaluate(
 def _train(config, workdir, run, eval_callback) -> TrainResult:
   """The loop itself, in a workdir this run holds."""
   checkpointer = checkpoint_lib.Checkpointer(
-    workdir, keep=config.keep_checkpoints, run_identity=run_identity(config)
+    workdir,
+    keep=config.keep_checkpoints,
+    run_identity=run_identity(config),
+    settings=resume.settings(config),
   )
   state, shardings, restored = state_lib.restore_or_init(run, checkpointer)
+  if restored is not None:
+    changes = resume.check(restored.settings, config, restored.step)
+    if changes and jax.process_index() == 0:
+      print(changes)
   train_fn, eval_fn = state_lib.jit_steps(run, shardings)
   reference, sync_fn = state_lib.reference_sync(run, restored)
   sync_every = config.reference.sync_every
