@@ -1,29 +1,28 @@
-"""Anthropic HH-RLHF (harmless-base test split, 2,312 pairs) on a tiny model.
+"""Anthropic HH-RLHF pairs (for example the harmless-base test split) on a
+tiny model.
 
-  python -m train.main --config configs/hh.py --workdir /tmp/hh
+  python -m train.main --workdir /tmp/hh \
+    --config configs/hh.py:/path/to/harmless-base-test.jsonl.gz
+
+The HH files are Anthropic's ``hh-rlhf`` dataset (MIT licence): the
+``*.jsonl.gz`` files of https://github.com/anthropics/hh-rlhf or the
+Hugging Face dataset ``Anthropic/hh-rlhf``; each line holds a ``chosen`` and
+a ``rejected`` transcript. The path can also be given as
+``--config.data.train_path=...``. Without one the program stops at start,
+saying so.
 
 Trains a tiny randomly initialised Llama-style model with the byte-level
-tokenizer on the shared HH file, holding out 10% of the pairs. It exercises
-the real-data path end to end on a CPU; a random tiny model says nothing about
-the quality of the losses. For a real run point ``--config.model.checkpoint``
-at a downloaded Hugging Face folder and ``--config.data.tokenizer`` at its
+tokenizer, holding out 10% of the pairs. It exercises the real-data path end
+to end on a CPU; a random tiny model says nothing about the quality of the
+losses. For a real run point ``--config.model.checkpoint`` at a downloaded
+Hugging Face folder and ``--config.data.tokenizer`` at its
 ``tokenizer.json``.
 """
 
-import pathlib
-
 from configs import base
 
-HH_FILE = (
-  pathlib.Path(__file__).resolve().parents[1].parent
-  / "shared"
-  / "data"
-  / "hh-rlhf"
-  / "harmless-base-test.jsonl.gz"
-)
 
-
-def get_config():
+def get_config(hh_file: str = ""):
   config = base.get_config()
   config.steps = 100
   config.batch_size = 8
@@ -31,10 +30,10 @@ def get_config():
   config.eval_batches = 8
   config.checkpoint_every = 50
   config.data.source = "hh"
-  config.data.train_path = str(HH_FILE)
+  config.data.train_path = hh_file
   config.data.eval_path = ""
   config.data.eval_fraction = 0.1
-  # The shared file holds a few records with empty or identical responses.
+  # The HH files hold a few records with empty or identical responses.
   config.data.on_bad_record = "skip"
   config.data.tokenizer = "bytes"
   config.data.max_length = 512

@@ -19,6 +19,7 @@ Needs ``libtpu`` (``pip install -e ".[tpu-aot]"``); nothing else of a TPU.
 """
 
 import dataclasses
+import functools
 import json
 import re
 
@@ -363,4 +364,4 @@ if __name__ == "__main__":
   # TPU XLA compiles here for abstract devices; the host runs on its CPU.
   jax.config.update("jax_platforms", "cpu")
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))

@@ -30,8 +30,28 @@ def one_line(error: BaseException) -> str:
   return " ".join(text.split())
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every mistake reported as one line."""
+_HELP = ("-h", "-help", "--help", "--helpshort", "-?")
+
+KEYS = (
+  "Every config key, with its default and what it does, is in configs/base.py"
+  " (the data keys in train/data/config.py); configs/*.py are ready-made"
+  " configs. Override any key with --config.<section>.<key>=<value>."
+)
+
+
+def parse_flags(argv: list[str], usage: str = "") -> list[str]:
+  """absl's flag parsing, with every mistake reported as one line.
+
+  ``--help`` prints ``usage``, the flags and where the config keys are
+  documented, and exits 0.
+  """
+  if any(arg in _HELP for arg in argv[1:]):
+    print(usage.strip() + "\n")
+    for name in ("config", "workdir", "topology", "num_slices", "json"):
+      if name in flags.FLAGS:
+        print(f"  --{name}: {flags.FLAGS[name].help}")
+    print("\n" + KEYS)
+    sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
     flags.FLAGS.config.to_dict()  # A config file that fails to load fails here.

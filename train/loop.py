@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from tqdm import tqdm
 
 from train import checkpoint as checkpoint_lib
 from train import objective
+from train import progress
 from train import resume
 from train import setup as setup_lib
 from train import state as state_lib
@@ -141,7 +141,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
 
   last_eval: dict[str, float] = {}
   writer = MetricsWriter(workdir, resume_step=start_step)
-  bar = tqdm(
+  bar = progress.progress(
     total=config.steps,
     initial=start_step,
     disable=jax.process_index() != 0,
@@ -199,4 +199,17 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
         bar.write(f"SIGTERM received: checkpoint written at step {step}.")
         break
     metrics.write_all()
+  if jax.process_index() == 0:
+    _print_outputs(workdir, checkpointer)
   return TrainResult(state=state, eval_metrics=last_eval)
+
+
+def _print_outputs(workdir: pathlib.Path, checkpointer) -> None:
+  """Where the run's results are, for the user to pick up."""
+  workdir = workdir.absolute()
+  print(f"metrics: {workdir / 'metrics.jsonl'}")
+  print(
+    f"checkpoints: {checkpointer.directory} (latest step"
+    f" {checkpointer.latest_step})"
+  )
+  print(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")

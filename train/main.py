@@ -8,6 +8,8 @@ mistake in the flags, the config or the data ends the program with one line
 on stderr, ``error: ...``, and exit code 2.
 """
 
+import functools
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -53,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))

@@ -139,6 +139,8 @@ class TrainMetrics:
         # optax counts updates from 0: step s used the rate at s - 1.
         record["learning_rate"] = float(self._learning_rate(step - 1))
       self.add(step, record)
+      if self._bar is not None:
+        self._bar.record(step, record)
       self._start_window()
 
   def add(self, step: int, values: Mapping[str, float]) -> None:

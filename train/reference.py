@@ -13,10 +13,10 @@ import pathlib
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from slpo_jax import sharding
 from train import objective
+from train import progress
 
 
 def params_fingerprint(params) -> str:
@@ -87,7 +87,7 @@ class ReferenceCache:
     stats = _stats_fn(model, head)
     values = {}
     for split in ("train", "eval"):
-      for batch in tqdm(
+      for batch in progress.progress(
         pipeline(split, single_pass=True),
         desc=f"reference log-probs ({split})",
         disable=jax.process_index() != 0,

@@ -12,7 +12,8 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import optax
-from tqdm import tqdm
+
+from train import progress
 
 
 def _nll(model, params, batch):
@@ -62,7 +63,9 @@ def fit(
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
   opt_state = optimizer.init(params)
   loss = float("nan")
-  bar = tqdm(range(steps), desc="sft reference", disable=not show_progress)
+  bar = progress.progress(
+    range(steps), desc="sft reference", disable=not show_progress
+  )
   keys = ("input_ids", "attention_mask", "labels", "loss_mask")
   for _ in bar:
     batch = next(batches)

@@ -139,7 +139,10 @@ def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
     eval_key = "tfds_split_eval"
   else:
     if not config.train_path:
-      fail(f"source {config.source!r} needs train_path")
+      fail(
+        f"source {config.source!r} needs train_path: the file of pairs"
+        " (--config.data.train_path=FILE, or configs/hh.py:FILE)"
+      )
     if config.source == "jsonl" and not config.field_map.prompt:
       fail("field_map.prompt is empty; for HH transcripts use source 'hh'")
     own_eval = bool(config.eval_path)
