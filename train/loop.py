@@ -34,22 +34,30 @@ class TrainResult:
 
   state: step_lib.TrainState
   eval_metrics: dict[str, float]
+  # "SIGTERM" or "SIGINT" when a signal stopped the run early (after a
+  # checkpoint); None when it ran to its last step.
+  stopped_by: str | None = None
 
 
 @contextlib.contextmanager
-def _sigterm_requests():
-  """Yields a flag set by SIGTERM; the loop checkpoints and exits on it."""
-  requested = {"stop": False}
+def _stop_requests():
+  """Yields ``{"signal": None}``, set to "SIGTERM" or "SIGINT" when one
+  arrives; the loop then checkpoints and stops."""
+  requested = {"signal": None}
 
   def handler(signum, frame):
-    del signum, frame
-    requested["stop"] = True
+    del frame
+    requested["signal"] = signal.Signals(signum).name
 
-  previous = signal.signal(signal.SIGTERM, handler)
+  previous = {
+    signum: signal.signal(signum, handler)
+    for signum in (signal.SIGTERM, signal.SIGINT)
+  }
   try:
     yield requested
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, old in previous.items():
+      signal.signal(signum, old)
 
 
 def run_identity(config) -> dict:
@@ -159,7 +167,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     ),
     num_tokens=restored.progress.get("num_tokens", 0) if restored else 0,
   )
-  with _sigterm_requests() as sigterm, contextlib.ExitStack() as cleanup:
+  with _stop_requests() as stop, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):
       cleanup.callback(resource.close)
     for step in range(start_step + 1, config.steps + 1):
@@ -185,7 +193,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
           + json.dumps({k: round(v, 4) for k, v in last_eval.items()})
         )
       every = config.checkpoint_every
-      if (every and step % every == 0) or at_end or sigterm["stop"]:
+      if (every and step % every == 0) or at_end or stop["signal"]:
         # Never checkpoint a state not known to be finite.
         metrics.write_all()
         checkpointer.save(
@@ -195,13 +203,17 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
           {"num_tokens": metrics.num_tokens},
           reference=reference if sync_fn is not None else None,
         )
-      if sigterm["stop"]:
-        bar.write(f"SIGTERM received: checkpoint written at step {step}.")
+      if stop["signal"]:
+        bar.write(
+          f"{stop['signal']} received: checkpoint written at step {step}."
+        )
         break
     metrics.write_all()
   if jax.process_index() == 0:
     _print_outputs(workdir, checkpointer)
-  return TrainResult(state=state, eval_metrics=last_eval)
+  return TrainResult(
+    state=state, eval_metrics=last_eval, stopped_by=stop["signal"]
+  )
 
 
 def _print_outputs(workdir: pathlib.Path, checkpointer) -> None:

@@ -9,6 +9,7 @@ on stderr, ``error: ...``, and exit code 2.
 """
 
 import functools
+import sys
 
 from absl import app
 from absl import flags
@@ -40,7 +41,7 @@ def main(argv):
   from train import loop  # Imported after JAX's distributed runtime is up.
 
   try:
-    loop.train_and_evaluate(config, _WORKDIR.value)
+    result = loop.train_and_evaluate(config, _WORKDIR.value)
   except errors.USER_ERRORS as error:
     # Errors the user can fix by changing the config or data: one line, no
     # traceback (and not repeated by an absl log line).
@@ -52,6 +53,8 @@ def main(argv):
     if message is None:
       raise
     cli.fail(message)
+  if result.stopped_by == "SIGINT":
+    sys.exit(130)  # The shell's code for Ctrl-C, after the checkpoint.
 
 
 if __name__ == "__main__":

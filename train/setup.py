@@ -25,6 +25,7 @@ from train import step as step_lib
 from train import synthetic_setup
 from train import validate
 from train.errors import ConfigError
+from train.errors import DataError
 
 
 @dataclasses.dataclass
@@ -127,6 +128,15 @@ def _copy(tree, shardings):
   )
 
 
+def _check_train_size(config, num_pairs: int) -> None:
+  if num_pairs < config.batch_size and not config.data.allow_repeats:
+    raise DataError(
+      f"the train split has {num_pairs} pairs, fewer than one batch of"
+      f" {config.batch_size}: every batch would repeat pairs; lower"
+      " batch_size, or set data.allow_repeats=True"
+    )
+
+
 def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   """Build model, reference and data for a validated config on ``mesh``."""
   spec = objective.loss_of(config.loss)
@@ -169,9 +179,16 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
     for split in ("train", "eval")
     if split == "train" or validate.has_eval_split(config)
   }
+  _check_train_size(config, datasets["train"].report.num_loaded)
   if jax.process_index() == 0:
     for dataset in datasets.values():
       print(dataset.report.summary())
+    pairs = config.steps * config.batch_size
+    print(
+      f"training sees {pairs / datasets['train'].report.num_loaded:.2f}"
+      f" epochs of the train split ({config.steps} steps x"
+      f" {config.batch_size} pairs)"
+    )
 
   def batches(split: str, single_pass: bool):
     if split not in datasets:

@@ -38,6 +38,17 @@ def test_jsonl_plain_and_gzip_read_the_same(jsonl_config, jsonl_file, tmp_path):
   )
 
 
+def test_a_utf8_byte_order_mark_is_accepted(jsonl_config, jsonl_file, tmp_path):
+  tok = data.ByteTokenizer()
+  plain = data.load_dataset(jsonl_config, tokenizer=tok, split="train")
+  marked = tmp_path / "bom.jsonl"
+  marked.write_bytes(b"\xef\xbb\xbf" + jsonl_file.read_bytes())
+  jsonl_config.train_path = str(marked)
+  with_bom = data.load_dataset(jsonl_config, tokenizer=tok, split="train")
+  assert with_bom.report.num_loaded == 40 and not with_bom.report.skipped
+  assert with_bom.fingerprint == plain.fingerprint
+
+
 def test_remapped_and_nested_fields(jsonl_config, tmp_path, write_jsonl):
   records = [
     {"meta": {"question": f"q{i}"}, "good": f"yes {i}", "bad": f"no {i}"}

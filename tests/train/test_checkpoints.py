@@ -165,7 +165,12 @@ def test_sigkill_then_rerun_ends_bitwise_like_an_uninterrupted_run(tmp_path):
   )
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(make_config, tmp_path):
+@pytest.mark.parametrize(
+  ("stop", "returncode"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)]
+)
+def test_a_stop_signal_writes_a_checkpoint_and_exits_cleanly(
+  make_config, tmp_path, stop, returncode
+):
   config = make_config(steps=1000)
   process = start_train_main(config, tmp_path / "run")
   wait_for(
@@ -177,10 +182,20 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(make_config, tmp_path):
     process=process,
     what="two steps",
   )
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(stop)
   output = finish(process)
-  assert process.returncode == 0, output
+  assert process.returncode == returncode, output
+  assert "Traceback" not in output
   (step,) = checkpoint_steps(tmp_path / "run")
   assert 2 <= step < config.steps
-  assert f"SIGTERM received: checkpoint written at step {step}." in output
+  assert f"{stop.name} received: checkpoint written at step {step}." in output
   assert read_metrics(tmp_path / "run")[-1]["step"] == step
+  # Output to a file: plain progress lines, no carriage-return redraws, and
+  # where the results are at the end.
+  assert "\r" not in output
+  assert "train step 1/1000, loss" in output
+  assert "training sees 62.50 epochs of the train split" in output
+  assert (
+    f"checkpoints: {tmp_path / 'run' / 'checkpoints'} (latest step {step})"
+    in output
+  )

@@ -4,7 +4,9 @@ import pytest
 
 from slpo_jax import losses
 from train.errors import ConfigError
+from train.errors import DataError
 
+from train_testing import build
 from train_testing import finish
 from train_testing import start_train_main
 from train_testing import train
@@ -101,6 +103,7 @@ def command_line_failures(make_config, tmp_path_factory):
   processes["unknown_key"] = start_train_main(
     make_config(), root / "unknown_key", "--config.loss.nmae=x"
   )
+  processes["help"] = start_train_main(make_config(), root / "help", "--help")
   outputs = {
     case: finish(process, timeout=120) for case, process in processes.items()
   }
@@ -130,4 +133,25 @@ def test_command_line_refuses_an_unknown_config_key(command_line_failures):
   assert output.strip().splitlines() == [
     "error: no config key 'nmae' Did you mean \"name\" instead of \"nmae\"?"
   ]
+  assert not workdir.exists()
+
+
+def test_a_train_split_smaller_than_a_batch_needs_allow_repeats(
+  make_config, tmp_path
+):
+  with pytest.raises(
+    DataError, match="has 128 pairs, fewer than one batch of 256"
+  ):
+    train(make_config(batch_size=256), tmp_path / "run")
+  run = build(
+    make_config(**{"batch_size": 256, "data.allow_repeats": True}),
+    tmp_path / "allowed",
+  )
+  assert next(run.train_iterator)["chosen_input_ids"].shape[0] == 256
+
+
+def test_help_exits_0_saying_where_the_keys_are(command_line_failures):
+  returncode, output, workdir = command_line_failures["help"]
+  assert returncode == 0, output
+  assert "--workdir" in output and "configs/base.py" in output
   assert not workdir.exists()

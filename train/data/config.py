@@ -67,6 +67,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Fraction of a single source held out for evaluation when no eval file or
   # eval split is given; 0 means no evaluation data.
   config.eval_fraction = 0.0
+  # A train split of fewer pairs than one batch is refused (each batch would
+  # repeat pairs) unless this is True.
+  config.allow_repeats = False
 
   # The synthetic sentiment task (slpo_jax.tasks.synthetic).
   config.synthetic = ml_collections.ConfigDict()

@@ -18,6 +18,7 @@ raises ``DataError`` or is counted, as ``on_bad_record`` says.
 from __future__ import annotations
 
 import dataclasses
+import codecs
 import gzip
 import hashlib
 import json
@@ -185,7 +186,8 @@ def _read_bytes(path: str) -> bytes:
       data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
       raise DataError(f"{path}: not a readable gzip file: {e}") from None
-  return data
+  # Editors on Windows often start a UTF-8 file with a byte-order mark.
+  return data.removeprefix(codecs.BOM_UTF8)
 
 
 def _jsonl_records(
