@@ -17,8 +17,8 @@ raises ``DataError`` or is counted, as ``on_bad_record`` says.
 
 from __future__ import annotations
 
-import dataclasses
 import codecs
+import dataclasses
 import gzip
 import hashlib
 import json
