@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import pathlib
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from train import resume
 from train import setup as setup_lib
 from train import state as state_lib
 from train import step as step_lib
+from train import stopping
 from train import validate
 from train import workdir as workdir_lib
 from train.metrics_writer import MetricsWriter
@@ -37,27 +37,6 @@ class TrainResult:
   # "SIGTERM" or "SIGINT" when a signal stopped the run early (after a
   # checkpoint); None when it ran to its last step.
   stopped_by: str | None = None
-
-
-@contextlib.contextmanager
-def _stop_requests():
-  """Yields ``{"signal": None}``, set to "SIGTERM" or "SIGINT" when one
-  arrives; the loop then checkpoints and stops."""
-  requested = {"signal": None}
-
-  def handler(signum, frame):
-    del frame
-    requested["signal"] = signal.Signals(signum).name
-
-  previous = {
-    signum: signal.signal(signum, handler)
-    for signum in (signal.SIGTERM, signal.SIGINT)
-  }
-  try:
-    yield requested
-  finally:
-    for signum, old in previous.items():
-      signal.signal(signum, old)
 
 
 def run_identity(config) -> dict:
@@ -167,7 +146,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     ),
     num_tokens=restored.progress.get("num_tokens", 0) if restored else 0,
   )
-  with _stop_requests() as stop, contextlib.ExitStack() as cleanup:
+  with stopping.StopRequests() as stop, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):
       cleanup.callback(resource.close)
     for step in range(start_step + 1, config.steps + 1):
@@ -193,7 +172,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
           + json.dumps({k: round(v, 4) for k, v in last_eval.items()})
         )
       every = config.checkpoint_every
-      if (every and step % every == 0) or at_end or stop["signal"]:
+      if (every and step % every == 0) or at_end or stop.signal:
         # Never checkpoint a state not known to be finite.
         metrics.write_all()
         checkpointer.save(
@@ -203,16 +182,14 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
           {"num_tokens": metrics.num_tokens},
           reference=reference if sync_fn is not None else None,
         )
-      if stop["signal"]:
-        bar.write(
-          f"{stop['signal']} received: checkpoint written at step {step}."
-        )
+      if stop.signal:
+        bar.write(f"{stop.signal} received: checkpoint written at step {step}.")
         break
     metrics.write_all()
   if jax.process_index() == 0:
     _print_outputs(workdir, checkpointer)
   return TrainResult(
-    state=state, eval_metrics=last_eval, stopped_by=stop["signal"]
+    state=state, eval_metrics=last_eval, stopped_by=stop.signal
   )
 
 

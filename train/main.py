@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from train import cli
 from train import distributed
 from train import errors
+from train import stopping
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Where checkpoints, metrics and caches go."
@@ -42,6 +43,11 @@ def main(argv):
 
   try:
     result = loop.train_and_evaluate(config, _WORKDIR.value)
+  except stopping.Stopped as stopped:
+    # A signal before training proper (the reference fit): what was saved
+    # is in the message; the same command continues.
+    print(stopped, file=sys.stderr, flush=True)
+    sys.exit(stopped.exit_code)
   except errors.USER_ERRORS as error:
     # Errors the user can fix by changing the config or data: one line, no
     # traceback (and not repeated by an absl log line).
@@ -53,8 +59,8 @@ def main(argv):
     if message is None:
       raise
     cli.fail(message)
-  if result.stopped_by == "SIGINT":
-    sys.exit(130)  # The shell's code for Ctrl-C, after the checkpoint.
+  if result.stopped_by is not None:
+    sys.exit(stopping.EXIT_CODES[result.stopped_by])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 from slpo_jax import sharding
 from train import objective
 from train import progress
+from train import stopping
 
 
 def params_fingerprint(params) -> str:
@@ -86,20 +87,29 @@ class ReferenceCache:
       )
     stats = _stats_fn(model, head)
     values = {}
-    for split in ("train", "eval"):
-      for batch in progress.progress(
-        pipeline(split, single_pass=True),
-        desc=f"reference log-probs ({split})",
-        disable=jax.process_index() != 0,
-      ):
-        c, r = stats(reference_params, sharding.global_batch(batch, mesh))
-        # Each process keeps the rows it owns: its addressable shards.
-        c, r = _local_rows(c), _local_rows(r)
-        for i, cv, rv, w in zip(
-          batch["example_id"], c, r, batch["example_weight"]
+    with stopping.StopRequests() as stop:
+      for split in ("train", "eval"):
+        for batch in progress.progress(
+          pipeline(split, single_pass=True),
+          desc=f"reference log-probs ({split})",
+          disable=jax.process_index() != 0,
         ):
-          if w > 0:
-            values[(split, int(i))] = (float(cv), float(rv))
+          c, r = stats(reference_params, sharding.global_batch(batch, mesh))
+          # Each process keeps the rows it owns: its addressable shards.
+          c, r = _local_rows(c), _local_rows(r)
+          for i, cv, rv, w in zip(
+            batch["example_id"], c, r, batch["example_weight"]
+          ):
+            if w > 0:
+              values[(split, int(i))] = (float(cv), float(rv))
+          if stop.signal:
+            # A pass over the data, cheaper to redo than to resume.
+            raise stopping.Stopped(
+              stop.signal,
+              f"{stop.signal} received while computing the reference"
+              " log-probs: nothing to keep; rerun the same command to start"
+              " them again",
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted(values)
     np.savez(
