@@ -119,6 +119,7 @@ def _save_progress(path: pathlib.Path, step: int, tree) -> None:
   if jax.process_index() != 0:
     return
   leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+  path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_name(path.name + ".tmp")
   with partial.open("wb") as file:
     np.savez(file, step=step, **{f"leaf_{i}": x for i, x in enumerate(leaves)})

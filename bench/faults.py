@@ -1,0 +1,444 @@
+"""The fault matrix: inject each fault into a small training run, rerun, and
+check that nothing is lost.
+
+  python -m bench.faults            # every fault (about 10 min on 2 CPU cores)
+  python -m bench.faults --only kill,disk
+
+The run is ``python -m train.main`` on a tiny Llama, 128 JSONL pairs, 12
+steps, a checkpoint every 4, one CPU device. A reference run goes through
+without a fault. For each fault the program is run with it, then (where the
+fault is not a refusal) rerun with the same command, and checked:
+
+* **resumed, bitwise**: the rerun ended with final parameters bitwise equal
+  to the reference run's, and ``metrics.jsonl`` holds each step once;
+* **refused**: the faulty run stopped with exit code 2 (or 0/130 for a
+  signal) and printed its reason in one ``error:`` line, no traceback.
+
+Columns: fault; outcome; exit code of the faulty run; lines the faulty run
+printed on stderr beyond the progress lines (the reason, and nothing else
+if the fault is handled); data lost (checkpoints or metric records lost or
+duplicated after the rerun). Written to ``bench/results/faults.md``.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 12
+BASE_FLAGS = (
+  "--config.steps=12",
+  "--config.batch_size=8",
+  "--config.log_every=1",
+  "--config.eval_every=0",
+  "--config.checkpoint_every=4",
+  "--config.optimizer.learning_rate=0.001",
+  "--config.optimizer.warmup_steps=0",
+  "--config.optimizer.decay=constant",
+  "--config.model.size=tiny",
+  "--config.model.loss_head=plain",
+  "--config.reference.sft_steps=0",
+  "--config.data.source=jsonl",
+  "--config.data.max_length=32",
+  "--config.data.max_prompt_length=8",
+  "--config.data.length_buckets=(32,)",
+)
+
+
+def _write_pairs(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  rng = random.Random(0)
+
+  def words(count):
+    return " ".join(
+      "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 3)))
+      for _ in range(count)
+    )
+
+  paths = []
+  for split, count in (("train", 128), ("eval", 32)):
+    lines = []
+    for _ in range(count):
+      chosen = words(rng.randint(1, 5))
+      rejected = chosen
+      while rejected == chosen:
+        rejected = words(rng.randint(1, 5))
+      lines.append(
+        json.dumps({"prompt": words(2), "chosen": chosen, "rejected": rejected})
+      )
+    path = folder / f"{split}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    paths.append(path)
+  return tuple(paths)
+
+
+class Runs:
+  """Starts ``train.main`` runs of the tiny config in a scratch folder."""
+
+  def __init__(self, scratch: pathlib.Path):
+    self.scratch = scratch
+    train, evaluation = _write_pairs(scratch)
+    self.data_flags = (
+      f"--config.data.train_path={train}",
+      f"--config.data.eval_path={evaluation}",
+    )
+    self.env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    self.env.pop("XLA_FLAGS", None)
+
+  def command(self, workdir, *flags):
+    return [
+      sys.executable,
+      "-m",
+      "train.main",
+      "--config",
+      str(ROOT / "configs" / "default.py"),
+      "--workdir",
+      str(workdir),
+      *BASE_FLAGS,
+      *self.data_flags,
+      *flags,
+    ]
+
+  def start(self, workdir, *flags) -> subprocess.Popen:
+    return subprocess.Popen(
+      self.command(workdir, *flags),
+      cwd=ROOT,
+      env=self.env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+
+  def run(self, workdir, *flags, timeout=600):
+    process = self.start(workdir, *flags)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def _params(workdir: pathlib.Path, step: int):
+  import orbax.checkpoint as ocp
+
+  path = workdir.absolute() / "checkpoints" / str(step) / "state"
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path)["params"]
+
+
+def _same_params(a, b) -> bool:
+  import jax
+
+  return all(
+    np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
+def _metric_steps(workdir: pathlib.Path) -> list[int]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def _reason_lines(err: str) -> list[str]:
+  """What the run printed on stderr besides progress and the JAX banner."""
+  keep = []
+  for line in err.splitlines():
+    text = line.strip()
+    if not text or text.startswith(("train step", "train:", "sft reference")):
+      continue
+    keep.append(text)
+  return keep
+
+
+def _wait(predicate, process, seconds=300):
+  end = time.time() + seconds
+  while time.time() < end:
+    if predicate():
+      return True
+    if process.poll() is not None:
+      return False
+    time.sleep(0.005)
+  return False
+
+
+class Matrix:
+  def __init__(self, runs: Runs):
+    self.runs = runs
+    self.rows = []
+    reference = runs.scratch / "reference"
+    code, _, err = runs.run(reference)
+    if code != 0:
+      raise SystemExit(f"the reference run failed:\n{err}")
+    self.final = _params(reference, STEPS)
+
+  def workdir(self, name):
+    path = self.runs.scratch / name
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+  def check_rerun(self, fault, workdir, code, err, *, flags=()):
+    """Reruns the same command; records whether it ended like the reference."""
+    rerun_code, _, rerun_err = self.runs.run(workdir, *flags)
+    steps = _metric_steps(workdir)
+    lost = []
+    if steps != list(range(1, STEPS + 1)):
+      lost.append(f"metric steps {steps}")
+    if rerun_code != 0:
+      outcome = f"rerun failed (exit {rerun_code}): {_reason_lines(rerun_err)[-1:]}"
+    elif not _same_params(_params(workdir, STEPS), self.final):
+      outcome = "rerun finished, parameters differ"
+    else:
+      outcome = "resumed, bitwise equal"
+    self.add(fault, outcome, code, err, lost)
+
+  def add(self, fault, outcome, code, err, lost=()):
+    lines = _reason_lines(err)
+    self.rows.append((fault, outcome, code, len(lines), ", ".join(lost) or "none"))
+    print(f"{fault}: {outcome} (exit {code}, {len(lines)} lines)", flush=True)
+    for line in lines[:3]:
+      print(f"    {line[:160]}", flush=True)
+
+  def refused(self, fault, workdir, flags, expect="error:"):
+    code, _, err = self.runs.run(workdir, *flags)
+    lines = _reason_lines(err)
+    one_line = len(lines) == 1 and lines[0].startswith(expect)
+    outcome = "refused in one line" if one_line and code == 2 else "NOT one line"
+    self.add(fault, outcome, code, err)
+
+  # The faults.
+
+  def kill(self):
+    rng = random.Random(0)
+    for name, at in (("SIGKILL mid-training", "step"), ("SIGKILL mid-save", "save")):
+      for attempt in range(3 if at == "save" else 1):
+        workdir = self.workdir(f"kill_{at}_{attempt}")
+        process = self.runs.start(workdir)
+        if at == "step":
+          hit = _wait(lambda: len(_metric_steps(workdir)) >= 6, process)
+        else:
+          # Kill while a checkpoint's temporary folder exists, after a
+          # random extra pause of up to 20 ms.
+          delay = rng.uniform(0, 0.02)
+          hit = _wait(
+            lambda: any(
+              ".orbax-checkpoint-tmp" in p.name
+              for p in (workdir / "checkpoints").glob("*")
+            )
+            if (workdir / "checkpoints").exists()
+            else False,
+            process,
+          )
+          time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate()
+        label = name if at == "step" else f"{name} #{attempt + 1}"
+        if not hit:
+          label += " (missed the window)"
+        self.check_rerun(label, workdir, process.returncode, err)
+
+  def stop(self):
+    for signum, want in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
+      workdir = self.workdir(f"stop_{signum.name}")
+      process = self.runs.start(workdir)
+      _wait(lambda: len(_metric_steps(workdir)) >= 5, process)
+      process.send_signal(signum)
+      _, err = process.communicate()
+      name = f"{signum.name} mid-training (exit {want} expected)"
+      self.check_rerun(name, workdir, process.returncode, err)
+
+  def damage(self):
+    """Each kind of checkpoint file of the newest checkpoint, damaged."""
+    source = self.workdir("damage_source")
+    code, _, err = self.runs.run(source, "--config.steps=8")
+    assert code == 0, err
+    kinds = {
+      "array data (largest file), truncated": lambda c: _truncate(
+        max(
+          (f for f in (c / "state").rglob("*") if f.is_file()),
+          key=lambda f: f.stat().st_size,
+        )
+      ),
+      "state manifest.ocdbt, deleted": lambda c: (
+        c / "state" / "manifest.ocdbt"
+      ).unlink(),
+      "state _METADATA, truncated": lambda c: _truncate(c / "state" / "_METADATA"),
+      "data position (JSON), truncated": lambda c: _truncate(c / "data" / "metadata"),
+      "run record (JSON), deleted": lambda c: (c / "run" / "metadata").unlink(),
+      "_CHECKPOINT_METADATA, deleted": lambda c: (c / "_CHECKPOINT_METADATA").unlink(),
+    }
+    for kind, damage in kinds.items():
+      workdir = self.workdir("damage")
+      shutil.copytree(source, workdir)
+      damage(workdir / "checkpoints" / "8")
+      code, _, err = self.runs.run(workdir)
+      steps = _metric_steps(workdir)
+      lost = [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+      moved = (workdir / "checkpoints-damaged" / "8").exists()
+      if code == 0 and _same_params(_params(workdir, STEPS), self.final):
+        outcome = "set aside, resumed from step 4, bitwise equal"
+        if not moved:
+          outcome = "read anyway, bitwise equal"
+      else:
+        outcome = f"exit {code}: {(_reason_lines(err) or [''])[-1][:80]}"
+      self.add(f"checkpoint 8: {kind}", outcome, code, err, lost)
+
+  def disk(self):
+    """The disk fills up while a checkpoint is written (a small tmpfs)."""
+    mount = pathlib.Path(tempfile.mkdtemp(prefix="faults_tmpfs_"))
+    mounted = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)],
+      capture_output=True,
+    )
+    if mounted.returncode:
+      self.rows.append(("disk full during a save", "not run: cannot mount a tmpfs here", "", "", ""))
+      return
+    try:
+      workdir = mount / "run"
+      code, _, err = self.runs.run(workdir)
+      lines = _reason_lines(err)
+      one_line = len(lines) == 1 and "no space left on device" in lines[0]
+      # Free space: move the workdir to a roomy disk and rerun there.
+      roomy = self.workdir("disk_roomy")
+      shutil.copytree(workdir, roomy)
+    finally:
+      subprocess.run(["umount", str(mount)], capture_output=True)
+    if not one_line:
+      self.add("disk full during a save", "NOT one line", code, err)
+      return
+    self.check_rerun("disk full during a save, then space freed", roomy, code, err)
+
+  def concurrent(self):
+    workdir = self.workdir("concurrent")
+    first = self.runs.start(workdir)
+    _wait(lambda: (workdir / "lock").exists(), first)
+    code, _, err = self.runs.run(workdir)
+    first.communicate()
+    lines = _reason_lines(err)
+    refused = code == 2 and len(lines) == 1 and "is in use by process" in lines[0]
+    steps = _metric_steps(workdir)
+    same = first.returncode == 0 and _same_params(_params(workdir, STEPS), self.final)
+    outcome = (
+      "second refused in one line; first bitwise equal"
+      if refused and same
+      else "FAILED"
+    )
+    lost = [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+    self.add("two runs on one workdir", outcome, code, err, lost)
+
+  def data(self):
+    """Every malformed-record kind the JSONL reader knows, in error mode."""
+    good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+    bad = {
+      "invalid_utf8": b"\xff\xfe not utf-8",
+      "malformed_json": b'{"prompt": ',
+      "not_an_object": b"[1, 2]",
+      "missing_field": json.dumps({"prompt": "p", "chosen": "a"}).encode(),
+      "non_string_field": json.dumps(
+        {"prompt": "p", "chosen": 3, "rejected": "b"}
+      ).encode(),
+      "empty_response": json.dumps(
+        {"prompt": "p", "chosen": " ", "rejected": "b"}
+      ).encode(),
+      "identical_responses": json.dumps(
+        {"prompt": "p", "chosen": "a", "rejected": "a"}
+      ).encode(),
+    }
+    for reason, line in bad.items():
+      path = self.runs.scratch / f"bad_{reason}.jsonl"
+      path.write_bytes((good + "\n") * 20 + line + b"\n" + (good + "\n") * 20)
+      self.refused(
+        f"data: {reason}",
+        self.workdir(f"data_{reason}"),
+        [f"--config.data.train_path={path}", "--config.data.on_bad_record=error"],
+      )
+    marked = self.runs.scratch / "bom.jsonl"
+    marked.write_bytes(
+      b"\xef\xbb\xbf" + (self.runs.scratch / "train.jsonl").read_bytes()
+    )
+    code, _, err = self.runs.run(
+      self.workdir("data_bom"), f"--config.data.train_path={marked}"
+    )
+    self.add("data: UTF-8 byte-order mark", "trained" if code == 0 else "FAILED", code, err)
+    small = self.runs.scratch / "three.jsonl"
+    small.write_text((good + "\n") * 3)
+    self.refused(
+      "data: 3 pairs for a batch of 8",
+      self.workdir("data_small"),
+      [f"--config.data.train_path={small}"],
+    )
+
+  def settings(self):
+    file = self.runs.scratch / "a_file"
+    file.write_text("")
+    cases = {
+      "negative learning rate": ["--config.optimizer.learning_rate=-1e-4"],
+      "steps=0": ["--config.steps=0"],
+      "unknown optimizer.name": ["--config.optimizer.name=adamm"],
+      "misspelt key": ["--config.loss.nmae=dpo"],
+    }
+    for name, flags in cases.items():
+      self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)
+    self.refused("workdir under a regular file", file / "run", [])
+    # A finished cosine run rerun with more steps: the schedule would jump.
+    workdir = self.workdir("schedule")
+    cosine = ["--config.optimizer.decay=cosine", "--config.steps=8"]
+    self.runs.run(workdir, *cosine)
+    self.refused(
+      "resume with a longer cosine schedule",
+      workdir,
+      ["--config.optimizer.decay=cosine", "--config.steps=16"],
+    )
+
+  def table(self) -> str:
+    lines = [
+      "| fault | outcome | exit code | lines printed | data lost |",
+      "| --- | --- | --- | --- | --- |",
+    ]
+    for row in self.rows:
+      lines.append("| " + " | ".join(str(x) for x in row) + " |")
+    return "\n".join(lines)
+
+
+def _truncate(path: pathlib.Path) -> None:
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+
+
+GROUPS = ("kill", "stop", "damage", "disk", "concurrent", "data", "settings")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups")
+  parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+  args = parser.parse_args()
+  started = time.time()
+  with tempfile.TemporaryDirectory(prefix="faults_") as scratch:
+    matrix = Matrix(Runs(pathlib.Path(scratch)))
+    for group in args.only.split(","):
+      getattr(matrix, group)()
+  table = matrix.table()
+  minutes = (time.time() - started) / 60
+  print("\n" + table + f"\n\n{len(matrix.rows)} faults in {minutes:.1f} min")
+  if not args.no_save:
+    out = ROOT / "bench" / "results" / "faults.md"
+    out.write_text(
+      "# Fault matrix\n\n`python -m bench.faults` on "
+      f"{os.uname().nodename} ({os.cpu_count()} CPUs), {minutes:.1f} min.\n\n"
+      + table
+      + "\n"
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
