@@ -193,7 +193,9 @@ class Matrix:
     if steps != list(range(1, STEPS + 1)):
       lost.append(f"metric steps {steps}")
     if rerun_code != 0:
-      outcome = f"rerun failed (exit {rerun_code}): {_reason_lines(rerun_err)[-1:]}"
+      outcome = (
+        f"rerun failed (exit {rerun_code}): {_reason_lines(rerun_err)[-1:]}"
+      )
     elif not _same_params(_params(workdir, STEPS), self.final):
       outcome = "rerun finished, parameters differ"
     else:
@@ -202,7 +204,9 @@ class Matrix:
 
   def add(self, fault, outcome, code, err, lost=()):
     lines = _reason_lines(err)
-    self.rows.append((fault, outcome, code, len(lines), ", ".join(lost) or "none"))
+    self.rows.append(
+      (fault, outcome, code, len(lines), ", ".join(lost) or "none")
+    )
     print(f"{fault}: {outcome} (exit {code}, {len(lines)} lines)", flush=True)
     for line in lines[:3]:
       print(f"    {line[:160]}", flush=True)
@@ -211,32 +215,29 @@ class Matrix:
     code, _, err = self.runs.run(workdir, *flags)
     lines = _reason_lines(err)
     one_line = len(lines) == 1 and lines[0].startswith(expect)
-    outcome = "refused in one line" if one_line and code == 2 else "NOT one line"
+    outcome = (
+      "refused in one line" if one_line and code == 2 else "NOT one line"
+    )
     self.add(fault, outcome, code, err)
 
   # The faults.
 
   def kill(self):
     rng = random.Random(0)
-    for name, at in (("SIGKILL mid-training", "step"), ("SIGKILL mid-save", "save")):
+    for name, at in (
+      ("SIGKILL mid-training", "step"),
+      ("SIGKILL mid-save", "save"),
+    ):
       for attempt in range(3 if at == "save" else 1):
         workdir = self.workdir(f"kill_{at}_{attempt}")
         process = self.runs.start(workdir)
         if at == "step":
-          hit = _wait(lambda: len(_metric_steps(workdir)) >= 6, process)
+          hit = _wait(lambda w=workdir: len(_metric_steps(w)) >= 6, process)
         else:
           # Kill while a checkpoint's temporary folder exists, after a
           # random extra pause of up to 20 ms.
           delay = rng.uniform(0, 0.02)
-          hit = _wait(
-            lambda: any(
-              ".orbax-checkpoint-tmp" in p.name
-              for p in (workdir / "checkpoints").glob("*")
-            )
-            if (workdir / "checkpoints").exists()
-            else False,
-            process,
-          )
+          hit = _wait(lambda w=workdir: _saving(w), process)
           time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         _, err = process.communicate()
@@ -249,7 +250,7 @@ class Matrix:
     for signum, want in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
       workdir = self.workdir(f"stop_{signum.name}")
       process = self.runs.start(workdir)
-      _wait(lambda: len(_metric_steps(workdir)) >= 5, process)
+      _wait(lambda w=workdir: len(_metric_steps(w)) >= 5, process)
       process.send_signal(signum)
       _, err = process.communicate()
       name = f"{signum.name} mid-training (exit {want} expected)"
@@ -270,10 +271,16 @@ class Matrix:
       "state manifest.ocdbt, deleted": lambda c: (
         c / "state" / "manifest.ocdbt"
       ).unlink(),
-      "state _METADATA, truncated": lambda c: _truncate(c / "state" / "_METADATA"),
-      "data position (JSON), truncated": lambda c: _truncate(c / "data" / "metadata"),
+      "state _METADATA, truncated": lambda c: _truncate(
+        c / "state" / "_METADATA"
+      ),
+      "data position (JSON), truncated": lambda c: _truncate(
+        c / "data" / "metadata"
+      ),
       "run record (JSON), deleted": lambda c: (c / "run" / "metadata").unlink(),
-      "_CHECKPOINT_METADATA, deleted": lambda c: (c / "_CHECKPOINT_METADATA").unlink(),
+      "_CHECKPOINT_METADATA, deleted": lambda c: (
+        c / "_CHECKPOINT_METADATA"
+      ).unlink(),
     }
     for kind, damage in kinds.items():
       workdir = self.workdir("damage")
@@ -281,7 +288,9 @@ class Matrix:
       damage(workdir / "checkpoints" / "8")
       code, _, err = self.runs.run(workdir)
       steps = _metric_steps(workdir)
-      lost = [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+      lost = (
+        [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+      )
       moved = (workdir / "checkpoints-damaged" / "8").exists()
       if code == 0 and _same_params(_params(workdir, STEPS), self.final):
         outcome = "set aside, resumed from step 4, bitwise equal"
@@ -299,7 +308,15 @@ class Matrix:
       capture_output=True,
     )
     if mounted.returncode:
-      self.rows.append(("disk full during a save", "not run: cannot mount a tmpfs here", "", "", ""))
+      self.rows.append(
+        (
+          "disk full during a save",
+          "not run: cannot mount a tmpfs here",
+          "",
+          "",
+          "",
+        )
+      )
       return
     try:
       workdir = mount / "run"
@@ -314,7 +331,9 @@ class Matrix:
     if not one_line:
       self.add("disk full during a save", "NOT one line", code, err)
       return
-    self.check_rerun("disk full during a save, then space freed", roomy, code, err)
+    self.check_rerun(
+      "disk full during a save, then space freed", roomy, code, err
+    )
 
   def concurrent(self):
     workdir = self.workdir("concurrent")
@@ -323,15 +342,21 @@ class Matrix:
     code, _, err = self.runs.run(workdir)
     first.communicate()
     lines = _reason_lines(err)
-    refused = code == 2 and len(lines) == 1 and "is in use by process" in lines[0]
+    refused = (
+      code == 2 and len(lines) == 1 and "is in use by process" in lines[0]
+    )
     steps = _metric_steps(workdir)
-    same = first.returncode == 0 and _same_params(_params(workdir, STEPS), self.final)
+    same = first.returncode == 0 and _same_params(
+      _params(workdir, STEPS), self.final
+    )
     outcome = (
       "second refused in one line; first bitwise equal"
       if refused and same
       else "FAILED"
     )
-    lost = [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+    lost = (
+      [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+    )
     self.add("two runs on one workdir", outcome, code, err, lost)
 
   def data(self):
@@ -354,11 +379,15 @@ class Matrix:
     }
     for reason, line in bad.items():
       path = self.runs.scratch / f"bad_{reason}.jsonl"
-      path.write_bytes((good + "\n") * 20 + line + b"\n" + (good + "\n") * 20)
+      lines = (good + "\n").encode() * 20
+      path.write_bytes(lines + line + b"\n" + lines)
       self.refused(
         f"data: {reason}",
         self.workdir(f"data_{reason}"),
-        [f"--config.data.train_path={path}", "--config.data.on_bad_record=error"],
+        [
+          f"--config.data.train_path={path}",
+          "--config.data.on_bad_record=error",
+        ],
       )
     marked = self.runs.scratch / "bom.jsonl"
     marked.write_bytes(
@@ -367,7 +396,12 @@ class Matrix:
     code, _, err = self.runs.run(
       self.workdir("data_bom"), f"--config.data.train_path={marked}"
     )
-    self.add("data: UTF-8 byte-order mark", "trained" if code == 0 else "FAILED", code, err)
+    self.add(
+      "data: UTF-8 byte-order mark",
+      "trained" if code == 0 else "FAILED",
+      code,
+      err,
+    )
     small = self.runs.scratch / "three.jsonl"
     small.write_text((good + "\n") * 3)
     self.refused(
@@ -408,6 +442,14 @@ class Matrix:
     return "\n".join(lines)
 
 
+def _saving(workdir: pathlib.Path) -> bool:
+  """Whether a checkpoint's temporary folder exists (a save under way)."""
+  folder = workdir / "checkpoints"
+  return folder.exists() and any(
+    ".orbax-checkpoint-tmp" in p.name for p in folder.glob("*")
+  )
+
+
 def _truncate(path: pathlib.Path) -> None:
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])
@@ -418,8 +460,12 @@ GROUPS = ("kill", "stop", "damage", "disk", "concurrent", "data", "settings")
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--only", default=",".join(GROUPS), help="comma-separated groups")
-  parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+  parser.add_argument(
+    "--only", default=",".join(GROUPS), help="comma-separated groups"
+  )
+  parser.add_argument(
+    "--no-save", action="store_true", help="do not write bench/results"
+  )
   args = parser.parse_args()
   started = time.time()
   with tempfile.TemporaryDirectory(prefix="faults_") as scratch:

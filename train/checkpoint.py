@@ -105,7 +105,7 @@ class Checkpointer:
     if reference is not None:
       items[_REFERENCE] = ocp.args.StandardSave(reference)
     try:
-      with orbax_noise.held_while_saving():
+      with orbax_noise.held():
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
     except Exception as error:
@@ -139,16 +139,18 @@ class Checkpointer:
     set_aside = []
     while (step := self.latest_step) is not None:
       try:
-        stored = self._manager.restore(
-          step, args=ocp.args.Composite(**{_RUN: ocp.args.JsonRestore()})
-        )[_RUN]
+        with orbax_noise.held():
+          stored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_RUN: ocp.args.JsonRestore()})
+          )[_RUN]
         failure = None
       except Exception as error:  # noqa: BLE001 (any failure to read is damage)
         stored, failure = None, error
       if _all_processes_agree(failure is None):
         self._check_compatible(stored)
         try:
-          restored = self._read(step, abstract_state, abstract_reference)
+          with orbax_noise.held():
+            restored = self._read(step, abstract_state, abstract_reference)
         except Exception as error:  # noqa: BLE001
           restored, failure = None, error
         if _all_processes_agree(failure is None):
@@ -245,7 +247,10 @@ def _first_line(error: BaseException | str) -> str:
   if isinstance(error, str):
     return error
   lines = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {lines[0] if lines else ''}"
+  first = lines[0] if lines else ""
+  if len(first) > 160:  # tensorstore's messages carry a whole JSON spec.
+    first = first[:157] + "..."
+  return f"{type(error).__name__}: {first}"
 
 
 def _all_processes_agree(ok: bool) -> bool:

@@ -38,14 +38,14 @@ class _Hold(logging.Filter):
 
 
 @contextlib.contextmanager
-def held_while_saving():
-  """Holds back what orbax's writer threads print while a save runs.
+def held():
+  """Holds back what orbax's threads print while a save or read runs.
 
-  When a save fails (a full disk), each of orbax's concurrent writes logs
-  its failure and its thread dies printing a traceback: hundreds of lines
-  that bury the one the program prints. They are held during the save,
-  printed as usual if it succeeds, and dropped if it fails: the failure
-  itself propagates to the caller.
+  When a save or read fails (a full disk, a missing file), each of orbax's
+  concurrent operations logs its failure and its thread dies printing a
+  traceback: hundreds of lines that bury the one the program prints. They
+  are held while the operation runs, printed as usual if it succeeds, and
+  dropped if it fails: the failure itself propagates to the caller.
   """
   hold = _Hold()
   loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
@@ -80,10 +80,13 @@ def held_while_saving():
     for logger in loggers:
       logger.removeFilter(hold)
     if failed:
-      # Writer threads may still die after the save has raised, and
-      # tensorstore's callbacks into the closed event loop keep reporting
-      # through sys.excepthook.
-      threading.excepthook = lambda args: None
+      # orbax's threads may still die of the failure after it has raised:
+      # their closed-event-loop errors stay quiet, anything else is shown.
+      def thread_hook(args):
+        if not _closed_loop(args.exc_type, args.exc_value):
+          previous_hook(args)
+
+      threading.excepthook = thread_hook
       warnings.filterwarnings("ignore", "coroutine", RuntimeWarning)
     else:
       threading.excepthook = previous_hook
@@ -94,9 +97,13 @@ def held_while_saving():
         previous_hook(args)
 
 
+def _closed_loop(kind, value) -> bool:
+  return kind is RuntimeError and str(value) == "Event loop is closed"
+
+
 def _ignoring_closed_loop(hook):
   def filtered(kind, value, traceback):
-    if kind is RuntimeError and str(value) == "Event loop is closed":
+    if _closed_loop(kind, value):
       return
     hook(kind, value, traceback)
 

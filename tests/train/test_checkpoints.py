@@ -84,7 +84,12 @@ def _delete_manifest(checkpoint):
 
 
 @pytest.mark.parametrize(
-  "damage", [_truncate_largest_state_file, _delete_manifest]
+  "damage",
+  [
+    _truncate_largest_state_file,
+    # Another kind of damage, the same path (every kind is in bench.faults).
+    pytest.param(_delete_manifest, marks=pytest.mark.slow),
+  ],
 )
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumed(
   make_config, baseline, tmp_path, capsys, damage
@@ -166,7 +171,12 @@ def test_sigkill_then_rerun_ends_bitwise_like_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-  ("stop", "returncode"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)]
+  ("stop", "returncode"),
+  [
+    (signal.SIGTERM, 0),
+    # The same path with another code (also in bench.faults): slow.
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+  ],
 )
 def test_a_stop_signal_writes_a_checkpoint_and_exits_cleanly(
   make_config, tmp_path, stop, returncode
