@@ -153,7 +153,9 @@ def _reason_lines(err: str) -> list[str]:
   keep = []
   for line in err.splitlines():
     text = line.strip()
-    if not text or text.startswith(("train step", "train:", "sft reference")):
+    if not text or text.startswith(
+      ("train step", "train:", "sft reference", "reference log-probs")
+    ):
       continue
     keep.append(text)
   return keep
@@ -301,39 +303,38 @@ class Matrix:
       self.add(f"checkpoint 8: {kind}", outcome, code, err, lost)
 
   def disk(self):
-    """The disk fills up while a checkpoint is written (a small tmpfs)."""
-    mount = pathlib.Path(tempfile.mkdtemp(prefix="faults_tmpfs_"))
-    mounted = subprocess.run(
-      ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)],
-      capture_output=True,
+    """The disk fills up in each phase that writes (a small tmpfs)."""
+    phases = (
+      ("4k", ("--config.reference.mode=precomputed",), "the reference cache"),
+      ("8k", (), "metrics"),
+      ("700k", (), "a checkpoint"),
     )
-    if mounted.returncode:
-      self.rows.append(
-        (
-          "disk full during a save",
-          "not run: cannot mount a tmpfs here",
-          "",
-          "",
-          "",
-        )
+    for size, flags, what in phases:
+      fault = f"disk full while writing {what}"
+      mount = pathlib.Path(tempfile.mkdtemp(prefix="faults_tmpfs_"))
+      mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
       )
-      return
-    try:
-      workdir = mount / "run"
-      code, _, err = self.runs.run(workdir)
-      lines = _reason_lines(err)
-      one_line = len(lines) == 1 and "no space left on device" in lines[0]
-      # Free space: move the workdir to a roomy disk and rerun there.
-      roomy = self.workdir("disk_roomy")
-      shutil.copytree(workdir, roomy)
-    finally:
-      subprocess.run(["umount", str(mount)], capture_output=True)
-    if not one_line:
-      self.add("disk full during a save", "NOT one line", code, err)
-      return
-    self.check_rerun(
-      "disk full during a save, then space freed", roomy, code, err
-    )
+      if mounted.returncode:
+        self.rows.append((fault, "not run: cannot mount a tmpfs", "", "", ""))
+        continue
+      try:
+        workdir = mount / "run"
+        code, _, err = self.runs.run(workdir, *flags)
+        lines = _reason_lines(err)
+        one_line = len(lines) == 1 and "no space left on device" in lines[0]
+        # Free space: move the workdir to a roomy disk and rerun there.
+        roomy = self.workdir(f"disk_roomy_{size}")
+        shutil.copytree(workdir, roomy)
+      finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+      if not one_line:
+        self.add(fault, "NOT one line", code, err)
+        continue
+      self.check_rerun(
+        f"{fault}, then space freed", roomy, code, err, flags=flags
+      )
 
   def concurrent(self):
     workdir = self.workdir("concurrent")
@@ -389,6 +390,48 @@ class Matrix:
           "--config.data.on_bad_record=error",
         ],
       )
+    # Records of HH transcripts, and a pair that truncation makes one.
+    hh = {
+      "no_assistant_turn": {
+        "chosen": "\n\nHuman: hi",
+        "rejected": "\n\nHuman: yo",
+      },
+      "prompt_mismatch": {
+        "chosen": "\n\nHuman: a\n\nAssistant: x",
+        "rejected": "\n\nHuman: b\n\nAssistant: y",
+      },
+    }
+    hh_good = json.dumps(
+      {
+        "chosen": "\n\nHuman: a\n\nAssistant: x",
+        "rejected": "\n\nHuman: a\n\nAssistant: y",
+      }
+    )
+    for reason, record in hh.items():
+      path = self.runs.scratch / f"bad_{reason}.jsonl"
+      lines = (hh_good + "\n") * 20
+      path.write_text(lines + json.dumps(record) + "\n" + lines)
+      self.refused(
+        f"data: {reason}",
+        self.workdir(f"data_{reason}"),
+        [
+          "--config.data.source=hh",
+          f"--config.data.train_path={path}",
+          "--config.data.eval_path=",
+          "--config.data.eval_fraction=0.2",
+          "--config.data.on_bad_record=error",
+        ],
+      )
+    path = self.runs.scratch / "bad_truncation.jsonl"
+    same = json.dumps(
+      {"prompt": "p", "chosen": "a" * 40 + "x", "rejected": "a" * 40 + "y"}
+    )
+    path.write_text((good + "\n") * 20 + same + "\n" + (good + "\n") * 20)
+    self.refused(
+      "data: identical_after_truncation",
+      self.workdir("data_truncation"),
+      [f"--config.data.train_path={path}", "--config.data.on_bad_record=error"],
+    )
     marked = self.runs.scratch / "bom.jsonl"
     marked.write_bytes(
       b"\xef\xbb\xbf" + (self.runs.scratch / "train.jsonl").read_bytes()

@@ -105,7 +105,7 @@ class Checkpointer:
     if reference is not None:
       items[_REFERENCE] = ocp.args.StandardSave(reference)
     try:
-      with orbax_noise.held():
+      with orbax_noise.held(fatal=True):
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
     except Exception as error:

@@ -51,6 +51,8 @@ def main(argv):
   except errors.USER_ERRORS as error:
     # Errors the user can fix by changing the config or data: one line, no
     # traceback (and not repeated by an absl log line).
+    if isinstance(error, errors.DiskFullError):
+      _quiet_exit_flushes()
     cli.fail(str(error))
   except Exception as error:
     # A full disk is the user's to fix too; any other error is a bug and
@@ -58,9 +60,15 @@ def main(argv):
     message = errors.disk_full(error)
     if message is None:
       raise
+    _quiet_exit_flushes()
     cli.fail(message)
   if result.stopped_by is not None:
     sys.exit(stopping.EXIT_CODES[result.stopped_by])
+
+
+def _quiet_exit_flushes() -> None:
+  # Writers flushed at exit (TensorBoard's) fail on the full disk too.
+  sys.unraisablehook = lambda unraisable: None
 
 
 if __name__ == "__main__":

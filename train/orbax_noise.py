@@ -38,7 +38,7 @@ class _Hold(logging.Filter):
 
 
 @contextlib.contextmanager
-def held():
+def held(*, fatal: bool = False):
   """Holds back what orbax's threads print while a save or read runs.
 
   When a save or read fails (a full disk, a missing file), each of orbax's
@@ -46,6 +46,12 @@ def held():
   traceback: hundreds of lines that bury the one the program prints. They
   are held while the operation runs, printed as usual if it succeeds, and
   dropped if it fails: the failure itself propagates to the caller.
+
+  Args:
+    fatal: the program ends if the operation fails (a save). Threads still
+      printing from C++ after the failure then write to /dev/null, and
+      ``sys.stderr`` moves to a copy of the real standard error, so that
+      the program's own last line is the one that shows.
   """
   hold = _Hold()
   loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
@@ -68,8 +74,14 @@ def held():
     failed = False
   finally:
     sys.stderr.flush()
-    os.dup2(stderr_fd, 2)
-    os.close(stderr_fd)
+    if failed and fatal:
+      sys.stderr = os.fdopen(stderr_fd, "w", buffering=1)
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 2)
+      os.close(devnull)
+    else:
+      os.dup2(stderr_fd, 2)
+      os.close(stderr_fd)
     if not failed:
       held.seek(0)
       text = held.read().decode(errors="replace")
