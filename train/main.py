@@ -10,6 +10,7 @@ on stderr, ``error: ...``, and exit code 2.
 
 import functools
 import sys
+import threading
 
 from absl import app
 from absl import flags
@@ -67,8 +68,10 @@ def main(argv):
 
 
 def _quiet_exit_flushes() -> None:
-  # Writers flushed at exit (TensorBoard's) fail on the full disk too.
+  # Writers that flush in their own thread or at exit (TensorBoard's) fail
+  # on the full disk too; the one line above says why.
   sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
 
 
 if __name__ == "__main__":

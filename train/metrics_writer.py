@@ -1,6 +1,7 @@
 """Training metrics: accumulated off the device, written to ``metrics.jsonl``
 and TensorBoard by process 0 only."""
 
+import errno
 import json
 import math
 import pathlib
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 
 import jax
 
+from train.errors import DiskFullError
 from train.errors import NonFiniteError
 
 
@@ -31,7 +33,7 @@ class MetricsWriter:
       kept = [
         line
         for line in self.path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= resume_step
+        if _step_of(line) is not None and _step_of(line) <= resume_step
       ]
       self.path.write_text("".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter  # Only process 0 needs it.
@@ -49,13 +51,31 @@ class MetricsWriter:
       record[name] = value if math.isfinite(value) else str(value)
       if math.isfinite(value):
         self._tensorboard.add_scalar(name, value, int(step))
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-    self._tensorboard.flush()
+    try:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      self._tensorboard.flush()
+    except OSError as error:
+      if error.errno == errno.ENOSPC:
+        raise DiskFullError(
+          f"no space left on device while writing the metrics of step {step}"
+          f" into {self.path.parent}; free some space and rerun the same"
+          " command: it resumes from the last complete checkpoint"
+        ) from None
+      raise
 
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def _step_of(line: str) -> int | None:
+  """A record's step; None for a blank line or one cut short (a write that
+  a kill or a full disk interrupted: its step is trained again)."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 class TrainMetrics:

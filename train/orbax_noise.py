@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import warnings
 
 
@@ -25,6 +26,9 @@ class _DropUnretrievedFutures(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return "exception was never retrieved" not in str(record.msg)
+
+
+_STRAGGLERS_SECONDS = 1.0
 
 
 class _Hold(logging.Filter):
@@ -80,6 +84,10 @@ def held(*, fatal: bool = False):
       os.dup2(devnull, 2)
       os.close(devnull)
     else:
+      if failed:
+        # The failed operation's other reads report from tensorstore's
+        # threads for a moment after it has raised.
+        time.sleep(_STRAGGLERS_SECONDS)
       os.dup2(stderr_fd, 2)
       os.close(stderr_fd)
     if not failed:

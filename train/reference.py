@@ -9,6 +9,7 @@ and training steps then run no reference forward pass at all.
 
 import hashlib
 import json
+import os
 import pathlib
 
 import jax
@@ -112,13 +113,18 @@ class ReferenceCache:
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted(values)
-    np.savez(
-      path,
-      split=np.array([k[0] for k in keys]),
-      example_id=np.array([k[1] for k in keys], np.int64),
-      chosen=np.array([values[k][0] for k in keys], np.float32),
-      rejected=np.array([values[k][1] for k in keys], np.float32),
-    )
+    # Written whole or not at all: a cut-short write (a kill, a full disk)
+    # leaves no cache behind to be read back on the next run.
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("wb") as file:
+      np.savez(
+        file,
+        split=np.array([k[0] for k in keys]),
+        example_id=np.array([k[1] for k in keys], np.int64),
+        chosen=np.array([values[k][0] for k in keys], np.float32),
+        rejected=np.array([values[k][1] for k in keys], np.float32),
+      )
+    os.replace(partial, path)
     return cls(values)
 
   def _attach(self, batch: dict, split: str) -> dict:
