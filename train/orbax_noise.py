@@ -9,6 +9,7 @@ off the terminal, and lets everything through when nothing failed.
 """
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -86,8 +87,10 @@ def held(*, fatal: bool = False):
     else:
       if failed:
         # The failed operation's other reads report from tensorstore's
-        # threads for a moment after it has raised.
+        # threads for a moment after it has raised, and its abandoned
+        # coroutines when they are collected.
         time.sleep(_STRAGGLERS_SECONDS)
+        gc.collect()
       os.dup2(stderr_fd, 2)
       os.close(stderr_fd)
     if not failed:
@@ -107,6 +110,7 @@ def held(*, fatal: bool = False):
           previous_hook(args)
 
       threading.excepthook = thread_hook
+      sys.unraisablehook = _ignoring_orbax_coroutines(sys.unraisablehook)
       warnings.filterwarnings("ignore", "coroutine", RuntimeWarning)
     else:
       threading.excepthook = previous_hook
@@ -115,6 +119,18 @@ def held(*, fatal: bool = False):
         logging.getLogger(record.name).handle(record)
       for args in thread_errors:
         previous_hook(args)
+
+
+def _ignoring_orbax_coroutines(hook):
+  """Drops the errors of orbax's abandoned coroutines, collected later."""
+
+  def filtered(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+      return
+    hook(unraisable)
+
+  return filtered
 
 
 def _closed_loop(kind, value) -> bool:
