@@ -28,159 +28,21 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-import numpy as np
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 12
-BASE_FLAGS = (
-  "--config.steps=12",
-  "--config.batch_size=8",
-  "--config.log_every=1",
-  "--config.eval_every=0",
-  "--config.checkpoint_every=4",
-  "--config.optimizer.learning_rate=0.001",
-  "--config.optimizer.warmup_steps=0",
-  "--config.optimizer.decay=constant",
-  "--config.model.size=tiny",
-  "--config.model.loss_head=plain",
-  "--config.reference.sft_steps=0",
-  "--config.data.source=jsonl",
-  "--config.data.max_length=32",
-  "--config.data.max_prompt_length=8",
-  "--config.data.length_buckets=(32,)",
-)
-
-
-def _write_pairs(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  rng = random.Random(0)
-
-  def words(count):
-    return " ".join(
-      "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 3)))
-      for _ in range(count)
-    )
-
-  paths = []
-  for split, count in (("train", 128), ("eval", 32)):
-    lines = []
-    for _ in range(count):
-      chosen = words(rng.randint(1, 5))
-      rejected = chosen
-      while rejected == chosen:
-        rejected = words(rng.randint(1, 5))
-      lines.append(
-        json.dumps({"prompt": words(2), "chosen": chosen, "rejected": rejected})
-      )
-    path = folder / f"{split}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    paths.append(path)
-  return tuple(paths)
-
-
-class Runs:
-  """Starts ``train.main`` runs of the tiny config in a scratch folder."""
-
-  def __init__(self, scratch: pathlib.Path):
-    self.scratch = scratch
-    train, evaluation = _write_pairs(scratch)
-    self.data_flags = (
-      f"--config.data.train_path={train}",
-      f"--config.data.eval_path={evaluation}",
-    )
-    self.env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    self.env.pop("XLA_FLAGS", None)
-
-  def command(self, workdir, *flags):
-    return [
-      sys.executable,
-      "-m",
-      "train.main",
-      "--config",
-      str(ROOT / "configs" / "default.py"),
-      "--workdir",
-      str(workdir),
-      *BASE_FLAGS,
-      *self.data_flags,
-      *flags,
-    ]
-
-  def start(self, workdir, *flags) -> subprocess.Popen:
-    return subprocess.Popen(
-      self.command(workdir, *flags),
-      cwd=ROOT,
-      env=self.env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-
-  def run(self, workdir, *flags, timeout=600):
-    process = self.start(workdir, *flags)
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
-
-
-def _params(workdir: pathlib.Path, step: int):
-  import orbax.checkpoint as ocp
-
-  path = workdir.absolute() / "checkpoints" / str(step) / "state"
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path)["params"]
-
-
-def _same_params(a, b) -> bool:
-  import jax
-
-  return all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-  )
-
-
-def _metric_steps(workdir: pathlib.Path) -> list[int]:
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line)["step"] for line in path.read_text().splitlines()]
-
-
-def _reason_lines(err: str) -> list[str]:
-  """What the run printed on stderr besides progress and the JAX banner."""
-  keep = []
-  for line in err.splitlines():
-    text = line.strip()
-    if not text or text.startswith(
-      ("train step", "train:", "sft reference", "reference log-probs")
-    ):
-      continue
-    keep.append(text)
-  return keep
-
-
-def _wait(predicate, process, seconds=300):
-  end = time.time() + seconds
-  while time.time() < end:
-    if predicate():
-      return True
-    if process.poll() is not None:
-      return False
-    time.sleep(0.005)
-  return False
+from bench import fault_runs as runs_lib
 
 
 class Matrix:
-  def __init__(self, runs: Runs):
+  def __init__(self, runs: runs_lib.Runs):
     self.runs = runs
     self.rows = []
     reference = runs.scratch / "reference"
     code, _, err = runs.run(reference)
     if code != 0:
       raise SystemExit(f"the reference run failed:\n{err}")
-    self.final = _params(reference, STEPS)
+    self.final = runs_lib.params(reference, runs_lib.STEPS)
 
   def workdir(self, name):
     path = self.runs.scratch / name
@@ -190,22 +52,22 @@ class Matrix:
   def check_rerun(self, fault, workdir, code, err, *, flags=()):
     """Reruns the same command; records whether it ended like the reference."""
     rerun_code, _, rerun_err = self.runs.run(workdir, *flags)
-    steps = _metric_steps(workdir)
+    steps = runs_lib.metric_steps(workdir)
     lost = []
-    if steps != list(range(1, STEPS + 1)):
+    if steps != list(range(1, runs_lib.STEPS + 1)):
       lost.append(f"metric steps {steps}")
     if rerun_code != 0:
-      outcome = (
-        f"rerun failed (exit {rerun_code}): {_reason_lines(rerun_err)[-1:]}"
-      )
-    elif not _same_params(_params(workdir, STEPS), self.final):
+      outcome = f"rerun failed (exit {rerun_code}): {runs_lib.reason_lines(rerun_err)[-1:]}"
+    elif not runs_lib.same_params(
+      runs_lib.params(workdir, runs_lib.STEPS), self.final
+    ):
       outcome = "rerun finished, parameters differ"
     else:
       outcome = "resumed, bitwise equal"
     self.add(fault, outcome, code, err, lost)
 
   def add(self, fault, outcome, code, err, lost=()):
-    lines = _reason_lines(err)
+    lines = runs_lib.reason_lines(err)
     self.rows.append(
       (fault, outcome, code, len(lines), ", ".join(lost) or "none")
     )
@@ -215,7 +77,7 @@ class Matrix:
 
   def refused(self, fault, workdir, flags, expect="error:"):
     code, _, err = self.runs.run(workdir, *flags)
-    lines = _reason_lines(err)
+    lines = runs_lib.reason_lines(err)
     one_line = len(lines) == 1 and lines[0].startswith(expect)
     outcome = (
       "refused in one line" if one_line and code == 2 else "NOT one line"
@@ -234,12 +96,14 @@ class Matrix:
         workdir = self.workdir(f"kill_{at}_{attempt}")
         process = self.runs.start(workdir)
         if at == "step":
-          hit = _wait(lambda w=workdir: len(_metric_steps(w)) >= 6, process)
+          hit = runs_lib.wait(
+            lambda w=workdir: len(runs_lib.metric_steps(w)) >= 6, process
+          )
         else:
           # Kill while a checkpoint's temporary folder exists, after a
           # random extra pause of up to 20 ms.
           delay = rng.uniform(0, 0.02)
-          hit = _wait(lambda w=workdir: _saving(w), process)
+          hit = runs_lib.wait(lambda w=workdir: runs_lib.saving(w), process)
           time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         _, err = process.communicate()
@@ -252,7 +116,9 @@ class Matrix:
     for signum, want in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
       workdir = self.workdir(f"stop_{signum.name}")
       process = self.runs.start(workdir)
-      _wait(lambda w=workdir: len(_metric_steps(w)) >= 5, process)
+      runs_lib.wait(
+        lambda w=workdir: len(runs_lib.metric_steps(w)) >= 5, process
+      )
       process.send_signal(signum)
       _, err = process.communicate()
       name = f"{signum.name} mid-training (exit {want} expected)"
@@ -264,7 +130,7 @@ class Matrix:
     code, _, err = self.runs.run(source, "--config.steps=8")
     assert code == 0, err
     kinds = {
-      "array data (largest file), truncated": lambda c: _truncate(
+      "array data (largest file), truncated": lambda c: runs_lib.truncate(
         max(
           (f for f in (c / "state").rglob("*") if f.is_file()),
           key=lambda f: f.stat().st_size,
@@ -273,10 +139,10 @@ class Matrix:
       "state manifest.ocdbt, deleted": lambda c: (
         c / "state" / "manifest.ocdbt"
       ).unlink(),
-      "state _METADATA, truncated": lambda c: _truncate(
+      "state _METADATA, truncated": lambda c: runs_lib.truncate(
         c / "state" / "_METADATA"
       ),
-      "data position (JSON), truncated": lambda c: _truncate(
+      "data position (JSON), truncated": lambda c: runs_lib.truncate(
         c / "data" / "metadata"
       ),
       "run record (JSON), deleted": lambda c: (c / "run" / "metadata").unlink(),
@@ -289,17 +155,23 @@ class Matrix:
       shutil.copytree(source, workdir)
       damage(workdir / "checkpoints" / "8")
       code, _, err = self.runs.run(workdir)
-      steps = _metric_steps(workdir)
+      steps = runs_lib.metric_steps(workdir)
       lost = (
-        [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+        []
+        if steps == list(range(1, runs_lib.STEPS + 1))
+        else [f"metric steps {steps}"]
       )
       moved = (workdir / "checkpoints-damaged" / "8").exists()
-      if code == 0 and _same_params(_params(workdir, STEPS), self.final):
+      if code == 0 and runs_lib.same_params(
+        runs_lib.params(workdir, runs_lib.STEPS), self.final
+      ):
         outcome = "set aside, resumed from step 4, bitwise equal"
         if not moved:
           outcome = "read anyway, bitwise equal"
       else:
-        outcome = f"exit {code}: {(_reason_lines(err) or [''])[-1][:80]}"
+        outcome = (
+          f"exit {code}: {(runs_lib.reason_lines(err) or [''])[-1][:80]}"
+        )
       self.add(f"checkpoint 8: {kind}", outcome, code, err, lost)
 
   def disk(self):
@@ -322,7 +194,7 @@ class Matrix:
       try:
         workdir = mount / "run"
         code, _, err = self.runs.run(workdir, *flags)
-        lines = _reason_lines(err)
+        lines = runs_lib.reason_lines(err)
         one_line = len(lines) == 1 and "no space left on device" in lines[0]
         # Free space: move the workdir to a roomy disk and rerun there.
         roomy = self.workdir(f"disk_roomy_{size}")
@@ -339,16 +211,16 @@ class Matrix:
   def concurrent(self):
     workdir = self.workdir("concurrent")
     first = self.runs.start(workdir)
-    _wait(lambda: (workdir / "lock").exists(), first)
+    runs_lib.wait(lambda: (workdir / "lock").exists(), first)
     code, _, err = self.runs.run(workdir)
     first.communicate()
-    lines = _reason_lines(err)
+    lines = runs_lib.reason_lines(err)
     refused = (
       code == 2 and len(lines) == 1 and "is in use by process" in lines[0]
     )
-    steps = _metric_steps(workdir)
-    same = first.returncode == 0 and _same_params(
-      _params(workdir, STEPS), self.final
+    steps = runs_lib.metric_steps(workdir)
+    same = first.returncode == 0 and runs_lib.same_params(
+      runs_lib.params(workdir, runs_lib.STEPS), self.final
     )
     outcome = (
       "second refused in one line; first bitwise equal"
@@ -356,7 +228,9 @@ class Matrix:
       else "FAILED"
     )
     lost = (
-      [] if steps == list(range(1, STEPS + 1)) else [f"metric steps {steps}"]
+      []
+      if steps == list(range(1, runs_lib.STEPS + 1))
+      else [f"metric steps {steps}"]
     )
     self.add("two runs on one workdir", outcome, code, err, lost)
 
@@ -485,19 +359,6 @@ class Matrix:
     return "\n".join(lines)
 
 
-def _saving(workdir: pathlib.Path) -> bool:
-  """Whether a checkpoint's temporary folder exists (a save under way)."""
-  folder = workdir / "checkpoints"
-  return folder.exists() and any(
-    ".orbax-checkpoint-tmp" in p.name for p in folder.glob("*")
-  )
-
-
-def _truncate(path: pathlib.Path) -> None:
-  data = path.read_bytes()
-  path.write_bytes(data[: len(data) // 2])
-
-
 GROUPS = ("kill", "stop", "damage", "disk", "concurrent", "data", "settings")
 
 
@@ -512,14 +373,14 @@ def main():
   args = parser.parse_args()
   started = time.time()
   with tempfile.TemporaryDirectory(prefix="faults_") as scratch:
-    matrix = Matrix(Runs(pathlib.Path(scratch)))
+    matrix = Matrix(runs_lib.Runs(pathlib.Path(scratch)))
     for group in args.only.split(","):
       getattr(matrix, group)()
   table = matrix.table()
   minutes = (time.time() - started) / 60
   print("\n" + table + f"\n\n{len(matrix.rows)} faults in {minutes:.1f} min")
   if not args.no_save:
-    out = ROOT / "bench" / "results" / "faults.md"
+    out = runs_lib.ROOT / "bench" / "results" / "faults.md"
     out.write_text(
       "# Fault matrix\n\n`python -m bench.faults` on "
       f"{os.uname().nodename} ({os.cpu_count()} CPUs), {minutes:.1f} min.\n\n"
