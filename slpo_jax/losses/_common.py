@@ -33,3 +33,15 @@ def weighted_log(weight: jax.Array, log_value: jax.Array) -> jax.Array:
   """``weight * log_value`` with ``0 * -inf = 0`` (a zero target ignores it)."""
   used = weight > 0
   return jnp.where(used, weight * jnp.where(used, log_value, 0.0), 0.0)
+
+
+def log_ratios(
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+) -> tuple[jax.Array, jax.Array]:
+  """``(log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l))``."""
+  chosen = jnp.asarray(policy_chosen_logps) - reference_chosen_logps
+  rejected = jnp.asarray(policy_rejected_logps) - reference_rejected_logps
+  return chosen, rejected

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from slpo_jax.losses._common import log_ratios
 from slpo_jax.losses.dpo_variants import _check_smoothing
-from slpo_jax.losses.dpo_variants import _log_ratios
 
 
 def _sorted_pairing(
@@ -109,7 +109,7 @@ def aot_unpaired_loss(
   """
   _check_smoothing(label_smoothing)
   counted = jnp.asarray(counted, bool)
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from slpo_jax.losses._common import log_ratios
+
 
 class RunningMean(NamedTuple):
   """The mean of the values seen so far, and how many there were.
@@ -44,17 +46,6 @@ class RunningMean(NamedTuple):
     count = self.count + 1.0
     value = jnp.asarray(value, self.mean.dtype)
     return RunningMean(self.mean + (value - self.mean) / count, count)
-
-
-def _log_ratios(
-  policy_chosen_logps,
-  policy_rejected_logps,
-  reference_chosen_logps,
-  reference_rejected_logps,
-):
-  chosen = jnp.asarray(policy_chosen_logps) - reference_chosen_logps
-  rejected = jnp.asarray(policy_rejected_logps) - reference_rejected_logps
-  return chosen, rejected
 
 
 def _shifted_bco(chosen, rejected, beta, shift):
@@ -92,7 +83,7 @@ def bco_pair_loss(
     Jung et al., arXiv:2404.04656: the binary cross-entropy loss, applied
     to both responses of a pair, with the reward shift left at 0.
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -140,7 +131,7 @@ def bco_pair_running_loss(
   References:
     Jung et al., arXiv:2404.04656: the loss with its running reward shift.
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,

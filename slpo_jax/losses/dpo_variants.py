@@ -15,17 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from slpo_jax.losses import dpo_family
-
-
-def _log_ratios(
-  policy_chosen_logps,
-  policy_rejected_logps,
-  reference_chosen_logps,
-  reference_rejected_logps,
-) -> tuple[jax.Array, jax.Array]:
-  chosen = jnp.asarray(policy_chosen_logps) - reference_chosen_logps
-  rejected = jnp.asarray(policy_rejected_logps) - reference_rejected_logps
-  return chosen, rejected
+from slpo_jax.losses._common import log_ratios
 
 
 def _check_smoothing(label_smoothing: float, low_open: bool = False) -> None:
@@ -176,7 +166,7 @@ def nca_pair_loss(
     Chen et al., "Noise Contrastive Alignment of Language Models with
     Explicit Rewards", arXiv:2402.05369 (the pairwise NCA loss, K = 2).
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -205,7 +195,7 @@ def sppo_hard_loss(
     Wu et al., "Self-Play Preference Optimization for Language Model
     Alignment", arXiv:2405.00675, Eq. 4.7 (Algorithm 1) with P = 1 and 0.
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -233,7 +223,7 @@ def apo_zero_loss(
     D'Oosterlinck et al., "Anchored Preference Optimization and Contrastive
     Revisions", arXiv:2408.06266, Eq. 7.
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -260,7 +250,7 @@ def apo_down_loss(
     D'Oosterlinck et al., "Anchored Preference Optimization and Contrastive
     Revisions", arXiv:2408.06266, Eq. 8.
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -334,7 +324,7 @@ def sigmoid_norm_loss(
     Rafailov et al., "Direct Preference Optimization", arXiv:2305.18290,
     Eq. 7, with per-token log-ratios.
   """
-  chosen, rejected = _log_ratios(
+  chosen, rejected = log_ratios(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,

@@ -40,7 +40,10 @@ def _signalling(batches, at: int, signum):
     yield batch
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+  "signum",
+  [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+)
 def test_a_signal_saves_the_fit_and_a_rerun_continues_it(
   tmp_path, signum, monkeypatch
 ):
