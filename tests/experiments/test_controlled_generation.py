@@ -94,6 +94,7 @@ def test_reference_has_zero_kl_and_bounded_rewards(fitted):
   assert abs(metrics["sample/kl"]) <= 1e-6
 
 
+@pytest.mark.slow  # A whole DPO run on the task (about 30 s).
 def test_dpo_run_moves_away_from_the_reference(fitted):
   workdir, config, reference_dir, reference_params, evaluator = fitted
   point = cg.GridPoint("dpo", "dpo", "beta=0.1", (("beta", 0.1),))

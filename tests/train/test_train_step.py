@@ -173,7 +173,8 @@ def test_gradient_accumulation_matches_one_batch(pieces):
   )
   batches = [first, pieces.batches[1]]
   results = {}
-  for accumulation in (1, 2, 4):
+  # Four micro-batches of weights 2, 2, 1 and 0 (one all padding).
+  for accumulation in (1, 4):
     step = pieces.step_fn("dpo", PLAIN, grad_accum_steps=accumulation)
     state, history = pieces.state(), []
     for batch in batches:
@@ -181,7 +182,7 @@ def test_gradient_accumulation_matches_one_batch(pieces):
       history.append(jax.device_get(metrics))
     results[accumulation] = jax.device_get(state.params), history
   params, history = results[1]
-  for accumulation in (2, 4):
+  for accumulation in (4,):
     other_params, other_history = results[accumulation]
     for step, (expected, actual) in enumerate(zip(history, other_history)):
       assert expected.keys() == actual.keys()
