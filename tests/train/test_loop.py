@@ -166,7 +166,17 @@ MESHES = {
 }
 
 
-@pytest.mark.parametrize("mesh", sorted(MESHES))
+# fused_fsdp splits all three axes at once; the two-axis meshes run as slow.
+_TWO_AXIS = ("fsdp", "tensor")
+
+
+@pytest.mark.parametrize(
+  "mesh",
+  [
+    pytest.param(name, marks=pytest.mark.slow) if name in _TWO_AXIS else name
+    for name in sorted(MESHES)
+  ],
+)
 def test_sharding_gives_the_data_parallel_losses(
   mesh, baseline, make_config, tmp_path
 ):
