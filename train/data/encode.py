@@ -12,6 +12,12 @@ the longer response exceeds ``max_length``, the prompt is first cut to
 answers), then both responses are cut to ``max_length - prompt_length``. A cut
 response loses its EOS, as in the reference: it did not end there. BOS is kept
 through prompt truncation so every sequence starts with it.
+
+Conversations (``chat.ChatPair``) are rendered through the run's chat
+template instead: the template places every special token, nothing is added
+here, and the prompt's ids and each response's ids are what
+``apply_chat_template`` gives for the prompt (with the generation prompt) and
+for the whole conversation after them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from train.data import chat
 from train.data.report import BadRecordPolicy
+from train.data.report import DataError
 from train.data.report import DataReport
 from train.data.sources import TextPair
 from train.data.tokenization import Tokenizer
@@ -34,15 +42,23 @@ class TokenizedPair:
 
   Attributes:
     example_id: stable index of the pair in its source.
-    prompt: ``[P]`` int32, starts with BOS, ``P <= max_prompt_length``.
-    chosen: ``[Rc]`` int32 response tokens (EOS last unless truncated).
+    prompt: ``[P]`` int32, starts with BOS (unless a chat template puts
+      none), ``P <= max_prompt_length``.
+    chosen: ``[Rc]`` int32 response tokens (EOS, or the template's end of
+      turn, last unless truncated).
     rejected: ``[Rr]`` int32.
+    location: where the record is ('file.jsonl:12').
+    prompt_truncated: the prompt lost tokens from its start.
+    responses_truncated: the responses were cut to fit ``max_length``.
   """
 
   example_id: int
   prompt: np.ndarray
   chosen: np.ndarray
   rejected: np.ndarray
+  location: str = ""
+  prompt_truncated: bool = False
+  responses_truncated: bool = False
 
   @property
   def length(self) -> int:
@@ -66,6 +82,7 @@ def truncate(
   *,
   max_length: int,
   max_prompt_length: int,
+  keep_first: bool = True,
 ) -> Truncation:
   """Truncates a pair as the DPO reference does (see the module docstring).
 
@@ -76,6 +93,7 @@ def truncate(
     max_length: most tokens of prompt plus response.
     max_prompt_length: most prompt tokens (BOS included) when truncating;
       must be less than ``max_length``, so every response keeps a token.
+    keep_first: keep the prompt's first token (its BOS) when cutting it.
   """
   assert 0 < max_prompt_length < max_length, (max_prompt_length, max_length)
   prompt, chosen, rejected = list(prompt), list(chosen), list(rejected)
@@ -83,8 +101,8 @@ def truncate(
   prompt_truncated = responses_truncated = False
   if len(prompt) + longer > max_length and len(prompt) > max_prompt_length:
     # Keep BOS and the last max_prompt_length - 1 tokens of the text.
-    body = prompt[1:]
-    prompt = prompt[:1] + body[len(body) - (max_prompt_length - 1) :]
+    head, body = (prompt[:1], prompt[1:]) if keep_first else ([], prompt)
+    prompt = head + body[len(body) - (max_prompt_length - len(head)) :]
     prompt_truncated = True
   if len(prompt) + longer > max_length:
     keep = max_length - len(prompt)
@@ -106,6 +124,7 @@ def make_token_pair(
   max_prompt_length: int,
   policy: BadRecordPolicy,
   report: DataReport,
+  keep_first: bool = True,
 ) -> TokenizedPair | None:
   """Truncates one pair, counts it in ``report``; None if it became bad."""
   cut = truncate(
@@ -114,6 +133,7 @@ def make_token_pair(
     rejected,
     max_length=max_length,
     max_prompt_length=max_prompt_length,
+    keep_first=keep_first,
   )
   if cut.chosen == cut.rejected:
     # Responses that differ only beyond the cut carry no preference left.
@@ -132,6 +152,9 @@ def make_token_pair(
     as_array(cut.prompt),
     as_array(cut.chosen),
     as_array(cut.rejected),
+    location,
+    cut.prompt_truncated,
+    cut.responses_truncated,
   )
 
 
@@ -142,36 +165,103 @@ def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
   return [list(tokenizer.encode(text)) for text in texts]
 
 
+def _text_pair_tokens(pair, encoded, bos, eos):
+  prompt, chosen, rejected = encoded
+  # ``encode`` should add no special tokens; if a custom tokenizer adds BOS
+  # anyway, keep its BOS rather than adding a second one.
+  if not prompt or prompt[0] != bos:
+    prompt = [bos] + prompt
+  return prompt, chosen + [eos], rejected + [eos]
+
+
+def _chat_texts(pair: chat.ChatPair, template: chat.ChatTemplate):
+  """The prompt's text and the two whole conversations' texts."""
+  prompt, chosen = template.render_pair(pair.prompt, pair.chosen)
+  _, rejected = template.render_pair(pair.prompt, pair.rejected)
+  return [prompt, prompt + chosen, prompt + rejected]
+
+
+def _response_ids(
+  prompt_ids: list[int],
+  whole_ids: list[int],
+  continuation: str,
+  tokenizer: Tokenizer,
+  report: DataReport,
+) -> list[int]:
+  """The ids after the prompt's: the whole conversation's, when its
+  tokenization starts with the prompt's ids (as ``apply_chat_template``
+  gives them); else the continuation tokenized on its own.
+  """
+  if whole_ids[: len(prompt_ids)] == prompt_ids:
+    return whole_ids[len(prompt_ids) :]
+  report.num_retokenized += 1
+  return list(tokenizer.encode(continuation))
+
+
 def encode_pairs(
-  pairs: Sequence[TextPair],
+  pairs: Sequence[TextPair | chat.ChatPair],
   tokenizer: Tokenizer,
   *,
   max_length: int,
   max_prompt_length: int,
   policy: BadRecordPolicy,
   report: DataReport,
+  chat_template: chat.ChatTemplate | None = None,
 ) -> list[TokenizedPair]:
-  """Tokenizes text pairs: one BOS before the prompt, EOS after responses."""
+  """Tokenizes pairs: text pairs get one BOS before the prompt and EOS after
+  each response; conversations are rendered through ``chat_template``.
+
+  Raises:
+    DataError: a conversation without a chat template, or a bad record
+      under ``on_bad_record='error'``.
+  """
   bos, eos = tokenizer.bos_id, tokenizer.eos_id
-  texts = [text for p in pairs for text in (p.prompt, p.chosen, p.rejected)]
+  rendered, texts = [], []
+  for pair in pairs:
+    if isinstance(pair, chat.ChatPair):
+      if chat_template is None:
+        raise DataError(
+          f"{pair.location}: the record holds messages but there is no chat"
+          " template: the tokenizer folder has none; set data.chat_template"
+          f" to a .jinja file or one of {sorted(chat.BUILTIN_TEMPLATES)}"
+        )
+      try:
+        pair_texts = _chat_texts(pair, chat_template)
+      except chat.BadConversation as bad:
+        policy.bad(bad.reason, pair.location, bad.detail)
+        continue
+    else:
+      pair_texts = [pair.prompt, pair.chosen, pair.rejected]
+    rendered.append(pair)
+    texts.extend(pair_texts)
   encoded = _encode_all(tokenizer, texts)
   token_pairs = []
-  for i, pair in enumerate(pairs):
-    prompt, chosen, rejected = encoded[3 * i : 3 * i + 3]
-    # ``encode`` should add no special tokens; if a custom tokenizer adds BOS
-    # anyway, keep its BOS rather than adding a second one.
-    if not prompt or prompt[0] != bos:
-      prompt = [bos] + prompt
+  for i, pair in enumerate(rendered):
+    ids = encoded[3 * i : 3 * i + 3]
+    if isinstance(pair, chat.ChatPair):
+      prompt = ids[0]
+      prompt_text = texts[3 * i]
+      chosen, rejected = (
+        _response_ids(
+          prompt, whole, texts[3 * i + j][len(prompt_text) :], tokenizer, report
+        )
+        for j, whole in ((1, ids[1]), (2, ids[2]))
+      )
+      keep_first = bool(prompt) and prompt[0] == bos
+    else:
+      prompt, chosen, rejected = _text_pair_tokens(pair, ids, bos, eos)
+      keep_first = True
     token_pair = make_token_pair(
       pair.example_id,
       prompt,
-      chosen + [eos],
-      rejected + [eos],
+      chosen,
+      rejected,
       location=pair.location,
       max_length=max_length,
       max_prompt_length=max_prompt_length,
       policy=policy,
       report=report,
+      keep_first=keep_first,
     )
     if token_pair is not None:
       token_pairs.append(token_pair)

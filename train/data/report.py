@@ -23,8 +23,11 @@ BAD_RECORD_REASONS = {
   "non_string_field": "a required field is not a string",
   "empty_response": "the chosen or rejected response is empty or blank",
   "identical_responses": "chosen and rejected are the same text",
-  "no_assistant_turn": "an HH transcript has no '\\n\\nAssistant:' turn",
+  "no_assistant_turn": "an HH transcript has no '\\n\\nAssistant:' turn, or a response's messages do not start with an assistant turn",
   "prompt_mismatch": "an HH rejected transcript does not share the prompt",
+  "bad_messages": "a conversation field is not a list of messages with string role and content",
+  "template_error": "the chat template refused the messages (e.g. roles that do not alternate)",
+  "template_prefix": "the conversation rendered with a response does not start with the rendered prompt",
   "identical_after_truncation": "chosen and rejected are the same tokens after truncation",
 }
 
@@ -50,6 +53,9 @@ class DataReport:
     num_truncated_prompts: pairs whose prompt was cut to ``max_prompt_length``.
     num_truncated_responses: pairs whose responses were cut to fit
       ``max_length``.
+    num_retokenized: conversational responses tokenized on their own
+      because tokenizing the whole conversation merged a token across the
+      prompt's end (so the prompt's tokens were not a prefix).
   """
 
   source: str
@@ -62,6 +68,7 @@ class DataReport:
   num_blank_lines: int = 0
   num_truncated_prompts: int = 0
   num_truncated_responses: int = 0
+  num_retokenized: int = 0
 
   @property
   def num_skipped(self) -> int:
@@ -83,6 +90,10 @@ class DataReport:
       parts.append(f"{self.num_blank_lines} blank lines")
     parts.append(f"{self.num_truncated_prompts} prompts truncated")
     parts.append(f"{self.num_truncated_responses} response pairs truncated")
+    if self.num_retokenized:
+      parts.append(
+        f"{self.num_retokenized} responses tokenized apart from the prompt"
+      )
     return "; ".join(parts)
 
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 
 from etils import epath
 
+from train.data import chat
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
 from train.data.report import DataReport
@@ -83,12 +84,23 @@ def split_hh_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
   return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
 
 
-def _lookup(record: Mapping[str, object], name: str) -> str:
+_MISSING = object()
+
+
+def _field(record: Mapping[str, object], name: str, default=_MISSING):
+  """The value of field ``name`` ('a/b' is field b of a), as stored."""
   value: object = record
   for key in name.split("/"):
     if not isinstance(value, Mapping) or key not in value:
+      if default is not _MISSING:
+        return default
       raise _BadRecord("missing_field", f"no field {name!r}")
     value = value[key]
+  return value
+
+
+def _lookup(record: Mapping[str, object], name: str) -> str:
+  value = _field(record, name)
   if isinstance(value, bytes):  # TFDS Text features come back as bytes.
     try:
       value = value.decode("utf-8")
@@ -107,6 +119,32 @@ def _lookup(record: Mapping[str, object], name: str) -> str:
   return value
 
 
+def _chat_pair(
+  record: Mapping[str, object],
+  *,
+  example_id: int,
+  location: str,
+  field_map: Mapping[str, str],
+) -> chat.ChatPair:
+  """A record whose responses are lists of messages (see ``train.data.chat``)."""
+  try:
+    chosen = chat.check_messages(_field(record, field_map["chosen"]), "chosen")
+    rejected = chat.check_messages(
+      _field(record, field_map["rejected"]), "rejected"
+    )
+    prompt = None
+    if field_map["prompt"]:
+      value = _field(record, field_map["prompt"], default=None)
+      if value is not None:  # No prompt field: the implicit layout.
+        prompt = chat.check_messages(value, field_map["prompt"])
+    prompt, chosen, rejected = chat.split_conversations(
+      prompt, chosen, rejected
+    )
+  except chat.BadConversation as bad:
+    raise _BadRecord(bad.reason, bad.detail) from None
+  return chat.ChatPair(example_id, prompt, chosen, rejected, location)
+
+
 def record_to_pair(
   record: object,
   *,
@@ -114,8 +152,11 @@ def record_to_pair(
   location: str,
   field_map: Mapping[str, str],
   transcripts: bool,
-) -> TextPair:
+) -> TextPair | chat.ChatPair:
   """Validates one parsed record and returns its pair.
+
+  A record whose chosen field is a list holds messages and gives a
+  ``ChatPair``; otherwise the fields are text and give a ``TextPair``.
 
   Raises:
     _BadRecord: when the record is bad.
@@ -123,6 +164,12 @@ def record_to_pair(
   if not isinstance(record, Mapping):
     raise _BadRecord(
       "not_an_object", f"got a JSON {type(record).__name__}, not an object"
+    )
+  if not transcripts and chat.is_conversation(
+    _field(record, field_map["chosen"], default=None)
+  ):
+    return _chat_pair(
+      record, example_id=example_id, location=location, field_map=field_map
     )
   chosen = _lookup(record, field_map["chosen"])
   rejected = _lookup(record, field_map["rejected"])
@@ -145,7 +192,7 @@ def pairs_from_records(
   transcripts: bool,
   policy: BadRecordPolicy,
   report: DataReport,
-) -> list[TextPair]:
+) -> list[TextPair | chat.ChatPair]:
   """Validates ``(example_id, location, record)`` triples into pairs.
 
   A record given as a ``_BadRecord`` exception (e.g. a line that did not parse)
@@ -228,7 +275,7 @@ def read_jsonl_pairs(
   transcripts: bool,
   policy: BadRecordPolicy,
   report: DataReport,
-) -> list[TextPair]:
+) -> list[TextPair | chat.ChatPair]:
   """Reads and validates a JSONL file (plain or gzip, detected by content).
 
   The example id of a record is its 0-based line index, so ids stay stable
@@ -256,8 +303,11 @@ def read_jsonl_pairs(
   return pairs
 
 
-def _pair_hash(pair: TextPair) -> bytes:
-  text = "\x00".join((pair.prompt, pair.chosen, pair.rejected))
+def _pair_hash(pair: TextPair | chat.ChatPair) -> bytes:
+  parts = (pair.prompt, pair.chosen, pair.rejected)
+  if isinstance(pair, chat.ChatPair):
+    parts = [json.dumps(part, sort_keys=True) for part in parts]
+  text = "\x00".join(parts)
   return hashlib.sha256(text.encode("utf-8")).digest()
 
 

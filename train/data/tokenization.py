@@ -62,6 +62,12 @@ class ByteTokenizer:
     data = bytes(int(i) for i in ids if 0 <= int(i) < 256)
     return data.decode("utf-8", errors="replace")
 
+  def token_text(self, token_id: int) -> str:
+    names = {self.bos_id: "<bos>", self.eos_id: "<eos>", self.pad_id: "<pad>"}
+    if token_id in names:
+      return names[token_id]
+    return bytes([token_id]).decode("utf-8", errors="backslashreplace")
+
 
 # Spellings of the special tokens in common tokenizer.json files, tried in
 # order when no tokenizer_config.json says which token is which.
@@ -171,8 +177,17 @@ class HFTokenizer(_SpecialIds):
     return None
 
   @property
+  def path(self) -> str:
+    """The tokenizer.json file."""
+    return self._path
+
+  @property
   def vocab_size(self) -> int:
     return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def token_text(self, token_id: int) -> str:
+    """One token's text, special tokens included (for showing boundaries)."""
+    return self._tokenizer.decode([int(token_id)], skip_special_tokens=False)
 
   def encode(self, text: str) -> list[int]:
     # add_special_tokens=False skips the post-processor (and its BOS).
@@ -201,6 +216,7 @@ class SentencePieceTokenizer(_SpecialIds):
       self._model = sentencepiece.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
       raise DataError(f"{path}: cannot load SentencePiece model: {e}") from None
+    self._path = str(path)
     if self._model.eos_id() < 0:
       raise DataError(f"{path}: the SentencePiece model has no EOS piece")
     self._eos_id = self._model.eos_id()
@@ -212,8 +228,16 @@ class SentencePieceTokenizer(_SpecialIds):
     )
 
   @property
+  def path(self) -> str:
+    """The .model file."""
+    return self._path
+
+  @property
   def vocab_size(self) -> int:
     return self._model.get_piece_size()
+
+  def token_text(self, token_id: int) -> str:
+    return self._model.id_to_piece(int(token_id)).replace("\u2581", " ")
 
   def encode(self, text: str) -> list[int]:
     # add_bos/add_eos default to False: no special tokens.
