@@ -47,14 +47,17 @@ def parse_flags(argv: list[str], usage: str = "") -> list[str]:
   """
   if any(arg in _HELP for arg in argv[1:]):
     print(usage.strip() + "\n")
-    for name in ("config", "workdir", "topology", "num_slices", "json"):
-      if name in flags.FLAGS:
-        print(f"  --{name}: {flags.FLAGS[name].help}")
-    print("\n" + KEYS)
+    # The flags the command itself defines (absl files them under the
+    # script's path), not absl's own.
+    for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0]):
+      print(f"  --{flag.name}: {flag.help}")
+    if "config" in flags.FLAGS:
+      print("\n" + KEYS)
     sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
-    flags.FLAGS.config.to_dict()  # A config file that fails to load fails here.
+    if "config" in flags.FLAGS:  # Not every command reads a config file.
+      flags.FLAGS.config.to_dict()  # One that fails to load fails here.
   except (
     flags.Error,
     AttributeError,

@@ -1,0 +1,141 @@
+"""Show the first pairs of a config's data exactly as training will see them.
+
+  python -m train.data.preview --config configs/hh.py:FILE --num 3
+  python -m train.data.preview --config configs/default.py \\
+      --config.data.source=jsonl --config.data.train_path=pairs.jsonl \\
+      --config.data.tokenizer=/path/to/model --format json
+
+It loads the split the way ``train.main`` does (validation, chat template,
+tokenization, truncation) and prints, for each of the first ``--num`` pairs,
+the prompt, chosen and rejected text with the token boundaries marked, their
+lengths, what truncation did and which tokens count in the loss, then the
+load report. ``--format json`` prints one JSON object per pair instead
+(``prompt_ids``, ``chosen_ids``, ``rejected_ids``: the response ids after the
+prompt, as the loss sees them; the same as ``*_text`` and as ``*_tokens``, one
+string per token), and the report on stderr.
+"""
+
+import functools
+import json
+import sys
+
+from train.data import pipeline
+from train.data.encode import TokenizedPair
+
+
+def token_pieces(tokenizer, ids) -> list[str]:
+  """Each token's own text, special tokens spelled out."""
+  piece = getattr(tokenizer, "token_text", None)
+  if piece is None:
+    return [tokenizer.decode([int(i)]) for i in ids]
+  return [piece(int(i)) for i in ids]
+
+
+def _marked(pieces: list[str]) -> str:
+  """Tokens between brackets, with line breaks and tabs made visible."""
+  escape = lambda text: text.replace("\n", "\\n").replace("\t", "\\t")
+  return "".join(f"[{escape(p)}]" for p in pieces)
+
+
+def _bucket(length: int, buckets) -> int:
+  return min((b for b in buckets if b >= length), default=max(buckets))
+
+
+def pair_record(pair: TokenizedPair, tokenizer, buckets) -> dict:
+  """One pair as the JSON preview prints it."""
+  record = {
+    "example_id": pair.example_id,
+    "location": pair.location,
+    "prompt_ids": pair.prompt.tolist(),
+    "chosen_ids": pair.chosen.tolist(),
+    "rejected_ids": pair.rejected.tolist(),
+  }
+  for role in ("prompt", "chosen", "rejected"):
+    pieces = token_pieces(tokenizer, record[f"{role}_ids"])
+    record[f"{role}_text"] = "".join(pieces)
+    record[f"{role}_tokens"] = pieces
+  record.update(
+    prompt_truncated=pair.prompt_truncated,
+    responses_truncated=pair.responses_truncated,
+    chosen_length=len(pair.prompt) + len(pair.chosen),
+    rejected_length=len(pair.prompt) + len(pair.rejected),
+    padded_length=_bucket(pair.length, buckets),
+  )
+  return record
+
+
+def pair_text(index: int, total: int, record: dict) -> str:
+  """One pair as the text preview prints it."""
+  where = f" at {record['location']}" if record["location"] else ""
+  cut = []
+  if record["prompt_truncated"]:
+    cut.append("prompt cut to its end")
+  if record["responses_truncated"]:
+    cut.append("responses cut to max_length")
+  lines = [
+    f"pair {index + 1} of {total}: example {record['example_id']}{where};"
+    f" sequences of {record['chosen_length']} (chosen) and"
+    f" {record['rejected_length']} (rejected) tokens, padded to"
+    f" {record['padded_length']}; truncation: {', '.join(cut) or 'none'}",
+  ]
+  for role in ("prompt", "chosen", "rejected"):
+    ids = record[f"{role}_ids"]
+    loss = (
+      "not in the loss" if role == "prompt" else f"all {len(ids)} in the loss"
+    )
+    lines.append(f"  {role}: {len(ids)} tokens, {loss}")
+    lines.append("    " + _marked(record[f"{role}_tokens"]))
+  return "\n".join(lines)
+
+
+def preview(config, num: int, output_format: str, split: str = "train"):
+  """Prints the preview of ``config``'s data to stdout (the report last)."""
+  tokenizer = pipeline.make_tokenizer(config.data, config.model.checkpoint)
+  dataset = pipeline.load_dataset(config.data, tokenizer=tokenizer, split=split)
+  shown = dataset.pairs[:num]
+  for index, pair in enumerate(shown):
+    record = pair_record(pair, tokenizer, dataset.length_buckets)
+    if output_format == "json":
+      print(json.dumps(record, ensure_ascii=False))
+      continue
+    print(pair_text(index, len(dataset), record) + "\n")
+  report = dataset.report.summary()
+  print(report, file=sys.stderr if output_format == "json" else sys.stdout)
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from train import cli  # pylint: disable=import-outside-toplevel
+  from train import errors  # pylint: disable=import-outside-toplevel
+
+  del argv
+  values = flags.FLAGS
+  if values.num < 1:
+    cli.fail(f"--num must be at least 1, got {values.num}")
+  try:
+    preview(values.config, values.num, values.format, values.split)
+  except errors.USER_ERRORS as error:
+    cli.fail(str(error))
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+  config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+  )
+  flags.DEFINE_integer("num", 3, "Pairs to show, from the start of the split.")
+  flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+  flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split.")
+  flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=import-outside-toplevel
+
+  from train import cli  # pylint: disable=import-outside-toplevel
+
+  _define_flags()
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))
