@@ -14,16 +14,21 @@ from train.data.report import ON_BAD_RECORD
 from train.data.report import DataError
 
 # 'jsonl': explicit prompt/chosen/rejected records; 'hh': HH-RLHF transcripts;
-# 'tfds': a TFDS dataset; the rest are the built-in controlled tasks.
+# 'tfds': a TFDS dataset; 'parquet': Parquet files (Hugging Face Hub
+# layout); 'arrow': a ``datasets`` save_to_disk folder (see hf_files); the
+# rest are the built-in controlled tasks.
 SOURCES = (
   "synthetic",
   "jsonl",
   "hh",
   "tfds",
+  "parquet",
+  "arrow",
   "bandit_transitive",
   "bandit_contradictory",
 )
-TEXT_SOURCES = ("jsonl", "hh", "tfds")
+TEXT_SOURCES = ("jsonl", "hh", "tfds", "parquet", "arrow")
+HF_FILE_SOURCES = ("parquet", "arrow")
 SPLITS = ("train", "eval")
 FIELD_ROLES = ("prompt", "chosen", "rejected")
 
@@ -33,9 +38,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Where pairs come from: one of SOURCES.
   config.source = "synthetic"
-  # JSONL file (plain or gzip) of training pairs, for 'jsonl' and 'hh'.
+  # JSONL file (plain or gzip) of training pairs, for 'jsonl' and 'hh'; for
+  # 'parquet' a file, a glob of shards or a folder; for 'arrow' a folder.
   config.train_path = ""
-  # JSONL file of evaluation pairs; '' to hold out ``eval_fraction`` of train.
+  # Evaluation pairs, like train_path; '' to hold out ``eval_fraction`` of
+  # train (or, for 'arrow', to read hf_split_eval of train_path).
   config.eval_path = ""
   # TFDS dataset name, e.g. 'local_preferences/my_pairs' (see tfds_builder).
   config.tfds_name = ""
@@ -44,9 +51,16 @@ def default_data_config() -> ml_collections.ConfigDict:
   # TFDS split names; an empty eval split holds out ``eval_fraction`` of train.
   config.tfds_split_train = "train"
   config.tfds_split_eval = ""
+  # 'arrow': the split of a DatasetDict folder to train on (a folder of one
+  # Dataset is read as split 'train').
+  config.hf_split_train = "train"
+  # 'arrow': the DatasetDict split to evaluate on, from eval_path if set, else
+  # train_path; '' for eval_path as a whole, or eval_fraction.
+  config.hf_split_eval = ""
   # Record field names ('a/b' reads nested field b of a). For 'hh', chosen
-  # and rejected name the transcripts and prompt is not read; for 'tfds', an
-  # empty prompt name means the records hold HH transcripts.
+  # and rejected name the transcripts and prompt is not read; for 'tfds',
+  # 'parquet' and 'arrow', an empty prompt name means the records hold HH
+  # transcripts.
   config.field_map = ml_collections.ConfigDict(
     dict(prompt="prompt", chosen="chosen", rejected="rejected")
   )
@@ -55,6 +69,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # tokenizer. The synthetic and bandit tasks use their own words and
   # require 'bytes' here (the default) so that no setting is silently unused.
   config.tokenizer = "bytes"
+  # Chat template for records of messages: '' for the tokenizer folder's
+  # own (chat_template.jinja or tokenizer_config.json), a built-in name
+  # ('chatml', 'llama3', 'gemma') or a .jinja file. Text records ignore it.
+  config.chat_template = ""
   # Most tokens of prompt + response, BOS and EOS included.
   config.max_length = 512
   # Most prompt tokens, BOS included, kept (from the end) when a pair is too
@@ -150,7 +168,32 @@ def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
       fail("field_map.prompt is empty; for HH transcripts use source 'hh'")
     own_eval = bool(config.eval_path)
     eval_key = "eval_path"
+    if config.source in HF_FILE_SOURCES:
+      own_eval, eval_key = _check_hf_splits(config, fail)
   if own_eval and config.eval_fraction:
     fail(f"both {eval_key} and eval_fraction are set; set one")
   if split == "eval" and not own_eval and not config.eval_fraction:
     fail(f"no evaluation data: set {eval_key} or eval_fraction")
+
+
+def _check_hf_splits(
+  config: ml_collections.ConfigDict, fail
+) -> tuple[bool, str]:
+  """Checks the split keys of 'parquet' and 'arrow'; returns (own_eval, key)."""
+  if config.source == "parquet":
+    if config.hf_split_train != "train" or config.hf_split_eval:
+      fail(
+        "hf_split_train and hf_split_eval are for source 'arrow'; for "
+        "Parquet, name a split's shards with a glob in train_path/eval_path"
+      )
+    return bool(config.eval_path), "eval_path"
+  if not config.hf_split_train:
+    fail("hf_split_train is empty: name the training split")
+  if config.hf_split_eval == config.hf_split_train and not config.eval_path:
+    fail(
+      f"hf_split_eval is the training split {config.hf_split_train!r}; "
+      "evaluation needs other pairs"
+    )
+  return bool(config.eval_path or config.hf_split_eval), (
+    "eval_path or hf_split_eval"
+  )

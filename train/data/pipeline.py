@@ -15,9 +15,11 @@ import ml_collections
 from slpo_jax.tasks.synthetic import PreferencePairs
 from slpo_jax.tasks.synthetic import SampleFn
 from train.data import batching
+from train.data import chat
 from train.data import encode
 from train.data import sources
 from train.data import synthetic
+from train.data.config import HF_FILE_SOURCES
 from train.data.config import validate_data_config
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
@@ -113,7 +115,7 @@ def make_tokenizer(
 def _source_name(config: ml_collections.ConfigDict, split: str) -> str:
   if config.source == "tfds":
     return f"tfds {config.tfds_name}"
-  if config.source in ("jsonl", "hh"):
+  if config.source in ("jsonl", "hh", *HF_FILE_SOURCES):
     if split == "eval" and config.eval_path:
       return config.eval_path
     return config.train_path
@@ -138,6 +140,13 @@ def _read_text_pairs(
     )
     pairs = tfds_builder.read_tfds_pairs(
       config, name, policy=policy, report=report
+    )
+  elif config.source in HF_FILE_SOURCES:
+    from train.data import hf_files  # pylint: disable=g-import-not-at-top
+
+    own_eval = hf_files.has_own_eval(config)
+    pairs = hf_files.read_config_pairs(
+      config, split, policy=policy, report=report
     )
   else:
     own_eval = bool(config.eval_path)
@@ -217,6 +226,7 @@ def load_dataset(
       max_prompt_length=data_config.max_prompt_length,
       policy=policy,
       report=report,
+      chat_template=chat.load_chat_template(data_config, tokenizer=tokenizer),
     )
   return PreferenceDataset(
     pairs=tuple(token_pairs),
