@@ -264,18 +264,22 @@ def test_implicit_and_explicit_layouts_agree(
   rejected = [{"role": "assistant", "content": "No."}]
   explicit = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
   implicit = {"chosen": prompt + chosen, "rejected": prompt + rejected}
+  # UltraFeedback-binarized: a text prompt beside whole conversations, which
+  # TRL ignores in favour of the shared messages.
+  text_prompt = dict(implicit, prompt="Another?")
   loaded = []
-  for record in (explicit, implicit):
+  for record in (explicit, implicit, text_prompt):
     path = write_jsonl(tmp_path / "one.jsonl", [record])
     config = _config(path, folder)
     dataset = data.load_dataset(
       config, tokenizer=data.make_tokenizer(config), split="train"
     )
     loaded.append(dataset.pairs[0])
-  for field in ("prompt", "chosen", "rejected"):
-    np.testing.assert_array_equal(
-      getattr(loaded[0], field), getattr(loaded[1], field)
-    )
+  for other in loaded[1:]:
+    for field in ("prompt", "chosen", "rejected"):
+      np.testing.assert_array_equal(
+        getattr(loaded[0], field), getattr(other, field)
+      )
   tokenizer = data.make_tokenizer(_config(path, folder))
   assert tokenizer.decode(loaded[0].chosen) == "Blue.\n"
   assert tokenizer.decode(loaded[0].prompt).endswith("assistant\n")
@@ -287,7 +291,7 @@ def _message(role, content):
 
 BAD_RECORDS = [
   # (record, reason)
-  ({"prompt": "text", "chosen": [_message("assistant", "a")],
+  ({"prompt": 5, "chosen": [_message("assistant", "a")],
     "rejected": [_message("assistant", "b")]}, "bad_messages"),
   ({"prompt": [_message("user", "q")], "chosen": [{"role": "assistant"}],
     "rejected": [_message("assistant", "b")]}, "bad_messages"),

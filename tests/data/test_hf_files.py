@@ -413,3 +413,28 @@ def test_hh_rlhf_as_parquet_and_arrow(hh_rlhf_path, tmp_path):
     assert dataset.fingerprint == reference.fingerprint
     assert dataset.report.skipped == reference.report.skipped
     assert dataset.report.num_records == 2312
+
+
+def test_conversations_in_parquet_equal_the_jsonl_ones(tmp_path, write_jsonl):
+  # The implicit layout (no prompt column, as in many Hub preference sets):
+  # list-of-struct columns of messages, rendered through a chat template.
+  def conversation(i, answer):
+    return [
+      {"role": "user", "content": f"What is {i} squared?"},
+      {"role": "assistant", "content": answer},
+    ]
+
+  records = [
+    {"chosen": conversation(i, f"{i * i}."), "rejected": conversation(i, "?")}
+    for i in range(12)
+  ]
+  path = write_parquet(tmp_path / "chat.parquet", records)
+  from_parquet = load(file_config("parquet", path, chat_template="chatml"))
+  jsonl = write_jsonl(tmp_path / "chat.jsonl", records)
+  from_jsonl = load(file_config("jsonl", jsonl, chat_template="chatml"))
+  assert from_parquet.report.num_loaded == 12
+  assert from_parquet.fingerprint == from_jsonl.fingerprint
+  prompt = bytes(from_parquet.pairs[3].prompt.tolist()).decode()
+  assert prompt.endswith(
+    "What is 3 squared?<|im_end|>\n<|im_start|>assistant\n"
+  )

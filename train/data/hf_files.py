@@ -77,6 +77,25 @@ def _top_level_columns(fields: Iterable[tuple[str, str]]) -> list[str]:
   return list(dict.fromkeys(field.split("/")[0] for _, field in fields))
 
 
+def _fields_in(
+  schema: pa.Schema, fields: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+  """``fields`` less the prompt where the file has conversations without one
+  (the implicit-prompt layout: the prompt is the messages both sides share).
+  """
+  names = dict(fields)
+  chosen_column = names["chosen"].split("/")[0]
+  prompt_column = names.get("prompt", "").split("/")[0]
+  if (
+    prompt_column
+    and prompt_column not in schema.names
+    and chosen_column in schema.names
+    and pa.types.is_list(schema.field(chosen_column).type)
+  ):
+    return [(role, field) for role, field in fields if role != "prompt"]
+  return fields
+
+
 def check_schema(
   path: str, schema: pa.Schema, fields: Iterable[tuple[str, str]]
 ) -> None:
@@ -151,8 +170,9 @@ def parquet_rows(
       if fields is None:
         columns = list(schema.names)
       else:
-        check_schema(path, schema, fields)
-        columns = _top_level_columns(fields)
+        present = _fields_in(schema, fields)
+        check_schema(path, schema, present)
+        columns = _top_level_columns(present)
       row = 0
       for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
         for record in _batch_rows(batch, columns):
@@ -177,8 +197,9 @@ def arrow_rows(
       if fields is None:
         columns = list(reader.schema.names)
       else:
-        check_schema(path, reader.schema, fields)
-        columns = _top_level_columns(fields)
+        present = _fields_in(reader.schema, fields)
+        check_schema(path, reader.schema, present)
+        columns = _top_level_columns(present)
       row = 0
       for batch in reader:
         for record in _batch_rows(batch, columns):

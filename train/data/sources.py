@@ -135,7 +135,9 @@ def _chat_pair(
     prompt = None
     if field_map["prompt"]:
       value = _field(record, field_map["prompt"], default=None)
-      if value is not None:  # No prompt field: the implicit layout.
+      # No prompt field, or a text one beside conversations (as in
+      # UltraFeedback-binarized): the implicit layout, as TRL reads it.
+      if value is not None and not isinstance(value, str):
         prompt = chat.check_messages(value, field_map["prompt"])
     prompt, chosen, rejected = chat.split_conversations(
       prompt, chosen, rejected
