@@ -27,6 +27,8 @@ from jax.typing import ArrayLike
 from slpo_jax import fused_tiles as _tiles
 from slpo_jax import logprobs as _logprobs
 
+soft_cap = _tiles.soft_cap
+
 # Chunk sizes by backend. CPU: the best of a grid timed with
 # ``python -m bench.loss_head --tune`` (all of 256..2048 were within 10%: the
 # tiles are matmul-bound). GPU and TPU: tiles big enough to keep the matrix
@@ -75,6 +77,7 @@ def token_logps_from_hidden(
   also_exclude: ArrayLike | None = None,
   vocab_chunk_size: int | None = None,
   token_chunk_size: int | None = None,
+  logit_softcap: float | None = None,
 ) -> _logprobs.TokenLogps:
   r"""Per-token ``log p_t(y_t)`` and ``log(1 - p_t(y_t))`` from hidden states.
 
@@ -108,6 +111,9 @@ def token_logps_from_hidden(
       tokens, padded to a multiple of it. None picks the backend's default:
       512 on CPU, 4096 on GPU and TPU. Scratch memory is a few float32 tiles
       of ``[token_chunk_size, vocab_chunk_size]``, whatever N and V are.
+    logit_softcap: if set, the logits are ``c * tanh(h_t W / c)`` (Gemma 2's
+      final-logit soft-capping), applied to each tile before the softmax:
+      equal to ``token_logps(c * tanh(hidden @ lm_head / c), labels)``.
 
   Returns:
     A :class:`~slpo_jax.logprobs.TokenLogps` of ``[..., T]`` float32 arrays
@@ -143,6 +149,8 @@ def token_logps_from_hidden(
       f"chunk sizes must be positive, got vocab_chunk_size={vocab_chunk}"
       f" and token_chunk_size={token_chunk}"
     )
+  if logit_softcap is not None and not logit_softcap > 0:
+    raise ValueError(f"logit_softcap must be positive, got {logit_softcap}")
   hidden = jnp.asarray(hidden)
   lm_head = jnp.asarray(lm_head)
   dtype = jnp.result_type(hidden, lm_head)
@@ -172,6 +180,7 @@ def token_logps_from_hidden(
     flat_exclude,
     vocab_chunk,
     token_chunk,
+    None if logit_softcap is None else float(logit_softcap),
   )
   return _logprobs.TokenLogps(
     logp[:n].reshape(batch_shape),
@@ -188,6 +197,7 @@ def sequence_logps_from_hidden(
   where: ArrayLike | None = None,
   vocab_chunk_size: int | None = None,
   token_chunk_size: int | None = None,
+  logit_softcap: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   r"""``sequence_logps(hidden @ lm_head, labels)`` without the logits.
 
@@ -207,6 +217,7 @@ def sequence_logps_from_hidden(
     where: optional ``[..., T]`` bool marking the response tokens that count.
     vocab_chunk_size: see :func:`token_logps_from_hidden`.
     token_chunk_size: see :func:`token_logps_from_hidden`.
+    logit_softcap: see :func:`token_logps_from_hidden`.
 
   Returns:
     ``(logp, not_logp)``, each ``[...]`` float32. A row with nothing counted
@@ -235,6 +246,7 @@ def sequence_logps_from_hidden(
     _logprobs.masked_ids(labels, where, fill=0),
     vocab_chunk_size=vocab_chunk_size,
     token_chunk_size=token_chunk_size,
+    logit_softcap=logit_softcap,
   )
   return _logprobs.sequence_logps_from_token_logps(
     per_token.logp, per_token.not_logp, where=where

@@ -77,8 +77,18 @@ def _set_rows(x, update, i, token_chunk):
   return jax.lax.dynamic_update_slice_in_dim(x, update, i * token_chunk, 0)
 
 
-def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
+def soft_cap(z, softcap):
+  """``softcap * tanh(z / softcap)`` (Gemma 2's logit cap), or ``z``."""
+  return z if softcap is None else softcap * jnp.tanh(z / softcap)
+
+
+def _forward(
+  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
+):
   """Per-token statistics for the whole vocabulary, one tile at a time.
+
+  With ``softcap`` every tile's logits are capped as soon as they are
+  computed, so every statistic is of the capped logits.
 
   Returns ``(logp, not_logp, is_top1, residuals)`` with every array ``[N]``.
   """
@@ -91,7 +101,7 @@ def _forward(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
   def tile(ids, columns, i, state):
     rest_max, rest_sum, label_logit, exclude_logit, before_max = state
     rows = lambda x: _rows(x, i, token_chunk)
-    z = _dot(rows(hidden), columns, acc)
+    z = soft_cap(_dot(rows(hidden), columns, acc), softcap)
     is_label = ids == rows(labels)[:, None]
     excluded = is_label
     if has_exclude:
@@ -232,8 +242,13 @@ def _backward(
   cotangents,
   vocab_chunk,
   token_chunk,
+  softcap=None,
 ):
-  """Gradients for hidden and lm_head, recomputing each tile's logits."""
+  """Gradients for hidden and lm_head, recomputing each tile's logits.
+
+  With ``softcap`` the derivative for a capped logit ``c = s tanh(z / s)``
+  is carried back to the raw one by ``dc/dz = 1 - tanh(z / s)^2``.
+  """
   n, d = hidden.shape
   vocab = lm_head.shape[1]
   acc = _logprobs._compute_dtype(hidden.dtype)
@@ -269,6 +284,9 @@ def _backward(
     d_hidden, d_columns = grads
     rows = lambda x: _rows(x, i, token_chunk)
     z = _dot(rows(hidden), columns, acc)
+    if softcap is not None:
+      tanh = jnp.tanh(z / softcap)
+      z = softcap * tanh
     e = jnp.exp(z - rows(rest_max)[:, None])
     dz = e * rows(rest_scale)[:, None]
     if vocab % vocab_chunk:
@@ -279,6 +297,8 @@ def _backward(
       )
     # The label last: with also_exclude == label it is counted once, as y.
     dz = jnp.where(ids == rows(labels)[:, None], rows(d_label)[:, None], dz)
+    if softcap is not None:
+      dz = dz * (1.0 - tanh * tanh)
     dz = dz.astype(columns.dtype)
     d_rows = rows(d_hidden) + _dot(dz, columns.T, acc)
     hidden_t_rows = jax.lax.dynamic_slice_in_dim(
@@ -312,9 +332,9 @@ def _backward(
   return d_hidden.astype(hidden.dtype), d_head
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def tiled_token_logps(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
 ):
   """``(log p(y), log(1 - p(y) [- p(z)]), is_top1)``, ``[N]`` each, by tiles.
 
@@ -325,6 +345,8 @@ def tiled_token_logps(
     exclude: ``[N]`` int32 ids likewise, or None.
     vocab_chunk: columns per tile, at most V (static).
     token_chunk: rows per tile (static).
+    softcap: if set (static), the logits are ``softcap * tanh(z / softcap)``
+      of the raw ``z = hidden @ lm_head``, capped per tile.
 
   Returns:
     ``(logp, not_logp)`` in float32 (float64 for float64 inputs), and
@@ -332,20 +354,22 @@ def tiled_token_logps(
     gradient flows through it).
   """
   logp, not_logp, is_top1, _ = _forward(
-    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
   )
   return logp, not_logp, is_top1
 
 
-def _fused_fwd(hidden, lm_head, labels, exclude, vocab_chunk, token_chunk):
+def _fused_fwd(
+  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
+):
   logp, not_logp, is_top1, residuals = _forward(
-    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk
+    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
   )
   saved = (hidden, lm_head, labels, exclude, residuals)
   return (logp, not_logp, is_top1), saved
 
 
-def _fused_bwd(vocab_chunk, token_chunk, saved, cotangents):
+def _fused_bwd(vocab_chunk, token_chunk, softcap, saved, cotangents):
   hidden, lm_head, labels, exclude, residuals = saved
   d_hidden, d_head = _backward(
     hidden,
@@ -356,6 +380,7 @@ def _fused_bwd(vocab_chunk, token_chunk, saved, cotangents):
     cotangents[:2],  # is_top1 is boolean: its cotangent is float0.
     vocab_chunk,
     token_chunk,
+    softcap,
   )
   return d_hidden, d_head, None, None
 

@@ -9,7 +9,9 @@ through the loss head, from a model's final hidden states
 
 A pair is two rows that share their time axis (same prompt, same layout):
 position t of both holds the same response step, and ``chosen_where`` /
-``rejected_where`` mark the response tokens of each row.
+``rejected_where`` mark the response tokens of each row. Rows may also hold
+several pairs each (packed, :mod:`slpo_jax.packing`): with ``segment_ids``
+every per-pair field is ``[R, S]``, one value per pair slot of a row.
 """
 
 import dataclasses
@@ -21,6 +23,7 @@ from jax.typing import ArrayLike
 
 from slpo_jax import fused
 from slpo_jax import logprobs
+from slpo_jax import packing
 
 
 class PairStats(NamedTuple):
@@ -78,6 +81,8 @@ def pair_stats_from_token_logps(
   chosen_where: ArrayLike,
   rejected_where: ArrayLike,
   chosen_token_pair_not_logps: ArrayLike | None = None,
+  segment_ids: ArrayLike | None = None,
+  num_segments: int | None = None,
 ) -> PairStats:
   """The :class:`PairStats` of a batch from its per-token values.
 
@@ -91,14 +96,33 @@ def pair_stats_from_token_logps(
     chosen_token_pair_not_logps: optional ``[B, T]``
       ``log(1 - p_t(y_w,t) - p_t(y_l,t))`` on the chosen row; when given,
       the pair complement and the token fields are filled in.
+    segment_ids: optional ``[R, T]`` int for packed rows (see
+      :mod:`slpo_jax.packing`): 1..S where the pairs of a row lie, the same
+      in both rows, 0 on padding. None: one pair per row.
+    num_segments: S, the pair slots per row (static); with ``segment_ids``.
 
   Returns:
     The statistics; the pair and token fields are None without
-    ``chosen_token_pair_not_logps``.
+    ``chosen_token_pair_not_logps``. With ``segment_ids`` the per-pair
+    fields are ``[R, S]`` and the token fields ``[R, S, T]``.
   """
   shape = jnp.shape(chosen_labels)
   chosen_where = logprobs._check_where(chosen_where, shape)
   rejected_where = logprobs._check_where(rejected_where, shape)
+  if segment_ids is not None:
+    # Each slot sees its own pair's positions only; every reduction below
+    # then runs over one pair (see slpo_jax.packing).
+    masks = _segment_masks(segment_ids, num_segments, shape)
+    chosen = packing.spread_tokens(chosen, masks)
+    rejected = packing.spread_tokens(rejected, masks)
+    chosen_labels = packing.spread(chosen_labels, masks)
+    rejected_labels = packing.spread(rejected_labels, masks)
+    chosen_where = packing.spread_where(chosen_where, masks)
+    rejected_where = packing.spread_where(rejected_where, masks)
+    if chosen_token_pair_not_logps is not None:
+      chosen_token_pair_not_logps = packing.spread(
+        chosen_token_pair_not_logps, masks
+      )
   chosen_logps, chosen_not_logps = logprobs.sequence_logps_from_token_logps(
     chosen.logp, chosen.not_logp, where=chosen_where
   )
@@ -140,7 +164,25 @@ def pair_stats_from_token_logps(
   )
 
 
-def _mean_over_steps(per_step: jax.Array, where: jax.Array) -> jax.Array:
+def _segment_masks(segment_ids, num_segments, shape) -> jax.Array:
+  if num_segments is None or jnp.shape(segment_ids) != tuple(shape):
+    raise ValueError(
+      f"segment_ids need num_segments and the labels' shape {tuple(shape)};"
+      f" got {jnp.shape(segment_ids)} and num_segments={num_segments}"
+    )
+  return packing.segment_masks(segment_ids, num_segments)
+
+
+def _mean_over_steps(
+  per_step: jax.Array,
+  where: jax.Array,
+  segment_ids: ArrayLike | None = None,
+  num_segments: int | None = None,
+) -> jax.Array:
+  if segment_ids is not None:
+    masks = _segment_masks(segment_ids, num_segments, jnp.shape(where))
+    per_step = packing.spread(per_step, masks)
+    where = packing.spread_where(where, masks)
   counted = jnp.where(where, per_step, 0.0)
   return jnp.sum(counted, axis=-1) / jnp.maximum(jnp.sum(where, axis=-1), 1)
 
@@ -167,6 +209,8 @@ def pair_stats_from_logits(
   chosen_where: ArrayLike,
   rejected_where: ArrayLike,
   pair_values: bool = False,
+  segment_ids: ArrayLike | None = None,
+  num_segments: int | None = None,
 ) -> PairStats:
   """The :class:`PairStats` of a batch from teacher-forced logits.
 
@@ -180,10 +224,14 @@ def pair_stats_from_logits(
     rejected_where: ``[B, T]`` bool response mask of y_l.
     pair_values: also compute the pair complement and the token values
       (soft and token-level SLPO need them).
+    segment_ids: optional ``[R, T]`` pair segments of packed rows, see
+      :func:`pair_stats_from_token_logps`.
+    num_segments: the pair slots per row, with ``segment_ids``.
 
   Returns:
     The statistics.
   """
+  segments = dict(segment_ids=segment_ids, num_segments=num_segments)
   logprobs._check_logits_labels(chosen_logits, chosen_labels, "chosen_logits")
   logprobs._check_logits_labels(
     rejected_logits, rejected_labels, "rejected_logits"
@@ -208,13 +256,18 @@ def pair_stats_from_logits(
     chosen_where=chosen_where,
     rejected_where=rejected_where,
     chosen_token_pair_not_logps=pair_not,
+    **segments,
   )
   return stats._replace(
     chosen_mean_logits=_mean_over_steps(
-      jnp.mean(jnp.asarray(chosen_logits, jnp.float32), -1), chosen_where
+      jnp.mean(jnp.asarray(chosen_logits, jnp.float32), -1),
+      chosen_where,
+      **segments,
     ),
     rejected_mean_logits=_mean_over_steps(
-      jnp.mean(jnp.asarray(rejected_logits, jnp.float32), -1), rejected_where
+      jnp.mean(jnp.asarray(rejected_logits, jnp.float32), -1),
+      rejected_where,
+      **segments,
     ),
   )
 
@@ -229,21 +282,53 @@ class HeadOptions:
     vocab_chunk_size: the fused head's vocabulary tile; None for the
       backend's default.
     token_chunk_size: the fused head's token tile; None for the default.
+    logit_softcap: the model's final-logit soft-capping (Gemma 2's
+      ``final_logit_softcap``), applied by both heads; None for none.
   """
 
   fused: bool = True
   vocab_chunk_size: int | None = None
   token_chunk_size: int | None = None
+  logit_softcap: float | None = None
 
 
-def _plain_logits(hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
+def _plain_logits(
+  hidden: jax.Array, lm_head: jax.Array, softcap: float | None = None
+) -> jax.Array:
   # Accumulated and returned in float32, as the models' own logits are.
-  return jnp.einsum(
+  logits = jnp.einsum(
     "...d,dv->...v",
     hidden,
     lm_head.astype(hidden.dtype),
     preferred_element_type=jnp.float32,
   )
+  return fused.soft_cap(logits, softcap)
+
+
+def _capped_mean_logits(hidden, lm_head, softcap, chunk) -> jax.Array:
+  """Mean over the vocabulary of the capped logits, one tile at a time.
+
+  A metric only (no gradient): the cap makes the mean no longer one
+  product with the mean column, so it takes a second pass over the head.
+  """
+  hidden = jax.lax.stop_gradient(jnp.asarray(hidden))
+  lm_head = jax.lax.stop_gradient(jnp.asarray(lm_head))
+  vocab = lm_head.shape[1]
+  chunk = min(chunk or 4096, vocab)
+  pad = -vocab % chunk
+  columns = jnp.pad(lm_head, ((0, 0), (0, pad)))
+  columns = columns.reshape(lm_head.shape[0], -1, chunk).swapaxes(0, 1)
+  valid = (jnp.arange(vocab + pad) < vocab).reshape(-1, chunk)
+
+  def add(total, tile):
+    block, ok = tile
+    capped = _plain_logits(hidden, block, softcap)
+    return total + jnp.sum(jnp.where(ok, capped, 0.0), -1), None
+
+  total, _ = jax.lax.scan(
+    add, jnp.zeros(hidden.shape[:-1], jnp.float32), (columns, valid)
+  )
+  return total / vocab
 
 
 def pair_stats_from_hidden(
@@ -257,6 +342,8 @@ def pair_stats_from_hidden(
   rejected_where: ArrayLike,
   pair_values: bool = False,
   head: HeadOptions = HeadOptions(),
+  segment_ids: ArrayLike | None = None,
+  num_segments: int | None = None,
 ) -> PairStats:
   """The loss head: :class:`PairStats` from a model's final hidden states.
 
@@ -274,19 +361,26 @@ def pair_stats_from_hidden(
     rejected_where: ``[B, T]`` bool response mask of y_l.
     pair_values: also compute the pair complement and the token values.
     head: fused or plain, and the fused head's tiles.
+    segment_ids: optional ``[R, T]`` pair segments of packed rows (the
+      hidden states then come from a model run with them, each row's
+      padding as segment 0); see :func:`pair_stats_from_token_logps`.
+    num_segments: the pair slots per row, with ``segment_ids``.
 
   Returns:
     The statistics, equal (to float rounding) for both heads.
   """
+  softcap = head.logit_softcap
+  segments = dict(segment_ids=segment_ids, num_segments=num_segments)
   if not head.fused:
     return pair_stats_from_logits(
-      _plain_logits(chosen_hidden, lm_head),
-      _plain_logits(rejected_hidden, lm_head),
+      _plain_logits(chosen_hidden, lm_head, softcap),
+      _plain_logits(rejected_hidden, lm_head, softcap),
       chosen_labels,
       rejected_labels,
       chosen_where=chosen_where,
       rejected_where=rejected_where,
       pair_values=pair_values,
+      **segments,
     )
   chosen_where = logprobs._check_where(chosen_where, jnp.shape(chosen_labels))
   rejected_where = logprobs._check_where(
@@ -304,6 +398,7 @@ def pair_stats_from_hidden(
       also_exclude=also_exclude,
       vocab_chunk_size=head.vocab_chunk_size,
       token_chunk_size=head.token_chunk_size,
+      logit_softcap=softcap,
     )
 
   pair_not = None
@@ -317,15 +412,22 @@ def pair_stats_from_hidden(
     chosen_where=chosen_where,
     rejected_where=rejected_where,
     chosen_token_pair_not_logps=pair_not,
+    **segments,
   )
-  # The mean logit of a step is h_t . mean_v(W[:, v]): one vector, no tile.
-  mean_column = jnp.mean(jnp.asarray(lm_head, jnp.float32), axis=-1)
+  if softcap is None:
+    # The mean logit of a step is h_t . mean_v(W[:, v]): one vector, no tile.
+    mean_column = jnp.mean(jnp.asarray(lm_head, jnp.float32), axis=-1)
+    chosen_mean = _plain_logits(chosen_hidden, mean_column[:, None])[..., 0]
+    rejected_mean = _plain_logits(rejected_hidden, mean_column[:, None])[..., 0]
+  else:
+    chunk = head.vocab_chunk_size
+    chosen_mean = _capped_mean_logits(chosen_hidden, lm_head, softcap, chunk)
+    rejected_mean = _capped_mean_logits(
+      rejected_hidden, lm_head, softcap, chunk
+    )
   return stats._replace(
-    chosen_mean_logits=_mean_over_steps(
-      _plain_logits(chosen_hidden, mean_column[:, None])[..., 0], chosen_where
-    ),
+    chosen_mean_logits=_mean_over_steps(chosen_mean, chosen_where, **segments),
     rejected_mean_logits=_mean_over_steps(
-      _plain_logits(rejected_hidden, mean_column[:, None])[..., 0],
-      rejected_where,
+      rejected_mean, rejected_where, **segments
     ),
   )

@@ -1,6 +1,7 @@
 """Flax decoder language models, Hugging Face checkpoints, and sampling.
 
-Two families cover GPT-2 and Llama-style models (Llama, Mistral, Qwen2):
+Two families cover GPT-2 and the rotary, RMSNorm, gated-MLP models (Llama,
+Mistral, Qwen2, Qwen3, Gemma 1-3 text, Phi-3):
 
 >>> import jax
 >>> from slpo_jax import models
@@ -14,15 +15,13 @@ Checkpoints written by ``save_pretrained`` load with ``load_hf_model`` /
 ``load_hf_checkpoint`` and are written back with ``save_hf_checkpoint``.
 """
 
-from slpo_jax.models.config import SIZES
+from slpo_jax.models.attention import AttentionMask
 from slpo_jax.models.config import DecoderConfig
 from slpo_jax.models.config import RopeScaling
-from slpo_jax.models.config import get_config
-from slpo_jax.models.config import tiny_config
 from slpo_jax.models.hf_config import SUPPORTED_MODEL_TYPES
 from slpo_jax.models.hf_config import CheckpointError
 from slpo_jax.models.hf_config import config_from_hf
-from slpo_jax.models.hf_config import config_to_hf
+from slpo_jax.models.hf_config_export import config_to_hf
 from slpo_jax.models.hf_io import load_hf_checkpoint
 from slpo_jax.models.hf_io import load_hf_config
 from slpo_jax.models.hf_io import load_hf_model
@@ -35,10 +34,14 @@ from slpo_jax.models.partitioning import DEFAULT_RULES
 from slpo_jax.models.partitioning import logical_axis_rules
 from slpo_jax.models.partitioning import param_partition_specs
 from slpo_jax.models.partitioning import param_shardings
+from slpo_jax.models.presets import SIZES
+from slpo_jax.models.presets import get_config
+from slpo_jax.models.presets import tiny_config
 from slpo_jax.models.sampling import SampleOutput
 from slpo_jax.models.sampling import generate
 
 __all__ = [
+  "AttentionMask",
   "CheckpointError",
   "DEFAULT_RULES",
   "DecoderConfig",

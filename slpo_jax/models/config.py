@@ -5,8 +5,10 @@ One frozen dataclass, ``DecoderConfig``, describes both supported families:
 * ``"gpt2"``: learned absolute positions, LayerNorm, a two-matrix GELU MLP,
   biases everywhere, tied input and output embeddings.
 * ``"llama"``: rotary position embeddings (optionally with the Llama 3
-  frequency scaling), RMSNorm, a SwiGLU MLP, grouped-query attention, optional
-  QKV bias (Qwen2) and an optional sliding window (Mistral).
+  frequency scaling), RMSNorm, a gated MLP (SwiGLU, or GeGLU for Gemma),
+  grouped-query attention, optional QKV bias (Qwen2), q/k norms (Qwen3,
+  Gemma 3), a sliding window on all layers (Mistral, Phi-3) or on some
+  (Gemma 2 and 3), and Gemma's extra norms, embedding scale and logit caps.
 
 The dataclass is hashable, so a model built from it can be a static argument
 of ``jax.jit``.
@@ -24,6 +26,17 @@ FAMILIES = ("gpt2", "llama")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
 ROPE_TYPES = ("llama3", "linear")
+# Per-layer attention kinds, spelled as transformers' ``layer_types``.
+LAYER_TYPES = ("full_attention", "sliding_attention")
+# "blockwise": online softmax over key blocks, memory linear in the length,
+# any backend. "dense": the [T, S] score matrix (the reference; short
+# sequences). "cudnn": jax.nn.dot_product_attention on cuDNN (GPU only; see
+# ``attention.py`` for what it requires of the batch).
+ATTENTION_IMPLS = ("blockwise", "dense", "cudnn")
+# What a rematerialised block keeps for the backward pass: nothing but its
+# input ("full"), or also every matmul output without batch dimensions
+# ("dots", i.e. ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
+REMAT_POLICIES = ("full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +100,8 @@ class DecoderConfig:
   """Architecture and numerics of a decoder-only causal language model.
 
   Attributes:
-    family: ``"gpt2"`` or ``"llama"`` (Llama, Mistral and Qwen2 checkpoints).
+    family: ``"gpt2"`` or ``"llama"`` (every rotary checkpoint: Llama,
+      Mistral, Qwen2/3, Gemma 1-3, Phi-3).
     vocab_size: number of token ids.
     d_model: width of the residual stream.
     num_layers: number of transformer blocks.
@@ -109,18 +123,46 @@ class DecoderConfig:
     rope_theta: base wavelength of the rotary embedding (llama family).
     rope_scaling: optional ``RopeScaling`` (llama family).
     sliding_window: if set, a query attends only to the last ``sliding_window``
-      positions, itself included (Mistral).
+      positions, itself included (Mistral); with ``layer_types``, only on the
+      ``"sliding_attention"`` layers (Gemma 2 and 3).
+    layer_types: optional per-layer ``"full_attention"`` /
+      ``"sliding_attention"``; None means every layer is alike.
+    rope_local_theta: rotary base of the sliding layers (Gemma 3's
+      ``rope_local_base_freq``), which get no ``rope_scaling``; None: all
+      layers use ``rope_theta`` and ``rope_scaling``.
+    qk_norm: RMSNorm over ``head_dim`` of every query and key head, before
+      the rotary embedding (Qwen3, Gemma 3).
+    norm_plus_one: RMSNorms scale by ``1 + weight``, computed in float32 and
+      then cast (Gemma); the stored weight is the offset from one.
+    sandwich_norms: extra norms on the attention and MLP outputs before the
+      residual sums (Gemma 2 and 3).
+    embed_scale: multiply the embeddings by ``sqrt(d_model)``, rounded to the
+      compute dtype as transformers does (Gemma).
+    query_scale: attention logit scale; None is ``head_dim ** -0.5`` (Gemma
+      2 and 3 use ``query_pre_attn_scalar ** -0.5``).
+    attn_logit_softcap: if set, attention logits become
+      ``cap * tanh(logits / cap)`` before the mask (Gemma 2).
+    final_logit_softcap: if set, the output logits become
+      ``cap * tanh(logits / cap)`` (Gemma 2); the fused loss head takes it
+      as ``logit_softcap``.
+    attention_impl: one of ``ATTENTION_IMPLS``.
+    attention_block: query and key tile of the blockwise kernel; a length
+      that fits one tile takes the dense kernel (the same single tile,
+      without the loop).
     dtype: compute dtype (``"float32"`` or ``"bfloat16"``); logits are always
       float32.
     param_dtype: dtype of the parameters.
     scan_layers: stack the blocks' parameters along a leading ``"layers"``
       axis and run them with ``nn.scan`` (faster compilation of deep models).
     remat: rematerialise each block in the backward pass to save memory.
+    remat_policy: one of ``REMAT_POLICIES``, what a rematerialised block
+      saves.
     bos_token_id: beginning-of-sequence id, carried to exported checkpoints.
     eos_token_id: end-of-sequence id(s), carried to exported checkpoints.
     pad_token_id: padding id, carried to exported checkpoints.
     hf_model_type: the Hugging Face ``model_type`` to export as (``"gpt2"``,
-      ``"llama"``, ``"mistral"`` or ``"qwen2"``); inferred when None.
+      ``"llama"``, ``"mistral"``, ``"qwen2"``, ``"qwen3"``, ``"gemma"``,
+      ``"gemma2"``, ``"gemma3_text"``, ``"phi3"``); inferred when None.
   """
 
   family: str
@@ -141,10 +183,22 @@ class DecoderConfig:
   rope_theta: float = 10000.0
   rope_scaling: RopeScaling | None = None
   sliding_window: int | None = None
+  layer_types: tuple[str, ...] | None = None
+  rope_local_theta: float | None = None
+  qk_norm: bool = False
+  norm_plus_one: bool = False
+  sandwich_norms: bool = False
+  embed_scale: bool = False
+  query_scale: float | None = None
+  attn_logit_softcap: float | None = None
+  final_logit_softcap: float | None = None
+  attention_impl: str = "blockwise"
+  attention_block: int = 512
   dtype: str = "float32"
   param_dtype: str = "float32"
   scan_layers: bool = False
   remat: bool = False
+  remat_policy: str = "full"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
@@ -162,6 +216,7 @@ class DecoderConfig:
       "head_dim",
       "mlp_dim",
       "max_len",
+      "attention_block",
     ):
       value = getattr(self, field)
       if not isinstance(value, int) or value <= 0:
@@ -180,11 +235,43 @@ class DecoderConfig:
         raise ValueError(
           "gpt2 uses multi-head attention: num_kv_heads must equal num_heads"
         )
-      if self.rope_scaling is not None or self.sliding_window is not None:
-        raise ValueError("gpt2 has no rope_scaling or sliding_window")
+      rotary_only = ("rope_scaling", "sliding_window", "layer_types")
+      rotary_only += ("rope_local_theta", "qk_norm", "norm_plus_one")
+      rotary_only += ("sandwich_norms", "embed_scale")
+      for field in rotary_only:
+        if getattr(self, field):
+          raise ValueError(f"gpt2 has no {field}")
     if self.sliding_window is not None and self.sliding_window <= 0:
       raise ValueError(
         f"sliding_window must be positive, got {self.sliding_window}"
+      )
+    if self.layer_types is not None:
+      object.__setattr__(self, "layer_types", tuple(self.layer_types))
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(
+          f"layer_types has {len(self.layer_types)} entries for "
+          f"{self.num_layers} layers"
+        )
+      unknown = set(self.layer_types) - set(LAYER_TYPES)
+      if unknown:
+        raise ValueError(
+          f"layer_types entries must be in {LAYER_TYPES}, got {unknown}"
+        )
+      if "sliding_attention" in self.layer_types and not self.sliding_window:
+        raise ValueError("sliding_attention layers need a sliding_window")
+    for field in ("query_scale", "attn_logit_softcap", "final_logit_softcap"):
+      value = getattr(self, field)
+      if value is not None and not value > 0:
+        raise ValueError(f"{field} must be positive or None, got {value!r}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+        f"attention_impl must be one of {ATTENTION_IMPLS}, got "
+        f"{self.attention_impl!r}"
+      )
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+        f"remat_policy must be one of {REMAT_POLICIES}, got "
+        f"{self.remat_policy!r}"
       )
     # Normalise dtypes to names so that equal configs hash equally and the
     # dataclass stays serialisable.
@@ -192,6 +279,15 @@ class DecoderConfig:
     object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype))
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+  def layer_windows(self) -> tuple[int | None, ...]:
+    """The sliding window of each layer (None: attends to all the past)."""
+    if self.layer_types is None:
+      return (self.sliding_window,) * self.num_layers
+    return tuple(
+      self.sliding_window if kind == "sliding_attention" else None
+      for kind in self.layer_types
+    )
 
   @property
   def num_params(self) -> int:
@@ -208,7 +304,8 @@ class DecoderConfig:
       positions = self.max_len * d
     else:
       mlp = 3 * d * f + (2 * f + d) * self.mlp_bias
-      norms = 2 * d
+      norms = (4 if self.sandwich_norms else 2) * d
+      norms += 2 * self.head_dim * self.qk_norm
       final_norm = d
       positions = 0
     head = 0 if self.tie_embeddings else d * v
@@ -223,94 +320,3 @@ class DecoderConfig:
   def replace(self, **changes: Any) -> DecoderConfig:
     """Returns a copy with ``changes`` applied (and validated)."""
     return dataclasses.replace(self, **changes)
-
-
-def _gpt2(vocab_size, d_model, num_layers, num_heads, max_len) -> DecoderConfig:
-  return DecoderConfig(
-    family="gpt2",
-    vocab_size=vocab_size,
-    d_model=d_model,
-    num_layers=num_layers,
-    num_heads=num_heads,
-    num_kv_heads=num_heads,
-    head_dim=d_model // num_heads,
-    mlp_dim=4 * d_model,
-    max_len=max_len,
-    norm_eps=1e-5,
-    activation="gelu_tanh",
-    tie_embeddings=True,
-    qkv_bias=True,
-    out_bias=True,
-    mlp_bias=True,
-    hf_model_type="gpt2",
-  )
-
-
-def _llama(
-  vocab_size,
-  d_model,
-  num_layers,
-  num_heads,
-  num_kv_heads,
-  mlp_dim,
-  max_len,
-  tie_embeddings,
-) -> DecoderConfig:
-  return DecoderConfig(
-    family="llama",
-    vocab_size=vocab_size,
-    d_model=d_model,
-    num_layers=num_layers,
-    num_heads=num_heads,
-    num_kv_heads=num_kv_heads,
-    head_dim=d_model // num_heads,
-    mlp_dim=mlp_dim,
-    max_len=max_len,
-    norm_eps=1e-6,
-    activation="silu",
-    tie_embeddings=tie_embeddings,
-    qkv_bias=False,
-    out_bias=False,
-    mlp_bias=False,
-    hf_model_type="llama",
-  )
-
-
-# Built-in sizes for runs that start from random weights. "tiny" is a few
-# hundred thousand parameters (tests, the CPU default run); "small" is the
-# GPT-2 124M shape and a Llama of similar size.
-_BUILTIN = {
-  ("gpt2", "tiny"): lambda: _gpt2(512, 64, 2, 4, 256),
-  ("gpt2", "small"): lambda: _gpt2(50257, 768, 12, 12, 1024),
-  ("llama", "tiny"): lambda: _llama(512, 64, 2, 4, 2, 176, 256, False),
-  ("llama", "small"): lambda: _llama(32000, 768, 12, 12, 4, 2048, 2048, False),
-}
-SIZES = ("tiny", "small")
-
-
-def get_config(
-  family: str, size: str = "tiny", **changes: Any
-) -> DecoderConfig:
-  """Returns a built-in configuration.
-
-  Args:
-    family: ``"gpt2"`` or ``"llama"``.
-    size: one of ``SIZES``.
-    **changes: fields to override, e.g. ``dtype="bfloat16"``.
-
-  Returns:
-    The ``DecoderConfig``.
-  """
-  try:
-    make = _BUILTIN[(family, size)]
-  except KeyError:
-    raise ValueError(
-      f"no built-in config for family={family!r} size={size!r}; families "
-      f"are {FAMILIES} and sizes {SIZES}"
-    ) from None
-  return make().replace(**changes)
-
-
-def tiny_config(family: str, **changes: Any) -> DecoderConfig:
-  """A few-hundred-thousand-parameter configuration for tests and CPU runs."""
-  return get_config(family, "tiny", **changes)

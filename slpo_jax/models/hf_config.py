@@ -1,12 +1,18 @@
-"""Translation between Hugging Face ``config.json`` and ``DecoderConfig``.
+"""Reading Hugging Face ``config.json`` into a ``DecoderConfig``.
 
 Supported ``model_type`` values: ``gpt2`` (family "gpt2") and ``llama``,
-``mistral``, ``qwen2`` (family "llama"). Both the transformers 4 spelling
-of the rotary settings (``rope_theta`` + ``rope_scaling``) and the
-transformers 5 one (``rope_parameters``) are read; both are written.
-Options that would change the computation but are not implemented (e.g.
-YaRN scaling, Qwen2's per-layer sliding window) are refused rather than
-ignored.
+``mistral``, ``qwen2``, ``qwen3``, ``gemma``, ``gemma2``, ``gemma3_text``,
+``phi3`` (family "llama": rotary, RMSNorm, gated MLP). Both the transformers 4
+spelling of the rotary settings (``rope_theta`` + ``rope_scaling``) and the
+transformers 5 one (``rope_parameters``, per layer kind for Gemma 3) are
+read; the writer is ``hf_config_export``.
+
+Options that would change the computation but are not implemented (YaRN or
+LongRoPE scaling, Qwen's sliding-window layers, bidirectional attention,
+quantised weights, ...) are refused with a ``CheckpointError`` naming the
+field, rather than ignored. Dropout rates are the one kind of field read and
+not used: they only act in training mode, and training here runs without
+dropout.
 """
 
 from __future__ import annotations
@@ -17,12 +23,27 @@ from typing import Mapping
 from slpo_jax.models.config import DecoderConfig
 from slpo_jax.models.config import RopeScaling
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
-_ARCHITECTURES = {
-  "gpt2": "GPT2LMHeadModel",
-  "llama": "LlamaForCausalLM",
-  "mistral": "MistralForCausalLM",
-  "qwen2": "Qwen2ForCausalLM",
+SUPPORTED_MODEL_TYPES = (
+  "gpt2",
+  "llama",
+  "mistral",
+  "qwen2",
+  "qwen3",
+  "gemma",
+  "gemma2",
+  "gemma3_text",
+  "phi3",
+)
+# Architectures people will try, with why they are refused.
+_REFUSED_MODEL_TYPES = {
+  "qwen3_moe": "Qwen3 MoE (qwen3_moe) is not supported: mixture-of-experts "
+  "MLPs are not implemented; dense Qwen3 (qwen3) is",
+  "qwen2_moe": "Qwen2 MoE (qwen2_moe) is not supported: mixture-of-experts "
+  "MLPs are not implemented",
+  "mixtral": "Mixtral (mixtral) is not supported: mixture-of-experts MLPs "
+  "are not implemented",
+  "gemma3": "multimodal Gemma 3 (gemma3) is not supported; its text-only "
+  "checkpoints (gemma3_text, e.g. gemma-3-1b) are",
 }
 _GPT2_ACTIVATIONS = {
   "gelu_new": "gelu_tanh",
@@ -33,6 +54,16 @@ _GPT2_ACTIVATIONS = {
   "silu": "silu",
   "swish": "silu",
 }
+# transformers' ACT2FN names for the gated MLP's non-linearity.
+_GATED_ACTIVATIONS = {
+  "silu": "silu",
+  "swish": "silu",
+  "gelu_pytorch_tanh": "gelu_tanh",
+  "gelu_new": "gelu_tanh",
+  "gelu": "gelu",
+  "relu": "relu",
+}
+_GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
 
 
 class CheckpointError(ValueError):
@@ -43,6 +74,12 @@ def _require(hf: Mapping[str, Any], key: str, source: str) -> Any:
   if key not in hf or hf[key] is None:
     raise CheckpointError(f"{source}: required key {key!r} is missing")
   return hf[key]
+
+
+def _refuse(hf: Mapping[str, Any], source: str, key: str, *allowed) -> None:
+  """Refuses ``key`` unless it is absent or one of the ``allowed`` values."""
+  if key in hf and hf[key] not in allowed:
+    raise CheckpointError(f"{source}: {key}={hf[key]!r} is not supported")
 
 
 def _eos(value: Any) -> int | tuple[int, ...] | None:
@@ -86,14 +123,17 @@ def _gpt2_from_hf(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
   )
 
 
-def _rope_from_hf(
-  hf: Mapping[str, Any], source: str
+def _rope_settings(
+  params: Mapping[str, Any], hf: Mapping[str, Any], source: str
 ) -> tuple[float, RopeScaling | None]:
-  """Reads the rotary settings from either transformers spelling."""
-  params = dict(hf.get("rope_scaling") or {})
-  params.update(hf.get("rope_parameters") or {})
+  """``(theta, scaling)`` from one merged dict of rotary settings."""
   theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
   rope_type = params.get("rope_type", params.get("type", "default"))
+  factor = params.get("partial_rotary_factor", 1.0)
+  if factor != 1.0:
+    raise CheckpointError(
+      f"{source}: partial_rotary_factor={factor!r} is not supported"
+    )
   if rope_type == "default":
     return float(theta), None
   if rope_type == "linear":
@@ -123,51 +163,161 @@ def _rope_from_hf(
   )
 
 
-def _llama_from_hf(
+def _rope_from_hf(
+  hf: Mapping[str, Any], source: str, default_theta: float = 10000.0
+) -> tuple[float, RopeScaling | None]:
+  """Reads the rotary settings from either transformers spelling."""
+  params = dict(hf.get("rope_scaling") or {})
+  params.update(hf.get("rope_parameters") or {})
+  params.setdefault("rope_theta", hf.get("rope_theta", default_theta))
+  return _rope_settings(params, hf, source)
+
+
+def _gemma3_rope(
+  hf: Mapping[str, Any], source: str
+) -> tuple[float, RopeScaling | None, float]:
+  """``(global theta, global scaling, local theta)`` of Gemma 3.
+
+  transformers 5 nests the settings per layer kind; transformers 4 has
+  ``rope_theta``/``rope_scaling`` for the global layers and
+  ``rope_local_base_freq`` for the local ones, which are never scaled.
+  """
+  nested = hf.get("rope_parameters") or {}
+  if "full_attention" in nested or "sliding_attention" in nested:
+    full = dict(nested.get("full_attention") or {})
+    full.setdefault("rope_theta", 1_000_000.0)
+    local = dict(nested.get("sliding_attention") or {})
+    local.setdefault("rope_theta", 10_000.0)
+  else:
+    full = dict(hf.get("rope_scaling") or {})
+    full.setdefault("rope_theta", hf.get("rope_theta", 1_000_000.0))
+    local = {"rope_theta": hf.get("rope_local_base_freq", 10_000.0)}
+  theta, scaling = _rope_settings(full, hf, source)
+  local_theta, local_scaling = _rope_settings(local, hf, source)
+  if local_scaling is not None:
+    raise CheckpointError(
+      f"{source}: rope scaling on the sliding_attention layers is not supported"
+    )
+  return theta, scaling, local_theta
+
+
+def _activation(hf: Mapping[str, Any], model_type: str, source: str) -> str:
+  if model_type == "gemma":
+    key, default = "hidden_act", "gelu_pytorch_tanh"
+  elif model_type in _GEMMA_TYPES:
+    key, default = "hidden_activation", "gelu_pytorch_tanh"
+  else:
+    key, default = "hidden_act", "silu"
+  act = hf.get(key) or default
+  if model_type == "gemma" and act == "gelu":
+    # transformers maps Gemma's legacy "gelu" to the tanh approximation.
+    act = "gelu_pytorch_tanh"
+  if act not in _GATED_ACTIVATIONS:
+    raise CheckpointError(f"{source}: unsupported {key} {act!r}")
+  return _GATED_ACTIVATIONS[act]
+
+
+def _no_sliding_layers(hf: Mapping[str, Any], name: str, source: str) -> None:
+  layer_types = hf.get("layer_types") or ()
+  if hf.get("use_sliding_window", False) or "sliding_attention" in layer_types:
+    raise CheckpointError(
+      f"{source}: use_sliding_window / sliding_attention layer_types: "
+      f"{name} sliding-window layers are not supported"
+    )
+
+
+def _gemma_layer_types(
+  hf: Mapping[str, Any], model_type: str, num_layers: int
+) -> tuple[str, ...]:
+  """Gemma 2 alternates local and global layers; Gemma 3 has one global
+  layer in every ``sliding_window_pattern`` (6), as transformers fills in."""
+  if hf.get("layer_types"):
+    return tuple(hf["layer_types"])
+  period = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", 6)
+  return tuple(
+    "sliding_attention" if (i + 1) % period else "full_attention"
+    for i in range(num_layers)
+  )
+
+
+def _gated_from_hf(
   hf: Mapping[str, Any], model_type: str, source: str
 ) -> dict[str, Any]:
-  act = hf.get("hidden_act", "silu")
-  if act not in ("silu", "swish"):
-    raise CheckpointError(f"{source}: unsupported hidden_act {act!r}")
+  """Every rotary family: Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3."""
   d_model = _require(hf, "hidden_size", source)
   num_heads = _require(hf, "num_attention_heads", source)
-  rope_theta, rope_scaling = _rope_from_hf(hf, source)
-  sliding_window = None
-  if model_type == "qwen2":
-    layer_types = hf.get("layer_types") or ()
-    if hf.get("use_sliding_window", False) or (
-      "sliding_attention" in layer_types
-    ):
-      raise CheckpointError(
-        f"{source}: Qwen2 sliding-window layers are not supported"
-      )
-    qkv_bias, out_bias, mlp_bias = True, False, False
-  else:
-    attention_bias = bool(hf.get("attention_bias", False))
-    qkv_bias = out_bias = attention_bias
-    mlp_bias = bool(hf.get("mlp_bias", False))
-    if model_type == "mistral":
-      sliding_window = hf.get("sliding_window")
-  return dict(
+  num_layers = _require(hf, "num_hidden_layers", source)
+  gemma = model_type in _GEMMA_TYPES
+  # transformers' defaults when config.json has no head_dim.
+  default_head_dim = 256 if gemma else d_model // num_heads
+  if model_type == "qwen3":
+    default_head_dim = 128
+  fields = dict(
     family="llama",
     vocab_size=_require(hf, "vocab_size", source),
     d_model=d_model,
-    num_layers=_require(hf, "num_hidden_layers", source),
+    num_layers=num_layers,
     num_heads=num_heads,
     num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-    head_dim=hf.get("head_dim") or d_model // num_heads,
+    head_dim=hf.get("head_dim") or default_head_dim,
     mlp_dim=_require(hf, "intermediate_size", source),
     max_len=hf.get("max_position_embeddings", 2048),
-    norm_eps=hf.get("rms_norm_eps", 1e-6),
-    activation="silu",
-    tie_embeddings=hf.get("tie_word_embeddings", False),
-    qkv_bias=qkv_bias,
-    out_bias=out_bias,
-    mlp_bias=mlp_bias,
-    rope_theta=rope_theta,
-    rope_scaling=rope_scaling,
-    sliding_window=sliding_window,
+    norm_eps=hf.get("rms_norm_eps", 1e-5 if model_type == "phi3" else 1e-6),
+    activation=_activation(hf, model_type, source),
+    tie_embeddings=hf.get("tie_word_embeddings", gemma),
+    qkv_bias=False,
+    out_bias=False,
+    mlp_bias=False,
   )
+  _refuse(hf, source, "use_bidirectional_attention", None, False)
+  _refuse(hf, source, "pretraining_tp", None, 1)
+  if model_type == "gemma3_text":
+    theta, scaling, local_theta = _gemma3_rope(hf, source)
+    fields.update(rope_local_theta=local_theta)
+  else:
+    theta, scaling = _rope_from_hf(hf, source)
+  fields.update(rope_theta=theta, rope_scaling=scaling)
+  if model_type in ("qwen2", "qwen3"):
+    _no_sliding_layers(hf, model_type, source)
+  if model_type == "qwen2":
+    fields.update(qkv_bias=True)
+  elif model_type == "phi3":
+    if scaling is not None:
+      raise CheckpointError(f"{source}: phi3 rope scaling is not supported")
+    fields.update(sliding_window=hf.get("sliding_window"))
+  elif model_type == "mistral":
+    fields.update(sliding_window=hf.get("sliding_window"))
+  else:
+    attention_bias = bool(hf.get("attention_bias", False))
+    fields.update(qkv_bias=attention_bias, out_bias=attention_bias)
+  if model_type == "llama":
+    fields.update(mlp_bias=bool(hf.get("mlp_bias", False)))
+  if model_type in ("qwen3", "gemma3_text"):
+    fields.update(qk_norm=True)
+  if gemma:
+    fields.update(norm_plus_one=True, embed_scale=True)
+  if model_type in ("gemma2", "gemma3_text"):
+    # transformers' defaults for absent keys; an explicit null means none.
+    gemma2 = model_type == "gemma2"
+    defaults = dict(
+      query_pre_attn_scalar=256,
+      sliding_window=4096,
+      attn_logit_softcapping=50.0 if gemma2 else None,
+      final_logit_softcapping=30.0 if gemma2 else None,
+    )
+    value = {k: hf[k] if k in hf else v for k, v in defaults.items()}
+    layer_types = _gemma_layer_types(hf, model_type, num_layers)
+    fields.update(
+      sandwich_norms=True,
+      query_scale=float(value["query_pre_attn_scalar"]) ** -0.5,
+      attn_logit_softcap=value["attn_logit_softcapping"],
+      final_logit_softcap=value["final_logit_softcapping"],
+      layer_types=layer_types,
+      sliding_window=(
+        value["sliding_window"] if "sliding_attention" in layer_types else None
+      ),
+    )
+  return fields
 
 
 def config_from_hf(
@@ -184,15 +334,21 @@ def config_from_hf(
     CheckpointError: unsupported ``model_type`` or option, missing keys.
   """
   model_type = hf.get("model_type")
+  if model_type in _REFUSED_MODEL_TYPES:
+    raise CheckpointError(f"{source}: {_REFUSED_MODEL_TYPES[model_type]}")
   if model_type not in SUPPORTED_MODEL_TYPES:
     raise CheckpointError(
       f"{source}: unsupported model_type {model_type!r}; supported: "
       f"{', '.join(SUPPORTED_MODEL_TYPES)}"
     )
+  if hf.get("quantization_config"):
+    raise CheckpointError(
+      f"{source}: quantization_config is not supported (quantised weights)"
+    )
   if model_type == "gpt2":
     fields = _gpt2_from_hf(hf, source)
   else:
-    fields = _llama_from_hf(hf, model_type, source)
+    fields = _gated_from_hf(hf, model_type, source)
   fields.update(
     bos_token_id=hf.get("bos_token_id"),
     eos_token_id=_eos(hf.get("eos_token_id")),
@@ -204,124 +360,3 @@ def config_from_hf(
     return DecoderConfig(**fields)
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"{source}: {e}") from e
-
-
-def export_model_type(config: DecoderConfig) -> str:
-  """The Hugging Face ``model_type`` that reproduces ``config`` exactly."""
-  if config.family == "gpt2":
-    return "gpt2"
-  qwen_like = config.qkv_bias and not config.out_bias and not config.mlp_bias
-  if config.hf_model_type == "qwen2" or (
-    config.hf_model_type is None and qwen_like
-  ):
-    if not qwen_like:
-      raise CheckpointError(
-        "qwen2 export needs qkv_bias=True, out_bias=False, mlp_bias=False"
-      )
-    if config.sliding_window is not None:
-      raise CheckpointError("qwen2 export does not support sliding_window")
-    return "qwen2"
-  if config.qkv_bias != config.out_bias:
-    raise CheckpointError(
-      "llama/mistral configs have one attention_bias for q, k, v and o; "
-      f"got qkv_bias={config.qkv_bias}, out_bias={config.out_bias}"
-    )
-  if config.hf_model_type == "mistral" or config.sliding_window is not None:
-    if config.qkv_bias or config.mlp_bias:
-      raise CheckpointError("mistral export does not support biases")
-    return "mistral"
-  return "llama"
-
-
-def _rope_to_hf(config: DecoderConfig) -> dict[str, Any]:
-  scaling = config.rope_scaling
-  if scaling is None:
-    legacy = None
-  elif scaling.rope_type == "linear":
-    legacy = {"rope_type": "linear", "factor": scaling.factor}
-  else:
-    legacy = {
-      "rope_type": "llama3",
-      "factor": scaling.factor,
-      "low_freq_factor": scaling.low_freq_factor,
-      "high_freq_factor": scaling.high_freq_factor,
-      "original_max_position_embeddings": scaling.original_max_len,
-    }
-  parameters = {
-    "rope_type": "default",
-    **(legacy or {}),
-    "rope_theta": config.rope_theta,
-  }
-  # transformers 4 reads rope_theta/rope_scaling, transformers 5 reads
-  # rope_parameters; writing both keeps the export loadable by either.
-  return {
-    "rope_theta": config.rope_theta,
-    "rope_scaling": legacy,
-    "rope_parameters": parameters,
-  }
-
-
-def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
-  """A Hugging Face ``config.json`` dict describing ``config``."""
-  model_type = export_model_type(config)
-  common = {
-    "architectures": [_ARCHITECTURES[model_type]],
-    "model_type": model_type,
-    "vocab_size": config.vocab_size,
-    "tie_word_embeddings": config.tie_embeddings,
-    "bos_token_id": config.bos_token_id,
-    "eos_token_id": (
-      list(config.eos_token_id)
-      if isinstance(config.eos_token_id, tuple)
-      else config.eos_token_id
-    ),
-    "pad_token_id": config.pad_token_id,
-    "torch_dtype": config.param_dtype,
-    "use_cache": True,
-  }
-  if model_type == "gpt2":
-    act = {"gelu_tanh": "gelu_new"}.get(config.activation, config.activation)
-    return {
-      **common,
-      "n_embd": config.d_model,
-      "n_layer": config.num_layers,
-      "n_head": config.num_heads,
-      "n_inner": config.mlp_dim,
-      "n_positions": config.max_len,
-      "n_ctx": config.max_len,
-      "layer_norm_epsilon": config.norm_eps,
-      "activation_function": act,
-      "attn_pdrop": 0.0,
-      "embd_pdrop": 0.0,
-      "resid_pdrop": 0.0,
-      "scale_attn_weights": True,
-      "scale_attn_by_inverse_layer_idx": False,
-      "reorder_and_upcast_attn": False,
-    }
-  if config.activation != "silu":
-    raise CheckpointError(f"{model_type} export needs activation='silu'")
-  hf = {
-    **common,
-    "hidden_size": config.d_model,
-    "intermediate_size": config.mlp_dim,
-    "num_hidden_layers": config.num_layers,
-    "num_attention_heads": config.num_heads,
-    "num_key_value_heads": config.num_kv_heads,
-    "head_dim": config.head_dim,
-    "max_position_embeddings": config.max_len,
-    "rms_norm_eps": config.norm_eps,
-    "hidden_act": "silu",
-    "attention_dropout": 0.0,
-    **_rope_to_hf(config),
-  }
-  if model_type == "qwen2":
-    hf.update(
-      use_sliding_window=False,
-      sliding_window=None,
-      max_window_layers=config.num_layers,
-    )
-  elif model_type == "mistral":
-    hf.update(sliding_window=config.sliding_window)
-  else:
-    hf.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
-  return hf

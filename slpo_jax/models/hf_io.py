@@ -32,7 +32,7 @@ from slpo_jax.models.config import DecoderConfig
 from slpo_jax.models.config import canonical_dtype
 from slpo_jax.models.hf_config import CheckpointError
 from slpo_jax.models.hf_config import config_from_hf
-from slpo_jax.models.hf_config import config_to_hf
+from slpo_jax.models.hf_config_export import config_to_hf
 from slpo_jax.models.model import DecoderLM
 from slpo_jax.models.model import Params
 from slpo_jax.models.model import build
@@ -233,6 +233,8 @@ def load_hf_model(
   scan_layers: bool = False,
   remat: bool = False,
   abstract: bool = False,
+  remat_policy: str = "full",
+  attention_impl: str = "blockwise",
 ) -> tuple[DecoderLM, Params]:
   """Loads a Hugging Face checkpoint folder as a ``DecoderLM`` and its params.
 
@@ -250,6 +252,8 @@ def load_hf_model(
     abstract: read only ``config.json`` and return ``jax.ShapeDtypeStruct``
       leaves instead of parameters, e.g. to compute shardings before the
       real load.
+    remat_policy: what a rematerialised block saves (``"full"``/``"dots"``).
+    attention_impl: ``"blockwise"``, ``"dense"`` or ``"cudnn"``.
 
   Returns:
     ``(model, params)``.
@@ -266,6 +270,8 @@ def load_hf_model(
     param_dtype=param_dtype,
     scan_layers=scan_layers,
     remat=remat,
+    remat_policy=remat_policy,
+    attention_impl=attention_impl,
   )
   model = build(config)
   if abstract:

@@ -169,6 +169,68 @@ def _gpt2_groups(config: DecoderConfig) -> list[TensorGroup]:
   return groups
 
 
+def _block_norms(config: DecoderConfig) -> tuple[tuple[str, str], ...]:
+  """(checkpoint name, our name) of a block's norms.
+
+  Llama's ``post_attention_layernorm`` is the norm before the MLP; in Gemma 2
+  and 3 it is the one on the attention output, and ``pre_feedforward`` is
+  the norm before the MLP.
+  """
+  if config.sandwich_norms:
+    return (
+      ("input_layernorm", "attn_norm"),
+      ("post_attention_layernorm", "attn_out_norm"),
+      ("pre_feedforward_layernorm", "mlp_norm"),
+      ("post_feedforward_layernorm", "mlp_out_norm"),
+    )
+  return (
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "mlp_norm"),
+  )
+
+
+def _phi3_qkv(
+  config: DecoderConfig, prefix: str, layer: str, i: int
+) -> TensorGroup:
+  """Phi-3's fused ``qkv_proj``: q, k and v rows stacked, split on load."""
+  d, hd = config.d_model, config.head_dim
+  widths = (config.num_heads * hd, config.num_kv_heads * hd)
+  widths += (widths[1],)
+  shapes = tuple((d, w // hd, hd) for w in widths)
+  name = "self_attn.qkv_proj.weight"
+  return TensorGroup(
+    (prefix + name,),
+    ((sum(widths), d),),
+    tuple((layer, "attn", p, "kernel") for p in "qkv"),
+    shapes,
+    to_params=lambda t: [
+      w.T.reshape(s)
+      for w, s in zip(np.split(t[0], np.cumsum(widths)[:2]), shapes)
+    ],
+    to_hf=lambda p: [np.concatenate([w.reshape(d, -1).T for w in p], axis=0)],
+    layer=i,
+    template=name,
+  )
+
+
+def _phi3_gate_up(
+  config: DecoderConfig, prefix: str, layer: str, i: int
+) -> TensorGroup:
+  """Phi-3's fused ``gate_up_proj``: the gate rows first, then up."""
+  d, f = config.d_model, config.mlp_dim
+  name = "mlp.gate_up_proj.weight"
+  return TensorGroup(
+    (prefix + name,),
+    ((2 * f, d),),
+    ((layer, "mlp", "gate", "kernel"), (layer, "mlp", "up", "kernel")),
+    ((d, f), (d, f)),
+    to_params=lambda t: [w.T for w in np.split(t[0], 2)],
+    to_hf=lambda p: [np.concatenate([w.T for w in p], axis=0)],
+    layer=i,
+    template=name,
+  )
+
+
 def _llama_groups(config: DecoderConfig) -> list[TensorGroup]:
   d, f = config.d_model, config.mlp_dim
   h, kv, hd = config.num_heads, config.num_kv_heads, config.head_dim
@@ -177,29 +239,29 @@ def _llama_groups(config: DecoderConfig) -> list[TensorGroup]:
     layer = f"layers_{i}"
     kw = dict(layer=i)
     prefix = f"layers.{i}."
-    for hf_norm, norm in (
-      ("input_layernorm", "attn_norm"),
-      ("post_attention_layernorm", "mlp_norm"),
-    ):
+    for hf_norm, norm in _block_norms(config):
       name = f"{hf_norm}.weight"
       groups.append(
         _reshape(
           prefix + name, (d,), (layer, norm, "scale"), (d,), template=name, **kw
         )
       )
+    if config.hf_model_type == "phi3":
+      groups.append(_phi3_qkv(config, prefix, layer, i))
     for proj, heads in (("q", h), ("k", kv), ("v", kv)):
       name = f"self_attn.{proj}_proj.weight"
-      groups.append(
-        _linear(
-          prefix + name,
-          heads * hd,
-          d,
-          (layer, "attn", proj, "kernel"),
-          (d, heads, hd),
-          template=name,
-          **kw,
+      if config.hf_model_type != "phi3":
+        groups.append(
+          _linear(
+            prefix + name,
+            heads * hd,
+            d,
+            (layer, "attn", proj, "kernel"),
+            (d, heads, hd),
+            template=name,
+            **kw,
+          )
         )
-      )
       if config.qkv_bias:
         name = f"self_attn.{proj}_proj.bias"
         groups.append(
@@ -208,6 +270,19 @@ def _llama_groups(config: DecoderConfig) -> list[TensorGroup]:
             (heads * hd,),
             (layer, "attn", proj, "bias"),
             (heads, hd),
+            template=name,
+            **kw,
+          )
+        )
+    if config.qk_norm:
+      for proj in ("q", "k"):
+        name = f"self_attn.{proj}_norm.weight"
+        groups.append(
+          _reshape(
+            prefix + name,
+            (hd,),
+            (layer, "attn", f"{proj}_norm", "scale"),
+            (hd,),
             template=name,
             **kw,
           )
@@ -236,11 +311,11 @@ def _llama_groups(config: DecoderConfig) -> list[TensorGroup]:
           **kw,
         )
       )
-    for proj, out_features, in_features in (
-      ("gate", f, d),
-      ("up", f, d),
-      ("down", d, f),
-    ):
+    mlp_projections = [("gate", f, d), ("up", f, d), ("down", d, f)]
+    if config.hf_model_type == "phi3":
+      groups.append(_phi3_gate_up(config, prefix, layer, i))
+      mlp_projections = mlp_projections[2:]
+    for proj, out_features, in_features in mlp_projections:
       name = f"mlp.{proj}_proj.weight"
       groups.append(
         _linear(

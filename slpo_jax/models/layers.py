@@ -1,4 +1,4 @@
-"""Building blocks shared by the GPT-2 and Llama families.
+"""Building blocks shared by the GPT-2 and Llama (rotary) families.
 
 Every parameter is created through ``nn.with_logical_partitioning``, so the
 abstract parameter tree carries logical axis names (see ``partitioning.py``).
@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slpo_jax.models.attention import NO_WINDOW
+from slpo_jax.models.attention import AttentionMask
+from slpo_jax.models.attention import attention
 from slpo_jax.models.config import DecoderConfig
 
 Array = jax.Array
@@ -109,22 +112,30 @@ def dense(
 
 
 class RMSNorm(nn.Module):
-  """Root-mean-square norm (Llama), statistics in float32."""
+  """Root-mean-square norm over the last axis, statistics in float32.
+
+  Llama scales the normalised value by ``weight`` after casting to the
+  compute dtype; Gemma (``norm_plus_one``) scales by ``1 + weight`` in
+  float32 and casts last. Each rounds where its reference does, so bfloat16
+  runs match.
+  """
 
   config: DecoderConfig
+  axis_name: str = "norm"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
+    init = _zeros_init if cfg.norm_plus_one else _ones_init
     scale = self.param(
-      "scale", _ones_init(("norm",)), (x.shape[-1],), cfg.param_dtype
+      "scale", init((self.axis_name,)), (x.shape[-1],), cfg.param_dtype
     )
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(
       jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps
     )
-    # Cast before scaling, as the reference does, so bfloat16 runs round at
-    # the same place.
+    if cfg.norm_plus_one:
+      return (normed * (1.0 + scale.astype(jnp.float32))).astype(cfg.dtype)
     return normed.astype(cfg.dtype) * scale.astype(cfg.dtype)
 
 
@@ -186,17 +197,21 @@ class Mlp(nn.Module):
     )(h)
 
 
-def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
+def rope_inverse_frequencies(
+  config: DecoderConfig, local: bool = False
+) -> np.ndarray:
   """Inverse frequencies of the rotary embedding, ``[head_dim // 2]``.
 
   Computed in NumPy float32 from the static config, as the reference does,
   including the Llama 3 scaling: long wavelengths are divided by ``factor``,
-  short ones kept, and the band between interpolated smoothly.
+  short ones kept, and the band between interpolated smoothly. ``local``
+  selects Gemma 3's sliding-layer base, which is never scaled.
   """
   dim = config.head_dim
   exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
-  inv_freq = (1.0 / (config.rope_theta**exponents)).astype(np.float32)
-  scaling = config.rope_scaling
+  theta = config.rope_local_theta if local else config.rope_theta
+  inv_freq = (1.0 / (theta**exponents)).astype(np.float32)
+  scaling = None if local else config.rope_scaling
   if scaling is None:
     return inv_freq
   if scaling.rope_type == "linear":
@@ -216,13 +231,12 @@ def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: Array, positions: Array, config: DecoderConfig) -> Array:
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   """Rotates ``x`` of shape ``[B, T, heads, head_dim]`` by ``positions [B, T]``.
 
   Uses the "rotate half" layout: the first and second halves of each head
   form the (real, imaginary) pairs.
   """
-  inv_freq = jnp.asarray(rope_inverse_frequencies(config))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
   cos = jnp.cos(angles).astype(x.dtype)
@@ -232,38 +246,11 @@ def apply_rope(x: Array, positions: Array, config: DecoderConfig) -> Array:
   return x * cos + rotated * sin
 
 
-def dot_product_attention(
-  query: Array, key: Array, value: Array, mask: Array, dtype: Any
-) -> Array:
-  """Grouped-query attention with a boolean mask.
-
-  Args:
-    query: ``[B, T, heads, head_dim]``.
-    key: ``[B, S, kv_heads, head_dim]``.
-    value: ``[B, S, kv_heads, head_dim]``.
-    mask: ``[B, T, S]`` boolean, True where the query may attend.
-    dtype: compute dtype of the value product.
-
-  Returns:
-    ``[B, T, heads, head_dim]``.
-  """
-  batch, length, num_heads, head_dim = query.shape
-  num_kv_heads = key.shape[2]
-  groups = num_heads // num_kv_heads
-  # Query head h uses key/value head h // groups, as in the reference
-  # ``repeat_kv``; grouping avoids materialising repeated keys.
-  query = query.reshape(batch, length, num_kv_heads, groups, head_dim)
-  scores = jnp.einsum(
-    "btkgd,bskd->bkgts", query, key, preferred_element_type=jnp.float32
-  )
-  scores = scores * (1.0 / math.sqrt(head_dim))
-  # A finite fill keeps fully masked rows (left padding) free of NaN; their
-  # outputs are discarded by the caller.
-  big_negative = jnp.finfo(jnp.float32).min
-  scores = jnp.where(mask[:, None, None, :, :], scores, big_negative)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, value.astype(dtype))
-  return out.reshape(batch, length, num_heads, head_dim)
+def _per_layer(sliding: bool | Array, local: Any, other: Any) -> Any:
+  """``local`` on sliding layers: chosen statically, or traced under scan."""
+  if isinstance(sliding, bool):
+    return local if sliding else other
+  return jnp.where(sliding, local, other)
 
 
 class Attention(nn.Module):
@@ -275,8 +262,8 @@ class Attention(nn.Module):
   def __call__(
     self,
     x: Array,
-    positions: Array,
-    mask: Array,
+    mask: AttentionMask,
+    sliding: bool | Array,
     cache: KVCache | None = None,
     cache_index: Array | None = None,
   ) -> tuple[Array, KVCache | None]:
@@ -284,9 +271,10 @@ class Attention(nn.Module):
 
     Args:
       x: ``[B, T, d_model]``.
-      positions: ``[B, T]`` position ids of the tokens in ``x``.
-      mask: ``[B, T, S]`` boolean, S = T without a cache, else the cache
-        length.
+      mask: the ``AttentionMask``; its keys are ``x``'s tokens without a
+        cache, else the cache slots.
+      sliding: whether this layer uses the sliding window (a traced bool
+        when layers of both kinds are scanned).
       cache: optional ``{"k", "v"}`` of ``[B, S, kv_heads, head_dim]``.
       cache_index: slot at which ``x``'s keys and values are written.
 
@@ -315,9 +303,17 @@ class Attention(nn.Module):
       use_bias=cfg.qkv_bias,
       name="v",
     )(x)
+    if cfg.qk_norm:
+      # Per head, over head_dim, before the rotation (Qwen3, Gemma 3).
+      q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
+      k = RMSNorm(cfg, "head_dim", name="k_norm")(k)
     if cfg.family == "llama":
-      q = apply_rope(q, positions, cfg)
-      k = apply_rope(k, positions, cfg)
+      inv_freq = jnp.asarray(rope_inverse_frequencies(cfg))
+      if cfg.rope_local_theta is not None:
+        local = jnp.asarray(rope_inverse_frequencies(cfg, local=True))
+        inv_freq = _per_layer(sliding, local, inv_freq)
+      q = apply_rope(q, mask.query_positions, inv_freq)
+      k = apply_rope(k, mask.query_positions, inv_freq)
     new_cache = None
     if cache is not None:
       k = jax.lax.dynamic_update_slice_in_dim(
@@ -327,7 +323,21 @@ class Attention(nn.Module):
         cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1
       )
       new_cache = {"k": k, "v": v}
-    out = dot_product_attention(q, k, v, mask, cfg.dtype)
+    window = None
+    if cfg.sliding_window is not None and sliding is not False:
+      window = _per_layer(sliding, cfg.sliding_window, NO_WINDOW)
+    out = attention(
+      q,
+      k,
+      v,
+      mask,
+      impl=cfg.attention_impl,
+      scale=cfg.query_scale,
+      softcap=cfg.attn_logit_softcap,
+      window=window,
+      dtype=cfg.dtype,
+      block=cfg.attention_block,
+    )
     out = dense(
       cfg,
       cfg.d_model,
@@ -340,29 +350,42 @@ class Attention(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  With ``sandwich_norms`` (Gemma 2 and 3) each branch's output is normed
+  too before it joins the residual stream.
+
+  Attributes:
+    config: the model config.
+    sliding: whether the block uses the sliding window; None when that is
+      passed per call (scanned layers of both kinds).
+  """
 
   config: DecoderConfig
+  sliding: bool | None = None
 
   @nn.compact
   def __call__(
     self,
     x: Array,
     cache: KVCache | None,
-    positions: Array,
-    mask: Array,
+    layer_sliding: Array | None,
+    mask: AttentionMask,
     cache_index: Array | None,
   ) -> tuple[Array, KVCache | None]:
-    # The argument order (carry, scanned, broadcast...) is the one ``nn.scan``
-    # expects when the blocks are stacked.
+    # The argument order (carry, scanned..., broadcast...) is the one
+    # ``nn.scan`` expects when the blocks are stacked.
     cfg = self.config
+    sliding = self.sliding if layer_sliding is None else layer_sliding
     h = norm(cfg, "attn_norm")(x)
-    h, cache = Attention(cfg, name="attn")(
-      h, positions, mask, cache, cache_index
-    )
+    h, cache = Attention(cfg, name="attn")(h, mask, sliding, cache, cache_index)
+    if cfg.sandwich_norms:
+      h = norm(cfg, "attn_out_norm")(h)
     x = x + h
-    h = norm(cfg, "mlp_norm")(x)
-    x = x + Mlp(cfg, name="mlp")(h)
+    h = Mlp(cfg, name="mlp")(norm(cfg, "mlp_norm")(x))
+    if cfg.sandwich_norms:
+      h = norm(cfg, "mlp_out_norm")(h)
+    x = x + h
     x = nn.with_logical_constraint(
       x, ("activation_batch", "activation_length", "activation_embed")
     )

@@ -1,8 +1,9 @@
 """``DecoderLM``: the model object users hold.
 
 It wraps the Flax ``Decoder`` behind pure functions of ``(params, inputs)``
-with plain nested-dict parameters, builds position ids and attention masks
-from a padding mask, and applies the output projection in float32.
+with plain nested-dict parameters, builds position ids and segment ids from
+a padding mask (or takes them as given, for packed rows), and applies the
+output projection in float32.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from jax.sharding import Mesh
 
 from slpo_jax.models import partitioning
 from slpo_jax.models import transformer
+from slpo_jax.models.attention import AttentionMask
+from slpo_jax.models.attention import self_attention_mask
 from slpo_jax.models.config import DecoderConfig
 
 Array = jax.Array
@@ -32,33 +35,6 @@ def position_ids(attention_mask: Array) -> Array:
   same positions however it is padded.
   """
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
-
-
-def attention_mask_3d(
-  query_slots: Array,
-  query_positions: Array,
-  key_positions: Array,
-  key_valid: Array,
-  sliding_window: int | None,
-) -> Array:
-  """Boolean ``[B, T, S]`` mask: causal in slot order and over real keys.
-
-  Args:
-    query_slots: ``[T]`` slot index of each query (its cache slot when
-      decoding, else its index in the sequence).
-    query_positions: ``[B, T]`` position ids of the queries.
-    key_positions: ``[B, S]`` position ids of the keys.
-    key_valid: ``[B, S]`` True for real (non-padding, already written) keys.
-    sliding_window: if set, keys more than ``sliding_window - 1`` positions
-      behind the query are masked (Mistral).
-  """
-  key_slots = jnp.arange(key_valid.shape[1])
-  causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
-  mask = causal[None] & key_valid[:, None, :].astype(bool)
-  if sliding_window is not None:
-    distance = query_positions[:, :, None] - key_positions[:, None, :]
-    mask &= distance < sliding_window
-  return mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +55,8 @@ class DecoderLM:
 
   def _init_boxed(self, rng: Array) -> Any:
     ids = jnp.zeros((1, 1), jnp.int32)
-    mask = jnp.ones((1, 1, 1), bool)
-    return self.module.init(rng, ids, ids, mask)["params"]
+    mask = self_attention_mask(jnp.ones_like(ids), ids)
+    return self.module.init(rng, ids, mask)["params"]
 
   def init(self, rng: Array) -> Params:
     """Random parameters as a plain nested dict of arrays.
@@ -132,6 +108,9 @@ class DecoderLM:
     params: Params,
     input_ids: Array,
     attention_mask: Array | None = None,
+    *,
+    segment_ids: Array | None = None,
+    positions: Array | None = None,
   ) -> tuple[Array, Array]:
     """Final hidden states and the output projection.
 
@@ -139,14 +118,23 @@ class DecoderLM:
       params: the parameters.
       input_ids: ``[B, T]`` int token ids.
       attention_mask: ``[B, T]``, 1 for real tokens and 0 for padding (left
-        or right); all ones when None.
+        or right); all ones when None. Ignored when ``segment_ids`` is given.
+      segment_ids: optional ``[B, T]`` int, 0 for padding and one id per
+        sequence packed in a row; tokens attend within their segment only.
+      positions: ``[B, T]`` position ids, needed with ``segment_ids`` (each
+        segment counting from 0); else derived from ``attention_mask``.
 
     Returns:
       ``(hidden [B, T, d_model], lm_head [d_model, V])``, both in the compute
-      dtype; ``logits_from_hidden(hidden, lm_head)`` equals ``apply``.
+      dtype; ``self.logits(hidden, lm_head)`` equals ``apply``.
     """
-    if attention_mask is None:
-      attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if segment_ids is None:
+      if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+      segment_ids = (attention_mask != 0).astype(jnp.int32)
+      positions = position_ids(attention_mask)
+    elif positions is None:
+      raise ValueError("segment_ids need positions (per-segment position ids)")
     if (
       self.config.family == "gpt2" and input_ids.shape[1] > self.config.max_len
     ):
@@ -155,24 +143,22 @@ class DecoderLM:
         f"{input_ids.shape[1]} tokens exceed the "
         f"{self.config.max_len} learned positions"
       )
-    positions = position_ids(attention_mask)
-    mask = attention_mask_3d(
-      jnp.arange(input_ids.shape[1]),
-      positions,
-      positions,
-      attention_mask != 0,
-      self.config.sliding_window,
-    )
-    hidden, _ = self.module.apply(
-      {"params": params}, input_ids, positions, mask
-    )
+    mask = self_attention_mask(segment_ids, positions)
+    hidden, _ = self.module.apply({"params": params}, input_ids, mask)
     return hidden, self.lm_head(params)
+
+  def logits(self, hidden: Array, lm_head: Array) -> Array:
+    """float32 logits from ``hidden_states``, soft-capped if the model is."""
+    return logits_from_hidden(
+      hidden, lm_head, softcap=self.config.final_logit_softcap
+    )
 
   def apply(
     self,
     params: Params,
     input_ids: Array,
     attention_mask: Array | None = None,
+    **packing: Array,
   ) -> Array:
     """Next-token logits, ``[B, T, V]`` float32.
 
@@ -181,9 +167,12 @@ class DecoderLM:
       input_ids: ``[B, T]`` int token ids.
       attention_mask: ``[B, T]``, 1 for real tokens and 0 for padding; all
         ones when None. Logits at padded positions are meaningless.
+      **packing: ``segment_ids`` and ``positions``, see ``hidden_states``.
     """
-    hidden, lm_head = self.hidden_states(params, input_ids, attention_mask)
-    return logits_from_hidden(hidden, lm_head)
+    hidden, lm_head = self.hidden_states(
+      params, input_ids, attention_mask, **packing
+    )
+    return self.logits(hidden, lm_head)
 
   def __call__(
     self, params: Params, input_ids: Array, attention_mask: Array | None = None
@@ -198,8 +187,7 @@ class DecoderLM:
     self,
     params: Params,
     input_ids: Array,
-    positions: Array,
-    mask: Array,
+    mask: AttentionMask,
     cache: transformer.Cache,
     cache_index: Array,
   ) -> tuple[Array, transformer.Cache]:
@@ -209,9 +197,9 @@ class DecoderLM:
       params: the parameters.
       input_ids: ``[B, T]`` tokens written at slots
         ``cache_index .. cache_index + T - 1``.
-      positions: ``[B, T]`` their position ids.
-      mask: ``[B, T, S]`` boolean mask over the cache slots, e.g. from
-        ``attention_mask_3d``.
+      mask: ``AttentionMask`` whose queries are ``input_ids`` (segment and
+        position ids ``[B, T]``) and whose keys are the cache slots
+        (``[B, S]``; segment 0 for slots not written).
       cache: from ``init_cache`` or a previous call.
       cache_index: scalar int slot of the first token.
 
@@ -219,7 +207,7 @@ class DecoderLM:
       ``(hidden [B, T, d_model], updated cache)``.
     """
     return self.module.apply(
-      {"params": params}, input_ids, positions, mask, cache, cache_index
+      {"params": params}, input_ids, mask, cache, cache_index
     )
 
 
@@ -229,14 +217,22 @@ def _init(model: DecoderLM, rng: Array) -> Params:
   return nn.meta.unbox(model._init_boxed(rng))
 
 
-def logits_from_hidden(hidden: Array, lm_head: Array) -> Array:
-  """``hidden @ lm_head`` accumulated and returned in float32."""
+def logits_from_hidden(
+  hidden: Array, lm_head: Array, softcap: float | None = None
+) -> Array:
+  """``hidden @ lm_head`` accumulated and returned in float32.
+
+  With ``softcap`` (Gemma 2's final-logit soft-capping) the logits become
+  ``softcap * tanh(logits / softcap)``, in float32.
+  """
   logits = jnp.einsum(
     "...d,dv->...v",
     hidden,
     lm_head.astype(hidden.dtype),
     preferred_element_type=jnp.float32,
   )
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
   return (
     nn.with_logical_constraint(
       logits, ("activation_batch", "activation_length", "activation_vocab")

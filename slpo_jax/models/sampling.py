@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slpo_jax.models.attention import AttentionMask
 from slpo_jax.models.model import DecoderLM
 from slpo_jax.models.model import Params
-from slpo_jax.models.model import attention_mask_3d
-from slpo_jax.models.model import logits_from_hidden
 from slpo_jax.models.model import position_ids
 
 Array = jax.Array
@@ -132,7 +131,6 @@ def _generate(
   *,
   max_new_tokens: int,
 ) -> SampleOutput:
-  config = model.config
   batch, prompt_len = prompt_ids.shape
   cache_len = prompt_len + max_new_tokens
   prompt_mask = prompt_mask.astype(bool)
@@ -154,24 +152,20 @@ def _generate(
 
   # Prefill: the whole prompt in one pass, then the next-token logits at
   # each row's last real prompt token.
-  mask = attention_mask_3d(
-    jnp.arange(prompt_len),
+  # Cache slots are segment 1 once written, 0 before; each query sees the
+  # written slots at positions up to its own.
+  mask = AttentionMask(
+    prompt_mask.astype(jnp.int32),
     prompt_positions,
+    key_valid.astype(jnp.int32),
     key_positions,
-    key_valid,
-    config.sliding_window,
   )
   hidden, cache = model.decode(
-    params,
-    prompt_ids,
-    prompt_positions,
-    mask,
-    model.init_cache(batch, cache_len),
-    0,
+    params, prompt_ids, mask, model.init_cache(batch, cache_len), 0
   )
   last = prompt_len - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)
   last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-  logits = logits_from_hidden(last_hidden, lm_head)
+  logits = model.logits(last_hidden, lm_head)
 
   def cond(state):
     step, *_, done = state
@@ -190,17 +184,14 @@ def _generate(
     position = prompt_lengths + step
     key_valid = key_valid.at[:, slot].set(True)
     key_positions = key_positions.at[:, slot].set(position)
-    mask = attention_mask_3d(
-      slot[None],
+    mask = AttentionMask(
+      jnp.ones((batch, 1), jnp.int32),
       position[:, None],
+      key_valid.astype(jnp.int32),
       key_positions,
-      key_valid,
-      config.sliding_window,
     )
-    hidden, cache = model.decode(
-      params, token[:, None], position[:, None], mask, cache, slot
-    )
-    logits = logits_from_hidden(hidden[:, 0], lm_head)
+    hidden, cache = model.decode(params, token[:, None], mask, cache, slot)
+    logits = model.logits(hidden[:, 0], lm_head)
     return step + 1, logits, tokens, cache, key_valid, key_positions, done
 
   tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from slpo_jax.models import layers
+from slpo_jax.models.attention import AttentionMask
 from slpo_jax.models.config import DecoderConfig
 
 Array = jax.Array
@@ -20,12 +21,22 @@ Array = jax.Array
 Cache = tuple[layers.KVCache, ...] | layers.KVCache
 
 
+_REMAT_POLICIES = {
+  "full": None,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def _block_class(config: DecoderConfig) -> type[nn.Module]:
   if not config.remat:
     return layers.DecoderBlock
   # ``prevent_cse`` is only needed outside a scan; inside one it blocks
   # useful optimisations (see the ``flax.linen.remat`` docs).
-  return nn.remat(layers.DecoderBlock, prevent_cse=not config.scan_layers)
+  return nn.remat(
+    layers.DecoderBlock,
+    prevent_cse=not config.scan_layers,
+    policy=_REMAT_POLICIES[config.remat_policy],
+  )
 
 
 class Decoder(nn.Module):
@@ -37,8 +48,7 @@ class Decoder(nn.Module):
   def __call__(
     self,
     input_ids: Array,
-    positions: Array,
-    mask: Array,
+    mask: AttentionMask,
     cache: Cache | None = None,
     cache_index: Array | None = None,
   ) -> tuple[Array, Cache | None]:
@@ -46,8 +56,8 @@ class Decoder(nn.Module):
 
     Args:
       input_ids: ``[B, T]`` int token ids.
-      positions: ``[B, T]`` int position ids.
-      mask: ``[B, T, S]`` boolean attention mask (True: may attend).
+      mask: the ``AttentionMask``; its query positions are the tokens'
+        position ids.
       cache: optional KV cache from ``DecoderLM.init_cache``.
       cache_index: cache slot of the first token of ``input_ids``.
 
@@ -66,6 +76,10 @@ class Decoder(nn.Module):
       name="embed",
     )
     x = embed(input_ids)
+    if cfg.embed_scale:
+      # Gemma rounds sqrt(d_model) to the compute dtype first (55.4 becomes
+      # 55.5 in bfloat16 at d = 3072), as transformers does.
+      x = x * jnp.asarray(cfg.d_model**0.5, cfg.dtype)
     if cfg.family == "gpt2":
       pos_embed = nn.Embed(
         cfg.max_len,
@@ -77,30 +91,35 @@ class Decoder(nn.Module):
         ),
         name="pos_embed",
       )
-      x = x + pos_embed(positions)
+      x = x + pos_embed(mask.query_positions)
     x = nn.with_logical_constraint(
       x, ("activation_batch", "activation_length", "activation_embed")
     )
 
     block = _block_class(cfg)
+    sliding = tuple(w is not None for w in cfg.layer_windows())
     if cfg.scan_layers:
+      # Layers of both kinds share one scanned block; each reads its kind
+      # from a scanned flag. Alike layers keep the kind static.
+      mixed = len(set(sliding)) > 1
+      layer_sliding = jnp.asarray(sliding) if mixed else None
       stack = nn.scan(
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, 0, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      x, cache = stack(cfg, name="layers")(
-        x, cache, positions, mask, cache_index
+      x, cache = stack(cfg, None if mixed else sliding[0], name="layers")(
+        x, cache, layer_sliding, mask, cache_index
       )
     else:
       new_cache = []
       for i in range(cfg.num_layers):
         layer_cache = None if cache is None else cache[i]
-        x, layer_cache = block(cfg, name=f"layers_{i}")(
-          x, layer_cache, positions, mask, cache_index
+        x, layer_cache = block(cfg, sliding[i], name=f"layers_{i}")(
+          x, layer_cache, None, mask, cache_index
         )
         new_cache.append(layer_cache)
       cache = None if cache is None else tuple(new_cache)

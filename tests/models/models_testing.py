@@ -79,10 +79,71 @@ def hf_config(kind: str) -> Any:
     return transformers.MistralConfig(
       **_LLAMA_SHAPE, sliding_window=4, tie_word_embeddings=False
     )
+  if kind == "qwen3":
+    # head_dim 16 is not hidden_size / heads (8), and the q/k norms are
+    # randomised like every other norm.
+    return transformers.Qwen3Config(
+      **_LLAMA_SHAPE, head_dim=16, tie_word_embeddings=False
+    )
+  if kind == "gemma":
+    # Multi-query attention and head_dim 16 independent of d_model / heads.
+    return transformers.GemmaConfig(
+      **{**_LLAMA_SHAPE, "num_key_value_heads": 1}, head_dim=16
+    )
+  if kind == "gemma2":
+    # Window 4 < the test's 12 tokens on the sliding layer (layer 0), a
+    # query_pre_attn_scalar that is not head_dim, and caps low enough to
+    # bite on random weights.
+    return transformers.Gemma2Config(
+      **_LLAMA_SHAPE,
+      head_dim=16,
+      sliding_window=4,
+      query_pre_attn_scalar=24,
+      attn_logit_softcapping=2.0,
+      final_logit_softcapping=3.0,
+    )
+  if kind == "gemma3":
+    # Local layers on their own rotary base (100, so that it differs within
+    # 12 positions), linear scaling on the global one, q/k norms.
+    return transformers.Gemma3TextConfig(
+      **_LLAMA_SHAPE,
+      head_dim=16,
+      sliding_window=4,
+      layer_types=["sliding_attention", "full_attention"],
+      query_pre_attn_scalar=24,
+      rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+        "full_attention": {
+          "rope_type": "linear",
+          "factor": 4.0,
+          "rope_theta": 10000.0,
+        },
+      },
+    )
+  if kind == "phi3":
+    # Fused qkv_proj and gate_up_proj; a window shorter than the batch.
+    return transformers.Phi3Config(
+      **_LLAMA_SHAPE,
+      sliding_window=5,
+      pad_token_id=0,
+      bos_token_id=1,
+      eos_token_id=2,
+    )
   raise ValueError(kind)
 
 
-HF_KINDS = ("gpt2", "llama", "llama3", "qwen2", "mistral")
+HF_KINDS = (
+  "gpt2",
+  "llama",
+  "llama3",
+  "qwen2",
+  "mistral",
+  "qwen3",
+  "gemma",
+  "gemma2",
+  "gemma3",
+  "phi3",
+)
 
 
 def randomize(hf_model: Any, seed: int) -> Any:

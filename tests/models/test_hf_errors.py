@@ -62,7 +62,7 @@ def test_unreadable_config(tmp_path):
     models.load_hf_config(tmp_path)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "gemma", None])
+@pytest.mark.parametrize("model_type", ["bert", "falcon", None])
 def test_unsupported_architecture(good_checkpoint, tmp_path, model_type):
   _copy(good_checkpoint, tmp_path, config={"model_type": model_type})
   with pytest.raises(
@@ -71,6 +71,43 @@ def test_unsupported_architecture(good_checkpoint, tmp_path, model_type):
     models.load_hf_model(tmp_path)
   assert "config.json" in str(info.value)
   assert "gpt2, llama, mistral, qwen2" in str(info.value)
+
+
+@pytest.mark.parametrize(
+  "model_type,named",
+  [("qwen3_moe", "Qwen3 MoE"), ("gemma3", "multimodal Gemma 3")],
+)
+def test_refused_architecture_is_named(
+  good_checkpoint, tmp_path, model_type, named
+):
+  _copy(good_checkpoint, tmp_path, config={"model_type": model_type})
+  with pytest.raises(models.CheckpointError, match=named) as info:
+    models.load_hf_model(tmp_path)
+  assert f"({model_type})" in str(info.value)
+
+
+@pytest.mark.parametrize(
+  "changes,field",
+  [
+    ({"model_type": "qwen3", "use_sliding_window": True}, "use_sliding_window"),
+    ({"quantization_config": {"quant_method": "gptq"}}, "quantization_config"),
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ({"pretraining_tp": 2}, "pretraining_tp"),
+    (
+      {
+        "rope_parameters": {
+          "rope_type": "default",
+          "partial_rotary_factor": 0.5,
+        }
+      },
+      "partial_rotary_factor",
+    ),
+  ],
+)
+def test_unsupported_field_is_named(good_checkpoint, tmp_path, changes, field):
+  _copy(good_checkpoint, tmp_path, config=changes)
+  with pytest.raises(models.CheckpointError, match=field):
+    models.load_hf_model(tmp_path)
 
 
 def test_unsupported_rope_type(good_checkpoint, tmp_path):

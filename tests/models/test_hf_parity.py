@@ -143,15 +143,35 @@ def test_round_trip_through_transformers(kind, hf_checkpoint, tmp_path):
   assert max_masked_diff(hf_logits(reloaded, ids, mask), expected, mask) <= 1e-5
 
 
-@pytest.mark.parametrize(
-  "family,scan_layers", [("gpt2", False), ("llama", True)]
+# A Gemma 2 built here: sliding and global layers under one scanned block.
+_NATIVE_GEMMA2 = dict(
+  norm_plus_one=True,
+  embed_scale=True,
+  sandwich_norms=True,
+  activation="gelu_tanh",
+  tie_embeddings=True,
+  layer_types=("sliding_attention", "full_attention"),
+  sliding_window=4,
+  attn_logit_softcap=2.0,
+  final_logit_softcap=3.0,
+  query_scale=24**-0.5,
+  hf_model_type="gemma2",
 )
-def test_export_of_native_model(family, scan_layers, tmp_path):
+
+
+@pytest.mark.parametrize(
+  "family,scan_layers,changes",
+  [("gpt2", False, {}), ("llama", True, {}), ("llama", True, _NATIVE_GEMMA2)],
+  ids=["gpt2", "llama_scanned", "gemma2_scanned"],
+)
+def test_export_of_native_model(family, scan_layers, changes, tmp_path):
   """A model initialised here, exported, runs identically in transformers."""
   pytest.importorskip("torch")
   import transformers  # pylint: disable=g-import-not-at-top
 
-  config = models.tiny_config(family, vocab_size=128, scan_layers=scan_layers)
+  config = models.tiny_config(
+    family, vocab_size=128, scan_layers=scan_layers, **changes
+  )
   model = models.build(config)
   # Random norms and biases too, so that their export is checked.
   params = random_params(model, seed=3)

@@ -13,12 +13,38 @@ from models_testing import random_params
 
 MAX_NEW = 6
 PAD = 0
+# The features the newer families add to the decoding path: q/k norms,
+# Gemma's norms, embedding scale and caps, and sliding and global layers
+# (with their own rotary bases) under one scanned block, so the cache path
+# reads traced per-layer windows.
+_GEMMA = dict(
+  norm_plus_one=True,
+  embed_scale=True,
+  sandwich_norms=True,
+  activation="gelu_tanh",
+  tie_embeddings=True,
+  layer_types=("sliding_attention", "full_attention"),
+  sliding_window=3,
+  attn_logit_softcap=2.0,
+  final_logit_softcap=3.0,
+  query_scale=0.3,
+  scan_layers=True,
+)
+NEW_FAMILIES = {
+  "qwen3": dict(qk_norm=True),
+  # 4-token tiles: the 7-token prefill over 13 cache slots runs blockwise.
+  "gemma3_scanned": dict(
+    _GEMMA, qk_norm=True, rope_local_theta=100.0, attention_block=4
+  ),
+}
 
 
 def _tiny(kind):
   if kind == "mistral":
     # A window shorter than prompt + completion, so the cache path must mask.
     config = models.tiny_config("llama", vocab_size=64, sliding_window=5)
+  elif kind in NEW_FAMILIES:
+    config = models.tiny_config("llama", vocab_size=64, **NEW_FAMILIES[kind])
   elif kind == "llama_scanned":
     # The cache is then one stacked array carried through ``nn.scan``.
     config = models.tiny_config("llama", vocab_size=64, scan_layers=True)
@@ -84,6 +110,11 @@ def test_greedy_cache_matches_full_forward(tiny):
   np.testing.assert_array_equal(out.tokens, expected)
   np.testing.assert_array_equal(out.mask, 1)
   np.testing.assert_array_equal(out.lengths, MAX_NEW)
+
+
+@pytest.mark.parametrize("kind", NEW_FAMILIES)
+def test_greedy_cache_matches_full_forward_new_families(kind):
+  test_greedy_cache_matches_full_forward(_tiny(kind))
 
 
 def test_left_padding_gives_the_same_tokens(tiny):
