@@ -28,8 +28,10 @@ from train import orbax_noise
 from train.errors import DamagedCheckpointsError
 from train.errors import DiskFullError
 from train.errors import IncompatibleCheckpointError
+from train.errors import NoCheckpointError
 from train.errors import disk_full
 
+_CHECKPOINTS = "checkpoints"
 _STATE = "state"
 _DATA = "data"
 _RUN = "run"
@@ -61,7 +63,7 @@ class Checkpointer:
     run_identity: dict,
     settings: dict | None = None,
   ):
-    self._directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self._directory = pathlib.Path(workdir).absolute() / _CHECKPOINTS
     self._identity = run_identity
     self._settings = settings or {}
     self._manager = ocp.CheckpointManager(
@@ -231,6 +233,92 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+class CheckpointReader:
+  """Reads a workdir's checkpoints and changes nothing in it.
+
+  Exporting or sampling may run while a training run writes to the same
+  workdir: unlike :class:`Checkpointer`, this creates no folder and removes
+  no temporary one (it may be that run's save in progress). Only the
+  parameters are read, never the optimizer state.
+
+  Raises:
+    NoCheckpointError: the workdir holds no checkpoint.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.directory = pathlib.Path(workdir).absolute() / _CHECKPOINTS
+    if not self.directory.is_dir():
+      raise NoCheckpointError(
+        f"no checkpoint in {workdir} (it has no {_CHECKPOINTS}/ folder)"
+      )
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        create=False, enable_async_checkpointing=False
+      ),
+    )
+    self.steps = sorted(self._manager.all_steps())
+    if not self.steps:
+      raise NoCheckpointError(f"no checkpoint in {self.directory}")
+
+  def step(self, wanted: int | None = None) -> int:
+    """``wanted`` if there is a checkpoint of it; the latest when None."""
+    if wanted is None:
+      return self.steps[-1]
+    if wanted not in self.steps:
+      raise NoCheckpointError(
+        f"no checkpoint of step {wanted} in {self.directory}; its steps are"
+        f" {', '.join(map(str, self.steps))}"
+      )
+    return wanted
+
+  def settings(self, step: int) -> dict:
+    """The flattened config checkpoint ``step`` was written under; {} for
+    a checkpoint of a version that did not store it."""
+    try:
+      return self._manager.restore(
+        step, args=ocp.args.Composite(**{_SETTINGS: ocp.args.JsonRestore()})
+      )[_SETTINGS]
+    except (FileNotFoundError, KeyError, ValueError):
+      return {}
+
+  def params(self, step: int, abstract_params: Any) -> Any:
+    """The policy parameters of checkpoint ``step``, placed as
+    ``abstract_params`` (ShapeDtypeStructs with shardings) says."""
+    state = {"params": abstract_params}
+    restored = self._read(step, {_STATE: _partial_restore(state)})
+    return restored[_STATE]["params"]
+
+  def reference(self, step: int, abstract_params: Any) -> Any:
+    """The moving reference (``reference.sync_every``) of checkpoint
+    ``step``."""
+    restored = self._read(step, {_REFERENCE: _partial_restore(abstract_params)})
+    return restored[_REFERENCE]
+
+  def _read(self, step: int, items: dict) -> Any:
+    try:
+      with orbax_noise.held():
+        return self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # noqa: BLE001 (any failure to read is damage)
+      raise DamagedCheckpointsError(
+        f"checkpoint {self.directory / str(step)} cannot be read"
+        f" ({_first_line(error)}); choose another step"
+      ) from None
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _partial_restore(abstract_tree: Any) -> ocp.args.PyTreeRestore:
+  """Restores the entries of ``abstract_tree`` and skips the item's others
+  (the optimizer state beside the parameters)."""
+  return ocp.args.PyTreeRestore(
+    item=abstract_tree,
+    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree),
+    partial_restore=True,
+  )
 
 
 def _fields(state: Any) -> dict[str, Any]:

@@ -40,6 +40,10 @@ class DamagedCheckpointsError(UserError, RuntimeError):
   """Every checkpoint in the workdir failed to read."""
 
 
+class NoCheckpointError(UserError, LookupError):
+  """The workdir has no checkpoint, or none of the step asked for."""
+
+
 class NonFiniteError(UserError, RuntimeError):
   """The loss or the gradient became NaN or infinite."""
 
