@@ -1,0 +1,268 @@
+"""LoRA runs (``config.model.lora``): adapters trained over a frozen base.
+
+With ``rank > 0`` the train state's ``params`` are the adapters (so only
+they get gradients and optimizer state, and only they are donated and
+checkpointed), and the base travels into the step where the reference
+does today: the reference *is* the base with the adapters off, so the
+program holds one copy of the weights. The step merges them
+(:meth:`LoraPolicy.policy_params`); with a precomputed reference it still
+needs the base for the policy, and skips the reference's forward pass.
+"""
+
+import dataclasses
+import hashlib
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slpo_jax import lora
+from slpo_jax import lora_peft
+from slpo_jax import models
+from train.errors import ConfigError
+
+BASE_DTYPES = ("float32", "bfloat16")
+# The folder a LoRA run's final adapters are exported to, beside WORKDIR/hf.
+PEFT_FOLDER = "peft"
+
+
+def enabled(config) -> bool:
+  """Whether ``config`` trains LoRA adapters."""
+  return config.model.lora.rank != 0
+
+
+def lora_config(config) -> lora.LoraConfig:
+  """``config.model.lora`` as the library's config, as a ConfigError."""
+  settings = config.model.lora
+  try:
+    return lora.LoraConfig(
+      rank=settings.rank,
+      alpha=settings.alpha,
+      dropout=settings.dropout,
+      targets=tuple(settings.targets),
+      rslora=settings.rslora,
+    )
+  except lora.LoraError as error:
+    raise ConfigError(f"config.model.lora: {error}") from None
+
+
+def select_sites(config, model) -> list[lora.Site]:
+  """The sites the config's targets select on ``model``, checked."""
+  try:
+    return lora.select_sites(model, lora_config(config))
+  except lora.LoraError as error:
+    raise ConfigError(f"config.model.lora.targets: {error}") from None
+
+
+def check(config, model) -> None:
+  """Every LoRA setting, against the (abstract) base ``model``.
+
+  Raises:
+    ConfigError: one line naming the key, before any weight is read.
+  """
+  settings = config.model.lora
+  rank = settings.rank
+  if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+    raise ConfigError(
+      f"config.model.lora.rank is {rank!r}; it must be an integer >= 0 (0"
+      " trains the whole model)"
+    )
+  if not rank:
+    return
+  if settings.base_dtype not in BASE_DTYPES:
+    raise ConfigError(
+      f"config.model.lora.base_dtype is {settings.base_dtype!r}; use one of"
+      f" {list(BASE_DTYPES)}"
+    )
+  if config.reference.sync_every:
+    raise ConfigError(
+      "reference.sync_every would copy the policy into the reference, which"
+      " with LoRA is the frozen base itself; set it to 0"
+    )
+  if config.reference.checkpoint:
+    raise ConfigError(
+      "with LoRA the reference is the base with the adapters off;"
+      " reference.checkpoint would load a second model: set it to ''"
+    )
+  sites = select_sites(config, model)
+  if settings.init_from:
+    folder = pathlib.Path(settings.init_from)
+    try:
+      stored = lora_peft.read_config(folder)
+      stored_config, stored_sites, _ = lora_peft.load_adapters(folder, model)
+    except lora.LoraError as error:
+      raise ConfigError(f"config.model.lora.init_from: {error}") from None
+    mine = lora_config(config)
+    if (stored_config.rank, stored_config.scale) != (mine.rank, mine.scale):
+      raise ConfigError(
+        f"config.model.lora.init_from {folder} has r={stored['r']},"
+        f" lora_alpha={stored.get('lora_alpha')}, use_rslora="
+        f"{stored.get('use_rslora', False)}; set rank, alpha and rslora to"
+        " match"
+      )
+    if [s.path for s in stored_sites] != [s.path for s in sites]:
+      raise ConfigError(
+        f"config.model.lora.init_from {folder} adapts"
+        f" {stored_config.targets}, not what config.model.lora.targets"
+        " selects; set targets to match"
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraPolicy:
+  """What the steps need to turn adapters into the policy.
+
+  Attributes:
+    config: rank, scale, targets.
+    sites: the adapted matrices.
+    dtype: dtype of the merged kernels (the compute dtype).
+    reference_in_batch: the reference log-probs are precomputed.
+    identity: the base's source and weights hash, which a checkpoint must
+      match to be resumed.
+  """
+
+  config: lora.LoraConfig
+  sites: tuple[lora.Site, ...]
+  dtype: str
+  reference_in_batch: bool
+  identity: dict
+
+  def policy_params(self, base, adapters):
+    """The base with the adapters merged in (traceable)."""
+    return lora.policy_params(
+      base, adapters, list(self.sites), self.config, dtype=self.dtype
+    )
+
+  def reference(self, base):
+    """The reference parameters the loss reads: the base, or None when its
+    log-probs come with the batch."""
+    return None if self.reference_in_batch else lora.base_params(base)
+
+
+def weights_fingerprint(params) -> str:
+  """A hash of a parameter tree's values, computed on its devices.
+
+  Each leaf's bits are summed with position-dependent odd weights in uint32
+  (wrapping, so exact and the same however the leaf is sharded); only those
+  sums reach the host, not the weights.
+  """
+
+  def checksum(leaf):
+    bits = jax.lax.bitcast_convert_type(
+      leaf, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[leaf.dtype.itemsize]
+    ).astype(jnp.uint32)
+    index = jax.lax.broadcasted_iota(jnp.uint32, leaf.shape, 0)
+    for axis in range(1, leaf.ndim):
+      index = index * jnp.uint32(leaf.shape[axis]) + jax.lax.broadcasted_iota(
+        jnp.uint32, leaf.shape, axis
+      )
+    return jnp.sum(bits * (index * jnp.uint32(2654435761) | jnp.uint32(1)))
+
+  sums = jax.device_get(jax.jit(lambda p: jax.tree.map(checksum, p))(params))
+  digest = hashlib.sha256()
+  for path, value in jax.tree_util.tree_leaves_with_path(sums):
+    digest.update(f"{jax.tree_util.keystr(path)}={int(value)};".encode())
+  return digest.hexdigest()[:16]
+
+
+def frozen_base(config, params, shardings):
+  """The base in ``lora.base_dtype``, in place of the loaded tree."""
+  dtype = jnp.dtype(config.model.lora.base_dtype)
+  if all(leaf.dtype == dtype for leaf in jax.tree.leaves(params)):
+    return params
+  # Not donated: the synthetic task's sampler may still hold the original.
+  cast = jax.jit(
+    lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+    out_shardings=shardings,
+  )
+  return cast(params)
+
+
+def base_source(config) -> str:
+  """Where the base comes from, for the run's identity."""
+  return config.model.checkpoint or f"{config.model.family}/{config.model.size}"
+
+
+def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
+  """The policy wiring, the initial adapters and their shardings.
+
+  Args:
+    config: the run's config, LoRA enabled.
+    model: the base model.
+    base: the frozen base parameters (from :func:`frozen_base`).
+    mesh: the run's mesh.
+  """
+  sites = select_sites(config, model)
+  settings = config.model.lora
+  adapter_shardings = lora.shardings(
+    sites, settings.rank, mesh, models.logical_axis_rules()
+  )
+  if settings.init_from:
+    _, _, host = lora_peft.load_adapters(settings.init_from, model)
+    adapters = jax.device_put(host, adapter_shardings)
+  else:
+    adapters = jax.jit(
+      lambda key: lora.init_adapters(sites, settings.rank, key),
+      out_shardings=adapter_shardings,
+    )(jax.random.fold_in(jax.random.key(config.seed), 1))
+  identity = {
+    "lora_base": base_source(config),
+    "lora_base_weights": weights_fingerprint(base),
+  }
+  policy = LoraPolicy(
+    config=lora_config(config),
+    sites=tuple(sites),
+    dtype=config.model.dtype,
+    reference_in_batch=config.reference.mode == "precomputed",
+    identity=identity,
+  )
+  if jax.process_index() == 0:
+    count = lora.trainable_count(adapters)
+    total = sum(np.prod(x.shape) for x in jax.tree.leaves(base))
+    print(
+      f"LoRA: {count} trainable parameters ({100 * count / total:.3f}% of"
+      f" the base's {total}) in {len(sites)} matrices"
+    )
+  return policy, adapters, adapter_shardings
+
+
+def save_peft(config, model, policy: LoraPolicy, adapters, out) -> pathlib.Path:
+  """Writes ``adapters`` as a PEFT folder ``out``; returns it."""
+  out = pathlib.Path(out)
+  lora_peft.save_adapters(
+    out,
+    model,
+    list(policy.sites),
+    policy.config,
+    jax.device_get(adapters),
+    base_model_name_or_path=config.model.checkpoint,
+  )
+  return out
+
+
+def checkpointed_adapters(config, model, reader, step: int, device):
+  """The adapters of checkpoint ``step`` (a ``CheckpointReader``), on
+  ``device``, and the wiring that merges them."""
+  sites = select_sites(config, model)
+  mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1), _MESH_AXES)
+  rank = config.model.lora.rank
+  placed = lora.shardings(sites, rank, mesh, models.logical_axis_rules())
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    lora.abstract_adapters(sites, rank),
+    placed,
+  )
+  policy = LoraPolicy(
+    config=lora_config(config),
+    sites=tuple(sites),
+    # Exports merge in float32: the export dtype rounds once, at the end.
+    dtype="float32",
+    reference_in_batch=False,
+    identity={},
+  )
+  return policy, reader.params(step, abstract)
+
+
+_MESH_AXES = ("data", "fsdp", "tensor")
