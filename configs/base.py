@@ -60,11 +60,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   config.model.remat = False  # Recompute each block in the backward pass.
   config.model.scan_layers = False  # One scanned block (faster compiles).
+  # With remat, what a block keeps for the backward: 'full' (only its input)
+  # or 'dots' (also its matmul outputs: less recompute, more memory).
+  config.model.remat_policy = "full"
+  # Weights: 'float32' (master copy, cast to model.dtype for compute) or
+  # 'bfloat16' (half the weight and optimizer-state memory, lossier updates).
+  config.model.param_dtype = "float32"
+  # 'blockwise' (memory linear in length, any backend), 'dense' ([T, T]
+  # scores) or 'cudnn' (GPU, bfloat16, right-padded unpacked rows only).
+  config.model.attention_impl = "blockwise"
   config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
   config.model.vocab_chunk_size = (
     0  # Fused head vocabulary chunk; 0 = per backend.
   )
   config.model.token_chunk_size = 0  # Fused head token chunk; 0 = per backend.
+  # LoRA: train low-rank adapters over a frozen base (train/lora_setup.py).
+  config.model.lora = ml_collections.ConfigDict()
+  config.model.lora.rank = 0  # Adapter rank; 0 = off (train every weight).
+  config.model.lora.alpha = 16.0  # Update scale alpha / rank.
+  config.model.lora.dropout = 0.0  # Must be 0: adapters merge into kernels.
+  # Module names or path regexes: q k v o gate up down fc proj embed lm_head.
+  config.model.lora.targets = ("attention", "mlp")
+  config.model.lora.rslora = False  # Scale by alpha / sqrt(rank) instead.
+  config.model.lora.base_dtype = "float32"  # Frozen base: or 'bfloat16'.
+  config.model.lora.init_from = ""  # PEFT adapter folder to start from.
 
   config.reference = ml_collections.ConfigDict()
   config.reference.mode = "online"  # 'online' (frozen tree) or 'precomputed'.
@@ -90,6 +109,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = ""  # host:port; '' = auto-detect.
   config.distributed.num_processes = 0  # 0 = auto-detect (TPU, SLURM).
   config.distributed.process_id = -1  # -1 = auto-detect.
+
+  config.export = ml_collections.ConfigDict()
+  config.export.at_end = True  # Write WORKDIR/hf, a Hugging Face folder, last.
+  config.export.dtype = "float32"  # Its weights: 'float32' or 'bfloat16'.
+  # Most bytes per weights file (5 GB, as transformers); 0 = one file.
+  config.export.max_shard_size = 5_000_000_000
 
   config.data = default_data_config()  # See train/data.
   return config

@@ -213,7 +213,7 @@ def lower_step(config, devices):
     reference_params=reference,
     train_iterator=None,
     eval_batches=None,
-    head=setup_lib.head_options(config),
+    head=setup_lib.head_options(config, model),
   )
   train_fn, _ = state_lib.jit_steps(run, shardings)
   batch = abstract_batch(config, mesh, precomputed)

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 
 from train import checkpoint as checkpoint_lib
+from train import export as export_lib
 from train import objective
 from train import progress
 from train import resume
@@ -26,6 +27,9 @@ from train import validate
 from train import workdir as workdir_lib
 from train.metrics_writer import MetricsWriter
 from train.metrics_writer import TrainMetrics
+
+# Where the policy is exported at the end (config.export).
+EXPORT_FOLDER = "hf"
 
 
 @dataclasses.dataclass
@@ -113,7 +117,8 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
   checkpointer = checkpoint_lib.Checkpointer(
     workdir,
     keep=config.keep_checkpoints,
-    run_identity=run_identity(config),
+    # A LoRA run's adapters only fit the base they were trained on.
+    run_identity=run_identity(config) | (run.lora.identity if run.lora else {}),
     settings=resume.settings(config),
   )
   state, shardings, restored = state_lib.restore_or_init(run, checkpointer)
@@ -165,7 +170,9 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
           run, state.params, reference, eval_fn, state.loss_state
         )
         if eval_callback is not None:
-          last_eval.update(eval_callback(step, state.params, run))
+          last_eval.update(
+            eval_callback(step, run.policy_params(state.params), run)
+          )
         metrics.add(step, last_eval)
         bar.write(
           f"step {step}: "
@@ -186,14 +193,26 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
         bar.write(f"{stop.signal} received: checkpoint written at step {step}.")
         break
     metrics.write_all()
+  exported = None
+  if config.export.at_end and stop.signal is None:
+    # The final checkpoint's parameters; a run stopped early exports
+    # nothing, so WORKDIR/hf is always a finished run's policy.
+    exported = export_lib.export_policy(
+      config,
+      run.model,
+      run.policy_params(state.params),
+      workdir / EXPORT_FOLDER,
+    )
   if jax.process_index() == 0:
-    _print_outputs(workdir, checkpointer)
+    _print_outputs(workdir, checkpointer, exported)
   return TrainResult(
     state=state, eval_metrics=last_eval, stopped_by=stop.signal
   )
 
 
-def _print_outputs(workdir: pathlib.Path, checkpointer) -> None:
+def _print_outputs(
+  workdir: pathlib.Path, checkpointer, exported: pathlib.Path | None
+) -> None:
   """Where the run's results are, for the user to pick up."""
   workdir = workdir.absolute()
   print(f"metrics: {workdir / 'metrics.jsonl'}")
@@ -201,4 +220,6 @@ def _print_outputs(workdir: pathlib.Path, checkpointer) -> None:
     f"checkpoints: {checkpointer.directory} (latest step"
     f" {checkpointer.latest_step})"
   )
+  if exported is not None:
+    print(f"Hugging Face folder: {exported}")
   print(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")

@@ -4,6 +4,12 @@ batch -> ``model.hidden_states`` once, chosen and rejected rows stacked ->
 the library's loss head (:func:`slpo_jax.pair_stats_from_hidden`, fused or
 plain) -> the loss table (:data:`slpo_jax.losses.LOSSES`) -> example-weighted
 sums. The loss math is all in :mod:`slpo_jax`; this module routes arrays.
+
+A packed batch (``data.packing``, :mod:`train.data.packing`) holds several
+pairs per row, marked by ``segment_ids`` and ``positions``; its per-pair
+statistics come out ``[R, S]`` and are flattened to one axis of ``R * S``
+pairs, weighted by ``pair_example_weight``, so the losses and sums below see
+a batch of pairs either way.
 """
 
 from collections.abc import Mapping
@@ -14,13 +20,28 @@ import jax.numpy as jnp
 
 import slpo_jax
 from slpo_jax import losses
+from slpo_jax import packing
 from slpo_jax import sharding
 
 _BATCH = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
 _REPLICATED = jax.sharding.PartitionSpec()
 
 
-def _head_per_shard(head_fn, mesh: jax.sharding.Mesh | None, fused: bool):
+def is_packed(batch: Mapping[str, Any]) -> bool:
+  """Whether ``batch`` holds several pairs per row (``data.packing``)."""
+  return "segment_ids" in batch
+
+
+def pair_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """The example weight of every pair of ``batch``, one axis of pairs."""
+  if is_packed(batch):
+    return batch["pair_example_weight"].reshape(-1)
+  return batch["example_weight"]
+
+
+def _head_per_shard(
+  head_fn, mesh: jax.sharding.Mesh | None, fused: bool, packed: bool = False
+):
   """``head_fn`` run on each device's own rows, when the batch is split.
 
   The fused head walks the flattened tokens tile by tile; under plain jit
@@ -34,6 +55,7 @@ def _head_per_shard(head_fn, mesh: jax.sharding.Mesh | None, fused: bool):
   if mesh.shape["data"] * mesh.shape["fsdp"] == 1:
     return head_fn
   rows = (_BATCH, _BATCH, _REPLICATED, _BATCH, _BATCH, _BATCH, _BATCH)
+  rows += (_BATCH,) * packed  # The pair segments of packed rows.
   return jax.shard_map(
     head_fn, mesh=mesh, in_specs=rows, out_specs=_BATCH, check_vma=False
   )
@@ -52,7 +74,7 @@ def batch_stats(
 
   Args:
     model: an object with ``hidden_states(params, ids, mask) -> (hidden,
-      lm_head)``.
+      lm_head)`` (and ``segment_ids=``, ``positions=`` for packed batches).
     params: the model's parameters.
     batch: the data pipeline's batch (``chosen_*``/``rejected_*`` arrays).
     pair_values: compute the pair complement and the token values too.
@@ -61,7 +83,8 @@ def batch_stats(
       each device's rows (None: one device, or no split).
 
   Returns:
-    The :class:`slpo_jax.PairStats` of the batch.
+    The :class:`slpo_jax.PairStats` of the batch, per pair (``[R * S]``
+    pair slots for a packed batch).
   """
   n = batch["chosen_input_ids"].shape[0]
   # One forward pass over the chosen and rejected rows together.
@@ -71,9 +94,24 @@ def batch_stats(
   mask = jnp.concatenate(
     [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
   )
-  hidden, lm_head = model.hidden_states(params, ids, mask)
+  packed = is_packed(batch)
+  num_segments = None
+  if packed:
+    num_segments = batch["pair_example_weight"].shape[1]
+    # The model sees each row's own padding (the shorter response's tail
+    # inside a pair's segment) as segment 0.
+    hidden, lm_head = model.hidden_states(
+      params,
+      ids,
+      segment_ids=jnp.concatenate([batch["segment_ids"]] * 2) * mask,
+      positions=jnp.concatenate([batch["positions"]] * 2),
+    )
+  else:
+    hidden, lm_head = model.hidden_states(params, ids, mask)
 
-  def head_fn(chosen, rejected, lm_head, labels_w, labels_l, where_w, where_l):
+  def head_fn(
+    chosen, rejected, lm_head, labels_w, labels_l, where_w, where_l, *segments
+  ):
     return slpo_jax.pair_stats_from_hidden(
       chosen,
       rejected,
@@ -84,9 +122,12 @@ def batch_stats(
       rejected_where=where_l,
       pair_values=pair_values,
       head=head,
+      segment_ids=segments[0] if segments else None,
+      num_segments=num_segments,
     )
 
-  stats = _head_per_shard(head_fn, mesh, head.fused)(
+  segments = (batch["segment_ids"],) if packed else ()
+  stats = _head_per_shard(head_fn, mesh, head.fused, packed)(
     hidden[:n],
     hidden[n:],
     lm_head,
@@ -94,9 +135,12 @@ def batch_stats(
     batch["rejected_labels"],
     batch["chosen_loss_mask"],
     batch["rejected_loss_mask"],
+    *segments,
   )
+  if packed:
+    stats = packing.pairs_first(stats)
   # Padding rows (weight 0, copies of a real pair) do not count either.
-  return stats._replace(counted=stats.counted & (batch["example_weight"] > 0))
+  return stats._replace(counted=stats.counted & (pair_weights(batch) > 0))
 
 
 def reference_stats(
@@ -123,10 +167,12 @@ def reference_stats(
   if not spec.needs_reference:
     return None
   if reference is None:
-    return slpo_jax.PairStats(
+    cached = slpo_jax.PairStats(
       chosen_logps=batch["reference_chosen_logps"],
       rejected_logps=batch["reference_rejected_logps"],
     )
+    # A packed batch carries them per pair slot, [R, S].
+    return packing.pairs_first(cached) if is_packed(batch) else cached
   # stop_gradient makes the frozen tree a constant of the loss even if a
   # caller differentiates through it.
   return batch_stats(
@@ -252,5 +298,5 @@ def batch_loss(
   )
   ref = reference_stats(model, reference, batch, spec, head, mesh)
   return weighted_sums(
-    spec, loss_config, policy, ref, batch["example_weight"], loss_state
+    spec, loss_config, policy, ref, pair_weights(batch), loss_state
   )

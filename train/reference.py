@@ -30,6 +30,17 @@ def params_fingerprint(params) -> str:
   return digest.hexdigest()[:16]
 
 
+def _ids_and_weights(batch) -> tuple[np.ndarray, np.ndarray]:
+  """Example ids and weights of a batch's pairs, one flat axis (packed
+  batches carry them per pair slot, ``[R, S]``, in ``batch_stats``'s order)."""
+  if objective.is_packed(batch):
+    return (
+      np.ravel(batch["pair_example_id"]),
+      np.ravel(batch["pair_example_weight"]),
+    )
+  return batch["example_id"], batch["example_weight"]
+
+
 def _stats_fn(model, head):
   def stats(params, batch):
     out = objective.batch_stats(
@@ -98,9 +109,8 @@ class ReferenceCache:
           c, r = stats(reference_params, sharding.global_batch(batch, mesh))
           # Each process keeps the rows it owns: its addressable shards.
           c, r = _local_rows(c), _local_rows(r)
-          for i, cv, rv, w in zip(
-            batch["example_id"], c, r, batch["example_weight"]
-          ):
+          ids, weights = _ids_and_weights(batch)
+          for i, cv, rv, w in zip(ids, c, r, weights):
             if w > 0:
               values[(split, int(i))] = (float(cv), float(rv))
           if stop.signal:
@@ -130,15 +140,17 @@ class ReferenceCache:
   def _attach(self, batch: dict, split: str) -> dict:
     found = [
       self._values[(split, int(i))] if w > 0 else (0.0, 0.0)
-      for i, w in zip(batch["example_id"], batch["example_weight"])
+      for i, w in zip(*_ids_and_weights(batch))
     ]
+    # Per pair: [B], or [R, S] for a packed batch.
+    shape = np.shape(batch.get("pair_example_weight", batch["example_weight"]))
     batch = dict(batch)
     batch["reference_chosen_logps"] = np.array(
       [c for c, _ in found], np.float32
-    )
+    ).reshape(shape)
     batch["reference_rejected_logps"] = np.array(
       [r for _, r in found], np.float32
-    )
+    ).reshape(shape)
     return batch
 
   def attach(self, iterator):

@@ -19,6 +19,7 @@ import slpo_jax
 from slpo_jax import models
 from slpo_jax import sharding
 from train import data as data_lib
+from train import lora_setup
 from train import objective
 from train import reference as reference_lib
 from train import step as step_lib
@@ -42,6 +43,15 @@ class Run:
   train_iterator: Any  # Iterator of host-local batches with get/set_state.
   eval_batches: Callable[[], Iterator[dict]]
   head: slpo_jax.HeadOptions
+  # With config.model.lora: the train state's params are the adapters,
+  # reference_params the frozen base (also the policy's), and this merges.
+  lora: lora_setup.LoraPolicy | None = None
+
+  def policy_params(self, params):
+    """The policy's parameters from the train state's ``params``."""
+    if self.lora is None:
+      return params
+    return jax.jit(self.lora.policy_params)(self.reference_params, params)
 
   @staticmethod
   def count_tokens(batch: dict) -> int:
@@ -59,8 +69,11 @@ class Run:
 def _layout(config) -> dict:
   return dict(
     dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
     remat=config.model.remat,
+    remat_policy=config.model.remat_policy,
     scan_layers=config.model.scan_layers,
+    attention_impl=config.model.attention_impl,
   )
 
 
@@ -90,13 +103,15 @@ def abstract_model(config, vocab_size: int | None):
   return models.build(model_config)
 
 
-def head_options(config) -> slpo_jax.HeadOptions:
-  """The loss head ``config.model`` asks for."""
+def head_options(config, model=None) -> slpo_jax.HeadOptions:
+  """The loss head ``config.model`` asks for (capped as ``model`` is)."""
   return slpo_jax.HeadOptions(
     fused=config.model.loss_head == "fused",
     # 0 selects the fused head's tuned default for the backend.
     vocab_chunk_size=config.model.vocab_chunk_size or None,
     token_chunk_size=config.model.token_chunk_size or None,
+    # Gemma 2 caps its final logits; both heads must apply the same cap.
+    logit_softcap=None if model is None else model.config.final_logit_softcap,
   )
 
 
@@ -121,6 +136,34 @@ def _model_and_params(config, tokenizer, mesh):
   return model, params, shardings
 
 
+def starting_policy(config, workdir: pathlib.Path, tokenizer, mesh):
+  """``(model, params, shardings)``: the policy at step 0, on ``mesh``.
+
+  Without ``reference.checkpoint`` these parameters are also the frozen
+  reference. On the synthetic task they are the reference fitted to the
+  task's base language (read back from ``workdir/reference`` once fitted).
+  """
+  model, params, shardings = _model_and_params(config, tokenizer, mesh)
+  if config.data.source == "synthetic":
+    params = jax.device_put(
+      synthetic_setup.fitted_reference(config, workdir, model, params),
+      shardings,
+    )
+  return model, params, shardings
+
+
+def reference_checkpoint(config, shardings):
+  """The parameters of ``reference.checkpoint``, placed in ``shardings``."""
+  _, reference = models.load_hf_model(
+    config.reference.checkpoint,
+    dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
+    shardings=shardings,
+    scan_layers=config.model.scan_layers,
+  )
+  return reference
+
+
 def _copy(tree, shardings):
   """Fresh buffers: the policy state is donated, the reference must not be."""
   return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(
@@ -143,30 +186,27 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
   workdir.mkdir(parents=True, exist_ok=True)
   tokenizer = data_lib.make_tokenizer(config.data, config.model.checkpoint)
-  model, params, shardings = _model_and_params(config, tokenizer, mesh)
-  head = head_options(config)
+  model, params, shardings = starting_policy(config, workdir, tokenizer, mesh)
+  head = head_options(config, model)
 
   sample_fn = None
   if config.data.source == "synthetic":
-    # The reference is fitted to the task's base language, the policy starts
-    # from it, and the pairs are two reference samples ranked by the reward.
-    params = jax.device_put(
-      synthetic_setup.fitted_reference(config, workdir, model, params),
-      shardings,
-    )
+    # The pairs are two reference samples ranked by the reward.
     sample_fn = synthetic_setup.reference_sampler(
       model,
       params,
       max_new_tokens=config.data.synthetic.max_new_tokens,
       seed=config.seed,
     )
-  if config.reference.checkpoint:
-    _, reference = models.load_hf_model(
-      config.reference.checkpoint,
-      dtype=config.model.dtype,
-      shardings=shardings,
-      scan_layers=config.model.scan_layers,
+  lora = None
+  if lora_setup.enabled(config):
+    # The reference is the base itself: never donated, so never copied.
+    reference = params = lora_setup.frozen_base(config, params, shardings)
+    lora, adapters, adapter_shardings = lora_setup.prepare(
+      config, model, params, mesh
     )
+  elif config.reference.checkpoint:
+    reference = reference_checkpoint(config, shardings)
   else:
     reference = _copy(params, shardings)
 
@@ -216,16 +256,18 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
     )
     train_iterator = cache.attach(train_iterator)
     eval_batches = lambda: cache.attach_all(batches("eval", True))  # noqa: E731
-    reference = None
+    # A LoRA policy still needs the base: only its forward pass is skipped.
+    reference = None if lora is None else reference
   return Run(
     config=config,
     mesh=mesh,
     optimizer=optimizer,
     model=model,
-    initial_params=params,
-    param_shardings=shardings,
+    initial_params=params if lora is None else adapters,
+    param_shardings=shardings if lora is None else adapter_shardings,
     reference_params=reference,
     train_iterator=train_iterator,
     eval_batches=eval_batches,
     head=head,
+    lora=lora,
   )

@@ -164,7 +164,8 @@ def jit_steps(run, shardings: step_lib.TrainState):
   """The run's train and eval steps, jitted with their shardings.
 
   The state is donated (updated in place); the reference never is, and is
-  passed with its own sharding so it stays exactly as loaded.
+  passed with its own sharding so it stays exactly as loaded. With LoRA
+  the state holds the adapters and the reference is the frozen base.
 
   Returns:
     ``(train_fn(state, reference, batch), eval_fn(params, reference,
@@ -186,6 +187,7 @@ def jit_steps(run, shardings: step_lib.TrainState):
       head=run.head,
       grad_accum_steps=config.grad_accum_steps,
       mesh=run.mesh,
+      lora=run.lora,
     ),
     in_shardings=(shardings, reference_shardings, batch_spec),
     out_shardings=(shardings, None),
@@ -198,6 +200,7 @@ def jit_steps(run, shardings: step_lib.TrainState):
       loss_config=config.loss,
       head=run.head,
       mesh=run.mesh,
+      lora=run.lora,
     ),
     in_shardings=(
       shardings.params,

@@ -98,6 +98,7 @@ def train_step(
   head: slpo_jax.HeadOptions,
   grad_accum_steps: int = 1,
   mesh: jax.sharding.Mesh | None = None,
+  lora: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step over ``grad_accum_steps`` micro-batches.
 
@@ -118,16 +119,20 @@ def train_step(
     grad_accum_steps: micro-batches per step.
     mesh: the mesh the batch is split over (see
       :func:`train.objective.batch_stats`); None on one device.
+    lora: a :class:`train.lora_setup.LoraPolicy` when ``state.params`` are
+      LoRA adapters; ``reference`` is then the frozen base they merge into.
 
   Returns:
     The new state and metrics averaged by example weight, plus ``grad_norm``
     and ``finite`` (False if the loss or gradient has a non-finite value).
   """
 
+  policy_of, reference = _policy_and_reference(lora, reference)
+
   def summed_loss(params, micro, loss_state):
     return objective.batch_loss(
       model,
-      params,
+      policy_of(params),
       reference,
       micro,
       loss_config=loss_config,
@@ -185,7 +190,27 @@ def train_step(
   metrics["tokens"] = jnp.sum(batch["chosen_attention_mask"]) + jnp.sum(
     batch["rejected_attention_mask"]
   )
+  if objective.is_packed(batch):
+    # How well the rows are filled: real tokens over all positions.
+    positions = 2 * batch["chosen_attention_mask"].size
+    metrics["real_token_fraction"] = metrics["tokens"] / positions
   return new_state, metrics
+
+
+def _policy_and_reference(lora: Any, reference: Any):
+  """``(params -> policy params, the reference the loss reads)``.
+
+  Without LoRA the state's params are the policy's. With LoRA they are the
+  adapters, merged into the base that came as ``reference``; gradients
+  then reach only the adapters.
+  """
+  if lora is None:
+    return (lambda params: params), reference
+  base = reference
+  return (
+    lambda adapters: lora.policy_params(base, adapters),
+    lora.reference(base),
+  )
 
 
 def synced_reference(reference: Any, params: Any, *, mix: float) -> Any:
@@ -216,15 +241,17 @@ def eval_step(
   loss_config: Any,
   head: slpo_jax.HeadOptions,
   mesh: jax.sharding.Mesh | None = None,
+  lora: Any = None,
 ) -> dict[str, jax.Array]:
   """Weighted metric sums (and ``weight``) of the policy on one batch.
 
   A stateful loss is evaluated at the training state's ``loss_state``,
-  which evaluation does not move.
+  which evaluation does not move. ``lora``: see :func:`train_step`.
   """
+  policy_of, reference = _policy_and_reference(lora, reference)
   _, (sums, _) = objective.batch_loss(
     model,
-    params,
+    policy_of(params),
     reference,
     batch,
     loss_config=loss_config,

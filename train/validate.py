@@ -17,6 +17,7 @@ import slpo_jax
 from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax import sharding
+from train import lora_setup
 from train import objective
 from train import step as step_lib
 from train.data import config as data_config
@@ -199,6 +200,15 @@ def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
 def _check_model(config) -> None:
   _one_of("model.loss_head", config.model.loss_head, ("fused", "plain"))
   _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _one_of(
+    "model.param_dtype", config.model.param_dtype, ("float32", "bfloat16")
+  )
+  _one_of("model.remat_policy", config.model.remat_policy, ("full", "dots"))
+  _one_of(
+    "model.attention_impl",
+    config.model.attention_impl,
+    ("blockwise", "dense", "cudnn"),
+  )
   _non_negative(config.model, "vocab_chunk_size", "token_chunk_size")
   if not config.model.checkpoint:
     try:
@@ -207,12 +217,48 @@ def _check_model(config) -> None:
       raise ConfigError(f"config.model: {error}") from None
 
 
+def _check_lora(config) -> None:
+  """LoRA settings, against the base's shapes (its config.json only)."""
+  lora = config.model.lora
+  if lora.rank == 0 or not isinstance(lora.rank, int):
+    lora_setup.check(config, None)  # Only the rank itself to check.
+    return
+  layout = dict(scan_layers=config.model.scan_layers)
+  if config.model.checkpoint:
+    model_config = models.load_hf_config(config.model.checkpoint, **layout)
+  else:
+    model_config = models.get_config(
+      config.model.family, config.model.size, **layout
+    )
+  lora_setup.check(config, models.build(model_config))
+
+
+def _check_export(config) -> None:
+  export = config.export
+  if not isinstance(export.at_end, bool):
+    raise ConfigError(
+      f"export.at_end is {export.at_end!r}; it must be True or False"
+    )
+  _one_of("export.dtype", export.dtype, ("float32", "bfloat16"))
+  size = export.max_shard_size
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    raise ConfigError(
+      f"export.max_shard_size is {size!r}; it must be a number of bytes"
+      " >= 0 (0 writes one file)"
+    )
+
+
 def has_eval_split(config) -> bool:
   """Whether the data config names held-out data."""
   data = config.data
   if data.source in ("synthetic", "bandit_transitive", "bandit_contradictory"):
     return True
-  return bool(data.eval_path or data.tfds_split_eval or data.eval_fraction)
+  return bool(
+    data.eval_path
+    or data.tfds_split_eval
+    or data.eval_fraction
+    or (data.source == "arrow" and data.hf_split_eval)
+  )
 
 
 def validate(config, devices=None) -> jax.sharding.Mesh:
@@ -241,6 +287,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
   _check_ranges(config)
   spec = _check_loss(config)
   _check_model(config)
+  _check_lora(config)
   _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))
   if config.reference.mode == "precomputed" and not spec.needs_reference:
     raise ConfigError(
@@ -253,6 +300,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
       " reference.mode='online'"
     )
   _check_reference_sync(config, spec)
+  _check_export(config)
   try:
     step_lib.make_optimizer(config.optimizer, config.steps)
   except ValueError as error:

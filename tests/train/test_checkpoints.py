@@ -209,3 +209,6 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_cleanly(
     f"checkpoints: {tmp_path / 'run' / 'checkpoints'} (latest step {step})"
     in output
   )
+  # A run stopped early exports nothing: WORKDIR/hf is a finished run's.
+  assert not (tmp_path / "run" / "hf").exists()
+  assert "Hugging Face folder" not in output

@@ -68,6 +68,14 @@ RANGE_ERRORS = {
     {"reference.sft_batch_size": 0},
     "reference.sft_batch_size is 0",
   ),
+  "export_dtype": (
+    {"export.dtype": "float16"},
+    "export.dtype is 'float16'; use one of ['float32', 'bfloat16']",
+  ),
+  "export_shard_size": (
+    {"export.max_shard_size": -1},
+    "export.max_shard_size is -1; it must be a number of bytes >= 0",
+  ),
 }
 
 

@@ -53,6 +53,8 @@ def two_processes(make_config, tmp_path_factory):
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output
   assert f"{PROCESSES} process(es), 4 local and 8 global devices" in outputs[0]
+  # The export gathers the parameters from both processes; process 0 writes.
+  assert (workdir / "hf" / "model.safetensors").is_file()
   return workdir
 
 

@@ -67,6 +67,60 @@ def write_pair_files(directory) -> tuple[pathlib.Path, pathlib.Path]:
   return tuple(paths)
 
 
+# The special tokens of ``write_chat_tokenizer``'s vocabulary: ChatML's
+# markers among them, so the built-in 'chatml' template's end of turn is
+# one token.
+CHAT_SPECIAL_TOKENS = (
+  "<unk>",
+  "<s>",
+  "</s>",
+  "<pad>",
+  "<|im_start|>",
+  "<|im_end|>",
+)
+
+
+def write_chat_tokenizer(directory) -> pathlib.Path:
+  """A byte-level BPE tokenizer folder fitted to ``write_pair_files``' words.
+
+  It holds ``tokenizer.json`` and a ``tokenizer_config.json`` naming BOS,
+  EOS and PAD, as ``transformers`` saves them. Returns the folder.
+  """
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  from tokenizers import decoders  # pylint: disable=import-outside-toplevel
+  from tokenizers import models  # pylint: disable=import-outside-toplevel
+  from tokenizers import pre_tokenizers  # pylint: disable=import-outside-toplevel
+  from tokenizers import trainers  # pylint: disable=import-outside-toplevel
+
+  rng = random.Random(1)
+  corpus = [
+    " ".join(
+      "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 3)))
+      for _ in range(8)
+    )
+    for _ in range(300)
+  ]
+  tokenizer = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.train_from_iterator(
+    corpus,
+    trainers.BpeTrainer(
+      vocab_size=320,
+      special_tokens=list(CHAT_SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+    ),
+  )
+  folder = pathlib.Path(directory)
+  folder.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(
+    json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
+  )
+  return folder
+
+
 def make_tiny_config(pair_files=None, **changes):
   """A config that trains a tiny Llama on 128 pairs in seconds.
 

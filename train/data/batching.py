@@ -202,6 +202,8 @@ def make_batch_iterator(
   repeat: bool,
   fingerprint: str,
   report: DataReport,
+  collate_selects_rows: bool = False,
+  identity_extra: dict[str, Any] | None = None,
 ) -> BatchIterator:
   """Batches ``examples`` for one host.
 
@@ -219,6 +221,11 @@ def make_batch_iterator(
       collective evaluation steps stay in lockstep).
     fingerprint: dataset hash, stored in the iterator state.
     report: the loading report, attached to the iterator.
+    collate_selects_rows: ``collate`` is given the whole global batch and
+      returns this host's batch itself (packed batches, whose rows are not
+      one per example); False: this host's rows are cut from its result.
+    identity_extra: more settings the saved position means (e.g. packing),
+      checked on resumption like the others.
   """
   if batch_size < 1:
     raise DataError(f"batch_size must be positive, got {batch_size}")
@@ -238,6 +245,7 @@ def make_batch_iterator(
     shard_index=shard_index,
     shard_count=shard_count,
     repeat=repeat,
+    **(identity_extra or {}),
   )
   # Every host forms the same global batch (all hosts shuffle with the same
   # seed) and keeps its own rows of it. The global batches, and so the
@@ -248,6 +256,8 @@ def make_batch_iterator(
 
   def collate_own_rows(entries):
     batch = collate(entries)
+    if collate_selects_rows:
+      return batch
     return {k: v[first_row : first_row + batch_size] for k, v in batch.items()}
 
   if repeat:

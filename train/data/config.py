@@ -80,6 +80,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.max_prompt_length = 256
   # Padded sequence lengths; the largest must be at least max_length.
   config.length_buckets = (32, 64, 128, 256, 512)
+  # Pack the pairs of a batch into fixed-length rows, several pairs per row
+  # (train.data.packing), instead of one padded row per pair.
+  config.packing = False
+  # Row length of packed batches; 0 for the largest length bucket. At least
+  # max_length, so that every pair fits a row.
+  config.packed_length = 0
   # A bad record raises DataError ('error') or is counted and skipped ('skip').
   config.on_bad_record = "error"
   # Fraction of a single source held out for evaluation when no eval file or
@@ -146,6 +152,15 @@ def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
       f"the largest length bucket ({max(buckets)}) is smaller than "
       f"max_length ({config.max_length})"
     )
+  if config.packing and 0 < config.packed_length < config.max_length:
+    fail(
+      f"packed_length ({config.packed_length}) is smaller than max_length"
+      f" ({config.max_length}); a pair must fit a packed row"
+    )
+  if config.packed_length < 0 or int(config.packed_length) != (
+    config.packed_length
+  ):
+    fail(f"packed_length must be an integer >= 0, got {config.packed_length}")
   if not 0.0 <= config.eval_fraction < 1.0:
     fail(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
   if config.source not in TEXT_SOURCES:

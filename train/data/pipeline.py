@@ -17,6 +17,7 @@ from slpo_jax.tasks.synthetic import SampleFn
 from train.data import batching
 from train.data import chat
 from train.data import encode
+from train.data import packing
 from train.data import sources
 from train.data import synthetic
 from train.data.config import HF_FILE_SOURCES
@@ -39,6 +40,8 @@ class PreferenceDataset:
       reference log-probs indexed by ``example_id``).
     pad_id: the tokenizer's padding id.
     length_buckets: padded lengths batches may have.
+    packed_length: row length of packed batches (``data.packing``); 0 for
+      one row per pair.
   """
 
   pairs: tuple[encode.TokenizedPair, ...]
@@ -46,6 +49,7 @@ class PreferenceDataset:
   fingerprint: str
   pad_id: int
   length_buckets: tuple[int, ...]
+  packed_length: int = 0
 
   def __len__(self) -> int:
     return len(self.pairs)
@@ -60,6 +64,14 @@ class PreferenceDataset:
     repeat: bool,
   ) -> batching.BatchIterator:
     """A checkpointable iterator of batches (see ``make_pipeline``)."""
+    if self.packed_length:
+      return self._packed_batches(
+        batch_size=batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        repeat=repeat,
+      )
 
     def collate(entries):
       return batching.collate_pairs(
@@ -76,6 +88,37 @@ class PreferenceDataset:
       repeat=repeat,
       fingerprint=self.fingerprint,
       report=self.report,
+    )
+
+  def _packed_batches(
+    self, *, batch_size, seed, shard_index, shard_count, repeat
+  ):
+    """The same pairs per batch as ``batches``, packed (train.data.packing)."""
+    if self.report.real_token_fraction is None:
+      self.report.real_token_fraction = packing.real_token_fractions(
+        self.pairs,
+        batch_size=batch_size,
+        packed_length=self.packed_length,
+        buckets=self.length_buckets,
+      )
+    collate = packing.packed_collate(
+      packed_length=self.packed_length,
+      pad_id=self.pad_id,
+      shard_index=shard_index,
+      shard_count=shard_count,
+    )
+    return batching.make_batch_iterator(
+      self.pairs,
+      collate,
+      batch_size=batch_size,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      repeat=repeat,
+      fingerprint=self.fingerprint,
+      report=self.report,
+      collate_selects_rows=True,
+      identity_extra=dict(packed_length=self.packed_length),
     )
 
 
@@ -234,7 +277,15 @@ def load_dataset(
     fingerprint=encode.fingerprint(token_pairs, tokenizer),
     pad_id=tokenizer.pad_id,
     length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)),
+    packed_length=_packed_length(data_config),
   )
+
+
+def _packed_length(data_config: ml_collections.ConfigDict) -> int:
+  """The packed row length, 0 without packing."""
+  if not data_config.get("packing", False):
+    return 0
+  return int(data_config.packed_length or max(data_config.length_buckets))
 
 
 def make_pipeline(

@@ -56,6 +56,10 @@ class DataReport:
     num_retokenized: conversational responses tokenized on their own
       because tokenizing the whole conversation merged a token across the
       prompt's end (so the prompt's tokens were not a prefix).
+    real_token_fraction: with ``data.packing``, the share of the packed
+      batches' positions that hold real tokens, and the share the same
+      batches would have unpacked (``packing.real_token_fractions``); None
+      without packing.
   """
 
   source: str
@@ -69,6 +73,7 @@ class DataReport:
   num_truncated_prompts: int = 0
   num_truncated_responses: int = 0
   num_retokenized: int = 0
+  real_token_fraction: tuple[float, float] | None = None
 
   @property
   def num_skipped(self) -> int:
@@ -93,6 +98,11 @@ class DataReport:
     if self.num_retokenized:
       parts.append(
         f"{self.num_retokenized} responses tokenized apart from the prompt"
+      )
+    if self.real_token_fraction is not None:
+      packed, unpacked = self.real_token_fraction
+      parts.append(
+        f"packed rows {packed:.1%} real tokens (unpacked {unpacked:.1%})"
       )
     return "; ".join(parts)
 
