@@ -34,6 +34,7 @@ from train import step as step_lib
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 import torch_reference  # noqa: E402
+from train_testing import one_loss_per_set_of_inputs  # noqa: E402
 
 # float32 program against the float64 reference: composite ops.
 RTOL = 1e-4
@@ -172,8 +173,18 @@ def _assert_leaves_close(actual, expected, what):
     )
 
 
+# One loss per set of statistics read, and the combinations, in the default
+# run (each loss's formula is also checked on its own against float64 and
+# TRL references in tests/test_losses.py); every loss with -m slow.
+_DEFAULT_RUN = set(one_loss_per_set_of_inputs()) | set(COMBINATIONS)
+
+
 @pytest.mark.parametrize(
-  "loss_name", sorted(losses.LOSSES) + list(COMBINATIONS)
+  "loss_name",
+  [
+    name if name in _DEFAULT_RUN else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(losses.LOSSES) + list(COMBINATIONS)
+  ],
 )
 def test_train_step_matches_an_independent_computation(loss_name, setup):
   step, optimizer, loss_config = _program_step(loss_name)

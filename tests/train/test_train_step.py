@@ -15,6 +15,9 @@ from train import step as step_lib
 from train_testing import TOLERANCE
 from train_testing import assert_trees_close
 from train_testing import build
+from train_testing import one_loss_per_set_of_inputs
+
+SLOW = pytest.mark.slow
 
 # Small tiles, so the fused head really works tile by tile (V = 259 bytes).
 FUSED = slpo_jax.HeadOptions(
@@ -118,22 +121,18 @@ def _with_precomputed_reference(pieces, batch):
   )
 
 
-def _one_loss_per_set_of_inputs() -> list[str]:
-  """The first loss (by name) of each distinct set of statistics read.
-
-  The fused head, accumulation and precomputed reference change only how
-  the statistics a loss reads are computed, so one loss per set of inputs
-  (and batch-level kind) reaches every path; each loss's own formula is
-  checked against an independent step in test_step_against_reference.
-  """
-  chosen = {}
-  for name, spec in sorted(losses.LOSSES.items()):
-    inputs = frozenset((i.model, i.field) for i in spec.inputs)
-    chosen.setdefault((inputs, spec.batch_level), name)
-  return sorted(chosen.values())
+# Three paths in the default run: token-level values with pair complements,
+# a loss of the whole batch, and complements; the rest with -m slow.
+_FUSED_DEFAULT_RUN = ("aot", "slpo", "slpo_token")
 
 
-@pytest.mark.parametrize("loss", _one_loss_per_set_of_inputs())
+@pytest.mark.parametrize(
+  "loss",
+  [
+    name if name in _FUSED_DEFAULT_RUN else pytest.param(name, marks=SLOW)
+    for name in one_loss_per_set_of_inputs()
+  ],
+)
 def test_fused_head_accumulation_and_precomputed_reference_agree(loss, pieces):
   # The step three ways at once: the fused head, two micro-batches (one for
   # a loss of the whole batch), and (where the loss allows it) reference

@@ -23,6 +23,7 @@ import pytest
 
 from configs import base
 from configs import default as default_config
+from slpo_jax import losses
 from train import loop
 from train import setup as setup_lib
 from train import validate
@@ -393,3 +394,18 @@ def train(config, workdir, *, devices: int | None = None) -> Trained:
 # The run most tests compare with: DPO, online reference, 8-way data
 # parallel, evaluation and a checkpoint every 2 steps.
 BASELINE = {"steps": 4, "eval_every": 2, "checkpoint_every": 2}
+
+
+def one_loss_per_set_of_inputs() -> list[str]:
+  """The first loss (by name) of each distinct set of statistics read.
+
+  The fused head, accumulation and precomputed reference change only how
+  the statistics a loss reads are computed, so one loss per set of inputs
+  (and batch-level kind) reaches every path; each loss's own formula is
+  checked against an independent step in test_step_against_reference.
+  """
+  chosen = {}
+  for name, spec in sorted(losses.LOSSES.items()):
+    inputs = frozenset((i.model, i.field) for i in spec.inputs)
+    chosen.setdefault((inputs, spec.batch_level), name)
+  return sorted(chosen.values())
