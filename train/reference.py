@@ -143,7 +143,10 @@ class ReferenceCache:
       for i, w in zip(*_ids_and_weights(batch))
     ]
     # Per pair: [B], or [R, S] for a packed batch.
-    shape = np.shape(batch.get("pair_example_weight", batch["example_weight"]))
+    key = (
+      "pair_example_weight" if objective.is_packed(batch) else "example_weight"
+    )
+    shape = np.shape(batch[key])
     batch = dict(batch)
     batch["reference_chosen_logps"] = np.array(
       [c for c, _ in found], np.float32

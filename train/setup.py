@@ -222,6 +222,7 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   _check_train_size(config, datasets["train"].report.num_loaded)
   if jax.process_index() == 0:
     for dataset in datasets.values():
+      dataset.measure_packing(config.batch_size // jax.process_count())
       print(dataset.report.summary())
     pairs = config.steps * config.batch_size
     print(

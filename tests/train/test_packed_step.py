@@ -6,14 +6,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import slpo_jax
 from configs import base
 from slpo_jax import models
 from train import step as step_lib
+from train import validate
 from train.data import batching
 from train.data import encode
 from train.data import packing
+from train.errors import ConfigError
+
+from train_testing import read_metrics
+from train_testing import train
+from train_testing import train_losses
 
 _LENGTH = 32
 
@@ -71,9 +78,10 @@ def _sgd_step(params, reference, batch, *, model, loss):
 
 
 def test_packed_step_equals_unpacked_step():
-  # DPO and soft SLPO (which reads the pair complement) as one summed loss:
-  # one compilation per layout, and the metrics hold each term's loss.
-  loss = "dpo,slpo_soft"
+  # DPO, soft SLPO (which reads the pair complement) and AOT (which sorts
+  # the batch's pairs) as one summed loss: one compilation per layout, and
+  # the metrics hold each term's loss.
+  loss = "dpo,slpo_soft,aot"
   model = models.build(models.tiny_config("llama"))
   reference = _params(model, seed=0)
   policy = jax.tree.map(
@@ -99,7 +107,7 @@ def test_packed_step_equals_unpacked_step():
   )
   np.testing.assert_allclose(fraction, real / (2 * rows * _LENGTH), rtol=1e-6)
   assert got_metrics.keys() == want_metrics.keys()
-  assert {"loss/dpo", "loss/slpo_soft"} <= want_metrics.keys()
+  assert {"loss/dpo", "loss/slpo_soft", "loss/aot"} <= want_metrics.keys()
   for name in want_metrics:
     np.testing.assert_allclose(
       got_metrics[name], want_metrics[name], rtol=1e-5, atol=1e-5, err_msg=name
@@ -110,3 +118,44 @@ def test_packed_step_equals_unpacked_step():
     np.testing.assert_allclose(
       got, want, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path)
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["online", "precomputed"])
+def test_training_on_packed_batches_matches_unpacked(
+  mode, make_config, tmp_path
+):
+  """The whole program with data.packing: the same pairs in the same order,
+  so the same losses, evaluation included (and the reference cache)."""
+  runs = {}
+  for packed in (False, True):
+    config = make_config(
+      **{
+        "data.packing": packed,
+        "data.packed_length": 64,
+        "reference.mode": mode,
+        "eval_every": 2,
+      }
+    )
+    workdir = tmp_path / f"packed_{packed}"
+    runs[packed] = (train(config, workdir, devices=1), workdir)
+  (unpacked, unpacked_dir), (packed, packed_dir) = runs[False], runs[True]
+  assert int(packed.result.state.step) == 4
+  np.testing.assert_allclose(
+    list(train_losses(packed_dir).values()),
+    list(train_losses(unpacked_dir).values()),
+    rtol=1e-4,
+  )
+  np.testing.assert_allclose(
+    packed.result.eval_metrics["eval/loss"],
+    unpacked.result.eval_metrics["eval/loss"],
+    rtol=1e-4,
+  )
+  logged = [m for m in read_metrics(packed_dir) if "real_token_fraction" in m]
+  assert logged and all(0 < m["real_token_fraction"] <= 1 for m in logged)
+
+
+def test_packing_refuses_accumulation(make_config):
+  config = make_config(**{"data.packing": True, "grad_accum_steps": 2})
+  with pytest.raises(ConfigError, match="data.packing"):
+    validate.validate(config, jax.devices()[:1])

@@ -152,15 +152,14 @@ def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
       f"the largest length bucket ({max(buckets)}) is smaller than "
       f"max_length ({config.max_length})"
     )
-  if config.packing and 0 < config.packed_length < config.max_length:
+  packed_length = config.get("packed_length", 0)
+  if packed_length < 0 or int(packed_length) != packed_length:
+    fail(f"packed_length must be an integer >= 0, got {packed_length}")
+  if config.get("packing", False) and 0 < packed_length < config.max_length:
     fail(
-      f"packed_length ({config.packed_length}) is smaller than max_length"
+      f"packed_length ({packed_length}) is smaller than max_length"
       f" ({config.max_length}); a pair must fit a packed row"
     )
-  if config.packed_length < 0 or int(config.packed_length) != (
-    config.packed_length
-  ):
-    fail(f"packed_length must be an integer >= 0, got {config.packed_length}")
   if not 0.0 <= config.eval_fraction < 1.0:
     fail(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
   if config.source not in TEXT_SOURCES:

@@ -90,17 +90,21 @@ class PreferenceDataset:
       report=self.report,
     )
 
-  def _packed_batches(
-    self, *, batch_size, seed, shard_index, shard_count, repeat
-  ):
-    """The same pairs per batch as ``batches``, packed (train.data.packing)."""
-    if self.report.real_token_fraction is None:
+  def measure_packing(self, batch_size: int) -> None:
+    """Puts the packed batches' real-token share in the report, once."""
+    if self.packed_length and self.report.real_token_fraction is None:
       self.report.real_token_fraction = packing.real_token_fractions(
         self.pairs,
         batch_size=batch_size,
         packed_length=self.packed_length,
         buckets=self.length_buckets,
       )
+
+  def _packed_batches(
+    self, *, batch_size, seed, shard_index, shard_count, repeat
+  ):
+    """The same pairs per batch as ``batches``, packed (train.data.packing)."""
+    self.measure_packing(batch_size)
     collate = packing.packed_collate(
       packed_length=self.packed_length,
       pad_id=self.pad_id,
