@@ -9,16 +9,18 @@ Run on every host of the slice (see README, "Cloud TPU"):
 
 Not run in CI. Compiled from a CPU machine for the v5p-64 topology
 (``python -m train.aot --config configs/llama8b_tpu_pod.py --topology
-v5p:4x4x2 --config.model.checkpoint=configs/shapes/llama3_8b``, 8.03B
-parameters, 6 min 22 s on a loaded 2-core CPU), per chip: 3.7 GiB of
-arguments (float32 policy, AdamW moments and float32 reference, sharded 32
-ways), 38.3 GiB of temporaries with rematerialisation, 42.0 GiB in all of
-95 GiB HBM (44%). TPU XLA's cost analysis gives 2.4e14 FLOPs per chip
-(it counts loop bodies once) against 5.1e14 analytic, and 1.37e12 bytes
-accessed: compute-bound, a roofline of 1.1 s per step of 128 pairs x 1,024
-tokens, at most 7,400 tokens/s per chip. Before the models' activation
-constraints were bound (docs/ARCHITECTURE.md, "Sharding") this step needed
-896 GiB of temporaries and did not compile.
+v5p:4x4x2 --config.model.checkpoint=configs/shapes/llama3_8b
+--config.data.train_path=hh.jsonl.gz``, 8.03B parameters, blockwise
+attention; 14 min on a 2-core CPU shared with a test run), per chip: 3.74
+GiB of arguments (float32 policy, AdamW moments and float32 reference,
+sharded 32 ways), 38.1 GiB of temporaries with rematerialisation, 41.9 GiB
+in all of 95 GiB HBM (44%). TPU XLA's cost analysis gives 2.2e14 FLOPs per
+chip (it counts loop bodies once) against 5.1e14 analytic, and 1.12e12
+bytes accessed: compute-bound, a roofline of 1.1 s per step of 128 pairs x
+1,024 tokens, at most 7,400 tokens/s per chip. The data file is not read
+(any name passes validation). Before the models' activation constraints
+were bound (docs/ARCHITECTURE.md, "Sharding") this step needed 896 GiB of
+temporaries and did not compile.
 """
 
 from configs import hh
