@@ -197,6 +197,9 @@ def test_sharding_gives_the_data_parallel_losses(
   )
 
 
+# A whole run; with -m slow (each term of a sum is checked against an
+# independent step in test_step_against_reference).
+@pytest.mark.slow
 def test_a_weighted_sum_of_losses_logs_each_term(make_config, tmp_path):
   # TRL's MPO recipe: loss_type ["sigmoid", "bco_pair", "sft"] with
   # loss_weights [0.8, 0.2, 1.0].

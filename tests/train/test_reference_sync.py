@@ -53,6 +53,9 @@ def test_synced_reference_mixes_in_float32_and_keeps_dtypes():
   np.testing.assert_array_equal(copied["a"], params["a"])
 
 
+# Whole runs, one of them resumed: with -m slow (the sync's mixing and
+# dtypes are checked above).
+@pytest.mark.slow
 def test_sync_copies_the_policy_and_resumes_bitwise(make_config, tmp_path):
   whole = train(make_config(**SYNC), tmp_path / "whole")
   for step in (2, 4):
