@@ -2,7 +2,8 @@
 
 Run on every host of the slice (see README, "Cloud TPU"):
 
-  python -m train.main --config configs/llama8b_tpu_pod.py \
+  python -m train.main \
+      --config configs/llama8b_tpu_pod.py:/mnt/shared/hh/train.jsonl.gz \
       --workdir /mnt/shared/runs/llama8b-slpo \
       --config.model.checkpoint=/mnt/disks/models/Meta-Llama-3-8B-Instruct \
       --config.data.tokenizer=/mnt/disks/models/Meta-Llama-3-8B-Instruct/tokenizer.json
@@ -26,8 +27,8 @@ temporaries and did not compile.
 from configs import hh
 
 
-def get_config():
-  config = hh.get_config()
+def get_config(hh_file: str = ""):
+  config = hh.get_config(hh_file)
   config.steps = 1000
   config.batch_size = 128
   config.grad_accum_steps = 1

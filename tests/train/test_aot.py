@@ -96,20 +96,27 @@ def test_the_step_binds_the_models_activation_constraints(make_config):
   not _has_libtpu(),
   reason="libtpu is not installed (pip install -e '.[tpu-aot]')",
 )
-def test_the_8b_pod_config_fits_as_its_docstring_says():
-  # The docstring quotes a compile for v5p-64; a fresh compile must agree
+@pytest.mark.parametrize(
+  "module, shape, topology",
+  [
+    ("llama8b_tpu_pod", "llama3_8b", "v5p:4x4x2"),
+    ("llama1b_tpu_v6e8", "llama3_2_1b", "v6e:2x4"),
+  ],
+)
+def test_tpu_configs_fit_as_their_docstrings_say(module, shape, topology):
+  # Each TPU config's docstring quotes a compile; a fresh compile must agree
   # (total bytes per chip to 1%), so the numbers cannot go stale.
+  import importlib  # pylint: disable=import-outside-toplevel
   import re  # pylint: disable=import-outside-toplevel
 
-  from configs import llama8b_tpu_pod  # pylint: disable=import-outside-toplevel
-
-  config = llama8b_tpu_pod.get_config()
+  config_module = importlib.import_module(f"configs.{module}")
+  config = config_module.get_config("hh.jsonl.gz")  # Not read.
   config.model.checkpoint = str(
-    aot.__file__.rsplit("/train/", 1)[0] + "/configs/shapes/llama3_8b"
+    aot.__file__.rsplit("/train/", 1)[0] + f"/configs/shapes/{shape}"
   )
-  figures = aot.analyse(config, "v5p:4x4x2")
+  figures = aot.analyse(config, topology)
   quoted = re.search(
-    r"([\d.]+) GiB in all", " ".join(llama8b_tpu_pod.__doc__.split())
+    r"([\d.]+) GiB in all", " ".join(config_module.__doc__.split())
   )
   assert quoted, "the docstring quotes no total"
   total_gib = figures["total_bytes"] / 1024**3
