@@ -1,6 +1,7 @@
 """Gemma 2 2B from a local Hugging Face folder on one 80 GB GPU, HH-RLHF.
 
-  python -m train.main --config configs/gemma2_2b.py --workdir /tmp/gemma2 \
+  python -m train.main --config configs/gemma2_2b.py:/data/hh/train.jsonl.gz \
+      --workdir /tmp/gemma2 \
       --config.model.checkpoint=/path/to/gemma-2-2b-it \
       --config.data.tokenizer=/path/to/gemma-2-2b-it/tokenizer.json
 
@@ -19,28 +20,8 @@ state sharded over 2 GPUs (mesh.fsdp). About 4 x 2.6e9 x 2 FLOPs per token:
 on the order of 10k tokens/s at 40% of an H100's bfloat16 peak (estimate).
 """
 
-from configs import hh
+from configs import hf_folder
 
 
-def get_config():
-  config = hh.get_config()
-  config.steps = 1000
-  config.batch_size = 8
-  config.eval_every = 100
-  config.eval_batches = 8
-  config.checkpoint_every = 250
-  config.model.family = "llama"
-  config.model.checkpoint = ""  # Set on the command line.
-  config.model.dtype = "bfloat16"
-  config.model.remat = True
-  # Sliding and global layers share one scanned block (per-layer windows).
-  config.model.scan_layers = True
-  config.data.tokenizer = ""  # The checkpoint's tokenizer.json.
-  config.data.max_length = 1024
-  config.data.max_prompt_length = 512
-  config.data.length_buckets = (256, 512, 1024)
-  config.optimizer.learning_rate = 5e-7
-  config.optimizer.warmup_steps = 100
-  config.loss.name = "slpo"
-  config.loss.temperature = 64.0
-  return config
+def get_config(hh_file: str = ""):
+  return hf_folder.get_config(hh_file, batch_size=8)

@@ -1,6 +1,6 @@
 """GPT-2 small (124M) from a Hugging Face checkpoint on one GPU, HH-RLHF.
 
-  python -m train.main --config configs/gpt2_small_gpu.py --workdir /tmp/gpt2 \
+  python -m train.main --config configs/gpt2_small_gpu.py:/data/hh/train.jsonl.gz --workdir /tmp/gpt2 \
       --config.model.checkpoint=/path/to/gpt2 \
       --config.data.tokenizer=/path/to/gpt2/tokenizer.json
 
@@ -15,8 +15,8 @@ policy+reference forward and policy backward (estimate).
 from configs import hh
 
 
-def get_config():
-  config = hh.get_config()
+def get_config(hh_file: str = ""):
+  config = hh.get_config(hh_file)
   config.steps = 2000
   config.batch_size = 32
   config.eval_every = 200

@@ -1,6 +1,6 @@
 """LoRA DPO of a Llama-family checkpoint on HH-RLHF, one GPU.
 
-  python -m train.main --config configs/llama_lora.py --workdir /tmp/lora \
+  python -m train.main --config configs/llama_lora.py:/data/hh/train.jsonl.gz --workdir /tmp/lora \
       --config.model.checkpoint=/path/to/Llama-3.2-1B-Instruct
 
 Nothing downloads: the checkpoint folder (config.json, safetensors and
@@ -16,8 +16,8 @@ step's compiled memory for 1B and 8B shapes.
 from configs import hh
 
 
-def get_config():
-  config = hh.get_config()
+def get_config(hh_file: str = ""):
+  config = hh.get_config(hh_file)
   config.steps = 2000
   config.batch_size = 32
   config.grad_accum_steps = 4

@@ -1,6 +1,7 @@
 """Qwen3 1.7B from a local Hugging Face folder on one 80 GB GPU, HH-RLHF.
 
-  python -m train.main --config configs/qwen3_1p7b.py --workdir /tmp/qwen3 \
+  python -m train.main --config configs/qwen3_1p7b.py:/data/hh/train.jsonl.gz \
+      --workdir /tmp/qwen3 \
       --config.model.checkpoint=/path/to/Qwen3-1.7B \
       --config.data.tokenizer=/path/to/Qwen3-1.7B/tokenizer.json
 
@@ -17,27 +18,8 @@ per token: on the order of 10-20k tokens/s at 40% of an H100's bfloat16
 peak (estimate).
 """
 
-from configs import hh
+from configs import hf_folder
 
 
-def get_config():
-  config = hh.get_config()
-  config.steps = 1000
-  config.batch_size = 16
-  config.eval_every = 100
-  config.eval_batches = 8
-  config.checkpoint_every = 250
-  config.model.family = "llama"
-  config.model.checkpoint = ""  # Set on the command line.
-  config.model.dtype = "bfloat16"
-  config.model.remat = True
-  config.model.scan_layers = True
-  config.data.tokenizer = ""  # The checkpoint's tokenizer.json.
-  config.data.max_length = 1024
-  config.data.max_prompt_length = 512
-  config.data.length_buckets = (256, 512, 1024)
-  config.optimizer.learning_rate = 5e-7
-  config.optimizer.warmup_steps = 100
-  config.loss.name = "slpo"
-  config.loss.temperature = 64.0
-  return config
+def get_config(hh_file: str = ""):
+  return hf_folder.get_config(hh_file, batch_size=16)
