@@ -153,3 +153,25 @@ def test_first_fit_decreasing():
 def test_packed_length_below_max_length_is_refused(jsonl_config):
   with pytest.raises(data.DataError, match="packed_length"):
     _pipeline(_packed(jsonl_config, packed_length=100))
+
+
+@pytest.mark.parametrize("per_host", [1, 5, 16, 40, 64])
+def test_row_counts_are_few_shapes_with_little_waste(per_host):
+  """At most ROW_SHAPES row counts, each under one step above the exact."""
+  rng = np.random.default_rng(per_host)
+  step = -(-per_host // packing.ROW_SHAPES)
+  counts = set()
+  for _ in range(300):
+    lengths = rng.integers(8, 200, per_host).tolist()
+    exact = len(packing.first_fit_decreasing(lengths, 256))
+    share = [(_Pair(n), 1.0) for n in lengths]
+    rows, slots = packing.layout_shape([share], 256)
+    assert exact <= rows < exact + step and rows <= per_host
+    assert slots & (slots - 1) == 0 or slots == per_host
+    counts.add(rows)
+  assert len(counts) <= packing.ROW_SHAPES
+
+
+class _Pair:
+  def __init__(self, length):
+    self.length = length

@@ -15,12 +15,15 @@ room, rows in order of opening; within a row, pairs keep the order they were
 placed in. It is a pure function of the pairs' lengths, so batches are
 deterministic.
 
-Static shapes: jit compiles one program per shape, so the row count R is
-rounded up to a power of two (at most the pairs per host, which always
-fits: every pair fits a row) and the pair slots per row S likewise. Every
-host uses the largest R and S over the hosts' shares, which the global
-arrays need; all hosts see the global batch, so they agree without talking.
-Slots without a pair have weight 0 and id -1.
+Static shapes: jit compiles one program per shape. The row count R is
+rounded up to a multiple of ``ceil(n / ROW_SHAPES)`` for n pairs per host
+(at most n, which always fits: every pair fits a row), so that there are at
+most ``ROW_SHAPES`` programs while a batch wastes less than that step's
+rows. The pair slots per row S, which only size the small ``[R, S]`` and
+``[R, S, T]`` per-pair arrays, are rounded up to a power of two. Every host
+uses the largest R and S over the hosts' shares, which the global arrays
+need; all hosts see the global batch, so they agree without talking. Rows
+without a pair are padding; slots without a pair have weight 0 and id -1.
 """
 
 from __future__ import annotations
@@ -58,8 +61,20 @@ def first_fit_decreasing(
   return rows
 
 
+# Most row counts, hence compiled programs, per pairs-per-host. HH pairs
+# (8,192-token BPE) in 512-token rows, batches of 16 to 64 pairs: 81% to 82%
+# real tokens; exact row counts would give 81% to 88%, 8 shapes 75%, powers
+# of two 63% to 66%, and one padded row per pair 33%.
+ROW_SHAPES = 16
+
+
 def _power_of_two_at_least(n: int, limit: int) -> int:
   return min(1 << max(n - 1, 0).bit_length(), max(limit, n))
+
+
+def _row_count(n: int, limit: int) -> int:
+  step = -(-max(limit, 1) // ROW_SHAPES)
+  return min(-(-n // step) * step, max(limit, n))
 
 
 def _real(entries: Sequence[Weighted]) -> list:
@@ -80,7 +95,7 @@ def layout_shape(
     slots = max([slots] + [len(row) for row in layout])
     limit = max(limit, len(share))
   return (
-    _power_of_two_at_least(rows, limit),
+    _row_count(rows, limit),
     _power_of_two_at_least(slots, limit),
   )
 
