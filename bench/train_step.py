@@ -61,29 +61,21 @@ Memory, two measures:
 """
 
 import argparse
-import ctypes
 import dataclasses
-import datetime
 import functools
-import gc
 import json
 import os
 import pathlib
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 
 import slpo_jax
-from bench.loss_head import cpu_model
+from bench import harness
 from configs import base as base_config
 from slpo_jax import models
 from train import objective
@@ -275,15 +267,10 @@ def trl_variant(name: str, inputs: Inputs):
   from bench import trl_dpo  # pylint: disable=g-import-not-at-top
 
   setting = inputs.setting
-  config = train_config(setting).optimizer
-  settings = trl_dpo.TrainerSettings(
-    beta=setting.beta,
-    learning_rate=setting.learning_rate,
-    b1=config.b1,
-    b2=config.b2,
-    eps=config.eps,
-    weight_decay=config.weight_decay,
-    grad_clip_norm=config.grad_clip_norm,
+  config = train_config(setting)
+  settings = trl_dpo.settings_from_config(
+    config.loss,
+    config.optimizer,
     precompute_reference=name == "trl-precomputed",
   )
   bos, eos, pad = setting.special
@@ -298,17 +285,6 @@ def trl_variant(name: str, inputs: Inputs):
   )
   step.name = name
   return step
-
-
-def use_compilation_cache(workdir: pathlib.Path) -> None:
-  """Shares compiled programs between this process and its RSS workers.
-
-  The workers then load the JAX steps the timing process compiled instead of
-  compiling them again: the same executables, at a fraction of the CPU time
-  (which matters on a loaded machine).
-  """
-  jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def build_variants(names, inputs: Inputs) -> list:
@@ -342,167 +318,35 @@ def reference_logps_difference(variants) -> float:
   return worst
 
 
-def timed(variant) -> tuple[float, float, float]:
-  """Wall seconds, CPU seconds (all threads of the process) and the loss."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  loss = variant()
-  return time.perf_counter() - wall, time.process_time() - cpu, loss
-
-
-def interleaved_times(variants, rounds: int, steps: int, warmup: int):
-  """Per-step (wall, cpu) samples by name, rounds interleaved and rotated."""
-  for _ in range(warmup):
-    for variant in variants:
-      variant()
-  samples = {v.name: [] for v in variants}
-  for r in range(rounds):
-    shift = r % len(variants)
-    for variant in variants[shift:] + variants[:shift]:
-      for _ in range(steps):
-        wall, cpu, _ = timed(variant)
-        samples[variant.name].append((wall, cpu))
-    print(
-      f"  round {r + 1}/{rounds} done, load average {os.getloadavg()[0]:.2f}",
-      flush=True,
-    )
-  return samples
-
-
-# --- RSS high-water mark, one variant per subprocess. ---------------------
-
-
-def _release_free_heap():
-  gc.collect()
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
-
-
-def _reset_high_water_mark() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def _high_water_mark_bytes() -> int:
-  """The process's peak RSS: ``VmHWM``, else ``getrusage``'s ``ru_maxrss``.
-
-  On Linux ``ru_maxrss`` is the larger of ``VmHWM`` and a mark inherited at
-  ``exec`` from the parent's memory (a worker started by a 700 MB process
-  reads 700 MB at least); ``VmHWM`` is the same counter without that.
-  """
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def measure_rss(
   name: str, setting: Setting, workdir: pathlib.Path, steps: int
 ) -> dict:
-  """How far the RSS high-water mark rises over ``steps`` steps.
-
-  Without ``/proc/self/clear_refs`` (not Linux), the mark cannot be reset
-  and the rise is only what exceeds the set-up's peak (compilation
-  included): ``high_water_mark_reset`` is then False.
-  """
-  use_compilation_cache(workdir)
+  """`harness.rss_rise` of one variant, after one warm-up step."""
+  harness.use_compilation_cache(workdir)
   inputs = Inputs.load(setting, workdir)
   (variant,) = build_variants([name], inputs)
-  variant()  # Warm-up: allocates what stays resident (e.g. Adam moments).
-  setup_peak = _high_water_mark_bytes()
-  _release_free_heap()
-  reset = _reset_high_water_mark()
-  before = _high_water_mark_bytes()
-  for _ in range(steps):
-    variant()
-  after = _high_water_mark_bytes()
-  return {
-    "name": name,
-    "rss_rise": after - before,
-    "rss_before": before,
-    "rss_peak_until_warmup": setup_peak,
-    "high_water_mark_reset": reset,
-    "steps": steps,
-  }
+  return harness.rss_rise(variant, warmup=1, steps=steps)
 
 
 def start_rss_workers(
   names, setting: Setting, workdir: pathlib.Path, steps: int
 ) -> dict:
-  """Starts `measure_rss` of each variant in its own subprocess.
-
-  They run at the same time as each other and as the timing process's
-  set-up (compilation, trainers), to save wall time: they measure memory,
-  which does not depend on load, and they finish before any timing starts.
-  """
-  workers = {}
-  for name in names:
-    command = [
-      sys.executable,
-      "-m",
-      "bench.train_step",
-      "--rss-worker",
-      name,
+  """`measure_rss` of each variant in its own subprocess."""
+  return harness.start_workers(
+    "bench.train_step",
+    names,
+    [
       "--rss-workdir",
       str(workdir),
       "--rss-steps",
       str(steps),
       "--seed",
       str(setting.seed),
-    ]
-    workers[name] = subprocess.Popen(
-      command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-  return workers
-
-
-def rss_results(workers) -> dict:
-  """Waits for the workers of `start_rss_workers`; their results by name."""
-  results = {}
-  for name, worker in workers.items():
-    out, err = worker.communicate()
-    if worker.returncode:
-      raise RuntimeError(f"the RSS worker of {name} failed:\n{err[-3000:]}")
-    results[name] = json.loads(out.strip().splitlines()[-1])
-    print(
-      f"  RSS high-water mark rise, {name}:"
-      f" +{mib(results[name]['rss_rise'])} MiB",
-      flush=True,
-    )
-  return results
+    ],
+  )
 
 
 # --- Report. ---------------------------------------------------------------
-
-
-def machine_description() -> dict:
-  from bench import trl_dpo  # pylint: disable=g-import-not-at-top
-
-  return {
-    "cpu_model": cpu_model(),
-    "cpu_count": os.cpu_count(),
-    "platform": jax.devices()[0].platform,
-    "jax": jax.__version__,
-    "jaxlib": jaxlib.__version__,
-    **trl_dpo.versions(),
-    "python": platform.python_version(),
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"
-    ),
-  }
-
-
-def mib(n: float) -> str:
-  return f"{n / 2**20:,.1f}"
 
 
 def _label(name: str, cores: int) -> tuple[str, str]:
@@ -512,11 +356,6 @@ def _label(name: str, cores: int) -> tuple[str, str]:
     return f"slpo-jax, {parts[2]} head", parts[1]
   threads = 1 if name.endswith(ONE_THREAD) else cores
   return f"TRL DPOTrainer, {threads} thread{'s' * (threads > 1)}", parts[1]
-
-
-def _quartiles(values) -> tuple[float, float]:
-  q = statistics.quantiles(values, n=4)
-  return q[0], q[2]
 
 
 def summarise(samples, tokens, memory, rss, cores) -> list[dict]:
@@ -530,7 +369,7 @@ def summarise(samples, tokens, memory, rss, cores) -> list[dict]:
       "reference": mode,
       "steps_timed": len(pairs),
       "seconds": statistics.median(walls),
-      "seconds_quartiles": _quartiles(walls),
+      "seconds_quartiles": harness.quartiles(walls),
       "cpu_seconds": statistics.median(c for _, c in pairs),
       "samples_wall_cpu": pairs,
     }
@@ -574,9 +413,11 @@ def format_table(
   ]
   for r in rows:
     xla = r.get("xla_bytes")
-    temp = mib(xla["temp"]) if xla else "-"
-    total = mib(xla["temp"] + xla["argument"] + xla["output"]) if xla else "-"
-    rss = mib(r["rss"]["rss_rise"]) if "rss" in r else "-"
+    temp = harness.mib(xla["temp"]) if xla else "-"
+    total = (
+      harness.mib(xla["temp"] + xla["argument"] + xla["output"]) if xla else "-"
+    )
+    rss = harness.mib(r["rss"]["rss_rise"]) if "rss" in r else "-"
     ratios = [
       f"{r[k]:.2f}x" if k in r else "-"
       for k in ("speedup_over_trl", "speedup_over_trl_1thread")
@@ -624,7 +465,7 @@ def run(args) -> None:
   setting = Setting(seed=args.seed)
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp)
-    use_compilation_cache(workdir)
+    harness.use_compilation_cache(workdir)
     inputs = Inputs.build(setting, workdir)
     workers = {}
     try:
@@ -656,11 +497,9 @@ def run(args) -> None:
         v.name: (v(), v()) for v in variants if not v.name.endswith(ONE_THREAD)
       }
       reference_difference = reference_logps_difference(variants)
-      rss = rss_results(workers)
+      rss = harness.worker_results(workers)
     finally:
-      for worker in workers.values():
-        if worker.poll() is None:
-          worker.kill()
+      harness.stop_workers(workers)
     load_before = os.getloadavg()
     print(
       f"[{time.perf_counter() - start:.0f} s] Timing: {args.rounds}"
@@ -668,12 +507,14 @@ def run(args) -> None:
       " interleaved...",
       flush=True,
     )
-    samples = interleaved_times(variants, args.rounds, args.steps, args.warmup)
+    samples = harness.interleaved_times(
+      variants, args.rounds, args.steps, args.warmup
+    )
     load_after = os.getloadavg()
     memory = {v.name: v.memory() for v in variants if isinstance(v, JaxVariant)}
   print(f"[{time.perf_counter() - start:.0f} s] done", flush=True)
   tokens = real_tokens(inputs.batch)
-  machine = machine_description()
+  machine = harness.machine_description()
   load = {
     "before": " ".join(f"{x:.2f}" for x in load_before),
     "after": " ".join(f"{x:.2f}" for x in load_after),

@@ -1,7 +1,7 @@
 """TRL's ``DPOTrainer`` on one fixed batch: the PyTorch side of the benchmark.
 
 `TrlDpoStep` builds a real ``trl.DPOTrainer`` around two
-``transformers.GPT2LMHeadModel`` checkpoints (policy and reference) and a
+``transformers`` causal LM checkpoints (policy and reference) and a
 ``datasets.Dataset`` of text pairs, lets TRL tokenize and collate them, and
 then runs exactly what ``transformers.Trainer`` runs for one optimizer step
 (``Trainer._run_epoch`` with no gradient accumulation)::
@@ -63,6 +63,22 @@ class TrainerSettings:
   gradient_checkpointing: bool = False
 
 
+def settings_from_config(
+  loss_config, optimizer_config, *, precompute_reference: bool
+) -> TrainerSettings:
+  """The TRL settings equal to a slpo-jax config's DPO loss and AdamW."""
+  return TrainerSettings(
+    beta=loss_config.beta,
+    learning_rate=optimizer_config.learning_rate,
+    b1=optimizer_config.b1,
+    b2=optimizer_config.b2,
+    eps=optimizer_config.eps,
+    weight_decay=optimizer_config.weight_decay,
+    grad_clip_norm=optimizer_config.grad_clip_norm,
+    precompute_reference=precompute_reference,
+  )
+
+
 def _word(token_id: int, special: SpecialIds) -> str:
   for kind, word in SPECIAL_WORDS.items():
     if token_id == getattr(special, kind):
@@ -117,18 +133,23 @@ def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
   return {"gradient_checkpointing": enabled}
 
 
-def load_gpt2(folder: pathlib.Path) -> transformers.GPT2LMHeadModel:
-  return transformers.GPT2LMHeadModel.from_pretrained(
+def load_causal_lm(folder: pathlib.Path) -> transformers.PreTrainedModel:
+  """The model of a ``save_pretrained`` folder (GPT-2, Llama, ...), float32."""
+  return transformers.AutoModelForCausalLM.from_pretrained(
     folder, dtype=torch.float32
   )
 
 
 class TrlDpoStep:
-  """One ``DPOTrainer`` optimizer step on a fixed batch, callable repeatedly.
+  """One ``DPOTrainer`` optimizer step on fixed batches, callable repeatedly.
+
+  Each call steps on the next batch, cycling through them in order.
 
   Attributes:
     trainer: the ``trl.DPOTrainer``.
-    inputs: the collated batch (TRL's collator on TRL's tokenized dataset).
+    batches: the collated batches (TRL's collator on TRL's tokenized
+      dataset).
+    inputs: the first batch.
   """
 
   def __init__(
@@ -143,22 +164,25 @@ class TrlDpoStep:
     output_dir: pathlib.Path,
     threads: int | None = None,
     max_steps: int = 1000,
+    batch_size: int | None = None,
   ):
     """Builds the trainer, its optimizer and the batch.
 
     Args:
       policy_dir: ``save_pretrained``-style folder of the policy's weights.
       reference_dir: the same for the reference model.
-      pairs: objects with ``prompt``, ``chosen``, ``rejected`` id arrays; the
-        batch is all of them, in order.
+      pairs: objects with ``prompt``, ``chosen``, ``rejected`` id arrays,
+        batched in order.
       vocab_size: size of the vocabulary.
       special: the BOS, EOS and padding ids.
       settings: DPO and optimizer hyperparameters.
       output_dir: the trainer's (unused) output folder.
       threads: PyTorch intra-op threads during a step; every core if None.
       max_steps: length of the (constant) learning-rate schedule.
+      batch_size: pairs per batch; every pair in one batch if None.
     """
     self.threads = threads or os.cpu_count() or 1
+    batch_size = batch_size or len(pairs)
     quiet()
     args = trl.DPOConfig(
       output_dir=str(output_dir),
@@ -167,7 +191,7 @@ class TrlDpoStep:
       bf16=False,
       fp16=False,
       seed=0,
-      per_device_train_batch_size=len(pairs),
+      per_device_train_batch_size=batch_size,
       beta=settings.beta,
       loss_type=["sigmoid"],
       label_smoothing=0.0,
@@ -190,8 +214,8 @@ class TrlDpoStep:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       self.trainer = trl.DPOTrainer(
-        model=load_gpt2(policy_dir),
-        ref_model=load_gpt2(reference_dir),
+        model=load_causal_lm(policy_dir),
+        ref_model=load_causal_lm(reference_dir),
         args=args,
         train_dataset=pairs_dataset(pairs, special),
         processing_class=word_level_tokenizer(vocab_size, special),
@@ -200,28 +224,22 @@ class TrlDpoStep:
     # Set by `Trainer._run_epoch` before each step: micro-batches per step.
     self.trainer.current_gradient_accumulation_steps = 1
     dataset = self.trainer.train_dataset
-    self.inputs = self.trainer.data_collator(
-      [dataset[i] for i in range(len(dataset))]
-    )
-    self._check_ids(pairs)
+    self.batches = [
+      self.trainer.data_collator(
+        [dataset[i] for i in range(start, min(start + batch_size, len(pairs)))]
+      )
+      for start in range(0, len(pairs), batch_size)
+    ]
+    self.inputs = self.batches[0]
+    self._next = 0
+    for k, batch in enumerate(self.batches):
+      _check_ids(batch, pairs[k * batch_size : (k + 1) * batch_size])
 
   def with_threads(self, threads: int) -> "TrlDpoStep":
     """The same trainer, stepped with another number of threads."""
     other = copy.copy(self)
     other.threads = threads
     return other
-
-  def _check_ids(self, pairs):
-    """The collated rows are the pairs' ids: chosen rows, then rejected."""
-    ids = self.inputs["input_ids"].numpy()
-    mask = self.inputs["attention_mask"].numpy().astype(bool)
-    rows = [np.concatenate([p.prompt, p.chosen]) for p in pairs]
-    rows += [np.concatenate([p.prompt, p.rejected]) for p in pairs]
-    for row, expected, row_mask in zip(ids, rows, mask):
-      if not np.array_equal(row[row_mask], expected):
-        raise AssertionError(
-          "TRL's tokenization changed the benchmark's token ids."
-        )
 
   @property
   def model(self) -> torch.nn.Module:
@@ -238,11 +256,13 @@ class TrlDpoStep:
     )
 
   def __call__(self) -> float:
-    """One optimizer step; returns the step's DPO loss (before the update)."""
+    """One optimizer step on the next batch; its DPO loss before the update."""
     trainer, model = self.trainer, self.trainer.model
     if torch.get_num_threads() != self.threads:
       torch.set_num_threads(self.threads)
-    loss = trainer.training_step(model, self.inputs)
+    inputs = self.batches[self._next % len(self.batches)]
+    self._next += 1
+    loss = trainer.training_step(model, inputs)
     if trainer.args.max_grad_norm > 0:
       trainer.accelerator.clip_grad_norm_(
         model.parameters(), trainer.args.max_grad_norm
@@ -251,6 +271,19 @@ class TrlDpoStep:
     trainer.lr_scheduler.step()
     model.zero_grad()
     return float(loss)
+
+
+def _check_ids(batch, pairs):
+  """The collated rows are the pairs' ids: chosen rows, then rejected."""
+  ids = batch["input_ids"].numpy()
+  mask = batch["attention_mask"].numpy().astype(bool)
+  rows = [np.concatenate([p.prompt, p.chosen]) for p in pairs]
+  rows += [np.concatenate([p.prompt, p.rejected]) for p in pairs]
+  for row, expected, row_mask in zip(ids, rows, mask):
+    if not np.array_equal(row[row_mask], expected):
+      raise AssertionError(
+        "TRL's tokenization changed the benchmark's token ids."
+      )
 
 
 def quiet() -> None:

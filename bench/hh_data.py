@@ -1,0 +1,108 @@
+"""HH-RLHF pairs for the packing benchmark, tokenized as training reads them.
+
+A byte-level BPE is fitted to the file's own transcripts, so the pairs'
+lengths in tokens are what a real tokenizer of that size gives HH text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+
+import numpy as np
+
+from configs import hh as hh_config
+from train import data as data_lib
+from train.data import TokenizedPair
+from train.data import batching
+from train.data import packing
+
+SPECIAL = ("<pad>", "<s>", "</s>")  # Ids 0, 1, 2.
+
+
+def train_hh_tokenizer(hh_file: pathlib.Path, folder: pathlib.Path, size: int):
+  """A byte-level BPE of ``size`` tokens fitted to the file's transcripts."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  from tokenizers import decoders  # pylint: disable=import-outside-toplevel
+  from tokenizers import pre_tokenizers  # pylint: disable=import-outside-toplevel
+  from tokenizers import trainers  # pylint: disable=import-outside-toplevel
+
+  with gzip.open(hh_file, "rt", encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  texts = [r[k] for r in records for k in ("chosen", "rejected")]
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.train_from_iterator(
+    texts,
+    trainers.BpeTrainer(
+      vocab_size=size,
+      special_tokens=list(SPECIAL),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+    ),
+  )
+  folder.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(folder / "tokenizer.json"))
+  names = dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL))
+  (folder / "tokenizer_config.json").write_text(json.dumps(names))
+
+
+def hh_sample(hh_file, tokenizer_folder, setting) -> list:
+  """A seeded sample of the file's pairs as the training program reads them.
+
+  A response cut by truncation loses its EOS; its last token becomes EOS
+  again, so that TRL, which appends one to a response without it, sees the
+  same ids (the lengths, which are what is measured, do not change).
+  """
+  config = hh_config.get_config(str(hh_file)).data
+  config.tokenizer = str(tokenizer_folder)
+  config.eval_fraction = 0.0
+  tokenizer = data_lib.make_tokenizer(config)
+  pairs = data_lib.load_dataset(
+    config, tokenizer=tokenizer, split="train"
+  ).pairs
+  rng = np.random.default_rng(setting.seed)
+  chosen = rng.choice(
+    len(pairs), setting.pairs * setting.batches, replace=False
+  )
+  eos = tokenizer.eos_id
+  sample = []
+  for k, i in enumerate(chosen):
+    p = pairs[i]
+    responses = [r.copy() for r in (p.chosen, p.rejected)]
+    for r in responses:
+      r[-1] = eos
+    sample.append(TokenizedPair(k, p.prompt, *responses))
+  return sample
+
+
+def batches_of(pairs, setting):
+  for start in range(0, len(pairs), setting.pairs):
+    yield [(p, 1.0) for p in pairs[start : start + setting.pairs]]
+
+
+def padded_batches(pairs, setting):
+  buckets = data_lib.default_data_config().length_buckets
+  return [
+    batching.collate_pairs(entries, buckets=buckets, pad_id=0)
+    for entries in batches_of(pairs, setting)
+  ]
+
+
+def packed_batches(pairs, setting):
+  collate = packing.packed_collate(
+    packed_length=setting.packed_length,
+    pad_id=0,
+    shard_index=0,
+    shard_count=1,
+  )
+  return [collate(entries) for entries in batches_of(pairs, setting)]
+
+
+def real_tokens(batch) -> int:
+  return int(
+    np.sum(batch["chosen_attention_mask"])
+    + np.sum(batch["rejected_attention_mask"])
+  )
