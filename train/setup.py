@@ -240,6 +240,10 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
       shard_index=jax.process_index(),
       shard_count=jax.process_count(),
       repeat=not single_pass,
+      # Packed rows split over the host's devices on the batch axes.
+      row_multiple=max(
+        mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count(), 1
+      ),
     )
 
   train_iterator = batches("train", single_pass=False)

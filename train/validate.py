@@ -195,15 +195,11 @@ def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
       f"batch_size={config.batch_size} is not divisible by the"
       f" {jax.process_count()} processes"
     )
-  if config.data.get("packing", False) and (
-    config.grad_accum_steps > 1 or shards > 1
-  ):
-    # A packed batch's row count follows the pairs' lengths (a power of
-    # two, possibly 1), so it need not split into micro-batches or over
-    # devices.
+  if config.data.get("packing", False) and config.grad_accum_steps > 1:
+    # Micro-batches of a packed batch would be groups of rows, not the
+    # unpacked step's groups of pairs; not supported yet.
     raise ConfigError(
-      "data.packing needs grad_accum_steps=1 and one device on mesh.data x"
-      f" mesh.fsdp (got {config.grad_accum_steps} and {shards})"
+      f"data.packing needs grad_accum_steps=1, got {config.grad_accum_steps}"
     )
 
 

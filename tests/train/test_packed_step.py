@@ -120,13 +120,51 @@ def test_packed_step_equals_unpacked_step():
     )
 
 
+def test_packed_rows_split_over_devices_give_the_same_step():
+  """Four devices on the batch axis, each holding some of the packed rows."""
+  devices = 4
+  model = models.build(models.tiny_config("llama"))
+  reference = _params(model, seed=0)
+  policy = jax.tree.map(
+    lambda r, n: r + 0.05 * n, reference, _params(model, seed=1, scale=1.0)
+  )
+  entries = [(pair, 1.0) for pair in _pairs(count=8, seed=3)]
+  unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
+  rows, slots = packing.layout_shape([entries], _LENGTH, row_multiple=devices)
+  assert rows % devices == 0 and rows < len(entries)
+  packed = packing.pack_pairs(
+    entries, packed_length=_LENGTH, pad_id=0, num_rows=rows, num_slots=slots
+  )
+  mesh = slpo_jax.sharding.make_mesh(devices, devices=jax.devices()[:devices])
+  spread = slpo_jax.sharding.global_batch(packed, mesh)
+  assert len(spread["chosen_input_ids"].sharding.device_set) == devices
+  on_mesh = jax.device_put(
+    (policy, reference), slpo_jax.sharding.replicated(mesh)
+  )
+  want, want_grads = _sgd_step(
+    policy, reference, unpacked, model=model, loss="dpo"
+  )
+  got, got_grads = _sgd_step(*on_mesh, spread, model=model, loss="dpo")
+  got.pop("real_token_fraction")
+  assert got.keys() == want.keys()
+  for name in want:
+    np.testing.assert_allclose(
+      got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name
+    )
+  for got_leaf, want_leaf in zip(
+    jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)
+  ):
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["online", "precomputed"])
 def test_training_on_packed_batches_matches_unpacked(
   mode, make_config, tmp_path
 ):
   """The whole program with data.packing: the same pairs in the same order,
-  so the same losses, evaluation included (and the reference cache)."""
+  so the same losses, evaluation included (and the reference cache). The
+  packed run splits its rows over two devices."""
   runs = {}
   for packed in (False, True):
     config = make_config(
@@ -138,7 +176,7 @@ def test_training_on_packed_batches_matches_unpacked(
       }
     )
     workdir = tmp_path / f"packed_{packed}"
-    runs[packed] = (train(config, workdir, devices=1), workdir)
+    runs[packed] = (train(config, workdir, devices=1 + packed), workdir)
   (unpacked, unpacked_dir), (packed, packed_dir) = runs[False], runs[True]
   assert int(packed.result.state.step) == 4
   np.testing.assert_allclose(
@@ -156,6 +194,8 @@ def test_training_on_packed_batches_matches_unpacked(
 
 
 def test_packing_refuses_accumulation(make_config):
+  # Several devices are accepted; accumulation is not.
+  validate.validate(make_config(**{"data.packing": True}), jax.devices()[:4])
   config = make_config(**{"data.packing": True, "grad_accum_steps": 2})
   with pytest.raises(ConfigError, match="data.packing"):
     validate.validate(config, jax.devices()[:1])

@@ -72,8 +72,9 @@ def _power_of_two_at_least(n: int, limit: int) -> int:
   return min(1 << max(n - 1, 0).bit_length(), max(limit, n))
 
 
-def _row_count(n: int, limit: int) -> int:
+def _row_count(n: int, limit: int, multiple: int) -> int:
   step = -(-max(limit, 1) // ROW_SHAPES)
+  step = -(-step // multiple) * multiple
   return min(-(-n // step) * step, max(limit, n))
 
 
@@ -84,9 +85,16 @@ def _real(entries: Sequence[Weighted]) -> list:
 
 
 def layout_shape(
-  shares: Sequence[Sequence[Weighted]], packed_length: int
+  shares: Sequence[Sequence[Weighted]],
+  packed_length: int,
+  row_multiple: int = 1,
 ) -> tuple[int, int]:
-  """``(R, S)`` for the hosts' shares: rows and pair slots per row."""
+  """``(R, S)`` for the hosts' shares: rows and pair slots per row.
+
+  ``R`` is a multiple of ``row_multiple`` (a host's devices on the batch
+  axes, which split its rows) when the pairs per host are; the step checks
+  that they are.
+  """
   rows, slots, limit = 1, 1, 1
   for share in shares:
     lengths = [pair.length for pair in _real(share)]
@@ -95,7 +103,7 @@ def layout_shape(
     slots = max([slots] + [len(row) for row in layout])
     limit = max(limit, len(share))
   return (
-    _row_count(rows, limit),
+    _row_count(rows, limit, row_multiple),
     _power_of_two_at_least(slots, limit),
   )
 
@@ -157,13 +165,19 @@ def pack_pairs(
 
 
 def packed_collate(
-  *, packed_length: int, pad_id: int, shard_index: int, shard_count: int
+  *,
+  packed_length: int,
+  pad_id: int,
+  shard_index: int,
+  shard_count: int,
+  row_multiple: int = 1,
 ):
   """A collate of the global batch's entries into this host's packed rows.
 
   Host i packs entries ``[i * n, (i + 1) * n)`` of the global batch (n =
   entries per host), the pairs ``collate_pairs`` would give it, into the
-  shape every host computes alike (``layout_shape``).
+  shape every host computes alike (``layout_shape``), its row count a
+  multiple of ``row_multiple``.
   """
 
   def collate(entries: Sequence[Weighted]) -> Batch:
@@ -171,7 +185,7 @@ def packed_collate(
     shares = [
       entries[k * per_host : (k + 1) * per_host] for k in range(shard_count)
     ]
-    rows, slots = layout_shape(shares, packed_length)
+    rows, slots = layout_shape(shares, packed_length, row_multiple)
     return pack_pairs(
       shares[shard_index],
       packed_length=packed_length,

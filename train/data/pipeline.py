@@ -62,10 +62,16 @@ class PreferenceDataset:
     shard_index: int,
     shard_count: int,
     repeat: bool,
+    row_multiple: int = 1,
   ) -> batching.BatchIterator:
-    """A checkpointable iterator of batches (see ``make_pipeline``)."""
+    """A checkpointable iterator of batches (see ``make_pipeline``).
+
+    ``row_multiple``: packed batches only, the host's devices on the batch
+    axes; the packed row count is a multiple of it.
+    """
     if self.packed_length:
       return self._packed_batches(
+        row_multiple=row_multiple,
         batch_size=batch_size,
         seed=seed,
         shard_index=shard_index,
@@ -101,7 +107,7 @@ class PreferenceDataset:
       )
 
   def _packed_batches(
-    self, *, batch_size, seed, shard_index, shard_count, repeat
+    self, *, batch_size, seed, shard_index, shard_count, repeat, row_multiple
   ):
     """The same pairs per batch as ``batches``, packed (train.data.packing)."""
     self.measure_packing(batch_size)
@@ -110,6 +116,7 @@ class PreferenceDataset:
       pad_id=self.pad_id,
       shard_index=shard_index,
       shard_count=shard_count,
+      row_multiple=row_multiple,
     )
     return batching.make_batch_iterator(
       self.pairs,
