@@ -1,7 +1,5 @@
 """DPO train step of a ~1B Llama on packed rows in bfloat16: tokens/s, MFU.
 
-Command (from the repository root)::
-
   python -m bench.gpu_train_step          # -> bench/results/gpu_train_step.json
   python -m bench.gpu_train_step --smoke  # tiny Llama, 2 steps, any CPU
 
@@ -9,33 +7,29 @@ Command (from the repository root)::
 ``--smoke`` has run, on a CPU.
 
 Timed: ``jax.jit(train.step.train_step)``, state donated, as ``train.loop``
-and ``bench/train_step.py`` build it: DPO (beta 0.1) with an online frozen
+and ``bench/train_step.py`` build it: DPO (beta 0.1), an online frozen
 reference (its forward pass is in the step), the fused loss head, AdamW and
-clipping, on one packed batch. Random weights, no download: the Llama 3.2 1B
-shape (``configs/shapes/llama3_2_1b``, 1.24B parameters, vocabulary 128,256)
-or ``--model 400m`` (d 1024, 24 layers, vocabulary 32,000). bfloat16
-compute and parameters (``--param-dtype float32``: float32 master weights),
-scanned layers, ``--remat dots`` (out of memory: retried with ``full``),
-blockwise attention (cuDNN's kernel takes no packed segments). The batch:
-``--pairs`` random pairs with HH-like lengths (prompt median 100; prompt plus
-longer response median ~160, 90th percentile ~370), cut to ``--max-length``
-and packed into ``--packed-length`` rows by ``train.data.packing``.
+clipping. Random weights of the Llama 3.2 1B shape
+(``configs/shapes/llama3_2_1b``: 1.24B parameters, vocabulary 128,256) or
+``--model 400m``; bfloat16 compute and weights, scanned layers, ``--remat
+dots`` (retried with ``full`` when out of memory), blockwise attention
+(cuDNN's takes no packed segments). One batch: ``--pairs`` random pairs,
+HH-like (prompt median 100; prompt plus longer response median ~160, 90th
+percentile ~370), packed by ``train.data.packing``.
 
-Reported: compile seconds, the median of ``--steps`` step times after
-``--warmup``, real tokens/s (both rows' attention masks, as ``train.loop``
-counts), peak device memory (``memory_stats()['peak_bytes_in_use']``; None
-on CPU) and MFU: model FLOPs per step over real tokens only (not padding,
-rematerialisation or the fused head's recomputed logits)::
+Reported: compile seconds, median step seconds after ``--warmup``, real
+tokens/s (attention masks of both rows, as ``train.loop`` counts), peak
+device memory (``memory_stats()``; None on CPU), and MFU against the dense
+bf16 peak (``bench.loss_head.BF16_PEAK_TFLOPS``: H100 SXM, H200 989
+TFLOP/s) of the model FLOPs of the real tokens (no padding, remat or fused
+recompute)::
 
   forward = 2 N tokens + 2 layers (heads * head_dim) sum_s L_s (L_s + 1)
   step    = 3 forward (policy, forward and backward) + forward (reference)
 
-N the matmul parameters (layers' projections and the d x V head, not the
-embedding lookup), L_s the length of each chosen or rejected sequence
-(causal attention within it), over the chip's dense bf16 peak
-(``bench.loss_head.BF16_PEAK_TFLOPS`` by ``device_kind``: H100 SXM and H200
-989 TFLOP/s). ``utilisation_all_positions`` counts every position of the
-packed rows instead (each row one causal sequence).
+N: the matmul parameters (projections and the d x V head, no embedding
+lookup); L_s: each chosen or rejected sequence's length (causal attention
+within it). ``utilisation_all_positions`` counts all packed positions.
 """
 
 import argparse
@@ -67,8 +61,10 @@ COMMAND = "python -m bench.gpu_train_step"
 @dataclasses.dataclass(frozen=True)
 class Options:
   model: str = "1b"
-  pairs: int = 64
-  packed_length: int = 2048
+  # 96 pairs fill 18 rows of 1,024 (77% real tokens; a pair's shorter
+  # response leaves padding in its segment): ~28k real tokens per step.
+  pairs: int = 96
+  packed_length: int = 1024
   max_length: int = 1024
   dtype: str = "bfloat16"
   param_dtype: str = "bfloat16"
@@ -161,7 +157,7 @@ def loss_config():
 
 
 def build_step(model, batch, *, compiler_options=None):
-  """``(jitted step, state, reference, recast)`` as bench/train_step.py has them.
+  """``(jitted step, state, reference, recast)``, as bench/train_step.py.
 
   The state's dtypes are the step's output dtypes: with bfloat16 parameters
   optax's moments start bfloat16 but the step returns them float32 (the
@@ -196,7 +192,7 @@ def build_step(model, batch, *, compiler_options=None):
 
 
 def measure(options: Options, write=None, compiler_options=None) -> dict:
-  """Builds, compiles and times the step; ``write(partial result)`` on the way."""
+  """Builds, compiles and times the step; ``write``s the partial result."""
   config = model_config(options)
   model = models.build(config)
   pairs = make_pairs(options, config.vocab_size)
@@ -205,24 +201,18 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
   rows = host_batch["chosen_input_ids"].shape[0]
   real = sum(sequence_lengths(pairs))
   device = jax.devices()[0]
-  result = {
-    "command": COMMAND,
-    "options": dataclasses.asdict(options),
-    "device_kind": device.device_kind,
-    "machine": machine_description(),
-    "model": dict(
-      params=config.num_params,
-      matmul_params=matmul_params(config),
-      shape=dataclasses.asdict(config),
-    ),
-    "batch": {
-      "pairs": len(pairs),
-      "rows_per_side": rows,
-      "packed_length": options.packed_length,
-      "real_tokens": real,
-      "real_token_fraction": real / (2 * rows * options.packed_length),
-    },
-  }
+  result = dict(
+    command=COMMAND,
+    options=dataclasses.asdict(options),
+    device_kind=device.device_kind,
+    machine=machine_description(),
+    model=dict(params=config.num_params, matmul_params=matmul_params(config)),
+    batch=dict(pairs=len(pairs), rows_per_side=rows, real_tokens=real),
+  )
+  result["model"]["config"] = dataclasses.asdict(config)
+  result["batch"]["real_token_fraction"] = (
+    real / host_batch["segment_ids"].size / 2
+  )
   step, state, reference, recast = build_step(
     model, batch, compiler_options=compiler_options
   )
