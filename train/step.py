@@ -164,7 +164,8 @@ def train_step(
     carry, _ = jax.lax.scan(accumulate, carry, rest)
   grads, sums, loss_state = carry
   total_weight = jnp.maximum(sums["weight"], 1e-9)
-  grads = jax.tree.map(lambda g: g / total_weight, grads)
+  # In the gradients' own dtype: bf16 parameters keep bf16 optimizer state.
+  grads = jax.tree.map(lambda g: (g / total_weight).astype(g.dtype), grads)
   metrics = objective.metric_means(sums)
 
   grad_norm = optax.global_norm(grads)
