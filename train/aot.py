@@ -4,7 +4,8 @@
   python -m train.aot --config configs/default.py --topology v5e:2x2 --json
 
 The step is the one ``train.main`` runs (model, loss, reference mode, mesh,
-remat, batch, fused head, donation), lowered from abstract parameters (no
+remat, batch, fused head, donation; with LoRA the adapters as the state and
+the frozen base as the reference), lowered from abstract parameters (no
 weights are read or allocated: a checkpoint folder needs only its
 ``config.json``) and compiled by TPU XLA for the topology's abstract
 devices. It prints, per chip, the compiled argument, output, temporary and
@@ -30,6 +31,7 @@ import numpy as np
 import slpo_jax
 from slpo_jax import models
 from train import data as data_lib
+from train import lora_setup
 from train import objective
 from train import setup as setup_lib
 from train import state as state_lib
@@ -189,6 +191,12 @@ def lower_step(config, devices):
   rules = models.logical_axis_rules()
   param_shardings = model.shardings(mesh, rules)
   params = _abstract(model.abstract_params(), param_shardings)
+  policy = None
+  if lora_setup.enabled(config):
+    # The state holds the adapters; the frozen base is the reference.
+    policy, params, param_shardings, base = lora_setup.abstract_prepare(
+      config, model, param_shardings, mesh
+    )
   optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
   loss_state = state_lib.initial_loss_state(config)
   shardings = state_lib.state_shardings(
@@ -203,6 +211,8 @@ def lower_step(config, devices):
   )
   precomputed = config.reference.mode == "precomputed" and spec.needs_reference
   reference = None if precomputed else params
+  if policy is not None:
+    reference = base  # The policy needs it, precomputed or not.
   run = setup_lib.Run(
     config=config,
     mesh=mesh,
@@ -214,6 +224,7 @@ def lower_step(config, devices):
     train_iterator=None,
     eval_batches=None,
     head=setup_lib.head_options(config, model),
+    lora=policy,
   )
   train_fn, _ = state_lib.jit_steps(run, shardings)
   batch = abstract_batch(config, mesh, precomputed)

@@ -185,6 +185,48 @@ def base_source(config) -> str:
   return config.model.checkpoint or f"{config.model.family}/{config.model.size}"
 
 
+def _adapter_shardings(config, sites, mesh):
+  return lora.shardings(
+    sites, config.model.lora.rank, mesh, models.logical_axis_rules()
+  )
+
+
+def _policy(config, sites, identity: dict) -> LoraPolicy:
+  return LoraPolicy(
+    config=lora_config(config),
+    sites=tuple(sites),
+    dtype=config.model.dtype,
+    reference_in_batch=config.reference.mode == "precomputed",
+    identity=identity,
+  )
+
+
+def abstract_prepare(config, model, base_shardings, mesh):
+  """:func:`prepare` without weights, for ahead-of-time compiles.
+
+  Returns:
+    ``(policy, adapters, adapter_shardings, base)``: the adapters and the
+    base (in ``lora.base_dtype``, placed in ``base_shardings``) as sharded
+    ``jax.ShapeDtypeStruct`` trees; the policy has no identity.
+  """
+  sites = select_sites(config, model)
+  adapter_shardings = _adapter_shardings(config, sites, mesh)
+  dtype = jnp.dtype(config.model.lora.base_dtype)
+
+  def place(tree, shardings, dtype=None):
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s),
+      tree,
+      shardings,
+    )
+
+  adapters = place(
+    lora.abstract_adapters(sites, config.model.lora.rank), adapter_shardings
+  )
+  base = place(model.abstract_params(), base_shardings, dtype)
+  return _policy(config, sites, {}), adapters, adapter_shardings, base
+
+
 def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
   """The policy wiring, the initial adapters and their shardings.
 
@@ -196,9 +238,7 @@ def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
   """
   sites = select_sites(config, model)
   settings = config.model.lora
-  adapter_shardings = lora.shardings(
-    sites, settings.rank, mesh, models.logical_axis_rules()
-  )
+  adapter_shardings = _adapter_shardings(config, sites, mesh)
   if settings.init_from:
     _, _, host = lora_peft.load_adapters(settings.init_from, model)
     adapters = jax.device_put(host, adapter_shardings)
@@ -211,13 +251,7 @@ def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
     "lora_base": base_source(config),
     "lora_base_weights": weights_fingerprint(base),
   }
-  policy = LoraPolicy(
-    config=lora_config(config),
-    sites=tuple(sites),
-    dtype=config.model.dtype,
-    reference_in_batch=config.reference.mode == "precomputed",
-    identity=identity,
-  )
+  policy = _policy(config, sites, identity)
   if jax.process_index() == 0:
     count = lora.trainable_count(adapters)
     total = sum(np.prod(x.shape) for x in jax.tree.leaves(base))

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
+from slpo_jax import models
 from train import aot
+from train import lora_setup
 from train import validate
 
 from train_testing import build
@@ -91,6 +93,39 @@ def test_the_step_binds_the_models_activation_constraints(make_config):
   assert constraints >= model.config.num_layers + 1, constraints
 
 
+def test_a_lora_step_takes_the_runs_adapters_and_base(make_config, tmp_path):
+  # With LoRA the state holds the adapters and the frozen base (in
+  # lora.base_dtype) comes as the reference, as in train.main's run.
+  config = make_config(
+    **{"model.lora.rank": 4, "mesh.data": 2, "mesh.fsdp": 4, "steps": 2}
+  )
+  run = build(config, tmp_path)
+  lowered, _, _ = aot.lower_step(config, jax.devices())
+  (state, reference, _), _ = lowered.args_info
+  _, adapters, adapter_shardings, base = lora_setup.abstract_prepare(
+    config,
+    run.model,
+    run.model.shardings(run.mesh, models.logical_axis_rules()),
+    run.mesh,
+  )
+  for lowered_tree, abstract, real in (
+    (state.params, adapters, run.initial_params),
+    (reference, base, run.reference_params),
+  ):
+    assert jax.tree.structure(abstract) == jax.tree.structure(real)
+    for info, a, r in zip(
+      jax.tree.leaves(lowered_tree),
+      jax.tree.leaves(abstract),
+      jax.tree.leaves(real),
+    ):
+      assert info.shape == a.shape == r.shape
+      assert info.dtype == a.dtype == r.dtype
+      assert a.sharding == r.sharding
+  assert adapter_shardings == jax.tree.map(
+    lambda x: x.sharding, run.initial_params
+  )
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
   not _has_libtpu(),
@@ -101,6 +136,7 @@ def test_the_step_binds_the_models_activation_constraints(make_config):
   [
     ("llama8b_tpu_pod", "llama3_8b", "v5p:4x4x2"),
     ("llama1b_tpu_v6e8", "llama3_2_1b", "v6e:2x4"),
+    ("llama8b_lora_tpu_v6e8", "llama3_8b", "v6e:2x4"),
   ],
 )
 def test_tpu_configs_fit_as_their_docstrings_say(module, shape, topology):
