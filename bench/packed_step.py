@@ -69,8 +69,8 @@ TRL_VARIANTS = ("trl", "trl-1thread")
 class Setting:
   """What every variant is given."""
 
-  pairs: int = 8  # Per batch.
-  batches: int = 3
+  pairs: int = 16  # Per batch.
+  batches: int = 2
   seed: int = 0
   vocab_size: int = 8192
   packed_length: int = 512
