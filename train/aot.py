@@ -108,28 +108,48 @@ def parameter_count(model) -> int:
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedLayout:
+  """The shape of a packed batch (``data.packing``), global.
+
+  The pipeline picks the row count from the pairs' lengths, so a compile
+  names one: ``rows`` 0 means ``batch_size`` (every pair in a row of its
+  own), the largest the pipeline ever builds, hence the memory bound.
+  """
+
+  rows: int = 0
+  slots: int = 8
+
+  def resolved(self, config) -> tuple[int, int]:
+    return self.rows or config.batch_size, self.slots
+
+
 def sequence_length(config) -> int:
-  """The longest padded length a batch can have (its largest bucket)."""
+  """The longest padded length a batch can have: its largest bucket, or the
+  packed row length with ``data.packing``."""
+  if config.data.get("packing", False):
+    return int(config.data.packed_length or max(config.data.length_buckets))
   return batching.bucket_length(
     config.data.max_length, config.data.length_buckets
   )
 
 
-def abstract_batch(config, mesh, needs_reference_logps: bool) -> dict:
+def batch_rows(config, layout: PackedLayout) -> int:
+  """Rows per side of the global batch."""
+  if config.data.get("packing", False):
+    return layout.resolved(config)[0]
+  return config.batch_size
+
+
+def abstract_batch(
+  config, mesh, needs_reference_logps: bool, layout=PackedLayout()
+) -> dict:
   """The global batch as the pipeline builds it, as sharded shapes."""
-  rows, length = config.batch_size, sequence_length(config)
+  rows, length = batch_rows(config, layout), sequence_length(config)
   spec = slpo_jax.sharding.batch_sharding(mesh)
-  batch = {}
-  for side in ("chosen_", "rejected_"):
-    for name, dtype in (
-      ("input_ids", jnp.int32),
-      ("attention_mask", jnp.int32),
-      ("labels", jnp.int32),
-      ("loss_mask", jnp.bool_),
-    ):
-      batch[side + name] = jax.ShapeDtypeStruct(
-        (rows, length), dtype, sharding=spec
-      )
+  if config.data.get("packing", False):
+    return _packed_batch(config, spec, needs_reference_logps, layout)
+  batch = _token_arrays(rows, length, spec)
   batch["example_weight"] = jax.ShapeDtypeStruct(
     (rows,), jnp.float32, sharding=spec
   )
@@ -142,6 +162,37 @@ def abstract_batch(config, mesh, needs_reference_logps: bool) -> dict:
   return batch
 
 
+def _token_arrays(rows: int, length: int, spec) -> dict:
+  batch = {}
+  for side in ("chosen_", "rejected_"):
+    for name, dtype in (
+      ("input_ids", jnp.int32),
+      ("attention_mask", jnp.int32),
+      ("labels", jnp.int32),
+      ("loss_mask", jnp.bool_),
+    ):
+      batch[side + name] = jax.ShapeDtypeStruct(
+        (rows, length), dtype, sharding=spec
+      )
+  return batch
+
+
+def _packed_batch(config, spec, needs_reference_logps, layout) -> dict:
+  """``train.data.packing.pack_pairs``'s batch: rows, then pair slots."""
+  rows, slots = layout.resolved(config)
+  length = sequence_length(config)
+  batch = _token_arrays(rows, length, spec)
+  for name in ("segment_ids", "positions"):
+    batch[name] = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=spec)
+  per_slot = {"pair_example_weight": jnp.float32, "pair_example_id": jnp.int32}
+  if needs_reference_logps:
+    per_slot["reference_chosen_logps"] = jnp.float32
+    per_slot["reference_rejected_logps"] = jnp.float32
+  for name, dtype in per_slot.items():
+    batch[name] = jax.ShapeDtypeStruct((rows, slots), dtype, sharding=spec)
+  return batch
+
+
 def _abstract(tree, shardings):
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -150,7 +201,7 @@ def _abstract(tree, shardings):
   )
 
 
-def model_flops(model, config, spec) -> float:
+def model_flops(model, config, spec, layout=PackedLayout()) -> float:
   """Analytic FLOPs of one step over the whole batch.
 
   Matmul FLOPs are 2 per multiply-add: 6 N per token for the policy's
@@ -165,7 +216,8 @@ def model_flops(model, config, spec) -> float:
   embedding = c.vocab_size * c.d_model
   # The head's matmul is counted: tied or not, the logits are computed.
   dense = params - embedding + (embedding if c.tie_embeddings else 0)
-  tokens = 2 * config.batch_size * sequence_length(config)  # Both rows.
+  # Every position of both rows (packing's padding included).
+  tokens = 2 * batch_rows(config, layout) * sequence_length(config)
   attention = 4 * sequence_length(config) * c.num_heads * c.head_dim
   attention *= c.num_layers
   policy = 3 * (2 * dense + attention) * tokens
@@ -177,13 +229,13 @@ def model_flops(model, config, spec) -> float:
   return float(policy + reference)
 
 
-def compile_step(config, devices):
+def compile_step(config, devices, layout=PackedLayout()):
   """``(compiled, model, spec)``: the config's train step, compiled."""
-  lowered, model, spec = lower_step(config, devices)
+  lowered, model, spec = lower_step(config, devices, layout)
   return lowered.compile(), model, spec
 
 
-def lower_step(config, devices):
+def lower_step(config, devices, layout=PackedLayout()):
   """``(lowered, model, spec)``: the config's train step, lowered."""
   mesh = validate.validate(config, devices)
   spec = objective.loss_of(config.loss)
@@ -227,7 +279,7 @@ def lower_step(config, devices):
     lora=policy,
   )
   train_fn, _ = state_lib.jit_steps(run, shardings)
-  batch = abstract_batch(config, mesh, precomputed)
+  batch = abstract_batch(config, mesh, precomputed, layout)
   return train_fn.lower(state, reference, batch), model, spec
 
 
@@ -240,7 +292,9 @@ _OOM = re.compile(
 )
 
 
-def analyse(config, topology: str, num_slices: int = 1) -> dict:
+def analyse(
+  config, topology: str, num_slices: int = 1, layout=PackedLayout()
+) -> dict:
   """Compiles the step and returns the per-chip figures.
 
   Raises:
@@ -248,7 +302,7 @@ def analyse(config, topology: str, num_slices: int = 1) -> dict:
   """
   devices = topology_devices(topology, num_slices)
   try:
-    compiled, model, spec = compile_step(config, devices)
+    compiled, model, spec = compile_step(config, devices, layout)
   except jax.errors.JaxRuntimeError as error:
     if not _OOM.search(str(error)):
       raise
@@ -269,7 +323,8 @@ def analyse(config, topology: str, num_slices: int = 1) -> dict:
   count = len(devices)
   flops = float(cost.get("flops", 0.0))
   accessed = float(cost.get("bytes accessed", 0.0))
-  analytic = model_flops(model, config, spec) / count
+  analytic = model_flops(model, config, spec, layout) / count
+  rows = batch_rows(config, layout)
   # XLA's cost analysis counts a while loop's body once: a scanned stack,
   # the fused head's tiles and collective-matmul loops are undercounted.
   # The roofline takes the larger of the two counts.
@@ -284,6 +339,10 @@ def analyse(config, topology: str, num_slices: int = 1) -> dict:
     "device_kind": devices[0].device_kind,
     "parameters": parameter_count(model),
     "global_batch_pairs": config.batch_size,
+    "rows_per_side": rows,
+    "packed_slots": (
+      layout.resolved(config)[1] if config.data.get("packing", False) else None
+    ),
     "sequence_length": sequence_length(config),
     "argument_bytes": memory.argument_size_in_bytes,
     "output_bytes": memory.output_size_in_bytes,
@@ -299,7 +358,7 @@ def analyse(config, topology: str, num_slices: int = 1) -> dict:
     "bytes_accessed": accessed,
     "roofline_step_seconds": seconds,
     "estimated_tokens_per_second_per_chip": (
-      2 * config.batch_size * sequence_length(config) / count / seconds
+      2 * rows * sequence_length(config) / count / seconds
     ),
     "estimated_mfu": analytic / (seconds * chip.peak_bf16_flops),
   }
@@ -312,7 +371,13 @@ def report(figures: dict) -> str:
   lines = [
     f"{f['topology']}: {f['devices']} x {f['device_kind']},"
     f" {f['parameters'] / 1e9:.2f}B parameters,"
-    f" {f['global_batch_pairs']} pairs x {f['sequence_length']} tokens",
+    f" {f['global_batch_pairs']} pairs"
+    + (
+      f" packed into {f['rows_per_side']} rows x {f['sequence_length']}"
+      f" tokens ({f['packed_slots']} pair slots per row)"
+      if f["packed_slots"]
+      else f" x {f['sequence_length']} tokens"
+    ),
     "per chip:",
     f"  arguments   {f['argument_bytes'] / gib:8.2f} GiB",
     f"  outputs     {f['output_bytes'] / gib:8.2f} GiB"
@@ -344,7 +409,8 @@ def main(argv):
   del argv
   values = flags.FLAGS
   try:
-    figures = analyse(values.config, values.topology, values.num_slices)
+    layout = PackedLayout(values.packed_rows, values.packed_slots)
+    figures = analyse(values.config, values.topology, values.num_slices, layout)
   except errors.USER_ERRORS as error:
     cli.fail(str(error))
   except ValueError as error:
@@ -364,6 +430,15 @@ def _define_flags():
   )
   flags.DEFINE_integer("num_slices", 1, "Slices of that topology (DCN).")
   flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.DEFINE_integer(
+    "packed_rows",
+    0,
+    "With data.packing: rows per side of the global batch (the pipeline's"
+    " count follows the data); 0 = batch_size, the most it builds.",
+  )
+  flags.DEFINE_integer(
+    "packed_slots", 8, "With data.packing: pair slots per packed row."
+  )
   flags.mark_flags_as_required(["config", "topology"])
 
 

@@ -25,6 +25,36 @@ def test_abstract_batch_is_the_pipelines_batch(make_config, tmp_path):
     assert abstract[name].sharding == value.sharding, name
 
 
+@pytest.mark.parametrize("mode", ["online", "precomputed"])
+def test_abstract_packed_batch_is_the_pipelines_batch(
+  mode, make_config, tmp_path
+):
+  config = make_config(
+    **{
+      "data.packing": True,
+      "data.packed_length": 256,
+      "reference.mode": mode,
+      "batch_size": 32,
+    }
+  )
+  run = build(config, tmp_path)
+  real = run.to_device(next(run.train_iterator))
+  rows, slots = real["pair_example_weight"].shape
+  assert rows < config.batch_size  # Pairs share rows.
+  mesh = validate.validate(config)
+  abstract = aot.abstract_batch(
+    config,
+    mesh,
+    needs_reference_logps=mode == "precomputed",
+    layout=aot.PackedLayout(rows, slots),
+  )
+  assert abstract.keys() == real.keys()
+  for name, value in real.items():
+    assert abstract[name].shape == value.shape, name
+    assert abstract[name].dtype == value.dtype, name
+    assert abstract[name].sharding == value.sharding, name
+
+
 def test_model_flops_match_the_compiled_step_on_cpu(make_config):
   # The same program compiled for this CPU: XLA's count of an unrolled
   # step is the matmuls of the analytic count plus the elementwise work
