@@ -77,6 +77,16 @@ def test_text_marks_tokens_lengths_and_truncation(
   assert "6 pairs; 6 records read; 1 prompts truncated" in report
 
 
+def test_packed_config_reports_the_real_token_share(
+  tmp_path, write_jsonl, capsys
+):
+  config = _config(write_jsonl(tmp_path / "c.jsonl", RECORDS), packing=True)
+  config.batch_size = 5
+  preview.preview(config, num=1, output_format="json")
+  err = capsys.readouterr().err
+  assert "packed rows" in err and "real tokens" in err, err
+
+
 def test_command_line(tmp_path, write_jsonl):
   path = write_jsonl(tmp_path / "c.jsonl", RECORDS)
   command = [

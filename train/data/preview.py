@@ -99,6 +99,9 @@ def preview(config, num: int, output_format: str, split: str = "train"):
       print(json.dumps(record, ensure_ascii=False))
       continue
     print(pair_text(index, len(dataset), record) + "\n")
+  # With data.packing: the real-token share, packed and padded, as the run's
+  # load report gives it (one host holding the whole batch).
+  dataset.measure_packing(config.batch_size)
   report = dataset.report.summary()
   print(report, file=sys.stderr if output_format == "json" else sys.stdout)
 
