@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import pathlib
 import tempfile
@@ -56,7 +55,6 @@ from bench import hh_data
 from bench import packed_report
 from bench import train_step as step_bench
 from slpo_jax import models
-from train import step as step_lib
 from train.data import TokenizedPair
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -149,26 +147,12 @@ class JaxSteps:
     self.batches = [
       {k: jnp.asarray(v) for k, v in b.items()} for b in host_batches
     ]
-    config = benchmark_config()
-    optimizer = step_lib.make_optimizer(config.optimizer, total_steps=1000)
     self.reference = inputs.reference
-    self.state = jax.jit(
-      lambda p: step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=jax.tree.map(jnp.copy, p),
-        opt_state=optimizer.init(p),
-      )
-    )(inputs.policy)
-    step = jax.jit(
-      functools.partial(
-        step_lib.train_step,
-        model=inputs.model,
-        optimizer=optimizer,
-        loss_config=config.loss,
-        head=slpo_jax.HeadOptions(fused=inputs.setting.loss_head == "fused"),
-        grad_accum_steps=1,
-      ),
-      donate_argnums=(0,),
+    self.state, step = step_bench.state_and_step(
+      inputs.model,
+      inputs.policy,
+      benchmark_config(),
+      slpo_jax.HeadOptions(fused=inputs.setting.loss_head == "fused"),
     )
     self.compiled = {}
     for batch in self.batches:

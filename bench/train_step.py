@@ -196,6 +196,34 @@ class Inputs:
     return cls(setting, model, policy, reference, pairs, batch, workdir)
 
 
+def state_and_step(model, policy, config, head):
+  """A fresh AdamW state of a copy of ``policy``, and the jitted step.
+
+  The step is ``train.step.train_step`` with the state donated, as
+  ``train.loop`` runs it.
+  """
+  optimizer = step_lib.make_optimizer(config.optimizer, total_steps=1000)
+  state = jax.jit(
+    lambda p: step_lib.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=jax.tree.map(jnp.copy, p),
+      opt_state=optimizer.init(p),
+    )
+  )(policy)
+  step = jax.jit(
+    functools.partial(
+      step_lib.train_step,
+      model=model,
+      optimizer=optimizer,
+      loss_config=config.loss,
+      head=head,
+      grad_accum_steps=1,
+    ),
+    donate_argnums=(0,),
+  )
+  return state, step
+
+
 class JaxVariant:
   """``train.step.train_step``, jitted and compiled, on the fixed batch."""
 
@@ -208,30 +236,14 @@ class JaxVariant:
       vocab_chunk_size=config.model.vocab_chunk_size,
       token_chunk_size=config.model.token_chunk_size,
     )
-    optimizer = step_lib.make_optimizer(config.optimizer, total_steps=1000)
     batch = {k: jnp.asarray(v) for k, v in inputs.batch.items()}
     self.reference = inputs.reference
     if mode == "precomputed":
       batch.update(self._reference_logps(inputs.model, inputs.reference, batch))
       self.reference = None
     self.batch = batch
-    self.state = jax.jit(
-      lambda p: step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=jax.tree.map(jnp.copy, p),
-        opt_state=optimizer.init(p),
-      )
-    )(inputs.policy)
-    step = jax.jit(
-      functools.partial(
-        step_lib.train_step,
-        model=inputs.model,
-        optimizer=optimizer,
-        loss_config=config.loss,
-        head=self.head,
-        grad_accum_steps=1,
-      ),
-      donate_argnums=(0,),
+    self.state, step = state_and_step(
+      inputs.model, inputs.policy, config, self.head
     )
     self.compiled = step.lower(self.state, self.reference, batch).compile()
 

@@ -25,42 +25,23 @@ roofline assumes perfect overlap; it bounds the step time from below, not
 an MFU to expect.
 """
 
-from configs import hh
+from configs import llama1b_tpu_v6e8
 
 
 def get_config(hh_file: str = ""):
-  config = hh.get_config(hh_file)
-  config.steps = 2000
+  # The single-host settings of the 1B config: scanned blocks with remat,
+  # fused head, 1,024-token pairs, fsdp over the host's 8 chips.
+  config = llama1b_tpu_v6e8.get_config(hh_file)
   config.batch_size = 96
-  config.grad_accum_steps = 1
-  config.eval_every = 200
-  config.eval_batches = 8
-  config.checkpoint_every = 200
-  config.model.family = "llama"
-  config.model.checkpoint = ""  # Set on the command line.
-  config.model.dtype = "bfloat16"
-  config.model.remat = True  # The measured fit above is with remat.
-  config.model.scan_layers = True
-  config.model.vocab_chunk_size = 8192
-  config.model.token_chunk_size = 2048
+  config.model.remat_policy = "full"  # The fit measured above.
   # Rank-16 adapters on every projection over the frozen bfloat16 base,
   # which is also the reference (the adapters off), as configs/llama_lora.py.
   config.model.lora.rank = 16
   config.model.lora.alpha = 32.0
   config.model.lora.targets = ("attention", "mlp")
   config.model.lora.base_dtype = "bfloat16"
-  config.data.tokenizer = ""  # The checkpoint's tokenizer.json.
-  config.data.max_length = 1024
-  config.data.max_prompt_length = 512
-  config.data.length_buckets = (512, 1024)
-  # One host: shard the base, the adapters and their optimizer state over
-  # its 8 chips.
-  config.mesh.data = 1
-  config.mesh.fsdp = -1
-  config.mesh.tensor = 1
   # Adapters take a larger step than full fine-tuning (PEFT's DPO recipes).
   config.optimizer.learning_rate = 5e-5
-  config.optimizer.warmup_steps = 100
   config.loss.name = "dpo"
   config.loss.beta = 0.1
   return config
