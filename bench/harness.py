@@ -17,6 +17,7 @@ carries the parent's mark across ``exec``.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime
 import gc
@@ -187,6 +188,22 @@ def stop_workers(workers) -> None:
   for worker in workers.values():
     if worker.poll() is None:
       worker.kill()
+
+
+def add_run_arguments(parser, *, quick_help, results_dir, workers) -> None:
+  """The flags both step benchmarks take: RSS, quick runs, output, and the
+  hidden ones of an RSS worker."""
+  parser.add_argument(
+    "--skip-rss", action="store_true", help="no RSS subprocesses"
+  )
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--out", type=pathlib.Path, default=results_dir)
+  parser.add_argument(
+    "--rss-worker", choices=tuple(workers), help=argparse.SUPPRESS
+  )
+  parser.add_argument(
+    "--rss-workdir", type=pathlib.Path, help=argparse.SUPPRESS
+  )
 
 
 # --- Report. ---------------------------------------------------------------

@@ -358,20 +358,11 @@ def main(argv=None):
   parser.add_argument(
     "--seed", type=int, default=0, help="seeds the sample and the weights"
   )
-  parser.add_argument(
-    "--skip-rss", action="store_true", help="no RSS subprocesses"
-  )
-  parser.add_argument(
-    "--quick",
-    action="store_true",
-    help="1 round, no RSS subprocesses, nothing saved",
-  )
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR)
-  parser.add_argument(
-    "--rss-worker", choices=JAX_VARIANTS + ("trl",), help=argparse.SUPPRESS
-  )
-  parser.add_argument(
-    "--rss-workdir", type=pathlib.Path, help=argparse.SUPPRESS
+  harness.add_run_arguments(
+    parser,
+    quick_help="1 round, no RSS subprocesses, nothing saved",
+    results_dir=RESULTS_DIR,
+    workers=JAX_VARIANTS + ("trl",),
   )
   args = parser.parse_args(argv)
   setting = setting_of(args)

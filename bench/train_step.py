@@ -600,20 +600,11 @@ def main(argv=None):
     default=0,
     help="seeds the batch and the initial weights",
   )
-  parser.add_argument(
-    "--skip-rss", action="store_true", help="no RSS subprocesses"
-  )
-  parser.add_argument(
-    "--quick",
-    action="store_true",
-    help="2 rounds, no RSS subprocesses; results not saved",
-  )
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR)
-  parser.add_argument(
-    "--rss-worker", choices=JAX_VARIANTS + TRL_VARIANTS, help=argparse.SUPPRESS
-  )
-  parser.add_argument(
-    "--rss-workdir", type=pathlib.Path, help=argparse.SUPPRESS
+  harness.add_run_arguments(
+    parser,
+    quick_help="2 rounds, no RSS subprocesses; results not saved",
+    results_dir=RESULTS_DIR,
+    workers=JAX_VARIANTS + TRL_VARIANTS,
   )
   args = parser.parse_args(argv)
   if args.rss_worker:

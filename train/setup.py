@@ -220,9 +220,15 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
     if split == "train" or validate.has_eval_split(config)
   }
   _check_train_size(config, datasets["train"].report.num_loaded)
+  # Packed rows split over the host's devices on the batch axes.
+  row_multiple = max(
+    mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count(), 1
+  )
   if jax.process_index() == 0:
     for dataset in datasets.values():
-      dataset.measure_packing(config.batch_size // jax.process_count())
+      dataset.measure_packing(
+        config.batch_size // jax.process_count(), row_multiple
+      )
       print(dataset.report.summary())
     pairs = config.steps * config.batch_size
     print(
@@ -240,10 +246,7 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
       shard_index=jax.process_index(),
       shard_count=jax.process_count(),
       repeat=not single_pass,
-      # Packed rows split over the host's devices on the batch axes.
-      row_multiple=max(
-        mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count(), 1
-      ),
+      row_multiple=row_multiple,
     )
 
   train_iterator = batches("train", single_pass=False)

@@ -175,3 +175,25 @@ def test_row_counts_are_few_shapes_with_little_waste(per_host):
 class _Pair:
   def __init__(self, length):
     self.length = length
+
+
+def test_real_token_share_counts_rows_as_the_devices_round_them():
+  """The reported packed share is of the rows the batches really hold."""
+  rng = np.random.default_rng(7)
+  pairs = [_Pair(int(n)) for n in rng.integers(8, 120, 64)]
+  for pair in pairs:  # Real tokens: the prompt twice, each response once.
+    pair.prompt, pair.chosen, pair.rejected = [0] * 4, [0] * 3, [0] * 2
+  for multiple in (1, 4):
+    packed, _ = packing.real_token_fractions(
+      pairs,
+      batch_size=16,
+      packed_length=256,
+      buckets=[256],
+      row_multiple=multiple,
+    )
+    rows = 0
+    for start in range(0, 64, 16):
+      lengths = [p.length for p in pairs[start : start + 16]]
+      exact = len(packing.first_fit_decreasing(lengths, 256))
+      rows += -(-exact // multiple) * multiple  # Steps of 1 and of 4.
+    assert packed == pytest.approx(64 * 13 / (2 * rows * 256))

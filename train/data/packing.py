@@ -92,8 +92,8 @@ def layout_shape(
   """``(R, S)`` for the hosts' shares: rows and pair slots per row.
 
   ``R`` is a multiple of ``row_multiple`` (a host's devices on the batch
-  axes, which split its rows) when the pairs per host are; the step checks
-  that they are.
+  axes, which split its rows) whenever the pairs per host are, which
+  validation ensures (``batch_size`` a multiple of mesh.data x mesh.fsdp).
   """
   rows, slots, limit = 1, 1, 1
   for share in shares:
@@ -203,13 +203,15 @@ def real_token_fractions(
   batch_size: int,
   packed_length: int,
   buckets: Sequence[int],
+  row_multiple: int = 1,
 ) -> tuple[float, float]:
   """Shares of the positions that hold real tokens: packed, and unpacked.
 
   Measured over the pairs in their order, in batches of ``batch_size`` (one
   host's share; shuffled batches differ, but not in expectation), both rows
   of every pair counted. The unpacked share pads each batch to its length
-  bucket, as ``collate_pairs`` does.
+  bucket, as ``collate_pairs`` does; packed rows are counted as
+  ``layout_shape`` rounds them, to a multiple of ``row_multiple``.
   """
   real = packed = padded = 0
   for start in range(0, len(pairs), batch_size):
@@ -217,7 +219,9 @@ def real_token_fractions(
     real += sum(
       2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in chunk
     )
-    rows, _ = layout_shape([[(p, 1.0) for p in chunk]], packed_length)
+    rows, _ = layout_shape(
+      [[(p, 1.0) for p in chunk]], packed_length, row_multiple
+    )
     packed += 2 * rows * packed_length
     longest = bucket_length(max(p.length for p in chunk), buckets)
     padded += 2 * len(chunk) * longest

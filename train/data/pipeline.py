@@ -96,7 +96,7 @@ class PreferenceDataset:
       report=self.report,
     )
 
-  def measure_packing(self, batch_size: int) -> None:
+  def measure_packing(self, batch_size: int, row_multiple: int = 1) -> None:
     """Puts the packed batches' real-token share in the report, once."""
     if self.packed_length and self.report.real_token_fraction is None:
       self.report.real_token_fraction = packing.real_token_fractions(
@@ -104,13 +104,14 @@ class PreferenceDataset:
         batch_size=batch_size,
         packed_length=self.packed_length,
         buckets=self.length_buckets,
+        row_multiple=row_multiple,
       )
 
   def _packed_batches(
     self, *, batch_size, seed, shard_index, shard_count, repeat, row_multiple
   ):
     """The same pairs per batch as ``batches``, packed (train.data.packing)."""
-    self.measure_packing(batch_size)
+    self.measure_packing(batch_size, row_multiple)
     collate = packing.packed_collate(
       packed_length=self.packed_length,
       pad_id=self.pad_id,
