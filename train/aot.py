@@ -145,10 +145,10 @@ def abstract_batch(
   config, mesh, needs_reference_logps: bool, layout=PackedLayout()
 ) -> dict:
   """The global batch as the pipeline builds it, as sharded shapes."""
-  rows, length = batch_rows(config, layout), sequence_length(config)
   spec = slpo_jax.sharding.batch_sharding(mesh)
   if config.data.get("packing", False):
     return _packed_batch(config, spec, needs_reference_logps, layout)
+  rows, length = config.batch_size, sequence_length(config)
   batch = _token_arrays(rows, length, spec)
   batch["example_weight"] = jax.ShapeDtypeStruct(
     (rows,), jnp.float32, sharding=spec
@@ -216,7 +216,9 @@ def model_flops(model, config, spec, layout=PackedLayout()) -> float:
   embedding = c.vocab_size * c.d_model
   # The head's matmul is counted: tied or not, the logits are computed.
   dense = params - embedding + (embedding if c.tie_embeddings else 0)
-  # Every position of both rows (packing's padding included).
+  # Every position of both rows (packing's padding included). Attention is
+  # counted over whole rows; a packed pair attends within its segment only,
+  # so for packed batches this term is an upper bound.
   tokens = 2 * batch_rows(config, layout) * sequence_length(config)
   attention = 4 * sequence_length(config) * c.num_heads * c.head_dim
   attention *= c.num_layers
