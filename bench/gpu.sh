@@ -160,8 +160,8 @@ missing_modules() {
 import importlib
 missing = []
 for name in ("jax", "flax", "optax", "numpy", "safetensors", "ml_collections",
-             "grain", "bench.loss_head", "configs.base", "train.step",
-             "train.data.packing", "bench.gpu_train_step"):
+             "grain", "bench.loss_head", "train.config_schema", "train.step",
+             "train.data.row_packing", "bench.gpu_train_step"):
   try:
     importlib.import_module(name)
   except ModuleNotFoundError as error:

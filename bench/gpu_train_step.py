@@ -15,7 +15,7 @@ clipping. Random weights of the Llama 3.2 1B shape
 dots`` (retried with ``full`` when out of memory), blockwise attention
 (cuDNN's takes no packed segments). One batch: ``--pairs`` random pairs,
 HH-like (prompt median 100; prompt plus longer response median ~160, 90th
-percentile ~370), packed by ``train.data.packing``.
+percentile ~370), packed by ``train.data.row_packing``.
 
 Reported: compile seconds, median step seconds after ``--warmup``, real
 tokens/s (attention masks of both rows, as ``train.loop`` counts), peak
@@ -47,11 +47,11 @@ import numpy as np
 import slpo_jax
 from bench.loss_head import bf16_peak_tflops
 from bench.loss_head import machine_description
-from configs import base as base_config
 from slpo_jax import models
+from train import config_schema
 from train import step as step_lib
 from train.data import TokenizedPair
-from train.data import packing
+from train.data import row_packing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "gpu_train_step.json"
@@ -116,9 +116,9 @@ def make_pairs(options: Options, vocab_size: int) -> list[TokenizedPair]:
 
 def packed_batch(pairs, packed_length: int) -> dict:
   entries = [(p, 1.0) for p in pairs]
-  rows, slots = packing.layout_shape([entries], packed_length)
+  rows, slots = row_packing.layout_shape([entries], packed_length)
   layout = dict(packed_length=packed_length, num_rows=rows, num_slots=slots)
-  return packing.pack_pairs(entries, pad_id=0, **layout)
+  return row_packing.pack_pairs(entries, pad_id=0, **layout)
 
 
 def matmul_params(config) -> int:
@@ -150,8 +150,8 @@ def init_reference(model):  # Not the policy: the first loss is not log 2.
 
 
 def loss_config():
-  """``config.loss`` of configs/base.py: DPO, beta 0.1."""
-  config = base_config.get_config().loss
+  """``config.loss`` of train/config_schema.py: DPO, beta 0.1."""
+  config = config_schema.get_config().loss
   config.name, config.beta = "dpo", 0.1
   return config
 
@@ -163,7 +163,7 @@ def build_step(model, batch, *, compiler_options=None):
   second call cannot be a second program. ``recast`` counts the leaves that
   changed; it is 0 since the step keeps every leaf's dtype (a check).
   """
-  config = base_config.get_config()
+  config = config_schema.get_config()
   config.optimizer.warmup_steps, config.optimizer.decay = 0, "constant"
   optimizer = step_lib.make_optimizer(config.optimizer, 1000)
 

@@ -13,20 +13,21 @@ import pathlib
 import numpy as np
 
 from configs import hh as hh_config
+from train import config_schema
 from train import data as data_lib
 from train.data import TokenizedPair
 from train.data import batching
-from train.data import packing
+from train.data import row_packing
 
 SPECIAL = ("<pad>", "<s>", "</s>")  # Ids 0, 1, 2.
 
 
 def train_hh_tokenizer(hh_file: pathlib.Path, folder: pathlib.Path, size: int):
   """A byte-level BPE of ``size`` tokens fitted to the file's transcripts."""
-  import tokenizers  # pylint: disable=import-outside-toplevel
-  from tokenizers import decoders  # pylint: disable=import-outside-toplevel
-  from tokenizers import pre_tokenizers  # pylint: disable=import-outside-toplevel
-  from tokenizers import trainers  # pylint: disable=import-outside-toplevel
+  import tokenizers  #
+  from tokenizers import decoders  #
+  from tokenizers import pre_tokenizers  #
+  from tokenizers import trainers  #
 
   with gzip.open(hh_file, "rt", encoding="utf-8") as f:
     records = [json.loads(line) for line in f if line.strip()]
@@ -84,7 +85,7 @@ def batches_of(pairs, setting):
 
 
 def padded_batches(pairs, setting):
-  buckets = data_lib.default_data_config().length_buckets
+  buckets = config_schema.data_defaults().length_buckets
   return [
     batching.collate_pairs(entries, buckets=buckets, pad_id=0)
     for entries in batches_of(pairs, setting)
@@ -92,7 +93,7 @@ def padded_batches(pairs, setting):
 
 
 def packed_batches(pairs, setting):
-  collate = packing.packed_collate(
+  collate = row_packing.packed_collate(
     packed_length=setting.packed_length,
     pad_id=0,
     shard_index=0,

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import base as base_config
 from slpo_jax import lora
 from slpo_jax import models
 from train import aot
+from train import config_schema
 from train import lora_setup
 from train import setup as setup_lib
 from train import state as state_lib
@@ -42,7 +42,7 @@ RANK = 16
 
 
 def make_config(checkpoint: str, pairs: int, length: int, rank: int):
-  config = base_config.get_config()
+  config = config_schema.get_config()
   config.steps = 10
   config.batch_size = pairs
   config.mesh.data = 1
@@ -70,7 +70,7 @@ def lower(config, devices):
   """``(train_fn, state, reference, batch)``: the step and its abstract
   arguments, LoRA or not as ``config`` says."""
   mesh = validate.validate(config, devices)
-  model = aot._model(config)  # pylint: disable=protected-access
+  model = aot._model(config)  #
   base_shardings = model.shardings(mesh, models.logical_axis_rules())
   policy = None
   if lora_setup.enabled(config):

@@ -19,7 +19,7 @@ online frozen reference, AdamW at lr 1e-4 with global-norm clipping at 1.
 * **slpo-jax, padded**: one row per pair, padded to the batch's length
   bucket (the default buckets, 32 to 512), as ``train.main`` batches them.
 * **slpo-jax, packed**: the same pairs packed into 512-token paired rows
-  (``data.packing``; ``train.data.packing``).
+  (``data.packing``; ``train.data.row_packing``).
 * **TRL**: ``trl.DPOTrainer`` (``bench/trl_dpo.py``) on
   ``transformers.LlamaForCausalLM`` loaded from the same initial weights,
   its own tokenization and collator (padding to the batch's longest row;
@@ -72,7 +72,7 @@ class Setting:
   seed: int = 0
   vocab_size: int = 8192
   packed_length: int = 512
-  # train.main's defaults (configs/base.py).
+  # train.main's defaults (train/config_schema.py).
   attention_impl: str = "blockwise"
   loss_head: str = "fused"
 
@@ -188,7 +188,7 @@ def benchmark_config():
 
 
 def trl_step(inputs: Inputs):
-  from bench import trl_dpo  # pylint: disable=g-import-not-at-top
+  from bench import trl_dpo  #
 
   config = benchmark_config()
   step = trl_dpo.TrlDpoStep(

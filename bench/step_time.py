@@ -24,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from configs import base
+from train import config_schema
 from train import setup as setup_lib
 from train import step as step_lib
 from train import validate
@@ -56,7 +56,7 @@ def _write_pairs(path: pathlib.Path, count: int = 256, seed: int = 0) -> None:
 def run(args) -> dict:
   workdir = pathlib.Path(tempfile.mkdtemp())
   _write_pairs(workdir / "train.jsonl")
-  config = base.get_config()
+  config = config_schema.get_config()
   config.data.source = "jsonl"
   config.data.train_path = str(workdir / "train.jsonl")
   config.data.max_length = args.length

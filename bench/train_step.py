@@ -76,8 +76,8 @@ import numpy as np
 
 import slpo_jax
 from bench import harness
-from configs import base as base_config
 from slpo_jax import models
+from train import config_schema
 from train import objective
 from train import step as step_lib
 from train.data import TokenizedPair
@@ -146,8 +146,8 @@ def real_tokens(batch) -> int:
 
 
 def train_config(setting: Setting):
-  """``configs/base.py`` with the benchmark's loss and optimizer."""
-  config = base_config.get_config()
+  """``train/config_schema.py`` with the benchmark's loss and optimizer."""
+  config = config_schema.get_config()
   config.loss.name = "dpo"
   config.loss.beta = setting.beta
   config.optimizer.learning_rate = setting.learning_rate
@@ -276,7 +276,7 @@ class JaxVariant:
 
 def trl_variant(name: str, inputs: Inputs):
   """A `bench.trl_dpo.TrlDpoStep` with every core's worth of threads."""
-  from bench import trl_dpo  # pylint: disable=g-import-not-at-top
+  from bench import trl_dpo  #
 
   setting = inputs.setting
   config = train_config(setting)

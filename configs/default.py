@@ -19,11 +19,11 @@ but read docs/RESULTS.md first: on this task no form of SLPO that keeps
 Eq. 6's target reaches DPO's reward-against-KL frontier (section 4).
 """
 
-from configs import base
+from train import config_schema
 
 
 def get_config():
-  config = base.get_config()
+  config = config_schema.get_config()
   config.steps = 200
   config.batch_size = 32
   config.eval_every = 100

@@ -19,11 +19,11 @@ Hugging Face folder and ``--config.data.tokenizer`` at its
 ``tokenizer.json``.
 """
 
-from configs import base
+from train import config_schema
 
 
 def get_config(hh_file: str = ""):
-  config = base.get_config()
+  config = config_schema.get_config()
   config.steps = 100
   config.batch_size = 8
   config.eval_every = 50

@@ -53,8 +53,8 @@ from experiments import stats
 from slpo_jax import models
 from train import data as data_lib
 from train import loop
-from train import synthetic_setup
-from train.data.synthetic import synthetic_prompts
+from train import task_reference
+from train.data.task_pairs import synthetic_prompts
 
 # Columns of the points CSV, in order.
 COLUMNS = (
@@ -173,7 +173,7 @@ def fit_reference(config, workdir: pathlib.Path) -> pathlib.Path:
     )
   )
   params = model.init(jax.random.key(config.seed))
-  synthetic_setup.fitted_reference(config, workdir, model, params)
+  task_reference.fitted_reference(config, workdir, model, params)
   return workdir / "reference"
 
 
@@ -301,11 +301,11 @@ def pair_statistics(
     pairs whose rejected response has at most 3 tokens.
   """
   # Imported here: only this diagnostic needs the objective's routing.
-  from train import objective  # pylint: disable=import-outside-toplevel
+  from train import objective  #
 
   model, params = models.load_hf_model(reference_dir, dtype=config.model.dtype)
   tokenizer = data_lib.make_tokenizer(config.data, str(reference_dir))
-  sample_fn = synthetic_setup.reference_sampler(
+  sample_fn = task_reference.reference_sampler(
     model,
     params,
     max_new_tokens=config.data.synthetic.max_new_tokens,
@@ -460,10 +460,10 @@ def plot_frontier(
   hyperparameter, and thin lines join a config's per-step means starting at
   the reference (the black star).
   """
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib  #
 
   matplotlib.use("Agg")  # Files only; no display where this runs.
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  #
 
   colors = {
     "dpo": "tab:blue",
@@ -759,7 +759,7 @@ def main(argv=None):
 
 def _frontier_points() -> list[GridPoint]:
   # Imported here: experiments.frontier imports this module.
-  from experiments import frontier  # pylint: disable=import-outside-toplevel
+  from experiments import frontier  #
 
   return frontier.points()
 

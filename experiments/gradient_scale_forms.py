@@ -104,10 +104,10 @@ def table(rows) -> str:
 
 
 def plot(rows, path: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib  #
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  #
 
   floor = 1e-90
   labels = list(dict.fromkeys(r["loss"] for r in rows))

@@ -138,7 +138,7 @@ class SamplingEvaluator:
     model: the ``DecoderLM`` of the policy and the reference.
     reference_params: the reference's parameters (the KL's ``pi_ref``).
     prompts: ``[num_prompts, prompt_length]`` word ids without BOS, e.g.
-      ``train.data.synthetic.synthetic_prompts(config.data, "eval")``.
+      ``train.data.task_pairs.synthetic_prompts(config.data, "eval")``.
     max_new_tokens: response tokens sampled per prompt, EOS included.
     samples_per_prompt: independent samples of each prompt.
     seed: seed of the sampling keys; the key of an evaluation is derived

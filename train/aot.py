@@ -74,12 +74,12 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
       f" {sorted(CHIPS)}, e.g. v5p:4x4x2"
     )
   try:
-    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import libtpu  # noqa: F401
   except ImportError:
     raise ValueError(
       "compiling for TPU needs libtpu: pip install -e '.[tpu-aot]'"
     ) from None
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  from jax.experimental import topologies  #
 
   bounds = (2, 2, 1)  # Four chips per host, as on every Cloud TPU VM here.
   topology = topologies.get_topology_desc(
@@ -178,7 +178,7 @@ def _token_arrays(rows: int, length: int, spec) -> dict:
 
 
 def _packed_batch(config, spec, needs_reference_logps, layout) -> dict:
-  """``train.data.packing.pack_pairs``'s batch: rows, then pair slots."""
+  """``train.data.row_packing.pack_pairs``'s batch: rows, then pair slots."""
   rows, slots = layout.resolved(config)
   length = sequence_length(config)
   batch = _token_arrays(rows, length, spec)
@@ -403,10 +403,10 @@ def report(figures: dict) -> str:
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  #
 
-  from train import cli  # pylint: disable=import-outside-toplevel
-  from train import errors  # pylint: disable=import-outside-toplevel
+  from train import cli  #
+  from train import errors  #
 
   del argv
   values = flags.FLAGS
@@ -421,8 +421,8 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  #
+  from ml_collections import config_flags  #
 
   config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True
@@ -445,9 +445,9 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import app  #
 
-  from train import cli  # pylint: disable=import-outside-toplevel
+  from train import cli  #
 
   # TPU XLA compiles here for abstract devices; the host runs on its CPU.
   jax.config.update("jax_platforms", "cpu")

@@ -14,10 +14,10 @@ from typing import Any
 import jax
 import ml_collections
 
-from configs import base
 from slpo_jax import models
 from slpo_jax import sharding
 from train import checkpoint as checkpoint_lib
+from train import config_schema
 from train import data as data_lib
 from train import lora_setup
 from train import setup as setup_lib
@@ -35,7 +35,7 @@ def config_from_settings(settings: dict) -> ml_collections.ConfigDict:
   Raises:
     ConfigError: a stored value the declared key cannot take.
   """
-  config = base.get_config()
+  config = config_schema.get_config()
   for dotted, value in settings.items():
     *parents, leaf = dotted.split(".")
     node = config

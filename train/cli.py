@@ -33,8 +33,8 @@ def one_line(error: BaseException) -> str:
 _HELP = ("-h", "-help", "--help", "--helpshort", "-?")
 
 KEYS = (
-  "Every config key, with its default and what it does, is in configs/base.py"
-  " (the data keys in train/data/config.py); configs/*.py are ready-made"
+  "Every config key, with its default and what it does, is in"
+  " train/config_schema.py; configs/*.py are ready-made"
   " configs. Override any key with --config.<section>.<key>=<value>."
 )
 

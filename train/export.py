@@ -357,7 +357,7 @@ def _host_device() -> jax.Device:
 
 
 def main(argv):
-  from absl import logging  # pylint: disable=import-outside-toplevel
+  from absl import logging  #
 
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -392,7 +392,7 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import app  #
 
   _define_flags()
   app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))

@@ -91,7 +91,7 @@ def train_and_evaluate(
   Rerunning with the same workdir resumes from its latest checkpoint.
 
   Args:
-    config: the run's config (see configs/base.py).
+    config: the run's config (see train/config_schema.py).
     workdir: checkpoints, metrics and caches.
     devices: the devices of the mesh; all of them when None.
     run: an already built run (from :func:`train.setup.build_run`), for

@@ -5,7 +5,7 @@ the library's loss head (:func:`slpo_jax.pair_stats_from_hidden`, fused or
 plain) -> the loss table (:data:`slpo_jax.losses.LOSSES`) -> example-weighted
 sums. The loss math is all in :mod:`slpo_jax`; this module routes arrays.
 
-A packed batch (``data.packing``, :mod:`train.data.packing`) holds several
+A packed batch (``data.packing``, :mod:`train.data.row_packing`) holds several
 pairs per row, marked by ``segment_ids`` and ``positions``; its per-pair
 statistics come out ``[R, S]`` and are flattened to one axis of ``R * S``
 pairs, weighted by ``pair_example_weight``, so the losses and sums below see

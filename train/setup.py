@@ -23,7 +23,7 @@ from train import lora_setup
 from train import objective
 from train import reference as reference_lib
 from train import step as step_lib
-from train import synthetic_setup
+from train import task_reference
 from train import validate
 from train.errors import ConfigError
 from train.errors import DataError
@@ -146,7 +146,7 @@ def starting_policy(config, workdir: pathlib.Path, tokenizer, mesh):
   model, params, shardings = _model_and_params(config, tokenizer, mesh)
   if config.data.source == "synthetic":
     params = jax.device_put(
-      synthetic_setup.fitted_reference(config, workdir, model, params),
+      task_reference.fitted_reference(config, workdir, model, params),
       shardings,
     )
   return model, params, shardings
@@ -192,7 +192,7 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
   sample_fn = None
   if config.data.source == "synthetic":
     # The pairs are two reference samples ranked by the reward.
-    sample_fn = synthetic_setup.reference_sampler(
+    sample_fn = task_reference.reference_sampler(
       model,
       params,
       max_new_tokens=config.data.synthetic.max_new_tokens,

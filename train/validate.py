@@ -20,7 +20,7 @@ from slpo_jax import sharding
 from train import lora_setup
 from train import objective
 from train import step as step_lib
-from train.data import config as data_config
+from train.data import validation as data_validation
 from train.errors import ConfigError
 
 
@@ -271,7 +271,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
   """Checks the whole config; returns the mesh it describes.
 
   Args:
-    config: the run's config (see configs/base.py).
+    config: the run's config (see train/config_schema.py).
     devices: the devices of the mesh; all of them when None.
 
   Returns:
@@ -312,7 +312,7 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
   except ValueError as error:
     raise ConfigError(str(error)) from None
   for split in ("train", "eval") if has_eval_split(config) else ("train",):
-    data_config.validate_data_config(config.data, split)
+    data_validation.validate_data_config(config.data, split)
   mesh = make_mesh(config, devices)
   _check_batch(config, mesh)
   return mesh

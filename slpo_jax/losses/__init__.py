@@ -7,8 +7,6 @@ are keyword-only.
 """
 
 from slpo_jax.losses._common import log1mexp
-from slpo_jax.losses.aot import aot_loss
-from slpo_jax.losses.aot import aot_unpaired_loss
 from slpo_jax.losses.bco import RunningMean
 from slpo_jax.losses.bco import bco_pair_loss
 from slpo_jax.losses.bco import bco_pair_running_loss
@@ -27,6 +25,8 @@ from slpo_jax.losses.dpo_variants import sft_loss
 from slpo_jax.losses.dpo_variants import sigmoid_loss
 from slpo_jax.losses.dpo_variants import sigmoid_norm_loss
 from slpo_jax.losses.dpo_variants import sppo_hard_loss
+from slpo_jax.losses.optimal_transport import aot_loss
+from slpo_jax.losses.optimal_transport import aot_unpaired_loss
 from slpo_jax.losses.slpo import slpo_loss
 from slpo_jax.losses.slpo import slpo_soft_loss
 from slpo_jax.losses.slpo import slpo_target_log_weight

@@ -29,10 +29,10 @@ from typing import Any
 
 import jax
 
-from slpo_jax.losses import aot
 from slpo_jax.losses import bco
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import dpo_variants
+from slpo_jax.losses import optimal_transport
 from slpo_jax.losses import slpo
 from slpo_jax.losses import slpo_forms
 from slpo_jax.losses import slpo_normalized
@@ -242,8 +242,8 @@ LOSSES: Mapping[str, LossSpec] = _table(
   discopop=dpo_variants.discopop_loss,
   sigmoid_norm=dpo_variants.sigmoid_norm_loss,
   sft=dpo_variants.sft_loss,
-  aot=aot.aot_loss,
-  aot_unpaired=aot.aot_unpaired_loss,
+  aot=optimal_transport.aot_loss,
+  aot_unpaired=optimal_transport.aot_unpaired_loss,
 )
 
 

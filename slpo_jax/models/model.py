@@ -213,7 +213,6 @@ class DecoderLM:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(model: DecoderLM, rng: Array) -> Params:
-  # pylint: disable-next=protected-access
   return nn.meta.unbox(model._init_boxed(rng))
 
 

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from train import data
+from train import config_schema
 
 
 def pair_record(i: int) -> dict:
@@ -44,7 +44,7 @@ def jsonl_file(tmp_path):
 
 @pytest.fixture
 def jsonl_config(jsonl_file):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "jsonl"
   config.train_path = str(jsonl_file)
   config.max_length = 128

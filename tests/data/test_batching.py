@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from etils import epath
 
+from train import config_schema
 from train import data
 from train.data import encode
 
@@ -81,7 +82,7 @@ def test_batch_format(jsonl_config):
 
 
 def test_hh_batches(hh_rlhf_path):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "hh"
   config.train_path = str(hh_rlhf_path)
   config.on_bad_record = "skip"

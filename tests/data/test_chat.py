@@ -21,6 +21,7 @@ from tokenizers import models
 from tokenizers import pre_tokenizers
 from tokenizers import trainers
 
+from train import config_schema
 from train import data
 from train.data import chat
 
@@ -163,7 +164,7 @@ def _records(count: int) -> list[dict]:
 
 
 def _config(path, folder, **changes):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "jsonl"
   config.train_path = str(path)
   config.tokenizer = str(folder)

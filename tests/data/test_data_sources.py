@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from train import config_schema
 from train import data
 from train.data import sources
 
@@ -94,7 +95,7 @@ def test_hh_rejected_must_share_the_prompt():
 
 
 def test_hh_rlhf_file(hh_rlhf_path):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "hh"
   config.train_path = str(hh_rlhf_path)
   config.on_bad_record = "skip"
@@ -122,7 +123,7 @@ def test_hh_rlhf_file(hh_rlhf_path):
 
 
 def test_hh_rlhf_file_in_error_mode_names_the_line(hh_rlhf_path):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "hh"
   config.train_path = str(hh_rlhf_path)
   with pytest.raises(data.DataError) as info:

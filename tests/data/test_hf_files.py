@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from train import config_schema
 from train import data
 from train.data import hf_files
 
@@ -64,7 +65,7 @@ def save_like_datasets(folder, records, schema=None, num_shards=1):
 
 
 def file_config(source, path, **overrides):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = source
   config.train_path = str(path)
   config.max_length = 128

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from train import data
-from train.data import packing
+from train.data import row_packing
 
 
 def _pipeline(config, **overrides):
@@ -144,10 +144,10 @@ def test_single_pass_leaves_the_filler_out(jsonl_config):
 
 
 def test_first_fit_decreasing():
-  rows = packing.first_fit_decreasing([5, 9, 3, 4, 6, 2], 10)
+  rows = row_packing.first_fit_decreasing([5, 9, 3, 4, 6, 2], 10)
   assert rows == [[1], [4, 3], [0, 2, 5]]
   with pytest.raises(ValueError):
-    packing.first_fit_decreasing([11], 10)
+    row_packing.first_fit_decreasing([11], 10)
 
 
 def test_packed_length_below_max_length_is_refused(jsonl_config):
@@ -159,17 +159,17 @@ def test_packed_length_below_max_length_is_refused(jsonl_config):
 def test_row_counts_are_few_shapes_with_little_waste(per_host):
   """At most ROW_SHAPES row counts, each under one step above the exact."""
   rng = np.random.default_rng(per_host)
-  step = -(-per_host // packing.ROW_SHAPES)
+  step = -(-per_host // row_packing.ROW_SHAPES)
   counts = set()
   for _ in range(300):
     lengths = rng.integers(8, 200, per_host).tolist()
-    exact = len(packing.first_fit_decreasing(lengths, 256))
+    exact = len(row_packing.first_fit_decreasing(lengths, 256))
     share = [(_Pair(n), 1.0) for n in lengths]
-    rows, slots = packing.layout_shape([share], 256)
+    rows, slots = row_packing.layout_shape([share], 256)
     assert exact <= rows < exact + step and rows <= per_host
     assert slots & (slots - 1) == 0 or slots == per_host
     counts.add(rows)
-  assert len(counts) <= packing.ROW_SHAPES
+  assert len(counts) <= row_packing.ROW_SHAPES
 
 
 class _Pair:
@@ -184,7 +184,7 @@ def test_real_token_share_counts_rows_as_the_devices_round_them():
   for pair in pairs:  # Real tokens: the prompt twice, each response once.
     pair.prompt, pair.chosen, pair.rejected = [0] * 4, [0] * 3, [0] * 2
   for multiple in (1, 4):
-    packed, _ = packing.real_token_fractions(
+    packed, _ = row_packing.real_token_fractions(
       pairs,
       batch_size=16,
       packed_length=256,
@@ -194,6 +194,6 @@ def test_real_token_share_counts_rows_as_the_devices_round_them():
     rows = 0
     for start in range(0, 64, 16):
       lengths = [p.length for p in pairs[start : start + 16]]
-      exact = len(packing.first_fit_decreasing(lengths, 256))
+      exact = len(row_packing.first_fit_decreasing(lengths, 256))
       rows += -(-exact // multiple) * multiple  # Steps of 1 and of 4.
     assert packed == pytest.approx(64 * 13 / (2 * rows * 256))

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from slpo_jax.tasks import synthetic
+from train import config_schema
 from train import data
 
 
 @pytest.fixture
 def synthetic_config():
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "synthetic"
   config.synthetic.num_prompts = 200
   config.synthetic.num_eval_prompts = 20
@@ -123,7 +124,7 @@ def test_sft_batches(synthetic_config):
   ],
 )
 def test_bandit_batches(source, expected):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = source
   config.max_length, config.max_prompt_length = 4, 2
   config.length_buckets = [4]

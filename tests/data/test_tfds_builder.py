@@ -6,6 +6,7 @@ TensorFlow; ``tfds.load`` (a ``tf.data`` pipeline) would, and is not used.
 
 import pytest
 
+from train import config_schema
 from train import data
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -118,7 +119,7 @@ def test_catalog_style_dataset_through_field_map(tmp_path):
   CatalogStylePreferences(
     data_dir=str(tmp_path), file_format="array_record"
   ).download_and_prepare()
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "tfds"
   config.tfds_name = "catalog_style_preferences"
   config.tfds_data_dir = str(tmp_path)
@@ -138,7 +139,7 @@ def test_catalog_style_dataset_through_field_map(tmp_path):
 
 
 def test_missing_tfds_dataset(tmp_path):
-  config = data.default_data_config()
+  config = config_schema.data_defaults()
   config.source = "tfds"
   config.tfds_name = "local_preferences/absent"
   config.tfds_data_dir = str(tmp_path)

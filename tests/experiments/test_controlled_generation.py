@@ -19,7 +19,7 @@ from experiments import sampling_eval
 from slpo_jax import models
 from train import validate
 from train.data.config import validate_data_config
-from train.data.synthetic import synthetic_prompts
+from train.data.task_pairs import synthetic_prompts
 
 NUM_EVAL_PROMPTS = 8
 SAMPLES_PER_PROMPT = 2

@@ -205,12 +205,10 @@ def test_sampling_settings_do_not_recompile(llama):
   _generate(model, params, ids, mask, temperature=0.7)
   _generate(model, params, ids, mask, temperature=0.7, top_k=3)
   # New temperature, top_k and top_p values reuse the compiled loops.
-  # pylint: disable-next=protected-access
   before = sampling._generate._cache_size()
   _generate(model, params, ids, mask, temperature=0.9)
   _generate(model, params, ids, mask, temperature=0.9, top_k=5)
   _generate(model, params, ids, mask, temperature=0.9, top_k=7, top_p=0.5)
-  # pylint: disable-next=protected-access
   assert sampling._generate._cache_size() == before
 
 
@@ -243,7 +241,6 @@ def test_filters_and_sampling_distribution():
   rng = jax.random.key(0)
 
   def frequencies(limits):
-    # pylint: disable-next=protected-access
     tokens = sampling._sample(logits, rng, jnp.float32(1.0), limits)
     return np.bincount(np.asarray(tokens), minlength=4) / tokens.shape[0]
 

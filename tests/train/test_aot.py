@@ -76,7 +76,7 @@ def test_unknown_generation_is_one_clear_error():
 
 def _has_libtpu() -> bool:
   try:
-    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import libtpu  # noqa: F401
   except ImportError:
     return False
   return True
@@ -172,8 +172,8 @@ def test_a_lora_step_takes_the_runs_adapters_and_base(make_config, tmp_path):
 def test_tpu_configs_fit_as_their_docstrings_say(module, shape, topology):
   # Each TPU config's docstring quotes a compile; a fresh compile must agree
   # (total bytes per chip to 1%), so the numbers cannot go stale.
-  import importlib  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
+  import importlib  #
+  import re  #
 
   config_module = importlib.import_module(f"configs.{module}")
   config = config_module.get_config("hh.jsonl.gz")  # Not read.

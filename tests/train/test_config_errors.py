@@ -161,5 +161,5 @@ def test_a_train_split_smaller_than_a_batch_needs_allow_repeats(
 def test_help_exits_0_saying_where_the_keys_are(command_line_failures):
   returncode, output, workdir = command_line_failures["help"]
   assert returncode == 0, output
-  assert "--workdir" in output and "configs/base.py" in output
+  assert "--workdir" in output and "train/config_schema.py" in output
   assert not workdir.exists()

@@ -43,7 +43,7 @@ def test_lora_trains_only_the_adapters(make_config, tmp_path):
     _logits(run.model, run.policy_params(adapters), ids),
     _logits(run.model, run.reference_params, ids),
   )
-  from train import loop  # pylint: disable=import-outside-toplevel
+  from train import loop  #
 
   result = loop.train_and_evaluate(config, tmp_path / "run", run=run)
   # Policy = reference at step 0: DPO's first loss is log 2 exactly.
@@ -93,8 +93,8 @@ def test_exports_and_resume_against_another_base(make_config, tmp_path):
   resuming after the base's weights changed is refused."""
   transformers = pytest.importorskip("transformers")
   peft = pytest.importorskip("peft")
-  from tests.models import models_testing  # pylint: disable=import-outside-toplevel
-  from train import export  # pylint: disable=import-outside-toplevel
+  from tests.models import models_testing  #
+  from train import export  #
 
   _write_base(tmp_path / "base", seed=0)
   config = make_config(

@@ -9,13 +9,13 @@ import optax
 import pytest
 
 import slpo_jax
-from configs import base
 from slpo_jax import models
+from train import config_schema
 from train import step as step_lib
 from train import validate
 from train.data import batching
 from train.data import encode
-from train.data import packing
+from train.data import row_packing
 from train.errors import ConfigError
 
 from train_testing import read_metrics
@@ -56,7 +56,7 @@ def _params(model, seed, scale=0.3):
   compiler_options={"xla_backend_optimization_level": 0},
 )
 def _sgd_step(params, reference, batch, *, model, loss):
-  loss_config = base.get_config().loss
+  loss_config = config_schema.get_config().loss
   loss_config.name = loss
   # Plain SGD with rate 1: the parameter change is minus the gradient.
   state = step_lib.TrainState(
@@ -89,8 +89,8 @@ def test_packed_step_equals_unpacked_step():
   )
   entries = [(pair, 1.0) for pair in _pairs()]
   unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
-  rows, slots = packing.layout_shape([entries], _LENGTH)
-  packed = packing.pack_pairs(
+  rows, slots = row_packing.layout_shape([entries], _LENGTH)
+  packed = row_packing.pack_pairs(
     entries, packed_length=_LENGTH, pad_id=0, num_rows=rows, num_slots=slots
   )
   assert rows < len(entries)  # Several pairs share a row.
@@ -130,9 +130,11 @@ def test_packed_rows_split_over_devices_give_the_same_step():
   )
   entries = [(pair, 1.0) for pair in _pairs(count=8, seed=3)]
   unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
-  rows, slots = packing.layout_shape([entries], _LENGTH, row_multiple=devices)
+  rows, slots = row_packing.layout_shape(
+    [entries], _LENGTH, row_multiple=devices
+  )
   assert rows % devices == 0 and rows < len(entries)
-  packed = packing.pack_pairs(
+  packed = row_packing.pack_pairs(
     entries, packed_length=_LENGTH, pad_id=0, num_rows=rows, num_slots=slots
   )
   mesh = slpo_jax.sharding.make_mesh(devices, devices=jax.devices()[:devices])

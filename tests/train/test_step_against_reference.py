@@ -26,9 +26,9 @@ import optax
 import pytest
 
 import slpo_jax
-from configs import base
 from slpo_jax import losses
 from slpo_jax import models
+from train import config_schema
 from train import step as step_lib
 
 torch = pytest.importorskip("torch")
@@ -49,7 +49,7 @@ WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 
 
 def _optimizer_config():
-  config = base.get_config().optimizer
+  config = config_schema.get_config().optimizer
   config.learning_rate = 1e-3
   config.warmup_steps = 0
   config.decay = "constant"
@@ -140,7 +140,7 @@ def _expected_step(setup, loss_name, loss_config, optimizer_config):
 def _program_step(loss_name: str):
   """The program's train step for ``loss_name``, jitted once."""
   config = torch_reference.tiny_config()
-  loss_config = base.get_config().loss
+  loss_config = config_schema.get_config().loss
   loss_config.name = loss_name
   loss_config.weights = COMBINATIONS.get(loss_name, ())
   # Label noise for the losses that read it (exo_pair needs it above 0).

@@ -21,9 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import base
 from configs import default as default_config
 from slpo_jax import losses
+from train import config_schema
 from train import loop
 from train import setup as setup_lib
 from train import validate
@@ -87,11 +87,11 @@ def write_chat_tokenizer(directory) -> pathlib.Path:
   It holds ``tokenizer.json`` and a ``tokenizer_config.json`` naming BOS,
   EOS and PAD, as ``transformers`` saves them. Returns the folder.
   """
-  import tokenizers  # pylint: disable=import-outside-toplevel
-  from tokenizers import decoders  # pylint: disable=import-outside-toplevel
-  from tokenizers import models  # pylint: disable=import-outside-toplevel
-  from tokenizers import pre_tokenizers  # pylint: disable=import-outside-toplevel
-  from tokenizers import trainers  # pylint: disable=import-outside-toplevel
+  import tokenizers  #
+  from tokenizers import decoders  #
+  from tokenizers import models  #
+  from tokenizers import pre_tokenizers  #
+  from tokenizers import trainers  #
 
   rng = random.Random(1)
   corpus = [
@@ -131,9 +131,9 @@ def make_tiny_config(pair_files=None, **changes):
     **changes: dotted keys and values, e.g. ``**{"loss.name": "slpo"}``.
 
   Returns:
-    A ``ml_collections.ConfigDict`` with the keys of ``configs/base.py``.
+    A ``ml_collections.ConfigDict`` with the keys of ``train/config_schema.py``.
   """
-  config = base.get_config()
+  config = config_schema.get_config()
   config.steps = 4
   config.batch_size = 8
   config.log_every = 1

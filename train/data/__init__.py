@@ -21,8 +21,6 @@ A batch holds ``{chosen,rejected}_{input_ids,attention_mask,labels,loss_mask}``
 
 from train.data.batching import BatchIterator
 from train.data.batching import collate_pairs
-from train.data.config import default_data_config
-from train.data.config import validate_data_config
 from train.data.encode import TokenizedPair
 from train.data.pipeline import PreferenceDataset
 from train.data.pipeline import dataset_fingerprint
@@ -32,14 +30,15 @@ from train.data.pipeline import make_pipeline
 from train.data.pipeline import make_tokenizer
 from train.data.report import DataError
 from train.data.report import DataReport
-from train.data.synthetic import make_sft_pipeline
-from train.data.synthetic import synthetic_language
-from train.data.synthetic import synthetic_prompts
+from train.data.task_pairs import make_sft_pipeline
+from train.data.task_pairs import synthetic_language
+from train.data.task_pairs import synthetic_prompts
 from train.data.tokenization import ByteTokenizer
 from train.data.tokenization import HFTokenizer
 from train.data.tokenization import SentencePieceTokenizer
 from train.data.tokenization import Tokenizer
 from train.data.tokenization import load_tokenizer
+from train.data.validation import validate_data_config
 
 __all__ = [
   "BatchIterator",
@@ -53,7 +52,6 @@ __all__ = [
   "Tokenizer",
   "collate_pairs",
   "dataset_fingerprint",
-  "default_data_config",
   "fingerprint",
   "load_dataset",
   "load_tokenizer",

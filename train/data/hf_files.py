@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from train.data import sources
-from train.data.config import FIELD_ROLES
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
 from train.data.report import DataReport
+from train.data.validation import FIELD_ROLES
 
 # Rows per Parquet read: bounds the memory of one batch of wide rows.
 _BATCH_ROWS = 1024

@@ -17,16 +17,16 @@ from slpo_jax.tasks.synthetic import SampleFn
 from train.data import batching
 from train.data import chat
 from train.data import encode
-from train.data import packing
+from train.data import row_packing
 from train.data import sources
-from train.data import synthetic
-from train.data.config import HF_FILE_SOURCES
-from train.data.config import validate_data_config
+from train.data import task_pairs
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
 from train.data.report import DataReport
 from train.data.tokenization import Tokenizer
 from train.data.tokenization import load_tokenizer
+from train.data.validation import HF_FILE_SOURCES
+from train.data.validation import validate_data_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ class PreferenceDataset:
   def measure_packing(self, batch_size: int, row_multiple: int = 1) -> None:
     """Puts the packed batches' real-token share in the report, once."""
     if self.packed_length and self.report.real_token_fraction is None:
-      self.report.real_token_fraction = packing.real_token_fractions(
+      self.report.real_token_fraction = row_packing.real_token_fractions(
         self.pairs,
         batch_size=batch_size,
         packed_length=self.packed_length,
@@ -110,9 +110,9 @@ class PreferenceDataset:
   def _packed_batches(
     self, *, batch_size, seed, shard_index, shard_count, repeat, row_multiple
   ):
-    """The same pairs per batch as ``batches``, packed (train.data.packing)."""
+    """The same pairs per batch as ``batches``, packed (train.data.row_packing)."""
     self.measure_packing(batch_size, row_multiple)
-    collate = packing.packed_collate(
+    collate = row_packing.packed_collate(
       packed_length=self.packed_length,
       pad_id=self.pad_id,
       shard_index=shard_index,
@@ -150,13 +150,13 @@ def make_tokenizer(
     DataError: no such tokenizer, or a tokenizer set for a built-in task.
   """
   spec = data_config.tokenizer
-  if data_config.source in ("synthetic", *synthetic.BANDIT_SOURCES):
+  if data_config.source in ("synthetic", *task_pairs.BANDIT_SOURCES):
     if spec != "bytes":
       raise DataError(
         f"data config: source {data_config.source!r} uses its own word "
         f"vocabulary; leave tokenizer at 'bytes', not {spec!r}"
       )
-    return synthetic.task_tokenizer(data_config.source)
+    return task_pairs.task_tokenizer(data_config.source)
   if not spec:
     if not model_checkpoint:
       raise DataError(
@@ -185,7 +185,7 @@ def _read_text_pairs(
 ) -> list[sources.TextPair]:
   """Reads the text pairs of ``split``, holding out eval pairs if asked."""
   if config.source == "tfds":
-    from train.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    from train.data import tfds_builder  #
 
     own_eval = bool(config.tfds_split_eval)
     name = (
@@ -197,7 +197,7 @@ def _read_text_pairs(
       config, name, policy=policy, report=report
     )
   elif config.source in HF_FILE_SOURCES:
-    from train.data import hf_files  # pylint: disable=g-import-not-at-top
+    from train.data import hf_files  #
 
     own_eval = hf_files.has_own_eval(config)
     pairs = hf_files.read_config_pairs(
@@ -233,12 +233,12 @@ def load_dataset(
   """Reads, validates and tokenizes one split.
 
   Args:
-    data_config: the data config (``default_data_config()`` documents it).
+    data_config: the data config (``train.config_schema.data_defaults()`` documents it).
     tokenizer: from ``make_tokenizer(data_config)``.
     split: 'train' or 'eval'.
     sample_fn: synthetic task only: the reference model's sampler, used to
       make pairs for the split's prompts (see
-      ``train.data.synthetic.synthetic_token_pairs``).
+      ``train.data.task_pairs.synthetic_token_pairs``).
     pairs: synthetic task only: ready-made pairs for this split. With neither
       ``sample_fn`` nor ``pairs``, pairs are sampled from the base language.
 
@@ -257,8 +257,8 @@ def load_dataset(
       f"'synthetic', not {data_config.source!r}"
     )
   if data_config.source == "synthetic":
-    synthetic.check_tokenizer(data_config.source, tokenizer)
-    token_pairs = synthetic.synthetic_token_pairs(
+    task_pairs.check_tokenizer(data_config.source, tokenizer)
+    token_pairs = task_pairs.synthetic_token_pairs(
       data_config,
       split,
       sample_fn=sample_fn,
@@ -266,10 +266,10 @@ def load_dataset(
       policy=policy,
       report=report,
     )
-  elif data_config.source in synthetic.BANDIT_SOURCES:
-    synthetic.check_tokenizer(data_config.source, tokenizer)
+  elif data_config.source in task_pairs.BANDIT_SOURCES:
+    task_pairs.check_tokenizer(data_config.source, tokenizer)
     # The bandit datasets are their own evaluation set.
-    token_pairs = synthetic.bandit_token_pairs(
+    token_pairs = task_pairs.bandit_token_pairs(
       data_config, policy=policy, report=report
     )
   else:

@@ -107,10 +107,10 @@ def preview(config, num: int, output_format: str, split: str = "train"):
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  #
 
-  from train import cli  # pylint: disable=import-outside-toplevel
-  from train import errors  # pylint: disable=import-outside-toplevel
+  from train import cli  #
+  from train import errors  #
 
   del argv
   values = flags.FLAGS
@@ -123,8 +123,8 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  #
+  from ml_collections import config_flags  #
 
   config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True
@@ -136,9 +136,9 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import app  #
 
-  from train import cli  # pylint: disable=import-outside-toplevel
+  from train import cli  #
 
   _define_flags()
   app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))

@@ -35,19 +35,16 @@ import numpy as np
 # builder locates its code; on Python >= 3.9 the standard library module is
 # the same API, so alias it when the backport is not installed.
 try:
-  import importlib_resources  # noqa: F401  pylint: disable=unused-import
+  import importlib_resources  # noqa: F401
 except ImportError:
   sys.modules["importlib_resources"] = importlib.resources
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds
 
 from train.data import sources
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
 from train.data.report import DataReport
-
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 BUILDER_NAME = "local_preferences"
 _READ_CHUNK = 1024

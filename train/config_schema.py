@@ -1,17 +1,17 @@
 """Every configuration key of the training program, with its default.
 
-Experiment configs import this file and change fields; they never add keys.
-Any key can be overridden on the command line, for example::
+This module is the config's one schema: the presets in ``configs/`` import
+it and change values; they never add keys. Any key can be overridden on the
+command line, for example::
 
   python -m train.main --config configs/default.py --workdir /tmp/run \\
-      --config.loss.name=slpo --config.loss.temperature=64
+      --config.loss.name=slpo_normalized
 
-A key that is not declared here is an error (the config is locked).
+A key that is not declared here is an error (the config is locked). What a
+value may be is checked by :mod:`train.validate` before anything is loaded.
 """
 
 import ml_collections
-
-from train.data import default_data_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -116,5 +116,92 @@ def get_config() -> ml_collections.ConfigDict:
   # Most bytes per weights file (5 GB, as transformers); 0 = one file.
   config.export.max_shard_size = 5_000_000_000
 
-  config.data = default_data_config()  # See train/data.
+  config.data = data_defaults()
+  return config
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+  """``config.data`` with its defaults: the synthetic task, no files."""
+  config = ml_collections.ConfigDict()
+  # Where pairs come from: one of SOURCES.
+  config.source = "synthetic"
+  # JSONL file (plain or gzip) of training pairs, for 'jsonl' and 'hh'; for
+  # 'parquet' a file, a glob of shards or a folder; for 'arrow' a folder.
+  config.train_path = ""
+  # Evaluation pairs, like train_path; '' to hold out ``eval_fraction`` of
+  # train (or, for 'arrow', to read hf_split_eval of train_path).
+  config.eval_path = ""
+  # TFDS dataset name, e.g. 'local_preferences/my_pairs' (see tfds_builder).
+  config.tfds_name = ""
+  # TFDS data directory; '' for TFDS's default (~/tensorflow_datasets).
+  config.tfds_data_dir = ""
+  # TFDS split names; an empty eval split holds out ``eval_fraction`` of train.
+  config.tfds_split_train = "train"
+  config.tfds_split_eval = ""
+  # 'arrow': the split of a DatasetDict folder to train on (a folder of one
+  # Dataset is read as split 'train').
+  config.hf_split_train = "train"
+  # 'arrow': the DatasetDict split to evaluate on, from eval_path if set, else
+  # train_path; '' for eval_path as a whole, or eval_fraction.
+  config.hf_split_eval = ""
+  # Record field names ('a/b' reads nested field b of a). For 'hh', chosen
+  # and rejected name the transcripts and prompt is not read; for 'tfds',
+  # 'parquet' and 'arrow', an empty prompt name means the records hold HH
+  # transcripts.
+  config.field_map = ml_collections.ConfigDict(
+    dict(prompt="prompt", chosen="chosen", rejected="rejected")
+  )
+  # 'bytes' (built in), a tokenizer.json path, a SentencePiece .model path,
+  # a directory holding either, or '' for the model checkpoint's own
+  # tokenizer. The synthetic and bandit tasks use their own words and
+  # require 'bytes' here (the default) so that no setting is silently unused.
+  config.tokenizer = "bytes"
+  # Chat template for records of messages: '' for the tokenizer folder's
+  # own (chat_template.jinja or tokenizer_config.json), a built-in name
+  # ('chatml', 'llama3', 'gemma') or a .jinja file. Text records ignore it.
+  config.chat_template = ""
+  # Most tokens of prompt + response, BOS and EOS included.
+  config.max_length = 512
+  # Most prompt tokens, BOS included, kept (from the end) when a pair is too
+  # long; must be less than max_length.
+  config.max_prompt_length = 256
+  # Padded sequence lengths; the largest must be at least max_length.
+  config.length_buckets = (32, 64, 128, 256, 512)
+  # Pack the pairs of a batch into fixed-length rows, several pairs per row
+  # (train.data.row_packing), instead of one padded row per pair.
+  config.packing = False
+  # Row length of packed batches; 0 for the largest length bucket. At least
+  # max_length, so that every pair fits a row.
+  config.packed_length = 0
+  # A bad record raises DataError ('error') or is counted and skipped ('skip').
+  config.on_bad_record = "error"
+  # Fraction of a single source held out for evaluation when no eval file or
+  # eval split is given; 0 means no evaluation data.
+  config.eval_fraction = 0.0
+  # A train split of fewer pairs than one batch is refused (each batch would
+  # repeat pairs) unless this is True.
+  config.allow_repeats = False
+
+  # The synthetic sentiment task (slpo_jax.tasks.synthetic).
+  config.synthetic = ml_collections.ConfigDict()
+  # Seed of the task: the base language, the prompts of both splits and the
+  # pairs sampled from the base language. Independent of the training seed.
+  config.synthetic.language_seed = 0
+  # Training and evaluation prompts; each gives one pair unless its two
+  # samples tie on reward.
+  config.synthetic.num_prompts = 4096
+  config.synthetic.num_eval_prompts = 256
+  # Words per prompt.
+  config.synthetic.prompt_length = 4
+  # Fewest and most words per sampled response (EOS comes after).
+  config.synthetic.min_new_tokens = 2
+  config.synthetic.max_new_tokens = 12
+  # Base-language sequences for fine-tuning the reference model.
+  config.synthetic.num_sft_sequences = 8192
+  # Base language: probability of ending after a word, and the Dirichlet
+  # concentration of each word's successor distribution.
+  config.synthetic.eos_probability = 0.1
+  config.synthetic.concentration = 0.3
+  # Prompts per call of the sampler when pairs are drawn from a model.
+  config.synthetic.sample_batch_size = 512
   return config
