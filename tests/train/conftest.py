@@ -18,6 +18,8 @@ import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
+from bench import fault_runs
+
 from train_testing import BASELINE
 from train_testing import REPO_ROOT
 from train_testing import Trained
@@ -25,7 +27,6 @@ from train_testing import make_tiny_config
 from train_testing import subprocess_env
 from train_testing import train
 from train_testing import write_chat_tokenizer
-from train_testing import write_pair_files
 
 
 @contextlib.contextmanager
@@ -56,7 +57,7 @@ def _shared_compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pair_files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   """Training and evaluation JSONL files of the tiny runs."""
-  return write_pair_files(tmp_path_factory.mktemp("pairs"))
+  return fault_runs.write_pairs(tmp_path_factory.mktemp("pairs"))
 
 
 @pytest.fixture(scope="session")

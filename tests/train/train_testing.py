@@ -34,40 +34,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 
 
-def write_pair_files(directory) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes 128 training and 32 evaluation pairs of short random words.
-
-  Byte-tokenized, every pair fits in 32 tokens; responses of 1 to 5 words
-  give the batches varied lengths.
-
-  Returns:
-    The paths of the training and evaluation JSONL files.
-  """
-  rng = random.Random(0)
-
-  def words(count: int) -> str:
-    return " ".join(
-      "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 3)))
-      for _ in range(count)
-    )
-
-  paths = []
-  for split, count in (("train", 128), ("eval", 32)):
-    lines = []
-    for _ in range(count):
-      chosen = words(rng.randint(1, 5))
-      rejected = chosen
-      while rejected == chosen:
-        rejected = words(rng.randint(1, 5))
-      lines.append(
-        json.dumps({"prompt": words(2), "chosen": chosen, "rejected": rejected})
-      )
-    path = pathlib.Path(directory) / f"{split}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    paths.append(path)
-  return tuple(paths)
-
-
 # The special tokens of ``write_chat_tokenizer``'s vocabulary: ChatML's
 # markers among them, so the built-in 'chatml' template's end of turn is
 # one token.
@@ -82,7 +48,8 @@ CHAT_SPECIAL_TOKENS = (
 
 
 def write_chat_tokenizer(directory) -> pathlib.Path:
-  """A byte-level BPE tokenizer folder fitted to ``write_pair_files``' words.
+  """A byte-level BPE tokenizer folder fitted to the words of
+  ``bench.fault_runs.write_pairs``.
 
   It holds ``tokenizer.json`` and a ``tokenizer_config.json`` naming BOS,
   EOS and PAD, as ``transformers`` saves them. Returns the folder.
@@ -126,8 +93,8 @@ def make_tiny_config(pair_files=None, **changes):
   """A config that trains a tiny Llama on 128 pairs in seconds.
 
   Args:
-    pair_files: ``(train_path, eval_path)`` from ``write_pair_files``; None for
-      the synthetic task (whose pairs the reference samples: slower).
+    pair_files: ``(train_path, eval_path)`` from ``bench.fault_runs.write_pairs``;
+      None for the synthetic task (whose pairs the reference samples: slower).
     **changes: dotted keys and values, e.g. ``**{"loss.name": "slpo"}``.
 
   Returns:
