@@ -9,6 +9,7 @@ and the fingerprint; each then iterates only over its own shard.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import ml_collections
 
@@ -69,21 +70,22 @@ class PreferenceDataset:
     ``row_multiple``: packed batches only, the host's devices on the batch
     axes; the packed row count is a multiple of it.
     """
-    if self.packed_length:
-      return self._packed_batches(
-        row_multiple=row_multiple,
-        batch_size=batch_size,
-        seed=seed,
+    packed = bool(self.packed_length)
+    if packed:
+      # The same pairs per batch as unpacked, packed into rows
+      # (train.data.row_packing); the collate picks this host's rows itself.
+      self.measure_packing(batch_size, row_multiple)
+      collate = row_packing.packed_collate(
+        packed_length=self.packed_length,
+        pad_id=self.pad_id,
         shard_index=shard_index,
         shard_count=shard_count,
-        repeat=repeat,
+        row_multiple=row_multiple,
       )
-
-    def collate(entries):
-      return batching.collate_pairs(
-        entries, buckets=self.length_buckets, pad_id=self.pad_id
+    else:
+      collate = functools.partial(
+        batching.collate_pairs, buckets=self.length_buckets, pad_id=self.pad_id
       )
-
     return batching.make_batch_iterator(
       self.pairs,
       collate,
@@ -94,6 +96,8 @@ class PreferenceDataset:
       repeat=repeat,
       fingerprint=self.fingerprint,
       report=self.report,
+      collate_selects_rows=packed,
+      identity_extra=dict(packed_length=self.packed_length) if packed else None,
     )
 
   def measure_packing(self, batch_size: int, row_multiple: int = 1) -> None:
@@ -106,32 +110,6 @@ class PreferenceDataset:
         buckets=self.length_buckets,
         row_multiple=row_multiple,
       )
-
-  def _packed_batches(
-    self, *, batch_size, seed, shard_index, shard_count, repeat, row_multiple
-  ):
-    """The same pairs per batch as ``batches``, packed (train.data.row_packing)."""
-    self.measure_packing(batch_size, row_multiple)
-    collate = row_packing.packed_collate(
-      packed_length=self.packed_length,
-      pad_id=self.pad_id,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      row_multiple=row_multiple,
-    )
-    return batching.make_batch_iterator(
-      self.pairs,
-      collate,
-      batch_size=batch_size,
-      seed=seed,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      repeat=repeat,
-      fingerprint=self.fingerprint,
-      report=self.report,
-      collate_selects_rows=True,
-      identity_extra=dict(packed_length=self.packed_length),
-    )
 
 
 def make_tokenizer(
