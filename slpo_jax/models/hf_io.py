@@ -320,27 +320,15 @@ def load_hf_model(
 
 
 def load_hf_checkpoint(
-  path: PathLike,
-  *,
-  dtype: Any = "float32",
-  param_dtype: Any = "float32",
-  shardings: Any = None,
-  scan_layers: bool = False,
-  remat: bool = False,
+  path: PathLike, **options: Any
 ) -> tuple[Callable[..., jax.Array], Params]:
   """Loads a checkpoint folder as ``(apply_fn, params)``.
 
   ``apply_fn(params, input_ids, attention_mask)`` returns float32 logits
-  ``[B, T, V]``. Arguments are those of ``load_hf_model``.
+  ``[B, T, V]``. ``options`` are the keyword arguments of ``load_hf_model``
+  (dtypes, shardings, layout), passed on unchanged.
   """
-  model, params = load_hf_model(
-    path,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    shardings=shardings,
-    scan_layers=scan_layers,
-    remat=remat,
-  )
+  model, params = load_hf_model(path, **options)
   return model.apply, params
 
 

@@ -78,6 +78,22 @@ def test_scanned_layers_match(kind, hf_checkpoint):
   assert diff <= TOLERANCE
 
 
+def test_checkpoint_takes_the_models_layout_options(hf_checkpoint):
+  folder, hf_model = hf_checkpoint("llama3")
+  layout = dict(
+    scan_layers=True, remat=True, remat_policy="dots", attention_impl="dense"
+  )
+  apply_fn, params = models.load_hf_checkpoint(folder, **layout)
+  config = apply_fn.__self__.config
+  assert {name: getattr(config, name) for name in layout} == layout
+  assert params["layers"]["attn"]["q"]["kernel"].shape[0] == 2
+  ids, mask = _batch(hf_model.config.vocab_size)
+  diff = max_masked_diff(
+    jax.jit(apply_fn)(params, ids, mask), hf_logits(hf_model, ids, mask), mask
+  )
+  assert diff <= TOLERANCE
+
+
 def test_sharded_index_checkpoint(hf_checkpoint):
   folder, hf_model = hf_checkpoint("llama3", max_shard_size="40KB")
   assert (folder / "model.safetensors.index.json").exists()
