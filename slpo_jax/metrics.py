@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from slpo_jax.losses import slpo_target_log_weight
+from slpo_jax.losses._common import log_ratios
 
 
 def preference_metrics(
@@ -40,12 +41,14 @@ def preference_metrics(
     ``slpo/target_log_weight`` (log w of SLPO), and, when given,
     ``logps/chosen_not`` and ``logps/rejected_not``.
   """
-  chosen_rewards = beta * (
-    jnp.asarray(policy_chosen_logps) - reference_chosen_logps
+  chosen, rejected = log_ratios(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
   )
-  rejected_rewards = beta * (
-    jnp.asarray(policy_rejected_logps) - reference_rejected_logps
-  )
+  chosen_rewards = beta * chosen
+  rejected_rewards = beta * rejected
   metrics = {
     "rewards/chosen": chosen_rewards,
     "rewards/rejected": rejected_rewards,

@@ -45,3 +45,19 @@ def log_ratios(
   chosen = jnp.asarray(policy_chosen_logps) - reference_chosen_logps
   rejected = jnp.asarray(policy_rejected_logps) - reference_rejected_logps
   return chosen, rejected
+
+
+def log_ratio_margin(
+  policy_chosen_logps: ArrayLike,
+  policy_rejected_logps: ArrayLike,
+  reference_chosen_logps: ArrayLike,
+  reference_rejected_logps: ArrayLike,
+) -> jax.Array:
+  """``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``."""
+  chosen, rejected = log_ratios(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
+  )
+  return chosen - rejected

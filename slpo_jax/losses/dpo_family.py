@@ -9,18 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from slpo_jax.losses._common import log1mexp
-
-
-def _log_ratio_margin(
-  policy_chosen_logps,
-  policy_rejected_logps,
-  reference_chosen_logps,
-  reference_rejected_logps,
-) -> jax.Array:
-  """``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))``."""
-  return (jnp.asarray(policy_chosen_logps) - reference_chosen_logps) - (
-    jnp.asarray(policy_rejected_logps) - reference_rejected_logps
-  )
+from slpo_jax.losses._common import log_ratio_margin
 
 
 def dpo_loss(
@@ -64,7 +53,7 @@ def dpo_loss(
     Ho, "Supervised Learning Preference Optimization", Eq. 1; Mitchell, "A note
     on DPO with noisy preferences" (cDPO), 2023.
   """
-  h = beta * _log_ratio_margin(
+  h = beta * log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -100,7 +89,7 @@ def ipo_loss(
     Azar et al., "A General Theoretical Paradigm to Understand Learning from
     Human Preferences", arXiv:2310.12036, Eq. 17.
   """
-  h = _log_ratio_margin(
+  h = log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -134,7 +123,7 @@ def hinge_loss(
     Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human
     Feedback", arXiv:2305.10425, Eq. 1.
   """
-  h = _log_ratio_margin(
+  h = log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,

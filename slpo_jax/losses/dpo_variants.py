@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from slpo_jax.losses import dpo_family
+from slpo_jax.losses._common import log_ratio_margin
 from slpo_jax.losses._common import log_ratios
 
 
@@ -90,7 +91,7 @@ def robust_loss(
     Noisy Feedback", arXiv:2403.00409 (the rDPO loss).
   """
   _check_smoothing(label_smoothing)
-  h = beta * dpo_family._log_ratio_margin(
+  h = beta * log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -134,7 +135,7 @@ def exo_pair_loss(
     Alignment", arXiv:2402.00856, Eq. 16.
   """
   _check_smoothing(label_smoothing, low_open=True)
-  h = beta * dpo_family._log_ratio_margin(
+  h = beta * log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
@@ -294,7 +295,7 @@ def discopop_loss(
   """
   if discopop_tau <= 0:
     raise ValueError(f"discopop_tau must be positive, got {discopop_tau}")
-  h = beta * dpo_family._log_ratio_margin(
+  h = beta * log_ratio_margin(
     policy_chosen_logps,
     policy_rejected_logps,
     reference_chosen_logps,
