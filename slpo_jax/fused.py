@@ -27,8 +27,6 @@ from jax.typing import ArrayLike
 from slpo_jax import fused_tiles as _tiles
 from slpo_jax import logprobs as _logprobs
 
-soft_cap = _tiles.soft_cap
-
 # Chunk sizes by backend. CPU: the best of a grid timed with
 # ``python -m bench.loss_head --tune`` (all of 256..2048 were within 10%: the
 # tiles are matmul-bound). GPU and TPU: tiles big enough to keep the matrix

@@ -77,11 +77,6 @@ def _set_rows(x, update, i, token_chunk):
   return jax.lax.dynamic_update_slice_in_dim(x, update, i * token_chunk, 0)
 
 
-def soft_cap(z, softcap):
-  """``softcap * tanh(z / softcap)`` (Gemma 2's logit cap), or ``z``."""
-  return z if softcap is None else softcap * jnp.tanh(z / softcap)
-
-
 def _forward(
   hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
 ):
@@ -101,7 +96,7 @@ def _forward(
   def tile(ids, columns, i, state):
     rest_max, rest_sum, label_logit, exclude_logit, before_max = state
     rows = lambda x: _rows(x, i, token_chunk)
-    z = soft_cap(_dot(rows(hidden), columns, acc), softcap)
+    z = _logprobs.soft_cap(_dot(rows(hidden), columns, acc), softcap)
     is_label = ids == rows(labels)[:, None]
     excluded = is_label
     if has_exclude:

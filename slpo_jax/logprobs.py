@@ -48,6 +48,29 @@ class TokenLogps(NamedTuple):
   is_top1: jax.Array | None = None
 
 
+def soft_cap(z: jax.Array, softcap: float | None) -> jax.Array:
+  """``softcap * tanh(z / softcap)`` (Gemma 2's logit cap), or ``z``."""
+  return z if softcap is None else softcap * jnp.tanh(z / softcap)
+
+
+def logits_from_hidden(
+  hidden: jax.Array, lm_head: jax.Array, softcap: float | None = None
+) -> jax.Array:
+  """``hidden @ lm_head`` accumulated and returned in float32, then capped.
+
+  The plain output head of the models and of the plain loss head alike; with
+  ``softcap`` (Gemma 2's final-logit soft-capping) the logits become
+  ``softcap * tanh(logits / softcap)``, in float32.
+  """
+  logits = jnp.einsum(
+    "...d,dv->...v",
+    hidden,
+    lm_head.astype(hidden.dtype),
+    preferred_element_type=jnp.float32,
+  )
+  return soft_cap(logits, softcap)
+
+
 def _compute_dtype(dtype) -> jnp.dtype:
   # bfloat16 and float16 are promoted to float32; float64 (under x64) stays.
   return jnp.promote_types(dtype, jnp.float32)

@@ -292,19 +292,6 @@ class HeadOptions:
   logit_softcap: float | None = None
 
 
-def _plain_logits(
-  hidden: jax.Array, lm_head: jax.Array, softcap: float | None = None
-) -> jax.Array:
-  # Accumulated and returned in float32, as the models' own logits are.
-  logits = jnp.einsum(
-    "...d,dv->...v",
-    hidden,
-    lm_head.astype(hidden.dtype),
-    preferred_element_type=jnp.float32,
-  )
-  return fused.soft_cap(logits, softcap)
-
-
 def _capped_mean_logits(hidden, lm_head, softcap, chunk) -> jax.Array:
   """Mean over the vocabulary of the capped logits, one tile at a time.
 
@@ -322,7 +309,7 @@ def _capped_mean_logits(hidden, lm_head, softcap, chunk) -> jax.Array:
 
   def add(total, tile):
     block, ok = tile
-    capped = _plain_logits(hidden, block, softcap)
+    capped = logprobs.logits_from_hidden(hidden, block, softcap)
     return total + jnp.sum(jnp.where(ok, capped, 0.0), -1), None
 
   total, _ = jax.lax.scan(
@@ -373,8 +360,8 @@ def pair_stats_from_hidden(
   segments = dict(segment_ids=segment_ids, num_segments=num_segments)
   if not head.fused:
     return pair_stats_from_logits(
-      _plain_logits(chosen_hidden, lm_head, softcap),
-      _plain_logits(rejected_hidden, lm_head, softcap),
+      logprobs.logits_from_hidden(chosen_hidden, lm_head, softcap),
+      logprobs.logits_from_hidden(rejected_hidden, lm_head, softcap),
       chosen_labels,
       rejected_labels,
       chosen_where=chosen_where,
@@ -417,8 +404,12 @@ def pair_stats_from_hidden(
   if softcap is None:
     # The mean logit of a step is h_t . mean_v(W[:, v]): one vector, no tile.
     mean_column = jnp.mean(jnp.asarray(lm_head, jnp.float32), axis=-1)
-    chosen_mean = _plain_logits(chosen_hidden, mean_column[:, None])[..., 0]
-    rejected_mean = _plain_logits(rejected_hidden, mean_column[:, None])[..., 0]
+    chosen_mean = logprobs.logits_from_hidden(
+      chosen_hidden, mean_column[:, None]
+    )[..., 0]
+    rejected_mean = logprobs.logits_from_hidden(
+      rejected_hidden, mean_column[:, None]
+    )[..., 0]
   else:
     chunk = head.vocab_chunk_size
     chosen_mean = _capped_mean_logits(chosen_hidden, lm_head, softcap, chunk)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from slpo_jax import logprobs
 from slpo_jax.models import partitioning
 from slpo_jax.models import transformer
 from slpo_jax.models.attention import AttentionMask
@@ -222,16 +223,11 @@ def logits_from_hidden(
   """``hidden @ lm_head`` accumulated and returned in float32.
 
   With ``softcap`` (Gemma 2's final-logit soft-capping) the logits become
-  ``softcap * tanh(logits / softcap)``, in float32.
+  ``softcap * tanh(logits / softcap)``, in float32. The loss head's plain
+  path computes the same (``slpo_jax.logprobs.logits_from_hidden``); here
+  ``[B, T, V]`` logits are also constrained to the activation axes.
   """
-  logits = jnp.einsum(
-    "...d,dv->...v",
-    hidden,
-    lm_head.astype(hidden.dtype),
-    preferred_element_type=jnp.float32,
-  )
-  if softcap is not None:
-    logits = softcap * jnp.tanh(logits / softcap)
+  logits = logprobs.logits_from_hidden(hidden, lm_head, softcap)
   return (
     nn.with_logical_constraint(
       logits, ("activation_batch", "activation_length", "activation_vocab")
