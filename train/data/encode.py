@@ -268,6 +268,21 @@ def encode_pairs(
   return token_pairs
 
 
+def _tokens_digest(header, examples) -> str:
+  """The hash of ``header`` (ints) and of every ``(example_id, token lists)``.
+
+  Each example contributes its id and the lengths of its token lists, then
+  the tokens, so neither a moved boundary nor a reordering goes unnoticed.
+  """
+  digest = hashlib.sha256(np.asarray(header, "<i8").tobytes())
+  for example_id, token_lists in examples:
+    lengths = [len(tokens) for tokens in token_lists]
+    digest.update(np.asarray([example_id, *lengths], "<i8").tobytes())
+    for tokens in token_lists:
+      digest.update(np.asarray(tokens, "<i4").tobytes())
+  return digest.hexdigest()[:32]
+
+
 def fingerprint(pairs: Sequence[TokenizedPair], tokenizer: Tokenizer) -> str:
   """A hash of the tokenized dataset, for use as a cache key.
 
@@ -275,7 +290,6 @@ def fingerprint(pairs: Sequence[TokenizedPair], tokenizer: Tokenizer) -> str:
   tokenizer's special ids and vocabulary size, so any change to the data,
   the tokenizer or the truncation settings changes it.
   """
-  digest = hashlib.sha256()
   header = (
     tokenizer.vocab_size,
     tokenizer.bos_id,
@@ -283,32 +297,16 @@ def fingerprint(pairs: Sequence[TokenizedPair], tokenizer: Tokenizer) -> str:
     tokenizer.pad_id,
     len(pairs),
   )
-  digest.update(np.asarray(header, "<i8").tobytes())
-  for pair in pairs:
-    digest.update(
-      np.asarray(
-        [
-          pair.example_id,
-          len(pair.prompt),
-          len(pair.chosen),
-          len(pair.rejected),
-        ],
-        "<i8",
-      ).tobytes()
-    )
-    for tokens in (pair.prompt, pair.chosen, pair.rejected):
-      digest.update(np.asarray(tokens, "<i4").tobytes())
-  return digest.hexdigest()[:32]
+  return _tokens_digest(
+    header,
+    ((p.example_id, (p.prompt, p.chosen, p.rejected)) for p in pairs),
+  )
 
 
 def sequences_fingerprint(sequences: Sequence) -> str:
   """``fingerprint`` for single sequences (``example_id``, ``tokens``) of SFT
   data.
   """
-  digest = hashlib.sha256(np.asarray([len(sequences)], "<i8").tobytes())
-  for sequence in sequences:
-    digest.update(
-      np.asarray([sequence.example_id, len(sequence.tokens)], "<i8").tobytes()
-    )
-    digest.update(np.asarray(sequence.tokens, "<i4").tobytes())
-  return digest.hexdigest()[:32]
+  return _tokens_digest(
+    (len(sequences),), ((s.example_id, (s.tokens,)) for s in sequences)
+  )
