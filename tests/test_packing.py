@@ -10,6 +10,7 @@ import pytest
 import slpo_jax
 from slpo_jax import models
 from slpo_jax import packing
+from tests.models import models_testing
 
 # (prompt, chosen, rejected) lengths: responses that branch, one a prefix of
 # the other (both ways), and a pair shorter than the rest.
@@ -78,18 +79,6 @@ def _rows_of(pairs, layout, length):
   return out, places
 
 
-def _params(model, seed=0, scale=0.3):
-  """Random parameters from NumPy (cheaper to make than ``model.init``)."""
-  rng = np.random.default_rng(seed)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(model.abstract_params())
-  leaves = []
-  for path, leaf in flat:
-    noise = rng.normal(size=leaf.shape).astype(np.float32) * scale
-    is_scale = getattr(path[-1], "key", None) == "scale"
-    leaves.append(jnp.asarray(noise + 1.0 if is_scale else noise))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
 # Compiled without backend optimisation: half the compile time on CPU.
 @functools.partial(
   jax.jit,
@@ -139,7 +128,7 @@ _TOKEN_FIELDS = (
 @pytest.mark.parametrize("fused", [False, True])
 def test_packed_stats_equal_unpacked(fused):
   model = models.build(models.tiny_config("llama"))
-  params = _params(model)
+  params = models_testing.random_params(model, scale=0.3)
   pairs = _random_pairs()
   longest = max(len(p) + max(len(c), len(r)) for p, c, r in pairs)
   unpacked, _ = _rows_of(pairs, [[i] for i in range(len(pairs))], longest)

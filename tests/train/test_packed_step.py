@@ -10,6 +10,7 @@ import pytest
 
 import slpo_jax
 from slpo_jax import models
+from tests.models import models_testing
 from train import config_schema
 from train import step as step_lib
 from train import validate
@@ -36,17 +37,6 @@ def _pairs(count=6, seed=0):
       rejected[0] = chosen[0]
     pairs.append(encode.TokenizedPair(i, prompt, chosen, rejected))
   return pairs
-
-
-def _params(model, seed, scale=0.3):
-  rng = np.random.default_rng(seed)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(model.abstract_params())
-  leaves = []
-  for path, leaf in flat:
-    noise = rng.normal(size=leaf.shape).astype(np.float32) * scale
-    is_scale = getattr(path[-1], "key", None) == "scale"
-    leaves.append(jnp.asarray(noise + 1.0 if is_scale else noise))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # Compiled without backend optimisation: half the compile time on CPU.
@@ -83,9 +73,11 @@ def test_packed_step_equals_unpacked_step():
   # the metrics hold each term's loss.
   loss = "dpo,slpo_soft,aot"
   model = models.build(models.tiny_config("llama"))
-  reference = _params(model, seed=0)
+  reference = models_testing.random_params(model, seed=0, scale=0.3)
   policy = jax.tree.map(
-    lambda r, n: r + 0.05 * n, reference, _params(model, seed=1, scale=1.0)
+    lambda r, n: r + 0.05 * n,
+    reference,
+    models_testing.random_params(model, seed=1, scale=1.0),
   )
   entries = [(pair, 1.0) for pair in _pairs()]
   unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
@@ -124,9 +116,11 @@ def test_packed_rows_split_over_devices_give_the_same_step():
   """Four devices on the batch axis, each holding some of the packed rows."""
   devices = 4
   model = models.build(models.tiny_config("llama"))
-  reference = _params(model, seed=0)
+  reference = models_testing.random_params(model, seed=0, scale=0.3)
   policy = jax.tree.map(
-    lambda r, n: r + 0.05 * n, reference, _params(model, seed=1, scale=1.0)
+    lambda r, n: r + 0.05 * n,
+    reference,
+    models_testing.random_params(model, seed=1, scale=1.0),
   )
   entries = [(pair, 1.0) for pair in _pairs(count=8, seed=3)]
   unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
