@@ -157,6 +157,33 @@ def grid(sweep) -> list[GridPoint]:
   return points
 
 
+def frontier_grid() -> list[GridPoint]:
+  """The frontier study's points (``experiments.frontier``, also
+  ``--grid frontier``): the DPO and IPO baselines and the SLPO forms."""
+  points = [
+    GridPoint("dpo", "dpo", f"beta={b:g}", (("beta", b),))
+    for b in (0.05, 0.2, 1.0)
+  ]
+  points += [
+    GridPoint("ipo", "ipo", f"beta={b:g}", (("beta", b),))
+    for b in (0.05, 0.2, 1.0)
+  ]
+  points += [
+    GridPoint("slpo_normalized", "slpo_normalized", "", ()),
+    GridPoint(
+      "slpo_normalized_sync",
+      "slpo_normalized",
+      "sync=60",
+      (),
+      (("reference.sync_every", 60), ("reference.sync_mix", 1.0)),
+    ),
+    GridPoint("slpo_length_tempered", "slpo_length_tempered", "", ()),
+    GridPoint("slpo_diff", "slpo_diff", "transfer=0.5", (("transfer", 0.5),)),
+    GridPoint("slpo_token", "slpo_token", "", ()),
+  ]
+  return points
+
+
 def fit_reference(config, workdir: pathlib.Path) -> pathlib.Path:
   """Fits (or loads from the cache) the SFT reference; returns its folder.
 
@@ -751,17 +778,10 @@ def main(argv=None):
     args.workdir,
     learning_rate=args.learning_rate,
     only=tuple(o for o in args.only.split(",") if o),
-    points=_frontier_points() if args.grid == "frontier" else None,
+    points=frontier_grid() if args.grid == "frontier" else None,
     steps=args.steps,
     eval_every=args.eval_every,
   )
-
-
-def _frontier_points() -> list[GridPoint]:
-  # Imported here: experiments.frontier imports this module.
-  from experiments import frontier  #
-
-  return frontier.points()
 
 
 if __name__ == "__main__":

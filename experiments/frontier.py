@@ -41,34 +41,6 @@ KL_BUDGETS = (0.5, 2.0)
 BASELINES = ("dpo", "ipo")
 
 
-def points() -> list[cg.GridPoint]:
-  """The baselines and the SLPO forms of the study."""
-  grid = [
-    cg.GridPoint("dpo", "dpo", f"beta={b:g}", (("beta", b),))
-    for b in (0.05, 0.2, 1.0)
-  ]
-  grid += [
-    cg.GridPoint("ipo", "ipo", f"beta={b:g}", (("beta", b),))
-    for b in (0.05, 0.2, 1.0)
-  ]
-  grid += [
-    cg.GridPoint("slpo_normalized", "slpo_normalized", "", ()),
-    cg.GridPoint(
-      "slpo_normalized_sync",
-      "slpo_normalized",
-      "sync=60",
-      (),
-      (("reference.sync_every", 60), ("reference.sync_mix", 1.0)),
-    ),
-    cg.GridPoint("slpo_length_tempered", "slpo_length_tempered", "", ()),
-    cg.GridPoint(
-      "slpo_diff", "slpo_diff", "transfer=0.5", (("transfer", 0.5),)
-    ),
-    cg.GridPoint("slpo_token", "slpo_token", "", ()),
-  ]
-  return grid
-
-
 def _key(row) -> tuple[str, str]:
   return (row["loss"], row["hyperparameter"])
 
@@ -146,7 +118,7 @@ def select(
 ) -> list[tuple[cg.GridPoint, float]]:
   """Phase A's choice of (point, learning rate) for phase B (the protocol)."""
   finals = []  # (point, lr, kl, reward)
-  by_key = {(p.loss, p.hyperparameter): p for p in points()}
+  by_key = {(p.loss, p.hyperparameter): p for p in cg.frontier_grid()}
   reference = []
   for lr, rows in phase_a.items():
     reference += [r["reward"] for r in rows if r["family"] == "reference"]
@@ -159,7 +131,7 @@ def select(
     (f[2], f[3]) for f in kept
   )
   chosen = [(f[0], f[1]) for f in kept]
-  for point in points():
+  for point in cg.frontier_grid():
     if point.family in BASELINES:
       continue
     runs = [f for f in finals if f[0] == point]
@@ -186,7 +158,7 @@ def run_phase_a(workdir: pathlib.Path, out: pathlib.Path, only=()) -> None:
       workdir,
       learning_rate=lr,
       only=only,
-      points=points(),
+      points=cg.frontier_grid(),
       steps=STEPS,
       eval_every=EVAL_EVERY,
       stem="frontier_a",

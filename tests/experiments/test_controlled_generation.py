@@ -14,7 +14,6 @@ import pytest
 
 from configs import controlled_generation as cg_config
 from experiments import controlled_generation as cg
-from experiments import frontier
 from experiments import sampling_eval
 from slpo_jax import models
 from train import validate
@@ -137,7 +136,7 @@ def test_dpo_run_moves_away_from_the_reference(fitted):
 def test_grid_covers_every_family():
   # The presets' sweep and the frontier study's points between them.
   points = cg.grid(cg_config.get_sweep("cpu"))
-  study = frontier.points()
+  study = cg.frontier_grid()
   assert {p.family for p in points + study} == set(cg.FAMILIES)
   assert len({p.name for p in points}) == len(points)
   assert len({p.name for p in study}) == len(study)
@@ -157,7 +156,7 @@ def test_presets_are_valid_training_configs(preset):
 
 
 def test_a_point_sets_its_program_settings(tmp_path):
-  (synced,) = [p for p in frontier.points() if p.program]
+  (synced,) = [p for p in cg.frontier_grid() if p.program]
   config = cg.run_config(cg_config.get_config("cpu"), synced, 3, tmp_path)
   assert config.reference.sync_every == 60
   assert config.reference.sync_mix == 1.0
