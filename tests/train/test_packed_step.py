@@ -39,6 +39,13 @@ def _pairs(count=6, seed=0):
   return pairs
 
 
+def _reference_and_policy(model):
+  """Random reference parameters and a policy a small step away from them."""
+  reference = models_testing.random_params(model, seed=0, scale=0.3)
+  noise = models_testing.random_params(model, seed=1, scale=1.0)
+  return reference, jax.tree.map(lambda r, n: r + 0.05 * n, reference, noise)
+
+
 # Compiled without backend optimisation: half the compile time on CPU.
 @functools.partial(
   jax.jit,
@@ -73,12 +80,7 @@ def test_packed_step_equals_unpacked_step():
   # the metrics hold each term's loss.
   loss = "dpo,slpo_soft,aot"
   model = models.build(models.tiny_config("llama"))
-  reference = models_testing.random_params(model, seed=0, scale=0.3)
-  policy = jax.tree.map(
-    lambda r, n: r + 0.05 * n,
-    reference,
-    models_testing.random_params(model, seed=1, scale=1.0),
-  )
+  reference, policy = _reference_and_policy(model)
   entries = [(pair, 1.0) for pair in _pairs()]
   unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
   rows, slots = row_packing.layout_shape([entries], _LENGTH)
@@ -116,12 +118,7 @@ def test_packed_rows_split_over_devices_give_the_same_step():
   """Four devices on the batch axis, each holding some of the packed rows."""
   devices = 4
   model = models.build(models.tiny_config("llama"))
-  reference = models_testing.random_params(model, seed=0, scale=0.3)
-  policy = jax.tree.map(
-    lambda r, n: r + 0.05 * n,
-    reference,
-    models_testing.random_params(model, seed=1, scale=1.0),
-  )
+  reference, policy = _reference_and_policy(model)
   entries = [(pair, 1.0) for pair in _pairs(count=8, seed=3)]
   unpacked = batching.collate_pairs(entries, buckets=(_LENGTH,), pad_id=0)
   rows, slots = row_packing.layout_shape(
