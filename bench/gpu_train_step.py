@@ -49,6 +49,7 @@ from bench.loss_head import bf16_peak_tflops
 from bench.loss_head import machine_description
 from slpo_jax import models
 from train import config_schema
+from train import objective
 from train import step as step_lib
 from train.data import TokenizedPair
 from train.data import row_packing
@@ -173,14 +174,14 @@ def build_step(model, batch, *, compiler_options=None):
     return state, init_reference(model)
 
   state, reference = jax.jit(initial, compiler_options=compiler_options)()
+  spec = step_lib.StepSpec(
+    model=model,
+    optimizer=optimizer,
+    loss=objective.build_loss(loss_config()),
+    head=slpo_jax.HeadOptions(fused=True),
+  )
   step = jax.jit(
-    functools.partial(
-      step_lib.train_step,
-      model=model,
-      optimizer=optimizer,
-      loss_config=loss_config(),
-      head=slpo_jax.HeadOptions(fused=True),
-    ),
+    functools.partial(step_lib.train_step, spec=spec),
     donate_argnums=(0,),
     compiler_options=compiler_options,
   )
@@ -197,7 +198,7 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
   pairs = make_pairs(options, config.vocab_size)
   host_batch = packed_batch(pairs, options.packed_length)
   batch = jax.device_put(host_batch)
-  rows = host_batch["chosen_input_ids"].shape[0]
+  rows = host_batch.chosen_input_ids.shape[0]
   real = sum(sequence_lengths(pairs))
   device = jax.devices()[0]
   result = dict(
@@ -210,7 +211,7 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
   )
   result["model"]["config"] = dataclasses.asdict(config)
   result["batch"]["real_token_fraction"] = (
-    real / host_batch["segment_ids"].size / 2
+    real / host_batch.segment_ids.size / 2
   )
   step, state, reference, recast = build_step(
     model, batch, compiler_options=compiler_options

@@ -210,7 +210,7 @@ def add_run_arguments(parser, *, quick_help, results_dir, workers) -> None:
 
 
 def machine_description() -> dict:
-  from bench import trl_dpo  #
+  from bench import trl_dpo
 
   return {
     "cpu_model": cpu_model(),

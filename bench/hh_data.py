@@ -24,10 +24,10 @@ SPECIAL = ("<pad>", "<s>", "</s>")  # Ids 0, 1, 2.
 
 def train_hh_tokenizer(hh_file: pathlib.Path, folder: pathlib.Path, size: int):
   """A byte-level BPE of ``size`` tokens fitted to the file's transcripts."""
-  import tokenizers  #
-  from tokenizers import decoders  #
-  from tokenizers import pre_tokenizers  #
-  from tokenizers import trainers  #
+  import tokenizers
+  from tokenizers import decoders
+  from tokenizers import pre_tokenizers
+  from tokenizers import trainers
 
   with gzip.open(hh_file, "rt", encoding="utf-8") as f:
     records = [json.loads(line) for line in f if line.strip()]
@@ -103,7 +103,4 @@ def packed_batches(pairs, setting):
 
 
 def real_tokens(batch) -> int:
-  return int(
-    np.sum(batch["chosen_attention_mask"])
-    + np.sum(batch["rejected_attention_mask"])
-  )
+  return batch.count_tokens()

@@ -4,7 +4,7 @@
   python -m bench.lora_memory --out bench/results/lora_memory.md
 
 For each model the jitted DPO step is lowered from abstract shapes
-(``jax.ShapeDtypeStruct``, as ``train/aot.py`` does; no weight is
+(``jax.ShapeDtypeStruct``, by ``train.aot.abstract_step``; no weight is
 allocated) and compiled for this machine's first device; XLA's
 ``memory_analysis()`` gives the bytes of its arguments (parameters,
 optimizer state, the base, the batch) and of its temporaries (activations,
@@ -21,15 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slpo_jax import lora
-from slpo_jax import models
 from train import aot
 from train import config_schema
-from train import lora_setup
-from train import setup as setup_lib
-from train import state as state_lib
-from train import step as step_lib
-from train import validate
 
 SHAPES = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shapes"
 # (name, model.checkpoint or '' for the built-in tiny Llama, pairs, length)
@@ -58,68 +51,6 @@ def make_config(checkpoint: str, pairs: int, length: int, rank: int):
   return config
 
 
-def _abstract(tree, shardings, dtype=None):
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s),
-    tree,
-    shardings,
-  )
-
-
-def lower(config, devices):
-  """``(train_fn, state, reference, batch)``: the step and its abstract
-  arguments, LoRA or not as ``config`` says."""
-  mesh = validate.validate(config, devices)
-  model = aot._model(config)  #
-  base_shardings = model.shardings(mesh, models.logical_axis_rules())
-  policy = None
-  if lora_setup.enabled(config):
-    base = _abstract(
-      model.abstract_params(), base_shardings, config.model.lora.base_dtype
-    )
-    sites = lora_setup.select_sites(config, model)
-    rank = config.model.lora.rank
-    param_shardings = lora.shardings(
-      sites, rank, mesh, models.logical_axis_rules()
-    )
-    params = _abstract(lora.abstract_adapters(sites, rank), param_shardings)
-    policy = lora_setup.LoraPolicy(
-      config=lora_setup.lora_config(config),
-      sites=tuple(sites),
-      dtype=config.model.dtype,
-      reference_in_batch=False,
-      identity={},
-    )
-  else:
-    base = params = _abstract(model.abstract_params(), base_shardings)
-    param_shardings = base_shardings
-  optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
-  shardings = state_lib.state_shardings(
-    optimizer, params, param_shardings, mesh
-  )
-  state = _abstract(
-    jax.eval_shape(
-      lambda p: state_lib.initial_state(optimizer, p, shardings), params
-    ),
-    shardings,
-  )
-  run = setup_lib.Run(
-    config=config,
-    mesh=mesh,
-    optimizer=optimizer,
-    model=model,
-    initial_params=params,
-    param_shardings=param_shardings,
-    reference_params=base,
-    train_iterator=None,
-    eval_batches=None,
-    head=setup_lib.head_options(config, model),
-    lora=policy,
-  )
-  train_fn, _ = state_lib.jit_steps(run, shardings)
-  return train_fn, state, base, aot.abstract_batch(config, mesh, False)
-
-
 def _concrete(tree, rng):
   def make(x):
     if jnp.issubdtype(x.dtype, jnp.integer):
@@ -133,7 +64,14 @@ def _concrete(tree, rng):
 def measure(checkpoint, pairs, length, rank, *, run_steps: bool) -> dict:
   config = make_config(checkpoint, pairs, length, rank)
   devices = jax.devices()[:1]
-  train_fn, state, base, batch = lower(config, devices)
+  # The step train.aot compiles: the same state, frozen base and batch.
+  step = aot.abstract_step(config, devices)
+  train_fn, state, base, batch = (
+    step.train_fn,
+    step.state,
+    step.frozen,
+    step.batch,
+  )
   compiled = train_fn.lower(state, base, batch).compile()
   memory = compiled.memory_analysis()
   figures = {
@@ -144,7 +82,9 @@ def measure(checkpoint, pairs, length, rank, *, run_steps: bool) -> dict:
     rng = np.random.default_rng(0)
     state, base = _concrete(state, rng), _concrete(base, rng)
     host_batch = _concrete(batch, rng)
-    host_batch["example_weight"] = jnp.ones_like(host_batch["example_weight"])
+    host_batch = host_batch.replace(
+      example_weight=jnp.ones_like(host_batch.example_weight)
+    )
     state, _ = train_fn(state, base, host_batch)  # Warm-up.
     jax.block_until_ready(state)
     start, count = time.perf_counter(), 10

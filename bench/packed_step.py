@@ -143,10 +143,8 @@ class JaxSteps:
     )
     host_batches = make(inputs.pairs, inputs.setting)
     self.tokens = [hh_data.real_tokens(b) for b in host_batches]
-    self.positions = [2 * b["chosen_input_ids"].size for b in host_batches]
-    self.batches = [
-      {k: jnp.asarray(v) for k, v in b.items()} for b in host_batches
-    ]
+    self.positions = [2 * b.chosen_input_ids.size for b in host_batches]
+    self.batches = [jax.tree.map(jnp.asarray, b) for b in host_batches]
     self.reference = inputs.reference
     self.state, step = step_bench.state_and_step(
       inputs.model,
@@ -179,7 +177,7 @@ class JaxSteps:
 
 
 def _shape_key(batch) -> tuple:
-  return tuple(sorted((k, v.shape) for k, v in batch.items()))
+  return tuple(x.shape for x in jax.tree.leaves(batch))
 
 
 def benchmark_config():
@@ -188,7 +186,7 @@ def benchmark_config():
 
 
 def trl_step(inputs: Inputs):
-  from bench import trl_dpo  #
+  from bench import trl_dpo
 
   config = benchmark_config()
   step = trl_dpo.TrlDpoStep(

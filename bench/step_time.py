@@ -13,6 +13,7 @@ the loss head only, so their ratios stay close to 1.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import pathlib
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from train import config_schema
+from train import objective
 from train import setup as setup_lib
 from train import step as step_lib
 from train import validate
@@ -76,19 +78,15 @@ def run(args) -> dict:
   for loss in args.losses:
     loss_config = config.loss.copy_and_resolve_references()
     loss_config.name = loss
-    step = jax.jit(
-      functools.partial(
-        step_lib.train_step,
-        model=built.model,
-        optimizer=built.optimizer,
-        loss_config=loss_config,
-        head=built.head,
-      )
+    # The run's own step, mesh dropped as before, with this loss.
+    spec = dataclasses.replace(
+      built.spec, loss=objective.build_loss(loss_config), mesh=None
     )
+    step = jax.jit(functools.partial(step_lib.train_step, spec=spec))
     state = step_lib.TrainState(
       step=jnp.zeros((), jnp.int32),
       params=built.initial_params,
-      opt_state=built.optimizer.init(built.initial_params),
+      opt_state=spec.optimizer.init(built.initial_params),
     )
     compiled = step.lower(state, built.reference_params, batch).compile()
     jax.block_until_ready(compiled(state, built.reference_params, batch))

@@ -80,6 +80,7 @@ from slpo_jax import models
 from train import config_schema
 from train import objective
 from train import step as step_lib
+from train.batch import PaddedBatch
 from train.data import TokenizedPair
 from train.data import collate_pairs
 
@@ -139,10 +140,7 @@ def make_pairs(setting: Setting, vocab_size: int) -> list[TokenizedPair]:
 
 
 def real_tokens(batch) -> int:
-  return int(
-    np.sum(batch["chosen_attention_mask"])
-    + np.sum(batch["rejected_attention_mask"])
-  )
+  return batch.count_tokens()
 
 
 def train_config(setting: Setting):
@@ -165,7 +163,7 @@ class Inputs:
   policy: object
   reference: object
   pairs: list
-  batch: dict
+  batch: PaddedBatch
   checkpoints: pathlib.Path
 
   @classmethod
@@ -210,16 +208,14 @@ def state_and_step(model, policy, config, head):
       opt_state=optimizer.init(p),
     )
   )(policy)
+  spec = step_lib.StepSpec(
+    model=model,
+    optimizer=optimizer,
+    loss=objective.build_loss(config.loss),
+    head=head,
+  )
   step = jax.jit(
-    functools.partial(
-      step_lib.train_step,
-      model=model,
-      optimizer=optimizer,
-      loss_config=config.loss,
-      head=head,
-      grad_accum_steps=1,
-    ),
-    donate_argnums=(0,),
+    functools.partial(step_lib.train_step, spec=spec), donate_argnums=(0,)
   )
   return state, step
 
@@ -236,10 +232,12 @@ class JaxVariant:
       vocab_chunk_size=config.model.vocab_chunk_size,
       token_chunk_size=config.model.token_chunk_size,
     )
-    batch = {k: jnp.asarray(v) for k, v in inputs.batch.items()}
+    batch = jax.tree.map(jnp.asarray, inputs.batch)
     self.reference = inputs.reference
     if mode == "precomputed":
-      batch.update(self._reference_logps(inputs.model, inputs.reference, batch))
+      batch = batch.with_reference(
+        *self._reference_logps(inputs.model, inputs.reference, batch)
+      )
       self.reference = None
     self.batch = batch
     self.state, step = state_and_step(
@@ -254,10 +252,7 @@ class JaxVariant:
         model, p, b, pair_values=False, head=self.head
       )
     )(reference, batch)
-    return {
-      "reference_chosen_logps": stats.chosen_logps,
-      "reference_rejected_logps": stats.rejected_logps,
-    }
+    return stats.chosen_logps, stats.rejected_logps
 
   def memory(self) -> dict:
     analysis = self.compiled.memory_analysis()
@@ -276,7 +271,7 @@ class JaxVariant:
 
 def trl_variant(name: str, inputs: Inputs):
   """A `bench.trl_dpo.TrlDpoStep` with every core's worth of threads."""
-  from bench import trl_dpo  #
+  from bench import trl_dpo
 
   setting = inputs.setting
   config = train_config(setting)
@@ -325,7 +320,7 @@ def reference_logps_difference(variants) -> float:
     if "precomputed" in name:
       batch = by_name[name].batch
       for side, trl_value in zip(("chosen", "rejected"), trl_values):
-        ours = np.asarray(batch[f"reference_{side}_logps"], np.float64)
+        ours = np.asarray(getattr(batch, f"reference_{side}_logps"), np.float64)
         worst = max(worst, float(np.max(np.abs(ours - trl_value))))
   return worst
 

@@ -328,7 +328,7 @@ def pair_statistics(
     pairs whose rejected response has at most 3 tokens.
   """
   # Imported here: only this diagnostic needs the objective's routing.
-  from train import objective  #
+  from train import objective
 
   model, params = models.load_hf_model(reference_dir, dtype=config.model.dtype)
   tokenizer = data_lib.make_tokenizer(config.data, str(reference_dir))
@@ -354,7 +354,7 @@ def pair_statistics(
     batch_size=256, seed=seed, shard_index=0, shard_count=1, repeat=False
   ):
     out = jax.device_get(stats_fn(params, jax.tree.map(np.asarray, batch)))
-    real = np.asarray(batch["example_weight"]) > 0
+    real = np.asarray(batch.example_weight) > 0
     for name, value in out.items():
       columns.setdefault(name, []).append(np.asarray(value, np.float64)[real])
   values = {name: np.concatenate(parts) for name, parts in columns.items()}
@@ -487,10 +487,10 @@ def plot_frontier(
   hyperparameter, and thin lines join a config's per-step means starting at
   the reference (the black star).
   """
-  import matplotlib  #
+  import matplotlib
 
   matplotlib.use("Agg")  # Files only; no display where this runs.
-  import matplotlib.pyplot as plt  #
+  import matplotlib.pyplot as plt
 
   colors = {
     "dpo": "tab:blue",

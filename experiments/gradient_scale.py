@@ -340,10 +340,10 @@ def run(lengths=LENGTHS, grid=None, seed: int = 0, length_scaled: bool = True):
 
 def plot(rows, path: pathlib.Path) -> None:
   """Gradient norm against length, log y, one panel per dtype."""
-  import matplotlib  #
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  #
+  import matplotlib.pyplot as plt
 
   floor = 1e-90  # Exact zeros are drawn here, on the bottom edge.
   labels = list(dict.fromkeys(row["loss"] for row in rows))

@@ -104,10 +104,10 @@ def table(rows) -> str:
 
 
 def plot(rows, path: pathlib.Path) -> None:
-  import matplotlib  #
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  #
+  import matplotlib.pyplot as plt
 
   floor = 1e-90
   labels = list(dict.fromkeys(r["loss"] for r in rows))

@@ -6,7 +6,6 @@ split over ``("data", "fsdp")``: fsdp shards parameters *and* the batch, so
 both axes carry distinct examples.
 """
 
-from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,14 +80,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch(host_batch: Mapping[str, Any], mesh: Mesh) -> dict:
+def global_batch(host_batch: Any, mesh: Mesh) -> Any:
   """Each process's rows of a batch -> global arrays split over data x fsdp.
 
-  Every process passes its own share (the same number of rows each); the
-  result is one array per entry whose leading axis is the global batch.
+  ``host_batch`` is any pytree of arrays (a dict, a batch dataclass). Every
+  process passes its own share (the same number of rows each); the result
+  has the same structure, each array's leading axis the global batch.
   """
   spec = batch_sharding(mesh)
-  return {
-    name: jax.make_array_from_process_local_data(spec, np.asarray(value))
-    for name, value in host_batch.items()
-  }
+  return jax.tree.map(
+    lambda value: jax.make_array_from_process_local_data(
+      spec, np.asarray(value)
+    ),
+    host_batch,
+  )
+
+
+def placed_shapes(tree: Any, shardings: Any, dtype: Any = None) -> Any:
+  """``jax.ShapeDtypeStruct``s of ``tree``'s leaves in ``shardings``.
+
+  What ``jit(...).lower`` takes in place of arrays when only the shapes are
+  wanted (ahead-of-time compiles): ``tree`` may hold arrays or shapes;
+  ``dtype`` replaces every leaf's dtype when given.
+  """
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s),
+    tree,
+    shardings,
+  )

@@ -157,7 +157,7 @@ class TreeModel:
     junk_after = self.junk_logits(num_pad)
     if table is None:
       return np.concatenate([junk_before, self.table[rows], junk_after])
-    import jax.numpy as jnp  #
+    import jax.numpy as jnp
 
     table = jnp.asarray(table)
     return jnp.concatenate(

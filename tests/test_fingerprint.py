@@ -10,7 +10,8 @@ from jax.sharding import PartitionSpec
 from slpo_jax import fingerprint
 
 # The value the LoRA runs store for ``_tree()`` as their base weights' hash
-# (``train.lora_setup.weights_fingerprint``): the same algorithm.
+# (``train.lora_setup.prepare``'s identity), so checkpoints written before
+# this module resume.
 EXPECTED = "1d9d15ead019a530"
 
 

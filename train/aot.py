@@ -20,19 +20,17 @@ Needs ``libtpu`` (``pip install -e ".[tpu-aot]"``); nothing else of a TPU.
 """
 
 import dataclasses
-import functools
-import json
 import re
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import slpo_jax
 from slpo_jax import models
+from train import batch as batch_lib
 from train import data as data_lib
-from train import lora_setup
-from train import objective
+from train import policy as policy_lib
 from train import setup as setup_lib
 from train import state as state_lib
 from train import step as step_lib
@@ -79,7 +77,7 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
     raise ValueError(
       "compiling for TPU needs libtpu: pip install -e '.[tpu-aot]'"
     ) from None
-  from jax.experimental import topologies  #
+  from jax.experimental import topologies
 
   bounds = (2, 2, 1)  # Four chips per host, as on every Cloud TPU VM here.
   topology = topologies.get_topology_desc(
@@ -143,65 +141,19 @@ def batch_rows(config, layout: PackedLayout) -> int:
 
 def abstract_batch(
   config, mesh, needs_reference_logps: bool, layout=PackedLayout()
-) -> dict:
+) -> batch_lib.Batch:
   """The global batch as the pipeline builds it, as sharded shapes."""
-  spec = slpo_jax.sharding.batch_sharding(mesh)
-  if config.data.get("packing", False):
-    return _packed_batch(config, spec, needs_reference_logps, layout)
-  rows, length = config.batch_size, sequence_length(config)
-  batch = _token_arrays(rows, length, spec)
-  batch["example_weight"] = jax.ShapeDtypeStruct(
-    (rows,), jnp.float32, sharding=spec
-  )
-  batch["example_id"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=spec)
-  if needs_reference_logps:
-    for side in ("chosen", "rejected"):
-      batch[f"reference_{side}_logps"] = jax.ShapeDtypeStruct(
-        (rows,), jnp.float32, sharding=spec
-      )
-  return batch
-
-
-def _token_arrays(rows: int, length: int, spec) -> dict:
-  batch = {}
-  for side in ("chosen_", "rejected_"):
-    for name, dtype in (
-      ("input_ids", jnp.int32),
-      ("attention_mask", jnp.int32),
-      ("labels", jnp.int32),
-      ("loss_mask", jnp.bool_),
-    ):
-      batch[side + name] = jax.ShapeDtypeStruct(
-        (rows, length), dtype, sharding=spec
-      )
-  return batch
-
-
-def _packed_batch(config, spec, needs_reference_logps, layout) -> dict:
-  """``train.data.row_packing.pack_pairs``'s batch: rows, then pair slots."""
-  rows, slots = layout.resolved(config)
-  length = sequence_length(config)
-  batch = _token_arrays(rows, length, spec)
-  for name in ("segment_ids", "positions"):
-    batch[name] = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=spec)
-  per_slot = {"pair_example_weight": jnp.float32, "pair_example_id": jnp.int32}
-  if needs_reference_logps:
-    per_slot["reference_chosen_logps"] = jnp.float32
-    per_slot["reference_rejected_logps"] = jnp.float32
-  for name, dtype in per_slot.items():
-    batch[name] = jax.ShapeDtypeStruct((rows, slots), dtype, sharding=spec)
-  return batch
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    tree,
-    shardings,
+  packed = config.data.get("packing", False)
+  return batch_lib.abstract(
+    rows=batch_rows(config, layout),
+    length=sequence_length(config),
+    sharding=slpo_jax.sharding.batch_sharding(mesh),
+    slots=layout.resolved(config)[1] if packed else 0,
+    with_reference=needs_reference_logps,
   )
 
 
-def model_flops(model, config, spec, layout=PackedLayout()) -> float:
+def model_flops(model, config, loss, layout=PackedLayout()) -> float:
   """Analytic FLOPs of one step over the whole batch.
 
   Matmul FLOPs are 2 per multiply-add: 6 N per token for the policy's
@@ -225,64 +177,66 @@ def model_flops(model, config, spec, layout=PackedLayout()) -> float:
   policy = 3 * (2 * dense + attention) * tokens
   reference = (
     (2 * dense + attention) * tokens
-    if spec.needs_reference and config.reference.mode == "online"
+    if loss.needs_reference and config.reference.mode == "online"
     else 0.0
   )
   return float(policy + reference)
 
 
 def compile_step(config, devices, layout=PackedLayout()):
-  """``(compiled, model, spec)``: the config's train step, compiled."""
-  lowered, model, spec = lower_step(config, devices, layout)
-  return lowered.compile(), model, spec
+  """``(compiled, spec)``: the config's train step, compiled."""
+  lowered, spec = lower_step(config, devices, layout)
+  return lowered.compile(), spec
 
 
 def lower_step(config, devices, layout=PackedLayout()):
-  """``(lowered, model, spec)``: the config's train step, lowered."""
-  mesh = validate.validate(config, devices)
-  spec = objective.loss_of(config.loss)
+  """``(lowered, spec)``: the config's train step, lowered."""
+  step = abstract_step(config, devices, layout)
+  return step.train_fn.lower(step.state, step.frozen, step.batch), step.spec
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractStep:
+  """A config's jitted train step and its arguments as sharded shapes."""
+
+  spec: step_lib.StepSpec
+  train_fn: Any
+  state: step_lib.TrainState
+  frozen: Any
+  batch: batch_lib.Batch
+
+
+def abstract_step(config, devices, layout=PackedLayout()) -> AbstractStep:
+  """The step ``train.main`` would run for ``config`` on ``devices``, from
+  abstract parameters: no weight is read or allocated."""
+  checked = validate.validate(config, devices)
   model = _model(config)
-  rules = models.logical_axis_rules()
-  param_shardings = model.shardings(mesh, rules)
-  params = _abstract(model.abstract_params(), param_shardings)
-  policy = None
-  if lora_setup.enabled(config):
-    # The state holds the adapters; the frozen base is the reference.
-    policy, params, param_shardings, base = lora_setup.abstract_prepare(
-      config, model, param_shardings, mesh
-    )
-  optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
-  loss_state = state_lib.initial_loss_state(config)
-  shardings = state_lib.state_shardings(
-    optimizer, params, param_shardings, mesh, loss_state
+  shardings = model.shardings(checked.mesh, models.logical_axis_rules())
+  prepared = policy_lib.abstract(config, model, shardings, checked.mesh)
+  spec = setup_lib.step_spec(config, checked, model, prepared.policy)
+  loss_state = spec.loss.initial_state()
+  state_shardings = state_lib.state_shardings(
+    spec.optimizer,
+    prepared.trainable,
+    prepared.trainable_shardings,
+    spec.mesh,
+    loss_state,
   )
-  state = _abstract(
+  state = slpo_jax.sharding.placed_shapes(
     jax.eval_shape(
-      lambda p: state_lib.initial_state(optimizer, p, shardings, loss_state),
-      params,
+      lambda p: state_lib.initial_state(
+        spec.optimizer, p, state_shardings, loss_state
+      ),
+      prepared.trainable,
     ),
-    shardings,
+    state_shardings,
   )
-  precomputed = config.reference.mode == "precomputed" and spec.needs_reference
-  reference = None if precomputed else params
-  if policy is not None:
-    reference = base  # The policy needs it, precomputed or not.
-  run = setup_lib.Run(
-    config=config,
-    mesh=mesh,
-    optimizer=optimizer,
-    model=model,
-    initial_params=params,
-    param_shardings=param_shardings,
-    reference_params=reference,
-    train_iterator=None,
-    eval_batches=None,
-    head=setup_lib.head_options(config, model),
-    lora=policy,
+  frozen = prepared.policy.frozen_in_step(prepared.frozen)
+  train_fn, _ = state_lib.jit_steps(spec, state_shardings, frozen)
+  batch = abstract_batch(
+    config, spec.mesh, prepared.policy.reference_in_batch, layout
   )
-  train_fn, _ = state_lib.jit_steps(run, shardings)
-  batch = abstract_batch(config, mesh, precomputed, layout)
-  return train_fn.lower(state, reference, batch), model, spec
+  return AbstractStep(spec, train_fn, state, frozen, batch)
 
 
 class DoesNotFit(ValueError):
@@ -304,7 +258,8 @@ def analyse(
   """
   devices = topology_devices(topology, num_slices)
   try:
-    compiled, model, spec = compile_step(config, devices, layout)
+    compiled, spec = compile_step(config, devices, layout)
+    model = spec.model
   except jax.errors.JaxRuntimeError as error:
     if not _OOM.search(str(error)):
       raise
@@ -325,7 +280,7 @@ def analyse(
   count = len(devices)
   flops = float(cost.get("flops", 0.0))
   accessed = float(cost.get("bytes accessed", 0.0))
-  analytic = model_flops(model, config, spec, layout) / count
+  analytic = model_flops(model, config, spec.loss, layout) / count
   rows = batch_rows(config, layout)
   # XLA's cost analysis counts a while loop's body once: a scanned stack,
   # the fused head's tiles and collective-matmul loops are undercounted.
@@ -402,54 +357,9 @@ def report(figures: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  from absl import flags  #
-
-  from train import cli  #
-  from train import errors  #
-
-  del argv
-  values = flags.FLAGS
-  try:
-    layout = PackedLayout(values.packed_rows, values.packed_slots)
-    figures = analyse(values.config, values.topology, values.num_slices, layout)
-  except errors.USER_ERRORS as error:
-    cli.fail(str(error))
-  except ValueError as error:
-    cli.fail(" ".join(str(error).split()))
-  print(json.dumps(figures) if values.json else report(figures))
-
-
-def _define_flags():
-  from absl import flags  #
-  from ml_collections import config_flags  #
-
-  config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True
-  )
-  flags.DEFINE_string(
-    "topology", None, "Cloud TPU topology, e.g. v5p:4x4x2 or v5e:2x4."
-  )
-  flags.DEFINE_integer("num_slices", 1, "Slices of that topology (DCN).")
-  flags.DEFINE_bool("json", False, "Print one JSON object.")
-  flags.DEFINE_integer(
-    "packed_rows",
-    0,
-    "With data.packing: rows per side of the global batch (the pipeline's"
-    " count follows the data); 0 = batch_size, the most it builds.",
-  )
-  flags.DEFINE_integer(
-    "packed_slots", 8, "With data.packing: pair slots per packed row."
-  )
-  flags.mark_flags_as_required(["config", "topology"])
-
-
 if __name__ == "__main__":
-  from absl import app  #
-
-  from train import cli  #
+  from train import cli
 
   # TPU XLA compiles here for abstract devices; the host runs on its CPU.
   jax.config.update("jax_platforms", "cpu")
-  _define_flags()
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))
+  cli.run("aot", __doc__)

@@ -19,7 +19,7 @@ from slpo_jax import sharding
 from train import checkpoint as checkpoint_lib
 from train import config_schema
 from train import data as data_lib
-from train import lora_setup
+from train import policy as policy_lib
 from train import setup as setup_lib
 from train.errors import ConfigError
 from train.errors import NoCheckpointError
@@ -80,26 +80,23 @@ class CheckpointedRun:
     return mesh, self.model.shardings(mesh, models.logical_axis_rules())
 
   def _abstract_params(self, shardings) -> Any:
-    return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      self.model.abstract_params(),
-      shardings,
-    )
+    return sharding.placed_shapes(self.model.abstract_params(), shardings)
 
   def policy_params(self, device: jax.Device) -> Any:
     """The policy's parameters at this checkpoint, on ``device``; a LoRA
     run's adapters merged into its base."""
-    if lora_setup.enabled(self.config):
-      policy, adapters = self.adapters(device)
-      base = self.reference_params(device)
-      return jax.jit(policy.policy_params)(base, adapters)
-    _, shardings = self._shardings(device)
-    return self.reader.params(self.step, self._abstract_params(shardings))
+    policy, trainable = self.trainable(device)
+    frozen = (
+      self.reference_params(device) if policy.merge_reads_frozen else None
+    )
+    return jax.jit(policy.merged)(trainable, frozen)
 
-  def adapters(self, device: jax.Device) -> tuple[Any, Any]:
-    """A LoRA run's ``(LoraPolicy, adapters)`` at this checkpoint."""
-    return lora_setup.checkpointed_adapters(
-      self.config, self.model, self.reader, self.step, device
+  def trainable(self, device: jax.Device) -> tuple[Any, Any]:
+    """``(policy, trainable tree)`` at this checkpoint: the weights, or a
+    LoRA run's adapters."""
+    mesh, shardings = self._shardings(device)
+    return policy_lib.checkpointed(
+      self.config, self.model, self.reader, self.step, mesh, shardings
     )
 
   def reference_params(self, device: jax.Device) -> Any:
@@ -108,7 +105,8 @@ class CheckpointedRun:
     A moving reference (``reference.sync_every``) is read from this
     checkpoint; a frozen one is ``reference.checkpoint``, else the policy's
     start (``model.checkpoint``, the seeded initialisation, or the synthetic
-    task's fitted reference, from ``WORKDIR/reference`` once fitted).
+    task's fitted reference, from ``WORKDIR/reference`` once fitted), as the
+    run held it (a LoRA run's base in its ``base_dtype``).
     """
     config = self.config
     mesh, shardings = self._shardings(device)
@@ -116,13 +114,11 @@ class CheckpointedRun:
       abstract = self._abstract_params(shardings)
       return self.reader.reference(self.step, abstract)
     if config.reference.checkpoint:
-      return setup_lib.reference_checkpoint(config, shardings)
+      return policy_lib.reference_checkpoint(config, shardings)
     _, params, _ = setup_lib.starting_policy(
       config, self.workdir, self.tokenizer, mesh
     )
-    if lora_setup.enabled(config):  # The base as the run held it.
-      return lora_setup.frozen_base(config, params, shardings)
-    return params
+    return policy_lib.frozen_as_held(config, params, shardings)
 
   def close(self) -> None:
     self.reader.close()

@@ -1,13 +1,27 @@
-"""Command-line plumbing shared by ``train.main`` and ``train.aot``.
+"""The command shells: every ``python -m train.<command>``'s flags and main.
 
-Every mistake in the flags or the config file ends the program with one
-line on stderr, ``error: ...``, and exit code 2.
+  python -m train.main     # train (train/main.py)
+  python -m train.aot      # compile a step for a Cloud TPU topology
+  python -m train.export   # a checkpoint as a Hugging Face or PEFT folder
+  python -m train.sample   # completions from a checkpoint
+  python -m train.data.preview   # a config's first pairs, as training sees them
+
+Each command's module holds its work as plain functions, importable without
+absl; here are only the flags, the one-line errors (``error: ...`` on
+stderr, exit code 2) and the calls. A command's module docstring is its
+``--help``.
 """
 
 import ast
+import functools
+import json
 import sys
+import threading
 
+from absl import app
 from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
 
 def fail(message: str):
@@ -47,9 +61,8 @@ def parse_flags(argv: list[str], usage: str = "") -> list[str]:
   """
   if any(arg in _HELP for arg in argv[1:]):
     print(usage.strip() + "\n")
-    # The flags the command itself defines (absl files them under the
-    # script's path), not absl's own.
-    for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0]):
+    # The flags the command defines (all here, in this module), not absl's.
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
       print(f"  --{flag.name}: {flag.help}")
     if "config" in flags.FLAGS:
       print("\n" + KEYS)
@@ -68,3 +81,245 @@ def parse_flags(argv: list[str], usage: str = "") -> list[str]:
   ) as error:
     fail(one_line(error))
   return remaining
+
+
+def _config_flag() -> None:
+  config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+  )
+
+
+def _quiet_library_logs() -> None:
+  # Library INFO logs (checkpoint internals) would bury the progress bar or
+  # the output; pass -v 0 to see them.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def _user_errors():
+  from train import errors
+
+  return errors.USER_ERRORS
+
+
+# train.main -----------------------------------------------------------------
+
+
+def _train_flags() -> None:
+  flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics and caches go."
+  )
+  _config_flag()
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _train(argv) -> None:
+  del argv
+  from train import distributed
+  from train import errors
+  from train import stopping
+
+  _quiet_library_logs()
+  config = flags.FLAGS.config
+  distributed.initialize(config.distributed)
+  distributed.log_devices()
+  from train import loop  # Imported after JAX's distributed runtime is up.
+
+  try:
+    result = loop.train_and_evaluate(config, flags.FLAGS.workdir)
+  except stopping.Stopped as stopped:
+    # A signal before training proper (the reference fit): what was saved
+    # is in the message; the same command continues.
+    print(stopped, file=sys.stderr, flush=True)
+    sys.exit(stopped.exit_code)
+  except errors.USER_ERRORS as error:
+    # Errors the user can fix by changing the config or data: one line, no
+    # traceback (and not repeated by an absl log line).
+    if isinstance(error, errors.DiskFullError):
+      _quiet_exit_flushes()
+    fail(str(error))
+  except Exception as error:
+    # A full disk is the user's to fix too; any other error is a bug and
+    # keeps its traceback.
+    message = errors.disk_full(error)
+    if message is None:
+      raise
+    _quiet_exit_flushes()
+    fail(message)
+  if result.stopped_by is not None:
+    sys.exit(stopping.EXIT_CODES[result.stopped_by])
+
+
+def _quiet_exit_flushes() -> None:
+  # Writers that flush in their own thread or at exit (TensorBoard's) fail
+  # on the full disk too; the one line above says why.
+  sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
+
+
+# train.aot ------------------------------------------------------------------
+
+
+def _aot_flags() -> None:
+  _config_flag()
+  flags.DEFINE_string(
+    "topology", None, "Cloud TPU topology, e.g. v5p:4x4x2 or v5e:2x4."
+  )
+  flags.DEFINE_integer("num_slices", 1, "Slices of that topology (DCN).")
+  flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.DEFINE_integer(
+    "packed_rows",
+    0,
+    "With data.packing: rows per side of the global batch (the pipeline's"
+    " count follows the data); 0 = batch_size, the most it builds.",
+  )
+  flags.DEFINE_integer(
+    "packed_slots", 8, "With data.packing: pair slots per packed row."
+  )
+  flags.mark_flags_as_required(["config", "topology"])
+
+
+def _aot(argv) -> None:
+  del argv
+  from train import aot
+
+  values = flags.FLAGS
+  try:
+    layout = aot.PackedLayout(values.packed_rows, values.packed_slots)
+    figures = aot.analyse(
+      values.config, values.topology, values.num_slices, layout
+    )
+  except _user_errors() as error:
+    fail(str(error))
+  except ValueError as error:
+    fail(" ".join(str(error).split()))
+  print(json.dumps(figures) if values.json else aot.report(figures))
+
+
+# train.export ---------------------------------------------------------------
+
+
+def _export_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  flags.DEFINE_integer("step", None, "The checkpoint's step; default latest.")
+  flags.DEFINE_string("out", None, "The folder to write; new or empty.")
+  flags.DEFINE_string(
+    "dtype", None, "float32 or bfloat16; default the run's export.dtype."
+  )
+  flags.DEFINE_string(
+    "format",
+    "hf",
+    "hf: a transformers folder (a LoRA run's merged policy). merged: the"
+    " same, LoRA runs only. peft: a LoRA run's adapters as a PEFT folder.",
+  )
+  flags.mark_flags_as_required(["workdir", "out"])
+
+
+def _export(argv) -> None:
+  del argv
+  from train import export
+
+  _quiet_library_logs()
+  values = flags.FLAGS
+  try:
+    export.export_checkpoint(
+      values.workdir,
+      values.out,
+      step=values.step,
+      dtype=values.dtype,
+      format_name=values.format,
+    )
+  except _user_errors() as error:
+    fail(" ".join(str(error).split()))
+
+
+# train.sample ---------------------------------------------------------------
+
+
+def _sample_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  flags.DEFINE_string("prompt", None, "One user turn's text.")
+  flags.DEFINE_string(
+    "messages", None, 'A JSON file: a list of {"role", "content"} messages.'
+  )
+  flags.DEFINE_bool(
+    "reference", False, "Sample the reference model, not the policy."
+  )
+  flags.DEFINE_integer("step", None, "The checkpoint's step; default latest.")
+  flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy.")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling's mass; 1 = off.")
+  flags.DEFINE_integer("max_new_tokens", 128, "Most tokens per completion.")
+  flags.DEFINE_integer("num_samples", 1, "Completions of the prompt.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def _sample(argv) -> None:
+  del argv
+  from train import sample
+
+  _quiet_library_logs()
+  values = flags.FLAGS
+  try:
+    messages = None
+    if values.messages is not None:
+      messages = sample.read_messages(values.messages)
+    completions = sample.sample(
+      values.workdir,
+      prompt=values.prompt,
+      messages=messages,
+      reference=values.reference,
+      step=values.step,
+      temperature=values.temperature,
+      top_p=values.top_p,
+      max_new_tokens=values.max_new_tokens,
+      num_samples=values.num_samples,
+      seed=values.seed,
+    )
+  except _user_errors() as error:
+    fail(" ".join(str(error).split()))
+  count = len(completions.texts)
+  for index, text in enumerate(completions.texts):
+    if count > 1:
+      print(f"--- sample {index + 1} of {count} ---")
+    print(text, flush=True)
+
+
+# train.data.preview ---------------------------------------------------------
+
+
+def _preview_flags() -> None:
+  _config_flag()
+  flags.DEFINE_integer("num", 3, "Pairs to show, from the start of the split.")
+  flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+  flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split.")
+  flags.mark_flags_as_required(["config"])
+
+
+def _preview(argv) -> None:
+  del argv
+  from train.data import preview
+
+  values = flags.FLAGS
+  if values.num < 1:
+    fail(f"--num must be at least 1, got {values.num}")
+  try:
+    preview.preview(values.config, values.num, values.format, values.split)
+  except _user_errors() as error:
+    fail(str(error))
+
+
+COMMANDS = {
+  "train": (_train_flags, _train),
+  "aot": (_aot_flags, _aot),
+  "export": (_export_flags, _export),
+  "sample": (_sample_flags, _sample),
+  "preview": (_preview_flags, _preview),
+}
+
+
+def run(command: str, usage: str) -> None:
+  """Defines ``command``'s flags and runs it; ``usage`` is its --help."""
+  define, main = COMMANDS[command]
+  define()
+  app.run(main, flags_parser=functools.partial(parse_flags, usage=usage))

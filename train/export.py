@@ -18,7 +18,6 @@ A mistake (no checkpoint, no such step, an output folder that is not empty)
 ends the program with one line on stderr, ``error: ...``, and exit code 2.
 """
 
-import functools
 import json
 import os
 import pathlib
@@ -28,14 +27,11 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 from jax.experimental import multihost_utils
 
 from slpo_jax import models
 from train import checkpointed_run
-from train import cli
 from train import data as data_lib
-from train import errors
 from train import lora_setup
 from train.data import chat
 from train.errors import ConfigError
@@ -330,7 +326,7 @@ def export_checkpoint(
 
 def _export_adapters(run, out: pathlib.Path) -> pathlib.Path:
   """A LoRA checkpoint's adapters as the PEFT folder ``out`` (float32)."""
-  policy, adapters = run.adapters(_host_device())
+  policy, adapters = run.trainable(_host_device())
   out = out.absolute()
   if jax.process_index() != 0:
     return out
@@ -356,43 +352,7 @@ def _host_device() -> jax.Device:
     return jax.devices()[0]
 
 
-def main(argv):
-  from absl import logging  #
-
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  values = flags.FLAGS
-  try:
-    export_checkpoint(
-      values.workdir,
-      values.out,
-      step=values.step,
-      dtype=values.dtype,
-      format_name=values.format,
-    )
-  except errors.USER_ERRORS as error:
-    cli.fail(" ".join(str(error).split()))
-
-
-def _define_flags():
-  flags.DEFINE_string("workdir", None, "The training run's workdir.")
-  flags.DEFINE_integer("step", None, "The checkpoint's step; default latest.")
-  flags.DEFINE_string("out", None, "The folder to write; new or empty.")
-  flags.DEFINE_string(
-    "dtype", None, "float32 or bfloat16; default the run's export.dtype."
-  )
-  flags.DEFINE_string(
-    "format",
-    "hf",
-    "hf: a transformers folder (a LoRA run's merged policy). merged: the"
-    " same, LoRA runs only. peft: a LoRA run's adapters as a PEFT folder.",
-  )
-  flags.mark_flags_as_required(["workdir", "out"])
-
-
 if __name__ == "__main__":
-  from absl import app  #
+  from train import cli
 
-  _define_flags()
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))
+  cli.run("export", __doc__)

@@ -105,10 +105,10 @@ def train_and_evaluate(
     is off).
   """
   workdir = pathlib.Path(workdir)
-  mesh = validate.validate(config, devices) if run is None else None
+  checked = validate.validate(config, devices) if run is None else None
   with workdir_lib.WorkdirLock(workdir):
     if run is None:
-      run = setup_lib.build_run(config, workdir, mesh)
+      run = setup_lib.build_run(config, workdir, checked)
     return _train(config, workdir, run, eval_callback)
 
 
@@ -118,7 +118,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     workdir,
     keep=config.keep_checkpoints,
     # A LoRA run's adapters only fit the base they were trained on.
-    run_identity=run_identity(config) | (run.lora.identity if run.lora else {}),
+    run_identity=run_identity(config) | run.spec.policy.identity,
     settings=resume.settings(config),
   )
   state, shardings, restored = state_lib.restore_or_init(run, checkpointer)
@@ -126,7 +126,9 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     changes = resume.check(restored.settings, config, restored.step)
     if changes and jax.process_index() == 0:
       print(changes)
-  train_fn, eval_fn = state_lib.jit_steps(run, shardings)
+  train_fn, eval_fn = state_lib.jit_steps(
+    run.spec, shardings, run.reference_params
+  )
   reference, sync_fn = state_lib.reference_sync(run, restored)
   sync_every = config.reference.sync_every
   start_step = int(state.step)
@@ -146,9 +148,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     log_every=config.log_every,
     total_steps=config.steps,
     bar=bar,
-    learning_rate=step_lib.learning_rate_schedule(
-      config.optimizer, config.steps
-    ),
+    learning_rate=run.schedule,
     num_tokens=restored.progress.get("num_tokens", 0) if restored else 0,
   )
   with stopping.StopRequests() as stop, contextlib.ExitStack() as cleanup:
@@ -161,7 +161,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
       )
       if sync_fn is not None and step % sync_every == 0:
         reference = sync_fn(reference, state.params)
-      metrics.push(step, step_metrics, tokens=run.count_tokens(host_batch))
+      metrics.push(step, step_metrics, tokens=host_batch.count_tokens())
       bar.update(1)
       at_end = step == config.steps
       if config.eval_every and (step % config.eval_every == 0 or at_end):
@@ -199,7 +199,7 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     # nothing, so WORKDIR/hf is always a finished run's policy.
     exported = export_lib.export_policy(
       config,
-      run.model,
+      run.spec.model,
       run.policy_params(state.params),
       workdir / EXPORT_FOLDER,
     )

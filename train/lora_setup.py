@@ -1,16 +1,14 @@
-"""LoRA runs (``config.model.lora``): adapters trained over a frozen base.
+"""LoRA runs (``config.model.lora``): their checks, adapters and files.
 
 With ``rank > 0`` the train state's ``params`` are the adapters (so only
 they get gradients and optimizer state, and only they are donated and
-checkpointed), and the base travels into the step where the reference
-does today: the reference *is* the base with the adapters off, so the
-program holds one copy of the weights. The step merges them
-(:meth:`LoraPolicy.policy_params`); with a precomputed reference it still
-needs the base for the policy, and skips the reference's forward pass.
+checkpointed), and the base is the step's frozen tree: the reference *is*
+the base with the adapters off, so the program holds one copy of the
+weights. :class:`LoraPolicy` is what the step sees, through the seam of
+:mod:`train.policy`.
 """
 
 import dataclasses
-import hashlib
 import pathlib
 from typing import Any
 
@@ -18,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slpo_jax import fingerprint
 from slpo_jax import lora
 from slpo_jax import lora_peft
 from slpo_jax import models
+from slpo_jax import sharding
 from train.errors import ConfigError
 
 BASE_DTYPES = ("float32", "bfloat16")
@@ -112,7 +112,7 @@ def check(config, model) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LoraPolicy:
-  """What the steps need to turn adapters into the policy.
+  """Adapters train over a frozen base (``config.model.lora``).
 
   Attributes:
     config: rank, scale, targets.
@@ -128,43 +128,27 @@ class LoraPolicy:
   dtype: str
   reference_in_batch: bool
   identity: dict
+  # The adapters merge into the frozen base.
+  merge_reads_frozen = True
 
-  def policy_params(self, base, adapters):
+  def merged(self, trainable, frozen):
     """The base with the adapters merged in (traceable)."""
     return lora.policy_params(
-      base, adapters, list(self.sites), self.config, dtype=self.dtype
+      frozen, trainable, list(self.sites), self.config, dtype=self.dtype
     )
 
-  def reference(self, base):
-    """The reference parameters the loss reads: the base, or None when its
-    log-probs come with the batch."""
-    return None if self.reference_in_batch else lora.base_params(base)
+  def reference(self, frozen):
+    """The reference's parameters: the base with its adapters off."""
+    return lora.base_params(frozen)
 
+  def step_reference(self, frozen):
+    """The reference the loss reads: None when its log-probs come with the
+    batch."""
+    return None if self.reference_in_batch else self.reference(frozen)
 
-def weights_fingerprint(params) -> str:
-  """A hash of a parameter tree's values, computed on its devices.
-
-  Each leaf's bits are summed with position-dependent odd weights in uint32
-  (wrapping, so exact and the same however the leaf is sharded); only those
-  sums reach the host, not the weights.
-  """
-
-  def checksum(leaf):
-    bits = jax.lax.bitcast_convert_type(
-      leaf, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[leaf.dtype.itemsize]
-    ).astype(jnp.uint32)
-    index = jax.lax.broadcasted_iota(jnp.uint32, leaf.shape, 0)
-    for axis in range(1, leaf.ndim):
-      index = index * jnp.uint32(leaf.shape[axis]) + jax.lax.broadcasted_iota(
-        jnp.uint32, leaf.shape, axis
-      )
-    return jnp.sum(bits * (index * jnp.uint32(2654435761) | jnp.uint32(1)))
-
-  sums = jax.device_get(jax.jit(lambda p: jax.tree.map(checksum, p))(params))
-  digest = hashlib.sha256()
-  for path, value in jax.tree_util.tree_leaves_with_path(sums):
-    digest.update(f"{jax.tree_util.keystr(path)}={int(value)};".encode())
-  return digest.hexdigest()[:16]
+  def frozen_in_step(self, frozen):
+    """The policy needs the base even when the reference is cached."""
+    return frozen
 
 
 def frozen_base(config, params, shardings):
@@ -212,18 +196,10 @@ def abstract_prepare(config, model, base_shardings, mesh):
   sites = select_sites(config, model)
   adapter_shardings = _adapter_shardings(config, sites, mesh)
   dtype = jnp.dtype(config.model.lora.base_dtype)
-
-  def place(tree, shardings, dtype=None):
-    return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s),
-      tree,
-      shardings,
-    )
-
-  adapters = place(
+  adapters = sharding.placed_shapes(
     lora.abstract_adapters(sites, config.model.lora.rank), adapter_shardings
   )
-  base = place(model.abstract_params(), base_shardings, dtype)
+  base = sharding.placed_shapes(model.abstract_params(), base_shardings, dtype)
   return _policy(config, sites, {}), adapters, adapter_shardings, base
 
 
@@ -249,7 +225,7 @@ def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
     )(jax.random.fold_in(jax.random.key(config.seed), 1))
   identity = {
     "lora_base": base_source(config),
-    "lora_base_weights": weights_fingerprint(base),
+    "lora_base_weights": fingerprint.params_fingerprint(base),
   }
   policy = _policy(config, sites, identity)
   if jax.process_index() == 0:
@@ -276,18 +252,13 @@ def save_peft(config, model, policy: LoraPolicy, adapters, out) -> pathlib.Path:
   return out
 
 
-def checkpointed_adapters(config, model, reader, step: int, device):
-  """The adapters of checkpoint ``step`` (a ``CheckpointReader``), on
-  ``device``, and the wiring that merges them."""
+def checkpointed_adapters(config, model, reader, step: int, mesh):
+  """``(policy, adapters)`` of checkpoint ``step`` (a ``CheckpointReader``),
+  on ``mesh``."""
   sites = select_sites(config, model)
-  mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1), _MESH_AXES)
   rank = config.model.lora.rank
   placed = lora.shardings(sites, rank, mesh, models.logical_axis_rules())
-  abstract = jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    lora.abstract_adapters(sites, rank),
-    placed,
-  )
+  abstract = sharding.placed_shapes(lora.abstract_adapters(sites, rank), placed)
   policy = LoraPolicy(
     config=lora_config(config),
     sites=tuple(sites),
@@ -297,6 +268,3 @@ def checkpointed_adapters(config, model, reader, step: int, device):
     identity={},
   )
   return policy, reader.params(step, abstract)
-
-
-_MESH_AXES = ("data", "fsdp", "tensor")

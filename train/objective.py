@@ -5,13 +5,17 @@ the library's loss head (:func:`slpo_jax.pair_stats_from_hidden`, fused or
 plain) -> the loss table (:data:`slpo_jax.losses.LOSSES`) -> example-weighted
 sums. The loss math is all in :mod:`slpo_jax`; this module routes arrays.
 
-A packed batch (``data.packing``, :mod:`train.data.row_packing`) holds several
-pairs per row, marked by ``segment_ids`` and ``positions``; its per-pair
+A :class:`train.batch.PackedBatch` (``data.packing``) holds several pairs
+per row, marked by ``segment_ids`` and ``positions``; its per-pair
 statistics come out ``[R, S]`` and are flattened to one axis of ``R * S``
 pairs, weighted by ``pair_example_weight``, so the losses and sums below see
 a batch of pairs either way.
+
+The loss a config names is built once, as a :class:`Loss` (its table terms
+and their hyperparameters); no config section reaches a jitted function.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,21 +26,54 @@ import slpo_jax
 from slpo_jax import losses
 from slpo_jax import packing
 from slpo_jax import sharding
+from train.batch import Batch
 
 _BATCH = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
 _REPLICATED = jax.sharding.PartitionSpec()
 
 
-def is_packed(batch: Mapping[str, Any]) -> bool:
-  """Whether ``batch`` holds several pairs per row (``data.packing``)."""
-  return "segment_ids" in batch
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """The loss of ``config.loss``, built: its terms and hyperparameters.
+
+  Attributes:
+    terms: the weighted table entries (:func:`slpo_jax.losses.weighted_loss`).
+    hparams: the hyperparameters the terms read, by name.
+    beta: the metrics' reward scale (``config.loss.beta``).
+  """
+
+  terms: losses.WeightedLoss
+  hparams: tuple[tuple[str, Any], ...]
+  beta: float
+
+  @property
+  def needs_reference(self) -> bool:
+    return self.terms.needs_reference
+
+  @property
+  def needs_reference_tokens(self) -> bool:
+    return self.terms.needs_reference_tokens
+
+  def initial_state(self) -> Any:
+    """The loss state before training; None if no term has one."""
+    return self.terms.initial_state() or None
+
+  def apply(self, policy, reference, loss_state):
+    """``(per-term per-example losses, new loss state)``."""
+    return self.terms.apply(policy, reference, loss_state, **dict(self.hparams))
 
 
-def pair_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
-  """The example weight of every pair of ``batch``, one axis of pairs."""
-  if is_packed(batch):
-    return batch["pair_example_weight"].reshape(-1)
-  return batch["example_weight"]
+def build_loss(loss_config: Any) -> Loss:
+  """The loss ``config.loss`` names: one table name, or several joined by
+  commas with ``config.loss.weights`` (empty: weight 1 each).
+
+  Raises:
+    ValueError: an unknown name, or weights that do not match the names.
+  """
+  names = [name.strip() for name in loss_config.name.split(",")]
+  terms = losses.weighted_loss(names, loss_config.weights)
+  hparams = tuple((name, loss_config[name]) for name in terms.hparams)
+  return Loss(terms=terms, hparams=hparams, beta=float(loss_config.beta))
 
 
 def _head_per_shard(
@@ -64,7 +101,7 @@ def _head_per_shard(
 def batch_stats(
   model: Any,
   params: Any,
-  batch: Mapping[str, jax.Array],
+  batch: Batch,
   *,
   pair_values: bool,
   head: slpo_jax.HeadOptions,
@@ -76,7 +113,7 @@ def batch_stats(
     model: an object with ``hidden_states(params, ids, mask) -> (hidden,
       lm_head)`` (and ``segment_ids=``, ``positions=`` for packed batches).
     params: the model's parameters.
-    batch: the data pipeline's batch (``chosen_*``/``rejected_*`` arrays).
+    batch: the data pipeline's batch, padded or packed.
     pair_values: compute the pair complement and the token values too.
     head: fused or plain per-token computation.
     mesh: the mesh the batch is split over; the fused head then runs on
@@ -86,25 +123,23 @@ def batch_stats(
     The :class:`slpo_jax.PairStats` of the batch, per pair (``[R * S]``
     pair slots for a packed batch).
   """
-  n = batch["chosen_input_ids"].shape[0]
+  n = batch.chosen_input_ids.shape[0]
   # One forward pass over the chosen and rejected rows together.
-  ids = jnp.concatenate(
-    [batch["chosen_input_ids"], batch["rejected_input_ids"]]
-  )
+  ids = jnp.concatenate([batch.chosen_input_ids, batch.rejected_input_ids])
   mask = jnp.concatenate(
-    [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
+    [batch.chosen_attention_mask, batch.rejected_attention_mask]
   )
-  packed = is_packed(batch)
+  packed = batch.packed
   num_segments = None
   if packed:
-    num_segments = batch["pair_example_weight"].shape[1]
+    num_segments = batch.per_pair_shape[1]
     # The model sees each row's own padding (the shorter response's tail
     # inside a pair's segment) as segment 0.
     hidden, lm_head = model.hidden_states(
       params,
       ids,
-      segment_ids=jnp.concatenate([batch["segment_ids"]] * 2) * mask,
-      positions=jnp.concatenate([batch["positions"]] * 2),
+      segment_ids=jnp.concatenate([batch.segment_ids] * 2) * mask,
+      positions=jnp.concatenate([batch.positions] * 2),
     )
   else:
     hidden, lm_head = model.hidden_states(params, ids, mask)
@@ -126,28 +161,28 @@ def batch_stats(
       num_segments=num_segments,
     )
 
-  segments = (batch["segment_ids"],) if packed else ()
+  segments = (batch.segment_ids,) if packed else ()
   stats = _head_per_shard(head_fn, mesh, head.fused, packed)(
     hidden[:n],
     hidden[n:],
     lm_head,
-    batch["chosen_labels"],
-    batch["rejected_labels"],
-    batch["chosen_loss_mask"],
-    batch["rejected_loss_mask"],
+    batch.chosen_labels,
+    batch.rejected_labels,
+    batch.chosen_loss_mask,
+    batch.rejected_loss_mask,
     *segments,
   )
   if packed:
     stats = packing.pairs_first(stats)
   # Padding rows (weight 0, copies of a real pair) do not count either.
-  return stats._replace(counted=stats.counted & (pair_weights(batch) > 0))
+  return stats._replace(counted=stats.counted & (batch.pair_weights() > 0))
 
 
 def reference_stats(
   model: Any,
   reference: Any,
-  batch: Mapping[str, jax.Array],
-  spec: losses.WeightedLoss,
+  batch: Batch,
+  loss: Loss,
   head: slpo_jax.HeadOptions,
   mesh: jax.sharding.Mesh | None = None,
 ) -> slpo_jax.PairStats | None:
@@ -158,48 +193,35 @@ def reference_stats(
     reference: the frozen reference parameters, or None when the batch
       carries precomputed ``reference_chosen_logps``/``_rejected_logps``.
     batch: the pipeline's batch.
-    spec: the loss, which says what it reads.
+    loss: the loss, which says what it reads.
     head: fused or plain per-token computation.
 
   Returns:
     The statistics, or None for a loss without a reference.
   """
-  if not spec.needs_reference:
+  if not loss.needs_reference:
     return None
   if reference is None:
     cached = slpo_jax.PairStats(
-      chosen_logps=batch["reference_chosen_logps"],
-      rejected_logps=batch["reference_rejected_logps"],
+      chosen_logps=batch.reference_chosen_logps,
+      rejected_logps=batch.reference_rejected_logps,
     )
     # A packed batch carries them per pair slot, [R, S].
-    return packing.pairs_first(cached) if is_packed(batch) else cached
+    return packing.pairs_first(cached) if batch.packed else cached
   # stop_gradient makes the frozen tree a constant of the loss even if a
   # caller differentiates through it.
   return batch_stats(
     model,
     jax.lax.stop_gradient(reference),
     batch,
-    pair_values=spec.needs_reference_tokens,
+    pair_values=loss.needs_reference_tokens,
     head=head,
     mesh=mesh,
   )
 
 
-def loss_of(loss_config: Any) -> losses.WeightedLoss:
-  """The loss ``config.loss`` names: one table name, or several joined by
-  commas with ``config.loss.weights`` (empty: weight 1 each)."""
-  names = [name.strip() for name in loss_config.name.split(",")]
-  return losses.weighted_loss(names, loss_config.weights)
-
-
-def loss_hparams(spec: losses.WeightedLoss, loss_config: Any) -> dict[str, Any]:
-  """The loss's hyperparameters, read from ``config.loss``."""
-  return {name: loss_config[name] for name in spec.hparams}
-
-
 def weighted_sums(
-  spec: losses.WeightedLoss,
-  loss_config: Any,
+  loss: Loss,
   policy: slpo_jax.PairStats,
   reference: slpo_jax.PairStats | None,
   example_weight: jax.Array,
@@ -215,10 +237,8 @@ def weighted_sums(
     ``(loss sum, (metric sums, new loss state))``; the loss state is None
     when no term carries one.
   """
-  parts, new_state = spec.apply(
-    policy, reference, loss_state, **loss_hparams(spec, loss_config)
-  )
-  per_example = sum(w * parts[term.name] for term, w in spec.terms)
+  parts, new_state = loss.apply(policy, reference, loss_state)
+  per_example = sum(w * parts[term.name] for term, w in loss.terms.terms)
   weight = example_weight.astype(jnp.float32)
   # Padding rows (weight 0) may hold infinite values; they add exactly nothing.
   counted = weight > 0
@@ -232,7 +252,7 @@ def weighted_sums(
       policy.rejected_logps,
       reference.chosen_logps,
       reference.rejected_logps,
-      beta=loss_config.beta,
+      beta=loss.beta,
       policy_chosen_not_logps=policy.chosen_not_logps,
       policy_rejected_not_logps=policy.rejected_not_logps,
     )
@@ -278,25 +298,22 @@ def batch_loss(
   model: Any,
   params: Any,
   reference: Any,
-  batch: Mapping[str, jax.Array],
+  batch: Batch,
   *,
-  loss_config: Any,
+  loss: Loss,
   head: slpo_jax.HeadOptions,
   mesh: jax.sharding.Mesh | None = None,
   loss_state: Any = None,
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
   """The weighted loss sum of ``params`` on a batch, and ``(metric sums,
   new loss state)`` (:func:`weighted_sums`)."""
-  spec = loss_of(loss_config)
   policy = batch_stats(
     model,
     params,
     batch,
-    pair_values=spec.needs_pair_values,
+    pair_values=loss.terms.needs_pair_values,
     head=head,
     mesh=mesh,
   )
-  ref = reference_stats(model, reference, batch, spec, head, mesh)
-  return weighted_sums(
-    spec, loss_config, policy, ref, pair_weights(batch), loss_state
-  )
+  ref = reference_stats(model, reference, batch, loss, head, mesh)
+  return weighted_sums(loss, policy, ref, batch.pair_weights(), loss_state)

@@ -19,6 +19,7 @@ from slpo_jax import sharding
 from train import objective
 from train import progress
 from train import stopping
+from train.batch import Batch
 
 
 def params_fingerprint(params) -> str:
@@ -28,17 +29,6 @@ def params_fingerprint(params) -> str:
     digest.update(jax.tree_util.keystr(path).encode())
     digest.update(np.ascontiguousarray(leaf).tobytes())
   return digest.hexdigest()[:16]
-
-
-def _ids_and_weights(batch) -> tuple[np.ndarray, np.ndarray]:
-  """Example ids and weights of a batch's pairs, one flat axis (packed
-  batches carry them per pair slot, ``[R, S]``, in ``batch_stats``'s order)."""
-  if objective.is_packed(batch):
-    return (
-      np.ravel(batch["pair_example_id"]),
-      np.ravel(batch["pair_example_weight"]),
-    )
-  return batch["example_id"], batch["example_weight"]
 
 
 def _stats_fn(model, head):
@@ -109,7 +99,8 @@ class ReferenceCache:
           c, r = stats(reference_params, sharding.global_batch(batch, mesh))
           # Each process keeps the rows it owns: its addressable shards.
           c, r = _local_rows(c), _local_rows(r)
-          ids, weights = _ids_and_weights(batch)
+          # One flat axis of pairs, in batch_stats's order.
+          ids, weights = batch.pair_ids(), batch.pair_weights()
           for i, cv, rv, w in zip(ids, c, r, weights):
             if w > 0:
               values[(split, int(i))] = (float(cv), float(rv))
@@ -137,24 +128,17 @@ class ReferenceCache:
     os.replace(partial, path)
     return cls(values)
 
-  def _attach(self, batch: dict, split: str) -> dict:
+  def _attach(self, batch: Batch, split: str) -> Batch:
     found = [
       self._values[(split, int(i))] if w > 0 else (0.0, 0.0)
-      for i, w in zip(*_ids_and_weights(batch))
+      for i, w in zip(batch.pair_ids(), batch.pair_weights())
     ]
     # Per pair: [B], or [R, S] for a packed batch.
-    key = (
-      "pair_example_weight" if objective.is_packed(batch) else "example_weight"
+    shape = batch.per_pair_shape
+    return batch.with_reference(
+      np.array([c for c, _ in found], np.float32).reshape(shape),
+      np.array([r for _, r in found], np.float32).reshape(shape),
     )
-    shape = np.shape(batch[key])
-    batch = dict(batch)
-    batch["reference_chosen_logps"] = np.array(
-      [c for c, _ in found], np.float32
-    ).reshape(shape)
-    batch["reference_rejected_logps"] = np.array(
-      [r for _, r in found], np.float32
-    ).reshape(shape)
-    return batch
 
   def attach(self, iterator):
     """The training iterator, its batches carrying reference log-probs."""

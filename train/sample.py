@@ -21,7 +21,6 @@ ends the program with one line on stderr, ``error: ...``, and exit code 2.
 """
 
 import dataclasses
-import functools
 import json
 import math
 import pathlib
@@ -29,12 +28,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from slpo_jax import models
 from train import checkpointed_run
-from train import cli
-from train import errors
 from train import export as export_lib
 from train.data import chat
 from train.errors import ConfigError
@@ -189,58 +185,7 @@ def sample(
   return Completions(ids, token_ids, texts)
 
 
-def main(argv):
-  from absl import logging  #
-
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  values = flags.FLAGS
-  try:
-    messages = None
-    if values.messages is not None:
-      messages = read_messages(values.messages)
-    completions = sample(
-      values.workdir,
-      prompt=values.prompt,
-      messages=messages,
-      reference=values.reference,
-      step=values.step,
-      temperature=values.temperature,
-      top_p=values.top_p,
-      max_new_tokens=values.max_new_tokens,
-      num_samples=values.num_samples,
-      seed=values.seed,
-    )
-  except errors.USER_ERRORS as error:
-    cli.fail(" ".join(str(error).split()))
-  count = len(completions.texts)
-  for index, text in enumerate(completions.texts):
-    if count > 1:
-      print(f"--- sample {index + 1} of {count} ---")
-    print(text, flush=True)
-
-
-def _define_flags():
-  flags.DEFINE_string("workdir", None, "The training run's workdir.")
-  flags.DEFINE_string("prompt", None, "One user turn's text.")
-  flags.DEFINE_string(
-    "messages", None, 'A JSON file: a list of {"role", "content"} messages.'
-  )
-  flags.DEFINE_bool(
-    "reference", False, "Sample the reference model, not the policy."
-  )
-  flags.DEFINE_integer("step", None, "The checkpoint's step; default latest.")
-  flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy.")
-  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling's mass; 1 = off.")
-  flags.DEFINE_integer("max_new_tokens", 128, "Most tokens per completion.")
-  flags.DEFINE_integer("num_samples", 1, "Completions of the prompt.")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.mark_flags_as_required(["workdir"])
-
-
 if __name__ == "__main__":
-  from absl import app  #
+  from train import cli
 
-  _define_flags()
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))
+  cli.run("sample", __doc__)

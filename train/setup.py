@@ -1,7 +1,10 @@
-"""Everything a run needs before its first step: model, reference, data.
+"""Everything a run needs before its first step: model, policy, data.
 
 ``build_run`` takes a config that :func:`train.validate.validate` has
-accepted, and the mesh it returned.
+accepted, and what that returned (the mesh, the loss, the optimizer);
+:func:`step_spec` joins them with the model and the policy into the one
+:class:`train.step.StepSpec` that the loop, ``train.aot`` and the
+benchmarks compile.
 """
 
 import dataclasses
@@ -11,59 +14,54 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 import slpo_jax
 from slpo_jax import models
 from slpo_jax import sharding
 from train import data as data_lib
-from train import lora_setup
-from train import objective
+from train import policy as policy_lib
 from train import reference as reference_lib
 from train import step as step_lib
 from train import task_reference
 from train import validate
+from train.batch import Batch
 from train.errors import ConfigError
 from train.errors import DataError
 
 
 @dataclasses.dataclass
 class Run:
-  """The assembled pieces of one training run."""
+  """The assembled pieces of one training run.
+
+  Attributes:
+    config: the validated config.
+    spec: what the compiled steps compute.
+    schedule: the learning rate by step, for the metrics.
+    initial_params: the policy's trainable tree at step 0.
+    param_shardings: its shardings.
+    reference_params: the policy's frozen tree (the reference, or with LoRA
+      the base), None when the step needs none.
+    train_iterator: host-local batches, with get/set_state.
+    eval_batches: a fresh pass over the held-out batches.
+  """
 
   config: Any
-  mesh: jax.sharding.Mesh
-  optimizer: optax.GradientTransformation
-  model: Any
+  spec: step_lib.StepSpec
+  schedule: optax.Schedule
   initial_params: Any
   param_shardings: Any
-  reference_params: Any  # None when reference log-probs are precomputed.
-  train_iterator: Any  # Iterator of host-local batches with get/set_state.
-  eval_batches: Callable[[], Iterator[dict]]
-  head: slpo_jax.HeadOptions
-  # With config.model.lora: the train state's params are the adapters,
-  # reference_params the frozen base (also the policy's), and this merges.
-  lora: lora_setup.LoraPolicy | None = None
+  reference_params: Any
+  train_iterator: Any
+  eval_batches: Callable[[], Iterator[Batch]]
 
   def policy_params(self, params):
     """The policy's parameters from the train state's ``params``."""
-    if self.lora is None:
-      return params
-    return jax.jit(self.lora.policy_params)(self.reference_params, params)
+    return jax.jit(self.spec.policy.merged)(params, self.reference_params)
 
-  @staticmethod
-  def count_tokens(batch: dict) -> int:
-    """Real (non-padding) tokens of a host batch, chosen and rejected."""
-    return int(
-      np.sum(batch["chosen_attention_mask"])
-      + np.sum(batch["rejected_attention_mask"])
-    )
-
-  def to_device(self, batch: dict) -> dict:
+  def to_device(self, batch: Batch) -> Batch:
     """Host-local numpy batch -> global arrays sharded over data and fsdp."""
-    return sharding.global_batch(batch, self.mesh)
+    return sharding.global_batch(batch, self.spec.mesh)
 
 
 def _layout(config) -> dict:
@@ -152,22 +150,19 @@ def starting_policy(config, workdir: pathlib.Path, tokenizer, mesh):
   return model, params, shardings
 
 
-def reference_checkpoint(config, shardings):
-  """The parameters of ``reference.checkpoint``, placed in ``shardings``."""
-  _, reference = models.load_hf_model(
-    config.reference.checkpoint,
-    dtype=config.model.dtype,
-    param_dtype=config.model.param_dtype,
-    shardings=shardings,
-    scan_layers=config.model.scan_layers,
-  )
-  return reference
-
-
-def _copy(tree, shardings):
-  """Fresh buffers: the policy state is donated, the reference must not be."""
-  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(
-    tree
+def step_spec(
+  config, checked: validate.Validated, model, policy
+) -> step_lib.StepSpec:
+  """The step of ``config``: its model and policy with what validation
+  built (mesh, loss, optimizer)."""
+  return step_lib.StepSpec(
+    model=model,
+    optimizer=checked.optimizer,
+    loss=checked.loss,
+    head=head_options(config, model),
+    policy=policy,
+    mesh=checked.mesh,
+    grad_accum_steps=config.grad_accum_steps,
   )
 
 
@@ -180,14 +175,15 @@ def _check_train_size(config, num_pairs: int) -> None:
     )
 
 
-def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
-  """Build model, reference and data for a validated config on ``mesh``."""
-  spec = objective.loss_of(config.loss)
-  optimizer = step_lib.make_optimizer(config.optimizer, config.steps)
+def build_run(
+  config, workdir: pathlib.Path, checked: validate.Validated
+) -> Run:
+  """Build model, policy and data for a config and what validating it
+  built (:func:`train.validate.validate`)."""
+  mesh = checked.mesh
   workdir.mkdir(parents=True, exist_ok=True)
   tokenizer = data_lib.make_tokenizer(config.data, config.model.checkpoint)
   model, params, shardings = starting_policy(config, workdir, tokenizer, mesh)
-  head = head_options(config, model)
 
   sample_fn = None
   if config.data.source == "synthetic":
@@ -198,17 +194,9 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
       max_new_tokens=config.data.synthetic.max_new_tokens,
       seed=config.seed,
     )
-  lora = None
-  if lora_setup.enabled(config):
-    # The reference is the base itself: never donated, so never copied.
-    reference = params = lora_setup.frozen_base(config, params, shardings)
-    lora, adapters, adapter_shardings = lora_setup.prepare(
-      config, model, params, mesh
-    )
-  elif config.reference.checkpoint:
-    reference = reference_checkpoint(config, shardings)
-  else:
-    reference = _copy(params, shardings)
+  prepared = policy_lib.prepare(config, model, params, shardings, mesh)
+  spec = step_spec(config, checked, model, prepared.policy)
+  frozen = prepared.frozen
 
   # Loading validates and tokenizes everything up front: bad data stops the
   # run here, before any training step.
@@ -251,31 +239,29 @@ def build_run(config, workdir: pathlib.Path, mesh: jax.sharding.Mesh) -> Run:
 
   train_iterator = batches("train", single_pass=False)
   eval_batches = lambda: batches("eval", single_pass=True)  # noqa: E731
-  if config.reference.mode == "precomputed" and spec.needs_reference:
+  if prepared.policy.reference_in_batch:
     cache = reference_lib.ReferenceCache.build(
       workdir,
       config,
       model,
-      reference,
+      prepared.policy.reference(frozen),
       batches,
       mesh,
       dataset_fingerprint="/".join(d.fingerprint for d in datasets.values()),
-      head=head,
+      head=spec.head,
     )
     train_iterator = cache.attach(train_iterator)
     eval_batches = lambda: cache.attach_all(batches("eval", True))  # noqa: E731
-    # A LoRA policy still needs the base: only its forward pass is skipped.
-    reference = None if lora is None else reference
+    # Only the reference's forward pass is skipped; a LoRA policy still
+    # needs its base.
+    frozen = prepared.policy.frozen_in_step(frozen)
   return Run(
     config=config,
-    mesh=mesh,
-    optimizer=optimizer,
-    model=model,
-    initial_params=params if lora is None else adapters,
-    param_shardings=shardings if lora is None else adapter_shardings,
-    reference_params=reference,
+    spec=spec,
+    schedule=checked.schedule,
+    initial_params=prepared.trainable,
+    param_shardings=prepared.trainable_shardings,
+    reference_params=frozen,
     train_iterator=train_iterator,
     eval_batches=eval_batches,
-    head=head,
-    lora=lora,
   )

@@ -19,7 +19,6 @@ from flax import linen as nn
 from slpo_jax import models
 from slpo_jax import sharding
 from train import checkpoint as checkpoint_lib
-from train import objective
 from train import step as step_lib
 
 
@@ -81,12 +80,13 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
   abstract_params = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.initial_params
   )
-  loss_state = initial_loss_state(run.config)
+  spec = run.spec
+  loss_state = spec.loss.initial_state()
   shardings = state_shardings(
-    run.optimizer, abstract_params, run.param_shardings, run.mesh, loss_state
+    spec.optimizer, abstract_params, run.param_shardings, spec.mesh, loss_state
   )
   state = initial_state(
-    run.optimizer, run.initial_params, shardings, loss_state
+    spec.optimizer, run.initial_params, shardings, loss_state
   )
   moving_reference = None
   if run.config.reference.sync_every:
@@ -100,11 +100,6 @@ def restore_or_init(run, checkpointer: checkpoint_lib.Checkpointer):
     if jax.process_index() == 0:
       print(f"Resumed from the checkpoint of step {int(state.step)}.")
   return state, shardings, restored
-
-
-def initial_loss_state(config) -> Any:
-  """The config's loss state before training; None if no term has one."""
-  return objective.loss_of(config.loss).initial_state() or None
 
 
 def reference_sync(run, restored: checkpoint_lib.Restored | None):
@@ -160,53 +155,40 @@ class OnMesh:
       return self._jitted.lower(*args)
 
 
-def jit_steps(run, shardings: step_lib.TrainState):
-  """The run's train and eval steps, jitted with their shardings.
+def jit_steps(
+  spec: step_lib.StepSpec, shardings: step_lib.TrainState, frozen: Any
+):
+  """The train and eval steps of ``spec``, jitted with their shardings.
 
-  The state is donated (updated in place); the reference never is, and is
-  passed with its own sharding so it stays exactly as loaded. With LoRA
-  the state holds the adapters and the reference is the frozen base.
+  The state is donated (updated in place); the frozen tree (the reference,
+  or with LoRA the base) never is, and is passed with its own sharding so
+  it stays exactly as loaded.
+
+  Args:
+    spec: what the steps compute.
+    shardings: the train state's (:func:`state_shardings`).
+    frozen: the frozen tree, or sharded shapes of it; None when the step
+      takes none.
 
   Returns:
-    ``(train_fn(state, reference, batch), eval_fn(params, reference,
-    batch, loss_state))``.
+    ``(train_fn(state, frozen, batch), eval_fn(params, frozen, batch,
+    loss_state))``.
   """
-  config = run.config
-  batch_spec = sharding.batch_sharding(run.mesh)
-  reference_shardings = (
-    None
-    if run.reference_params is None
-    else jax.tree.map(lambda x: x.sharding, run.reference_params)
-  )
+  batch_spec = sharding.batch_sharding(spec.mesh)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   train_fn = jax.jit(
-    functools.partial(
-      step_lib.train_step,
-      model=run.model,
-      optimizer=run.optimizer,
-      loss_config=config.loss,
-      head=run.head,
-      grad_accum_steps=config.grad_accum_steps,
-      mesh=run.mesh,
-      lora=run.lora,
-    ),
-    in_shardings=(shardings, reference_shardings, batch_spec),
+    functools.partial(step_lib.train_step, spec=spec),
+    in_shardings=(shardings, frozen_shardings, batch_spec),
     out_shardings=(shardings, None),
     donate_argnums=(0,),
   )
   eval_fn = jax.jit(
-    functools.partial(
-      step_lib.eval_step,
-      model=run.model,
-      loss_config=config.loss,
-      head=run.head,
-      mesh=run.mesh,
-      lora=run.lora,
-    ),
+    functools.partial(step_lib.eval_step, spec=spec),
     in_shardings=(
       shardings.params,
-      reference_shardings,
+      frozen_shardings,
       batch_spec,
       shardings.loss_state,
     ),
   )
-  return OnMesh(train_fn, run.mesh), OnMesh(eval_fn, run.mesh)
+  return OnMesh(train_fn, spec.mesh), OnMesh(eval_fn, spec.mesh)

@@ -1,6 +1,12 @@
-"""The optimizer, the training state and the pure train and eval steps."""
+"""The optimizer, the training state, the step spec and the pure train and
+eval steps.
 
-from collections.abc import Mapping
+A :class:`StepSpec` is everything the compiled steps close over, built once
+from a validated config (:func:`train.setup.step_spec`) and shared by the
+loop, ``train.aot`` and the benchmarks.
+"""
+
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -10,6 +16,8 @@ import optax
 
 import slpo_jax
 from train import objective
+from train import policy as policy_lib
+from train.batch import Batch
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -61,6 +69,13 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   """Clipping followed by AdamW or RMSprop on the schedule."""
+  return optimizer_and_schedule(config, total_steps)[0]
+
+
+def optimizer_and_schedule(
+  config, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """:func:`make_optimizer` and the schedule it follows, built once."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "adamw":
     update = optax.adamw(
@@ -77,8 +92,34 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
       f"unknown optimizer.name {config.name!r}; use 'adamw' or 'rmsprop'"
     )
   if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), update)
-  return update
+    update = optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm), update
+    )
+  return update, schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What the train and eval steps close over.
+
+  Attributes:
+    model: the model object (``apply``, ``hidden_states``).
+    optimizer: from :func:`make_optimizer`.
+    loss: the built loss (:func:`train.objective.build_loss`).
+    head: fused or plain per-token computation.
+    policy: what trains and what the frozen tree is (:mod:`train.policy`).
+    mesh: the mesh the batch is split over (see
+      :func:`train.objective.batch_stats`); None on one device.
+    grad_accum_steps: micro-batches per step.
+  """
+
+  model: Any
+  optimizer: optax.GradientTransformation
+  loss: objective.Loss
+  head: slpo_jax.HeadOptions
+  policy: policy_lib.Policy = policy_lib.FullPolicy()
+  mesh: jax.sharding.Mesh | None = None
+  grad_accum_steps: int = 1
 
 
 def _split_micro_batches(batch, count: int):
@@ -89,16 +130,10 @@ def _split_micro_batches(batch, count: int):
 
 def train_step(
   state: TrainState,
-  reference: Any,
-  batch: Mapping[str, jax.Array],
+  frozen: Any,
+  batch: Batch,
   *,
-  model: Any,
-  optimizer: optax.GradientTransformation,
-  loss_config: Any,
-  head: slpo_jax.HeadOptions,
-  grad_accum_steps: int = 1,
-  mesh: jax.sharding.Mesh | None = None,
-  lora: Any = None,
+  spec: StepSpec,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step over ``grad_accum_steps`` micro-batches.
 
@@ -108,39 +143,34 @@ def train_step(
   one large batch.
 
   Args:
-    state: the policy's training state.
-    reference: the frozen reference parameters, or None when the batch carries
-      precomputed ``reference_chosen_logps``/``reference_rejected_logps``.
+    state: the training state; its ``params`` are the policy's trainable
+      tree.
+    frozen: the policy's frozen tree (:mod:`train.policy`): the reference
+      parameters, or with LoRA the base; None when the batch carries
+      precomputed reference log-probs and the policy needs nothing frozen.
     batch: the pipeline's batch, leading axis the global batch.
-    model: the model object (``apply``, ``hidden_states``).
-    optimizer: from :func:`make_optimizer`.
-    loss_config: ``config.loss``.
-    head: fused or plain per-token computation.
-    grad_accum_steps: micro-batches per step.
-    mesh: the mesh the batch is split over (see
-      :func:`train.objective.batch_stats`); None on one device.
-    lora: a :class:`train.lora_setup.LoraPolicy` when ``state.params`` are
-      LoRA adapters; ``reference`` is then the frozen base they merge into.
+    spec: the model, optimizer, loss, head, policy, mesh and accumulation.
 
   Returns:
     The new state and metrics averaged by example weight, plus ``grad_norm``
     and ``finite`` (False if the loss or gradient has a non-finite value).
   """
 
-  policy_of, reference = _policy_and_reference(lora, reference)
+  reference = spec.policy.step_reference(frozen)
 
   def summed_loss(params, micro, loss_state):
     return objective.batch_loss(
-      model,
-      policy_of(params),
+      spec.model,
+      spec.policy.merged(params, frozen),
       reference,
       micro,
-      loss_config=loss_config,
-      head=head,
-      mesh=mesh,
+      loss=spec.loss,
+      head=spec.head,
+      mesh=spec.mesh,
       loss_state=loss_state,
     )
 
+  grad_accum_steps = spec.grad_accum_steps
   grad_fn = jax.grad(summed_loss, has_aux=True)
   micro_batches = _split_micro_batches(batch, grad_accum_steps)
 
@@ -170,7 +200,9 @@ def train_step(
 
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates, opt_state = spec.optimizer.update(
+    grads, state.opt_state, state.params
+  )
   params = optax.apply_updates(state.params, updates)
   # A non-finite step leaves the state untouched; the loop then stops, so no
   # checkpoint ever holds non-finite values.
@@ -188,30 +220,14 @@ def train_step(
   metrics["finite"] = finite
   # Real tokens of the global batch (both rows of every pair), as TRL counts
   # them for ``num_tokens``.
-  metrics["tokens"] = jnp.sum(batch["chosen_attention_mask"]) + jnp.sum(
-    batch["rejected_attention_mask"]
+  metrics["tokens"] = jnp.sum(batch.chosen_attention_mask) + jnp.sum(
+    batch.rejected_attention_mask
   )
-  if objective.is_packed(batch):
+  if batch.packed:
     # How well the rows are filled: real tokens over all positions.
-    positions = 2 * batch["chosen_attention_mask"].size
+    positions = 2 * batch.chosen_attention_mask.size
     metrics["real_token_fraction"] = metrics["tokens"] / positions
   return new_state, metrics
-
-
-def _policy_and_reference(lora: Any, reference: Any):
-  """``(params -> policy params, the reference the loss reads)``.
-
-  Without LoRA the state's params are the policy's. With LoRA they are the
-  adapters, merged into the base that came as ``reference``; gradients
-  then reach only the adapters.
-  """
-  if lora is None:
-    return (lambda params: params), reference
-  base = reference
-  return (
-    lambda adapters: lora.policy_params(base, adapters),
-    lora.reference(base),
-  )
 
 
 def synced_reference(reference: Any, params: Any, *, mix: float) -> Any:
@@ -234,30 +250,25 @@ def synced_reference(reference: Any, params: Any, *, mix: float) -> Any:
 
 def eval_step(
   params: Any,
-  reference: Any,
-  batch: Mapping[str, jax.Array],
+  frozen: Any,
+  batch: Batch,
   loss_state: Any = None,
   *,
-  model: Any,
-  loss_config: Any,
-  head: slpo_jax.HeadOptions,
-  mesh: jax.sharding.Mesh | None = None,
-  lora: Any = None,
+  spec: StepSpec,
 ) -> dict[str, jax.Array]:
   """Weighted metric sums (and ``weight``) of the policy on one batch.
 
   A stateful loss is evaluated at the training state's ``loss_state``,
-  which evaluation does not move. ``lora``: see :func:`train_step`.
+  which evaluation does not move. ``frozen``: see :func:`train_step`.
   """
-  policy_of, reference = _policy_and_reference(lora, reference)
   _, (sums, _) = objective.batch_loss(
-    model,
-    policy_of(params),
-    reference,
+    spec.model,
+    spec.policy.merged(params, frozen),
+    spec.policy.step_reference(frozen),
     batch,
-    loss_config=loss_config,
-    head=head,
-    mesh=mesh,
+    loss=spec.loss,
+    head=spec.head,
+    mesh=spec.mesh,
     loss_state=loss_state,
   )
   return sums

@@ -8,10 +8,12 @@ optimizer or schedule, a hyperparameter the loss refuses, a batch the mesh
 cannot split.
 """
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import slpo_jax
 from slpo_jax import losses
@@ -98,7 +100,24 @@ def _check_ranges(config) -> None:
     )
 
 
-def _check_loss(config) -> losses.WeightedLoss:
+@dataclasses.dataclass(frozen=True)
+class Validated:
+  """What checking the config built, so that what was checked is what runs.
+
+  Attributes:
+    mesh: the (data, fsdp, tensor) mesh of ``config.mesh``.
+    loss: the loss of ``config.loss``.
+    optimizer: the optimizer of ``config.optimizer``.
+    schedule: the learning-rate schedule it follows.
+  """
+
+  mesh: jax.sharding.Mesh
+  loss: objective.Loss
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+
+
+def _check_loss(config) -> objective.Loss:
   unknown = [
     name.strip()
     for name in config.loss.name.split(",")
@@ -110,10 +129,9 @@ def _check_loss(config) -> losses.WeightedLoss:
       f" {sorted(losses.LOSSES)}, or several joined by commas"
     )
   try:
-    spec = objective.loss_of(config.loss)
+    loss = objective.build_loss(config.loss)
   except ValueError as error:
     raise ConfigError(f"config.loss: {error}") from None
-  hparams = objective.loss_hparams(spec, config.loss)
   # The loss functions check their own hyperparameters (a temperature below
   # 1, an alpha outside (1/2, 1]); tracing one call on abstract values runs
   # those checks now, with no data and no model.
@@ -129,14 +147,14 @@ def _check_loss(config) -> losses.WeightedLoss:
   )
   try:
     jax.eval_shape(
-      lambda s: spec.apply(s, s, spec.initial_state(), **hparams), stats
+      lambda s: loss.apply(s, s, loss.terms.initial_state()), stats
     )
   except ValueError as error:
     raise ConfigError(f"config.loss ({config.loss.name}): {error}") from None
-  return spec
+  return loss
 
 
-def _check_reference_sync(config, spec: losses.WeightedLoss) -> None:
+def _check_reference_sync(config, loss: objective.Loss) -> None:
   every = config.reference.sync_every
   if not isinstance(every, int) or every < 0:
     raise ConfigError(
@@ -151,7 +169,7 @@ def _check_reference_sync(config, spec: losses.WeightedLoss) -> None:
       f"reference.sync_mix is {mix!r}; it must be in (0, 1] (1 copies the"
       " policy)"
     )
-  if not spec.needs_reference:
+  if not loss.needs_reference:
     raise ConfigError(
       f"loss {config.loss.name!r} reads no reference model, so"
       " reference.sync_every has nothing to sync; set it to 0"
@@ -267,15 +285,16 @@ def has_eval_split(config) -> bool:
   )
 
 
-def validate(config, devices=None) -> jax.sharding.Mesh:
-  """Checks the whole config; returns the mesh it describes.
+def validate(config, devices=None) -> Validated:
+  """Checks the whole config; returns what it built doing so.
 
   Args:
     config: the run's config (see train/config_schema.py).
     devices: the devices of the mesh; all of them when None.
 
   Returns:
-    The mesh, so that what was checked is what runs.
+    The mesh, the loss, the optimizer and its schedule, so that what was
+    checked is what runs.
 
   Raises:
     ConfigError: for the first setting that cannot work.
@@ -291,28 +310,30 @@ def validate(config, devices=None) -> jax.sharding.Mesh:
   )
   _non_negative(config, "eval_every", "eval_batches", "checkpoint_every")
   _check_ranges(config)
-  spec = _check_loss(config)
+  loss = _check_loss(config)
   _check_model(config)
   _check_lora(config)
   _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))
-  if config.reference.mode == "precomputed" and not spec.needs_reference:
+  if config.reference.mode == "precomputed" and not loss.needs_reference:
     raise ConfigError(
       f"loss {config.loss.name!r} reads no reference model, so there is"
       " nothing to precompute; set reference.mode='online'"
     )
-  if config.reference.mode == "precomputed" and spec.needs_reference_tokens:
+  if config.reference.mode == "precomputed" and loss.needs_reference_tokens:
     raise ConfigError(
       f"loss {config.loss.name!r} needs per-token reference values; set"
       " reference.mode='online'"
     )
-  _check_reference_sync(config, spec)
+  _check_reference_sync(config, loss)
   _check_export(config)
   try:
-    step_lib.make_optimizer(config.optimizer, config.steps)
+    optimizer, schedule = step_lib.optimizer_and_schedule(
+      config.optimizer, config.steps
+    )
   except ValueError as error:
     raise ConfigError(str(error)) from None
   for split in ("train", "eval") if has_eval_split(config) else ("train",):
     data_validation.validate_data_config(config.data, split)
   mesh = make_mesh(config, devices)
   _check_batch(config, mesh)
-  return mesh
+  return Validated(mesh, loss, optimizer, schedule)

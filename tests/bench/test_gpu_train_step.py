@@ -28,9 +28,9 @@ def test_packed_batch_holds_every_real_token_and_the_flops_count_them():
   assert all(p.length <= options.max_length for p in pairs)
   batch = bench.packed_batch(pairs, options.packed_length)
   real = sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs)
-  masks = batch["chosen_attention_mask"] + batch["rejected_attention_mask"]
+  masks = batch.chosen_attention_mask + batch.rejected_attention_mask
   assert int(masks.sum()) == sum(bench.sequence_lengths(pairs)) == real
-  assert batch["chosen_input_ids"].shape[0] < len(pairs)  # Rows are shared.
+  assert batch.chosen_input_ids.shape[0] < len(pairs)  # Rows are shared.
   # 8 N per token, and attention: 8 layers (heads * head_dim) L (L + 1).
   n, width = bench.matmul_params(config), config.num_heads * config.head_dim
   want = 8 * n * 5 + 8 * config.num_layers * width * 5 * 6
@@ -60,7 +60,7 @@ def test_measure_runs_steps_whose_first_loss_is_the_unpacked_loss():
   unpacked = batching.collate_pairs(
     [(p, 1.0) for p in pairs], buckets=(options.max_length,), pad_id=0
   )
-  loss_config = bench.loss_config()
+  loss = objective.build_loss(bench.loss_config())
 
   @functools.partial(jax.jit, compiler_options=_FAST)
   def mean_loss(batch):
@@ -69,7 +69,7 @@ def test_measure_runs_steps_whose_first_loss_is_the_unpacked_loss():
       bench.init_policy(model),
       bench.init_reference(model),
       batch,
-      loss_config=loss_config,
+      loss=loss,
       head=slpo_jax.HeadOptions(fused=True),
     )
     return sums["loss"] / sums["weight"]

@@ -27,25 +27,25 @@ def _pipeline(config, **overrides):
 
 def _check_batch(batch, pairs_by_id, tok, buckets):
   """Checks every documented property of one batch."""
-  size = len(batch["example_id"])
-  assert batch["example_weight"].shape == (size,)
-  assert batch["example_weight"].dtype == np.float32
-  assert batch["example_id"].dtype == np.int64
-  length = batch["chosen_input_ids"].shape[1]
+  size = len(batch.example_id)
+  assert batch.example_weight.shape == (size,)
+  assert batch.example_weight.dtype == np.float32
+  assert batch.example_id.dtype == np.int32
+  length = batch.chosen_input_ids.shape[1]
   assert length in buckets
-  longest = max(pairs_by_id[int(i)].length for i in batch["example_id"])
+  longest = max(pairs_by_id[int(i)].length for i in batch.example_id)
   assert length == min(b for b in buckets if b >= longest)
   for side in ("chosen", "rejected"):
-    ids = batch[f"{side}_input_ids"]
-    mask = batch[f"{side}_attention_mask"]
-    labels = batch[f"{side}_labels"]
-    loss = batch[f"{side}_loss_mask"]
+    ids = getattr(batch, f"{side}_input_ids")
+    mask = getattr(batch, f"{side}_attention_mask")
+    labels = getattr(batch, f"{side}_labels")
+    loss = getattr(batch, f"{side}_loss_mask")
     assert (
       ids.shape == mask.shape == labels.shape == loss.shape == (size, length)
     )
     assert ids.dtype == mask.dtype == labels.dtype == np.int32
     assert loss.dtype == bool
-    for row, example_id in enumerate(batch["example_id"]):
+    for row, example_id in enumerate(batch.example_id):
       pair = pairs_by_id[int(example_id)]
       tokens = np.concatenate([pair.prompt, getattr(pair, side)])
       n, p = len(tokens), len(pair.prompt)
@@ -59,10 +59,10 @@ def _check_batch(batch, pairs_by_id, tok, buckets):
         loss[row], (np.arange(length) >= p - 1) & (np.arange(length) < n - 1)
       )
   # Chosen and rejected share the prompt tokens at the same positions.
-  for row, example_id in enumerate(batch["example_id"]):
+  for row, example_id in enumerate(batch.example_id):
     p = len(pairs_by_id[int(example_id)].prompt)
     np.testing.assert_array_equal(
-      batch["chosen_input_ids"][row, :p], batch["rejected_input_ids"][row, :p]
+      batch.chosen_input_ids[row, :p], batch.rejected_input_ids[row, :p]
     )
 
 
@@ -76,8 +76,8 @@ def test_batch_format(jsonl_config):
   for _ in range(20):
     batch = next(batches)
     _check_batch(batch, pairs_by_id, tok, jsonl_config.length_buckets)
-    assert np.all(batch["example_weight"] == 1.0)
-    seen_lengths.add(batch["chosen_input_ids"].shape[1])
+    assert np.all(batch.example_weight == 1.0)
+    seen_lengths.add(batch.chosen_input_ids.shape[1])
   assert seen_lengths == {64, 96}  # Batches come in more than one bucket.
 
 
@@ -125,7 +125,7 @@ def test_truncation_follows_the_reference_rule():
 
 
 def test_shuffling_is_deterministic_from_the_seed(jsonl_config):
-  ids = lambda it: [next(it)["example_id"].tolist() for _ in range(10)]
+  ids = lambda it: [next(it).example_id.tolist() for _ in range(10)]
   first = ids(_pipeline(jsonl_config, seed=3))
   assert first == ids(_pipeline(jsonl_config, seed=3))
   assert first != ids(_pipeline(jsonl_config, seed=4))
@@ -136,7 +136,7 @@ def test_shuffling_is_deterministic_from_the_seed(jsonl_config):
 def test_epochs_are_reshuffled(jsonl_config):
   batches = _pipeline(jsonl_config, batch_size=8)
   epochs = [
-    sum((next(batches)["example_id"].tolist() for _ in range(5)), [])
+    sum((next(batches).example_id.tolist() for _ in range(5)), [])
     for _ in range(2)
   ]
   assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(40))
@@ -152,7 +152,7 @@ def test_resume_gives_the_same_batches(jsonl_config):
   resumed = _pipeline(jsonl_config, batch_size=3, seed=7)
   resumed.set_state(state)
   for want in expected:
-    got = next(resumed)
+    got, want = next(resumed).arrays(), want.arrays()
     assert got.keys() == want.keys()
     for key in want:
       np.testing.assert_array_equal(got[key], want[key])
@@ -165,10 +165,10 @@ def test_resume_through_grain_checkpoint_handler(jsonl_config, tmp_path):
   directory = epath.Path(tmp_path / "data_state")
   directory.mkdir()
   grain.checkpoint.CheckpointHandler().save(directory, batches)
-  expected = next(batches)["example_id"]
+  expected = next(batches).example_id
   resumed = _pipeline(jsonl_config, batch_size=3, seed=7)
   grain.checkpoint.CheckpointHandler().restore(directory, resumed)
-  np.testing.assert_array_equal(next(resumed)["example_id"], expected)
+  np.testing.assert_array_equal(next(resumed).example_id, expected)
 
 
 def test_resume_refuses_a_state_of_other_data(jsonl_config):
@@ -183,14 +183,14 @@ def test_resume_refuses_a_state_of_other_data(jsonl_config):
 
 def test_two_shards_split_every_global_batch(jsonl_config):
   one_host = _pipeline(jsonl_config, batch_size=8, shard_index=0, shard_count=1)
-  whole = [next(one_host)["example_id"].tolist() for _ in range(5)]
+  whole = [next(one_host).example_id.tolist() for _ in range(5)]
   halves = []
   for shard in range(2):
     batches = _pipeline(
       jsonl_config, batch_size=4, shard_index=shard, shard_count=2
     )
     assert batches.num_shard_examples == 20
-    halves.append([next(batches)["example_id"].tolist() for _ in range(5)])
+    halves.append([next(batches).example_id.tolist() for _ in range(5)])
   # Host i holds rows [4i, 4i + 4) of the batch one host would see, so the
   # global batches do not depend on the number of hosts.
   for step in range(5):
@@ -208,8 +208,8 @@ def test_eval_single_pass_pads_the_last_batch_on_every_shard(jsonl_config):
     assert batches.num_batches == 2  # ceil(12 / (2 * 4)) on both shards.
     got = list(batches)
     assert len(got) == 2
-    weights = np.concatenate([b["example_weight"] for b in got])
-    ids = np.concatenate([b["example_id"] for b in got])
+    weights = np.concatenate([b.example_weight for b in got])
+    ids = np.concatenate([b.example_id for b in got])
     weights_per_shard.append(weights.tolist())
     per_shard.append((ids, weights))
   # 12 real rows then 4 fillers, split 4 + 4 per global batch.
@@ -230,8 +230,8 @@ def test_single_pass_over_training_data(jsonl_config):
   batches = _pipeline(jsonl_config, batch_size=16, single_pass=True)
   got = list(batches)
   assert len(got) == batches.num_batches == 3
-  ids = np.concatenate([b["example_id"] for b in got])
-  weights = np.concatenate([b["example_weight"] for b in got])
+  ids = np.concatenate([b.example_id for b in got])
+  weights = np.concatenate([b.example_weight for b in got])
   assert sorted(ids[weights == 1]) == list(range(40))
 
 

@@ -29,53 +29,57 @@ def _packed(config, packed_length=0):
 
 
 def _pair_ids(batch):
-  ids = batch["pair_example_id"][batch["pair_example_weight"] > 0]
+  ids = batch.pair_example_id[batch.pair_example_weight > 0]
   return sorted(ids.tolist())
 
 
 def _check_packed(batch, pairs_by_id, pad_id, length):
-  rows, slots = batch["pair_example_weight"].shape
-  assert batch["pair_example_id"].shape == (rows, slots)
+  rows, slots = batch.pair_example_weight.shape
+  assert batch.pair_example_id.shape == (rows, slots)
   assert rows & (rows - 1) == 0 and slots & (slots - 1) == 0  # Powers of 2.
   for key in ("segment_ids", "positions"):
-    assert batch[key].shape == (rows, length) and batch[key].dtype == np.int32
+    array = getattr(batch, key)
+    assert array.shape == (rows, length) and array.dtype == np.int32
   for r in range(rows):
     offset = 0
     for s in range(slots):
-      example_id = int(batch["pair_example_id"][r, s])
+      example_id = int(batch.pair_example_id[r, s])
       if example_id < 0:
-        assert batch["pair_example_weight"][r, s] == 0
-        assert not np.any(batch["segment_ids"][r] == s + 1)
+        assert batch.pair_example_weight[r, s] == 0
+        assert not np.any(batch.segment_ids[r] == s + 1)
         continue
       pair = pairs_by_id[example_id]
-      span = np.flatnonzero(batch["segment_ids"][r] == s + 1)
+      span = np.flatnonzero(batch.segment_ids[r] == s + 1)
       # Contiguous, in slot order, prompt + the longer response long.
       np.testing.assert_array_equal(span, offset + np.arange(pair.length))
       np.testing.assert_array_equal(
-        batch["positions"][r, span], np.arange(pair.length)
+        batch.positions[r, span], np.arange(pair.length)
       )
       for side in ("chosen", "rejected"):
         tokens = np.concatenate([pair.prompt, getattr(pair, side)])
         n, p = len(tokens), len(pair.prompt)
         at = span[:n]
-        np.testing.assert_array_equal(batch[f"{side}_input_ids"][r, at], tokens)
-        tail = span[n:]  # The shorter response's padding.
-        assert np.all(batch[f"{side}_input_ids"][r, tail] == pad_id)
         np.testing.assert_array_equal(
-          batch[f"{side}_attention_mask"][r, span], np.arange(pair.length) < n
+          getattr(batch, f"{side}_input_ids")[r, at], tokens
+        )
+        tail = span[n:]  # The shorter response's padding.
+        assert np.all(getattr(batch, f"{side}_input_ids")[r, tail] == pad_id)
+        np.testing.assert_array_equal(
+          getattr(batch, f"{side}_attention_mask")[r, span],
+          np.arange(pair.length) < n,
         )
         np.testing.assert_array_equal(
-          batch[f"{side}_labels"][r, at[:-1]], tokens[1:]
+          getattr(batch, f"{side}_labels")[r, at[:-1]], tokens[1:]
         )
         steps = np.arange(pair.length)
         np.testing.assert_array_equal(
-          batch[f"{side}_loss_mask"][r, span],
+          getattr(batch, f"{side}_loss_mask")[r, span],
           (steps >= p - 1) & (steps < n - 1),
         )
       offset += pair.length
     # Nothing after the last pair of the row.
-    assert not np.any(batch["chosen_attention_mask"][r, offset:])
-    assert not np.any(batch["rejected_loss_mask"][r, offset:])
+    assert not np.any(batch.chosen_attention_mask[r, offset:])
+    assert not np.any(batch.rejected_loss_mask[r, offset:])
 
 
 def test_packed_batches_hold_the_unpacked_batches_pairs(jsonl_config):
@@ -86,11 +90,11 @@ def test_packed_batches_hold_the_unpacked_batches_pairs(jsonl_config):
   packed = _pipeline(_packed(jsonl_config, packed_length=384))
   for _ in range(6):
     want, got = next(unpacked), next(packed)
-    assert _pair_ids(got) == sorted(want["example_id"].tolist())
+    assert _pair_ids(got) == sorted(want.example_id.tolist())
     _check_packed(got, pairs_by_id, tok.pad_id, 384)
     for side in ("chosen", "rejected"):  # The same real tokens.
       mask = f"{side}_attention_mask"
-      assert np.sum(got[mask]) == np.sum(want[mask])
+      assert np.sum(getattr(got, mask)) == np.sum(getattr(want, mask))
   summary = packed.report.summary()
   assert "packed rows" in summary and "real tokens" in summary, summary
   packed_share, unpacked_share = packed.report.real_token_fraction
@@ -106,7 +110,7 @@ def test_packed_batches_resume(jsonl_config):
   resumed = _pipeline(jsonl_config)
   resumed.set_state(state)
   for want in expected:
-    got = next(resumed)
+    got, want = next(resumed).arrays(), want.arrays()
     assert got.keys() == want.keys()
     for key in want:
       np.testing.assert_array_equal(got[key], want[key])
@@ -131,8 +135,8 @@ def test_hosts_pack_their_own_pairs_into_one_shape(jsonl_config):
     shapes = set()
     for packed, unpacked in hosts:
       got = next(packed)
-      assert _pair_ids(got) == sorted(next(unpacked)["example_id"].tolist())
-      shapes.add(got["chosen_input_ids"].shape + got["pair_example_id"].shape)
+      assert _pair_ids(got) == sorted(next(unpacked).example_id.tolist())
+      shapes.add(got.chosen_input_ids.shape + got.pair_example_id.shape)
     assert len(shapes) == 1
 
 

@@ -44,7 +44,7 @@ def test_synthetic_pairs_from_the_base_language(synthetic_config):
       batch_size=8, seed=0, shard_index=0, shard_count=1, repeat=True
     )
   )
-  assert batch["chosen_input_ids"].shape == (8, 32)  # The smallest bucket.
+  assert batch.chosen_input_ids.shape == (8, 32)  # The smallest bucket.
 
 
 def test_synthetic_pairs_from_a_supplied_sampler(synthetic_config):
@@ -141,20 +141,18 @@ def test_bandit_batches(source, expected):
   (batch,) = list(batches)
   n = len(expected)
   np.testing.assert_array_equal(
-    batch["example_weight"], [1.0] * n + [0.0] * (4 - n)
+    batch.example_weight, [1.0] * n + [0.0] * (4 - n)
   )
   got = [
     (tok.decode(c[1:2]), tok.decode(r[1:2]))
-    for c, r in zip(
-      batch["chosen_input_ids"][:n], batch["rejected_input_ids"][:n]
-    )
+    for c, r in zip(batch.chosen_input_ids[:n], batch.rejected_input_ids[:n])
   ]
   assert got == expected
   # One-token responses to an empty prompt: [BOS, action], one loss label.
-  assert np.all(batch["chosen_input_ids"][:, 0] == tok.bos_id)
-  np.testing.assert_array_equal(batch["chosen_loss_mask"][0], [1, 0, 0, 0])
-  np.testing.assert_array_equal(batch["chosen_attention_mask"][0], [1, 1, 0, 0])
-  assert batch["chosen_labels"][0, 0] == batch["chosen_input_ids"][0, 1]
+  assert np.all(batch.chosen_input_ids[:, 0] == tok.bos_id)
+  np.testing.assert_array_equal(batch.chosen_loss_mask[0], [1, 0, 0, 0])
+  np.testing.assert_array_equal(batch.chosen_attention_mask[0], [1, 1, 0, 0])
+  assert batch.chosen_labels[0, 0] == batch.chosen_input_ids[0, 1]
   # Training repeats the few pairs endlessly.
   train = data.make_pipeline(
     config,

@@ -176,15 +176,18 @@ def test_exactly_one_bos_and_eos_ending_responses(
   for _ in range(5):
     batch = next(batches)
     for side in ("chosen", "rejected"):
-      ids = batch[f"{side}_input_ids"]
-      real = batch[f"{side}_attention_mask"].astype(bool)
+      ids = getattr(batch, f"{side}_input_ids")
+      real = getattr(batch, f"{side}_attention_mask").astype(bool)
       assert np.all(ids[:, 0] == tok.bos_id)
       if tok.bos_id != tok.pad_id:
         assert np.all(((ids == tok.bos_id) & real).sum(axis=1) == 1)
       last = real.sum(axis=1) - 1
       assert np.all(ids[np.arange(len(ids)), last] == tok.eos_id)
       # The last response label is EOS and is in the loss.
-      labels, loss = batch[f"{side}_labels"], batch[f"{side}_loss_mask"]
+      labels, loss = (
+        getattr(batch, f"{side}_labels"),
+        getattr(batch, f"{side}_loss_mask"),
+      )
       assert np.all(labels[np.arange(len(ids)), last - 1] == tok.eos_id)
       assert np.all(loss[np.arange(len(ids)), last - 1])
 

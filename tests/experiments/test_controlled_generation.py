@@ -17,8 +17,8 @@ from experiments import controlled_generation as cg
 from experiments import sampling_eval
 from slpo_jax import models
 from train import validate
-from train.data.config import validate_data_config
 from train.data.task_pairs import synthetic_prompts
+from train.data.validation import validate_data_config
 
 NUM_EVAL_PROMPTS = 8
 SAMPLES_PER_PROMPT = 2

@@ -34,7 +34,7 @@ _LLAMA_SHAPE = dict(
 
 def hf_config(kind: str) -> Any:
   """A ``transformers`` config for one of the reference model kinds."""
-  import transformers  #
+  import transformers
 
   if kind == "gpt2":
     return transformers.GPT2Config(
@@ -148,7 +148,7 @@ HF_KINDS = (
 
 def randomize(hf_model: Any, seed: int) -> Any:
   """Draws every parameter at random (norm scales around one)."""
-  import torch  #
+  import torch
 
   generator = torch.Generator().manual_seed(seed)
   with torch.no_grad():
@@ -160,15 +160,15 @@ def randomize(hf_model: Any, seed: int) -> Any:
 
 
 def make_hf_model(kind: str, seed: int = 0) -> Any:
-  import transformers  #
+  import transformers
 
   config = hf_config(kind)
-  config._attn_implementation = "eager"  #
+  config._attn_implementation = "eager"
   return randomize(transformers.AutoModelForCausalLM.from_config(config), seed)
 
 
 def hf_logits(hf_model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  import torch  #
+  import torch
 
   with torch.no_grad():
     out = hf_model(

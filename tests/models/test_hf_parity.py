@@ -145,7 +145,7 @@ def test_bfloat16_checkpoint_tensors(tmp_path):
 
 @pytest.mark.parametrize("kind", HF_KINDS)
 def test_round_trip_through_transformers(kind, hf_checkpoint, tmp_path):
-  import transformers  #
+  import transformers
 
   folder, hf_model = hf_checkpoint(kind)
   model, params = models.load_hf_model(folder)
@@ -183,7 +183,7 @@ _NATIVE_GEMMA2 = dict(
 def test_export_of_native_model(family, scan_layers, changes, tmp_path):
   """A model initialised here, exported, runs identically in transformers."""
   pytest.importorskip("torch")
-  import transformers  #
+  import transformers
 
   config = models.tiny_config(
     family, vocab_size=128, scan_layers=scan_layers, **changes

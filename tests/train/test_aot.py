@@ -6,7 +6,7 @@ import pytest
 
 from slpo_jax import models
 from train import aot
-from train import lora_setup
+from train import policy as policy_lib
 from train import validate
 
 from train_testing import build
@@ -16,8 +16,10 @@ def test_abstract_batch_is_the_pipelines_batch(make_config, tmp_path):
   config = make_config()
   run = build(config, tmp_path)
   real = run.to_device(next(run.train_iterator))
-  mesh = validate.validate(config)
+  mesh = validate.validate(config).mesh
   abstract = aot.abstract_batch(config, mesh, needs_reference_logps=False)
+  assert type(abstract) is type(real)
+  abstract, real = abstract.arrays(), real.arrays()
   assert abstract.keys() == real.keys()
   for name, value in real.items():
     assert abstract[name].shape == value.shape, name
@@ -39,15 +41,17 @@ def test_abstract_packed_batch_is_the_pipelines_batch(
   )
   run = build(config, tmp_path)
   real = run.to_device(next(run.train_iterator))
-  rows, slots = real["pair_example_weight"].shape
+  rows, slots = real.pair_example_weight.shape
   assert rows < config.batch_size  # Pairs share rows.
-  mesh = validate.validate(config)
+  mesh = validate.validate(config).mesh
   abstract = aot.abstract_batch(
     config,
     mesh,
     needs_reference_logps=mode == "precomputed",
     layout=aot.PackedLayout(rows, slots),
   )
+  assert type(abstract) is type(real)
+  abstract, real = abstract.arrays(), real.arrays()
   assert abstract.keys() == real.keys()
   for name, value in real.items():
     assert abstract[name].shape == value.shape, name
@@ -60,10 +64,11 @@ def test_model_flops_match_the_compiled_step_on_cpu(make_config):
   # step is the matmuls of the analytic count plus the elementwise work
   # (softmax, norms, Adam), a few percent at this size but not more.
   config = make_config(**{"model.loss_head": "plain", "batch_size": 16})
-  compiled, model, spec = aot.compile_step(config, jax.devices())
+  compiled, spec = aot.compile_step(config, jax.devices())
+  model = spec.model
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  analytic = aot.model_flops(model, config, spec)
+  analytic = aot.model_flops(model, config, spec.loss)
   # cost_analysis counts the per-device program; the batch is split 8 ways.
   ratio = cost["flops"] * len(jax.devices()) / analytic
   assert 1.0 <= ratio <= 1.6, ratio
@@ -102,7 +107,7 @@ def test_the_fused_head_never_gathers_the_batch(make_config):
   config = make_config(
     **{"model.loss_head": "fused", "mesh.data": 8, "model.token_chunk_size": 64}
   )
-  compiled, _, _ = aot.compile_step(config, jax.devices())
+  compiled, _ = aot.compile_step(config, jax.devices())
   tokens = config.batch_size * aot.sequence_length(config)  # One side.
   gathered = [
     line
@@ -117,7 +122,8 @@ def test_the_step_binds_the_models_activation_constraints(make_config):
   # the mesh in context (train.state.OnMesh) those names bind nothing and
   # the lowered step holds no sharding constraint at all.
   config = make_config(**{"mesh.data": 2, "mesh.fsdp": 4})
-  lowered, model, _ = aot.lower_step(config, jax.devices())
+  lowered, spec = aot.lower_step(config, jax.devices())
+  model = spec.model
   constraints = lowered.as_text().count("sharding_constraint")
   # One per block output and one after the embedding, at least.
   assert constraints >= model.config.num_layers + 1, constraints
@@ -130,13 +136,11 @@ def test_a_lora_step_takes_the_runs_adapters_and_base(make_config, tmp_path):
     **{"model.lora.rank": 4, "mesh.data": 2, "mesh.fsdp": 4, "steps": 2}
   )
   run = build(config, tmp_path)
-  lowered, _, _ = aot.lower_step(config, jax.devices())
+  lowered, _ = aot.lower_step(config, jax.devices())
   (state, reference, _), _ = lowered.args_info
-  _, adapters, adapter_shardings, base = lora_setup.abstract_prepare(
-    config,
-    run.model,
-    run.model.shardings(run.mesh, models.logical_axis_rules()),
-    run.mesh,
+  model, mesh = run.spec.model, run.spec.mesh
+  _, adapters, adapter_shardings, base = policy_lib.abstract(
+    config, model, model.shardings(mesh, models.logical_axis_rules()), mesh
   )
   for lowered_tree, abstract, real in (
     (state.params, adapters, run.initial_params),
@@ -172,8 +176,8 @@ def test_a_lora_step_takes_the_runs_adapters_and_base(make_config, tmp_path):
 def test_tpu_configs_fit_as_their_docstrings_say(module, shape, topology):
   # Each TPU config's docstring quotes a compile; a fresh compile must agree
   # (total bytes per chip to 1%), so the numbers cannot go stale.
-  import importlib  #
-  import re  #
+  import importlib
+  import re
 
   config_module = importlib.import_module(f"configs.{module}")
   config = config_module.get_config("hh.jsonl.gz")  # Not read.

@@ -155,7 +155,7 @@ def test_a_train_split_smaller_than_a_batch_needs_allow_repeats(
     make_config(**{"batch_size": 256, "data.allow_repeats": True}),
     tmp_path / "allowed",
   )
-  assert next(run.train_iterator)["chosen_input_ids"].shape[0] == 256
+  assert next(run.train_iterator).chosen_input_ids.shape[0] == 256
 
 
 def test_help_exits_0_saying_where_the_keys_are(command_line_failures):

@@ -63,9 +63,9 @@ def test_the_end_of_training_export_is_the_model_in_transformers(chat_run):
   ).eval()
 
   ids = np.random.default_rng(0).integers(
-    0, run.model.config.vocab_size, (2, 12)
+    0, run.spec.model.config.vocab_size, (2, 12)
   )
-  ours = jax.jit(run.model.apply)(params, jnp.asarray(ids, jnp.int32))
+  ours = jax.jit(run.spec.model.apply)(params, jnp.asarray(ids, jnp.int32))
   with torch.no_grad():
     theirs = hf_model(torch.tensor(ids)).logits.numpy()
   assert np.max(np.abs(np.asarray(ours) - theirs)) <= TOLERANCE
@@ -85,7 +85,7 @@ def test_the_end_of_training_export_is_the_model_in_transformers(chat_run):
   )
   # Two rows, as train.sample's tests draw: one compiled loop for both.
   out = models.generate(
-    run.model,
+    run.spec.model,
     params,
     jnp.asarray([prompt, prompt]),
     jnp.ones((2, len(prompt)), jnp.int32),

@@ -185,7 +185,7 @@ def test_sharding_gives_the_data_parallel_losses(
     **{**BASELINE, "eval_every": 0, "checkpoint_every": 0, **changes}
   )
   trained = train(config, tmp_path, devices=devices)
-  assert trained.run.mesh.devices.size == (devices or 8)
+  assert trained.run.spec.mesh.devices.size == (devices or 8)
   expected = train_losses(baseline.workdir)
   actual = train_losses(tmp_path)
   assert sorted(actual) == sorted(expected)

@@ -40,10 +40,10 @@ def test_lora_trains_only_the_adapters(make_config, tmp_path):
   assert set(adapters["layers_0"]["attn"]["q"]) == {"lora_a", "lora_b"}
   ids = np.arange(24, dtype=np.int32).reshape(2, 12)
   np.testing.assert_array_equal(
-    _logits(run.model, run.policy_params(adapters), ids),
-    _logits(run.model, run.reference_params, ids),
+    _logits(run.spec.model, run.policy_params(adapters), ids),
+    _logits(run.spec.model, run.reference_params, ids),
   )
-  from train import loop  #
+  from train import loop
 
   result = loop.train_and_evaluate(config, tmp_path / "run", run=run)
   # Policy = reference at step 0: DPO's first loss is log 2 exactly.
@@ -93,8 +93,8 @@ def test_exports_and_resume_against_another_base(make_config, tmp_path):
   resuming after the base's weights changed is refused."""
   transformers = pytest.importorskip("transformers")
   peft = pytest.importorskip("peft")
-  from tests.models import models_testing  #
-  from train import export  #
+  from tests.models import models_testing
+  from train import export
 
   _write_base(tmp_path / "base", seed=0)
   config = make_config(
@@ -120,7 +120,7 @@ def test_exports_and_resume_against_another_base(make_config, tmp_path):
   )
   merged_logits = models_testing.hf_logits(merged, ids, mask)
   ours = _logits(
-    trained.run.model,
+    trained.run.spec.model,
     trained.run.policy_params(trained.result.state.params),
     ids,
   )

@@ -12,6 +12,7 @@ import slpo_jax
 from slpo_jax import models
 from tests.models import models_testing
 from train import config_schema
+from train import objective
 from train import step as step_lib
 from train import validate
 from train.data import batching
@@ -65,10 +66,12 @@ def _sgd_step(params, reference, batch, *, model, loss):
     state,
     reference,
     batch,
-    model=model,
-    optimizer=optax.sgd(1.0),
-    loss_config=loss_config,
-    head=slpo_jax.HeadOptions(fused=False),
+    spec=step_lib.StepSpec(
+      model=model,
+      optimizer=optax.sgd(1.0),
+      loss=objective.build_loss(loss_config),
+      head=slpo_jax.HeadOptions(fused=False),
+    ),
   )
   grads = jax.tree.map(jnp.subtract, params, new_state.params)
   return metrics, grads
@@ -96,9 +99,7 @@ def test_packed_step_equals_unpacked_step():
   )
   assert bool(got_metrics["finite"])
   fraction = got_metrics.pop("real_token_fraction")
-  real = np.sum(
-    packed["chosen_attention_mask"] + packed["rejected_attention_mask"]
-  )
+  real = np.sum(packed.chosen_attention_mask + packed.rejected_attention_mask)
   np.testing.assert_allclose(fraction, real / (2 * rows * _LENGTH), rtol=1e-6)
   assert got_metrics.keys() == want_metrics.keys()
   assert {"loss/dpo", "loss/slpo_soft", "loss/aot"} <= want_metrics.keys()
@@ -130,7 +131,7 @@ def test_packed_rows_split_over_devices_give_the_same_step():
   )
   mesh = slpo_jax.sharding.make_mesh(devices, devices=jax.devices()[:devices])
   spread = slpo_jax.sharding.global_batch(packed, mesh)
-  assert len(spread["chosen_input_ids"].sharding.device_set) == devices
+  assert len(spread.chosen_input_ids.sharding.device_set) == devices
   on_mesh = jax.device_put(
     (policy, reference), slpo_jax.sharding.replicated(mesh)
   )

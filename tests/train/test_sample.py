@@ -31,7 +31,7 @@ def _greedy(chat_run, params) -> list[int]:
   )
   # Two rows, as the sample calls below draw: one compiled loop for all.
   out = models.generate(
-    run.model,
+    run.spec.model,
     params,
     jnp.asarray([ids, ids]),
     jnp.ones((2, len(ids)), jnp.int32),

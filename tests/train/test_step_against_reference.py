@@ -28,7 +28,9 @@ import pytest
 import slpo_jax
 from slpo_jax import losses
 from slpo_jax import models
+from train import batch as batch_lib
 from train import config_schema
+from train import objective
 from train import step as step_lib
 
 torch = pytest.importorskip("torch")
@@ -146,14 +148,14 @@ def _program_step(loss_name: str):
   # Label noise for the losses that read it (exo_pair needs it above 0).
   loss_config.label_smoothing = 0.1
   optimizer = step_lib.make_optimizer(_optimizer_config(), total_steps=10)
+  spec = step_lib.StepSpec(
+    model=models.build(config),
+    optimizer=optimizer,
+    loss=objective.build_loss(loss_config),
+    head=slpo_jax.HeadOptions(fused=False),
+  )
   step = jax.jit(
-    functools.partial(
-      step_lib.train_step,
-      model=models.build(config),
-      optimizer=optimizer,
-      loss_config=loss_config,
-      head=slpo_jax.HeadOptions(fused=False),
-    ),
+    functools.partial(step_lib.train_step, spec=spec),
     compiler_options={"xla_backend_optimization_level": 0},
   )
   return step, optimizer, loss_config
@@ -195,7 +197,7 @@ def test_train_step_matches_an_independent_computation(loss_name, setup):
     loss_state=losses.weighted_loss(loss_name.split(",")).initial_state()
     or None,
   )
-  batch = {k: jnp.asarray(v) for k, v in setup["batch"].items()}
+  batch = jax.tree.map(jnp.asarray, batch_lib.padded(setup["batch"]))
   new_state, metrics = jax.device_get(step(state, setup["reference"], batch))
   loss, grads, updated = _expected_step(
     setup, loss_name, loss_config, _optimizer_config()

@@ -37,7 +37,7 @@ class Pieces:
   def __init__(self, config, workdir):
     run = build(config, workdir, devices=1)
     self.config = config
-    self.model = run.model
+    self.model = run.spec.model
     self.reference = run.reference_params
     self.batches = [run.to_device(next(run.train_iterator)) for _ in range(2)]
     leaves, treedef = jax.tree.flatten(self.reference)
@@ -70,11 +70,13 @@ class Pieces:
     return jax.jit(
       functools.partial(
         step_lib.train_step,
-        model=self.model,
-        optimizer=self.optimizer,
-        loss_config=loss_config,
-        head=head,
-        grad_accum_steps=grad_accum_steps,
+        spec=step_lib.StepSpec(
+          model=self.model,
+          optimizer=self.optimizer,
+          loss=objective.build_loss(loss_config),
+          head=head,
+          grad_accum_steps=grad_accum_steps,
+        ),
       ),
       compiler_options={"xla_backend_optimization_level": 0},
     )
@@ -114,11 +116,7 @@ def _with_precomputed_reference(pieces, batch):
       objective.batch_stats, pieces.model, pair_values=False, head=PLAIN
     )
   )(pieces.reference, batch)
-  return dict(
-    batch,
-    reference_chosen_logps=stats.chosen_logps,
-    reference_rejected_logps=stats.rejected_logps,
-  )
+  return batch.with_reference(stats.chosen_logps, stats.rejected_logps)
 
 
 # Three paths in the default run: token-level values with pair complements,
@@ -165,10 +163,12 @@ def test_fused_head_accumulation_and_precomputed_reference_agree(loss, pieces):
 def test_gradient_accumulation_matches_one_batch(pieces):
   # Unequal micro-batch weights (5 of 8 rows count): a mean of micro-batch
   # means would differ from the weighted mean over the batch.
-  first = dict(pieces.batches[0])
-  weight = np.asarray(first["example_weight"])
-  first["example_weight"] = jax.numpy.asarray(
-    np.array([1, 1, 1, 1, 1, 0, 0, 0], weight.dtype)
+  first = pieces.batches[0]
+  weight = np.asarray(first.example_weight)
+  first = first.replace(
+    example_weight=jax.numpy.asarray(
+      np.array([1, 1, 1, 1, 1, 0, 0, 0], weight.dtype)
+    )
   )
   batches = [first, pieces.batches[1]]
   results = {}

@@ -306,4 +306,5 @@ def pairs_batch(model):
     (TokenizedPair(i, *(np.asarray(x, np.int32) for x in pair)), 1.0)
     for i, pair in enumerate(pairs)
   ]
-  return collate_pairs(entries, buckets=(BUCKET,), pad_id=PAD)
+  # Named arrays: the float64 reference reads them by name.
+  return collate_pairs(entries, buckets=(BUCKET,), pad_id=PAD).arrays()

@@ -54,11 +54,11 @@ def write_chat_tokenizer(directory) -> pathlib.Path:
   It holds ``tokenizer.json`` and a ``tokenizer_config.json`` naming BOS,
   EOS and PAD, as ``transformers`` saves them. Returns the folder.
   """
-  import tokenizers  #
-  from tokenizers import decoders  #
-  from tokenizers import models  #
-  from tokenizers import pre_tokenizers  #
-  from tokenizers import trainers  #
+  import tokenizers
+  from tokenizers import decoders
+  from tokenizers import models
+  from tokenizers import pre_tokenizers
+  from tokenizers import trainers
 
   rng = random.Random(1)
   corpus = [
@@ -337,8 +337,8 @@ def build(config, workdir, *, devices: int | None = None) -> setup_lib.Run:
     devices: use only the first ``devices`` devices (all when None).
   """
   chosen = None if devices is None else jax.devices()[:devices]
-  mesh = validate.validate(config, chosen)
-  return setup_lib.build_run(config, pathlib.Path(workdir), mesh)
+  checked = validate.validate(config, chosen)
+  return setup_lib.build_run(config, pathlib.Path(workdir), checked)
 
 
 def train(config, workdir, *, devices: int | None = None) -> Trained:

@@ -13,10 +13,12 @@ Typical use::
       seed=config.seed, shard_index=jax.process_index(),
       shard_count=jax.process_count(), split="train")
   logging.info(train_iter.report.summary())
-  batch = next(train_iter)   # dict of numpy arrays, see collate_pairs
+  batch = next(train_iter)   # a train.batch.PaddedBatch of numpy arrays
 
-A batch holds ``{chosen,rejected}_{input_ids,attention_mask,labels,loss_mask}``
-``[B, T]``, ``example_weight`` ``[B]`` and ``example_id`` ``[B]``.
+A batch (:mod:`train.batch`) holds
+``{chosen,rejected}_{input_ids,attention_mask,labels,loss_mask}`` ``[B, T]``,
+``example_weight`` ``[B]`` and ``example_id`` ``[B]``; with ``data.packing`` a
+``PackedBatch`` of several pairs per row.
 """
 
 from train.data.batching import BatchIterator

@@ -27,10 +27,13 @@ from typing import Any
 import grain
 import numpy as np
 
+from train import batch as batch_lib
 from train.data.report import DataError
 from train.data.report import DataReport
 
-Batch = dict[str, np.ndarray]
+# Named arrays: a supervised batch, or a preference batch's before typing.
+Arrays = dict[str, np.ndarray]
+Batch = batch_lib.Batch | Arrays
 # An element of the batched dataset: an example and its weight (0 for the
 # padding rows that fill the last evaluation batch).
 Weighted = tuple[Any, float]
@@ -54,7 +57,7 @@ def _fill(
   sequences: Sequence[tuple[np.ndarray, int]],
   length: int,
   pad_id: int,
-) -> Batch:
+) -> Arrays:
   """Right-padded next-token arrays for (tokens, first_loss_label) rows."""
   rows = len(sequences)
   input_ids = np.full([rows, length], pad_id, np.int32)
@@ -76,23 +79,23 @@ def _fill(
   }
 
 
-def _weights_and_ids(entries: Sequence[Weighted]) -> Batch:
+def _weights_and_ids(entries: Sequence[Weighted]) -> Arrays:
   return {
     "example_weight": np.asarray([w for _, w in entries], np.float32),
-    "example_id": np.asarray([e.example_id for e, _ in entries], np.int64),
+    "example_id": np.asarray([e.example_id for e, _ in entries], np.int32),
   }
 
 
 def collate_pairs(
   entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
-) -> Batch:
+) -> batch_lib.PaddedBatch:
   """Stacks weighted ``TokenizedPair``s into a preference batch.
 
   Returns:
-    ``chosen_`` and ``rejected_`` ``input_ids``, ``attention_mask``,
-    ``labels`` (int32) and ``loss_mask`` (bool), all ``[B, T]`` with T the
-    batch's bucket; ``example_weight`` ``[B]`` float32 and ``example_id``
-    ``[B]`` int64. The loss mask is True where the label is a response token:
+    A :class:`train.batch.PaddedBatch`: ``chosen_`` and ``rejected_``
+    ``input_ids``, ``attention_mask``, ``labels`` (int32) and ``loss_mask``
+    (bool), all ``[B, T]`` with T the batch's bucket; ``example_weight``
+    ``[B]`` float32 and ``example_id`` ``[B]`` int32. The loss mask is True where the label is a response token:
     from the label at the last prompt position to the label at the
     second-to-last token.
   """
@@ -104,7 +107,7 @@ def collate_pairs(
       tokens = np.concatenate([pair.prompt, getattr(pair, side)])
       sequences.append((tokens, len(pair.prompt) - 1))
     batch.update(_fill(f"{side}_", sequences, length, pad_id))
-  return batch
+  return batch_lib.padded(batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +124,7 @@ class TokenSequence:
 
 def collate_sequences(
   entries: Sequence[Weighted], *, buckets: Sequence[int], pad_id: int
-) -> Batch:
+) -> Arrays:
   """Stacks weighted ``TokenSequence``s into a supervised batch.
 
   Returns:
@@ -258,7 +261,11 @@ def make_batch_iterator(
     batch = collate(entries)
     if collate_selects_rows:
       return batch
-    return {k: v[first_row : first_row + batch_size] for k, v in batch.items()}
+    if isinstance(batch, dict):
+      return {
+        k: v[first_row : first_row + batch_size] for k, v in batch.items()
+      }
+    return batch.host_rows(first_row, first_row + batch_size)
 
   if repeat:
     batches = (

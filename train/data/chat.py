@@ -193,9 +193,9 @@ def split_conversations(
 @functools.lru_cache(maxsize=16)
 def _compile(text: str):
   """The template compiled in transformers' Jinja environment."""
-  import jinja2  #
-  from jinja2 import ext  #
-  from jinja2 import sandbox  #
+  import jinja2
+  from jinja2 import ext
+  from jinja2 import sandbox
 
   def raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
@@ -247,7 +247,7 @@ class ChatTemplate:
       BadConversation: 'template_error' when the template refuses the
         messages (its ``raise_exception``, or an error while rendering).
     """
-    import jinja2  #
+    import jinja2
 
     try:
       return _compile(self.text).render(
@@ -403,7 +403,7 @@ def load_chat_template(
   if found is None:
     return None
   text, source = found
-  import jinja2  #
+  import jinja2
 
   try:
     _compile(text)

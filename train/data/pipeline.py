@@ -163,7 +163,7 @@ def _read_text_pairs(
 ) -> list[sources.TextPair]:
   """Reads the text pairs of ``split``, holding out eval pairs if asked."""
   if config.source == "tfds":
-    from train.data import tfds_builder  #
+    from train.data import tfds_builder
 
     own_eval = bool(config.tfds_split_eval)
     name = (
@@ -175,7 +175,7 @@ def _read_text_pairs(
       config, name, policy=policy, report=report
     )
   elif config.source in HF_FILE_SOURCES:
-    from train.data import hf_files  #
+    from train.data import hf_files
 
     own_eval = hf_files.has_own_eval(config)
     pairs = hf_files.read_config_pairs(

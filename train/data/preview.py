@@ -15,7 +15,6 @@ prompt, as the loss sees them; the same as ``*_text`` and as ``*_tokens``, one
 string per token), and the report on stderr.
 """
 
-import functools
 import json
 import sys
 
@@ -106,39 +105,7 @@ def preview(config, num: int, output_format: str, split: str = "train"):
   print(report, file=sys.stderr if output_format == "json" else sys.stdout)
 
 
-def main(argv):
-  from absl import flags  #
-
-  from train import cli  #
-  from train import errors  #
-
-  del argv
-  values = flags.FLAGS
-  if values.num < 1:
-    cli.fail(f"--num must be at least 1, got {values.num}")
-  try:
-    preview(values.config, values.num, values.format, values.split)
-  except errors.USER_ERRORS as error:
-    cli.fail(str(error))
-
-
-def _define_flags():
-  from absl import flags  #
-  from ml_collections import config_flags  #
-
-  config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True
-  )
-  flags.DEFINE_integer("num", 3, "Pairs to show, from the start of the split.")
-  flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
-  flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split.")
-  flags.mark_flags_as_required(["config"])
-
-
 if __name__ == "__main__":
-  from absl import app  #
+  from train import cli
 
-  from train import cli  #
-
-  _define_flags()
-  app.run(main, flags_parser=functools.partial(cli.parse_flags, usage=__doc__))
+  cli.run("preview", __doc__)

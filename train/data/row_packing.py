@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from train.data.batching import Batch
+from train import batch as batch_lib
 from train.data.batching import Weighted
 from train.data.batching import bucket_length
 
@@ -115,7 +115,7 @@ def pack_pairs(
   pad_id: int,
   num_rows: int,
   num_slots: int,
-) -> Batch:
+) -> batch_lib.PackedBatch:
   """Packs weighted ``TokenizedPair``s into ``num_rows`` paired rows.
 
   Returns:
@@ -125,7 +125,8 @@ def pack_pairs(
     ``segment_ids`` ``[R, T]`` int32, the same for both rows (1..S for the
     pairs of a row, 0 after the last); ``positions`` ``[R, T]`` int32,
     from 0 at each pair's start; ``pair_example_weight`` ``[R, S]`` float32
-    and ``pair_example_id`` ``[R, S]`` int64 (-1 for empty slots).
+    and ``pair_example_id`` ``[R, S]`` int32 (-1 for empty slots), as a
+    :class:`train.batch.PackedBatch`.
   """
   pairs = _real(entries)
   weights = [weight for _, weight in entries if weight > 0]
@@ -133,11 +134,11 @@ def pack_pairs(
   if len(layout) > num_rows or any(len(row) > num_slots for row in layout):
     raise ValueError(f"{len(pairs)} pairs do not fit {num_rows} rows")
   shape = [num_rows, packed_length]
-  batch: Batch = {
+  batch = {
     "segment_ids": np.zeros(shape, np.int32),
     "positions": np.zeros(shape, np.int32),
     "pair_example_weight": np.zeros([num_rows, num_slots], np.float32),
-    "pair_example_id": np.full([num_rows, num_slots], -1, np.int64),
+    "pair_example_id": np.full([num_rows, num_slots], -1, np.int32),
   }
   for side in ("chosen_", "rejected_"):
     batch[f"{side}input_ids"] = np.full(shape, pad_id, np.int32)
@@ -161,7 +162,7 @@ def pack_pairs(
         batch[f"{side}labels"][r, offset : end - 1] = tokens[1:]
         batch[f"{side}loss_mask"][r, first_label : end - 1] = True
       offset += span
-  return batch
+  return batch_lib.packed(batch)
 
 
 def packed_collate(
@@ -180,7 +181,7 @@ def packed_collate(
   multiple of ``row_multiple``.
   """
 
-  def collate(entries: Sequence[Weighted]) -> Batch:
+  def collate(entries: Sequence[Weighted]) -> batch_lib.PackedBatch:
     per_host = len(entries) // shard_count
     shares = [
       entries[k * per_host : (k + 1) * per_host] for k in range(shard_count)

@@ -136,7 +136,7 @@ class HFTokenizer(_SpecialIds):
     eos_token: str | None = None,
     pad_token: str | None = None,
   ):
-    import tokenizers  #
+    import tokenizers
 
     try:
       self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
@@ -210,7 +210,7 @@ class SentencePieceTokenizer(_SpecialIds):
   """A SentencePiece model. Without a BOS or PAD piece, EOS stands in."""
 
   def __init__(self, path: str):
-    import sentencepiece  #
+    import sentencepiece
 
     try:
       self._model = sentencepiece.SentencePieceProcessor(model_file=str(path))

@@ -1,0 +1,228 @@
+"""What a batch of preference pairs is: the pipeline makes one, the step
+reads it.
+
+Two layouts share the token arrays, ``chosen_*`` and ``rejected_*``, each
+``[rows, length]``:
+
+* :class:`PaddedBatch` (the default): one right-padded row per pair and
+  side; per-pair values are ``[B]``.
+* :class:`PackedBatch` (``data.packing``): several pairs per row, marked by
+  ``segment_ids`` (1..S, 0 after the last pair) and ``positions`` (from 0
+  at each pair's start); per-pair values are ``[R, S]``, one per pair slot,
+  with weight 0 and id -1 in empty slots.
+
+A layout that shares each prompt between its two responses would be a third
+class here, with its own token arrays and the same per-pair methods.
+
+Both are pytrees (``flax.struct``), so the same object is a host batch of
+NumPy arrays, a global batch of sharded ``jax.Array`` and, for
+``train.aot``, a batch of ``jax.ShapeDtypeStruct`` (:func:`abstract`).
+Every field has one dtype, :data:`DTYPES`, wherever a batch is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import numpy as np
+
+SIDES = ("chosen", "rejected")
+# The token arrays of one side, [rows, length].
+TOKEN_FIELDS = ("input_ids", "attention_mask", "labels", "loss_mask")
+
+DTYPES: dict[str, Any] = {
+  **{
+    f"{side}_{name}": np.int32
+    for side in SIDES
+    for name in TOKEN_FIELDS
+    if name != "loss_mask"
+  },
+  "chosen_loss_mask": np.bool_,
+  "rejected_loss_mask": np.bool_,
+  "example_weight": np.float32,
+  "example_id": np.int32,
+  "segment_ids": np.int32,
+  "positions": np.int32,
+  "pair_example_weight": np.float32,
+  "pair_example_id": np.int32,
+  "reference_chosen_logps": np.float32,
+  "reference_rejected_logps": np.float32,
+}
+
+
+class _Pairs:
+  """What both layouts answer, whatever their arrays."""
+
+  packed = False
+
+  def side(self, side: str) -> tuple[Any, Any, Any, Any]:
+    """``(input_ids, attention_mask, labels, loss_mask)`` of one side."""
+    return tuple(getattr(self, f"{side}_{name}") for name in TOKEN_FIELDS)
+
+  def pair_weights(self):
+    """The example weight of every pair, one axis of pairs."""
+    raise NotImplementedError
+
+  def pair_ids(self):
+    """The example id of every pair, one axis of pairs (as pair_weights)."""
+    raise NotImplementedError
+
+  @property
+  def per_pair_shape(self) -> tuple[int, ...]:
+    """The shape of a per-pair value: ``[B]``, or ``[R, S]`` packed."""
+    raise NotImplementedError
+
+  @property
+  def has_reference(self) -> bool:
+    """Whether the batch carries precomputed reference log-probs."""
+    return self.reference_chosen_logps is not None
+
+  def with_reference(self, chosen, rejected):
+    """The batch with precomputed reference log-probs (per-pair shape)."""
+    return self.replace(
+      reference_chosen_logps=chosen, reference_rejected_logps=rejected
+    )
+
+  def count_tokens(self) -> int:
+    """Real (non-padding) tokens of both sides, on the host."""
+    return int(
+      np.sum(self.chosen_attention_mask) + np.sum(self.rejected_attention_mask)
+    )
+
+  def arrays(self) -> dict[str, Any]:
+    """The batch's arrays by field name (precomputed values if present)."""
+    return {
+      field.name: getattr(self, field.name)
+      for field in dataclasses.fields(self)
+      if getattr(self, field.name) is not None
+    }
+
+  def host_rows(self, start: int, stop: int):
+    """Rows ``[start, stop)`` of every array."""
+    return jax.tree.map(lambda x: x[start:stop], self)
+
+
+@flax.struct.dataclass
+class PaddedBatch(_Pairs):
+  """One right-padded row per pair and side, ``[B, T]``."""
+
+  chosen_input_ids: Any
+  chosen_attention_mask: Any
+  chosen_labels: Any
+  chosen_loss_mask: Any
+  rejected_input_ids: Any
+  rejected_attention_mask: Any
+  rejected_labels: Any
+  rejected_loss_mask: Any
+  example_weight: Any  # [B]; 0 for rows that pad the last eval batch.
+  example_id: Any  # [B]
+  reference_chosen_logps: Any = None  # [B], with reference.mode=precomputed.
+  reference_rejected_logps: Any = None
+
+  def pair_weights(self):
+    return self.example_weight
+
+  def pair_ids(self):
+    return self.example_id
+
+  @property
+  def per_pair_shape(self) -> tuple[int, ...]:
+    return tuple(np.shape(self.example_weight))
+
+
+@flax.struct.dataclass
+class PackedBatch(_Pairs):
+  """Several pairs per row, ``[R, T]``; per-pair values ``[R, S]``."""
+
+  chosen_input_ids: Any
+  chosen_attention_mask: Any
+  chosen_labels: Any
+  chosen_loss_mask: Any
+  rejected_input_ids: Any
+  rejected_attention_mask: Any
+  rejected_labels: Any
+  rejected_loss_mask: Any
+  segment_ids: Any  # [R, T], the same for both sides.
+  positions: Any  # [R, T]
+  pair_example_weight: Any  # [R, S]; 0 in empty slots.
+  pair_example_id: Any  # [R, S]; -1 in empty slots.
+  reference_chosen_logps: Any = None  # [R, S]
+  reference_rejected_logps: Any = None
+
+  packed = True
+
+  def pair_weights(self):
+    return self.pair_example_weight.reshape(-1)
+
+  def pair_ids(self):
+    return self.pair_example_id.reshape(-1)
+
+  @property
+  def per_pair_shape(self) -> tuple[int, ...]:
+    return tuple(np.shape(self.pair_example_weight))
+
+
+Batch = PaddedBatch | PackedBatch
+
+
+def _typed(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  return {
+    name: np.asarray(value, DTYPES[name]) for name, value in arrays.items()
+  }
+
+
+def padded(arrays: Mapping[str, Any]) -> PaddedBatch:
+  """A host :class:`PaddedBatch` from its named arrays, in their dtypes."""
+  return PaddedBatch(**_typed(arrays))
+
+
+def packed(arrays: Mapping[str, Any]) -> PackedBatch:
+  """A host :class:`PackedBatch` from its named arrays, in their dtypes."""
+  return PackedBatch(**_typed(arrays))
+
+
+def abstract(
+  *,
+  rows: int,
+  length: int,
+  sharding: Any = None,
+  slots: int = 0,
+  with_reference: bool = False,
+) -> Batch:
+  """A global batch of ``jax.ShapeDtypeStruct``: padded, or packed when
+  ``slots`` (pair slots per row) is given."""
+
+  def shaped(name: str, shape: tuple[int, ...]):
+    return jax.ShapeDtypeStruct(shape, DTYPES[name], sharding=sharding)
+
+  tokens = {
+    f"{side}_{name}": shaped(f"{side}_{name}", (rows, length))
+    for side in SIDES
+    for name in TOKEN_FIELDS
+  }
+  per_pair = (rows, slots) if slots else (rows,)
+  reference = {}
+  if with_reference:
+    reference = {
+      f"reference_{side}_logps": shaped(f"reference_{side}_logps", per_pair)
+      for side in SIDES
+    }
+  if not slots:
+    return PaddedBatch(
+      **tokens,
+      example_weight=shaped("example_weight", per_pair),
+      example_id=shaped("example_id", per_pair),
+      **reference,
+    )
+  return PackedBatch(
+    **tokens,
+    segment_ids=shaped("segment_ids", (rows, length)),
+    positions=shaped("positions", (rows, length)),
+    pair_example_weight=shaped("pair_example_weight", per_pair),
+    pair_example_id=shaped("pair_example_id", per_pair),
+    **reference,
+  )
