@@ -13,6 +13,14 @@ value may be is checked by :mod:`train.validate` before anything is loaded.
 
 import ml_collections
 
+# The values of the keys whose meaning the program defines (the model's
+# attention and remat choices are the library's: slpo_jax.models).
+LOSS_HEADS = ("fused", "plain")  # model.loss_head
+COMPUTE_DTYPES = ("float32", "bfloat16")  # model.dtype, model.param_dtype
+REFERENCE_MODES = ("online", "precomputed")  # reference.mode
+EXPORT_DTYPES = ("float32", "bfloat16")  # export.dtype
+LORA_BASE_DTYPES = ("float32", "bfloat16")  # model.lora.base_dtype
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The base configuration: a tiny model on the synthetic task."""

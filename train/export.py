@@ -31,12 +31,13 @@ from jax.experimental import multihost_utils
 
 from slpo_jax import models
 from train import checkpointed_run
+from train import config_schema
 from train import data as data_lib
 from train import lora_setup
 from train.data import chat
 from train.errors import ConfigError
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = config_schema.EXPORT_DTYPES
 FORMATS = ("hf", "peft", "merged")
 TOKENIZER_FILES = (
   "tokenizer.json",

@@ -21,9 +21,9 @@ from slpo_jax import lora
 from slpo_jax import lora_peft
 from slpo_jax import models
 from slpo_jax import sharding
+from train import config_schema
 from train.errors import ConfigError
 
-BASE_DTYPES = ("float32", "bfloat16")
 # The folder a LoRA run's final adapters are exported to, beside WORKDIR/hf.
 PEFT_FOLDER = "peft"
 
@@ -71,10 +71,10 @@ def check(config, model) -> None:
     )
   if not rank:
     return
-  if settings.base_dtype not in BASE_DTYPES:
+  if settings.base_dtype not in config_schema.LORA_BASE_DTYPES:
     raise ConfigError(
       f"config.model.lora.base_dtype is {settings.base_dtype!r}; use one of"
-      f" {list(BASE_DTYPES)}"
+      f" {list(config_schema.LORA_BASE_DTYPES)}"
     )
   if config.reference.sync_every:
     raise ConfigError(

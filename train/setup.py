@@ -26,6 +26,7 @@ from train import step as step_lib
 from train import task_reference
 from train import validate
 from train.batch import Batch
+from train.data import validation as data_validation
 from train.errors import ConfigError
 from train.errors import DataError
 
@@ -205,7 +206,7 @@ def build_run(
       config.data, tokenizer=tokenizer, split=split, sample_fn=sample_fn
     )
     for split in ("train", "eval")
-    if split == "train" or validate.has_eval_split(config)
+    if split in data_validation.splits(config.data)
   }
   _check_train_size(config, datasets["train"].report.num_loaded)
   # Packed rows split over the host's devices on the batch axes.

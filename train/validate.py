@@ -19,6 +19,7 @@ import slpo_jax
 from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax import sharding
+from train import config_schema as schema
 from train import lora_setup
 from train import objective
 from train import step as step_lib
@@ -222,16 +223,14 @@ def _check_batch(config, mesh: jax.sharding.Mesh) -> None:
 
 
 def _check_model(config) -> None:
-  _one_of("model.loss_head", config.model.loss_head, ("fused", "plain"))
-  _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _one_of("model.loss_head", config.model.loss_head, schema.LOSS_HEADS)
+  _one_of("model.dtype", config.model.dtype, schema.COMPUTE_DTYPES)
+  _one_of("model.param_dtype", config.model.param_dtype, schema.COMPUTE_DTYPES)
   _one_of(
-    "model.param_dtype", config.model.param_dtype, ("float32", "bfloat16")
+    "model.remat_policy", config.model.remat_policy, models.REMAT_POLICIES
   )
-  _one_of("model.remat_policy", config.model.remat_policy, ("full", "dots"))
   _one_of(
-    "model.attention_impl",
-    config.model.attention_impl,
-    ("blockwise", "dense", "cudnn"),
+    "model.attention_impl", config.model.attention_impl, models.ATTENTION_IMPLS
   )
   _non_negative(config.model, "vocab_chunk_size", "token_chunk_size")
   if not config.model.checkpoint:
@@ -263,26 +262,13 @@ def _check_export(config) -> None:
     raise ConfigError(
       f"export.at_end is {export.at_end!r}; it must be True or False"
     )
-  _one_of("export.dtype", export.dtype, ("float32", "bfloat16"))
+  _one_of("export.dtype", export.dtype, schema.EXPORT_DTYPES)
   size = export.max_shard_size
   if not isinstance(size, int) or isinstance(size, bool) or size < 0:
     raise ConfigError(
       f"export.max_shard_size is {size!r}; it must be a number of bytes"
       " >= 0 (0 writes one file)"
     )
-
-
-def has_eval_split(config) -> bool:
-  """Whether the data config names held-out data."""
-  data = config.data
-  if data.source in ("synthetic", "bandit_transitive", "bandit_contradictory"):
-    return True
-  return bool(
-    data.eval_path
-    or data.tfds_split_eval
-    or data.eval_fraction
-    or (data.source == "arrow" and data.hf_split_eval)
-  )
 
 
 def validate(config, devices=None) -> Validated:
@@ -313,7 +299,7 @@ def validate(config, devices=None) -> Validated:
   loss = _check_loss(config)
   _check_model(config)
   _check_lora(config)
-  _one_of("reference.mode", config.reference.mode, ("online", "precomputed"))
+  _one_of("reference.mode", config.reference.mode, schema.REFERENCE_MODES)
   if config.reference.mode == "precomputed" and not loss.needs_reference:
     raise ConfigError(
       f"loss {config.loss.name!r} reads no reference model, so there is"
@@ -332,7 +318,7 @@ def validate(config, devices=None) -> Validated:
     )
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  for split in ("train", "eval") if has_eval_split(config) else ("train",):
+  for split in data_validation.splits(config.data):
     data_validation.validate_data_config(config.data, split)
   mesh = make_mesh(config, devices)
   _check_batch(config, mesh)

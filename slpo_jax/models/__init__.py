@@ -16,6 +16,8 @@ Checkpoints written by ``save_pretrained`` load with ``load_hf_model`` /
 """
 
 from slpo_jax.models.attention import AttentionMask
+from slpo_jax.models.config import ATTENTION_IMPLS
+from slpo_jax.models.config import REMAT_POLICIES
 from slpo_jax.models.config import DecoderConfig
 from slpo_jax.models.config import RopeScaling
 from slpo_jax.models.hf_config import SUPPORTED_MODEL_TYPES
@@ -41,11 +43,13 @@ from slpo_jax.models.sampling import SampleOutput
 from slpo_jax.models.sampling import generate
 
 __all__ = [
+  "ATTENTION_IMPLS",
   "AttentionMask",
   "CheckpointError",
   "DEFAULT_RULES",
   "DecoderConfig",
   "DecoderLM",
+  "REMAT_POLICIES",
   "RopeScaling",
   "SIZES",
   "SUPPORTED_MODEL_TYPES",

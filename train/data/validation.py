@@ -32,6 +32,19 @@ SPLITS = ("train", "eval")
 FIELD_ROLES = ("prompt", "chosen", "rejected")
 
 
+def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits the data config names: train, and eval if it has held-out
+  data (the built-in tasks always do)."""
+  if config.source not in TEXT_SOURCES:
+    return SPLITS
+  own_eval = (
+    config.eval_path
+    or config.tfds_split_eval
+    or (config.source == "arrow" and config.hf_split_eval)
+  )
+  return SPLITS if own_eval or config.eval_fraction else ("train",)
+
+
 def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
   """Checks the settings that loading ``split`` depends on.
 
