@@ -54,8 +54,19 @@ DTYPES: dict[str, Any] = {
 }
 
 
+@flax.struct.dataclass
 class _Pairs:
-  """What both layouts answer, whatever their arrays."""
+  """The token arrays both layouts have, ``[rows, length]`` per side, and
+  what both answer."""
+
+  chosen_input_ids: Any
+  chosen_attention_mask: Any
+  chosen_labels: Any
+  chosen_loss_mask: Any
+  rejected_input_ids: Any
+  rejected_attention_mask: Any
+  rejected_labels: Any
+  rejected_loss_mask: Any
 
   packed = False
 
@@ -110,14 +121,6 @@ class _Pairs:
 class PaddedBatch(_Pairs):
   """One right-padded row per pair and side, ``[B, T]``."""
 
-  chosen_input_ids: Any
-  chosen_attention_mask: Any
-  chosen_labels: Any
-  chosen_loss_mask: Any
-  rejected_input_ids: Any
-  rejected_attention_mask: Any
-  rejected_labels: Any
-  rejected_loss_mask: Any
   example_weight: Any  # [B]; 0 for rows that pad the last eval batch.
   example_id: Any  # [B]
   reference_chosen_logps: Any = None  # [B], with reference.mode=precomputed.
@@ -138,14 +141,6 @@ class PaddedBatch(_Pairs):
 class PackedBatch(_Pairs):
   """Several pairs per row, ``[R, T]``; per-pair values ``[R, S]``."""
 
-  chosen_input_ids: Any
-  chosen_attention_mask: Any
-  chosen_labels: Any
-  chosen_loss_mask: Any
-  rejected_input_ids: Any
-  rejected_attention_mask: Any
-  rejected_labels: Any
-  rejected_loss_mask: Any
   segment_ids: Any  # [R, T], the same for both sides.
   positions: Any  # [R, T]
   pair_example_weight: Any  # [R, S]; 0 in empty slots.
