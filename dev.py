@@ -1,12 +1,17 @@
-"""The two everyday commands, needing nothing but Python 3.10 or newer.
+"""The everyday commands, needing nothing but Python 3.10 or newer.
 
   python dev.py train [FLAGS...]   # the main job: configs/default.py
-  python dev.py test [PYTEST ARGS...]   # ruff, then the test suite
+  python dev.py test [PYTEST ARGS...]   # ruff, then the fast tests
+  python dev.py test --all [PYTEST ARGS...]   # ruff, then every test (CI)
 
-Each creates the virtual environment ``.venv`` on first use and reinstalls
-the project into it whenever ``pyproject.toml`` changes. ``train`` writes to
-``workdirs/default`` (rerunning resumes there) and passes any extra flags to
-``python -m train.main``, e.g. ``--config.loss.name=slpo``.
+Each creates the virtual environment ``.venv`` on first use. ``train``
+installs the project with its ``train`` extra only; ``test`` installs the
+``dev`` extra (``train`` plus torch, transformers, ... for the tests). Both
+reinstall whenever ``pyproject.toml`` changes, and neither drops an extra
+that ``.venv`` already holds. ``train`` writes to ``workdirs/default``
+(rerunning resumes there) and passes any extra flags to
+``python -m train.main``, e.g. ``--config.loss.name=slpo``. ``test --all``
+also runs the tests marked slow.
 """
 
 import hashlib
@@ -18,7 +23,10 @@ import venv
 
 ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
+# "EXTRA DIGEST": the extra installed and the pyproject.toml it came from.
 STAMP = VENV / "slpo-jax-installed"
+# The extras each one includes: dev holds train.
+INCLUDES = {"train": {"train"}, "dev": {"train", "dev"}}
 
 
 def _python() -> pathlib.Path:
@@ -32,26 +40,32 @@ def _run(*args: str) -> None:
     sys.exit(completed.returncode)
 
 
-def ensure_environment() -> None:
-  """``.venv`` with the project and its ``dev`` extra, current with pyproject."""
-  wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-  if STAMP.exists() and STAMP.read_text() == wanted and _python().exists():
-    return
+def ensure_environment(extra: str) -> None:
+  """``.venv`` holding the project and ``extra``, current with pyproject."""
+  digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+  held, stamped = "", ""
+  if STAMP.exists():
+    held, _, stamped = STAMP.read_text().strip().partition(" ")
   if not _python().exists():
     print(f"Creating {VENV} ...", flush=True)
     venv.create(VENV, with_pip=True)
-  print("Installing the project and its dev extra into .venv ...", flush=True)
+    held = ""
+  elif stamped == digest and extra in INCLUDES.get(held, ()):
+    return
+  if held == "dev":  # Never downgrade: reinstall what is there.
+    extra = "dev"
+  print(f"Installing the project and its {extra} extra ...", flush=True)
   _run("-m", "pip", "install", "--quiet", "--upgrade", "pip")
-  _run("-m", "pip", "install", "--quiet", "-e", ".[dev]")
-  STAMP.write_text(wanted)
+  _run("-m", "pip", "install", "--quiet", "-e", f".[{extra}]")
+  STAMP.write_text(f"{extra} {digest}\n")
 
 
 def main(argv: list[str]) -> None:
   if not argv or argv[0] not in ("train", "test"):
     sys.exit(__doc__)
   command, rest = argv[0], argv[1:]
-  ensure_environment()
   if command == "train":
+    ensure_environment("train")
     _run(
       "-m",
       "train.main",
@@ -62,6 +76,9 @@ def main(argv: list[str]) -> None:
       *rest,
     )
   else:
+    ensure_environment("dev")
+    if "--all" in rest:  # An empty marker expression selects every test.
+      rest = ["-m", "", *[arg for arg in rest if arg != "--all"]]
     _run("-m", "ruff", "check", ".")
     _run("-m", "ruff", "format", "--check", ".")
     _run("-m", "pytest", "-n", "auto", *rest)
