@@ -21,6 +21,7 @@ Needs ``libtpu`` (``pip install -e ".[tpu-aot]"``); nothing else of a TPU.
 
 import dataclasses
 import re
+import sys
 from typing import Any
 
 import jax
@@ -362,4 +363,4 @@ if __name__ == "__main__":
 
   # TPU XLA compiles here for abstract devices; the host runs on its CPU.
   jax.config.update("jax_platforms", "cpu")
-  cli.run("aot", __doc__)
+  cli.run("aot", sys.modules[__name__])

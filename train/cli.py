@@ -7,9 +7,10 @@
   python -m train.data.preview   # a config's first pairs, as training sees them
 
 Each command's module holds its work as plain functions, importable without
-absl; here are only the flags, the one-line errors (``error: ...`` on
-stderr, exit code 2) and the calls. A command's module docstring is its
-``--help``.
+absl, and ends with ``cli.run(NAME, sys.modules[__name__])``; here are only
+the flags, the one-line errors (``error: ...`` on stderr, exit code 2) and
+the calls into that module. A command's module docstring is its ``--help``.
+This module imports none of the command modules: they call it.
 """
 
 import ast
@@ -113,7 +114,7 @@ def _train_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _train(argv) -> None:
+def _train(work, argv) -> None:
   del argv
   from train import distributed
   from train import errors
@@ -123,10 +124,8 @@ def _train(argv) -> None:
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
   distributed.log_devices()
-  from train import loop  # Imported after JAX's distributed runtime is up.
-
   try:
-    result = loop.train_and_evaluate(config, flags.FLAGS.workdir)
+    result = work.train_and_evaluate(config, flags.FLAGS.workdir)
   except stopping.Stopped as stopped:
     # A signal before training proper (the reference fit): what was saved
     # is in the message; the same command continues.
@@ -179,10 +178,8 @@ def _aot_flags() -> None:
   flags.mark_flags_as_required(["config", "topology"])
 
 
-def _aot(argv) -> None:
+def _aot(aot, argv) -> None:
   del argv
-  from train import aot
-
   values = flags.FLAGS
   try:
     layout = aot.PackedLayout(values.packed_rows, values.packed_slots)
@@ -215,10 +212,8 @@ def _export_flags() -> None:
   flags.mark_flags_as_required(["workdir", "out"])
 
 
-def _export(argv) -> None:
+def _export(export, argv) -> None:
   del argv
-  from train import export
-
   _quiet_library_logs()
   values = flags.FLAGS
   try:
@@ -254,10 +249,8 @@ def _sample_flags() -> None:
   flags.mark_flags_as_required(["workdir"])
 
 
-def _sample(argv) -> None:
+def _sample(sample, argv) -> None:
   del argv
-  from train import sample
-
   _quiet_library_logs()
   values = flags.FLAGS
   try:
@@ -296,10 +289,8 @@ def _preview_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def _preview(argv) -> None:
+def _preview(preview, argv) -> None:
   del argv
-  from train.data import preview
-
   values = flags.FLAGS
   if values.num < 1:
     fail(f"--num must be at least 1, got {values.num}")
@@ -318,8 +309,12 @@ COMMANDS = {
 }
 
 
-def run(command: str, usage: str) -> None:
-  """Defines ``command``'s flags and runs it; ``usage`` is its --help."""
+def run(command: str, work) -> None:
+  """Defines ``command``'s flags and runs it on ``work``, the command's
+  module (its functions; its docstring is the --help)."""
   define, main = COMMANDS[command]
   define()
-  app.run(main, flags_parser=functools.partial(parse_flags, usage=usage))
+  app.run(
+    functools.partial(main, work),
+    flags_parser=functools.partial(parse_flags, usage=work.__doc__),
+  )

@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import jax
@@ -356,4 +357,4 @@ def _host_device() -> jax.Device:
 if __name__ == "__main__":
   from train import cli
 
-  cli.run("export", __doc__)
+  cli.run("export", sys.modules[__name__])

@@ -8,7 +8,18 @@ mistake in the flags, the config or the data ends the program with one line
 on stderr, ``error: ...``, and exit code 2.
 """
 
+import sys
+
+
+def train_and_evaluate(config, workdir):
+  """:func:`train.loop.train_and_evaluate`, imported once JAX's distributed
+  runtime is up (the shell starts it first)."""
+  from train import loop
+
+  return loop.train_and_evaluate(config, workdir)
+
+
 if __name__ == "__main__":
   from train import cli
 
-  cli.run("train", __doc__)
+  cli.run("train", sys.modules[__name__])

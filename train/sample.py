@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -188,4 +189,4 @@ def sample(
 if __name__ == "__main__":
   from train import cli
 
-  cli.run("sample", __doc__)
+  cli.run("sample", sys.modules[__name__])

@@ -108,4 +108,4 @@ def preview(config, num: int, output_format: str, split: str = "train"):
 if __name__ == "__main__":
   from train import cli
 
-  cli.run("preview", __doc__)
+  cli.run("preview", sys.modules[__name__])
