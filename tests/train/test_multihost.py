@@ -8,6 +8,7 @@ JAX's default ``jax_cpu_collectives_implementation``.
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,7 +74,7 @@ class _HostShards:
 
   def __next__(self):
     parts = [next(iterator) for iterator in self._iterators]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
 
   def get_state(self):
     return {"hosts": [iterator.get_state() for iterator in self._iterators]}
