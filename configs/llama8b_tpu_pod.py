@@ -1,4 +1,4 @@
-"""Llama 3 8B on a Cloud TPU v5p-64 pod slice (32 chips), HH-RLHF.
+"""Llama 3 8B on a Cloud TPU v5p-64 pod slice (32 chips), HH-RLHF, DPO.
 
 Run on every host of the slice (see README, "Cloud TPU"):
 
@@ -8,19 +8,25 @@ Run on every host of the slice (see README, "Cloud TPU"):
       --config.model.checkpoint=/mnt/disks/models/Meta-Llama-3-8B-Instruct \
       --config.data.tokenizer=/mnt/disks/models/Meta-Llama-3-8B-Instruct/tokenizer.json
 
+Trains DPO (beta 0.1), as the default config does: the README advises
+against the SLPO forms that keep Eq. 6's target.
+
 Not run in CI. Compiled from a CPU machine for the v5p-64 topology
 (``python -m train.aot --config configs/llama8b_tpu_pod.py --topology
 v5p:4x4x2 --config.model.checkpoint=configs/shapes/llama3_8b
 --config.data.train_path=hh.jsonl.gz``, 8.03B parameters, blockwise
-attention; 14 min on a 2-core CPU shared with a test run), per chip: 3.74
-GiB of arguments (float32 policy, AdamW moments and float32 reference,
-sharded 32 ways), 38.1 GiB of temporaries with rematerialisation, 41.9 GiB
-in all of 95 GiB HBM (44%). TPU XLA's cost analysis gives 2.2e14 FLOPs per
-chip (it counts loop bodies once) against 5.1e14 analytic, and 1.12e12
-bytes accessed: compute-bound, a roofline of 1.1 s per step of 128 pairs x
-1,024 tokens, at most 7,400 tokens/s per chip. The data file is not read
-(any name passes validation). Before the models' activation constraints
-were bound (docs/ARCHITECTURE.md, "Sharding") this step needed 896 GiB of
+attention; with the DPO loss on 2026-12-07, by a 2-core CPU machine shared
+with test runs, jax 0.10.2, libtpu 0.0.42: 5 to 11 min as the load
+varied), per chip: 3.74 GiB of arguments (float32 policy, AdamW moments
+and float32 reference, sharded 32 ways), 38.1 GiB of temporaries with
+rematerialisation, 41.9 GiB in all of 95 GiB HBM (44%). TPU XLA's cost
+analysis gives 2.2e14 FLOPs per chip (it counts loop bodies once) against
+5.1e14 analytic, and 1.12e12 bytes accessed: compute-bound, a roofline of
+1.1 s per step of 128 pairs x 1,024 tokens, at most 7,400 tokens/s per
+chip. The former SLPO loss (temperature 64) gave the same figures, to the
+digits quoted. The data file is not read (any name passes validation).
+Before the models' activation constraints were bound (docs/ARCHITECTURE.md,
+"Sharding") this step, then with the SLPO loss, needed 896 GiB of
 temporaries and did not compile.
 """
 
@@ -50,6 +56,6 @@ def get_config(hh_file: str = ""):
   config.mesh.tensor = 1
   config.optimizer.learning_rate = 5e-7
   config.optimizer.warmup_steps = 100
-  config.loss.name = "slpo"
-  config.loss.temperature = 64.0
+  config.loss.name = "dpo"
+  config.loss.beta = 0.1
   return config
