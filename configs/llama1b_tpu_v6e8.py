@@ -1,7 +1,7 @@
 """Llama 3.2 1B on one Cloud TPU v6e-8 host (8 chips), HH-RLHF, DPO.
 
   python -m train.main --config configs/llama1b_tpu_v6e8.py:/data/hh/train.jsonl.gz \
-      --workdir /mnt/runs/llama1b-slpo \
+      --workdir /mnt/runs/llama1b-dpo \
       --config.model.checkpoint=/mnt/disks/models/Llama-3.2-1B-Instruct
 
 Trains DPO (beta 0.1), as the default config does: the README advises

@@ -1,10 +1,10 @@
 """Llama 3 8B on a Cloud TPU v5p-64 pod slice (32 chips), HH-RLHF, DPO.
 
-Run on every host of the slice (see README, "Cloud TPU"):
+Run on every host of the slice (see docs/tpu_gpu.md, "Cloud TPU"):
 
   python -m train.main \
       --config configs/llama8b_tpu_pod.py:/mnt/shared/hh/train.jsonl.gz \
-      --workdir /mnt/shared/runs/llama8b-slpo \
+      --workdir /mnt/shared/runs/llama8b-dpo \
       --config.model.checkpoint=/mnt/disks/models/Meta-Llama-3-8B-Instruct \
       --config.data.tokenizer=/mnt/disks/models/Meta-Llama-3-8B-Instruct/tokenizer.json
 
