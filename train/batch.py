@@ -87,11 +87,6 @@ class _Pairs:
     """The shape of a per-pair value: ``[B]``, or ``[R, S]`` packed."""
     raise NotImplementedError
 
-  @property
-  def has_reference(self) -> bool:
-    """Whether the batch carries precomputed reference log-probs."""
-    return self.reference_chosen_logps is not None
-
   def with_reference(self, chosen, rejected):
     """The batch with precomputed reference log-probs (per-pair shape)."""
     return self.replace(
@@ -111,10 +106,6 @@ class _Pairs:
       for field in dataclasses.fields(self)
       if getattr(self, field.name) is not None
     }
-
-  def host_rows(self, start: int, stop: int):
-    """Rows ``[start, stop)`` of every array."""
-    return jax.tree.map(lambda x: x[start:stop], self)
 
 
 @flax.struct.dataclass

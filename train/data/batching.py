@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from train import batch as batch_lib
@@ -261,11 +262,8 @@ def make_batch_iterator(
     batch = collate(entries)
     if collate_selects_rows:
       return batch
-    if isinstance(batch, dict):
-      return {
-        k: v[first_row : first_row + batch_size] for k, v in batch.items()
-      }
-    return batch.host_rows(first_row, first_row + batch_size)
+    # A dict of arrays or a typed batch: every array's rows alike.
+    return jax.tree.map(lambda v: v[first_row : first_row + batch_size], batch)
 
   if repeat:
     batches = (
