@@ -24,6 +24,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from train import distributed
+from train import errors
+from train import stopping
+
 
 def fail(message: str):
   print(f"error: {message}", file=sys.stderr)
@@ -97,12 +101,6 @@ def _quiet_library_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def _user_errors():
-  from train import errors
-
-  return errors.USER_ERRORS
-
-
 # train.main -----------------------------------------------------------------
 
 
@@ -116,10 +114,6 @@ def _train_flags() -> None:
 
 def _train(work, argv) -> None:
   del argv
-  from train import distributed
-  from train import errors
-  from train import stopping
-
   _quiet_library_logs()
   config = flags.FLAGS.config
   distributed.initialize(config.distributed)
@@ -186,7 +180,7 @@ def _aot(aot, argv) -> None:
     figures = aot.analyse(
       values.config, values.topology, values.num_slices, layout
     )
-  except _user_errors() as error:
+  except errors.USER_ERRORS as error:
     fail(str(error))
   except ValueError as error:
     fail(" ".join(str(error).split()))
@@ -224,7 +218,7 @@ def _export(export, argv) -> None:
       dtype=values.dtype,
       format_name=values.format,
     )
-  except _user_errors() as error:
+  except errors.USER_ERRORS as error:
     fail(" ".join(str(error).split()))
 
 
@@ -269,7 +263,7 @@ def _sample(sample, argv) -> None:
       num_samples=values.num_samples,
       seed=values.seed,
     )
-  except _user_errors() as error:
+  except errors.USER_ERRORS as error:
     fail(" ".join(str(error).split()))
   count = len(completions.texts)
   for index, text in enumerate(completions.texts):
@@ -296,7 +290,7 @@ def _preview(preview, argv) -> None:
     fail(f"--num must be at least 1, got {values.num}")
   try:
     preview.preview(values.config, values.num, values.format, values.split)
-  except _user_errors() as error:
+  except errors.USER_ERRORS as error:
     fail(str(error))
 
 
