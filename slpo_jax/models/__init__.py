@@ -16,7 +16,11 @@ Checkpoints written by ``save_pretrained`` load with ``load_hf_model`` /
 """
 
 from slpo_jax.models.attention import AttentionMask
-from slpo_jax.models.config import ATTENTION_IMPLS
+from slpo_jax.models.attention_choice import ATTENTION_IMPLS
+from slpo_jax.models.attention_choice import choose as choose_attention
+from slpo_jax.models.attention_choice import (
+  unsupported as unsupported_attention,
+)
 from slpo_jax.models.config import REMAT_POLICIES
 from slpo_jax.models.config import DecoderConfig
 from slpo_jax.models.config import RopeScaling
@@ -55,6 +59,7 @@ __all__ = [
   "SUPPORTED_MODEL_TYPES",
   "SampleOutput",
   "build",
+  "choose_attention",
   "config_from_hf",
   "config_to_hf",
   "generate",
@@ -69,4 +74,5 @@ __all__ = [
   "position_ids",
   "save_hf_checkpoint",
   "tiny_config",
+  "unsupported_attention",
 ]

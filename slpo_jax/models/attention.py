@@ -1,17 +1,25 @@
-"""Attention kernels: blockwise (memory linear in length), dense, cuDNN.
+"""Attention kernels: blockwise (memory linear in length), dense, cuDNN,
+and the Pallas splash (TPU) and GPU kernels.
 
 The mask is given as segment ids and positions (``attention_core``); the
-blockwise kernel is in ``blockwise_attention``; ``attention`` picks one.
+blockwise kernel is in ``blockwise_attention``, the Pallas ones in
+``pallas_attention``; ``attention`` runs the one named (which one runs
+where: ``attention_choice``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from slpo_jax.models.attention_choice import ATTENTION_IMPLS
+from slpo_jax.models.attention_choice import choose
+from slpo_jax.models.attention_choice import unsupported
 from slpo_jax.models.attention_core import NO_WINDOW
 from slpo_jax.models.attention_core import AttentionMask
 from slpo_jax.models.attention_core import Window
@@ -21,6 +29,8 @@ from slpo_jax.models.attention_core import group_heads
 from slpo_jax.models.attention_core import self_attention_mask
 from slpo_jax.models.blockwise_attention import DEFAULT_BLOCK
 from slpo_jax.models.blockwise_attention import blockwise_attention
+from slpo_jax.models.pallas_attention import pallas_gpu_attention
+from slpo_jax.models.pallas_attention import splash_attention
 
 __all__ = [
   "DEFAULT_BLOCK",
@@ -31,9 +41,13 @@ __all__ = [
   "blockwise_attention",
   "cudnn_attention",
   "dense_attention",
+  "pallas_gpu_attention",
+  "splash_attention",
   "self_attention_mask",
 ]
 Array = jax.Array
+# The kernels that take a batch attending to itself, with a static window.
+FUSED = ("splash", "cudnn", "pallas_gpu")
 
 
 def dense_attention(
@@ -109,6 +123,22 @@ def cudnn_attention(
   return jnp.where(mask.query_segment_ids[:, :, None, None] != 0, out, 0)
 
 
+def _static_window(kernel: Callable, window: Window, window_size: int | None):
+  """``kernel(window=w)`` for a static ``w``, as the fused kernels need.
+
+  A traced window (per-layer windows under ``scan_layers``) is either
+  ``window_size`` or ``NO_WINDOW``: both kernels are compiled and the layer
+  runs one of them.
+  """
+  if window is None or isinstance(window, int):
+    return kernel(None if window in (None, NO_WINDOW) else window)
+  if window_size is None:
+    raise ValueError("a traced window needs window_size, its static value")
+  return jax.lax.cond(
+    window == NO_WINDOW, lambda: kernel(None), lambda: kernel(window_size)
+  )
+
+
 def attention(
   query: Array,
   key: Array,
@@ -119,50 +149,110 @@ def attention(
   scale: float | None = None,
   softcap: float | None = None,
   window: Window = None,
+  window_size: int | None = None,
   dtype: Any = jnp.float32,
   block: int = DEFAULT_BLOCK,
 ) -> Array:
-  """Dispatches to the kernel ``impl`` (see ``config.ATTENTION_IMPLS``).
+  """Dispatches to the kernel ``impl`` (see ``attention_choice``).
 
   Single-token queries (decoding with a KV cache) take the dense kernel:
   their score row is ``[S]``, already linear in the length. So do blockwise
   calls whose queries and keys fit one ``block`` tile: that is one tile
-  either way, and the loop would only add compile time.
+  either way, and the loop would only add compile time. The fused kernels
+  (splash, cudnn, pallas_gpu) take a batch attending to itself; queries
+  written into a longer KV cache (a prompt before sampling) run blockwise.
+  ``auto`` is chosen when the program is lowered: splash on TPU, the GPU
+  kernel that takes every segment layout (``attention_choice.choose`` with
+  packed rows) on CUDA, blockwise elsewhere.
+
+  Args:
+    query: ``[B, T, heads, head_dim]``.
+    key: ``[B, S, kv_heads, head_dim]``.
+    value: ``[B, S, kv_heads, head_dim]``.
+    mask: the ``AttentionMask``.
+    impl: one of ``ATTENTION_IMPLS``.
+    scale: logit scale; None is ``head_dim ** -0.5``.
+    softcap: if set, logits become ``softcap * tanh(logits / softcap)``.
+    window: None, a static window, or a traced one (``NO_WINDOW``: none).
+    window_size: the value a traced ``window`` takes on sliding layers.
+    dtype: compute dtype of the value product.
+    block: the kernels' tile along the lengths.
+
+  Returns:
+    ``[B, T, heads, head_dim]``.
   """
   if scale is None:
     scale = 1.0 / math.sqrt(query.shape[-1])
+  args = (query, key, value, mask)
+  common = dict(scale=scale, dtype=dtype)
+  if impl == "auto":
+    return _auto(*args, softcap, window, window_size, block, common)
+  if impl in FUSED and query.shape[1] != key.shape[1]:
+    impl = "blockwise"
+  reason = unsupported(
+    impl, softcap=softcap is not None, window=window is not None
+  )
+  if reason:
+    raise ValueError(reason)
   one_tile = max(query.shape[1], key.shape[1]) <= block
   if (
     impl == "dense" or query.shape[1] == 1 or (impl == "blockwise" and one_tile)
   ):
-    return dense_attention(
-      query,
-      key,
-      value,
-      mask,
-      scale=scale,
+    return dense_attention(*args, softcap=softcap, window=window, **common)
+  if impl == "blockwise":
+    return blockwise_attention(
+      *args,
       softcap=softcap,
       window=window,
-      dtype=dtype,
+      q_block=block,
+      k_block=block,
+      **common,
     )
-  if impl == "cudnn":
-    if softcap is not None or not (window is None or isinstance(window, int)):
-      raise ValueError(
-        "cudnn attention supports neither logit soft-capping nor per-layer "
-        "windows under scan_layers; use attention_impl='blockwise'"
+  if impl == "splash":
+    kernel = functools.partial(
+      splash_attention, *args, softcap=softcap, block=block, **common
+    )
+  elif impl == "cudnn":
+    kernel = functools.partial(cudnn_attention, *args, **common)
+  elif impl == "pallas_gpu":
+    kernel = functools.partial(pallas_gpu_attention, *args, **common)
+    return kernel()
+  else:
+    raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}")
+  return _static_window(
+    lambda window: kernel(window=window), window, window_size
+  )
+
+
+def _auto(query, key, value, mask, softcap, window, window_size, block, common):
+  """``auto``: each platform's kernel, chosen at lowering."""
+  gpu, _ = choose(
+    "gpu", softcap=softcap is not None, window=window is not None, packed=True
+  )
+
+  def run(impl):
+    def kernel(query, key, value, mask):
+      return attention(
+        query,
+        key,
+        value,
+        mask,
+        impl=impl,
+        softcap=softcap,
+        window=window,
+        window_size=window_size,
+        block=block,
+        **common,
       )
-    return cudnn_attention(
-      query, key, value, mask, scale=scale, window=window, dtype=dtype
-    )
-  return blockwise_attention(
+
+    return kernel
+
+  return jax.lax.platform_dependent(
     query,
     key,
     value,
     mask,
-    scale=scale,
-    softcap=softcap,
-    window=window,
-    dtype=dtype,
-    q_block=block,
-    k_block=block,
+    tpu=run("splash"),
+    cuda=run(gpu),
+    default=run("blockwise"),
   )

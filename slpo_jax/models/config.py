@@ -21,6 +21,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from slpo_jax.models.attention_choice import ATTENTION_IMPLS
+from slpo_jax.models.attention_choice import unsupported
+
 FAMILIES = ("gpt2", "llama")
 # Compute and parameter dtypes the modules are written and tested for.
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -32,7 +35,6 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 # any backend. "dense": the [T, S] score matrix (the reference; short
 # sequences). "cudnn": jax.nn.dot_product_attention on cuDNN (GPU only; see
 # ``attention.py`` for what it requires of the batch).
-ATTENTION_IMPLS = ("blockwise", "dense", "cudnn")
 # What a rematerialised block keeps for the backward pass: nothing but its
 # input ("full"), or also every matmul output without batch dimensions
 # ("dots", i.e. ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
@@ -145,7 +147,8 @@ class DecoderConfig:
     final_logit_softcap: if set, the output logits become
       ``cap * tanh(logits / cap)`` (Gemma 2); the fused loss head takes it
       as ``logit_softcap``.
-    attention_impl: one of ``ATTENTION_IMPLS``.
+    attention_impl: one of ``ATTENTION_IMPLS`` (see ``attention_choice``);
+      ``"auto"`` picks each platform's kernel when the step is lowered.
     attention_block: query and key tile of the blockwise kernel; a length
       that fits one tile takes the dense kernel (the same single tile,
       without the loop).
@@ -192,7 +195,7 @@ class DecoderConfig:
   query_scale: float | None = None
   attn_logit_softcap: float | None = None
   final_logit_softcap: float | None = None
-  attention_impl: str = "blockwise"
+  attention_impl: str = "auto"
   attention_block: int = 512
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -268,6 +271,13 @@ class DecoderConfig:
         f"attention_impl must be one of {ATTENTION_IMPLS}, got "
         f"{self.attention_impl!r}"
       )
+    reason = unsupported(
+      self.attention_impl,
+      softcap=self.attn_logit_softcap is not None,
+      window=any(w is not None for w in self.layer_windows()),
+    )
+    if reason:
+      raise ValueError(reason)
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
         f"remat_policy must be one of {REMAT_POLICIES}, got "

@@ -234,7 +234,7 @@ def load_hf_model(
   remat: bool = False,
   abstract: bool = False,
   remat_policy: str = "full",
-  attention_impl: str = "blockwise",
+  attention_impl: str = "auto",
 ) -> tuple[DecoderLM, Params]:
   """Loads a Hugging Face checkpoint folder as a ``DecoderLM`` and its params.
 
@@ -253,7 +253,7 @@ def load_hf_model(
       leaves instead of parameters, e.g. to compute shardings before the
       real load.
     remat_policy: what a rematerialised block saves (``"full"``/``"dots"``).
-    attention_impl: ``"blockwise"``, ``"dense"`` or ``"cudnn"``.
+    attention_impl: one of ``ATTENTION_IMPLS`` (``attention_choice``).
 
   Returns:
     ``(model, params)``.

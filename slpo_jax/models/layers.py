@@ -335,6 +335,7 @@ class Attention(nn.Module):
       scale=cfg.query_scale,
       softcap=cfg.attn_logit_softcap,
       window=window,
+      window_size=cfg.sliding_window,
       dtype=cfg.dtype,
       block=cfg.attention_block,
     )
