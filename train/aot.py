@@ -16,6 +16,12 @@ MFU from the chip's published peak bf16 FLOP/s and HBM bandwidth. The
 roofline is a lower bound on the step time (an upper bound on MFU): it
 assumes compute and memory traffic overlap perfectly.
 
+With splash attention (``model.attention_impl`` auto or splash) XLA sees
+each Pallas kernel as one custom call: its FLOPs and bytes are not in XLA's
+counts (the roofline then rests on the analytic FLOPs), and no compile can
+say how fast the kernel runs. The memory figures do include the kernels'
+inputs, outputs and residuals.
+
 Needs ``libtpu`` (``pip install -e ".[tpu-aot]"``); nothing else of a TPU.
 """
 
@@ -91,14 +97,14 @@ def topology_devices(name: str, num_slices: int = 1) -> list:
   return list(topology.devices)
 
 
-def _model(config):
+def _model(config, platform: str):
   # A built-in size takes the tokenizer's vocabulary, as in the program; a
   # checkpoint's config.json has its own (and the folder may hold nothing
   # else).
   vocab_size = None
   if not config.model.checkpoint:
     vocab_size = data_lib.make_tokenizer(config.data, "").vocab_size
-  return setup_lib.abstract_model(config, vocab_size)
+  return setup_lib.abstract_model(config, vocab_size, platform)
 
 
 def parameter_count(model) -> int:
@@ -211,7 +217,7 @@ def abstract_step(config, devices, layout=PackedLayout()) -> AbstractStep:
   """The step ``train.main`` would run for ``config`` on ``devices``, from
   abstract parameters: no weight is read or allocated."""
   checked = validate.validate(config, devices)
-  model = _model(config)
+  model = _model(config, devices[0].platform)
   shardings = model.shardings(checked.mesh, models.logical_axis_rules())
   prepared = policy_lib.abstract(config, model, shardings, checked.mesh)
   spec = setup_lib.step_spec(config, checked, model, prepared.policy)
@@ -296,6 +302,7 @@ def analyse(
     "devices": count,
     "device_kind": devices[0].device_kind,
     "parameters": parameter_count(model),
+    "attention": model.config.attention_impl,
     "global_batch_pairs": config.batch_size,
     "rows_per_side": rows,
     "packed_slots": (
@@ -328,7 +335,7 @@ def report(figures: dict) -> str:
   f = figures
   lines = [
     f"{f['topology']}: {f['devices']} x {f['device_kind']},"
-    f" {f['parameters'] / 1e9:.2f}B parameters,"
+    f" {f['parameters'] / 1e9:.2f}B parameters, {f['attention']} attention,"
     f" {f['global_batch_pairs']} pairs"
     + (
       f" packed into {f['rows_per_side']} rows x {f['sequence_length']}"

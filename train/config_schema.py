@@ -74,9 +74,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Weights: 'float32' (master copy, cast to model.dtype for compute) or
   # 'bfloat16' (half the weight and optimizer-state memory, lossier updates).
   config.model.param_dtype = "float32"
-  # 'blockwise' (memory linear in length, any backend), 'dense' ([T, T]
-  # scores) or 'cudnn' (GPU, bfloat16, right-padded unpacked rows only).
-  config.model.attention_impl = "blockwise"
+  # 'auto' (per platform: splash on TPU; cudnn, pallas_gpu or blockwise on
+  # GPU by the model and layout; blockwise on CPU), or one kernel: 'blockwise'
+  # (memory linear in length, any backend), 'dense' ([T, T] scores),
+  # 'splash' (TPU), 'cudnn' (GPU, right-padded unpacked rows, no logit cap),
+  # 'pallas_gpu' (GPU, no window or logit cap). Splash and pallas_gpu run
+  # interpreted (slowly) off their platform. See docs/tpu_gpu.md.
+  config.model.attention_impl = "auto"
   config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
   config.model.vocab_chunk_size = (
     0  # Fused head vocabulary chunk; 0 = per backend.

@@ -72,11 +72,10 @@ def _layout(config) -> dict:
     remat=config.model.remat,
     remat_policy=config.model.remat_policy,
     scan_layers=config.model.scan_layers,
-    attention_impl=config.model.attention_impl,
   )
 
 
-def abstract_model(config, vocab_size: int | None):
+def abstract_model(config, vocab_size: int | None, platform: str | None = None):
   """The policy's model as ``config`` describes it, without weights.
 
   Args:
@@ -84,22 +83,54 @@ def abstract_model(config, vocab_size: int | None):
     vocab_size: the tokenizer's vocabulary, which a built-in size takes;
       unused (may be None) with a checkpoint, whose ``config.json`` has its
       own.
+    platform: the platform the step runs on (``"cpu"``, ``"gpu"``,
+      ``"tpu"``); ``model.attention_impl=auto`` becomes that platform's
+      kernel for this model and data layout (:func:`attention_kernel`).
+      None leaves ``auto`` to be chosen when the step is lowered.
   """
+  # Built with the library's ``auto`` first: whether the kernel asked for
+  # can run this model is known once its config (perhaps a checkpoint's) is.
   if config.model.checkpoint:
     model, _ = models.load_hf_model(
       config.model.checkpoint, abstract=True, **_layout(config)
     )
+  else:
+    try:
+      model_config = models.get_config(
+        config.model.family,
+        config.model.size,
+        vocab_size=vocab_size,
+        **_layout(config),
+      )
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
+    model = models.build(model_config)
+  if platform is None and config.model.attention_impl == "auto":
     return model
-  try:
-    model_config = models.get_config(
-      config.model.family,
-      config.model.size,
-      vocab_size=vocab_size,
-      **_layout(config),
-    )
-  except ValueError as error:
-    raise ConfigError(str(error)) from None
-  return models.build(model_config)
+  impl, _ = attention_kernel(config, model.config, platform)
+  return models.build(model.config.replace(attention_impl=impl))
+
+
+def attention_kernel(
+  config, model_config, platform: str | None
+) -> tuple[str, str]:
+  """``(kernel, why)``: the attention ``config`` runs on ``platform``.
+
+  ``auto`` is ``models.choose_attention`` for the model's features and the
+  data layout; an explicit kernel that cannot run them is a one-line error.
+  """
+  features = dict(
+    softcap=model_config.attn_logit_softcap is not None,
+    window=any(w is not None for w in model_config.layer_windows()),
+    packed=bool(config.data.packing),
+  )
+  impl = config.model.attention_impl
+  if impl == "auto":
+    return models.choose_attention(platform, **features)
+  reason = models.unsupported_attention(impl, **features)
+  if reason:
+    raise ConfigError(reason)
+  return impl, "set by model.attention_impl"
 
 
 def head_options(config, model=None) -> slpo_jax.HeadOptions:
@@ -116,8 +147,12 @@ def head_options(config, model=None) -> slpo_jax.HeadOptions:
 
 def _model_and_params(config, tokenizer, mesh):
   """The policy's model and its initial parameters, placed on the mesh."""
-  model = abstract_model(config, tokenizer.vocab_size)
+  platform = mesh.devices.flat[0].platform
+  model = abstract_model(config, tokenizer.vocab_size, platform)
   shardings = model.shardings(mesh, models.logical_axis_rules())
+  if jax.process_index() == 0:
+    impl, why = attention_kernel(config, model.config, platform)
+    print(f"attention: {impl} ({why})")
   if config.model.checkpoint:
     _, params = models.load_hf_model(
       config.model.checkpoint, shardings=shardings, **_layout(config)

@@ -232,6 +232,15 @@ def _check_model(config) -> None:
   _one_of(
     "model.attention_impl", config.model.attention_impl, models.ATTENTION_IMPLS
   )
+  # The model's own features are checked once its config is read (setup).
+  reason = models.unsupported_attention(
+    config.model.attention_impl,
+    softcap=False,
+    window=False,
+    packed=bool(config.data.packing),
+  )
+  if reason:
+    raise ConfigError(reason)
   _non_negative(config.model, "vocab_chunk_size", "token_chunk_size")
   if not config.model.checkpoint:
     try:
