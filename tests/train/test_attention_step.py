@@ -163,7 +163,11 @@ def test_a_kernel_the_model_cannot_use_is_one_config_error(
 
 @pytest.mark.parametrize(
   "platform,packing,expected",
-  [("tpu", True, "splash"), ("gpu", False, "cudnn"), ("gpu", True, "pallas_gpu")],
+  [
+    ("tpu", True, "splash"),
+    ("gpu", False, "cudnn"),
+    ("gpu", True, "pallas_gpu"),
+  ],
 )
 def test_auto_becomes_the_platforms_kernel(platform, packing, expected):
   config = _config(**{"data.packing": packing})
