@@ -335,6 +335,11 @@ class Matrix:
       "steps=0": ["--config.steps=0"],
       "unknown optimizer.name": ["--config.optimizer.name=adamm"],
       "misspelt key": ["--config.loss.nmae=dpo"],
+      "unknown attention kernel": ["--config.model.attention_impl=flash"],
+      "cudnn attention on packed rows": [
+        "--config.model.attention_impl=cudnn",
+        "--config.data.packing=True",
+      ],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)

@@ -10,13 +10,22 @@
 # within BUDGET_S seconds (default 465, 7 min 45 s):
 #   1. environment: a Python whose jax sees the GPU (see ENVIRONMENT), and
 #      the modules the benchmarks import;
-#   2. python -m bench.loss_head: fused vs plain loss head, float32 and
+#   2. python -m bench.attention_kernels: blockwise, cuDNN and the Pallas
+#      GPU kernel side by side, forward+backward time and scratch memory of
+#      one 1B-shaped attention layer, 1k to 8k tokens, padded and packed
+#      rows -> gpu_attention.json and .md;
+#   3. python -m bench.gpu_train_step: the DPO train step of a Llama 3.2 1B
+#      shaped model, bf16, fused head, online reference, once per attention
+#      kernel (blockwise and pallas_gpu on packed rows, cudnn on the same
+#      pairs padded): compile time, step time, pairs/s, tokens/s, MFU, peak
+#      GPU memory -> gpu_train_step.json;
+#   4. python -m bench.gpu_trl_step: TRL's DPOTrainer on the same model
+#      shape and pairs (trl, accelerate and datasets installed without their
+#      dependencies from WHEELS when the image lacks them)
+#      -> gpu_trl_step.json;
+#   5. python -m bench.loss_head: fused vs plain loss head, float32 and
 #      bfloat16 rows, with the bf16 TFLOP/s as a fraction of the chip's dense
 #      bf16 peak -> gpu_loss_head.json and .md;
-#   3. python -m bench.gpu_train_step: the DPO train step of a Llama 3.2 1B
-#      shaped model, bf16, packed rows, fused head, online reference:
-#      compile time, step time, tokens/s, MFU, peak GPU memory
-#      -> gpu_train_step.json;
 # then gpu_run.json (each stage's exit status and seconds) and gpu.log (all
 # the output). Files go to RESULTS_DIR (default bench/results) and, when OUT
 # is set, are copied there too after every stage. The exit status is 0 only
@@ -38,13 +47,20 @@
 #     (default .whl) if there are any, else from the package index.
 # With neither a GPU jax nor the index, the script stops, saying so.
 #
-# Other knobs: LOSS_HEAD_ARGS, TRAIN_ARGS (extra arguments of the two
-# benchmarks, which win over the defaults), ALLOW_CPU=1 (any jax device).
+# Other knobs: ATTENTION_ARGS, TRAIN_ARGS, TRL_ARGS, LOSS_HEAD_ARGS (extra
+# arguments of the benchmarks, which win over the defaults), ALLOW_CPU=1
+# (any jax device).
+#
+# Wheels to carry for TRL (from a machine with the package index):
+#   python -m pip download --no-deps -d .whl trl==1.16.0 accelerate datasets \
+#     dill multiprocess xxhash
 #
 # DRY RUN on a CPU (tiny shapes, nothing written to bench/results):
 #   ALLOW_CPU=1 PYTHON=.venv/bin/python RESULTS_DIR=/tmp/gpu-dry \
+#     ATTENTION_ARGS="--smoke --repeats 1" TRAIN_ARGS="--smoke" \
+#     TRL_ARGS="--smoke" \
 #     LOSS_HEAD_ARGS="--vocab 512 --tokens 64 --batch 2 --hidden-size 32" \
-#     TRAIN_ARGS="--smoke" bash bench/gpu.sh
+#     bash bench/gpu.sh
 
 set -euo pipefail
 
@@ -63,6 +79,8 @@ ALLOW_CPU=${ALLOW_CPU:-0}
 # Extra arguments, split on whitespace.
 read -r -a LOSS_HEAD_ARGS <<<"${LOSS_HEAD_ARGS:-}"
 read -r -a TRAIN_ARGS <<<"${TRAIN_ARGS:-}"
+read -r -a ATTENTION_ARGS <<<"${ATTENTION_ARGS:-}"
+read -r -a TRL_ARGS <<<"${TRL_ARGS:-}"
 export PYTHONUNBUFFERED=1
 # jax takes 75% of the GPU's memory by default; the 1B step wants more room
 # on an 80 GB H100.
@@ -154,14 +172,18 @@ print(f'{sys.executable}: jax {jax.__version__}, {d.platform}, {d.device_kind}')
 sys.exit(0 if d.platform == 'gpu' or '$ALLOW_CPU' == '1' else 1)"
 }
 
-# The top-level modules the benchmarks' imports lack, space-separated.
+# The JAX benchmarks' modules.
+JAX_MODULES="jax flax optax numpy safetensors ml_collections grain
+  bench.loss_head train.config_schema train.step train.data.row_packing
+  bench.gpu_train_step bench.attention_kernels"
+
+# missing_modules MODULE...: the top-level modules their imports lack.
 missing_modules() {
-  timeout "$(until_deadline)" "$PY" - <<'PYTHON'
+  timeout "$(until_deadline)" "$PY" - "$@" <<'PYTHON'
 import importlib
+import sys
 missing = []
-for name in ("jax", "flax", "optax", "numpy", "safetensors", "ml_collections",
-             "grain", "bench.loss_head", "train.config_schema", "train.step",
-             "train.data.row_packing", "bench.gpu_train_step"):
+for name in sys.argv[1:]:
   try:
     importlib.import_module(name)
   except ModuleNotFoundError as error:
@@ -169,6 +191,34 @@ for name in ("jax", "flax", "optax", "numpy", "safetensors", "ml_collections",
     missing += [] if top in missing else [top]
 print(" ".join(missing))
 PYTHON
+}
+
+# install_missing MODULE...: what those imports lack, without dependencies
+# (which could shadow the versions this Python's jax and torch were built
+# with), into SITE_DIR; more rounds for what those lack in turn.
+install_missing() {
+  local names name dists
+  for _ in 1 2 3 4; do
+    # shellcheck disable=SC2086
+    names=$(missing_modules "$@") || {
+      echo "FAILED: $PY cannot run the import check"
+      return 1
+    }
+    [[ -z $names ]] && return 0
+    dists=()
+    for name in $names; do dists+=("$(distribution "$name")"); done
+    echo "Modules $names missing: installing ${dists[*]} into $SITE_DIR"
+    pip_install --no-deps --target "$SITE_DIR" "${dists[@]}" || {
+      echo "FAILED: ${dists[*]} could not be installed (no package index," \
+        "and no matching wheels in $WHEELS)"
+      return 1
+    }
+  done
+  names=$(missing_modules "$@") || true
+  if [[ -n $names ]]; then
+    echo "FAILED: $PY still lacks the modules $names"
+    return 1
+  fi
 }
 
 pip_install() { # pip_install PIP_ARGS...: from WHEELS if any, else the index.
@@ -193,7 +243,7 @@ distribution() { # The pip name of a missing module.
 }
 
 environment() {
-  local candidate names name dists candidates=()
+  local candidate candidates=()
   DEADLINE=$(($(date +%s) + $1))
   if [[ -n ${PYTHON:-} ]]; then candidates+=("$PYTHON"); fi
   candidates+=("$VENV/bin/python" python3)
@@ -221,29 +271,8 @@ environment() {
       return 1
     fi
   fi
-  # Missing modules without their dependencies, which could shadow the
-  # versions this Python's jax was built with; more rounds for what those
-  # lack in turn.
-  for _ in 1 2 3; do
-    names=$(missing_modules) || {
-      echo "FAILED: $PY cannot run the import check"
-      return 1
-    }
-    [[ -z $names ]] && break
-    dists=()
-    for name in $names; do dists+=("$(distribution "$name")"); done
-    echo "Modules $names missing: installing ${dists[*]} into $SITE_DIR"
-    pip_install --no-deps --target "$SITE_DIR" "${dists[@]}" || {
-      echo "FAILED: ${dists[*]} could not be installed (no package index," \
-        "and no matching wheels in $WHEELS)"
-      return 1
-    }
-  done
-  names=$(missing_modules) || true
-  if [[ -n $names ]]; then
-    echo "FAILED: $PY still lacks the modules $names"
-    return 1
-  fi
+  # shellcheck disable=SC2086
+  install_missing $JAX_MODULES || return 1
   "$PY" -m pip list 2>/dev/null | grep -iE \
     '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|flax|optax|numpy|grain) ' ||
     true
@@ -259,12 +288,32 @@ if ! run_stage environment 200 environment; then
 fi
 FAILED=0
 
-# --- 2. Loss head. ---------------------------------------------------------
+# --- 2. Attention kernels. -------------------------------------------------
+run_stage attention 80 "$PY" -m bench.attention_kernels --repeats 5 \
+  --out "$RESULTS_DIR/gpu_attention.json" "${ATTENTION_ARGS[@]}" || FAILED=1
+mirror
+
+# --- 3. Train step, per attention kernel. ------------------------------------
+# It writes its JSON after each compile and each variant, so a timeout still
+# leaves what was measured.
+run_stage train_step 210 "$PY" -m bench.gpu_train_step \
+  --out "$RESULTS_DIR/gpu_train_step.json" "${TRAIN_ARGS[@]}" || FAILED=1
+
+# --- 4. TRL on the same model shape and pairs. -------------------------------
+trl_step() {
+  DEADLINE=$(($(date +%s) + $1))
+  install_missing trl accelerate datasets bench.gpu_trl_step || return 1
+  timeout "$(until_deadline)" "$PY" -m bench.gpu_trl_step \
+    --out "$RESULTS_DIR/gpu_trl_step.json" "${TRL_ARGS[@]}"
+}
+run_stage trl_step 120 trl_step || FAILED=1
+
+# --- 5. Loss head. ---------------------------------------------------------
 # 16,384 tokens (4 x 4,096), d = 2,048, V = 32,768 and 131,072: float32 and
-# bfloat16 rows, 5 interleaved repeats after 1 warm-up.
+# bfloat16 rows, 3 interleaved repeats after 1 warm-up.
 SCRATCH=$(mktemp -d)
-if run_stage loss_head 110 "$PY" -m bench.loss_head --vocab 32768 131072 \
-  --tokens 16384 --batch 4 --hidden-size 2048 --repeats 5 --warmup 1 \
+if run_stage loss_head 60 "$PY" -m bench.loss_head --vocab 32768 131072 \
+  --tokens 16384 --batch 4 --hidden-size 2048 --repeats 3 --warmup 1 \
   --out "$SCRATCH" "${LOSS_HEAD_ARGS[@]}"; then
   for ext in json md; do
     cp "$SCRATCH"/loss_head_*."$ext" "$RESULTS_DIR/gpu_loss_head.$ext"
@@ -274,11 +323,6 @@ else
   FAILED=1
 fi
 rm -rf "$SCRATCH"
-
-# --- 3. Train step. --------------------------------------------------------
-# It writes its JSON once compiled too, so a timeout still leaves that.
-run_stage train_step 300 "$PY" -m bench.gpu_train_step \
-  --out "$RESULTS_DIR/gpu_train_step.json" "${TRAIN_ARGS[@]}" || FAILED=1
 
 stamp "done in $(($(date +%s) - START))s; results in" \
   "$RESULTS_DIR${OUT:+ and $OUT}"

@@ -3,6 +3,11 @@
   python -m bench.gpu_train_step          # -> bench/results/gpu_train_step.json
   python -m bench.gpu_train_step --smoke  # tiny Llama, 2 steps, any CPU
 
+One step per ``--variants`` entry, ``kernel:layout``: by default the
+blockwise and Pallas GPU kernels on packed rows and cuDNN on the same pairs
+padded (it takes no segment ids), each with its pairs/s, tokens/s and MFU
+side by side (``summary`` in the JSON).
+
 ``bash bench/gpu.sh`` runs it on a GPU. **Not yet run on a GPU**: only
 ``--smoke`` has run, on a CPU.
 
@@ -12,8 +17,7 @@ reference (its forward pass is in the step), the fused loss head, AdamW and
 clipping. Random weights of the Llama 3.2 1B shape
 (``configs/shapes/llama3_2_1b``: 1.24B parameters, vocabulary 128,256) or
 ``--model 400m``; bfloat16 compute and weights, scanned layers, ``--remat
-dots`` (retried with ``full`` when out of memory), blockwise attention
-(cuDNN's takes no packed segments). One batch: ``--pairs`` random pairs,
+dots`` (retried with ``full`` when out of memory). One batch: ``--pairs`` random pairs,
 HH-like (prompt median 100; prompt plus longer response median ~160, 90th
 percentile ~370), packed by ``train.data.row_packing``.
 
@@ -52,6 +56,7 @@ from train import config_schema
 from train import objective
 from train import step as step_lib
 from train.data import TokenizedPair
+from train.data import batching
 from train.data import row_packing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -74,6 +79,8 @@ class Options:
   warmup: int = 2
   seed: int = 0
   length_scale: float = 1.0  # Shrinks the HH-like lengths (smoke runs).
+  attention: str = "blockwise"  # models.ATTENTION_IMPLS, but auto.
+  layout: str = "packed"  # 'packed' or 'padded' (cudnn takes padded only).
 
 
 def model_config(options: Options) -> models.DecoderConfig:
@@ -83,7 +90,7 @@ def model_config(options: Options) -> models.DecoderConfig:
     scan_layers=True,
     remat=options.remat != "none",
     remat_policy="full" if options.remat == "none" else options.remat,
-    attention_impl="blockwise",
+    attention_impl=options.attention,
   )
   if options.model == "1b":
     return models.load_hf_config(ROOT / "configs/shapes/llama3_2_1b", **layout)
@@ -115,11 +122,22 @@ def make_pairs(options: Options, vocab_size: int) -> list[TokenizedPair]:
   return pairs
 
 
-def packed_batch(pairs, packed_length: int) -> dict:
+def packed_batch(pairs, packed_length: int):
   entries = [(p, 1.0) for p in pairs]
   rows, slots = row_packing.layout_shape([entries], packed_length)
   layout = dict(packed_length=packed_length, num_rows=rows, num_slots=slots)
   return row_packing.pack_pairs(entries, pad_id=0, **layout)
+
+
+def make_batch(options: Options, pairs):
+  """The pairs packed, or padded to the longest one's 256-token bucket."""
+  if options.layout == "packed":
+    return packed_batch(pairs, options.packed_length)
+  entries = [(p, 1.0) for p in pairs]
+  buckets = tuple(range(256, options.max_length + 1, 256)) or (
+    options.max_length,
+  )
+  return batching.collate_pairs(entries, buckets=buckets, pad_id=0)
 
 
 def matmul_params(config) -> int:
@@ -196,9 +214,9 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
   config = model_config(options)
   model = models.build(config)
   pairs = make_pairs(options, config.vocab_size)
-  host_batch = packed_batch(pairs, options.packed_length)
+  host_batch = make_batch(options, pairs)
   batch = jax.device_put(host_batch)
-  rows = host_batch.chosen_input_ids.shape[0]
+  rows, row_length = host_batch.chosen_input_ids.shape
   real = sum(sequence_lengths(pairs))
   device = jax.devices()[0]
   result = dict(
@@ -210,9 +228,7 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
     batch=dict(pairs=len(pairs), rows_per_side=rows, real_tokens=real),
   )
   result["model"]["config"] = dataclasses.asdict(config)
-  result["batch"]["real_token_fraction"] = (
-    real / host_batch.segment_ids.size / 2
-  )
+  result["batch"]["real_token_fraction"] = real / (2 * rows * row_length)
   step, state, reference, recast = build_step(
     model, batch, compiler_options=compiler_options
   )
@@ -238,7 +254,7 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
   flops = step_flops(config, sequence_lengths(pairs))
   achieved = flops / median / 1e12
   # Every position instead: each of the 2R rows one causal sequence.
-  every = step_flops(config, [options.packed_length] * 2 * rows)
+  every = step_flops(config, [row_length] * 2 * rows)
   result.update(
     status="done",
     losses=losses,
@@ -247,6 +263,7 @@ def measure(options: Options, write=None, compiler_options=None) -> dict:
     step_seconds_median=median,
     step_seconds=seconds,
     tokens_per_second=real / median,
+    pairs_per_second=len(pairs) / median,
     model_flops_per_step=flops,
     model_tflops_per_second=achieved,
     bf16_peak_tflops=peak,
@@ -279,35 +296,104 @@ def measure_with_fallback(options: Options, write=None) -> dict:
 # --smoke: a tiny Llama (vocabulary 512, d 64, 2 layers) for 2 steps.
 SMOKE = dict(model="tiny", pairs=8, packed_length=128, max_length=128)
 SMOKE.update(steps=2, warmup=1, length_scale=0.25)
+# Kernel:layout variants, each a step of its own on the same pairs. cuDNN
+# takes no segment ids, so it steps on the pairs padded.
+VARIANTS = "blockwise:packed,pallas_gpu:packed,cudnn:padded"
+SMOKE_VARIANTS = "blockwise:packed,splash:packed,pallas_gpu:packed,"
+SMOKE_VARIANTS += "blockwise:padded"
+
+
+def parse_variants(text: str) -> list[tuple[str, str]]:
+  variants = []
+  for item in text.split(","):
+    attention, _, layout = item.strip().partition(":")
+    if attention not in models.ATTENTION_IMPLS or attention == "auto":
+      raise SystemExit(f"--variants: unknown attention kernel {attention!r}")
+    if layout not in ("packed", "padded"):
+      raise SystemExit(f"--variants: layout must be packed or padded: {item!r}")
+    variants.append((attention, layout))
+  return variants
+
+
+def summary(results: list[dict]) -> list[dict]:
+  """Each variant's rates side by side, relative to the first variant."""
+  base = results[0].get("pairs_per_second")
+  return [
+    dict(
+      attention=r["options"]["attention"],
+      layout=r["options"]["layout"],
+      status=r.get("status"),
+      pairs_per_second=r.get("pairs_per_second"),
+      tokens_per_second=r.get("tokens_per_second"),
+      mfu=r.get("mfu"),
+      peak_bytes_in_use=r.get("peak_bytes_in_use"),
+      first_loss=(r.get("losses") or [None])[0],
+      pairs_per_second_vs_first=(
+        r["pairs_per_second"] / base
+        if base and r.get("pairs_per_second")
+        else None
+      ),
+    )
+    for r in results
+  ]
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   for field in dataclasses.fields(Options):
+    if field.name in ("attention", "layout"):
+      continue
     name = "--" + field.name.replace("_", "-")
     parser.add_argument(name, type=type(field.default), default=field.default)
   parser.add_argument("--smoke", action="store_true", help=SMOKE.__repr__())
+  parser.add_argument(
+    "--variants",
+    default=None,
+    help=f"kernel:layout list (default {VARIANTS}; --smoke {SMOKE_VARIANTS})",
+  )
   parser.add_argument("--out", type=pathlib.Path, help="JSON file")
   if parser.parse_known_args(argv)[0].smoke:
     parser.set_defaults(**SMOKE)
   args = parser.parse_args(argv)
-  options = Options(
-    **{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)}
+  variants = parse_variants(
+    args.variants or (SMOKE_VARIANTS if args.smoke else VARIANTS)
   )
   # A smoke run saves nothing unless asked to.
   out = args.out or (None if args.smoke else RESULT)
+  results: list[dict] = []
 
-  def write(result):
-    if out is not None:
-      out.parent.mkdir(parents=True, exist_ok=True)
-      out.write_text(json.dumps(result, indent=2) + "\n")
+  def write(result=None):
+    if out is None:
+      return
+    done = results + ([result] if result is not None else [])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(dict(variants=done, summary=summary(done)), indent=2)
+    out.write_text(text + "\n")
 
-  result = measure_with_fallback(options, write)
-  write(result)
-  shown = {k: v for k, v in result.items() if k not in ("machine", "model")}
-  print(json.dumps(shown, indent=2))
+  for attention, layout in variants:
+    options = Options(
+      **{
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Options)
+        if f.name not in ("attention", "layout")
+      },
+      attention=attention,
+      layout=layout,
+    )
+    print(f"--- {attention} attention, {layout} rows", flush=True)
+    try:
+      result = measure_with_fallback(options, write)
+    except Exception as error:  # One variant failing leaves the others.
+      result = dict(options=dataclasses.asdict(options), status="failed")
+      result["error"] = str(error)[:2000]
+      print(f"FAILED: {str(error)[:500]}", flush=True)
+    results.append(result)
+    write()
+  print(json.dumps(summary(results), indent=2))
   if out is not None:
     print(f"Saved {out}")
+  if any(r.get("status") != "done" for r in results):
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

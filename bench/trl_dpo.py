@@ -133,8 +133,13 @@ def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
   return {"gradient_checkpointing": enabled}
 
 
-def load_causal_lm(folder: pathlib.Path) -> transformers.PreTrainedModel:
-  """The model of a ``save_pretrained`` folder (GPT-2, Llama, ...), float32."""
+def load_causal_lm(
+  folder: pathlib.Path | transformers.PreTrainedModel,
+) -> transformers.PreTrainedModel:
+  """The model of a ``save_pretrained`` folder (GPT-2, Llama, ...), float32;
+  a model passed in is used as it is."""
+  if isinstance(folder, transformers.PreTrainedModel):
+    return folder
   return transformers.AutoModelForCausalLM.from_pretrained(
     folder, dtype=torch.float32
   )
@@ -165,11 +170,13 @@ class TrlDpoStep:
     threads: int | None = None,
     max_steps: int = 1000,
     batch_size: int | None = None,
+    device: str = "cpu",
   ):
     """Builds the trainer, its optimizer and the batch.
 
     Args:
-      policy_dir: ``save_pretrained``-style folder of the policy's weights.
+      policy_dir: ``save_pretrained``-style folder of the policy's weights,
+        or the model itself.
       reference_dir: the same for the reference model.
       pairs: objects with ``prompt``, ``chosen``, ``rejected`` id arrays,
         batched in order.
@@ -180,6 +187,8 @@ class TrlDpoStep:
       threads: PyTorch intra-op threads during a step; every core if None.
       max_steps: length of the (constant) learning-rate schedule.
       batch_size: pairs per batch; every pair in one batch if None.
+      device: ``"cpu"`` (float32), or ``"cuda"``: the trainer runs on the
+        GPU in bfloat16 mixed precision, as TRL's GPU recipes do.
     """
     self.threads = threads or os.cpu_count() or 1
     batch_size = batch_size or len(pairs)
@@ -187,8 +196,8 @@ class TrlDpoStep:
     args = trl.DPOConfig(
       output_dir=str(output_dir),
       report_to="none",
-      use_cpu=True,
-      bf16=False,
+      use_cpu=device == "cpu",
+      bf16=device != "cpu",
       fp16=False,
       seed=0,
       per_device_train_batch_size=batch_size,
