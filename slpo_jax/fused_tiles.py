@@ -78,14 +78,25 @@ def _set_rows(x, update, i, token_chunk):
 
 
 def _forward(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  vocab_chunk,
+  token_chunk,
+  softcap=None,
+  distribution=False,
 ):
   """Per-token statistics for the whole vocabulary, one tile at a time.
 
   With ``softcap`` every tile's logits are capped as soon as they are
-  computed, so every statistic is of the capped logits.
+  computed, so every statistic is of the capped logits. With
+  ``distribution`` two more sums ride along on the same exponentials (see
+  :func:`_distribution`): the entropy and ``log sum_v p_v^2``.
 
-  Returns ``(logp, not_logp, is_top1, residuals)`` with every array ``[N]``.
+  Returns ``(logp, not_logp, is_top1, distribution, residuals)``, every
+  array ``[N]``; ``distribution`` is ``(entropy, log_sum_sq_probs)`` or
+  None.
   """
   n, _ = hidden.shape
   vocab = lm_head.shape[1]
@@ -94,7 +105,7 @@ def _forward(
   num_tokens = n // token_chunk
 
   def tile(ids, columns, i, state):
-    rest_max, rest_sum, label_logit, exclude_logit, before_max = state
+    rest_max, rest_sum, label_logit, exclude_logit, before_max = state[:5]
     rows = lambda x: _rows(x, i, token_chunk)
     z = _logprobs.soft_cap(_dot(rows(hidden), columns, acc), softcap)
     is_label = ids == rows(labels)[:, None]
@@ -111,9 +122,9 @@ def _forward(
     # A row whose every column so far is excluded has max -inf; shifting by 0
     # keeps exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN.
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    new_sum = rows(rest_sum) * jnp.exp(old_max - shift) + jnp.sum(
-      jnp.exp(rest_z - shift[:, None]), axis=-1
-    )
+    scale = jnp.exp(old_max - shift)
+    e = jnp.exp(rest_z - shift[:, None])
+    new_sum = rows(rest_sum) * scale + jnp.sum(e, axis=-1)
     # The largest logit of a lower id than the label: argmax's tie-break
     # (the first maximum wins) for ``is_top1``, at one max per logit.
     before_z = jnp.where(ids < rows(labels)[:, None], rest_z, -jnp.inf)
@@ -131,6 +142,17 @@ def _forward(
     else:
       updates.append(rows(exclude_logit))
     updates.append(new_before)
+    if distribution:
+      rest_u_sum, rest_sq_sum = state[5:]
+      # Rescaled to the new max: sum e^(z - m') (z - m') picks up
+      # (m - m') sum e^(z - m') from the old terms; an empty old sum adds 0.
+      moved = jnp.where(jnp.isfinite(old_max), old_max - shift, 0.0)
+      u = jnp.where(rest, rest_z - shift[:, None], 0.0)
+      updates.append(
+        scale * (rows(rest_u_sum) + moved * rows(rest_sum))
+        + jnp.sum(e * u, axis=-1)
+      )
+      updates.append(rows(rest_sq_sum) * scale**2 + jnp.sum(e * e, axis=-1))
     return tuple(
       _set_rows(s, u, i, token_chunk) for s, u in zip(state, updates)
     )
@@ -150,16 +172,65 @@ def _forward(
     jnp.zeros((n,), acc),
     jnp.full((n,), -jnp.inf, acc),
   )
-  rest_max, rest_sum, label_logit, exclude_logit, before_max = (
-    jax.lax.fori_loop(0, num_chunks(vocab, vocab_chunk), vocab_step, init)
-  )
+  if distribution:
+    init += (jnp.zeros((n,), acc), jnp.zeros((n,), acc))
+  state = jax.lax.fori_loop(0, num_chunks(vocab, vocab_chunk), vocab_step, init)
+  rest_max, rest_sum, label_logit, exclude_logit, before_max = state[:5]
   logp, not_logp, residuals = _finish(
     labels, exclude, rest_max, rest_sum, label_logit, exclude_logit
   )
   is_top1 = _is_top1(
     labels, exclude, rest_max, before_max, label_logit, exclude_logit
   )
-  return logp, not_logp, is_top1, residuals
+  stats = None
+  if distribution:
+    stats = _distribution(
+      labels, exclude, label_logit, exclude_logit, state[5], state[6], residuals
+    )
+  return logp, not_logp, is_top1, stats, residuals
+
+
+def _distribution(
+  labels,
+  exclude,
+  label_logit,
+  exclude_logit,
+  rest_u_sum,
+  rest_sq_sum,
+  residuals,
+):
+  r"""Entropy and ``log sum_v p_v^2`` from the pass's sums (no gradient).
+
+  With :math:`u_v = z_v - m` (m the overall max, ``top``) and the
+  normaliser :math:`L = \log\sum_v e^{u_v}` (``log_norm``):
+  :math:`H = L - e^{-L}\sum_v e^{u_v} u_v` and
+  :math:`\log\sum_v p_v^2 = \log\sum_v e^{2u_v} - 2L`. The rest of the
+  vocabulary holds its sums relative to its own max :math:`m_r`:
+  ``rest_u_sum`` is :math:`\sum e^{z - m_r}(z - m_r)` and ``rest_sq_sum``
+  :math:`\sum e^{2(z - m_r)}`; the excluded ids add their gathered logits.
+  """
+  top, log_norm, rest_max, rest_sum = residuals[:4]
+  label_ok = labels >= 0
+  if exclude is not None:
+    exclude_ok = (exclude >= 0) & (exclude != labels)
+  else:
+    exclude_ok = jnp.zeros_like(label_ok)
+  has_rest = rest_sum > 0
+  rest_shift = jnp.where(has_rest, rest_max - top, 0.0)
+  rest_scale = jnp.where(has_rest, jnp.exp(rest_shift), 0.0)
+  u_sum = rest_scale * (rest_u_sum + rest_shift * rest_sum)
+  sq_sum = rest_scale**2 * rest_sq_sum
+  for ok, logit in ((label_ok, label_logit), (exclude_ok, exclude_logit)):
+    u = jnp.where(ok, logit - top, 0.0)
+    e = jnp.where(ok, jnp.exp(u), 0.0)
+    u_sum = u_sum + e * u
+    sq_sum = sq_sum + e * e
+  entropy = log_norm - u_sum * jnp.exp(-log_norm)
+  log_sum_sq = jnp.log(sq_sum) - 2.0 * log_norm
+  return (
+    jax.lax.stop_gradient(entropy),
+    jax.lax.stop_gradient(log_sum_sq),
+  )
 
 
 def _is_top1(labels, exclude, rest_max, before_max, label_logit, exclude_logit):
@@ -327,9 +398,16 @@ def _backward(
   return d_hidden.astype(hidden.dtype), d_head
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def tiled_token_logps(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  vocab_chunk,
+  token_chunk,
+  softcap=None,
+  distribution=False,
 ):
   """``(log p(y), log(1 - p(y) [- p(z)]), is_top1)``, ``[N]`` each, by tiles.
 
@@ -343,28 +421,55 @@ def tiled_token_logps(
     softcap: if set (static), the logits are ``softcap * tanh(z / softcap)``
       of the raw ``z = hidden @ lm_head``, capped per tile.
 
+    distribution: if True (static), also the entropy and ``log sum_v p_v^2``
+      of every row, from the same pass (no gradient flows through them).
+
   Returns:
     ``(logp, not_logp)`` in float32 (float64 for float64 inputs), and
     ``is_top1``, bool: whether the label is the argmax of its row (no
-    gradient flows through it).
+    gradient flows through it); with ``distribution``, then ``entropy`` and
+    ``log_sum_sq_probs``.
   """
-  logp, not_logp, is_top1, _ = _forward(
-    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
-  )
-  return logp, not_logp, is_top1
+  return _fused_fwd(
+    hidden,
+    lm_head,
+    labels,
+    exclude,
+    vocab_chunk,
+    token_chunk,
+    softcap,
+    distribution,
+  )[0]
 
 
 def _fused_fwd(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  vocab_chunk,
+  token_chunk,
+  softcap,
+  distribution,
 ):
-  logp, not_logp, is_top1, residuals = _forward(
-    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
+  logp, not_logp, is_top1, stats, residuals = _forward(
+    hidden,
+    lm_head,
+    labels,
+    exclude,
+    vocab_chunk,
+    token_chunk,
+    softcap,
+    distribution,
   )
   saved = (hidden, lm_head, labels, exclude, residuals)
-  return (logp, not_logp, is_top1), saved
+  return (logp, not_logp, is_top1) + (stats or ()), saved
 
 
-def _fused_bwd(vocab_chunk, token_chunk, softcap, saved, cotangents):
+def _fused_bwd(
+  vocab_chunk, token_chunk, softcap, distribution, saved, cotangents
+):
+  del distribution  # Its outputs carry no gradient.
   hidden, lm_head, labels, exclude, residuals = saved
   d_hidden, d_head = _backward(
     hidden,
