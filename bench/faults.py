@@ -335,6 +335,16 @@ class Matrix:
       "steps=0": ["--config.steps=0"],
       "unknown optimizer.name": ["--config.optimizer.name=adamm"],
       "misspelt key": ["--config.loss.nmae=dpo"],
+      # TRL's DPO options where TRL (or the loss) refuses them.
+      "f_divergence_type with bco_pair": [
+        "--config.loss.name=bco_pair",
+        "--config.loss.f_divergence_type=js_divergence",
+      ],
+      "use_weighting with aot": [
+        "--config.loss.name=aot",
+        "--config.loss.use_weighting=True",
+      ],
+      "ld_alpha=1.5": ["--config.loss.ld_alpha=1.5"],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)
