@@ -69,10 +69,28 @@ def _setup():
   return model, reference, policy, unpacked, packed
 
 
-def _loss_and_grads(batch, reference, *, fused, config):
-  model, _, policy, _, _ = _setup()
+_PLAIN_DPO = {"loss.name": "sigmoid,sft", "loss.weights": (1.0, 0.5)}
+
+
+@functools.cache
+def _run(layout, *, fused, cached=False, options=True):
+  """Loss, metric means and gradients of the policy on one batch layout.
+
+  Cached: the tests share compilations (each is seconds on CPU).
+  """
+  model, reference, policy, unpacked, packed = _setup()
+  config = _loss_config(**(_OPTIONS if options else _PLAIN_DPO))
   loss = objective.build_loss(config.loss)
   head = slpo_jax.HeadOptions(fused=fused, vocab_chunk_size=128)
+  batch = {"unpacked": unpacked, "packed": packed}[layout]
+  if cached:
+    # What the precomputed reference's cache holds: the reference's
+    # desensitised log-probs (train/reference.py).
+    chosen, rejected = reference_lib._stats_fn(model, head, loss.ld_alpha)(
+      reference, batch
+    )
+    batch = batch.with_reference(np.asarray(chosen), np.asarray(rejected))
+    reference = None
 
   def total(params):
     value, (sums, _) = objective.batch_loss(
@@ -80,9 +98,11 @@ def _loss_and_grads(batch, reference, *, fused, config):
     )
     return value, sums
 
-  (value, sums), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(
-    policy
+  step = jax.jit(
+    jax.value_and_grad(total, has_aux=True),
+    compiler_options={"xla_backend_optimization_level": 0},
   )
+  (value, sums), grads = step(policy)
   return float(value), objective.metric_means(sums), grads
 
 
@@ -92,52 +112,41 @@ def _assert_trees_close(got, want, rtol):
     np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale)
 
 
-def test_options_hold_across_heads_packing_and_the_cached_reference():
-  model, reference, _, unpacked, packed = _setup()
-  config = _loss_config(**_OPTIONS)
-  loss = objective.build_loss(config.loss)
+def test_options_hold_with_the_cached_reference_and_both_heads():
+  loss = objective.build_loss(_loss_config(**_OPTIONS).loss)
   assert loss.terms.options == slpo_jax.losses.DpoOptions(
     use_weighting=True, ld_alpha=0.5, f_divergence_type="js_divergence"
   )
-  want, want_metrics, want_grads = _loss_and_grads(
-    unpacked, reference, fused=False, config=config
-  )
-  for batch, fused in ((unpacked, True), (packed, False)):
-    got, metrics, grads = _loss_and_grads(
-      batch, reference, fused=fused, config=config
-    )
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    np.testing.assert_allclose(
-      metrics["entropy"], want_metrics["entropy"], rtol=1e-5
-    )
-    _assert_trees_close(grads, want_grads, 1e-4)
-  # The cache holds the reference's desensitised log-probs; with them the
-  # loss is the one of the live reference.
-  head = slpo_jax.HeadOptions(fused=False)
-  chosen, rejected = reference_lib._stats_fn(model, head, 0.5)(
-    reference, unpacked
-  )
-  cached = unpacked.with_reference(np.asarray(chosen), np.asarray(rejected))
-  got, _, grads = _loss_and_grads(cached, None, fused=False, config=config)
+  want, want_metrics, want_grads = _run("unpacked", fused=False)
+  # With the cached (desensitised) reference the loss is the live one's.
+  got, _, grads = _run("unpacked", fused=False, cached=True)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   _assert_trees_close(grads, want_grads, 1e-5)
-  # And the options matter: without them the loss differs.
-  plain, _, _ = _loss_and_grads(
-    unpacked,
-    reference,
-    fused=False,
-    config=_loss_config(
-      **{"loss.name": "sigmoid,sft", "loss.weights": (1.0, 0.5)}
-    ),
+  got, metrics, grads = _run("unpacked", fused=True)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics["entropy"], want_metrics["entropy"], rtol=1e-5
   )
+  _assert_trees_close(grads, want_grads, 1e-4)
+  # And the options matter: without them the loss differs.
+  plain, _, _ = _run("unpacked", fused=False, options=False)
   assert abs(plain - want) > 1e-3 * abs(want)
 
 
-def test_entropy_metric_is_trls_token_mean():
-  model, reference, policy, unpacked, _ = _setup()
-  _, metrics, _ = _loss_and_grads(
-    unpacked, reference, fused=True, config=_loss_config()
+@pytest.mark.slow
+def test_options_hold_on_packed_rows():
+  want, want_metrics, want_grads = _run("unpacked", fused=False)
+  got, metrics, grads = _run("packed", fused=False)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics["entropy"], want_metrics["entropy"], rtol=1e-5
   )
+  _assert_trees_close(grads, want_grads, 1e-4)
+
+
+def test_entropy_metric_is_trls_token_mean():
+  model, _, policy, unpacked, _ = _setup()
+  _, metrics, _ = _run("unpacked", fused=True)
   ids = np.concatenate([unpacked.chosen_input_ids, unpacked.rejected_input_ids])
   mask = np.concatenate(
     [unpacked.chosen_attention_mask, unpacked.rejected_attention_mask]
@@ -154,10 +163,10 @@ def test_entropy_metric_is_trls_token_mean():
   np.testing.assert_allclose(
     metrics["entropy"], np.sum(entropy * where) / np.sum(where), rtol=1e-5
   )
-  chosen = where[: len(unpacked.chosen_input_ids)]
+  rows = len(unpacked.chosen_input_ids)
   np.testing.assert_allclose(
     metrics["entropy/chosen"],
-    np.sum(entropy[: len(chosen)] * chosen) / np.sum(chosen),
+    np.sum(entropy[:rows] * where[:rows]) / np.sum(where[:rows]),
     rtol=1e-5,
   )
 
