@@ -276,10 +276,14 @@ def weighted_sums(
   if len(parts) > 1:
     for name, value in parts.items():
       sums[f"loss/{name}"] = jnp.sum(jnp.where(counted, value * weight, 0.0))
+  # Rewards and log-probs as the loss reads them: with LD-DPO, desensitised
+  # (as TRL logs them, and as a cached reference holds them).
+  desensitized = loss.terms.options.length_desensitized
+  rewarded, reference = desensitized(policy), desensitized(reference)
   if reference is not None:
     metrics = slpo_jax.preference_metrics(
-      policy.chosen_logps,
-      policy.rejected_logps,
+      rewarded.chosen_logps,
+      rewarded.rejected_logps,
       reference.chosen_logps,
       reference.rejected_logps,
       beta=loss.beta,
@@ -288,8 +292,8 @@ def weighted_sums(
     )
   else:
     metrics = {
-      "logps/chosen": policy.chosen_logps,
-      "logps/rejected": policy.rejected_logps,
+      "logps/chosen": rewarded.chosen_logps,
+      "logps/rejected": rewarded.rejected_logps,
     }
   if policy.chosen_mean_logits is not None:
     metrics["logits/chosen"] = policy.chosen_mean_logits

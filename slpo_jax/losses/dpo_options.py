@@ -296,15 +296,21 @@ class DpoOptions:
     """Whether the policy's head must sum ``log sum_v p_v^2`` (WPO)."""
     return self.use_weighting
 
+  def length_desensitized(self, stats: PairStats | None) -> PairStats | None:
+    """``stats`` with LD-DPO's log-probabilities (as they are without
+    ``ld_alpha``): what the losses and TRL's reward metrics read."""
+    if self.ld_alpha is None:
+      return stats
+    return _desensitized(stats, self.ld_alpha)
+
   def inputs(
     self, name: str, policy: PairStats, reference: PairStats | None
   ) -> tuple[PairStats, PairStats | None]:
     """The statistics the table's loss ``name`` reads under the options."""
     if name in RAW_LOGPS_LOSSES:
       return policy, reference
-    if self.ld_alpha is not None:
-      policy = _desensitized(policy, self.ld_alpha)
-      reference = _desensitized(reference, self.ld_alpha)
+    policy = self.length_desensitized(policy)
+    reference = self.length_desensitized(reference)
     if self.scored and reference is not None:
       # The losses that take f-DPO read r = log pi - log pi_ref only: a
       # score s in place of log pi and 0 in place of log pi_ref gives them

@@ -118,10 +118,15 @@ def test_options_hold_with_the_cached_reference_and_both_heads():
     use_weighting=True, ld_alpha=0.5, f_divergence_type="js_divergence"
   )
   want, want_metrics, want_grads = _run("unpacked", fused=False)
-  # With the cached (desensitised) reference the loss is the live one's.
-  got, _, grads = _run("unpacked", fused=False, cached=True)
+  # With the cached (desensitised) reference the loss is the live one's,
+  # and so are the rewards (TRL's, of the desensitised log-probs).
+  got, metrics, grads = _run("unpacked", fused=False, cached=True)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   _assert_trees_close(grads, want_grads, 1e-5)
+  for name in ("rewards/chosen", "rewards/margins", "logps/rejected"):
+    np.testing.assert_allclose(
+      metrics[name], want_metrics[name], rtol=1e-5, err_msg=name
+    )
   got, metrics, grads = _run("unpacked", fused=True)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   np.testing.assert_allclose(
