@@ -29,6 +29,8 @@ from slpo_jax.losses.dpo_variants import sft_loss
 from slpo_jax.losses.dpo_variants import sigmoid_loss
 from slpo_jax.losses.dpo_variants import sigmoid_norm_loss
 from slpo_jax.losses.dpo_variants import sppo_hard_loss
+from slpo_jax.losses.kto import kto_loss
+from slpo_jax.losses.kto import kto_reference_point
 from slpo_jax.losses.optimal_transport import aot_loss
 from slpo_jax.losses.optimal_transport import aot_unpaired_loss
 from slpo_jax.losses.slpo import slpo_loss
@@ -65,6 +67,8 @@ __all__ = [
   "f_divergence_scores",
   "hinge_loss",
   "ipo_loss",
+  "kto_loss",
+  "kto_reference_point",
   "length_desensitized_logps",
   "log1mexp",
   "loss_spec",

@@ -5,4 +5,5 @@ collect_ignore = [
   "make_trl_golden.py",
   "make_trl_bco_golden.py",
   "make_trl_options_golden.py",
+  "make_trl_kto_golden.py",
 ]
