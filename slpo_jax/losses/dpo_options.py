@@ -60,8 +60,13 @@ UNWEIGHTABLE_LOSSES = frozenset({"aot", "aot_unpaired"})
 # that also reads complements or per-token values (the SLPO family) would
 # see a log pi(y) inconsistent with them.
 _LENGTH_DESENSITIZABLE = frozenset(
-  {"chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"}
-  | {"counted"}
+  {
+    "chosen_logps",
+    "rejected_logps",
+    "chosen_lengths",
+    "rejected_lengths",
+    "counted",
+  }
 )
 # exp(t) of the alpha-divergence score is capped at t = 80, as TRL caps it
 # for float32 (exp(88.7) overflows there).
@@ -290,11 +295,6 @@ class DpoOptions:
           f"ld_alpha does not work with {others}: they read the complements"
           " or token values of log pi(y), which LD-DPO does not define"
         )
-
-  @property
-  def needs_distribution_stats(self) -> bool:
-    """Whether the policy's head must sum ``log sum_v p_v^2`` (WPO)."""
-    return self.use_weighting
 
   def length_desensitized(self, stats: PairStats | None) -> PairStats | None:
     """``stats`` with LD-DPO's log-probabilities (as they are without
