@@ -340,6 +340,16 @@ class Matrix:
         "--config.model.attention_impl=cudnn",
         "--config.data.packing=True",
       ],
+      # TRL's DPO options where TRL (or the loss) refuses them.
+      "f_divergence_type with bco_pair": [
+        "--config.loss.name=bco_pair",
+        "--config.loss.f_divergence_type=js_divergence",
+      ],
+      "use_weighting with aot": [
+        "--config.loss.name=aot",
+        "--config.loss.use_weighting=True",
+      ],
+      "ld_alpha=1.5": ["--config.loss.ld_alpha=1.5"],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)

@@ -5,6 +5,8 @@ Command (from the repository root)::
   python -m bench.loss_head               # the table in README.md, ~5 min
   python -m bench.loss_head --quick       # V = 8,192 only, ~20 s
   python -m bench.loss_head --tune        # fused chunk-size grid at V = 32,768
+  python -m bench.loss_head --entropy     # each head with and without the
+                                          # entropy metric (bench/loss_head_entropy.py)
 
 Both paths compute ``sequence_logps`` and its gradient for ``hidden`` and
 ``lm_head``: the plain one as ``sequence_logps(hidden @ lm_head, labels)``,
@@ -313,9 +315,7 @@ def tune(args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--vocab", type=int, nargs="+", default=[8192, 32768, 131072]
-  )
+  parser.add_argument("--vocab", type=int, nargs="+", default=None)
   parser.add_argument("--tokens", type=int, default=2048, help="B * T")
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--hidden-size", type=int, default=512)
@@ -335,7 +335,22 @@ def main(argv=None):
     "--tune-token-chunks", type=int, nargs="+", default=[256, 512, 1024, 2048]
   )
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR)
+  parser.add_argument(
+    "--entropy",
+    action="store_true",
+    help="each head with and without the entropy metric, side by side",
+  )
+  parser.add_argument(
+    "--json", type=pathlib.Path, default=None, help="with --entropy"
+  )
   args = parser.parse_args(argv)
+  args.vocab_given = args.vocab is not None
+  args.vocab = args.vocab or [8192, 32768, 131072]
+  if args.entropy:
+    from bench import loss_head_entropy
+
+    loss_head_entropy.run(args)
+    return
   if args.tune:
     tune(args)
     return

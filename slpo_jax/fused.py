@@ -76,6 +76,7 @@ def token_logps_from_hidden(
   vocab_chunk_size: int | None = None,
   token_chunk_size: int | None = None,
   logit_softcap: float | None = None,
+  distribution_stats: bool = False,
 ) -> _logprobs.TokenLogps:
   r"""Per-token ``log p_t(y_t)`` and ``log(1 - p_t(y_t))`` from hidden states.
 
@@ -112,6 +113,10 @@ def token_logps_from_hidden(
     logit_softcap: if set, the logits are ``c * tanh(h_t W / c)`` (Gemma 2's
       final-logit soft-capping), applied to each tile before the softmax:
       equal to ``token_logps(c * tanh(hidden @ lm_head / c), labels)``.
+    distribution_stats: also fill ``entropy`` and ``log_sum_sq_probs``
+      (equal to :func:`slpo_jax.logprobs.distribution_stats` of the logits),
+      in the same pass over the vocabulary tiles; no gradient flows through
+      them.
 
   Returns:
     A :class:`~slpo_jax.logprobs.TokenLogps` of ``[..., T]`` float32 arrays
@@ -171,7 +176,7 @@ def token_logps_from_hidden(
     flat_exclude = pad(
       _sanitize_ids(also_exclude, vocab).reshape(n), _tiles.NO_ID
     )
-  logp, not_logp, is_top1 = _tiles.tiled_token_logps(
+  outputs = _tiles.tiled_token_logps(
     flat_hidden,
     lm_head.astype(dtype),
     flat_labels,
@@ -179,12 +184,9 @@ def token_logps_from_hidden(
     vocab_chunk,
     token_chunk,
     None if logit_softcap is None else float(logit_softcap),
+    bool(distribution_stats),
   )
-  return _logprobs.TokenLogps(
-    logp[:n].reshape(batch_shape),
-    not_logp[:n].reshape(batch_shape),
-    is_top1[:n].reshape(batch_shape),
-  )
+  return _logprobs.TokenLogps(*(x[:n].reshape(batch_shape) for x in outputs))
 
 
 def sequence_logps_from_hidden(

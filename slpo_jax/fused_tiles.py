@@ -1,4 +1,5 @@
-"""Tile loops and the custom VJP behind :mod:`slpo_jax.fused`.
+"""Tile loops and the custom VJP behind :mod:`slpo_jax.fused` (the per-token
+values are combined from the pass's sums in :mod:`slpo_jax.fused_combine`).
 
 Inputs are flat: ``hidden [N, d]`` with N a multiple of the token chunk,
 ``lm_head [d, V]``, and integer ids ``[N]`` already mapped into ``[0, V)`` or
@@ -31,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from slpo_jax import fused_combine as _combine
 from slpo_jax import logprobs as _logprobs
 
 # Marks an id that matches no column (an invalid label or exclusion) and a
@@ -78,14 +80,26 @@ def _set_rows(x, update, i, token_chunk):
 
 
 def _forward(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  vocab_chunk,
+  token_chunk,
+  softcap=None,
+  distribution=False,
 ):
   """Per-token statistics for the whole vocabulary, one tile at a time.
 
   With ``softcap`` every tile's logits are capped as soon as they are
-  computed, so every statistic is of the capped logits.
+  computed, so every statistic is of the capped logits. With
+  ``distribution`` two more sums ride along on the same exponentials (see
+  :func:`slpo_jax.fused_combine.distribution`): the entropy and
+  ``log sum_v p_v^2``.
 
-  Returns ``(logp, not_logp, is_top1, residuals)`` with every array ``[N]``.
+  Returns ``(logp, not_logp, is_top1, distribution, residuals)``, every
+  array ``[N]``; ``distribution`` is ``(entropy, log_sum_sq_probs)`` or
+  None.
   """
   n, _ = hidden.shape
   vocab = lm_head.shape[1]
@@ -94,7 +108,7 @@ def _forward(
   num_tokens = n // token_chunk
 
   def tile(ids, columns, i, state):
-    rest_max, rest_sum, label_logit, exclude_logit, before_max = state
+    rest_max, rest_sum, label_logit, exclude_logit, before_max = state[:5]
     rows = lambda x: _rows(x, i, token_chunk)
     z = _logprobs.soft_cap(_dot(rows(hidden), columns, acc), softcap)
     is_label = ids == rows(labels)[:, None]
@@ -111,9 +125,9 @@ def _forward(
     # A row whose every column so far is excluded has max -inf; shifting by 0
     # keeps exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN.
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    new_sum = rows(rest_sum) * jnp.exp(old_max - shift) + jnp.sum(
-      jnp.exp(rest_z - shift[:, None]), axis=-1
-    )
+    scale = jnp.exp(old_max - shift)
+    e = jnp.exp(rest_z - shift[:, None])
+    new_sum = rows(rest_sum) * scale + jnp.sum(e, axis=-1)
     # The largest logit of a lower id than the label: argmax's tie-break
     # (the first maximum wins) for ``is_top1``, at one max per logit.
     before_z = jnp.where(ids < rows(labels)[:, None], rest_z, -jnp.inf)
@@ -131,6 +145,17 @@ def _forward(
     else:
       updates.append(rows(exclude_logit))
     updates.append(new_before)
+    if distribution:
+      rest_u_sum, rest_sq_sum = state[5:]
+      # Rescaled to the new max: sum e^(z - m') (z - m') picks up
+      # (m - m') sum e^(z - m') from the old terms; an empty old sum adds 0.
+      moved = jnp.where(jnp.isfinite(old_max), old_max - shift, 0.0)
+      u = jnp.where(rest, rest_z - shift[:, None], 0.0)
+      updates.append(
+        scale * (rows(rest_u_sum) + moved * rows(rest_sum))
+        + jnp.sum(e * u, axis=-1)
+      )
+      updates.append(rows(rest_sq_sum) * scale**2 + jnp.sum(e * e, axis=-1))
     return tuple(
       _set_rows(s, u, i, token_chunk) for s, u in zip(state, updates)
     )
@@ -150,82 +175,22 @@ def _forward(
     jnp.zeros((n,), acc),
     jnp.full((n,), -jnp.inf, acc),
   )
-  rest_max, rest_sum, label_logit, exclude_logit, before_max = (
-    jax.lax.fori_loop(0, num_chunks(vocab, vocab_chunk), vocab_step, init)
-  )
-  logp, not_logp, residuals = _finish(
+  if distribution:
+    init += (jnp.zeros((n,), acc), jnp.zeros((n,), acc))
+  state = jax.lax.fori_loop(0, num_chunks(vocab, vocab_chunk), vocab_step, init)
+  rest_max, rest_sum, label_logit, exclude_logit, before_max = state[:5]
+  logp, not_logp, residuals = _combine.finish(
     labels, exclude, rest_max, rest_sum, label_logit, exclude_logit
   )
-  is_top1 = _is_top1(
+  is_top1 = _combine.is_top1(
     labels, exclude, rest_max, before_max, label_logit, exclude_logit
   )
-  return logp, not_logp, is_top1, residuals
-
-
-def _is_top1(labels, exclude, rest_max, before_max, label_logit, exclude_logit):
-  """Whether the label is the row's argmax (the first one, on ties)."""
-  if exclude is not None:
-    exclude_ok = (exclude >= 0) & (exclude != labels)
-    other = jnp.where(exclude_ok, exclude_logit, -jnp.inf)
-    rest_max = jnp.maximum(rest_max, other)
-    before_max = jnp.maximum(
-      before_max, jnp.where(exclude < labels, other, -jnp.inf)
+  stats = None
+  if distribution:
+    stats = _combine.distribution(
+      labels, exclude, label_logit, exclude_logit, state[5], state[6], residuals
     )
-  return (labels >= 0) & (label_logit >= rest_max) & (label_logit > before_max)
-
-
-def _finish(labels, exclude, rest_max, rest_sum, label_logit, exclude_logit):
-  """Combines the rest-of-vocabulary sum with the gathered excluded logits."""
-  label_ok = labels >= 0
-  if exclude is not None:
-    exclude_ok = (exclude >= 0) & (exclude != labels)
-  else:
-    exclude_ok = jnp.zeros_like(label_ok)
-  label_logit = jnp.where(label_ok, label_logit, -jnp.inf)
-  exclude_logit = jnp.where(exclude_ok, exclude_logit, -jnp.inf)
-  top = jnp.maximum(rest_max, jnp.maximum(label_logit, exclude_logit))
-  # Every term is shifted by the overall max, as the plain path shifts the
-  # logits, so logits of magnitude 1e4 keep float32 relative precision.
-  has_rest = rest_sum > 0
-  rest_max_safe = jnp.where(has_rest, rest_max, top)
-  rest_term = jnp.where(
-    has_rest,
-    (rest_max_safe - top) + jnp.log(jnp.where(has_rest, rest_sum, 1.0)),
-    -jnp.inf,
-  )
-  label_term = label_logit - top
-  exclude_term = exclude_logit - top
-  rest_exp = jnp.exp(rest_term)
-  label_exp = jnp.exp(label_term)
-  exclude_exp = jnp.exp(exclude_term)
-  # When an excluded id holds the max its term is exactly exp(0) = 1, and
-  # log1p of the others keeps log p(y) accurate for p close to 1.
-  label_top = label_term == 0
-  exclude_top = ~label_top & (exclude_term == 0)
-  log_norm = jnp.where(
-    label_top,
-    jnp.log1p(rest_exp + exclude_exp),
-    jnp.where(
-      exclude_top,
-      jnp.log1p(rest_exp + label_exp),
-      jnp.log(rest_exp + label_exp + exclude_exp),
-    ),
-  )
-  # An invalid label (only ever at positions the caller ignores) counts as
-  # logit 0 after the shift, as in ``logprobs.token_logps``.
-  logp = jnp.where(label_ok, label_term, 0.0) - log_norm
-  not_logp = rest_term - log_norm
-  exclude_logp = exclude_term - log_norm
-  residuals = (
-    top,
-    log_norm,
-    rest_max_safe,
-    rest_sum,
-    logp,
-    not_logp,
-    exclude_logp,
-  )
-  return logp, not_logp, residuals
+  return logp, not_logp, is_top1, stats, residuals
 
 
 def _backward(
@@ -327,9 +292,16 @@ def _backward(
   return d_hidden.astype(hidden.dtype), d_head
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def tiled_token_logps(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap=None
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  vocab_chunk,
+  token_chunk,
+  softcap=None,
+  distribution=False,
 ):
   """``(log p(y), log(1 - p(y) [- p(z)]), is_top1)``, ``[N]`` each, by tiles.
 
@@ -343,28 +315,55 @@ def tiled_token_logps(
     softcap: if set (static), the logits are ``softcap * tanh(z / softcap)``
       of the raw ``z = hidden @ lm_head``, capped per tile.
 
+    distribution: if True (static), also the entropy and ``log sum_v p_v^2``
+      of every row, from the same pass (no gradient flows through them).
+
   Returns:
     ``(logp, not_logp)`` in float32 (float64 for float64 inputs), and
     ``is_top1``, bool: whether the label is the argmax of its row (no
-    gradient flows through it).
+    gradient flows through it); with ``distribution``, then ``entropy`` and
+    ``log_sum_sq_probs``.
   """
-  logp, not_logp, is_top1, _ = _forward(
-    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
-  )
-  return logp, not_logp, is_top1
+  return _fused_fwd(
+    hidden,
+    lm_head,
+    labels,
+    exclude,
+    vocab_chunk,
+    token_chunk,
+    softcap,
+    distribution,
+  )[0]
 
 
 def _fused_fwd(
-  hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
+  hidden,
+  lm_head,
+  labels,
+  exclude,
+  vocab_chunk,
+  token_chunk,
+  softcap,
+  distribution,
 ):
-  logp, not_logp, is_top1, residuals = _forward(
-    hidden, lm_head, labels, exclude, vocab_chunk, token_chunk, softcap
+  logp, not_logp, is_top1, stats, residuals = _forward(
+    hidden,
+    lm_head,
+    labels,
+    exclude,
+    vocab_chunk,
+    token_chunk,
+    softcap,
+    distribution,
   )
   saved = (hidden, lm_head, labels, exclude, residuals)
-  return (logp, not_logp, is_top1), saved
+  return (logp, not_logp, is_top1) + (stats or ()), saved
 
 
-def _fused_bwd(vocab_chunk, token_chunk, softcap, saved, cotangents):
+def _fused_bwd(
+  vocab_chunk, token_chunk, softcap, distribution, saved, cotangents
+):
+  del distribution  # Its outputs carry no gradient.
   hidden, lm_head, labels, exclude, residuals = saved
   d_hidden, d_head = _backward(
     hidden,

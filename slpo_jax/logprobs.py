@@ -41,11 +41,17 @@ class TokenLogps(NamedTuple):
     is_top1: whether ``y_t`` is the most likely token (the first, on ties,
       as ``argmax`` picks), shape ``[..., T]`` bool; a metric (TRL's
       ``mean_token_accuracy``), without gradient.
+    entropy: ``H(p_t) = -sum_v p_t(v) log p_t(v)``, shape ``[..., T]``, or
+      None when not asked for; without gradient (TRL's ``entropy`` metric).
+    log_sum_sq_probs: ``log sum_v p_t(v)^2``, shape ``[..., T]``, or None;
+      without gradient (WPO's weight alignment).
   """
 
   logp: jax.Array
   not_logp: jax.Array
   is_top1: jax.Array | None = None
+  entropy: jax.Array | None = None
+  log_sum_sq_probs: jax.Array | None = None
 
 
 def soft_cap(z: jax.Array, softcap: float | None) -> jax.Array:
@@ -156,6 +162,35 @@ def token_logps(
   kept = _masked_logsumexp(shifted, ~excluded, axis=-1)
   removed = _masked_logsumexp(shifted, excluded, axis=-1)
   return TokenLogps(logp, jax.nn.log_sigmoid(kept - removed), is_top1)
+
+
+def distribution_stats(logits: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  r"""Per-step entropy and ``log sum_v p_t(v)^2`` of ``softmax(logits)``.
+
+  With :math:`u_v = z_v - \max z` and :math:`L = \log\sum_v e^{u_v}`:
+
+  .. math::
+    H = L - \sum_v p_v u_v, \qquad
+    \log\sum_v p_v^2 = \log\sum_v e^{2u_v} - 2L
+
+  Both are metrics or weights (TRL's ``entropy``, WPO's alignment term):
+  no gradient flows through them.
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores.
+
+  Returns:
+    ``(entropy, log_sum_sq_probs)``, each ``[...]`` in float32 (float64
+    under x64).
+  """
+  logits = jax.lax.stop_gradient(jnp.asarray(logits))
+  logits = logits.astype(_compute_dtype(logits.dtype))
+  shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+  log_norm = jax.nn.logsumexp(shifted, axis=-1)
+  probs = jnp.exp(shifted - log_norm[..., None])
+  entropy = log_norm - jnp.sum(probs * shifted, axis=-1)
+  log_sum_sq = jax.nn.logsumexp(2.0 * shifted, axis=-1) - 2.0 * log_norm
+  return entropy, log_sum_sq
 
 
 def _exclusive_cumsum(x: jax.Array) -> jax.Array:

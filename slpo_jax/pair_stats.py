@@ -54,6 +54,17 @@ class PairStats(NamedTuple):
       batch's chosen response tokens).
     counted: whether the pair counts (False for padding rows); losses of the
       whole batch, such as AOT's sort, leave the others out.
+    chosen_shared_logps: ``log pi`` of y_w's first ``min(|y_w|, |y_l|)``
+      response tokens, the part LD-DPO keeps whole (the rest is y_w's tail,
+      ``chosen_logps - chosen_shared_logps``).
+    rejected_shared_logps: the same for y_l.
+    chosen_entropy: the sum of the per-step entropies over y_w's response
+      steps (a metric, TRL's ``entropy``; filled by a head with
+      ``distribution_stats``).
+    rejected_entropy: the same for y_l.
+    chosen_log_sum_sq_probs: ``sum_t log sum_v p_t(v)^2`` over y_w's
+      response steps (WPO's weight alignment; with ``distribution_stats``).
+    rejected_log_sum_sq_probs: the same for y_l.
   """
 
   chosen_logps: jax.Array
@@ -70,6 +81,12 @@ class PairStats(NamedTuple):
   rejected_mean_logits: jax.Array | None = None
   chosen_top1_tokens: jax.Array | None = None
   counted: jax.Array | None = None
+  chosen_shared_logps: jax.Array | None = None
+  rejected_shared_logps: jax.Array | None = None
+  chosen_entropy: jax.Array | None = None
+  rejected_entropy: jax.Array | None = None
+  chosen_log_sum_sq_probs: jax.Array | None = None
+  rejected_log_sum_sq_probs: jax.Array | None = None
 
 
 def pair_stats_from_token_logps(
@@ -129,19 +146,46 @@ def pair_stats_from_token_logps(
   rejected_logps, rejected_not_logps = logprobs.sequence_logps_from_token_logps(
     rejected.logp, rejected.not_logp, where=rejected_where
   )
+  chosen_lengths = jnp.sum(chosen_where, axis=-1)
+  rejected_lengths = jnp.sum(rejected_where, axis=-1)
+  shared_length = jnp.minimum(chosen_lengths, rejected_lengths)[..., None]
+
+  def shared_logps(token_logp, where):
+    # The k-th response token (k = 1, 2, ...) is shared when k <= the
+    # shorter response's length.
+    rank = jnp.cumsum(where, axis=-1)
+    shared = where & (rank <= shared_length)
+    return jnp.sum(jnp.where(shared, token_logp, 0.0), axis=-1)
+
+  def response_sum(values, where):
+    return jnp.sum(jnp.where(where, values, 0.0), axis=-1)
+
   stats = PairStats(
     chosen_logps=chosen_logps,
     rejected_logps=rejected_logps,
     chosen_not_logps=chosen_not_logps,
     rejected_not_logps=rejected_not_logps,
-    chosen_lengths=jnp.sum(chosen_where, axis=-1),
-    rejected_lengths=jnp.sum(rejected_where, axis=-1),
+    chosen_lengths=chosen_lengths,
+    rejected_lengths=rejected_lengths,
     # A row with no response token is padding.
     counted=jnp.any(chosen_where, axis=-1),
+    chosen_shared_logps=shared_logps(chosen.logp, chosen_where),
+    rejected_shared_logps=shared_logps(rejected.logp, rejected_where),
   )
   if chosen.is_top1 is not None:
     stats = stats._replace(
       chosen_top1_tokens=jnp.sum(chosen_where & chosen.is_top1, axis=-1)
+    )
+  if chosen.entropy is not None and rejected.entropy is not None:
+    stats = stats._replace(
+      chosen_entropy=response_sum(chosen.entropy, chosen_where),
+      rejected_entropy=response_sum(rejected.entropy, rejected_where),
+      chosen_log_sum_sq_probs=response_sum(
+        chosen.log_sum_sq_probs, chosen_where
+      ),
+      rejected_log_sum_sq_probs=response_sum(
+        rejected.log_sum_sq_probs, rejected_where
+      ),
     )
   if chosen_token_pair_not_logps is None:
     return stats
@@ -209,6 +253,7 @@ def pair_stats_from_logits(
   chosen_where: ArrayLike,
   rejected_where: ArrayLike,
   pair_values: bool = False,
+  distribution_stats: bool = False,
   segment_ids: ArrayLike | None = None,
   num_segments: int | None = None,
 ) -> PairStats:
@@ -224,6 +269,8 @@ def pair_stats_from_logits(
     rejected_where: ``[B, T]`` bool response mask of y_l.
     pair_values: also compute the pair complement and the token values
       (soft and token-level SLPO need them).
+    distribution_stats: also fill the entropy and ``log sum p^2`` sums
+      (``chosen_entropy``, ``chosen_log_sum_sq_probs``, ...).
     segment_ids: optional ``[R, T]`` pair segments of packed rows, see
       :func:`pair_stats_from_token_logps`.
     num_segments: the pair slots per row, with ``segment_ids``.
@@ -248,9 +295,18 @@ def pair_stats_from_logits(
     pair_not = logprobs.token_logps(
       chosen_logits, chosen_ids, also_exclude=excluded
     ).not_logp
+  chosen = logprobs.token_logps(chosen_logits, chosen_ids)
+  rejected = logprobs.token_logps(rejected_logits, rejected_ids)
+  if distribution_stats:
+    chosen = chosen._replace(
+      **dict(zip(_DISTRIBUTION, logprobs.distribution_stats(chosen_logits)))
+    )
+    rejected = rejected._replace(
+      **dict(zip(_DISTRIBUTION, logprobs.distribution_stats(rejected_logits)))
+    )
   stats = pair_stats_from_token_logps(
-    logprobs.token_logps(chosen_logits, chosen_ids),
-    logprobs.token_logps(rejected_logits, rejected_ids),
+    chosen,
+    rejected,
     chosen_ids,
     rejected_ids,
     chosen_where=chosen_where,
@@ -272,6 +328,9 @@ def pair_stats_from_logits(
   )
 
 
+_DISTRIBUTION = ("entropy", "log_sum_sq_probs")
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadOptions:
   """How per-token values are computed from hidden states.
@@ -284,12 +343,16 @@ class HeadOptions:
     token_chunk_size: the fused head's token tile; None for the default.
     logit_softcap: the model's final-logit soft-capping (Gemma 2's
       ``final_logit_softcap``), applied by both heads; None for none.
+    distribution_stats: also sum each response's per-step entropies and
+      ``log sum_v p_v^2`` (the ``entropy`` metric, WPO's weights); the
+      fused head gets them in its pass over the vocabulary tiles.
   """
 
   fused: bool = True
   vocab_chunk_size: int | None = None
   token_chunk_size: int | None = None
   logit_softcap: float | None = None
+  distribution_stats: bool = False
 
 
 def _capped_mean_logits(hidden, lm_head, softcap, chunk) -> jax.Array:
@@ -367,6 +430,7 @@ def pair_stats_from_hidden(
       chosen_where=chosen_where,
       rejected_where=rejected_where,
       pair_values=pair_values,
+      distribution_stats=head.distribution_stats,
       **segments,
     )
   chosen_where = logprobs._check_where(chosen_where, jnp.shape(chosen_labels))
@@ -386,6 +450,7 @@ def pair_stats_from_hidden(
       vocab_chunk_size=head.vocab_chunk_size,
       token_chunk_size=head.token_chunk_size,
       logit_softcap=softcap,
+      distribution_stats=head.distribution_stats and also_exclude is None,
     )
 
   pair_not = None

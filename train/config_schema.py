@@ -47,6 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.gamma = 0.5  # SimPO's target margin.
   config.loss.discopop_tau = 0.05  # DiscoPOP's blend temperature.
   config.loss.transfer = 0.5  # SLPO-diff: share of the loser's mass moved.
+  # TRL's DPO options (slpo_jax.losses.DpoOptions), applied to every term:
+  config.loss.use_weighting = False  # WPO: pairs weighted by policy prob.
+  config.loss.ld_alpha = 1.0  # LD-DPO tail weight in [0, 1]; 1 = off (None).
+  # f-DPO: 'reverse_kl' (DPO), 'forward_kl', 'js_divergence' or
+  # 'alpha_divergence' (with f_alpha_divergence_coef as alpha).
+  config.loss.f_divergence_type = "reverse_kl"
+  config.loss.f_alpha_divergence_coef = 0.5
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # 'adamw' or 'rmsprop'.

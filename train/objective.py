@@ -58,20 +58,42 @@ class Loss:
     """The loss state before training; None if no term has one."""
     return self.terms.initial_state() or None
 
+  @property
+  def ld_alpha(self) -> float | None:
+    """LD-DPO's tail weight, which a cached reference is computed with."""
+    return self.terms.options.ld_alpha
+
   def apply(self, policy, reference, loss_state):
     """``(per-term per-example losses, new loss state)``."""
     return self.terms.apply(policy, reference, loss_state, **dict(self.hparams))
 
 
+def dpo_options(loss_config: Any) -> losses.DpoOptions:
+  """TRL's ``use_weighting``, ``ld_alpha`` and ``f_divergence_type`` of
+  ``config.loss`` (``ld_alpha = 1``, the whole tail counted, is TRL's None).
+  """
+  ld_alpha = float(loss_config.ld_alpha)
+  return losses.DpoOptions(
+    use_weighting=bool(loss_config.use_weighting),
+    ld_alpha=None if ld_alpha == 1.0 else ld_alpha,
+    f_divergence_type=loss_config.f_divergence_type,
+    f_alpha_divergence_coef=float(loss_config.f_alpha_divergence_coef),
+  )
+
+
 def build_loss(loss_config: Any) -> Loss:
   """The loss ``config.loss`` names: one table name, or several joined by
-  commas with ``config.loss.weights`` (empty: weight 1 each).
+  commas with ``config.loss.weights`` (empty: weight 1 each), under the
+  options of :func:`dpo_options`.
 
   Raises:
-    ValueError: an unknown name, or weights that do not match the names.
+    ValueError: an unknown name, weights that do not match the names, or
+      options the losses do not take.
   """
   names = [name.strip() for name in loss_config.name.split(",")]
-  terms = losses.weighted_loss(names, loss_config.weights)
+  terms = losses.weighted_loss(
+    names, loss_config.weights, dpo_options(loss_config)
+  )
   hparams = tuple((name, loss_config[name]) for name in terms.hparams)
   return Loss(terms=terms, hparams=hparams, beta=float(loss_config.beta))
 
@@ -202,10 +224,18 @@ def reference_stats(
   if not loss.needs_reference:
     return None
   if reference is None:
-    cached = slpo_jax.PairStats(
-      chosen_logps=batch.reference_chosen_logps,
-      rejected_logps=batch.reference_rejected_logps,
+    chosen, rejected = (
+      batch.reference_chosen_logps,
+      batch.reference_rejected_logps,
     )
+    cached = slpo_jax.PairStats(chosen_logps=chosen, rejected_logps=rejected)
+    if loss.ld_alpha is not None:
+      # The cache holds LD-DPO's desensitised values already
+      # (train/reference.py); counted as all shared, desensitising them
+      # again leaves them as they are.
+      cached = cached._replace(
+        chosen_shared_logps=chosen, rejected_shared_logps=rejected
+      )
     # A packed batch carries them per pair slot, [R, S].
     return packing.pairs_first(cached) if batch.packed else cached
   # stop_gradient makes the frozen tree a constant of the loss even if a
@@ -246,10 +276,14 @@ def weighted_sums(
   if len(parts) > 1:
     for name, value in parts.items():
       sums[f"loss/{name}"] = jnp.sum(jnp.where(counted, value * weight, 0.0))
+  # Rewards and log-probs as the loss reads them: with LD-DPO, desensitised
+  # (as TRL logs them, and as a cached reference holds them).
+  desensitized = loss.terms.options.length_desensitized
+  rewarded, reference = desensitized(policy), desensitized(reference)
   if reference is not None:
     metrics = slpo_jax.preference_metrics(
-      policy.chosen_logps,
-      policy.rejected_logps,
+      rewarded.chosen_logps,
+      rewarded.rejected_logps,
       reference.chosen_logps,
       reference.rejected_logps,
       beta=loss.beta,
@@ -258,8 +292,8 @@ def weighted_sums(
     )
   else:
     metrics = {
-      "logps/chosen": policy.chosen_logps,
-      "logps/rejected": policy.rejected_logps,
+      "logps/chosen": rewarded.chosen_logps,
+      "logps/rejected": rewarded.rejected_logps,
     }
   if policy.chosen_mean_logits is not None:
     metrics["logits/chosen"] = policy.chosen_mean_logits
@@ -267,6 +301,11 @@ def weighted_sums(
   if policy.chosen_top1_tokens is not None:
     metrics[_TOP1_TOKENS] = policy.chosen_top1_tokens
     metrics[_CHOSEN_TOKENS] = policy.chosen_lengths
+  if policy.chosen_entropy is not None:
+    metrics[_ENTROPY] = policy.chosen_entropy + policy.rejected_entropy
+    metrics[_CHOSEN_ENTROPY] = policy.chosen_entropy
+    metrics[_RESPONSE_TOKENS] = policy.chosen_lengths + policy.rejected_lengths
+    metrics.setdefault(_CHOSEN_TOKENS, policy.chosen_lengths)
   for name, value in metrics.items():
     sums[name] = jnp.sum(jnp.where(counted, value * weight, 0.0))
   sums["weight"] = jnp.sum(weight)
@@ -277,6 +316,11 @@ def weighted_sums(
 # tokens (as TRL pools them), not a mean over pairs.
 _TOP1_TOKENS = "_chosen_top1_tokens"
 _CHOSEN_TOKENS = "_chosen_tokens"
+# Entropy sums for ``entropy`` (TRL's: over both responses' tokens) and
+# ``entropy/chosen`` (over the chosen response's), per-token means likewise.
+_ENTROPY = "_entropy"
+_CHOSEN_ENTROPY = "_chosen_entropy"
+_RESPONSE_TOKENS = "_response_tokens"
 
 
 def metric_means(sums: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,9 +332,15 @@ def metric_means(sums: Mapping[str, Any]) -> dict[str, Any]:
   """
   sums = dict(sums)
   weight = jnp.maximum(sums.pop("weight"), 1e-9)
+  chosen_tokens = jnp.maximum(sums.pop(_CHOSEN_TOKENS, 0.0), 1e-9)
+  # Token-pooled means, multiplied by the weight the last line divides by.
   if _TOP1_TOKENS in sums:
-    top1, tokens = sums.pop(_TOP1_TOKENS), sums.pop(_CHOSEN_TOKENS)
-    sums["mean_token_accuracy"] = top1 / jnp.maximum(tokens, 1e-9) * weight
+    top1 = sums.pop(_TOP1_TOKENS)
+    sums["mean_token_accuracy"] = top1 / chosen_tokens * weight
+  if _ENTROPY in sums:
+    tokens = jnp.maximum(sums.pop(_RESPONSE_TOKENS), 1e-9)
+    sums["entropy"] = sums.pop(_ENTROPY) / tokens * weight
+    sums["entropy/chosen"] = sums.pop(_CHOSEN_ENTROPY) / chosen_tokens * weight
   return {name: value / weight for name, value in sums.items()}
 
 
@@ -312,7 +362,9 @@ def batch_loss(
     params,
     batch,
     pair_values=loss.terms.needs_pair_values,
-    head=head,
+    # The policy's entropy (a metric) and WPO's alignment term ride along
+    # on the head's pass; the reference needs neither.
+    head=dataclasses.replace(head, distribution_stats=True),
     mesh=mesh,
   )
   ref = reference_stats(model, reference, batch, loss, head, mesh)

@@ -15,6 +15,7 @@ import pathlib
 import jax
 import numpy as np
 
+from slpo_jax import losses
 from slpo_jax import sharding
 from train import objective
 from train import progress
@@ -31,12 +32,24 @@ def params_fingerprint(params) -> str:
   return digest.hexdigest()[:16]
 
 
-def _stats_fn(model, head):
+def _stats_fn(model, head, ld_alpha=None):
+  """The reference's sequence log-probs of a batch; with ``ld_alpha``,
+  LD-DPO's desensitised ones (the cache then holds those, as TRL's)."""
+
   def stats(params, batch):
     out = objective.batch_stats(
       model, params, batch, pair_values=False, head=head
     )
-    return out.chosen_logps, out.rejected_logps
+    if ld_alpha is None:
+      return out.chosen_logps, out.rejected_logps
+    return (
+      losses.length_desensitized_logps(
+        out.chosen_logps, out.chosen_shared_logps, ld_alpha=ld_alpha
+      ),
+      losses.length_desensitized_logps(
+        out.rejected_logps, out.rejected_shared_logps, ld_alpha=ld_alpha
+      ),
+    )
 
   return jax.jit(stats)
 
@@ -71,6 +84,10 @@ class ReferenceCache:
       "head": config.model.loss_head,
       "dtype": config.model.dtype,
     }
+    ld_alpha = objective.dpo_options(config.loss).ld_alpha
+    if ld_alpha is not None:
+      # Only then, so that the caches of runs without it keep their names.
+      key_fields["ld_alpha"] = ld_alpha
     key = hashlib.sha256(
       json.dumps(key_fields, sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -87,7 +104,7 @@ class ReferenceCache:
           zip(keys, zip(stored["chosen"].tolist(), stored["rejected"].tolist()))
         )
       )
-    stats = _stats_fn(model, head)
+    stats = _stats_fn(model, head, ld_alpha)
     values = {}
     with stopping.StopRequests() as stop:
       for split in ("train", "eval"):

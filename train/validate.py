@@ -72,6 +72,12 @@ _REAL_RANGES = (
   ("optimizer.grad_clip_norm", lambda v: v >= 0, ">= 0 (0 turns it off)"),
   ("loss.beta", lambda v: v > 0, "> 0"),
   ("loss.label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+  ("loss.ld_alpha", lambda v: 0 <= v <= 1, "in [0, 1] (1 turns it off)"),
+  (
+    "loss.f_alpha_divergence_coef",
+    lambda v: True,
+    "(alpha-divergence's alpha)",
+  ),
   ("reference.sft_learning_rate", lambda v: v > 0, "> 0"),
 )
 _INT_RANGES = (
@@ -145,6 +151,10 @@ def _check_loss(config) -> objective.Loss:
     chosen_token_pair_not_logps=tokens,
     chosen_where=where,
     counted=jax.ShapeDtypeStruct((1,), jnp.bool_),
+    chosen_shared_logps=scalar,
+    rejected_shared_logps=scalar,
+    chosen_log_sum_sq_probs=scalar,
+    rejected_log_sum_sq_probs=scalar,
   )
   try:
     jax.eval_shape(

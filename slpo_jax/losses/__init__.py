@@ -15,6 +15,10 @@ from slpo_jax.losses.dpo_family import hinge_loss
 from slpo_jax.losses.dpo_family import ipo_loss
 from slpo_jax.losses.dpo_family import orpo_loss
 from slpo_jax.losses.dpo_family import simpo_loss
+from slpo_jax.losses.dpo_options import DpoOptions
+from slpo_jax.losses.dpo_options import f_divergence_scores
+from slpo_jax.losses.dpo_options import length_desensitized_logps
+from slpo_jax.losses.dpo_options import wpo_weights
 from slpo_jax.losses.dpo_variants import apo_down_loss
 from slpo_jax.losses.dpo_variants import apo_zero_loss
 from slpo_jax.losses.dpo_variants import discopop_loss
@@ -25,6 +29,8 @@ from slpo_jax.losses.dpo_variants import sft_loss
 from slpo_jax.losses.dpo_variants import sigmoid_loss
 from slpo_jax.losses.dpo_variants import sigmoid_norm_loss
 from slpo_jax.losses.dpo_variants import sppo_hard_loss
+from slpo_jax.losses.kto import kto_loss
+from slpo_jax.losses.kto import kto_reference_point
 from slpo_jax.losses.optimal_transport import aot_loss
 from slpo_jax.losses.optimal_transport import aot_unpaired_loss
 from slpo_jax.losses.slpo import slpo_loss
@@ -44,6 +50,7 @@ from slpo_jax.losses.table import loss_spec
 from slpo_jax.losses.table import weighted_loss
 
 __all__ = [
+  "DpoOptions",
   "LOSSES",
   "LossSpec",
   "RunningMean",
@@ -57,8 +64,12 @@ __all__ = [
   "discopop_loss",
   "dpo_loss",
   "exo_pair_loss",
+  "f_divergence_scores",
   "hinge_loss",
   "ipo_loss",
+  "kto_loss",
+  "kto_reference_point",
+  "length_desensitized_logps",
   "log1mexp",
   "loss_spec",
   "weighted_loss",
@@ -80,4 +91,5 @@ __all__ = [
   "slpo_token_loss_from_token_logps",
   "slpo_token_weights",
   "sppo_hard_loss",
+  "wpo_weights",
 ]

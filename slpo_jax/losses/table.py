@@ -31,6 +31,7 @@ import jax
 
 from slpo_jax.losses import bco
 from slpo_jax.losses import dpo_family
+from slpo_jax.losses import dpo_options
 from slpo_jax.losses import dpo_variants
 from slpo_jax.losses import optimal_transport
 from slpo_jax.losses import slpo
@@ -257,9 +258,13 @@ class WeightedLoss:
 
   Attributes:
     terms: ``(spec, weight)`` pairs.
+    options: TRL's ``ld_alpha``, ``f_divergence_type`` and
+      ``use_weighting``, applied to every term
+      (:class:`slpo_jax.losses.DpoOptions`); the defaults change nothing.
   """
 
   terms: tuple[tuple[LossSpec, float], ...]
+  options: dpo_options.DpoOptions = dpo_options.DpoOptions()
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -313,13 +318,15 @@ class WeightedLoss:
       )
     loss_state = loss_state or {}
     parts, new_state = {}, {}
+    pair_weights = self.options.pair_weights(policy)
     for spec, _ in self.terms:
       parts[spec.name], state = spec.apply(
-        policy,
-        reference,
+        *self.options.inputs(spec.name, policy, reference),
         loss_state.get(spec.name),
         **{h: hparams[h] for h in spec.hparams if h in hparams},
       )
+      if pair_weights is not None:
+        parts[spec.name] = parts[spec.name] * pair_weights
       if spec.stateful:
         new_state[spec.name] = state
     return parts, new_state
@@ -345,12 +352,15 @@ class WeightedLoss:
     return sum(weight * parts[spec.name] for spec, weight in self.terms)
 
 
-def weighted_loss(names, weights=()) -> WeightedLoss:
+def weighted_loss(
+  names, weights=(), options: dpo_options.DpoOptions | None = None
+) -> WeightedLoss:
   """The :class:`WeightedLoss` of table names, weights 1 when not given.
 
   Raises:
-    ValueError: an unknown name, a repeated one, or a weight count that does
-      not match.
+    ValueError: an unknown name, a repeated one, a weight count that does
+      not match, or ``options`` the losses do not take
+      (:meth:`DpoOptions.check`).
   """
   names = tuple(names)
   weights = tuple(weights) or (1.0,) * len(names)
@@ -362,9 +372,10 @@ def weighted_loss(names, weights=()) -> WeightedLoss:
     )
   if len(set(names)) != len(names):
     raise ValueError(f"a loss is named twice in {list(names)}")
-  return WeightedLoss(
-    tuple((loss_spec(name), float(w)) for name, w in zip(names, weights))
-  )
+  terms = tuple((loss_spec(name), float(w)) for name, w in zip(names, weights))
+  options = options or dpo_options.DpoOptions()
+  options.check([spec for spec, _ in terms])
+  return WeightedLoss(terms, options)
 
 
 def loss_spec(name: str) -> LossSpec:

@@ -20,6 +20,12 @@ from slpo_jax import logprobs
 CAP = 5.0
 
 
+def _present(got, want):
+  """Pairs of the fields both hold (the distribution fields are None unless
+  asked for)."""
+  return [(g, w) for g, w in zip(got, want) if g is not None or w is not None]
+
+
 def _inputs(leading, d, vocab, seed=0):
   rng = np.random.default_rng(seed)
   hidden = rng.standard_normal((*leading, d), np.float32)
@@ -117,7 +123,7 @@ def test_sequence_values_and_gradients():
     hidden,
     lm_head,
   )
-  for value, expected in zip(got, want):
+  for value, expected in _present(got, want):
     _assert_close(value, expected, 1e-5)
   for value, expected in zip(got_grads, want_grads):
     _assert_close(value, expected, 1e-4)
