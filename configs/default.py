@@ -29,6 +29,11 @@ def get_config():
   config.eval_every = 100
   config.checkpoint_every = 100
   config.log_every = 10
+  # 64 held-out prompts sampled at steps 0, 100 and 200: the true reward of
+  # what the policy writes, and the KL it cost (WORKDIR/samples.jsonl).
+  config.eval.num_samples = 64
+  # The task's longest response (12 words) and its EOS.
+  config.eval.max_new_tokens = 13
   config.loss.name = "dpo"
   config.loss.beta = 0.1
   config.optimizer.learning_rate = 1e-3

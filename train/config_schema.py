@@ -35,6 +35,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 100  # Steps between checkpoints; 0 = end only.
   config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
 
+  # Samples at every evaluation (train/samples.py): held-out prompts sampled
+  # from the policy (and once from the reference, as step 0), scored by
+  # length, ended share, KL from the reference and, on the synthetic task,
+  # the true reward; written to WORKDIR/samples.jsonl and TensorBoard.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 16  # Held-out prompts sampled; 0 = no samples.
+  config.eval.temperature = 1.0  # 1 samples the policy itself; 0 = greedy.
+  config.eval.top_p = 1.0  # Nucleus mass; 1 = the whole distribution.
+  config.eval.max_new_tokens = 128  # Most tokens of a sampled response.
+
   config.loss = ml_collections.ConfigDict()
   # A name of the loss table, slpo_jax.losses.LOSSES, or several joined by
   # commas, summed with `weights` (e.g. 'sigmoid,bco_pair,sft', TRL's MPO).

@@ -73,12 +73,16 @@ _REAL_RANGES = (
   ("loss.beta", lambda v: v > 0, "> 0"),
   ("loss.label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
   ("reference.sft_learning_rate", lambda v: v > 0, "> 0"),
+  ("eval.temperature", lambda v: v >= 0, ">= 0 (0 decodes greedily)"),
+  ("eval.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
 )
 _INT_RANGES = (
   ("seed", lambda v: True, "an integer"),
   ("optimizer.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
   ("reference.sft_steps", lambda v: v >= 0, "an integer >= 0"),
   ("reference.sft_batch_size", lambda v: v >= 1, "a positive integer"),
+  ("eval.num_samples", lambda v: v >= 0, "an integer >= 0 (0 = no samples)"),
+  ("eval.max_new_tokens", lambda v: v >= 1, "a positive integer"),
 )
 
 

@@ -39,6 +39,9 @@ from slpo_jax.models.partitioning import param_shardings
 from slpo_jax.models.presets import SIZES
 from slpo_jax.models.presets import get_config
 from slpo_jax.models.presets import tiny_config
+from slpo_jax.models.sample_scores import SampleScores
+from slpo_jax.models.sample_scores import score_samples
+from slpo_jax.models.sample_scores import sequence_kl
 from slpo_jax.models.sampling import SampleOutput
 from slpo_jax.models.sampling import generate
 
@@ -54,6 +57,7 @@ __all__ = [
   "SIZES",
   "SUPPORTED_MODEL_TYPES",
   "SampleOutput",
+  "SampleScores",
   "build",
   "config_from_hf",
   "config_to_hf",
@@ -68,5 +72,7 @@ __all__ = [
   "param_shardings",
   "position_ids",
   "save_hf_checkpoint",
+  "score_samples",
+  "sequence_kl",
   "tiny_config",
 ]
