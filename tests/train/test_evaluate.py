@@ -1,0 +1,103 @@
+"""``train.evaluate`` on a tiny run: the report against its own samples, the
+win rate's pairing, the figure, and the one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from train import evaluate as evaluate_lib
+from train import loop
+from train.errors import ConfigError
+from train.errors import NoCheckpointError
+
+from train_testing import REPO_ROOT
+from train_testing import make_tiny_config
+
+NUM_PROMPTS = 8
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A tiny synthetic run with checkpoints at steps 2 and 4."""
+  config = make_tiny_config(**{"checkpoint_every": 2, "export.at_end": False})
+  workdir = tmp_path_factory.mktemp("evaluated")
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _read(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_report_matches_its_samples(finished_run, tmp_path):
+  samples_out, figure = tmp_path / "samples.jsonl", tmp_path / "frontier.png"
+  report = evaluate_lib.evaluate(
+    finished_run,
+    num_prompts=NUM_PROMPTS,
+    max_new_tokens=13,
+    samples_out=samples_out,
+    figure=figure,
+  )
+  assert [c["step"] for c in report["checkpoints"]] == [2, 4]
+  assert report["baseline"]["of"] == "reference"
+  assert report["baseline"]["kl"]["mean"] == 0.0
+  rows = _read(samples_out)
+  assert len(rows) == 3 * NUM_PROMPTS
+  reference = [r for r in rows if r["model"] == "reference"]
+  for checkpoint in report["checkpoints"]:
+    policy = [r for r in rows if r["step"] == checkpoint["step"]]
+    assert [r["index"] for r in policy] == list(range(NUM_PROMPTS))
+    rewards = np.array([r["reward"] for r in policy])
+    assert checkpoint["reward"]["mean"] == pytest.approx(np.mean(rewards))
+    # The win rate, recomputed from the rows, paired by prompt.
+    base = np.array([r["reward"] for r in reference])
+    wins = np.mean(np.where(rewards > base, 1.0, 0.0) + 0.5 * (rewards == base))
+    assert checkpoint["win_rate"]["mean"] == pytest.approx(wins)
+    assert 0 <= checkpoint["win_rate"]["low"] <= wins
+    assert checkpoint["kl"]["mean"] > 0
+  for row in rows:
+    assert row["prompt_ids"][0] == 1  # BOS
+    assert len(row["response_ids"]) == row["length"]
+  assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_against_itself_wins_half(finished_run):
+  """The same policy, prompts and key on both sides: every prompt ties."""
+  report = evaluate_lib.evaluate(
+    finished_run,
+    against=finished_run,
+    steps="4",
+    num_prompts=NUM_PROMPTS,
+    max_new_tokens=13,
+  )
+  (checkpoint,) = report["checkpoints"]
+  assert checkpoint["win_rate"]["mean"] == 0.5
+  assert checkpoint["reward"] == report["baseline"]["reward"]
+
+
+def test_errors(finished_run, tmp_path):
+  with pytest.raises(NoCheckpointError, match="no checkpoint"):
+    evaluate_lib.evaluate(tmp_path / "empty")
+  with pytest.raises(ConfigError, match="the workdir has steps 2, 4"):
+    evaluate_lib.evaluate(finished_run, steps="3")
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "good film"}\n{"text": "bad"}\n')
+  with pytest.raises(ConfigError, match=f"{prompts} line 2"):
+    evaluate_lib.evaluate(finished_run, prompts_file=prompts)
+
+
+def test_command_line_error_is_one_line(tmp_path):
+  process = subprocess.run(
+    [sys.executable, "-m", "train.evaluate", "--workdir", str(tmp_path)],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert process.returncode == 2
+  assert process.stderr.strip().splitlines() == [
+    f"error: no checkpoint in {tmp_path} (it has no checkpoints/ folder)"
+  ]
