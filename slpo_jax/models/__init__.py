@@ -39,6 +39,8 @@ from slpo_jax.models.partitioning import param_shardings
 from slpo_jax.models.presets import SIZES
 from slpo_jax.models.presets import get_config
 from slpo_jax.models.presets import tiny_config
+from slpo_jax.models.reward_model import RewardModel
+from slpo_jax.models.reward_model import load_hf_reward_model
 from slpo_jax.models.sample_scores import SampleScores
 from slpo_jax.models.sample_scores import score_samples
 from slpo_jax.models.sample_scores import sequence_kl
@@ -53,6 +55,7 @@ __all__ = [
   "DecoderConfig",
   "DecoderLM",
   "REMAT_POLICIES",
+  "RewardModel",
   "RopeScaling",
   "SIZES",
   "SUPPORTED_MODEL_TYPES",
@@ -66,6 +69,7 @@ __all__ = [
   "load_hf_checkpoint",
   "load_hf_config",
   "load_hf_model",
+  "load_hf_reward_model",
   "logical_axis_rules",
   "logits_from_hidden",
   "param_partition_specs",

@@ -1,0 +1,73 @@
+"""Reward models: tiny random ``*ForSequenceClassification`` folders scored
+as ``transformers`` scores them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from slpo_jax import models
+
+from models_testing import hf_config
+from models_testing import randomize
+from models_testing import right_padded_batch
+
+KINDS = (
+  "llama",
+  "qwen2",
+  "qwen3",
+  "gemma",
+  "gemma2",
+  "mistral",
+  "phi3",
+  "gpt2",
+)
+PAD = 0
+
+
+def _hf_reward_model(kind):
+  transformers = pytest.importorskip("transformers")
+  config = hf_config(kind)
+  config._attn_implementation = "eager"
+  config.num_labels = 1
+  config.pad_token_id = PAD
+  model = transformers.AutoModelForSequenceClassification.from_config(config)
+  return randomize(model, seed=3)
+
+
+def _hf_scores(model, ids, mask):
+  import torch
+
+  with torch.no_grad():
+    out = model(
+      input_ids=torch.from_numpy(np.asarray(ids, np.int64)),
+      attention_mask=torch.from_numpy(np.asarray(mask, np.int64)),
+    )
+  return out.logits[:, 0].float().numpy()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_equal_transformers(kind, tmp_path):
+  hf_model = _hf_reward_model(kind)
+  hf_model.save_pretrained(tmp_path)
+  model, params = models.load_hf_reward_model(tmp_path)
+  # Right-padded with PAD, which no real token is: transformers pools the
+  # last non-padding token, as the mask says.
+  ids, mask = right_padded_batch(model.backbone.config.vocab_size, (7, 4, 9))
+  got = np.asarray(model.scores(params, ids, mask))
+  want = _hf_scores(hf_model, ids, mask)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  assert np.ptp(want) > 1e-3  # The rows score differently.
+
+
+def test_refuses_a_causal_lm_and_several_labels(hf_checkpoint, tmp_path):
+  folder, _ = hf_checkpoint("llama")
+  with pytest.raises(models.CheckpointError, match="ForSequenceClassification"):
+    models.load_hf_reward_model(folder)
+  hf_model = _hf_reward_model("llama")
+  hf_model.save_pretrained(tmp_path)
+  config = json.loads((tmp_path / "config.json").read_text())
+  config["id2label"] = {"0": "a", "1": "b"}
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  with pytest.raises(models.CheckpointError, match="2 labels"):
+    models.load_hf_reward_model(tmp_path)
