@@ -287,6 +287,12 @@ def _evaluate_flags() -> None:
   flags.DEFINE_bool(
     "reference", True, "The baseline is the run's reference (the default)."
   )
+  flags.DEFINE_string(
+    "reward_model",
+    None,
+    "A one-label *ForSequenceClassification folder (with its tokenizer)"
+    " that scores the samples too.",
+  )
   flags.DEFINE_string("steps", "all", "'all' checkpoints, or one step.")
   flags.DEFINE_integer("num_prompts", 64, "Held-out prompts sampled.")
   flags.DEFINE_string(
@@ -321,6 +327,7 @@ def _evaluate(evaluate, argv) -> None:
     report = evaluate.evaluate(
       values.workdir,
       against=values.against,
+      reward_model=values.reward_model,
       steps=values.steps,
       num_prompts=values.num_prompts,
       prompts_file=values.prompts,

@@ -15,6 +15,9 @@ the command reports, each with its standard error and a 95% interval:
   above the baseline's response to the same prompt (a tie counts one half);
   the baseline is the run's reference (``--reference``, the default) or the
   latest policy of another run (``--against WORKDIR``);
+* with ``--reward_model DIR`` (a one-label ``*ForSequenceClassification``
+  folder with its tokenizer), ``reward_model/reward`` and
+  ``reward_model/win_rate``: the same, under that model's scores;
 * ``kl``: KL(pi || pi_ref) along the samples, the sum over each response's
   tokens of the full next-token divergence from the run's reference;
 * ``length`` and ``ended`` (the share that stopped at EOS or end of turn).
@@ -28,7 +31,8 @@ and ended share only. The parameters are read onto one device.
 ``train.sample --prompt`` encodes it) or ``{"messages": [...]}``.
 
 A mistake (a workdir without checkpoints, no such step, a bad prompt record,
-runs that cannot be compared) ends the program with one line on stderr,
+runs that cannot be compared, a reward model whose folder, family or
+tokenizer cannot be used) ends the program with one line on stderr,
 ``error: ...``, and exit code 2.
 """
 
@@ -43,44 +47,15 @@ import numpy as np
 from slpo_jax import sharding
 from train import checkpoint as checkpoint_lib
 from train import checkpointed_run
+from train import evaluate_report
 from train import progress
+from train import reward_scoring
 from train import sample as sample_lib
 from train import samples as samples_lib
 from train.data import chat
 from train.data import pipeline
 from train.data import validation as data_validation
 from train.errors import ConfigError
-
-# Two-sided 95% normal quantile.
-_Z95 = 1.959964
-
-
-def interval(values) -> dict[str, float]:
-  """Mean, standard error and a 95% normal interval of per-prompt values."""
-  values = np.asarray(values, np.float64)
-  mean = float(np.mean(values))
-  stderr = (
-    float(np.std(values, ddof=1) / math.sqrt(len(values)))
-    if len(values) > 1
-    else float("nan")
-  )
-  return {
-    "mean": mean,
-    "stderr": stderr,
-    "low": mean - _Z95 * stderr,
-    "high": mean + _Z95 * stderr,
-  }
-
-
-def win_rate(rewards, baseline_rewards) -> dict[str, float]:
-  """Paired by prompt: 1 for a higher reward, 1/2 for a tie, else 0."""
-  rewards = np.asarray(rewards, np.float64)
-  baseline_rewards = np.asarray(baseline_rewards, np.float64)
-  wins = (rewards > baseline_rewards) + 0.5 * (rewards == baseline_rewards)
-  result = interval(wins)
-  result["low"] = max(result["low"], 0.0)
-  result["high"] = min(result["high"], 1.0)
-  return result
 
 
 def choose_steps(available: list[int], steps: str) -> list[int]:
@@ -101,8 +76,9 @@ def choose_steps(available: list[int], steps: str) -> list[int]:
   return [wanted]
 
 
-def read_prompts(path, tokenizer, template) -> list[np.ndarray]:
-  """The prompts of a JSON-lines file, encoded as the run encodes them.
+def read_prompts(path, tokenizer, template) -> tuple[list, list]:
+  """The prompts of a JSON-lines file: their tokens, encoded as the run
+  encodes them, and their messages (a text prompt as one user turn).
 
   Raises:
     ConfigError: an unreadable file, or a record that is not one object
@@ -112,7 +88,7 @@ def read_prompts(path, tokenizer, template) -> list[np.ndarray]:
     lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
   except (OSError, UnicodeDecodeError) as error:
     raise ConfigError(f"--prompts {path}: cannot read: {error}") from None
-  prompts = []
+  prompts, conversations = [], []
   for number, line in enumerate(lines, start=1):
     if not line.strip():
       continue
@@ -142,9 +118,12 @@ def read_prompts(path, tokenizer, template) -> list[np.ndarray]:
     except ConfigError as error:
       raise ConfigError(f"{where}: {error}") from None
     prompts.append(np.asarray(ids, np.int32))
+    conversations.append(
+      messages or [{"role": "user", "content": record["prompt"]}]
+    )
   if not prompts:
     raise ConfigError(f"--prompts {path}: holds no records")
-  return prompts
+  return prompts, conversations
 
 
 def _sampling_config(config, num_prompts, temperature, top_p, max_new_tokens):
@@ -159,19 +138,23 @@ def _sampling_config(config, num_prompts, temperature, top_p, max_new_tokens):
   return config
 
 
-def _prompts(run, config, prompts_file) -> samples_lib.HeldOutPrompts:
+def _prompts(run, config, prompts_file):
+  """``(prompts, conversations)``: the prompts to sample, and each one's
+  messages for a reward model (None where they cannot be known)."""
   tokenizer = run.tokenizer
+  template = chat.load_chat_template(
+    config.data, config.model.checkpoint, tokenizer=tokenizer
+  )
   if prompts_file is not None:
-    template = chat.load_chat_template(
-      config.data, config.model.checkpoint, tokenizer=tokenizer
-    )
-    ids = read_prompts(prompts_file, tokenizer, template)
-    return samples_lib.HeldOutPrompts(
-      ids=tuple(ids[: config.eval.num_samples]),
+    ids, conversations = read_prompts(prompts_file, tokenizer, template)
+    count = config.eval.num_samples
+    prompts = samples_lib.HeldOutPrompts(
+      ids=tuple(ids[:count]),
       tokenizer=tokenizer,
       stop_ids=tuple(chat.stop_ids(tokenizer, template)),
       task_reward=config.data.source == "synthetic",
     )
+    return prompts, conversations[:count]
   pairs = None
   if config.data.source != "synthetic" and "eval" in data_validation.splits(
     config.data
@@ -184,38 +167,64 @@ def _prompts(run, config, prompts_file) -> samples_lib.HeldOutPrompts:
     raise ConfigError(
       f"the run in {run.workdir} holds out no prompts; give --prompts FILE"
     )
-  return prompts
+  conversations = None
+  if template is None:
+    # Without a template a prompt's text is the one user turn (BOS dropped).
+    conversations = [
+      [{"role": "user", "content": tokenizer.decode(ids.tolist())}]
+      for ids in prompts.ids
+    ]
+  return prompts, conversations
 
 
 def _summary(samples: dict, baseline: dict | None) -> dict:
   result = {
-    "kl": interval(samples["kl"]),
-    "length": interval(samples["lengths"]),
-    "ended": interval(samples["ended"].astype(np.float64)),
+    "kl": evaluate_report.interval(samples["kl"]),
+    "length": evaluate_report.interval(samples["lengths"]),
+    "ended": evaluate_report.interval(samples["ended"].astype(np.float64)),
   }
-  if "reward" in samples:
-    result["reward"] = interval(samples["reward"])
-    if baseline is not None:
-      result["win_rate"] = win_rate(samples["reward"], baseline["reward"])
+  for name, prefix in (("reward", ""), ("model_reward", "reward_model/")):
+    if name in samples:
+      result[f"{prefix}reward"] = evaluate_report.interval(samples[name])
+      if baseline is not None:
+        result[f"{prefix}win_rate"] = evaluate_report.win_rate(
+          samples[name], baseline[name]
+        )
   return result
 
 
-def _records(step, model, samples, prompts):
-  for record, prompt, tokens, length in zip(
-    samples_lib.records(step, model, samples, prompts),
-    prompts.ids,
-    samples["tokens"],
-    samples["lengths"],
+def _scored(step, model, samples, prompts, scorer, conversations):
+  """The samples' records; with a reward model, its scores added to both."""
+  rows = list(samples_lib.records(step, model, samples, prompts))
+  for row, prompt, tokens, length in zip(
+    rows, prompts.ids, samples["tokens"], samples["lengths"]
   ):
-    record["prompt_ids"] = prompt.tolist()
-    record["response_ids"] = tokens[:length].tolist()
-    yield record
+    row["prompt_ids"] = prompt.tolist()
+    row["response_ids"] = tokens[:length].tolist()
+  if scorer is not None:
+    scores = scorer.scores(conversations, [row["response"] for row in rows])
+    samples["model_reward"] = scores
+    for row, score in zip(rows, scores):
+      row["reward_model"] = float(score)
+  return rows
+
+
+def _reward_model(folder, conversations):
+  if folder is None:
+    return None
+  if conversations is None:
+    raise ConfigError(
+      "--reward_model: the run's held-out prompts went through its chat"
+      " template, and their messages are not kept; give --prompts FILE"
+    )
+  return reward_scoring.RewardScorer(folder)
 
 
 def evaluate(
   workdir,
   *,
   against=None,
+  reward_model=None,
   steps: str = "all",
   num_prompts: int = 64,
   prompts_file=None,
@@ -232,6 +241,8 @@ def evaluate(
     workdir: the training run's workdir.
     against: another run's workdir, whose latest policy is the baseline;
       None for the run's reference.
+    reward_model: a one-label sequence-classification folder that scores
+      the samples too (``reward_model/reward`` and ``.../win_rate``).
     steps: 'all' or one checkpoint's step.
     num_prompts: held-out prompts sampled (at most).
     prompts_file: JSON lines of prompts instead of the run's held-out ones.
@@ -260,19 +271,22 @@ def evaluate(
       latest.config, num_prompts, temperature, top_p, max_new_tokens
     )
     config.seed = seed
-    prompts = _prompts(latest, config, prompts_file)
+    prompts, conversations = _prompts(latest, config, prompts_file)
     sampler = samples_lib.Sampler(config, latest.model, mesh, prompts)
     reference = latest.reference_params(device)
   finally:
     latest.close()
-  rows = []
+  scorer = _reward_model(reward_model, conversations)
+  score = lambda step, model, samples: _scored(  # noqa: E731
+    step, model, samples, prompts, scorer, conversations
+  )
   if against is None:
     baseline_samples = sampler(0, reference, reference)
     baseline_name = "reference"
   else:
     baseline_samples = _against_samples(against, config, prompts, mesh, device)
     baseline_name = "against"
-  rows += _records(0, baseline_name, baseline_samples, prompts)
+  rows = score(0, baseline_name, baseline_samples)
   baseline = _summary(baseline_samples, None)
   checkpoints = []
   for step in progress.progress(chosen, desc="evaluate", total=len(chosen)):
@@ -284,7 +298,7 @@ def evaluate(
     finally:
       run.close()
     samples = sampler(step, params, reference)
-    rows += _records(step, "policy", samples, prompts)
+    rows += score(step, "policy", samples)
     checkpoints.append({"step": step} | _summary(samples, baseline_samples))
   report = {
     "workdir": str(pathlib.Path(workdir).absolute()),
@@ -294,6 +308,7 @@ def evaluate(
       else str(pathlib.Path(against).absolute())
     }
     | baseline,
+    "reward_model": None if scorer is None else str(scorer.folder.absolute()),
     "num_prompts": len(prompts.ids),
     "sampling": {
       "temperature": temperature,
@@ -308,7 +323,7 @@ def evaluate(
       for row in rows:
         f.write(json.dumps(row) + "\n")
   if figure is not None:
-    _figure(report, figure)
+    evaluate_report.figure(report, figure)
   return report
 
 
@@ -355,59 +370,6 @@ def _against_samples(against, config, prompts, mesh, device):
   finally:
     other.close()
   return other_sampler(other.step, params, other_reference)
-
-
-def _figure(report: dict, path) -> None:
-  """Reward against KL across the checkpoints, with 95% intervals."""
-  points = report["checkpoints"]
-  if not points or "reward" not in points[0]:
-    raise ConfigError(
-      "--figure plots the true reward, which this run's data does not have"
-      " (only the synthetic task's has one)"
-    )
-  # Only --figure needs matplotlib; its import takes a while.
-  import matplotlib
-
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
-  figure, axes = plt.subplots(figsize=(5.5, 4))
-  kl = [p["kl"]["mean"] for p in points]
-  reward = [p["reward"]["mean"] for p in points]
-  axes.errorbar(
-    kl,
-    reward,
-    xerr=[_Z95 * p["kl"]["stderr"] for p in points],
-    yerr=[_Z95 * p["reward"]["stderr"] for p in points],
-    marker="o",
-    capsize=3,
-    label="policy checkpoints",
-  )
-  for point in points:
-    axes.annotate(
-      str(point["step"]),
-      (point["kl"]["mean"], point["reward"]["mean"]),
-      textcoords="offset points",
-      xytext=(4, 4),
-      fontsize=8,
-    )
-  base = report["baseline"]
-  axes.errorbar(
-    [base["kl"]["mean"]],
-    [base["reward"]["mean"]],
-    yerr=[_Z95 * base["reward"]["stderr"]],
-    marker="s",
-    color="gray",
-    capsize=3,
-    label=base["of"] if base["of"] == "reference" else "--against run",
-  )
-  axes.set_xlabel("KL(pi || pi_ref) along samples (nats)")
-  axes.set_ylabel("mean true reward")
-  axes.set_title(f"{report['num_prompts']} held-out prompts, 95% intervals")
-  axes.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
 
 
 if __name__ == "__main__":

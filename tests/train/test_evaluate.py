@@ -15,6 +15,7 @@ from train.errors import NoCheckpointError
 
 from train_testing import REPO_ROOT
 from train_testing import make_tiny_config
+from train_testing import write_chat_tokenizer
 
 NUM_PROMPTS = 8
 
@@ -76,6 +77,57 @@ def test_a_run_against_itself_wins_half(finished_run):
   (checkpoint,) = report["checkpoints"]
   assert checkpoint["win_rate"]["mean"] == 0.5
   assert checkpoint["reward"] == report["baseline"]["reward"]
+
+
+def test_reward_model_scores_equal_transformers(finished_run, tmp_path):
+  """A tiny random reward model with a byte-level tokenizer of its own: the
+  scores in the samples file are transformers' scores of BOS + prompt +
+  response."""
+  transformers = pytest.importorskip("transformers")
+  import tokenizers
+  import torch
+
+  folder = write_chat_tokenizer(tmp_path / "reward_model")
+  tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+  config = transformers.LlamaConfig(
+    vocab_size=tokenizer.get_vocab_size(),
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_labels=1,
+    pad_token_id=tokenizer.token_to_id("<pad>"),
+  )
+  torch.manual_seed(0)
+  hf_model = transformers.LlamaForSequenceClassification(config).eval()
+  hf_model.save_pretrained(folder)
+  samples_out = tmp_path / "samples.jsonl"
+  report = evaluate_lib.evaluate(
+    finished_run,
+    reward_model=folder,
+    steps="4",
+    num_prompts=4,
+    max_new_tokens=13,
+    samples_out=samples_out,
+  )
+  (checkpoint,) = report["checkpoints"]
+  assert 0 <= checkpoint["reward_model/win_rate"]["mean"] <= 1
+  bos = tokenizer.token_to_id("<s>")
+  for row in _read(samples_out):
+    ids = [bos] + tokenizer.encode(
+      row["prompt"] + row["response"], add_special_tokens=False
+    ).ids
+    with torch.no_grad():
+      want = hf_model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    assert row["reward_model"] == pytest.approx(want, abs=1e-4)
+  # The same folder declared a causal LM: refused in one line.
+  config_file = folder / "config.json"
+  hf_config = json.loads(config_file.read_text())
+  hf_config["architectures"] = ["LlamaForCausalLM"]
+  config_file.write_text(json.dumps(hf_config))
+  with pytest.raises(ConfigError, match="ForSequenceClassification"):
+    evaluate_lib.evaluate(finished_run, reward_model=folder, steps="4")
 
 
 def test_errors(finished_run, tmp_path):
