@@ -364,6 +364,11 @@ class Matrix:
         str(trained),
         f"--prompts={prompts}",
       ],
+      "--reward_model a causal LM folder": [
+        "--workdir",
+        str(trained),
+        f"--reward_model={trained / 'hf'}",
+      ],
       "--against a run of other data": [
         "--workdir",
         str(trained),
