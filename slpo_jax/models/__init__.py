@@ -41,6 +41,8 @@ from slpo_jax.models.presets import get_config
 from slpo_jax.models.presets import tiny_config
 from slpo_jax.models.reward_model import RewardModel
 from slpo_jax.models.reward_model import load_hf_reward_model
+from slpo_jax.models.reward_model import save_hf_reward_model
+from slpo_jax.models.reward_model import write_score_head
 from slpo_jax.models.sample_scores import SampleScores
 from slpo_jax.models.sample_scores import score_samples
 from slpo_jax.models.sample_scores import sequence_kl
@@ -76,7 +78,9 @@ __all__ = [
   "param_shardings",
   "position_ids",
   "save_hf_checkpoint",
+  "save_hf_reward_model",
   "score_samples",
   "sequence_kl",
   "tiny_config",
+  "write_score_head",
 ]

@@ -6,6 +6,8 @@ Mistral, Phi-3 and GPT-2 equivalents) is the backbone the families load,
 plus ``score.weight`` ``[1, d_model]`` with no bias. Its score of a sequence
 is that head applied to the final hidden state of the sequence's last real
 token (what ``transformers`` pools: the last token that is not padding).
+:func:`write_score_head` turns a folder that ``save_hf_checkpoint`` wrote
+into such a folder.
 """
 
 import contextlib
@@ -17,6 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 
 from slpo_jax.models import hf_io
 from slpo_jax.models.hf_config import CheckpointError
@@ -105,3 +109,76 @@ def load_hf_reward_model(
   param_dtype = options.get("param_dtype", "float32")
   score = jnp.asarray(np.asarray(score, np.float32)[0], param_dtype)
   return RewardModel(backbone), {"backbone": params, "score": score}
+
+
+# The causal-LM class of each exported family -> its classifier's.
+_CLASSIFIER_SUFFIXES = (
+  ("ForCausalLM", _HEAD_SUFFIX),
+  ("LMHeadModel", _HEAD_SUFFIX),
+)
+
+
+def write_score_head(
+  path: hf_io.PathLike, score: Any, *, pad_token_id: int | None = None
+) -> None:
+  """Makes a causal-LM folder a one-label sequence-classification folder.
+
+  ``config.json`` names the ``*ForSequenceClassification`` class, one label
+  and the padding id (which ``transformers`` pools by); ``score.weight``
+  ``[1, d_model]`` joins the weights and the unused ``lm_head.weight``
+  leaves them (a sharded folder keeps it, and gains a file for the head).
+
+  Args:
+    path: a folder written by ``save_hf_checkpoint``.
+    score: ``[d_model]`` head weights.
+    pad_token_id: written when given.
+  """
+  folder = pathlib.Path(path)
+  config_path = folder / hf_io.CONFIG_FILE
+  hf = json.loads(config_path.read_text())
+  names = []
+  for name in hf.get("architectures") or []:
+    for old, new in _CLASSIFIER_SUFFIXES:
+      if name.endswith(old):
+        name = name[: -len(old)] + new
+    names.append(name)
+  hf["architectures"] = names
+  hf["id2label"] = {"0": "LABEL_0"}
+  hf["label2id"] = {"LABEL_0": 0}
+  if pad_token_id is not None:
+    hf["pad_token_id"] = int(pad_token_id)
+  config_path.write_text(json.dumps(hf, indent=2) + "\n")
+  metadata = {"format": "pt"}
+  single = folder / hf_io.WEIGHTS_FILE
+  if single.is_file():
+    tensors = load_file(str(single))
+    tensors.pop("lm_head.weight", None)
+    dtype = next(iter(tensors.values())).dtype
+    tensors[SCORE_TENSOR] = np.asarray(score, dtype)[None]
+    save_file(tensors, str(single), metadata=metadata)
+    return
+  index_path = folder / hf_io.INDEX_FILE
+  index = json.loads(index_path.read_text())
+  file = "model-score.safetensors"
+  save_file(
+    {SCORE_TENSOR: np.asarray(score, np.float32)[None]},
+    str(folder / file),
+    metadata=metadata,
+  )
+  index["weight_map"][SCORE_TENSOR] = file
+  index_path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def save_hf_reward_model(
+  model: RewardModel, params: dict, path: hf_io.PathLike, **options: Any
+) -> None:
+  """Writes a folder that ``AutoModelForSequenceClassification`` loads.
+
+  ``options`` are ``save_hf_checkpoint``'s (``dtype``, ``max_shard_size``)
+  and ``pad_token_id``.
+  """
+  pad_token_id = options.pop("pad_token_id", None)
+  hf_io.save_hf_checkpoint(model.backbone, params["backbone"], path, **options)
+  write_score_head(
+    path, jax.device_get(params["score"]), pad_token_id=pad_token_id
+  )

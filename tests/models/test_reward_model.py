@@ -71,3 +71,34 @@ def test_refuses_a_causal_lm_and_several_labels(hf_checkpoint, tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(models.CheckpointError, match="2 labels"):
     models.load_hf_reward_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+  "kind, max_shard_size", [("llama", None), ("gemma2", None), ("gpt2", 20_000)]
+)
+def test_export_loads_in_transformers_with_the_same_scores(
+  kind, max_shard_size, tmp_path
+):
+  """transformers folder -> ours -> written back -> transformers: the
+  scores are the first model's (a sharded folder too)."""
+  transformers = pytest.importorskip("transformers")
+  hf_model = _hf_reward_model(kind)
+  hf_model.save_pretrained(tmp_path / "in")
+  model, params = models.load_hf_reward_model(tmp_path / "in")
+  models.save_hf_reward_model(
+    model,
+    params,
+    tmp_path / "out",
+    max_shard_size=max_shard_size,
+    pad_token_id=PAD,
+  )
+  reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(
+    tmp_path / "out", attn_implementation="eager"
+  )
+  assert type(reloaded) is type(hf_model)
+  ids, mask = right_padded_batch(model.backbone.config.vocab_size, (6, 3))
+  np.testing.assert_allclose(
+    _hf_scores(reloaded, ids, mask),
+    _hf_scores(hf_model, ids, mask),
+    atol=1e-5,
+  )
