@@ -128,6 +128,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.num_processes = 0  # 0 = auto-detect (TPU, SLURM).
   config.distributed.process_id = -1  # -1 = auto-detect.
 
+  # Train a Bradley-Terry reward model on the pairs instead of a policy
+  # (train/reward_training.py): -log sigmoid(r_w - r_l - margin), plus
+  # center_rewards_coefficient * (r_w + r_l)^2 as TRL's RewardTrainer.
+  config.reward_model = ml_collections.ConfigDict()
+  config.reward_model.train = False  # True: the run trains a reward model.
+  config.reward_model.margin = 0.0  # Margin every pair must clear.
+  config.reward_model.center_rewards_coefficient = 0.0  # 0 = no centering.
+
   config.export = ml_collections.ConfigDict()
   config.export.at_end = True  # Write WORKDIR/hf, a Hugging Face folder, last.
   config.export.dtype = "float32"  # Its weights: 'float32' or 'bfloat16'.

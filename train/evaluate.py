@@ -201,23 +201,29 @@ def _scored(step, model, samples, prompts, scorer, conversations):
   ):
     row["prompt_ids"] = prompt.tolist()
     row["response_ids"] = tokens[:length].tolist()
-  if scorer is not None:
+  if scorer is not None and scorer.same_tokens:
+    scores = scorer.score_ids(
+      [row["prompt_ids"] + row["response_ids"] for row in rows]
+    )
+  elif scorer is not None:
     scores = scorer.scores(conversations, [row["response"] for row in rows])
+  if scorer is not None:
     samples["model_reward"] = scores
     for row, score in zip(rows, scores):
       row["reward_model"] = float(score)
   return rows
 
 
-def _reward_model(folder, conversations):
+def _reward_model(folder, conversations, tokenizer):
   if folder is None:
     return None
-  if conversations is None:
+  scorer = reward_scoring.RewardScorer(folder, run_tokenizer=tokenizer)
+  if conversations is None and not scorer.same_tokens:
     raise ConfigError(
       "--reward_model: the run's held-out prompts went through its chat"
       " template, and their messages are not kept; give --prompts FILE"
     )
-  return reward_scoring.RewardScorer(folder)
+  return scorer
 
 
 def evaluate(
@@ -276,7 +282,7 @@ def evaluate(
     reference = latest.reference_params(device)
   finally:
     latest.close()
-  scorer = _reward_model(reward_model, conversations)
+  scorer = _reward_model(reward_model, conversations, prompts.tokenizer)
   score = lambda step, model, samples: _scored(  # noqa: E731
     step, model, samples, prompts, scorer, conversations
   )

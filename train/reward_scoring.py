@@ -25,20 +25,44 @@ from train.errors import ConfigError
 _BATCH = 16
 
 
-class RewardScorer:
-  """A reward model and its tokenizer, on one device."""
+# Files any tokenizer folder holds one of.
+_TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer.model",
+  "tokenizer_config.json",
+)
 
-  def __init__(self, folder: str | pathlib.Path):
+
+class RewardScorer:
+  """A reward model and its tokenizer, on one device.
+
+  A folder without tokenizer files (a reward model this program trained on
+  a built-in vocabulary: the byte tokenizer or a task's words) shares the
+  evaluated run's tokens when ``run_tokenizer`` is one of those; it then
+  scores the prompt's and the response's token ids as sampled
+  (``same_tokens``).
+  """
+
+  def __init__(self, folder: str | pathlib.Path, run_tokenizer=None):
     folder = pathlib.Path(folder)
+    self.same_tokens = (
+      run_tokenizer is not None
+      and getattr(run_tokenizer, "path", None) is None
+      and folder.is_dir()
+      and not any((folder / name).exists() for name in _TOKENIZER_FILES)
+    )
     try:
       self.model, self.params = models.load_hf_reward_model(folder)
-      self.tokenizer = tokenization.load_tokenizer(str(folder))
-      data = config_schema.data_defaults()
-      data.source = "jsonl"
-      data.tokenizer = str(folder)
-      self.template = chat.load_chat_template(
-        data, str(folder), tokenizer=self.tokenizer
-      )
+      if self.same_tokens:
+        self.tokenizer, self.template = run_tokenizer, None
+      else:
+        self.tokenizer = tokenization.load_tokenizer(str(folder))
+        data = config_schema.data_defaults()
+        data.source = "jsonl"
+        data.tokenizer = str(folder)
+        self.template = chat.load_chat_template(
+          data, str(folder), tokenizer=self.tokenizer
+        )
     except USER_ERRORS as error:
       # The error names the file it could not use.
       raise ConfigError(
@@ -74,8 +98,13 @@ class RewardScorer:
     return list(self.tokenizer.encode(text))
 
   def scores(self, conversations: list, responses: list[str]) -> np.ndarray:
-    """``[N]`` rewards of the pairs, in batches padded to one width."""
-    encoded = [self.encode(c, r) for c, r in zip(conversations, responses)]
+    """``[N]`` rewards of (messages, response text) pairs."""
+    return self.score_ids(
+      [self.encode(c, r) for c, r in zip(conversations, responses)]
+    )
+
+  def score_ids(self, encoded: list[list[int]]) -> np.ndarray:
+    """``[N]`` rewards of token sequences, in batches padded to one width."""
     width = max(len(ids) for ids in encoded)
     # Widths rounded up to a multiple of 64: few distinct compiled shapes.
     width = -(-width // 64) * 64

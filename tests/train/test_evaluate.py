@@ -79,6 +79,7 @@ def test_a_run_against_itself_wins_half(finished_run):
   assert checkpoint["reward"] == report["baseline"]["reward"]
 
 
+@pytest.mark.slow
 def test_reward_model_scores_equal_transformers(finished_run, tmp_path):
   """A tiny random reward model with a byte-level tokenizer of its own: the
   scores in the samples file are transformers' scores of BOS + prompt +
