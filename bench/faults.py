@@ -335,6 +335,11 @@ class Matrix:
       "steps=0": ["--config.steps=0"],
       "unknown optimizer.name": ["--config.optimizer.name=adamm"],
       "misspelt key": ["--config.loss.nmae=dpo"],
+      "eval.top_p=0": ["--config.eval_every=4", "--config.eval.top_p=0"],
+      "reward model with packing": [
+        "--config.reward_model.train=True",
+        "--config.data.packing=True",
+      ],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)
