@@ -12,15 +12,18 @@ from models_testing import hf_config
 from models_testing import randomize
 from models_testing import right_padded_batch
 
+# Every family; those whose layers another family's test already covers run
+# in the full suite only (python dev.py test --all).
+_SLOW = pytest.mark.slow
 KINDS = (
   "llama",
-  "qwen2",
-  "qwen3",
-  "gemma",
   "gemma2",
-  "mistral",
-  "phi3",
   "gpt2",
+  pytest.param("qwen2", marks=_SLOW),
+  pytest.param("qwen3", marks=_SLOW),
+  pytest.param("gemma", marks=_SLOW),
+  pytest.param("mistral", marks=_SLOW),
+  pytest.param("phi3", marks=_SLOW),
 )
 PAD = 0
 
@@ -74,7 +77,12 @@ def test_refuses_a_causal_lm_and_several_labels(hf_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "kind, max_shard_size", [("llama", None), ("gemma2", None), ("gpt2", 20_000)]
+  "kind, max_shard_size",
+  [
+    ("llama", None),
+    pytest.param("gemma2", None, marks=_SLOW),
+    pytest.param("gpt2", 20_000, marks=_SLOW),
+  ],
 )
 def test_export_loads_in_transformers_with_the_same_scores(
   kind, max_shard_size, tmp_path
