@@ -343,9 +343,12 @@ def _evaluate(evaluate, argv) -> None:
   text = json.dumps(report, indent=1)
   if values.out is None:
     print(text, flush=True)
-  else:
+    return
+  try:
     with open(values.out, "w", encoding="utf-8") as f:
       f.write(text + "\n")
+  except OSError as error:
+    fail(f"--out {values.out}: cannot write: {error}")
 
 
 # train.data.preview ---------------------------------------------------------

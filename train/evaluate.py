@@ -324,12 +324,15 @@ def evaluate(
     },
     "checkpoints": checkpoints,
   }
-  if samples_out is not None:
-    with pathlib.Path(samples_out).open("w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row) + "\n")
-  if figure is not None:
-    evaluate_report.figure(report, figure)
+  try:
+    if samples_out is not None:
+      with pathlib.Path(samples_out).open("w", encoding="utf-8") as f:
+        for row in rows:
+          f.write(json.dumps(row) + "\n")
+    if figure is not None:
+      evaluate_report.figure(report, figure)
+  except OSError as error:
+    raise ConfigError(f"cannot write the output: {error}") from None
   return report
 
 

@@ -39,12 +39,17 @@ def win_rate(rewards, baseline_rewards) -> dict[str, float]:
 
 
 def figure(report: dict, path) -> None:
-  """Reward against KL across the checkpoints, with 95% intervals."""
+  """Reward against KL across the checkpoints, with 95% intervals: the
+  true reward where the task has one, else the reward model's."""
   points = report["checkpoints"]
-  if not points or "reward" not in points[0]:
+  key = next(
+    (k for k in ("reward", "reward_model/reward") if points and k in points[0]),
+    None,
+  )
+  if key is None:
     raise ConfigError(
-      "--figure plots the true reward, which this run's data does not have"
-      " (only the synthetic task's has one)"
+      "--figure plots a reward: this run's data has no true reward (only"
+      " the synthetic task's has one); give --reward_model DIR"
     )
   # Only --figure needs matplotlib; its import takes a while.
   import matplotlib
@@ -54,12 +59,12 @@ def figure(report: dict, path) -> None:
 
   drawing, axes = plt.subplots(figsize=(5.5, 4))
   kl = [p["kl"]["mean"] for p in points]
-  reward = [p["reward"]["mean"] for p in points]
+  reward = [p[key]["mean"] for p in points]
   axes.errorbar(
     kl,
     reward,
     xerr=[_Z95 * p["kl"]["stderr"] for p in points],
-    yerr=[_Z95 * p["reward"]["stderr"] for p in points],
+    yerr=[_Z95 * p[key]["stderr"] for p in points],
     marker="o",
     capsize=3,
     label="policy checkpoints",
@@ -67,7 +72,7 @@ def figure(report: dict, path) -> None:
   for point in points:
     axes.annotate(
       str(point["step"]),
-      (point["kl"]["mean"], point["reward"]["mean"]),
+      (point["kl"]["mean"], point[key]["mean"]),
       textcoords="offset points",
       xytext=(4, 4),
       fontsize=8,
@@ -75,15 +80,17 @@ def figure(report: dict, path) -> None:
   base = report["baseline"]
   axes.errorbar(
     [base["kl"]["mean"]],
-    [base["reward"]["mean"]],
-    yerr=[_Z95 * base["reward"]["stderr"]],
+    [base[key]["mean"]],
+    yerr=[_Z95 * base[key]["stderr"]],
     marker="s",
     color="gray",
     capsize=3,
     label=base["of"] if base["of"] == "reference" else "--against run",
   )
   axes.set_xlabel("KL(pi || pi_ref) along samples (nats)")
-  axes.set_ylabel("mean true reward")
+  axes.set_ylabel(
+    "mean true reward" if key == "reward" else "mean reward model score"
+  )
   axes.set_title(f"{report['num_prompts']} held-out prompts, 95% intervals")
   axes.legend(fontsize=8)
   drawing.tight_layout()

@@ -111,6 +111,7 @@ def test_reward_model_scores_equal_transformers(finished_run, tmp_path):
     num_prompts=4,
     max_new_tokens=13,
     samples_out=samples_out,
+    figure=tmp_path / "reward_model.png",
   )
   (checkpoint,) = report["checkpoints"]
   assert 0 <= checkpoint["reward_model/win_rate"]["mean"] <= 1
