@@ -70,6 +70,13 @@ def test_samples_file_and_metrics(sampled_run, capsys):
       np.mean([r["kl"] for r in shown]), rel=1e-6
     )
   assert result.eval_metrics["eval/samples/kl"] > 0
+  # TensorBoard's text tab: the summaries name the tag and hold the text.
+  events = b"".join(
+    path.read_bytes() for path in (workdir / "tensorboard").glob("events.*")
+  )
+  assert b"eval/samples" in events
+  assert rows[-NUM_SAMPLES]["prompt"].encode() in events
+  assert rows[-NUM_SAMPLES]["response"].encode() in events
   summary = samples_lib.summary(workdir / samples_lib.SAMPLES_FILE)
   assert rows[0]["prompt"] in summary
   assert "reference (step 0)" in summary and "policy (step 4)" in summary
