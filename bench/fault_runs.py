@@ -109,6 +109,18 @@ class Runs:
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
 
+  def run_module(self, module, *args, timeout=600):
+    """Another command of the program (``train.evaluate``, say)."""
+    process = subprocess.run(
+      [sys.executable, "-m", module, *args],
+      cwd=ROOT,
+      env=self.env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
+    return process.returncode, process.stdout, process.stderr
+
 
 def params(workdir: pathlib.Path, step: int):
   import orbax.checkpoint as ocp

@@ -350,6 +350,11 @@ class Matrix:
         "--config.loss.use_weighting=True",
       ],
       "ld_alpha=1.5": ["--config.loss.ld_alpha=1.5"],
+      "eval.top_p=0": ["--config.eval_every=4", "--config.eval.top_p=0"],
+      "reward model with packing": [
+        "--config.reward_model.train=True",
+        "--config.data.packing=True",
+      ],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)
@@ -364,6 +369,56 @@ class Matrix:
       ["--config.optimizer.decay=cosine", "--config.steps=16"],
     )
 
+  def evaluate(self):
+    """``train.evaluate``'s refusals, on the reference run's checkpoints."""
+    empty = self.workdir("evaluate_empty")
+    empty.mkdir()
+    trained = self.runs.scratch / "reference"
+    prompts = self.runs.scratch / "prompts.jsonl"
+    prompts.write_text('{"prompt": "ab cd"}\n["ab cd"]\n')
+    cases = {
+      "workdir without checkpoints": ["--workdir", str(empty)],
+      "no checkpoint of --steps": ["--workdir", str(trained), "--steps=5"],
+      "prompt file with a bad record": [
+        "--workdir",
+        str(trained),
+        f"--prompts={prompts}",
+      ],
+      "--reward_model a causal LM folder": [
+        "--workdir",
+        str(trained),
+        f"--reward_model={trained / 'hf'}",
+      ],
+      "--against a run of other data": [
+        "--workdir",
+        str(trained),
+        f"--against={self._synthetic_run()}",
+      ],
+    }
+    for name, args in cases.items():
+      code, _, err = self.runs.run_module("train.evaluate", *args)
+      lines = runs_lib.reason_lines(err)
+      one_line = len(lines) == 1 and lines[0].startswith("error:")
+      outcome = (
+        "refused in one line" if one_line and code == 2 else "NOT one line"
+      )
+      self.add(f"evaluate: {name}", outcome, code, err)
+
+  def _synthetic_run(self):
+    """A 4-step run of the synthetic task, for a comparison that fails."""
+    workdir = self.workdir("evaluate_synthetic")
+    self.runs.run(
+      workdir,
+      "--config.data.source=synthetic",
+      "--config.data.train_path=",
+      "--config.data.eval_path=",
+      "--config.data.tokenizer=bytes",
+      "--config.data.synthetic.num_prompts=64",
+      "--config.data.synthetic.num_eval_prompts=16",
+      "--config.steps=4",
+    )
+    return workdir
+
   def table(self) -> str:
     lines = [
       "| fault | outcome | exit code | lines printed | data lost |",
@@ -374,7 +429,16 @@ class Matrix:
     return "\n".join(lines)
 
 
-GROUPS = ("kill", "stop", "damage", "disk", "concurrent", "data", "settings")
+GROUPS = (
+  "kill",
+  "stop",
+  "damage",
+  "disk",
+  "concurrent",
+  "data",
+  "settings",
+  "evaluate",
+)
 
 
 def main():

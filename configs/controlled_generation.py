@@ -55,6 +55,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   config.checkpoint_every = 0  # One checkpoint, at the end.
   config.keep_checkpoints = 1
   config.log_every = 10
+  # The sweep scores more samples of its own (experiments/sampling_eval.py).
+  config.eval.num_samples = 0
   if preset == "cpu":
     config.steps = 120
     config.batch_size = 32

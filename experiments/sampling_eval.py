@@ -31,44 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from slpo_jax import models
+from slpo_jax.models.sample_scores import sequence_kl
 from slpo_jax.tasks import synthetic
 from slpo_jax.tasks.vocab import BOS_ID
 from slpo_jax.tasks.vocab import EOS_ID
 from slpo_jax.tasks.vocab import PAD_ID
-
-
-def sequence_kl(
-  policy_logits: jax.typing.ArrayLike,
-  reference_logits: jax.typing.ArrayLike,
-  where: jax.typing.ArrayLike,
-) -> jax.Array:
-  """Sum over positions of the full KL between two next-token distributions.
-
-  .. math::
-    \\mathrm{KL}_b = \\sum_t w_{bt} \\sum_v p_{btv} (\\log p_{btv} -
-    \\log q_{btv}),\\quad p = \\mathrm{softmax}(\\text{policy\\_logits}),
-    q = \\mathrm{softmax}(\\text{reference\\_logits})
-
-  Args:
-    policy_logits: ``[batch, length, vocab]`` logits of the policy.
-    reference_logits: ``[batch, length, vocab]`` logits of the reference.
-    where: ``[batch, length]`` positions to count; the rest add exactly 0.
-
-  Returns:
-    ``[batch]`` float32 divergences in nats, exactly 0 where the logits are
-    equal.
-  """
-  policy_logps = jax.nn.log_softmax(jnp.asarray(policy_logits, jnp.float32))
-  reference_logps = jax.nn.log_softmax(
-    jnp.asarray(reference_logits, jnp.float32)
-  )
-  per_token = jnp.sum(
-    jnp.exp(policy_logps) * (policy_logps - reference_logps), axis=-1
-  )
-  # A divergence is never negative; float32 rounding of nearly equal
-  # distributions can give about -1e-8 per token, which is not information.
-  per_token = jnp.maximum(per_token, 0.0)
-  return jnp.sum(jnp.where(jnp.asarray(where, bool), per_token, 0.0), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))

@@ -4,6 +4,7 @@
   python -m train.aot      # compile a step for a Cloud TPU topology
   python -m train.export   # a checkpoint as a Hugging Face or PEFT folder
   python -m train.sample   # completions from a checkpoint
+  python -m train.evaluate # a run's checkpoints judged by their samples
   python -m train.data.preview   # a config's first pairs, as training sees them
 
 Each command's module holds its work as plain functions, importable without
@@ -272,6 +273,84 @@ def _sample(sample, argv) -> None:
     print(text, flush=True)
 
 
+# train.evaluate -------------------------------------------------------------
+
+
+def _evaluate_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  flags.DEFINE_string(
+    "against",
+    None,
+    "Another run's workdir: its latest policy is the baseline of the win"
+    " rate, instead of the run's reference.",
+  )
+  flags.DEFINE_bool(
+    "reference", True, "The baseline is the run's reference (the default)."
+  )
+  flags.DEFINE_string(
+    "reward_model",
+    None,
+    "A one-label *ForSequenceClassification folder (with its tokenizer)"
+    " that scores the samples too.",
+  )
+  flags.DEFINE_string("steps", "all", "'all' checkpoints, or one step.")
+  flags.DEFINE_integer("num_prompts", 64, "Held-out prompts sampled.")
+  flags.DEFINE_string(
+    "prompts",
+    None,
+    'JSON lines of {"prompt": TEXT} or {"messages": [...]}, instead of the'
+    " run's held-out prompts.",
+  )
+  flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy.")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling's mass; 1 = off.")
+  flags.DEFINE_integer(
+    "max_new_tokens", 0, "Most tokens per response; 0 = eval.max_new_tokens."
+  )
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("out", None, "Write the JSON here instead of stdout.")
+  flags.DEFINE_string(
+    "samples_out", None, "Write every scored sample here, as JSON lines."
+  )
+  flags.DEFINE_string(
+    "figure", None, "Write a PNG of reward against KL across checkpoints."
+  )
+  flags.mark_flags_as_required(["workdir"])
+
+
+def _evaluate(evaluate, argv) -> None:
+  del argv
+  _quiet_library_logs()
+  values = flags.FLAGS
+  if values.against is not None and values["reference"].present:
+    fail("give one of --against WORKDIR and --reference")
+  try:
+    report = evaluate.evaluate(
+      values.workdir,
+      against=values.against,
+      reward_model=values.reward_model,
+      steps=values.steps,
+      num_prompts=values.num_prompts,
+      prompts_file=values.prompts,
+      temperature=values.temperature,
+      top_p=values.top_p,
+      max_new_tokens=values.max_new_tokens,
+      seed=values.seed,
+      samples_out=values.samples_out,
+      figure=values.figure,
+    )
+  except errors.USER_ERRORS as error:
+    fail(" ".join(str(error).split()))
+  text = json.dumps(report, indent=1)
+  if values.out is None:
+    print(text, flush=True)
+    return
+  try:
+    with open(values.out, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+  except OSError as error:
+    fail(f"--out {values.out}: cannot write: {error}")
+
+
 # train.data.preview ---------------------------------------------------------
 
 
@@ -299,6 +378,7 @@ COMMANDS = {
   "aot": (_aot_flags, _aot),
   "export": (_export_flags, _export),
   "sample": (_sample_flags, _sample),
+  "evaluate": (_evaluate_flags, _evaluate),
   "preview": (_preview_flags, _preview),
 }
 

@@ -35,6 +35,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 100  # Steps between checkpoints; 0 = end only.
   config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
 
+  # Samples at every evaluation (train/samples.py): held-out prompts sampled
+  # from the policy (and once from the reference, as step 0), scored by
+  # length, ended share, KL from the reference and, on the synthetic task,
+  # the true reward; written to WORKDIR/samples.jsonl and TensorBoard.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 16  # Held-out prompts sampled; 0 = no samples.
+  config.eval.temperature = 1.0  # 1 samples the policy itself; 0 = greedy.
+  config.eval.top_p = 1.0  # Nucleus mass; 1 = the whole distribution.
+  config.eval.max_new_tokens = 128  # Most tokens of a sampled response.
+
   config.loss = ml_collections.ConfigDict()
   # A name of the loss table, slpo_jax.losses.LOSSES, or several joined by
   # commas, summed with `weights` (e.g. 'sigmoid,bco_pair,sft', TRL's MPO).
@@ -128,6 +138,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = ""  # host:port; '' = auto-detect.
   config.distributed.num_processes = 0  # 0 = auto-detect (TPU, SLURM).
   config.distributed.process_id = -1  # -1 = auto-detect.
+
+  # Train a Bradley-Terry reward model on the pairs instead of a policy
+  # (train/reward_training.py): -log sigmoid(r_w - r_l - margin), plus
+  # center_rewards_coefficient * (r_w + r_l)^2 as TRL's RewardTrainer.
+  config.reward_model = ml_collections.ConfigDict()
+  config.reward_model.train = False  # True: the run trains a reward model.
+  config.reward_model.margin = 0.0  # Margin every pair must clear.
+  config.reward_model.center_rewards_coefficient = 0.0  # 0 = no centering.
 
   config.export = ml_collections.ConfigDict()
   config.export.at_end = True  # Write WORKDIR/hf, a Hugging Face folder, last.

@@ -36,6 +36,7 @@ from train import config_schema
 from train import data as data_lib
 from train import lora_setup
 from train.data import chat
+from train.data.chat import stop_ids
 from train.errors import ConfigError
 
 DTYPES = config_schema.EXPORT_DTYPES
@@ -157,26 +158,6 @@ def _shard_limit(params, dtype: str, max_shard_size: int) -> int | None:
   if not max_shard_size or size * jnp.dtype(dtype).itemsize <= max_shard_size:
     return None
   return max_shard_size
-
-
-def end_of_turn_id(tokenizer, template: chat.ChatTemplate | None) -> int | None:
-  """The id of the template's end-of-turn marker, when it is one token."""
-  if template is None or not template.end_of_turn:
-    return None
-  try:
-    ids = tokenizer.encode(template.end_of_turn)
-  except ValueError:  # A word vocabulary without the marker.
-    return None
-  return ids[0] if len(ids) == 1 else None
-
-
-def stop_ids(tokenizer, template: chat.ChatTemplate | None) -> list[int]:
-  """The ids that end a response: EOS, and the template's end of turn."""
-  ids = [tokenizer.eos_id]
-  end_of_turn = end_of_turn_id(tokenizer, template)
-  if end_of_turn is not None and end_of_turn not in ids:
-    ids.append(end_of_turn)
-  return ids
 
 
 def generation_config(tokenizer, template: chat.ChatTemplate | None) -> dict:

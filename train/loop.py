@@ -19,6 +19,7 @@ from train import export as export_lib
 from train import objective
 from train import progress
 from train import resume
+from train import samples as samples_lib
 from train import setup as setup_lib
 from train import state as state_lib
 from train import step as step_lib
@@ -151,9 +152,13 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
     learning_rate=run.schedule,
     num_tokens=restored.progress.get("num_tokens", 0) if restored else 0,
   )
+  sampling = _Sampling.start(run, workdir, writer, start_step)
   with stopping.StopRequests() as stop, contextlib.ExitStack() as cleanup:
     for resource in (bar, writer, checkpointer):
       cleanup.callback(resource.close)
+    if sampling is not None and start_step == 0:
+      # The reference's own samples: where the policy's are read from.
+      metrics.add(0, sampling.reference_samples(reference, sync_fn))
     for step in range(start_step + 1, config.steps + 1):
       host_batch = next(run.train_iterator)
       state, step_metrics = train_fn(
@@ -169,6 +174,12 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
         last_eval = evaluate(
           run, state.params, reference, eval_fn, state.loss_state
         )
+        if sampling is not None:
+          last_eval.update(
+            sampling.policy_samples(
+              step, run.policy_params(state.params), reference, sync_fn
+            )
+          )
         if eval_callback is not None:
           last_eval.update(
             eval_callback(step, run.policy_params(state.params), run)
@@ -204,17 +215,25 @@ def _train(config, workdir, run, eval_callback) -> TrainResult:
       workdir / EXPORT_FOLDER,
     )
   if jax.process_index() == 0:
-    _print_outputs(workdir, checkpointer, exported)
+    _print_outputs(workdir, checkpointer, exported, sampling)
   return TrainResult(
     state=state, eval_metrics=last_eval, stopped_by=stop.signal
   )
 
 
 def _print_outputs(
-  workdir: pathlib.Path, checkpointer, exported: pathlib.Path | None
+  workdir: pathlib.Path,
+  checkpointer,
+  exported: pathlib.Path | None,
+  sampling: "_Sampling | None",
 ) -> None:
   """Where the run's results are, for the user to pick up."""
   workdir = workdir.absolute()
+  if sampling is not None:
+    shown = samples_lib.summary(sampling.log.path)
+    if shown is not None:
+      print(shown)
+    print(f"samples: {sampling.log.path}")
   print(f"metrics: {workdir / 'metrics.jsonl'}")
   print(
     f"checkpoints: {checkpointer.directory} (latest step"
@@ -223,3 +242,45 @@ def _print_outputs(
   if exported is not None:
     print(f"Hugging Face folder: {exported}")
   print(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+
+
+@dataclasses.dataclass
+class _Sampling:
+  """The held-out samples of every evaluation (train/samples.py)."""
+
+  run: setup_lib.Run
+  sampler: samples_lib.Sampler
+  log: samples_lib.SamplesLog
+
+  @classmethod
+  def start(cls, run, workdir, writer, start_step: int) -> "_Sampling | None":
+    if run.sample_prompts is None:
+      return None
+    sampler = samples_lib.Sampler(
+      run.config, run.spec.model, run.spec.mesh, run.sample_prompts
+    )
+    log = samples_lib.SamplesLog(workdir, writer, resume_step=start_step)
+    return cls(run, sampler, log)
+
+  def _reference(self, reference, sync_fn):
+    # A moving reference is the loop's; a frozen one was kept at build.
+    if sync_fn is not None:
+      return self.run.spec.policy.reference(reference)
+    return self.run.sample_reference
+
+  def _sample(self, step, model, params, reference) -> dict[str, float]:
+    samples = self.sampler(step, params, reference)
+    self.log.write(
+      step,
+      list(samples_lib.records(step, model, samples, self.sampler.prompts)),
+    )
+    return samples_lib.metrics(samples)
+
+  def reference_samples(self, reference, sync_fn) -> dict[str, float]:
+    reference = self._reference(reference, sync_fn)
+    return self._sample(0, "reference", reference, reference)
+
+  def policy_samples(self, step, params, reference, sync_fn):
+    return self._sample(
+      step, "policy", params, self._reference(reference, sync_fn)
+    )

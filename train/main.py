@@ -1,4 +1,5 @@
-"""Train a policy on preference pairs.
+"""Train a policy on preference pairs (or, with reward_model.train=True, a
+reward model: configs/reward_model.py).
 
   python -m train.main --config configs/default.py --workdir /tmp/run
 
@@ -12,8 +13,13 @@ import sys
 
 
 def train_and_evaluate(config, workdir):
-  """:func:`train.loop.train_and_evaluate`, imported once JAX's distributed
-  runtime is up (the shell starts it first)."""
+  """:func:`train.loop.train_and_evaluate`, or with
+  ``reward_model.train`` :func:`train.reward_training.train`, imported once
+  JAX's distributed runtime is up (the shell starts it first)."""
+  if config.reward_model.train:
+    from train import reward_training
+
+    return reward_training.train(config, workdir)
   from train import loop
 
   return loop.train_and_evaluate(config, workdir)

@@ -64,6 +64,13 @@ class MetricsWriter:
         ) from None
       raise
 
+  def text(self, step: int, tag: str, text: str) -> None:
+    """Markdown shown in TensorBoard's text tab at ``step``."""
+    if not self._enabled:
+      return
+    self._tensorboard.add_text(tag, text, int(step))
+    self._tensorboard.flush()
+
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()

@@ -22,6 +22,7 @@ from slpo_jax import sharding
 from train import data as data_lib
 from train import policy as policy_lib
 from train import reference as reference_lib
+from train import samples as samples_lib
 from train import step as step_lib
 from train import task_reference
 from train import validate
@@ -45,6 +46,11 @@ class Run:
       the base), None when the step needs none.
     train_iterator: host-local batches, with get/set_state.
     eval_batches: a fresh pass over the held-out batches.
+    sample_prompts: the held-out prompts sampled at every evaluation; None
+      when ``eval.num_samples`` is 0 or nothing is held out.
+    sample_reference: the reference those samples' KL is taken from (kept
+      even when the step reads precomputed reference log-probs); None
+      without samples.
   """
 
   config: Any
@@ -55,6 +61,8 @@ class Run:
   reference_params: Any
   train_iterator: Any
   eval_batches: Callable[[], Iterator[Batch]]
+  sample_prompts: samples_lib.HeldOutPrompts | None = None
+  sample_reference: Any = None
 
   def policy_params(self, params):
     """The policy's parameters from the train state's ``params``."""
@@ -273,6 +281,14 @@ def build_run(
       row_multiple=row_multiple,
     )
 
+  sample_prompts = samples_lib.held_out_prompts(
+    config,
+    tokenizer,
+    datasets["eval"].pairs if "eval" in datasets else None,
+  )
+  sample_reference = None
+  if sample_prompts is not None:
+    sample_reference = prepared.policy.reference(frozen)
   train_iterator = batches("train", single_pass=False)
   eval_batches = lambda: batches("eval", single_pass=True)  # noqa: E731
   if prepared.policy.reference_in_batch:
@@ -300,4 +316,6 @@ def build_run(
     reference_params=frozen,
     train_iterator=train_iterator,
     eval_batches=eval_batches,
+    sample_prompts=sample_prompts,
+    sample_reference=sample_reference,
   )

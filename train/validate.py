@@ -79,12 +79,18 @@ _REAL_RANGES = (
     "(alpha-divergence's alpha)",
   ),
   ("reference.sft_learning_rate", lambda v: v > 0, "> 0"),
+  ("eval.temperature", lambda v: v >= 0, ">= 0 (0 decodes greedily)"),
+  ("eval.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+  ("reward_model.margin", lambda v: True, ""),
+  ("reward_model.center_rewards_coefficient", lambda v: v >= 0, ">= 0"),
 )
 _INT_RANGES = (
   ("seed", lambda v: True, "an integer"),
   ("optimizer.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
   ("reference.sft_steps", lambda v: v >= 0, "an integer >= 0"),
   ("reference.sft_batch_size", lambda v: v >= 1, "a positive integer"),
+  ("eval.num_samples", lambda v: v >= 0, "an integer >= 0 (0 = no samples)"),
+  ("eval.max_new_tokens", lambda v: v >= 1, "a positive integer"),
 )
 
 
@@ -290,6 +296,28 @@ def _check_export(config) -> None:
     )
 
 
+def _check_reward_model(config) -> None:
+  """What a reward model's training does not take (train/reward_training.py)."""
+  if not isinstance(config.reward_model.train, bool):
+    raise ConfigError(
+      f"reward_model.train is {config.reward_model.train!r}; use True or False"
+    )
+  if not config.reward_model.train:
+    return
+  refused = {
+    "model.lora.rank": config.model.lora.rank != 0,
+    "data.packing": config.data.packing,
+    "grad_accum_steps": config.grad_accum_steps != 1,
+    "reference.sync_every": config.reference.sync_every != 0,
+  }
+  for key, set_ in refused.items():
+    if set_:
+      raise ConfigError(
+        f"{key} is set, which a reward model's training does not take"
+        " (reward_model.train=True); leave it at its default"
+      )
+
+
 def validate(config, devices=None) -> Validated:
   """Checks the whole config; returns what it built doing so.
 
@@ -331,6 +359,7 @@ def validate(config, devices=None) -> Validated:
     )
   _check_reference_sync(config, loss)
   _check_export(config)
+  _check_reward_model(config)
   try:
     optimizer, schedule = step_lib.optimizer_and_schedule(
       config.optimizer, config.steps

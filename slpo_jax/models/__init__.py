@@ -43,6 +43,13 @@ from slpo_jax.models.partitioning import param_shardings
 from slpo_jax.models.presets import SIZES
 from slpo_jax.models.presets import get_config
 from slpo_jax.models.presets import tiny_config
+from slpo_jax.models.reward_model import RewardModel
+from slpo_jax.models.reward_model import load_hf_reward_model
+from slpo_jax.models.reward_model import save_hf_reward_model
+from slpo_jax.models.reward_model import write_score_head
+from slpo_jax.models.sample_scores import SampleScores
+from slpo_jax.models.sample_scores import score_samples
+from slpo_jax.models.sample_scores import sequence_kl
 from slpo_jax.models.sampling import SampleOutput
 from slpo_jax.models.sampling import generate
 
@@ -54,10 +61,12 @@ __all__ = [
   "DecoderConfig",
   "DecoderLM",
   "REMAT_POLICIES",
+  "RewardModel",
   "RopeScaling",
   "SIZES",
   "SUPPORTED_MODEL_TYPES",
   "SampleOutput",
+  "SampleScores",
   "build",
   "choose_attention",
   "config_from_hf",
@@ -67,12 +76,17 @@ __all__ = [
   "load_hf_checkpoint",
   "load_hf_config",
   "load_hf_model",
+  "load_hf_reward_model",
   "logical_axis_rules",
   "logits_from_hidden",
   "param_partition_specs",
   "param_shardings",
   "position_ids",
   "save_hf_checkpoint",
+  "save_hf_reward_model",
+  "score_samples",
+  "sequence_kl",
   "tiny_config",
   "unsupported_attention",
+  "write_score_head",
 ]

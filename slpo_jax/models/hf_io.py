@@ -12,6 +12,7 @@ blocks) at a time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -82,7 +83,7 @@ def load_hf_config(path: PathLike, **changes: Any) -> DecoderConfig:
   return config_from_hf(hf, source=str(config_path), **changes)
 
 
-class _TensorReader:
+class TensorReader:
   """Lazy access to the tensors of a single-file or sharded checkpoint."""
 
   def __init__(self, folder: pathlib.Path, stack: contextlib.ExitStack):
@@ -162,7 +163,7 @@ class _TensorReader:
     return array
 
 
-def _detect_prefix(config: DecoderConfig, reader: _TensorReader) -> str:
+def _detect_prefix(config: DecoderConfig, reader: TensorReader) -> str:
   first = hf_weights.tensor_groups(config)[0].hf_names[0]
   prefixes = hf_weights.PREFIXES[config.family]
   for prefix in prefixes:
@@ -214,7 +215,7 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _converted_groups(
-  config: DecoderConfig, reader: _TensorReader, prefix: str
+  config: DecoderConfig, reader: TensorReader, prefix: str
 ) -> Iterator[tuple[hf_weights.TensorGroup, list[np.ndarray]]]:
   for group in hf_weights.tensor_groups(config):
     tensors = [
@@ -235,6 +236,7 @@ def load_hf_model(
   abstract: bool = False,
   remat_policy: str = "full",
   attention_impl: str = "auto",
+  backbone_only: bool = False,
 ) -> tuple[DecoderLM, Params]:
   """Loads a Hugging Face checkpoint folder as a ``DecoderLM`` and its params.
 
@@ -254,6 +256,10 @@ def load_hf_model(
       real load.
     remat_policy: what a rematerialised block saves (``"full"``/``"dots"``).
     attention_impl: one of ``ATTENTION_IMPLS`` (``attention_choice``).
+    backbone_only: read no output head (a ``*ForSequenceClassification``
+      folder has a ``score`` head instead, read by
+      :func:`slpo_jax.models.load_hf_reward_model`); the model's
+      ``lm_head`` is then the embedding, and unused.
 
   Returns:
     ``(model, params)``.
@@ -273,6 +279,8 @@ def load_hf_model(
     remat_policy=remat_policy,
     attention_impl=attention_impl,
   )
+  if backbone_only:
+    config = dataclasses.replace(config, tie_embeddings=True)
   model = build(config)
   if abstract:
     return model, model.abstract_params()
@@ -284,7 +292,7 @@ def load_hf_model(
 
   params: dict[str, Any] = {}
   with contextlib.ExitStack() as stack:
-    reader = _TensorReader(pathlib.Path(path), stack)
+    reader = TensorReader(pathlib.Path(path), stack)
     prefix = _detect_prefix(config, reader)
     # With scanned blocks, a parameter is the stack of one tensor from every
     # block; collect the blocks of a template before placing it.
@@ -308,6 +316,7 @@ def load_hf_model(
       for n in reader.names() - used
       if not n.endswith(hf_weights.IGNORED_SUFFIXES)
       and not (config.tie_embeddings and n == "lm_head.weight")
+      and not (backbone_only and n.startswith("score."))
     )
     if unused:
       logging.warning(

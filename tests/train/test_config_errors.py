@@ -76,6 +76,19 @@ RANGE_ERRORS = {
     {"export.max_shard_size": -1},
     "export.max_shard_size is -1; it must be a number of bytes >= 0",
   ),
+  "eval_top_p": ({"eval.top_p": 0.0}, "eval.top_p is 0.0; it must be a number"),
+  "eval_temperature": (
+    {"eval.temperature": -1.0},
+    "eval.temperature is -1.0; it must be a number >= 0",
+  ),
+  "eval_samples": (
+    {"eval.num_samples": -1},
+    "eval.num_samples is -1; it must be an integer >= 0",
+  ),
+  "eval_new_tokens": (
+    {"eval.max_new_tokens": 0},
+    "eval.max_new_tokens is 0; it must be a positive integer",
+  ),
 }
 
 

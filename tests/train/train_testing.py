@@ -116,6 +116,8 @@ def make_tiny_config(pair_files=None, **changes):
   config.model.size = "tiny"
   config.model.loss_head = "plain"
   config.reference.sft_steps = 0
+  # Sampling compiles a decoding loop; the tests that read samples ask.
+  config.eval.num_samples = 0
   config.mesh.data = -1
   config.data.max_length = 32
   config.data.max_prompt_length = 8

@@ -413,3 +413,23 @@ def load_chat_template(
       f" {e.lineno})"
     ) from None
   return ChatTemplate(text, special_tokens(folder), source)
+
+
+def end_of_turn_id(tokenizer, template: ChatTemplate | None) -> int | None:
+  """The id of the template's end-of-turn marker, when it is one token."""
+  if template is None or not template.end_of_turn:
+    return None
+  try:
+    ids = tokenizer.encode(template.end_of_turn)
+  except ValueError:  # A word vocabulary without the marker.
+    return None
+  return ids[0] if len(ids) == 1 else None
+
+
+def stop_ids(tokenizer, template: ChatTemplate | None) -> list[int]:
+  """The ids that end a response: EOS, and the template's end of turn."""
+  ids = [tokenizer.eos_id]
+  end_of_turn = end_of_turn_id(tokenizer, template)
+  if end_of_turn is not None and end_of_turn not in ids:
+    ids.append(end_of_turn)
+  return ids
