@@ -11,18 +11,24 @@ Not run in CI. Compiled from a CPU machine for the 8 chips of one v6e-8
 host (``python -m train.aot --config configs/llama1b_tpu_v6e8.py:hh.jsonl.gz
 --topology v6e:2x4 --config.model.checkpoint=configs/shapes/llama3_2_1b``;
 the data file is not read), 1.24B parameters, scanned blocks, fused head,
-blockwise attention, fsdp over the 8 chips. Every figure below is from
-that command with the DPO loss, or with the flags named added to it,
-compiled on 2026-12-07 by a 2-core CPU machine shared with test runs (jax
-0.10.2, libtpu 0.0.42) for the v6e:2x4 topology, 1.5 to 6 min a compile
-as the load varied.
+splash attention (``auto`` on a TPU), fsdp over the 8 chips. Every figure
+below is from that command with the DPO loss, or with the flags named added
+to it, compiled on 2026-12-07 by a 2-core CPU machine shared with test runs
+(jax 0.10.2, libtpu 0.0.42) for the v6e:2x4 topology, 1.5 to 6 min a
+compile as the load varied.
 
 Remat keeps each block's matmul outputs (``remat_policy='dots'``) and
-recomputes only the elementwise work. Per chip: 2.30 GiB of arguments,
-21.2 GiB of temporaries, 23.5 GiB in all of 32 GiB HBM (74%). TPU XLA
-counts 4.9e12 FLOPs for the scanned layer's loop body.
+recomputes only the elementwise work. Per chip with splash: 2.30 GiB of
+arguments, 19.9 GiB of temporaries, 22.2 GiB in all of 32 GiB HBM (69%).
+With the blockwise kernel (``--config.model.attention_impl=blockwise``, in
+the same session): 21.2 GiB of temporaries, 23.5 GiB (74%). TPU XLA counts
+4.7e12 FLOPs for the scanned layer's loop body with splash and 4.9e12 with
+blockwise, and 7.1e10 against 8.8e10 bytes accessed: the splash kernels'
+own work is outside XLA's counts, so these differences say nothing about
+speed (docs/tpu_gpu.md, "Attention on TPU").
 
-The other settings compiled, 64 pairs x 1,024 tokens unless named:
+The other settings compiled (blockwise attention), 64 pairs x 1,024 tokens
+unless named:
 
 * Full remat (``--config.model.remat_policy=full``) needs 11.9 GiB (37%),
   but its loop body counts 6.9e12 FLOPs, 41% more: the recomputed forward
@@ -33,14 +39,17 @@ The other settings compiled, 64 pairs x 1,024 tokens unless named:
   47.0 GiB of temporaries.
 
 ``'dots'`` is therefore the setting with the least recomputation that
-leaves at least 10% headroom. The analytic count is 1.7e14 FLOPs per chip,
-and 8.8e10 bytes are accessed, so the roofline is compute-bound: 186 ms per
-step, at most 88,000 tokens/s per chip. The roofline leaves out
+leaves at least 10% headroom; the 1.4 GiB splash saves cannot make room for
+no remat. The batch stays at 64 pairs: the room splash leaves would hold a
+few more, which would change the training recipe for no gain a compile can
+show. The analytic count is 1.7e14 FLOPs per chip, and 8.8e10 bytes are
+accessed (blockwise), so the roofline is compute-bound: 186 ms per step, at
+most 88,000 tokens/s per chip. The roofline leaves out
 recomputation and assumes perfect overlap, so it bounds the step time from
 below; it is not an MFU to expect.
 
 With ``--config.data.packing=True``, ``train.aot --packed_rows=16
---packed_slots=16`` (the 64 pairs in 16 rows, full remat) needs 5.71 GiB
+--packed_slots=16`` (the 64 pairs in 16 rows, full remat, blockwise) needs 5.71 GiB
 and gives a 46.5 ms roofline (the former SLPO loss, temperature 64,
 needed 5.87 GiB: 0.16 GiB more temporaries). Planning takes the bound,
 ``--packed_rows`` = 64: 11.86 GiB, as unpacked. For the unpacked settings
