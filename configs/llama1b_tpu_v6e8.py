@@ -49,8 +49,8 @@ recomputation and assumes perfect overlap, so it bounds the step time from
 below; it is not an MFU to expect.
 
 With ``--config.data.packing=True``, ``train.aot --packed_rows=16
---packed_slots=16`` (the 64 pairs in 16 rows, full remat, blockwise) needs 5.71 GiB
-and gives a 46.5 ms roofline (the former SLPO loss, temperature 64,
+--packed_slots=16`` (the 64 pairs in 16 rows, full remat, blockwise)
+needs 5.71 GiB and gives a 46.5 ms roofline (the former SLPO loss, temperature 64,
 needed 5.87 GiB: 0.16 GiB more temporaries). Planning takes the bound,
 ``--packed_rows`` = 64: 11.86 GiB, as unpacked. For the unpacked settings
 the SLPO loss gave the same figures, to the digits quoted (this
