@@ -25,6 +25,7 @@ from train import objective
 from train import objective_kto
 from train import step as step_lib
 from train.data import validation as data_validation
+from train.data.unpaired import RECORD_SOURCES
 from train.errors import ConfigError
 
 
@@ -166,10 +167,11 @@ def _check_kto(config) -> None:
       f"loss '{kto}' reads one padded row per record (packed rows of"
       " unpaired records are not supported); set data.packing=False"
     )
-  if config.data.unpaired and config.data.source != "jsonl":
+  if config.data.unpaired and config.data.source not in RECORD_SOURCES:
     raise ConfigError(
-      "data.unpaired records are read from JSONL files; set"
-      " data.source='jsonl' (or give pairs, which kto splits in two)"
+      f"data.unpaired records are read from files: set data.source to one"
+      f" of {list(RECORD_SOURCES)}, not {config.data.source!r} (or give"
+      " pairs, which kto splits in two)"
     )
   per_micro = config.batch_size // max(config.grad_accum_steps, 1)
   if per_micro < 2:

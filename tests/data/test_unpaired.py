@@ -100,6 +100,36 @@ def test_a_bad_record_is_one_line_naming_file_and_line(
   assert dataset.report.skipped == {reason: 1}
 
 
+@pytest.mark.parametrize("source", ["parquet", "arrow"])
+def test_parquet_and_arrow_records_equal_the_jsonl_ones(
+  source, records_config, tmp_path
+):
+  from tests.data.test_hf_files import save_like_datasets
+  from tests.data.test_hf_files import write_parquet
+
+  rows = [unpaired_record(i) for i in range(12)]
+  rows[3]["label"] = None  # A bad row, named by file and row.
+  if source == "parquet":
+    path = write_parquet(tmp_path / "records.parquet", rows[:3] + rows[4:])
+    bad_path = write_parquet(tmp_path / "bad.parquet", rows)
+  else:
+    path = save_like_datasets(tmp_path / "records", rows[:3] + rows[4:])
+    bad_path = save_like_datasets(tmp_path / "bad", rows)
+  want = [r for r in load(records_config).pairs if r.example_id != 3]
+  records_config.source = source
+  records_config.train_path = str(path)
+  got = load(records_config).pairs
+  assert len(got) == len(want) == 11
+  for mine, theirs in zip(got, want):
+    assert mine.desirable == theirs.desirable
+    np.testing.assert_array_equal(mine.prompt, theirs.prompt)
+    np.testing.assert_array_equal(mine.completion, theirs.completion)
+  records_config.train_path = str(bad_path)
+  with pytest.raises(data.DataError) as info:
+    load(records_config)
+  assert ":row 3: non_bool_label: field 'label' is NoneType" in str(info.value)
+
+
 def test_eval_fraction_holds_records_out(records_config):
   records_config.eval_fraction = 0.25
   train, held_out = load(records_config), load(records_config, "eval")

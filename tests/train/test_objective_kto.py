@@ -196,8 +196,8 @@ def test_no_gradient_flows_through_the_reference_point():
     ({"loss.name": "kto", "batch_size": 1}, "at least 2 * grad_accum_steps"),
     ({"data.unpaired": True}, "only loss.name='kto' reads"),
     (
-      {"loss.name": "kto", "data.unpaired": True, "data.source": "parquet"},
-      "data.source='jsonl'",
+      {"loss.name": "kto", "data.unpaired": True, "data.source": "hh"},
+      "not 'hh'",
     ),
     ({"loss.name": "kto", "loss.desirable_weight": 0.0}, "> 0"),
   ],

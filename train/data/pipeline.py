@@ -289,22 +289,10 @@ def load_dataset(
 
 
 def _load_records(data_config, split, tokenizer, policy, report):
-  """The unpaired records of a JSONL file (``data.unpaired``)."""
-  path = data_config.train_path
-  if split == "eval" and data_config.eval_path:
-    path = data_config.eval_path
-  raw = unpaired_lib.read_jsonl_records(
-    path,
-    prompt_field=data_config.field_map.prompt,
-    policy=policy,
-    report=report,
+  """The unpaired records of the data config's files (``data.unpaired``)."""
+  raw = unpaired_lib.read_records(
+    data_config, split, policy=policy, report=report
   )
-  if not data_config.eval_path and data_config.eval_fraction:
-    kept, report.num_held_out = sources.split_held_out(
-      [pair for pair, _ in raw], data_config.eval_fraction, split
-    )
-    kept = {id(pair) for pair in kept}
-    raw = [item for item in raw if id(item[0]) in kept]
   records = unpaired_lib.encode_records(
     raw,
     tokenizer,
@@ -315,7 +303,7 @@ def _load_records(data_config, split, tokenizer, policy, report):
     chat_template=chat.load_chat_template(data_config, tokenizer=tokenizer),
   )
   if not records:
-    raise DataError(f"{path}: no record is usable: {report.summary()}")
+    raise DataError(f"{report.source}: no record is usable: {report.summary()}")
   return _records_dataset(data_config, records, tokenizer, report)
 
 

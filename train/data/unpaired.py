@@ -3,8 +3,8 @@
 A record is ``{"prompt", "completion", "label"}``: text, or messages
 rendered through the run's chat template (a prompt of messages and a
 completion of messages starting with an assistant turn), and a boolean
-label (True: desirable). Records come from a JSONL file (``data.unpaired``)
-or from pairs, each pair giving two records, its chosen response desirable
+label (True: desirable). Records come from JSONL, Parquet or Arrow files
+(``data.unpaired``) or from pairs, each pair giving two records, its chosen response desirable
 and its rejected one not (as TRL's ``unpair_preference_dataset`` splits
 them).
 
@@ -158,32 +158,62 @@ def records_from_raw(
   return records
 
 
-def read_jsonl_records(
-  path: str,
-  *,
-  prompt_field: str,
-  policy: BadRecordPolicy,
-  report: DataReport,
+# The sources whose files can hold unpaired records (data.unpaired).
+RECORD_SOURCES = ("jsonl", "parquet", "arrow")
+
+
+def _raw_records(config, split: str, report: DataReport):
+  """``(where, (example_id, location, record) rows)`` of the split's file."""
+  from train.data import hf_files
+
+  own_eval = split == "eval" and hf_files.has_own_eval(config)
+  path = (
+    config.eval_path if own_eval and config.eval_path else (config.train_path)
+  )
+  if config.source == "jsonl":
+    data = sources._read_bytes(path)
+    return path, sources._jsonl_records(path, data, report)
+  if config.source == "parquet":
+    return path, hf_files.parquet_rows(
+      hf_files.matching_files(path, ".parquet")
+    )
+  split_name = config.hf_split_eval if own_eval else config.hf_split_train
+  where, files = hf_files.arrow_split_files(path, split_name)
+  report.source = where
+  return where, hf_files.arrow_rows(files)
+
+
+def read_records(
+  config, split: str, *, policy: BadRecordPolicy, report: DataReport
 ) -> list[tuple[sources.TextPair | chat.ChatPair, bool]]:
-  """The validated records of a JSONL file (plain or gzip).
+  """The validated records of ``split`` from the JSONL, Parquet or Arrow
+  files of the data config (files, globs and splits as for pairs), with
+  ``eval_fraction`` held out when the split has no file of its own.
 
   Raises:
-    DataError: as ``sources.read_jsonl_pairs``.
+    DataError: as for pairs: an unreadable file, a bad record under
+      ``on_bad_record='error'`` (naming the file and line or row), or no
+      usable record.
   """
-  data = sources._read_bytes(path)
+  from train.data import hf_files
+
+  where, raw = _raw_records(config, split, report)
   records = records_from_raw(
-    sources._jsonl_records(path, data, report),
-    prompt_field=prompt_field,
-    policy=policy,
-    report=report,
+    raw, prompt_field=config.field_map.prompt, policy=policy, report=report
   )
   if report.num_records == 0:
-    raise DataError(f"{path}: no records (the file is empty)")
+    raise DataError(f"{where}: no records (the file is empty)")
   if not records:
     raise DataError(
-      f"{path}: none of the {report.num_records} records is "
+      f"{where}: none of the {report.num_records} records is "
       f"usable: {report.summary()}"
     )
+  if not hf_files.has_own_eval(config) and config.eval_fraction:
+    kept, report.num_held_out = sources.split_held_out(
+      [pair for pair, _ in records], config.eval_fraction, split
+    )
+    kept = {id(pair) for pair in kept}
+    records = [item for item in records if id(item[0]) in kept]
   return records
 
 
