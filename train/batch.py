@@ -287,3 +287,21 @@ class UnpairedBatch:
 def unpaired(arrays: Mapping[str, Any]) -> UnpairedBatch:
   """A host :class:`UnpairedBatch` from its named arrays, in their dtypes."""
   return UnpairedBatch(**_typed(arrays))
+
+
+def abstract_unpaired(
+  *, rows: int, length: int, sharding: Any = None
+) -> UnpairedBatch:
+  """A global :class:`UnpairedBatch` of ``jax.ShapeDtypeStruct``."""
+
+  def shaped(name: str, shape: tuple[int, ...]):
+    return jax.ShapeDtypeStruct(shape, DTYPES[name], sharding=sharding)
+
+  fields = {
+    f"{side}_{name}": shaped(f"{side}_{name}", (rows, length))
+    for side in ("completion", "kl")
+    for name in TOKEN_FIELDS
+  }
+  for name in ("desirable", "pair_id", "example_weight", "example_id"):
+    fields[name] = shaped(name, (rows,))
+  return UnpairedBatch(**fields)
