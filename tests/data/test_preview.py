@@ -122,7 +122,7 @@ def test_kto_previews_the_pairs_as_unpaired_records(
   assert chosen["completion_text"] == "x<|im_end|>\n"
   assert rejected["completion_text"] == "No.<|im_end|>\n"
   assert rejected["prompt_ids"] == chosen["prompt_ids"]
-  assert "10 records; 5 records read" in err
+  assert "10 records (5 desirable, 5 not); 5 records read" in err
   preview.preview(config, num=1, output_format="text")
   out, _ = capsys.readouterr()
   assert out.startswith("record 1 of 10: example 0 at ")

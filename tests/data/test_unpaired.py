@@ -48,7 +48,8 @@ def test_text_records_are_bos_prompt_and_eos_completion(records_config):
       tokenizer.eos_id,
     ]
   summary = dataset.report.summary()
-  assert summary.startswith("train data from ") and ": 12 records;" in summary
+  assert summary.startswith("train data from ")
+  assert ": 12 records (6 desirable, 6 not);" in summary
 
 
 def test_conversation_records_go_through_the_chat_template(

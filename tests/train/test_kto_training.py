@@ -39,7 +39,7 @@ def test_kto_on_split_pairs_evaluates_and_resumes_bitwise(
   first = tmp_path / "first"
   train(make_config(**KTO), first)
   out = capsys.readouterr().out
-  assert ": 256 records; 128 records read" in out
+  assert ": 256 records (128 desirable, 128 not); 128 records read" in out
   _check_first_step(first)
   records = read_metrics(first)
   evals = [r for r in records if "eval/loss" in r]

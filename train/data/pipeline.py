@@ -310,6 +310,7 @@ def _load_records(data_config, split, tokenizer, policy, report):
 def _records_dataset(data_config, records, tokenizer, report):
   report.num_loaded = len(records)
   report.loaded_unit = "records"
+  report.num_desirable = sum(record.desirable for record in records)
   return PreferenceDataset(
     pairs=tuple(records),
     report=report,

@@ -59,6 +59,8 @@ class DataReport:
       prompt's end (so the prompt's tokens were not a prefix).
     loaded_unit: 'pairs', or 'records' for KTO's unpaired records (pairs
       split in two count as two).
+    num_desirable: KTO's records labelled desirable (None for pairs); TRL
+      advises its weights from the two labels' counts.
     real_token_fraction: with ``data.packing``, the share of the packed
       batches' positions that hold real tokens, and the share the same
       batches would have unpacked (``packing.real_token_fractions``); None
@@ -79,6 +81,7 @@ class DataReport:
   real_token_fraction: tuple[float, float] | None = None
   # What the loaded examples are: 'pairs', or KTO's unpaired 'records'.
   loaded_unit: str = "pairs"
+  num_desirable: int | None = None
 
   @property
   def num_skipped(self) -> int:
@@ -90,6 +93,9 @@ class DataReport:
       f"{self.split} data from {self.source}: {self.num_loaded}"
       f" {self.loaded_unit}"
     ]
+    if self.num_desirable is not None:
+      undesirable = self.num_loaded - self.num_desirable
+      parts[0] += f" ({self.num_desirable} desirable, {undesirable} not)"
     parts.append(f"{self.num_records} records read")
     if self.num_held_out:
       parts.append(f"{self.num_held_out} held out for the other split")
@@ -102,7 +108,10 @@ class DataReport:
     if self.num_blank_lines:
       parts.append(f"{self.num_blank_lines} blank lines")
     parts.append(f"{self.num_truncated_prompts} prompts truncated")
-    parts.append(f"{self.num_truncated_responses} response pairs truncated")
+    truncated = (
+      "completions" if self.num_desirable is not None else ("response pairs")
+    )
+    parts.append(f"{self.num_truncated_responses} {truncated} truncated")
     if self.num_retokenized:
       parts.append(
         f"{self.num_retokenized} responses tokenized apart from the prompt"
