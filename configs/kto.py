@@ -14,6 +14,12 @@ pairs (split the same way; a pair counts when both its records share an
 evaluation batch, which they do in its source order): the share whose
 chosen response the implicit reward beta log pi/pi_ref ranks above the
 rejected one.
+
+Measured on the shared 2-core CPU (jax 0.10.2), twice with the same values
+(the run is deterministic): held-out ``eval/rewards/accuracies`` 0.730 at
+step 100 and 0.777 at step 200, ``eval/rewards/chosen`` -0.68 against
+``eval/rewards/rejected`` -1.31; 2 min 9 s and 2 min 23 s wall with other
+jobs running (41 s and 39 s of CPU time), SFT included.
 """
 
 from configs import default

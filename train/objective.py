@@ -48,6 +48,8 @@ class Loss:
   hparams: tuple[tuple[str, Any], ...]
   beta: float
 
+  unpaired = False  # Reads pairs (KTO's objective_kto.KtoLoss: records).
+
   @property
   def needs_reference(self) -> bool:
     return self.terms.needs_reference
@@ -368,8 +370,8 @@ def batch_loss(
   """The weighted loss sum of ``params`` on a batch, and ``(metric sums,
   new loss state)`` (:func:`weighted_sums`)."""
   if isinstance(batch, UnpairedBatch):
-    # The policy's token statistics (entropy) are the pair metrics'; KTO's
-    # records read sequence log-probs alone.
+    # KTO reads sequence log-probs only: no pair values, and no entropy
+    # (a metric of the pair path) unless the head asks for it.
     def stats_fn(tree, rows):
       return batch_stats(
         model, tree, rows, pair_values=False, head=head, mesh=mesh

@@ -207,7 +207,7 @@ def build_run(
       tokenizer=tokenizer,
       split=split,
       sample_fn=sample_fn,
-      unpaired=getattr(checked.loss, "unpaired", False),
+      unpaired=checked.loss.unpaired,
     )
     for split in ("train", "eval")
     if split in data_validation.splits(config.data)
