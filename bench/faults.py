@@ -319,6 +319,23 @@ class Matrix:
       code,
       err,
     )
+    # KTO's unpaired records: a label that is not true or false.
+    records = self.runs.scratch / "records.jsonl"
+    record = json.dumps({"prompt": "p", "completion": "a b", "label": True})
+    records.write_text(
+      (record + "\n") * 20
+      + json.dumps({"prompt": "p", "completion": "c", "label": "yes"})
+      + "\n"
+    )
+    self.refused(
+      "data: KTO record label 'yes'",
+      self.workdir("data_kto_label"),
+      [
+        f"--config.data.train_path={records}",
+        "--config.data.unpaired=True",
+        "--config.loss.name=kto",
+      ],
+    )
     small = self.runs.scratch / "three.jsonl"
     small.write_text((good + "\n") * 3)
     self.refused(
@@ -355,6 +372,17 @@ class Matrix:
         "--config.reward_model.train=True",
         "--config.data.packing=True",
       ],
+      # KTO where its unpaired records cannot go.
+      "kto with a precomputed reference": [
+        "--config.loss.name=kto",
+        "--config.reference.mode=precomputed",
+      ],
+      "kto with packing": [
+        "--config.loss.name=kto",
+        "--config.data.packing=True",
+      ],
+      "kto combined with sft": ["--config.loss.name=kto,sft"],
+      "data.unpaired with dpo": ["--config.data.unpaired=True"],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)

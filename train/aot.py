@@ -148,8 +148,15 @@ def batch_rows(config, layout: PackedLayout) -> int:
 
 def abstract_batch(
   config, mesh, needs_reference_logps: bool, layout=PackedLayout()
-) -> batch_lib.Batch:
+) -> batch_lib.Batch | batch_lib.UnpairedBatch:
   """The global batch as the pipeline builds it, as sharded shapes."""
+  if config.loss.name.strip() == "kto":
+    # KTO's records: one row each and its mismatched row.
+    return batch_lib.abstract_unpaired(
+      rows=config.batch_size,
+      length=sequence_length(config),
+      sharding=slpo_jax.sharding.batch_sharding(mesh),
+    )
   packed = config.data.get("packing", False)
   return batch_lib.abstract(
     rows=batch_rows(config, layout),

@@ -14,6 +14,10 @@ Two layouts share the token arrays, ``chosen_*`` and ``rejected_*``, each
 A layout that shares each prompt between its two responses would be a third
 class here, with its own token arrays and the same per-pair methods.
 
+KTO's unpaired records have their own class, :class:`UnpairedBatch`: one
+completion row per record and one mismatched row (the record's prompt with
+another record's completion) for the reference point.
+
 Both are pytrees (``flax.struct``), so the same object is a host batch of
 NumPy arrays, a global batch of sharded ``jax.Array`` and, for
 ``train.aot``, a batch of ``jax.ShapeDtypeStruct`` (:func:`abstract`).
@@ -51,6 +55,16 @@ DTYPES: dict[str, Any] = {
   "pair_example_id": np.int32,
   "reference_chosen_logps": np.float32,
   "reference_rejected_logps": np.float32,
+  **{
+    f"{rows}_{name}": np.int32
+    for rows in ("completion", "kl")
+    for name in TOKEN_FIELDS
+    if name != "loss_mask"
+  },
+  "completion_loss_mask": np.bool_,
+  "kl_loss_mask": np.bool_,
+  "desirable": np.bool_,
+  "pair_id": np.int32,
 }
 
 
@@ -212,3 +226,82 @@ def abstract(
     pair_example_id=shaped("pair_example_id", per_pair),
     **reference,
   )
+
+
+@flax.struct.dataclass
+class UnpairedBatch:
+  """KTO's unpaired records, one right-padded row each, ``[B, T]``.
+
+  ``completion_*`` is each record's prompt and completion; ``kl_*`` the
+  same prompt with the completion of the record before it in the batch
+  (the first takes the last one's), the mismatched pairs whose log-ratio
+  estimates KTO's reference point, as TRL builds them.
+  """
+
+  completion_input_ids: Any
+  completion_attention_mask: Any
+  completion_labels: Any
+  completion_loss_mask: Any
+  kl_input_ids: Any
+  kl_attention_mask: Any
+  kl_labels: Any
+  kl_loss_mask: Any
+  desirable: Any  # [B] bool: the record's label.
+  pair_id: Any  # [B]: the pair a split pair's record came from, else -1.
+  example_weight: Any  # [B]; 0 for rows that pad the last eval batch.
+  example_id: Any  # [B]
+
+  packed = False
+
+  def as_rows(self) -> PaddedBatch:
+    """The rows as the pair head reads them: the completions as the
+    ``chosen`` side, the mismatched rows as the ``rejected`` side."""
+    return PaddedBatch(
+      *(getattr(self, f"completion_{name}") for name in TOKEN_FIELDS),
+      *(getattr(self, f"kl_{name}") for name in TOKEN_FIELDS),
+      example_weight=self.example_weight,
+      example_id=self.example_id,
+    )
+
+  def pair_weights(self):
+    return self.example_weight
+
+  def pair_ids(self):
+    return self.example_id
+
+  @property
+  def per_pair_shape(self) -> tuple[int, ...]:
+    return tuple(np.shape(self.example_weight))
+
+  def count_tokens(self) -> int:
+    """Real tokens of the completion rows, on the host."""
+    return int(np.sum(self.completion_attention_mask))
+
+  def arrays(self) -> dict[str, Any]:
+    return {
+      field.name: getattr(self, field.name)
+      for field in dataclasses.fields(self)
+    }
+
+
+def unpaired(arrays: Mapping[str, Any]) -> UnpairedBatch:
+  """A host :class:`UnpairedBatch` from its named arrays, in their dtypes."""
+  return UnpairedBatch(**_typed(arrays))
+
+
+def abstract_unpaired(
+  *, rows: int, length: int, sharding: Any = None
+) -> UnpairedBatch:
+  """A global :class:`UnpairedBatch` of ``jax.ShapeDtypeStruct``."""
+
+  def shaped(name: str, shape: tuple[int, ...]):
+    return jax.ShapeDtypeStruct(shape, DTYPES[name], sharding=sharding)
+
+  fields = {
+    f"{side}_{name}": shaped(f"{side}_{name}", (rows, length))
+    for side in ("completion", "kl")
+    for name in TOKEN_FIELDS
+  }
+  for name in ("desirable", "pair_id", "example_weight", "example_id"):
+    fields[name] = shaped(name, (rows,))
+  return UnpairedBatch(**fields)

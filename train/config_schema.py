@@ -64,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'alpha_divergence' (with f_alpha_divergence_coef as alpha).
   config.loss.f_divergence_type = "reverse_kl"
   config.loss.f_alpha_divergence_coef = 0.5
+  # KTO (loss.name='kto', unpaired records): TRL's weights of the desirable
+  # and undesirable records' losses.
+  config.loss.desirable_weight = 1.0
+  config.loss.undesirable_weight = 1.0
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # 'adamw' or 'rmsprop'.
@@ -210,6 +214,9 @@ def data_defaults() -> ml_collections.ConfigDict:
   # Row length of packed batches; 0 for the largest length bucket. At least
   # max_length, so that every pair fits a row.
   config.packed_length = 0
+  # Records are KTO's unpaired {"prompt", "completion", "label"} (a JSONL
+  # file, loss.name='kto'), not pairs; with pairs, kto splits each in two.
+  config.unpaired = False
   # A bad record raises DataError ('error') or is counted and skipped ('skip').
   config.on_bad_record = "error"
   # Fraction of a single source held out for evaluation when no eval file or

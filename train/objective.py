@@ -26,7 +26,9 @@ import slpo_jax
 from slpo_jax import losses
 from slpo_jax import packing
 from slpo_jax import sharding
+from train import objective_kto
 from train.batch import Batch
+from train.batch import UnpairedBatch
 
 _BATCH = jax.sharding.PartitionSpec(sharding.BATCH_AXES)
 _REPLICATED = jax.sharding.PartitionSpec()
@@ -45,6 +47,8 @@ class Loss:
   terms: losses.WeightedLoss
   hparams: tuple[tuple[str, Any], ...]
   beta: float
+
+  unpaired = False  # Reads pairs (KTO's objective_kto.KtoLoss: records).
 
   @property
   def needs_reference(self) -> bool:
@@ -81,15 +85,18 @@ def dpo_options(loss_config: Any) -> losses.DpoOptions:
   )
 
 
-def build_loss(loss_config: Any) -> Loss:
+def build_loss(loss_config: Any) -> Loss | objective_kto.KtoLoss:
   """The loss ``config.loss`` names: one table name, or several joined by
   commas with ``config.loss.weights`` (empty: weight 1 each), under the
-  options of :func:`dpo_options`.
+  options of :func:`dpo_options`; or ``kto``, the loss of unpaired records
+  (:mod:`train.objective_kto`).
 
   Raises:
     ValueError: an unknown name, weights that do not match the names, or
       options the losses do not take.
   """
+  if loss_config.name.strip() == objective_kto.NAME:
+    return objective_kto.build(loss_config)
   names = [name.strip() for name in loss_config.name.split(",")]
   terms = losses.weighted_loss(
     names, loss_config.weights, dpo_options(loss_config)
@@ -332,6 +339,11 @@ def metric_means(sums: Mapping[str, Any]) -> dict[str, Any]:
   """
   sums = dict(sums)
   weight = jnp.maximum(sums.pop("weight"), 1e-9)
+  # Means over their own count (KTO's per-label ones), as if by the weight.
+  prefix = objective_kto.COUNT_PREFIX
+  for name in [name for name in sums if name.startswith(prefix)]:
+    count = jnp.maximum(sums.pop(name), 1e-9)
+    sums[name[len(prefix) :]] = sums[name[len(prefix) :]] / count * weight
   chosen_tokens = jnp.maximum(sums.pop(_CHOSEN_TOKENS, 0.0), 1e-9)
   # Token-pooled means, multiplied by the weight the last line divides by.
   if _TOP1_TOKENS in sums:
@@ -357,6 +369,17 @@ def batch_loss(
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
   """The weighted loss sum of ``params`` on a batch, and ``(metric sums,
   new loss state)`` (:func:`weighted_sums`)."""
+  if isinstance(batch, UnpairedBatch):
+    # KTO reads sequence log-probs only: no pair values, and no entropy
+    # (a metric of the pair path) unless the head asks for it.
+    def stats_fn(tree, rows):
+      return batch_stats(
+        model, tree, rows, pair_values=False, head=head, mesh=mesh
+      )
+
+    return objective_kto.batch_loss(
+      stats_fn, params, reference, batch, loss=loss
+    )
   policy = batch_stats(
     model,
     params,

@@ -246,7 +246,11 @@ def build_run(
   # run here, before any training step.
   datasets = {
     split: data_lib.load_dataset(
-      config.data, tokenizer=tokenizer, split=split, sample_fn=sample_fn
+      config.data,
+      tokenizer=tokenizer,
+      split=split,
+      sample_fn=sample_fn,
+      unpaired=checked.loss.unpaired,
     )
     for split in ("train", "eval")
     if split in data_validation.splits(config.data)
@@ -266,7 +270,7 @@ def build_run(
     print(
       f"training sees {pairs / datasets['train'].report.num_loaded:.2f}"
       f" epochs of the train split ({config.steps} steps x"
-      f" {config.batch_size} pairs)"
+      f" {config.batch_size} {datasets['train'].report.loaded_unit})"
     )
 
   def batches(split: str, single_pass: bool):

@@ -18,6 +18,7 @@ import slpo_jax
 from train import objective
 from train import policy as policy_lib
 from train.batch import Batch
+from train.batch import UnpairedBatch
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -220,9 +221,13 @@ def train_step(
   metrics["finite"] = finite
   # Real tokens of the global batch (both rows of every pair), as TRL counts
   # them for ``num_tokens``.
-  metrics["tokens"] = jnp.sum(batch.chosen_attention_mask) + jnp.sum(
-    batch.rejected_attention_mask
-  )
+  if isinstance(batch, UnpairedBatch):
+    # KTO's records: their own rows, not the mismatched ones.
+    metrics["tokens"] = jnp.sum(batch.completion_attention_mask)
+  else:
+    metrics["tokens"] = jnp.sum(batch.chosen_attention_mask) + jnp.sum(
+      batch.rejected_attention_mask
+    )
   if batch.packed:
     # How well the rows are filled: real tokens over all positions.
     positions = 2 * batch.chosen_attention_mask.size

@@ -22,8 +22,10 @@ from slpo_jax import sharding
 from train import config_schema as schema
 from train import lora_setup
 from train import objective
+from train import objective_kto
 from train import step as step_lib
 from train.data import validation as data_validation
+from train.data.unpaired import RECORD_SOURCES
 from train.errors import ConfigError
 
 
@@ -73,6 +75,8 @@ _REAL_RANGES = (
   ("loss.beta", lambda v: v > 0, "> 0"),
   ("loss.label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
   ("loss.ld_alpha", lambda v: 0 <= v <= 1, "in [0, 1] (1 turns it off)"),
+  ("loss.desirable_weight", lambda v: v > 0, "> 0"),
+  ("loss.undesirable_weight", lambda v: v > 0, "> 0"),
   (
     "loss.f_alpha_divergence_coef",
     lambda v: True,
@@ -130,7 +134,64 @@ class Validated:
   schedule: optax.Schedule
 
 
+def _check_kto(config) -> None:
+  """What KTO's unpaired records cannot go with, each in one line."""
+  kto = objective_kto.NAME
+  names = [name.strip() for name in config.loss.name.split(",")]
+  if config.data.unpaired and names != [kto]:
+    raise ConfigError(
+      "data.unpaired records have one completion each, which only"
+      f" loss.name='{kto}' reads; set loss.name='{kto}' or use pairs"
+    )
+  if kto not in names:
+    return
+  if names != [kto] or config.loss.weights:
+    raise ConfigError(
+      f"loss '{kto}' reads unpaired records, the pair losses read pairs;"
+      f" it cannot be combined with others: set loss.name='{kto}' and"
+      " loss.weights=()"
+    )
+  options = objective.dpo_options(config.loss)
+  if (
+    options.use_weighting
+    or options.ld_alpha is not None
+    or options.f_divergence_type != "reverse_kl"
+  ):
+    raise ConfigError(
+      f"loss '{kto}' takes none of TRL's DPO options (as TRL's KTOTrainer):"
+      " set loss.use_weighting=False, loss.ld_alpha=1 and"
+      " loss.f_divergence_type='reverse_kl'"
+    )
+  if config.reference.mode == "precomputed":
+    raise ConfigError(
+      f"loss '{kto}' pairs each prompt with another record's completion of"
+      " the same shuffled batch, so the reference cannot be precomputed;"
+      " set reference.mode='online'"
+    )
+  if config.data.get("packing", False):
+    raise ConfigError(
+      f"loss '{kto}' reads one padded row per record (packed rows of"
+      " unpaired records are not supported); set data.packing=False"
+    )
+  if config.data.unpaired and config.data.source not in RECORD_SOURCES:
+    raise ConfigError(
+      f"data.unpaired records are read from files: set data.source to one"
+      f" of {list(RECORD_SOURCES)}, not {config.data.source!r} (or give"
+      " pairs, which kto splits in two)"
+    )
+  per_micro = config.batch_size // max(config.grad_accum_steps, 1)
+  if per_micro < 2:
+    raise ConfigError(
+      f"loss '{kto}' estimates its reference point from the other records of"
+      f" a micro-batch, which holds {per_micro}; set batch_size to at least"
+      " 2 * grad_accum_steps"
+    )
+
+
 def _check_loss(config) -> objective.Loss:
+  _check_kto(config)
+  if config.loss.name.strip() == objective_kto.NAME:
+    return objective.build_loss(config.loss)
   unknown = [
     name.strip()
     for name in config.loss.name.split(",")

@@ -107,3 +107,25 @@ def test_command_line(tmp_path, write_jsonl):
     "error: data config: chat_template 'nonexistent.jinja' is neither a file"
     " nor one of the built-in templates ['chatml', 'gemma', 'llama3']"
   ]
+
+
+def test_kto_previews_the_pairs_as_unpaired_records(
+  tmp_path, write_jsonl, capsys
+):
+  config = _config(write_jsonl(tmp_path / "c.jsonl", RECORDS))
+  config.loss.name = "kto"
+  preview.preview(config, num=2, output_format="json")
+  out, err = capsys.readouterr()
+  chosen, rejected = [json.loads(line) for line in out.splitlines()]
+  assert (chosen["label"], rejected["label"]) == (True, False)
+  assert chosen["pair_id"] == rejected["pair_id"] == 0
+  assert chosen["completion_text"] == "x<|im_end|>\n"
+  assert rejected["completion_text"] == "No.<|im_end|>\n"
+  assert rejected["prompt_ids"] == chosen["prompt_ids"]
+  assert "10 records (5 desirable, 5 not); 5 records read" in err
+  preview.preview(config, num=1, output_format="text")
+  out, _ = capsys.readouterr()
+  assert out.startswith("record 1 of 10: example 0 at ")
+  assert "; desirable; " in out
+  n = len(chosen["completion_ids"])
+  assert f"completion: {n} tokens, all {n} in the loss" in out

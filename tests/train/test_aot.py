@@ -12,8 +12,9 @@ from train import validate
 from train_testing import build
 
 
-def test_abstract_batch_is_the_pipelines_batch(make_config, tmp_path):
-  config = make_config()
+@pytest.mark.parametrize("loss", ["dpo", "kto"])
+def test_abstract_batch_is_the_pipelines_batch(make_config, tmp_path, loss):
+  config = make_config(**{"loss.name": loss})
   run = build(config, tmp_path)
   real = run.to_device(next(run.train_iterator))
   mesh = validate.validate(config).mesh

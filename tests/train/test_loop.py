@@ -230,7 +230,8 @@ def test_precomputed_reference_refuses_reference_free_losses(make_config):
 
 def test_metrics_carry_trl_names(baseline):
   records = [r for r in read_metrics(baseline.workdir) if "loss" in r]
-  for name in (*TRL_NAMES, "logits/chosen", "logits/rejected", "grad_norm"):
+  trl_metrics = ("logits/chosen", "logits/rejected", "entropy", "grad_norm")
+  for name in (*TRL_NAMES, *trl_metrics):
     assert all(np.isfinite(r[name]) for r in records), name
   evals = [r for r in read_metrics(baseline.workdir) if "eval/loss" in r]
   assert evals

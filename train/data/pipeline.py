@@ -21,6 +21,7 @@ from train.data import encode
 from train.data import row_packing
 from train.data import sources
 from train.data import task_pairs
+from train.data import unpaired as unpaired_lib
 from train.data.report import BadRecordPolicy
 from train.data.report import DataError
 from train.data.report import DataReport
@@ -51,6 +52,9 @@ class PreferenceDataset:
   pad_id: int
   length_buckets: tuple[int, ...]
   packed_length: int = 0
+  # KTO's unpaired records (train.data.unpaired.TokenizedRecord) in
+  # ``pairs``, batched as train.batch.UnpairedBatch.
+  unpaired: bool = False
 
   def __len__(self) -> int:
     return len(self.pairs)
@@ -81,6 +85,12 @@ class PreferenceDataset:
         shard_index=shard_index,
         shard_count=shard_count,
         row_multiple=row_multiple,
+      )
+    elif self.unpaired:
+      collate = functools.partial(
+        unpaired_lib.collate_records,
+        buckets=self.length_buckets,
+        pad_id=self.pad_id,
       )
     else:
       collate = functools.partial(
@@ -207,6 +217,7 @@ def load_dataset(
   split: str,
   sample_fn: SampleFn | None = None,
   pairs: PreferencePairs | None = None,
+  unpaired: bool = False,
 ) -> PreferenceDataset:
   """Reads, validates and tokenizes one split.
 
@@ -250,6 +261,8 @@ def load_dataset(
     token_pairs = task_pairs.bandit_token_pairs(
       data_config, policy=policy, report=report
     )
+  elif data_config.get("unpaired", False):
+    return _load_records(data_config, split, tokenizer, policy, report)
   else:
     text_pairs = _read_text_pairs(data_config, split, policy, report)
     token_pairs = encode.encode_pairs(
@@ -261,6 +274,10 @@ def load_dataset(
       report=report,
       chat_template=chat.load_chat_template(data_config, tokenizer=tokenizer),
     )
+  if unpaired:
+    return _records_dataset(
+      data_config, unpaired_lib.split_pairs(token_pairs), tokenizer, report
+    )
   return PreferenceDataset(
     pairs=tuple(token_pairs),
     report=report,
@@ -268,6 +285,39 @@ def load_dataset(
     pad_id=tokenizer.pad_id,
     length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)),
     packed_length=_packed_length(data_config),
+  )
+
+
+def _load_records(data_config, split, tokenizer, policy, report):
+  """The unpaired records of the data config's files (``data.unpaired``)."""
+  raw = unpaired_lib.read_records(
+    data_config, split, policy=policy, report=report
+  )
+  records = unpaired_lib.encode_records(
+    raw,
+    tokenizer,
+    max_length=data_config.max_length,
+    max_prompt_length=data_config.max_prompt_length,
+    policy=policy,
+    report=report,
+    chat_template=chat.load_chat_template(data_config, tokenizer=tokenizer),
+  )
+  if not records:
+    raise DataError(f"{report.source}: no record is usable: {report.summary()}")
+  return _records_dataset(data_config, records, tokenizer, report)
+
+
+def _records_dataset(data_config, records, tokenizer, report):
+  report.num_loaded = len(records)
+  report.loaded_unit = "records"
+  report.num_desirable = sum(record.desirable for record in records)
+  return PreferenceDataset(
+    pairs=tuple(records),
+    report=report,
+    fingerprint=unpaired_lib.fingerprint(records, tokenizer),
+    pad_id=tokenizer.pad_id,
+    length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)),
+    unpaired=True,
   )
 
 

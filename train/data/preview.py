@@ -13,6 +13,10 @@ load report. ``--format json`` prints one JSON object per pair instead
 (``prompt_ids``, ``chosen_ids``, ``rejected_ids``: the response ids after the
 prompt, as the loss sees them; the same as ``*_text`` and as ``*_tokens``, one
 string per token), and the report on stderr.
+
+With ``loss.name=kto`` the split is shown as KTO's unpaired records (read
+from ``data.unpaired`` files, or each pair split in two): the prompt and
+the completion, and the label.
 """
 
 import json
@@ -20,6 +24,7 @@ import sys
 
 from train.data import pipeline
 from train.data.encode import TokenizedPair
+from train.data.unpaired import TokenizedRecord
 
 
 def token_pieces(tokenizer, ids) -> list[str]:
@@ -63,6 +68,53 @@ def pair_record(pair: TokenizedPair, tokenizer, buckets) -> dict:
   return record
 
 
+def unpaired_record(record: TokenizedRecord, tokenizer, buckets) -> dict:
+  """One unpaired record as the JSON preview prints it."""
+  out = {
+    "example_id": record.example_id,
+    "location": record.location,
+    "label": record.desirable,
+    "pair_id": record.pair_id,
+    "prompt_ids": record.prompt.tolist(),
+    "completion_ids": record.completion.tolist(),
+  }
+  for role in ("prompt", "completion"):
+    pieces = token_pieces(tokenizer, out[f"{role}_ids"])
+    out[f"{role}_text"] = "".join(pieces)
+    out[f"{role}_tokens"] = pieces
+  out.update(
+    prompt_truncated=record.prompt_truncated,
+    completion_truncated=record.responses_truncated,
+    length=record.length,
+    padded_length=_bucket(record.length, buckets),
+  )
+  return out
+
+
+def unpaired_text(index: int, total: int, record: dict) -> str:
+  """One unpaired record as the text preview prints it."""
+  where = f" at {record['location']}" if record["location"] else ""
+  label = "desirable" if record["label"] else "undesirable"
+  cut = []
+  if record["prompt_truncated"]:
+    cut.append("prompt cut to its end")
+  if record["completion_truncated"]:
+    cut.append("completion cut to max_length")
+  lines = [
+    f"record {index + 1} of {total}: example {record['example_id']}{where};"
+    f" {label}; {record['length']} tokens, padded to"
+    f" {record['padded_length']}; truncation: {', '.join(cut) or 'none'}",
+  ]
+  for role in ("prompt", "completion"):
+    ids = record[f"{role}_ids"]
+    loss = (
+      "not in the loss" if role == "prompt" else f"all {len(ids)} in the loss"
+    )
+    lines.append(f"  {role}: {len(ids)} tokens, {loss}")
+    lines.append("    " + _marked(record[f"{role}_tokens"]))
+  return "\n".join(lines)
+
+
 def pair_text(index: int, total: int, record: dict) -> str:
   """One pair as the text preview prints it."""
   where = f" at {record['location']}" if record["location"] else ""
@@ -90,14 +142,22 @@ def pair_text(index: int, total: int, record: dict) -> str:
 def preview(config, num: int, output_format: str, split: str = "train"):
   """Prints the preview of ``config``'s data to stdout (the report last)."""
   tokenizer = pipeline.make_tokenizer(config.data, config.model.checkpoint)
-  dataset = pipeline.load_dataset(config.data, tokenizer=tokenizer, split=split)
+  dataset = pipeline.load_dataset(
+    config.data,
+    tokenizer=tokenizer,
+    split=split,
+    unpaired=config.loss.name.strip() == "kto",
+  )
   shown = dataset.pairs[:num]
+  as_record, as_text = pair_record, pair_text
+  if dataset.unpaired:
+    as_record, as_text = unpaired_record, unpaired_text
   for index, pair in enumerate(shown):
-    record = pair_record(pair, tokenizer, dataset.length_buckets)
+    record = as_record(pair, tokenizer, dataset.length_buckets)
     if output_format == "json":
       print(json.dumps(record, ensure_ascii=False))
       continue
-    print(pair_text(index, len(dataset), record) + "\n")
+    print(as_text(index, len(dataset), record) + "\n")
   # With data.packing: the real-token share, packed and padded, as the run's
   # load report gives it (one host holding the whole batch).
   dataset.measure_packing(config.batch_size)

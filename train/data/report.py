@@ -29,6 +29,7 @@ BAD_RECORD_REASONS = {
   "template_error": "the chat template refused the messages (e.g. roles that do not alternate)",
   "template_prefix": "the conversation rendered with a response does not start with the rendered prompt",
   "identical_after_truncation": "chosen and rejected are the same tokens after truncation",
+  "non_bool_label": "an unpaired record's label is not true or false",
 }
 
 ON_BAD_RECORD = ("error", "skip")
@@ -56,6 +57,10 @@ class DataReport:
     num_retokenized: conversational responses tokenized on their own
       because tokenizing the whole conversation merged a token across the
       prompt's end (so the prompt's tokens were not a prefix).
+    loaded_unit: 'pairs', or 'records' for KTO's unpaired records (pairs
+      split in two count as two).
+    num_desirable: KTO's records labelled desirable (None for pairs); TRL
+      advises its weights from the two labels' counts.
     real_token_fraction: with ``data.packing``, the share of the packed
       batches' positions that hold real tokens, and the share the same
       batches would have unpacked (``packing.real_token_fractions``); None
@@ -74,6 +79,9 @@ class DataReport:
   num_truncated_responses: int = 0
   num_retokenized: int = 0
   real_token_fraction: tuple[float, float] | None = None
+  # What the loaded examples are: 'pairs', or KTO's unpaired 'records'.
+  loaded_unit: str = "pairs"
+  num_desirable: int | None = None
 
   @property
   def num_skipped(self) -> int:
@@ -81,7 +89,13 @@ class DataReport:
 
   def summary(self) -> str:
     """One line for the log."""
-    parts = [f"{self.split} data from {self.source}: {self.num_loaded} pairs"]
+    parts = [
+      f"{self.split} data from {self.source}: {self.num_loaded}"
+      f" {self.loaded_unit}"
+    ]
+    if self.num_desirable is not None:
+      undesirable = self.num_loaded - self.num_desirable
+      parts[0] += f" ({self.num_desirable} desirable, {undesirable} not)"
     parts.append(f"{self.num_records} records read")
     if self.num_held_out:
       parts.append(f"{self.num_held_out} held out for the other split")
@@ -94,7 +108,10 @@ class DataReport:
     if self.num_blank_lines:
       parts.append(f"{self.num_blank_lines} blank lines")
     parts.append(f"{self.num_truncated_prompts} prompts truncated")
-    parts.append(f"{self.num_truncated_responses} response pairs truncated")
+    truncated = (
+      "completions" if self.num_desirable is not None else ("response pairs")
+    )
+    parts.append(f"{self.num_truncated_responses} {truncated} truncated")
     if self.num_retokenized:
       parts.append(
         f"{self.num_retokenized} responses tokenized apart from the prompt"
