@@ -271,15 +271,20 @@ def _rows_from_metrics(
 
 
 def train_point(
-  config, point: GridPoint, evaluator, run_dir: pathlib.Path
+  config, point: GridPoint, evaluator, run_dir: pathlib.Path, build_run=None
 ) -> list[dict]:
-  """Trains one run (or reads it back if finished); returns its CSV rows."""
+  """Trains one run (or reads it back if finished); returns its CSV rows.
+
+  ``build_run(run_dir)``, when given, assembles the run instead of the
+  program (an experiment that swaps the loss or the pairs).
+  """
   done = run_dir / "points.json"
   if done.exists():
     return json.loads(done.read_text())
   if run_dir.exists():
     shutil.rmtree(run_dir)  # An interrupted run starts over.
-  loop.train_and_evaluate(config, run_dir, eval_callback=evaluator)
+  run = build_run(run_dir) if build_run is not None else None
+  loop.train_and_evaluate(config, run_dir, run=run, eval_callback=evaluator)
   rows = _rows_from_metrics(
     run_dir / "metrics.jsonl", point, config.seed, config.loss.beta
   )
