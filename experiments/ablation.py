@@ -12,6 +12,7 @@ Run::
 
   python -m experiments.ablation run [--seeds 5] [--only ARMS]
   python -m experiments.ablation report [--out docs/figures]
+  python -m experiments.ablation pairs   # s on seed 0's pairs, both ways
 
 Runs are cached in ``--workdir`` (a rerun skips finished ones) and go
 seed-major, so an interrupted study has every arm at its first seeds.
@@ -289,6 +290,45 @@ def report(out: pathlib.Path) -> str:
   return "\n".join(lines)
 
 
+def share_histogram(seed: int, workdir: pathlib.Path) -> str:
+  """s and s̄ on seed ``seed``'s training pairs, sampled and length-matched.
+
+  Bins of s: the fraction of pairs below 0.1, 0.1-0.5, 0.5-0.9, above 0.9.
+  """
+  base = cg_config.get_config("cpu")
+  reference_dir = cg.fit_reference(base, workdir / "reference_fit")
+  sampled = task_reference.reference_sampler
+  lines = [
+    "| pairs | share | pairs | same length | s < 0.1 | 0.1-0.5 |"
+    " 0.5-0.9 | s > 0.9 |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for name, sampler in (
+    ("sampled", sampled),
+    ("length-matched", length_matched_sampler(sampled)),
+  ):
+    values = cg.pair_values(base, reference_dir, seed, sampler)
+    same = np.mean(values["chosen_lengths"] == values["rejected_lengths"])
+    shares = {
+      "s": ablation_losses.loser_share(
+        values["chosen_logps"], values["rejected_logps"]
+      ),
+      "s̄ (per token)": ablation_losses.loser_share(
+        values["chosen_logps"] / values["chosen_lengths"],
+        values["rejected_logps"] / values["rejected_lengths"],
+      ),
+    }
+    for label, share in shares.items():
+      share = np.asarray(share, np.float64)
+      counts = np.histogram(share, bins=(0.0, 0.1, 0.5, 0.9, 1.0))[0]
+      lines.append(
+        f"| {name} | {label} | {len(share)} | {same:.3f} | "
+        + " | ".join(f"{c / len(share):.3f}" for c in counts)
+        + " |"
+      )
+  return "\n".join(lines)
+
+
 def _frontier_curve(baseline_rows):
   """Section 4's phase-B frontier: (kl, mean, low, high) from KL 0."""
   reference = [r["reward"] for r in baseline_rows if r["family"] == "reference"]
@@ -310,7 +350,7 @@ def _cell(values, digits: int) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("command", choices=("run", "report"))
+  parser.add_argument("command", choices=("run", "report", "pairs"))
   parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--only", default="", help="comma-separated arm names")
   parser.add_argument(
@@ -324,6 +364,8 @@ def main(argv=None):
   if args.command == "run":
     only = tuple(o for o in args.only.split(",") if o)
     run(args.workdir, args.out, args.seeds, only)
+  elif args.command == "pairs":
+    print(share_histogram(0, args.workdir))
   else:
     print(report(args.out))
   print(f"{args.command}: {time.perf_counter() - start:.0f} s")
