@@ -185,6 +185,30 @@ def train(
   return {name: np.asarray(value, np.float64) for name, value in out.items()}
 
 
+def reference_pair_mass(pairs, seeds: int = SEEDS) -> np.ndarray:
+  """Per seed, the reference's total mass on the paired responses."""
+  features = jnp.asarray(prefix_features(SPACE))
+  indices = np.array([SPACE.index(r) for pair in pairs for r in pair])
+  keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+  with jax.enable_x64(True):
+    masses = [
+      float(
+        jnp.sum(
+          jnp.exp(
+            SPACE.log_probs(
+              table(
+                init_params(key, features.shape[1], SPACE.vocab_size),
+                features,
+              )
+            )[indices]
+          )
+        )
+      )
+      for key in keys
+    ]
+  return np.array(masses)
+
+
 def at_budget(records: dict, budget: float) -> dict | None:
   """Per seed, every metric where KL first reaches ``budget``; None where a
   seed never spends that much."""
@@ -273,6 +297,11 @@ def main(argv=None):
   print(
     "pairs:",
     "; ".join(f"{SPACE.name(w)} > {SPACE.name(loser)}" for w, loser in pairs),
+  )
+  mass = reference_pair_mass(pairs, args.seeds)
+  print(
+    f"reference mass of the {2 * len(pairs)} paired responses: mean"
+    f" {mass.mean():.2e}, range {mass.min():.2e} - {mass.max():.2e}"
   )
   results = {}
   for objective in grid():
