@@ -287,7 +287,66 @@ def report(out: pathlib.Path) -> str:
       )
       + " |"
     )
+  lines += ["", *readings(rows, baseline_rows)]
   return "\n".join(lines)
+
+
+def _arm_finals(rows, name) -> list[dict]:
+  return [
+    r
+    for r in cg.final_rows(rows)
+    if r["loss"] == name and r["family"] != "reference"
+  ]
+
+
+def readings(rows: list[dict], baseline_rows: list[dict]) -> list[str]:
+  """The protocol's mechanism, length and schedule readings."""
+  section4 = paired_gap.run_finals(baseline_rows)["slpo_normalized lr0.0003"]
+  slpo_gaps = paired_gap.paired_gaps(section4, baseline_rows)
+  out = [
+    "slpo_normalized (section 4, seeds 0-4): paired gap"
+    f" {paired_gap.gap_cell(slpo_gaps)}"
+  ]
+  for name in ("dpo_share_weighted_beta0.2", "dpo_share_weighted_beta1"):
+    gaps = paired_gap.paired_gaps(_arm_finals(rows, name), baseline_rows)
+    difference = {s: g - slpo_gaps[s] for s, g in gaps.items()}
+    out.append(
+      f"{name} minus slpo_normalized, paired by seed:"
+      f" {paired_gap.gap_cell(difference)}"
+    )
+  matched = paired_gap.paired_gaps(
+    _arm_finals(rows, "slpo_normalized_length_matched"), baseline_rows
+  )
+  if matched:
+    seeds = sorted(matched)
+    closed = 1 - np.mean([matched[s] for s in seeds]) / np.mean(
+      [slpo_gaps[s] for s in seeds]
+    )
+    out.append(
+      f"length matching closes {closed:.0%} of slpo_normalized's gap"
+      f" (same seeds {seeds})"
+    )
+  constant = [r for r in rows if r["loss"] == "slpo_normalized_constant"]
+  if constant:
+    seeds = sorted({r["seed"] for r in constant})
+    kl = np.mean([r["kl"] for r in _arm_finals(rows, constant[0]["loss"])])
+    cosine = np.mean([r["kl"] for r in section4 if r["seed"] in seeds])
+    rise = np.mean(
+      [
+        next(
+          r["reward"] for r in constant if r["seed"] == s and r["step"] == 360
+        )
+        - next(
+          r["reward"] for r in constant if r["seed"] == s and r["step"] == 240
+        )
+        for s in seeds
+      ]
+    )
+    out.append(
+      f"constant schedule: KL {kl:.2f} against cosine {cosine:.2f}"
+      f" ({kl / cosine - 1:+.0%}); reward rise over steps 240-360 {rise:+.3f}"
+    )
+  return out
 
 
 def share_histogram(seed: int, workdir: pathlib.Path) -> str:
