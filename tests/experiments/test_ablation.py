@@ -9,6 +9,7 @@ import pytest
 
 from experiments import ablation
 from experiments import ablation_losses
+from experiments import controlled_generation as cg
 from experiments import paired_gap
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import slpo_normalized
@@ -164,3 +165,25 @@ def test_paired_gap_of_section_4_recomputes_from_its_csv():
   assert sorted(gaps) == [0, 1, 2, 3, 4]
   assert np.mean(list(gaps.values())) == pytest.approx(-0.041, abs=5e-4)
   assert "-0.041 [-0.048, -0.033]" in paired_gap.section4_table(FIGURES)
+
+
+def test_report_reads_an_unchanged_arm_as_closing_none_of_the_gap(tmp_path):
+  # Section 4's own slpo_normalized runs, renamed as the length-matched arm:
+  # the report must find their gap and say that nothing of it is closed.
+  for path in FIGURES.glob("frontier_b_*.csv"):
+    (tmp_path / path.name).write_text(path.read_text())
+  rows = paired_gap.phase_b_rows(FIGURES)
+  arm_rows = [
+    dict(r, loss="slpo_normalized_length_matched")
+    for r in rows
+    if r["loss"] == "slpo_normalized"
+    and r["hyperparameter"] == ""
+    and r["learning_rate"] == 3e-4
+  ]
+  arm_rows += [r for r in rows if r["family"] == "reference"][:5]
+  cg.write_points_csv(arm_rows, tmp_path / "ablation.csv")
+  text = ablation.report(tmp_path)
+  assert "| slpo_normalized_length_matched | 5 |" in text
+  assert "-0.041 [-0.048, -0.033] | below |" in text
+  assert "length matching closes 0% of slpo_normalized's gap" in text
+  assert "| dpo_share_weighted_beta1 | 0 | not run |" in text
