@@ -244,11 +244,13 @@ def report(out: pathlib.Path) -> str:
   rows = frontier.read_csv(out / f"{STEM}.csv")
   baseline_rows = paired_gap.phase_b_rows(out)
   curve = _frontier_curve(baseline_rows)
+  trajectories = _baseline_trajectories(baseline_rows)
   lines = [
     "| arm | seeds | KL (nats) | reward | frontier rule (lower end) |"
-    " paired gap | reading | sample length | eval accuracy |"
-    " shift of log pi(y_w) | shift of log pi(y_l) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    " paired gap | reading | best DPO/IPO evaluation at that KL |"
+    " sample length | eval accuracy | shift of log pi(y_w) |"
+    " shift of log pi(y_l) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for arm in ARMS:
     finals = [
@@ -257,7 +259,7 @@ def report(out: pathlib.Path) -> str:
       if r["loss"] == arm.name and r["family"] != "reference"
     ]
     if not finals:
-      lines.append(f"| {arm.name} | 0 | not run |" + " |" * 8)
+      lines.append(f"| {arm.name} | 0 | not run |" + " |" * 9)
       continue
     kl = np.mean([r["kl"] for r in finals])
     reward = np.mean([r["reward"] for r in finals])
@@ -275,7 +277,7 @@ def report(out: pathlib.Path) -> str:
         for c, d in (("kl", 2), ("reward", 3))
       )
       + f" | {rule} | {paired_gap.gap_cell(gaps)} |"
-      f" {paired_gap.verdict(gaps)} |"
+      f" {paired_gap.verdict(gaps)} | {_best_at(trajectories, kl)} |"
       + " |".join(
         " " + _cell([r[c] for r in finals], d)
         for c, d in (
@@ -386,6 +388,41 @@ def share_histogram(seed: int, workdir: pathlib.Path) -> str:
         + " |"
       )
   return "\n".join(lines)
+
+
+def _baseline_trajectories(baseline_rows) -> list[list[tuple]]:
+  """Each section-4 baseline run's per-evaluation means over seeds, from
+  the reference (section 4's KL-budget reading)."""
+  reference = np.mean(
+    [r["reward"] for r in baseline_rows if r["family"] == "reference"]
+  )
+  runs: dict[tuple, list[dict]] = {}
+  for row in baseline_rows:
+    if row["family"] in frontier.BASELINES:
+      key = (row["loss"], row["hyperparameter"], row["learning_rate"])
+      runs.setdefault(key, []).append(row)
+  trajectories = []
+  for members in runs.values():
+    steps = sorted({r["step"] for r in members})
+    trajectories.append(
+      [(0.0, reference)]
+      + [
+        (
+          np.mean([r["kl"] for r in members if r["step"] == s]),
+          np.mean([r["reward"] for r in members if r["step"] == s]),
+        )
+        for s in steps
+      ]
+    )
+  return trajectories
+
+
+def _best_at(trajectories, kl: float) -> str:
+  """The most reward a baseline's mean trajectory has when it first spends
+  ``kl`` (linear between evaluations)."""
+  values = [frontier.first_crossing(t, kl) for t in trajectories]
+  values = [v for v in values if v is not None]
+  return f"{max(values):.3f}" if values else "not reached"
 
 
 def _frontier_curve(baseline_rows):
