@@ -305,9 +305,18 @@ def readings(rows: list[dict], baseline_rows: list[dict]) -> list[str]:
   """The protocol's mechanism, length and schedule readings."""
   section4 = paired_gap.run_finals(baseline_rows)["slpo_normalized lr0.0003"]
   slpo_gaps = paired_gap.paired_gaps(section4, baseline_rows)
+  ours = {r["seed"]: r for r in rows if r["family"] == "reference"}
+  theirs = {r["seed"]: r for r in baseline_rows if r["family"] == "reference"}
+  same = all(
+    np.isclose(ours[s][c], theirs[s][c], rtol=1e-4)
+    for s in ours
+    for c in ("reward", "length")
+  )
   out = [
+    f"reference rows of seeds {sorted(ours)} equal section 4's"
+    f" (reward and length, 4 digits): {'yes' if same else 'NO'}",
     "slpo_normalized (section 4, seeds 0-4): paired gap"
-    f" {paired_gap.gap_cell(slpo_gaps)}"
+    f" {paired_gap.gap_cell(slpo_gaps)}",
   ]
   for name in ("dpo_share_weighted_beta0.2", "dpo_share_weighted_beta1"):
     gaps = paired_gap.paired_gaps(_arm_finals(rows, name), baseline_rows)
