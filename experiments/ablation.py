@@ -11,6 +11,7 @@ seed's own DPO/IPO envelope (:mod:`experiments.paired_gap`).
 Run::
 
   python -m experiments.ablation run [--seeds 5] [--only ARMS]
+  python -m experiments.ablation run --seeds 3 --only EXPLORATORY_ARMS
   python -m experiments.ablation report [--out docs/figures]
   python -m experiments.ablation pairs   # s on seed 0's pairs, both ways
 
@@ -32,9 +33,7 @@ from configs import controlled_generation as cg_config
 from experiments import ablation_losses
 from experiments import controlled_generation as cg
 from experiments import frontier
-from experiments import paired_gap
 from experiments import sampling_eval
-from experiments import stats
 from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax.tasks.vocab import EOS_ID
@@ -110,6 +109,34 @@ ARMS = (
     "slpo_normalized_constant",
     _point("slpo_normalized", "slpo_normalized"),
     decay="constant",
+  ),
+)
+
+# Added after the pre-registered arms had run, and reported as exploratory:
+# the per-token share at section 4's other rates, and a frontier of DPO and
+# IPO on length-matched pairs.
+EXPLORATORY = (
+  Arm(
+    "slpo_share_per_token_lr1e-3",
+    _point("slpo_normalized", "slpo_normalized"),
+    ablation_losses.slpo_share_per_token_loss,
+    learning_rate=1e-3,
+  ),
+  Arm(
+    "slpo_share_per_token_lr3e-3",
+    _point("slpo_normalized", "slpo_normalized"),
+    ablation_losses.slpo_share_per_token_loss,
+    learning_rate=3e-3,
+  ),
+  Arm(
+    "dpo_beta1_length_matched",
+    _point("dpo", "dpo", "beta=1", [("beta", 1.0)]),
+    length_matched=True,
+  ),
+  Arm(
+    "ipo_beta0.2_length_matched",
+    _point("ipo", "ipo", "beta=0.2", [("beta", 0.2)]),
+    length_matched=True,
   ),
 )
 
@@ -194,7 +221,14 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   base = cg_config.get_config("cpu")
   base.steps = frontier.STEPS
   base.eval_every = frontier.EVAL_EVERY
-  arms = [a for a in ARMS if not only or a.name in only]
+  arms = [a for a in ARMS + EXPLORATORY if a.name in only or not only]
+  arms = [a for a in arms if only or a in ARMS]
+  exploratory = [a in EXPLORATORY for a in arms]
+  if any(exploratory) and not all(exploratory):
+    raise SystemExit("run the pre-registered and exploratory arms apart")
+  # The exploratory arms have their own CSV, so neither run overwrites the
+  # other's.
+  stem = f"{STEM}_exploratory" if any(exploratory) else STEM
   import jax
 
   jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
@@ -235,222 +269,8 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
         f" ({time.perf_counter() - run_start:.0f} s)",
         flush=True,
       )
-      cg.write_points_csv(rows, out / f"{STEM}.csv")
+      cg.write_points_csv(rows, out / f"{stem}.csv")
   print(f"runtime: {time.perf_counter() - start:.0f} s")
-
-
-def report(out: pathlib.Path) -> str:
-  """The arms against section 4's frontier and each seed's envelope."""
-  rows = frontier.read_csv(out / f"{STEM}.csv")
-  baseline_rows = paired_gap.phase_b_rows(out)
-  curve = _frontier_curve(baseline_rows)
-  trajectories = _baseline_trajectories(baseline_rows)
-  lines = [
-    "| arm | seeds | KL (nats) | reward | frontier rule (lower end) |"
-    " paired gap | reading | best DPO/IPO evaluation at that KL |"
-    " sample length | eval accuracy | shift of log pi(y_w) |"
-    " shift of log pi(y_l) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for arm in ARMS:
-    finals = [
-      r
-      for r in cg.final_rows(rows)
-      if r["loss"] == arm.name and r["family"] != "reference"
-    ]
-    if not finals:
-      lines.append(f"| {arm.name} | 0 | not run |" + " |" * 9)
-      continue
-    kl = np.mean([r["kl"] for r in finals])
-    reward = np.mean([r["reward"] for r in finals])
-    level, low, _ = frontier.interpolate(curve, kl)
-    rule = (
-      "not comparable"
-      if np.isnan(level)
-      else f"{'yes' if reward >= low else 'no'} ({low:.3f})"
-    )
-    gaps = paired_gap.paired_gaps(finals, baseline_rows)
-    lines.append(
-      f"| {arm.name} | {len(finals)} |"
-      + " |".join(
-        " " + _cell([r[c] for r in finals], d)
-        for c, d in (("kl", 2), ("reward", 3))
-      )
-      + f" | {rule} | {paired_gap.gap_cell(gaps)} |"
-      f" {paired_gap.verdict(gaps)} | {_best_at(trajectories, kl)} |"
-      + " |".join(
-        " " + _cell([r[c] for r in finals], d)
-        for c, d in (
-          ("length", 1),
-          ("eval_accuracy", 3),
-          ("eval_chosen_logp_shift", 1),
-          ("eval_rejected_logp_shift", 1),
-        )
-      )
-      + " |"
-    )
-  lines += ["", *readings(rows, baseline_rows)]
-  return "\n".join(lines)
-
-
-def _arm_finals(rows, name) -> list[dict]:
-  return [
-    r
-    for r in cg.final_rows(rows)
-    if r["loss"] == name and r["family"] != "reference"
-  ]
-
-
-def readings(rows: list[dict], baseline_rows: list[dict]) -> list[str]:
-  """The protocol's mechanism, length and schedule readings."""
-  section4 = paired_gap.run_finals(baseline_rows)["slpo_normalized lr0.0003"]
-  slpo_gaps = paired_gap.paired_gaps(section4, baseline_rows)
-  ours = {r["seed"]: r for r in rows if r["family"] == "reference"}
-  theirs = {r["seed"]: r for r in baseline_rows if r["family"] == "reference"}
-  same = all(
-    np.isclose(ours[s][c], theirs[s][c], rtol=1e-4)
-    for s in ours
-    for c in ("reward", "length")
-  )
-  out = [
-    f"reference rows of seeds {sorted(ours)} equal section 4's"
-    f" (reward and length, 4 digits): {'yes' if same else 'NO'}",
-    "slpo_normalized (section 4, seeds 0-4): paired gap"
-    f" {paired_gap.gap_cell(slpo_gaps)}",
-  ]
-  for name in ("dpo_share_weighted_beta0.2", "dpo_share_weighted_beta1"):
-    gaps = paired_gap.paired_gaps(_arm_finals(rows, name), baseline_rows)
-    difference = {s: g - slpo_gaps[s] for s, g in gaps.items()}
-    out.append(
-      f"{name} minus slpo_normalized, paired by seed:"
-      f" {paired_gap.gap_cell(difference)}"
-    )
-  matched = paired_gap.paired_gaps(
-    _arm_finals(rows, "slpo_normalized_length_matched"), baseline_rows
-  )
-  if matched:
-    seeds = sorted(matched)
-    closed = 1 - np.mean([matched[s] for s in seeds]) / np.mean(
-      [slpo_gaps[s] for s in seeds]
-    )
-    out.append(
-      f"length matching closes {closed:.0%} of slpo_normalized's gap"
-      f" (same seeds {seeds})"
-    )
-  constant = [r for r in rows if r["loss"] == "slpo_normalized_constant"]
-  if constant:
-    seeds = sorted({r["seed"] for r in constant})
-    kl = np.mean([r["kl"] for r in _arm_finals(rows, constant[0]["loss"])])
-    cosine = np.mean([r["kl"] for r in section4 if r["seed"] in seeds])
-    rise = np.mean(
-      [
-        next(
-          r["reward"] for r in constant if r["seed"] == s and r["step"] == 360
-        )
-        - next(
-          r["reward"] for r in constant if r["seed"] == s and r["step"] == 240
-        )
-        for s in seeds
-      ]
-    )
-    out.append(
-      f"constant schedule: KL {kl:.2f} against cosine {cosine:.2f}"
-      f" ({kl / cosine - 1:+.0%}); reward rise over steps 240-360 {rise:+.3f}"
-    )
-  return out
-
-
-def share_histogram(seed: int, workdir: pathlib.Path) -> str:
-  """s and s̄ on seed ``seed``'s training pairs, sampled and length-matched.
-
-  Bins of s: the fraction of pairs below 0.1, 0.1-0.5, 0.5-0.9, above 0.9.
-  """
-  base = cg_config.get_config("cpu")
-  reference_dir = cg.fit_reference(base, workdir / "reference_fit")
-  sampled = task_reference.reference_sampler
-  lines = [
-    "| pairs | share | pairs | same length | s < 0.1 | 0.1-0.5 |"
-    " 0.5-0.9 | s > 0.9 |",
-    "|---|---|---|---|---|---|---|---|",
-  ]
-  for name, sampler in (
-    ("sampled", sampled),
-    ("length-matched", length_matched_sampler(sampled)),
-  ):
-    values = cg.pair_values(base, reference_dir, seed, sampler)
-    same = np.mean(values["chosen_lengths"] == values["rejected_lengths"])
-    shares = {
-      "s": ablation_losses.loser_share(
-        values["chosen_logps"], values["rejected_logps"]
-      ),
-      "s̄ (per token)": ablation_losses.loser_share(
-        values["chosen_logps"] / values["chosen_lengths"],
-        values["rejected_logps"] / values["rejected_lengths"],
-      ),
-    }
-    for label, share in shares.items():
-      share = np.asarray(share, np.float64)
-      counts = np.histogram(share, bins=(0.0, 0.1, 0.5, 0.9, 1.0))[0]
-      lines.append(
-        f"| {name} | {label} | {len(share)} | {same:.3f} | "
-        + " | ".join(f"{c / len(share):.3f}" for c in counts)
-        + " |"
-      )
-  return "\n".join(lines)
-
-
-def _baseline_trajectories(baseline_rows) -> list[list[tuple]]:
-  """Each section-4 baseline run's per-evaluation means over seeds, from
-  the reference (section 4's KL-budget reading)."""
-  reference = np.mean(
-    [r["reward"] for r in baseline_rows if r["family"] == "reference"]
-  )
-  runs: dict[tuple, list[dict]] = {}
-  for row in baseline_rows:
-    if row["family"] in frontier.BASELINES:
-      key = (row["loss"], row["hyperparameter"], row["learning_rate"])
-      runs.setdefault(key, []).append(row)
-  trajectories = []
-  for members in runs.values():
-    steps = sorted({r["step"] for r in members})
-    trajectories.append(
-      [(0.0, reference)]
-      + [
-        (
-          np.mean([r["kl"] for r in members if r["step"] == s]),
-          np.mean([r["reward"] for r in members if r["step"] == s]),
-        )
-        for s in steps
-      ]
-    )
-  return trajectories
-
-
-def _best_at(trajectories, kl: float) -> str:
-  """The most reward a baseline's mean trajectory has when it first spends
-  ``kl`` (linear between evaluations)."""
-  values = [frontier.first_crossing(t, kl) for t in trajectories]
-  values = [v for v in values if v is not None]
-  return f"{max(values):.3f}" if values else "not reached"
-
-
-def _frontier_curve(baseline_rows):
-  """Section 4's phase-B frontier: (kl, mean, low, high) from KL 0."""
-  reference = [r["reward"] for r in baseline_rows if r["family"] == "reference"]
-  ref = stats.mean_interval(np.array(reference))
-  points = []
-  for finals in paired_gap.run_finals(baseline_rows).values():
-    if finals[0]["family"] in frontier.BASELINES:
-      kl = np.mean([r["kl"] for r in finals])
-      points.append(
-        (kl, *stats.mean_interval(np.array([r["reward"] for r in finals])))
-      )
-  return [(0.0, *ref)] + sorted(points)
-
-
-def _cell(values, digits: int) -> str:
-  mean, low, high = stats.mean_interval(np.asarray(values, np.float64))
-  return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def main(argv=None):
@@ -465,14 +285,17 @@ def main(argv=None):
     "--out", type=pathlib.Path, default=pathlib.Path("docs/figures")
   )
   args = parser.parse_args(argv)
+  # Imported here: the report module reads this one's arms.
+  from experiments import ablation_report
+
   start = time.perf_counter()
   if args.command == "run":
     only = tuple(o for o in args.only.split(",") if o)
     run(args.workdir, args.out, args.seeds, only)
   elif args.command == "pairs":
-    print(share_histogram(0, args.workdir))
+    print(ablation_report.share_histogram(0, args.workdir))
   else:
-    print(report(args.out))
+    print(ablation_report.report(args.out))
   print(f"{args.command}: {time.perf_counter() - start:.0f} s")
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from experiments import ablation
 from experiments import ablation_losses
+from experiments import ablation_report
 from experiments import controlled_generation as cg
 from experiments import paired_gap
 from slpo_jax.losses import dpo_family
@@ -182,7 +183,7 @@ def test_report_reads_an_unchanged_arm_as_closing_none_of_the_gap(tmp_path):
   ]
   arm_rows += [r for r in rows if r["family"] == "reference"][:5]
   cg.write_points_csv(arm_rows, tmp_path / "ablation.csv")
-  text = ablation.report(tmp_path)
+  text = ablation_report.report(tmp_path)
   assert "| slpo_normalized_length_matched | 5 |" in text
   assert "-0.041 [-0.048, -0.033] | below |" in text
   assert "length matching closes 0% of slpo_normalized's gap" in text
