@@ -36,6 +36,7 @@ from experiments import frontier
 from experiments import sampling_eval
 from slpo_jax import losses
 from slpo_jax import models
+from slpo_jax.tasks import synthetic
 from slpo_jax.tasks.vocab import EOS_ID
 from train import objective
 from train import setup as setup_lib
@@ -60,6 +61,8 @@ class Arm:
     learning_rate: peak learning rate.
     decay: ``optimizer.decay`` after warm-up.
     length_matched: whether each pair's responses are drawn to one length.
+    best_of: if above 1, each pair's first response is the best (true
+      reward) of that many reference samples: off-policy chosen responses.
   """
 
   name: str
@@ -68,6 +71,7 @@ class Arm:
   learning_rate: float = 3e-4
   decay: str = "cosine"
   length_matched: bool = False
+  best_of: int = 1
 
 
 def _point(family, loss, hparam="", overrides=()) -> cg.GridPoint:
@@ -140,6 +144,20 @@ EXPLORATORY = (
   ),
 )
 
+# Section 5.5: off-policy chosen responses (best of 8), reduced to 2 seeds.
+OFF_POLICY = tuple(
+  Arm(f"{name}_best_of_8", point, best_of=8)
+  for name, point in (
+    ("dpo_beta0.2", _point("dpo", "dpo", "beta=0.2", [("beta", 0.2)])),
+    ("dpo_beta1", _point("dpo", "dpo", "beta=1", [("beta", 1.0)])),
+    ("ipo_beta0.2", _point("ipo", "ipo", "beta=0.2", [("beta", 0.2)])),
+    (
+      "slpo_normalized",
+      _point("slpo_normalized", "slpo_normalized"),
+    ),
+  )
+)
+
 
 def custom_loss(arm: Arm, loss_config) -> objective.Loss:
   """The arm's experiment-only loss, built as the program builds its own."""
@@ -189,6 +207,48 @@ def length_matched_sampler(base_sampler):
   return make
 
 
+def best_of_n_sampler(base_sampler, n: int):
+  """Wraps ``task_reference.reference_sampler``: first responses best of n.
+
+  The first half of every request (one response per prompt) is the
+  highest-reward of ``n`` reference draws, the second half a plain draw.
+  """
+
+  def make(model, params, *, max_new_tokens, seed):
+    sample = base_sampler(
+      model, params, max_new_tokens=max_new_tokens, seed=seed
+    )
+
+    def sample_fn(prompts, rng):
+      half = len(prompts) // 2
+      draws = sample(np.tile(prompts[:half], (n, 1)), rng)
+      draws = draws.reshape((n, half) + draws.shape[1:])
+      rewards = np.stack(
+        [
+          synthetic.sentiment_reward(d, synthetic.response_mask(d))
+          for d in draws
+        ]
+      )
+      best = draws[rewards.argmax(0), np.arange(half)]
+      second = sample(prompts[half:], rng)
+      width = max(best.shape[1], second.shape[1])
+      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
+      return np.concatenate([pad(best), pad(second)])
+
+    return sample_fn
+
+  return make
+
+
+def pair_sampler(arm: Arm, base_sampler):
+  """The arm's pair sampler around ``base_sampler`` (None: unchanged)."""
+  if arm.length_matched:
+    return length_matched_sampler(base_sampler)
+  if arm.best_of > 1:
+    return best_of_n_sampler(base_sampler, arm.best_of)
+  return None
+
+
 def train_arm(arm: Arm, seed: int, base, reference_dir, evaluator, runs):
   """Trains one (arm, seed), or reads it back; returns its CSV rows."""
   run_dir = runs / f"{arm.name}_seed{seed}"
@@ -202,14 +262,11 @@ def train_arm(arm: Arm, seed: int, base, reference_dir, evaluator, runs):
     if arm.custom_loss is not None:
       checked = dataclasses.replace(checked, loss=custom_loss(arm, config.loss))
     patch = contextlib.nullcontext()
-    if arm.length_matched:
+    sampler = pair_sampler(arm, task_reference.reference_sampler)
+    if sampler is not None:
       # The program builds its pair sampler inside build_run; the experiment
-      # swaps in the matched one there and nowhere else.
-      patch = mock.patch.object(
-        task_reference,
-        "reference_sampler",
-        length_matched_sampler(task_reference.reference_sampler),
-      )
+      # swaps in the arm's there and nowhere else.
+      patch = mock.patch.object(task_reference, "reference_sampler", sampler)
     with patch:
       return setup_lib.build_run(config, run_dir, checked)
 
@@ -221,14 +278,19 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   base = cg_config.get_config("cpu")
   base.steps = frontier.STEPS
   base.eval_every = frontier.EVAL_EVERY
-  arms = [a for a in ARMS + EXPLORATORY if a.name in only or not only]
-  arms = [a for a in arms if only or a in ARMS]
-  exploratory = [a in EXPLORATORY for a in arms]
-  if any(exploratory) and not all(exploratory):
-    raise SystemExit("run the pre-registered and exploratory arms apart")
-  # The exploratory arms have their own CSV, so neither run overwrites the
-  # other's.
-  stem = f"{STEM}_exploratory" if any(exploratory) else STEM
+  groups = {"": ARMS, "_exploratory": EXPLORATORY, "_off_policy": OFF_POLICY}
+  chosen = {
+    suffix: [a for a in arms if a.name in only or not only]
+    for suffix, arms in groups.items()
+  }
+  if not only:
+    chosen = {"": list(ARMS)}
+  chosen = {suffix: arms for suffix, arms in chosen.items() if arms}
+  if len(chosen) != 1:
+    raise SystemExit("run the arms of one group at a time")
+  # Each group has its own CSV, so no run overwrites another's.
+  ((suffix, arms),) = chosen.items()
+  stem = STEM + suffix
   import jax
 
   jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
@@ -296,6 +358,8 @@ def main(argv=None):
     print(ablation_report.share_histogram(0, args.workdir))
   else:
     print(ablation_report.report(args.out))
+    print()
+    print(ablation_report.off_policy_report(args.out))
   print(f"{args.command}: {time.perf_counter() - start:.0f} s")
 
 

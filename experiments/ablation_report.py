@@ -167,6 +167,7 @@ def share_histogram(seed: int, workdir: pathlib.Path) -> str:
   for name, sampler in (
     ("sampled", sampled),
     ("length-matched", length_matched_sampler(sampled)),
+    ("best of 8 vs sampled", ablation.best_of_n_sampler(sampled, 8)),
   ):
     values = cg.pair_values(base, reference_dir, seed, sampler)
     same = np.mean(values["chosen_lengths"] == values["rejected_lengths"])
@@ -242,3 +243,51 @@ def _frontier_curve(baseline_rows):
 def _cell(values, digits: int) -> str:
   mean, low, high = stats.mean_interval(np.asarray(values, np.float64))
   return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def off_policy_report(out: pathlib.Path) -> str:
+  """Section 5.5: the arms on best-of-8 pairs, and slpo_normalized's paired
+  gap to each seed's envelope of the DPO/IPO runs on the same pairs."""
+  path = out / f"{STEM}_off_policy.csv"
+  if not path.exists():
+    return "off-policy arms: not run"
+  rows = frontier.read_csv(path)
+  lines = [
+    "| arm | seeds | KL (nats) | reward | sample length | eval accuracy |"
+    " shift of log pi(y_w) | shift of log pi(y_l) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for arm in ablation.OFF_POLICY:
+    finals = _arm_finals(rows, arm.name)
+    if not finals:
+      lines.append(f"| {arm.name} | 0 | not run |" + " |" * 5)
+      continue
+    lines.append(
+      f"| {arm.name} | {len(finals)} |"
+      + " |".join(
+        " " + _cell([r[c] for r in finals], d)
+        for c, d in (
+          ("kl", 2),
+          ("reward", 3),
+          ("length", 1),
+          ("eval_accuracy", 3),
+          ("eval_chosen_logp_shift", 1),
+          ("eval_rejected_logp_shift", 1),
+        )
+      )
+      + " |"
+    )
+  finals = _arm_finals(rows, "slpo_normalized_best_of_8")
+  baselines = [
+    r for r in rows if r["family"] in frontier.BASELINES + ("reference",)
+  ]
+  if finals and len(paired_gap.run_finals(baselines)):
+    gaps = paired_gap.paired_gaps(finals, baselines)
+    lines += [
+      "",
+      "slpo_normalized_best_of_8, paired gap to each seed's envelope of the"
+      f" DPO/IPO runs on the same pairs: {paired_gap.gap_cell(gaps)}"
+      f" ({paired_gap.verdict(gaps)}; per seed"
+      f" {', '.join(f'{g:+.3f}' for g in gaps.values())})",
+    ]
+  return "\n".join(lines)

@@ -14,6 +14,7 @@ from experiments import controlled_generation as cg
 from experiments import paired_gap
 from slpo_jax.losses import dpo_family
 from slpo_jax.losses import slpo_normalized
+from slpo_jax.tasks import synthetic
 from slpo_jax.tasks.vocab import EOS_ID
 
 FIGURES = pathlib.Path(__file__).parents[2] / "docs" / "figures"
@@ -188,3 +189,22 @@ def test_report_reads_an_unchanged_arm_as_closing_none_of_the_gap(tmp_path):
   assert "-0.041 [-0.048, -0.033] | below |" in text
   assert "length matching closes 0% of slpo_normalized's gap" in text
   assert "| dpo_share_weighted_beta1 | 0 | not run |" in text
+
+
+def test_best_of_n_sampler_keeps_the_highest_reward_draw():
+  def fake_reference_sampler(model, params, *, max_new_tokens, seed):
+    rng = np.random.default_rng(seed)
+
+    def sample(prompts, _):
+      words = rng.integers(synthetic.FIRST_WORD_ID, 67, (len(prompts), 4))
+      return np.concatenate([words, np.full((len(prompts), 1), EOS_ID)], axis=1)
+
+    return sample
+
+  make = ablation.best_of_n_sampler(fake_reference_sampler, 8)
+  out = make(None, None, max_new_tokens=4, seed=0)(np.zeros((200, 3)), None)
+  rewards = synthetic.sentiment_reward(out, synthetic.response_mask(out))
+  best, plain = rewards[:100], rewards[100:]
+  # The best of 8 beats a single draw nearly always, and by a clear margin.
+  assert np.mean(best > plain) > 0.85
+  assert best.mean() - plain.mean() > 0.3
