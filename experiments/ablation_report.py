@@ -128,6 +128,34 @@ def readings(rows: list[dict], baseline_rows: list[dict]) -> list[str]:
       f"length matching closes {closed:.0%} of slpo_normalized's gap"
       f" (same seeds {seeds})"
     )
+  matched_baselines = [
+    r
+    for r in rows
+    if r["family"] == "reference"
+    or r["loss"]
+    in (
+      "dpo_beta0.2_length_matched",
+      "dpo_beta1_length_matched",
+      "ipo_beta0.2_length_matched",
+    )
+  ]
+  matched_seeds = {
+    r["seed"]
+    for r in matched_baselines
+    if r["loss"] == "ipo_beta0.2_length_matched"
+  }
+  if matched_seeds:
+    finals = [
+      r
+      for r in _arm_finals(rows, "slpo_normalized_length_matched")
+      if r["seed"] in matched_seeds
+    ]
+    gaps = paired_gap.paired_gaps(finals, matched_baselines)
+    out.append(
+      "exploratory: slpo_normalized_length_matched against each seed's"
+      " envelope of DPO beta 0.2, 1 and IPO tau 0.2 on the same matched"
+      f" pairs (seeds {sorted(matched_seeds)}): {paired_gap.gap_cell(gaps)}"
+    )
   constant = [r for r in rows if r["loss"] == "slpo_normalized_constant"]
   if constant:
     seeds = sorted({r["seed"] for r in constant})
