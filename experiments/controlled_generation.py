@@ -271,15 +271,20 @@ def _rows_from_metrics(
 
 
 def train_point(
-  config, point: GridPoint, evaluator, run_dir: pathlib.Path
+  config, point: GridPoint, evaluator, run_dir: pathlib.Path, build_run=None
 ) -> list[dict]:
-  """Trains one run (or reads it back if finished); returns its CSV rows."""
+  """Trains one run (or reads it back if finished); returns its CSV rows.
+
+  ``build_run(run_dir)``, when given, assembles the run instead of the
+  program (an experiment that swaps the loss or the pairs).
+  """
   done = run_dir / "points.json"
   if done.exists():
     return json.loads(done.read_text())
   if run_dir.exists():
     shutil.rmtree(run_dir)  # An interrupted run starts over.
-  loop.train_and_evaluate(config, run_dir, eval_callback=evaluator)
+  run = build_run(run_dir) if build_run is not None else None
+  loop.train_and_evaluate(config, run_dir, run=run, eval_callback=evaluator)
   rows = _rows_from_metrics(
     run_dir / "metrics.jsonl", point, config.seed, config.loss.beta
   )
@@ -309,30 +314,22 @@ def reference_row(evaluator, reference_params, seed: int) -> dict:
   }
 
 
-def pair_statistics(
-  config, reference_dir: pathlib.Path, seed: int = 0
-) -> dict[str, float]:
-  """How hard SLPO's gradient at the reference is spread over the pairs.
+def pair_values(
+  config, reference_dir: pathlib.Path, seed: int = 0, sampler=None
+) -> dict[str, np.ndarray]:
+  """Per-pair statistics of seed ``seed``'s training pairs under the
+  reference: ``chosen_logps``, ``rejected_logps``, their lengths and
+  complements, one entry per pair.
 
-  At the reference, hard SLPO's derivative with respect to log pi(y_l) is
-  ``pi(y_l) / (1 - pi(y_l))`` and with respect to log pi(y_w) it is
-  ``-pi(y_l) / (1 - pi(y_w))`` (DESIGN.md, "A fact the experiments must
-  confront"): both scale with pi_ref(y_l). This measures log pi_ref of the
-  training pairs of ``seed`` and the share of the summed loser factor that
-  the pairs with the shortest rejected responses carry.
-
-  Returns:
-    Quantiles of the response lengths (tokens, EOS included) and of
-    log pi_ref(y_w), log pi_ref(y_l); the fraction of pairs whose loser
-    factor exceeds 1e-3; and the share of the summed factor carried by
-    pairs whose rejected response has at most 3 tokens.
+  ``sampler`` replaces ``task_reference.reference_sampler`` (same
+  signature), for pairs drawn another way.
   """
-  # Imported here: only this diagnostic needs the objective's routing.
+  # Imported here: only these diagnostics need the objective's routing.
   from train import objective
 
   model, params = models.load_hf_model(reference_dir, dtype=config.model.dtype)
   tokenizer = data_lib.make_tokenizer(config.data, str(reference_dir))
-  sample_fn = task_reference.reference_sampler(
+  sample_fn = (sampler or task_reference.reference_sampler)(
     model,
     params,
     max_new_tokens=config.data.synthetic.max_new_tokens,
@@ -357,7 +354,28 @@ def pair_statistics(
     real = np.asarray(batch.example_weight) > 0
     for name, value in out.items():
       columns.setdefault(name, []).append(np.asarray(value, np.float64)[real])
-  values = {name: np.concatenate(parts) for name, parts in columns.items()}
+  return {name: np.concatenate(parts) for name, parts in columns.items()}
+
+
+def pair_statistics(
+  config, reference_dir: pathlib.Path, seed: int = 0
+) -> dict[str, float]:
+  """How hard SLPO's gradient at the reference is spread over the pairs.
+
+  At the reference, hard SLPO's derivative with respect to log pi(y_l) is
+  ``pi(y_l) / (1 - pi(y_l))`` and with respect to log pi(y_w) it is
+  ``-pi(y_l) / (1 - pi(y_w))`` (DESIGN.md, "A fact the experiments must
+  confront"): both scale with pi_ref(y_l). This measures log pi_ref of the
+  training pairs of ``seed`` and the share of the summed loser factor that
+  the pairs with the shortest rejected responses carry.
+
+  Returns:
+    Quantiles of the response lengths (tokens, EOS included) and of
+    log pi_ref(y_w), log pi_ref(y_l); the fraction of pairs whose loser
+    factor exceeds 1e-3; and the share of the summed factor carried by
+    pairs whose rejected response has at most 3 tokens.
+  """
+  values = pair_values(config, reference_dir, seed)
   loser_factor = np.exp(values["rejected_logps"] - values["rejected_not_logps"])
   short = values["rejected_lengths"] <= 3
   result = {"pairs": float(len(loser_factor))}
