@@ -2,7 +2,7 @@
 
   python -m experiments.hh_real prepare --hh FILE --workdir /tmp/hh56
   python -m experiments.hh_real runs --workdir /tmp/hh56 --seeds 3
-  python -m experiments.hh_real report --workdir /tmp/hh56
+  python -m experiments.hh_real report --workdir /tmp/hh56 [--out docs/figures]
 
 ``prepare`` splits the HH file into a reference part, held-out pairs and
 training pairs (by content hash, so the split does not depend on file order),
@@ -293,7 +293,18 @@ def _first(metrics_file: pathlib.Path, key: str) -> float:
   return float("nan")
 
 
-def report(workdir: pathlib.Path) -> None:
+def write_tables(workdir: pathlib.Path, rows: list[dict], out: pathlib.Path):
+  """``out/hh_real.csv`` (one row per run) and ``out/hh_real_shares.csv``."""
+  stats.write_csv(out / "hh_real.csv", rows)
+  shares = json.loads((workdir / "shares.json").read_text())
+  bins = shares.pop("share_bins")
+  stats.write_csv(
+    out / "hh_real_shares.csv",
+    [{**{f"s_{name}": value for name, value in bins.items()}, **shares}],
+  )
+
+
+def report(workdir: pathlib.Path, out: pathlib.Path) -> None:
   pairs = _encoded_pairs(workdir / "train.jsonl.gz")
   reference = np.load(workdir / "reference_logps.npy")
   rows = []
@@ -313,13 +324,24 @@ def report(workdir: pathlib.Path) -> None:
         rejected_shift=float(np.mean(shift[:, 1])),
         sample_length=_last(metrics, "eval/samples/length"),
         reference_sample_length=_first(metrics, "eval/samples/length"),
+        sample_kl=_last(metrics, "eval/samples/kl"),
+        sample_ended=_last(metrics, "eval/samples/ended"),
+        reference_sample_ended=_first(metrics, "eval/samples/ended"),
         wall_s=float((target / "wall_s.txt").read_text()),
       )
     )
   (workdir / "runs.json").write_text(json.dumps(rows, indent=1))
+  write_tables(workdir, rows, out)
   for row in rows:
     print(row)
-  keys = ("accuracy", "chosen_shift", "rejected_shift", "sample_length")
+  keys = (
+    "accuracy",
+    "chosen_shift",
+    "rejected_shift",
+    "sample_length",
+    "sample_kl",
+    "sample_ended",
+  )
   for arm in ARMS:
     mine = [r for r in rows if r["arm"] == arm]
     if not mine:
@@ -353,13 +375,14 @@ def main(argv=None) -> None:
   parser.add_argument("--hh", default="")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--only", nargs="*", default=[])
+  parser.add_argument("--out", type=pathlib.Path, default="docs/figures")
   args = parser.parse_args(argv)
   if args.command == "prepare":
     prepare(args.hh, args.workdir)
   elif args.command == "runs":
     runs(args.workdir, args.seeds, args.only)
   else:
-    report(args.workdir)
+    report(args.workdir, args.out)
 
 
 if __name__ == "__main__":
