@@ -111,6 +111,11 @@ def abstract_model(config, vocab_size: int | None, platform: str | None = None):
   return models.build(model.config.replace(attention_impl=impl))
 
 
+def shares_prompt(config) -> bool:
+  """Whether batches are shared-prompt rows (``data.share_prompt``)."""
+  return bool(config.data.packing and config.data.get("share_prompt", False))
+
+
 def attention_kernel(
   config, model_config, platform: str | None
 ) -> tuple[str, str]:
@@ -123,6 +128,7 @@ def attention_kernel(
     softcap=model_config.attn_logit_softcap is not None,
     window=any(w is not None for w in model_config.layer_windows()),
     packed=bool(config.data.packing),
+    branched=shares_prompt(config),
   )
   impl = config.model.attention_impl
   if impl == "auto":

@@ -219,14 +219,12 @@ def train_step(
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite
   # Real tokens of the global batch (both rows of every pair), as TRL counts
-  # them for ``num_tokens``.
-  metrics["tokens"] = jnp.sum(batch.chosen_attention_mask) + jnp.sum(
-    batch.rejected_attention_mask
-  )
+  # them for ``num_tokens``; a shared prompt counts twice here too.
+  metrics["tokens"] = batch.real_tokens()
   if batch.packed:
-    # How well the rows are filled: real tokens over all positions.
-    positions = 2 * batch.chosen_attention_mask.size
-    metrics["real_token_fraction"] = metrics["tokens"] / positions
+    # How well the rows are filled: positions holding a token over all.
+    filled, positions = batch.filled_positions()
+    metrics["real_token_fraction"] = filled / positions
   return new_state, metrics
 
 

@@ -238,6 +238,7 @@ def _check_model(config) -> None:
     softcap=False,
     window=False,
     packed=bool(config.data.packing),
+    branched=bool(config.data.packing and config.data.get("share_prompt")),
   )
   if reason:
     raise ConfigError(reason)
