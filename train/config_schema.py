@@ -185,6 +185,14 @@ def data_defaults() -> ml_collections.ConfigDict:
   # Row length of packed batches; 0 for the largest length bucket. At least
   # max_length, so that every pair fits a row.
   config.packed_length = 0
+  # With packing: each pair as one segment of its prompt once, then both
+  # responses, which see the prompt and not each other
+  # (train.data.shared_rows), instead of the prompt in front of each
+  # response. Fewer positions per pair when prompts are long; attention then
+  # runs blockwise (model.attention_impl auto or blockwise). packed_length 0
+  # is then twice the largest length bucket; a set one must be at least
+  # 2 x max_length - 1, the longest prompt + chosen + rejected.
+  config.share_prompt = False
   # A bad record raises DataError ('error') or is counted and skipped ('skip').
   config.on_bad_record = "error"
   # Fraction of a single source held out for evaluation when no eval file or

@@ -19,6 +19,7 @@ from train.data import batching
 from train.data import chat
 from train.data import encode
 from train.data import row_packing
+from train.data import shared_rows
 from train.data import sources
 from train.data import task_pairs
 from train.data.report import BadRecordPolicy
@@ -43,6 +44,8 @@ class PreferenceDataset:
     length_buckets: padded lengths batches may have.
     packed_length: row length of packed batches (``data.packing``); 0 for
       one row per pair.
+    share_prompt: packed rows hold each prompt once (``data.share_prompt``,
+      ``train.data.shared_rows``).
   """
 
   pairs: tuple[encode.TokenizedPair, ...]
@@ -51,6 +54,7 @@ class PreferenceDataset:
   pad_id: int
   length_buckets: tuple[int, ...]
   packed_length: int = 0
+  share_prompt: bool = False
 
   def __len__(self) -> int:
     return len(self.pairs)
@@ -75,7 +79,12 @@ class PreferenceDataset:
       # The same pairs per batch as unpacked, packed into rows
       # (train.data.row_packing); the collate picks this host's rows itself.
       self.measure_packing(batch_size, row_multiple)
-      collate = row_packing.packed_collate(
+      make_collate = (
+        shared_rows.shared_collate
+        if self.share_prompt
+        else row_packing.packed_collate
+      )
+      collate = make_collate(
         packed_length=self.packed_length,
         pad_id=self.pad_id,
         shard_index=shard_index,
@@ -97,8 +106,14 @@ class PreferenceDataset:
       fingerprint=self.fingerprint,
       report=self.report,
       collate_selects_rows=packed,
-      identity_extra=dict(packed_length=self.packed_length) if packed else None,
+      identity_extra=self._layout_identity() if packed else None,
     )
+
+  def _layout_identity(self) -> dict:
+    identity = dict(packed_length=self.packed_length)
+    if self.share_prompt:
+      identity["share_prompt"] = True
+    return identity
 
   def measure_packing(self, batch_size: int, row_multiple: int = 1) -> None:
     """Puts the packed batches' real-token share in the report, once."""
@@ -108,6 +123,13 @@ class PreferenceDataset:
         batch_size=batch_size,
         packed_length=self.packed_length,
         buckets=self.length_buckets,
+        row_multiple=row_multiple,
+      )
+    if self.share_prompt and self.report.shared_prompt is None:
+      self.report.shared_prompt = shared_rows.position_shares(
+        self.pairs,
+        batch_size=batch_size,
+        packed_length=self.packed_length,
         row_multiple=row_multiple,
       )
 
@@ -267,14 +289,20 @@ def load_dataset(
     fingerprint=encode.fingerprint(token_pairs, tokenizer),
     pad_id=tokenizer.pad_id,
     length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)),
-    packed_length=_packed_length(data_config),
+    packed_length=packed_row_length(data_config),
+    share_prompt=bool(
+      data_config.get("packing", False) and data_config.get("share_prompt")
+    ),
   )
 
 
-def _packed_length(data_config: ml_collections.ConfigDict) -> int:
+def packed_row_length(data_config: ml_collections.ConfigDict) -> int:
   """The packed row length, 0 without packing."""
   if not data_config.get("packing", False):
     return 0
+  if data_config.get("share_prompt", False) and not data_config.packed_length:
+    # Each prompt once, then both responses: up to 2 x max_length - 1.
+    return 2 * max(data_config.length_buckets)
   return int(data_config.packed_length or max(data_config.length_buckets))
 
 

@@ -74,6 +74,10 @@ class DataReport:
   num_truncated_responses: int = 0
   num_retokenized: int = 0
   real_token_fraction: tuple[float, float] | None = None
+  # With data.share_prompt: the shared-prompt rows' real-token share (each
+  # prompt once) and the share of positions they save against paired rows
+  # of the same batches (shared_rows.position_shares).
+  shared_prompt: tuple[float, float] | None = None
 
   @property
   def num_skipped(self) -> int:
@@ -103,6 +107,12 @@ class DataReport:
       packed, unpacked = self.real_token_fraction
       parts.append(
         f"packed rows {packed:.1%} real tokens (unpacked {unpacked:.1%})"
+      )
+    if self.shared_prompt is not None:
+      real, saved = self.shared_prompt
+      parts.append(
+        f"shared-prompt rows {real:.1%} real tokens, {saved:.1%} fewer"
+        " positions than paired rows"
       )
     return "; ".join(parts)
 
