@@ -340,6 +340,17 @@ class Matrix:
         "--config.model.attention_impl=cudnn",
         "--config.data.packing=True",
       ],
+      "shared prompts without packing": ["--config.data.share_prompt=True"],
+      "splash attention on shared-prompt rows": [
+        "--config.model.attention_impl=splash",
+        "--config.data.packing=True",
+        "--config.data.share_prompt=True",
+      ],
+      "shared-prompt rows too short": [
+        "--config.data.packing=True",
+        "--config.data.share_prompt=True",
+        "--config.data.packed_length=40",
+      ],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)

@@ -269,3 +269,35 @@ def test_abstract_batch_has_the_host_batch_structure():
   assert jax.tree.structure(shaped) == jax.tree.structure(host)
   for a, b in zip(jax.tree.leaves(shaped), jax.tree.leaves(host)):
     assert a.shape == b.shape and a.dtype == b.dtype
+
+
+@pytest.mark.slow
+def test_rows_split_over_devices_with_the_fused_head():
+  """Four devices on the batch axis, each running the fused head on its own
+  shared-prompt rows (under shard_map), give the one-device statistics."""
+  devices = 4
+  model, _, params = _model()
+  entries = [(p, 1.0) for p in _pairs(count=8, seed=5)]
+  batch = _shared(entries, row_multiple=devices)
+  assert batch.input_ids.shape[0] % devices == 0
+  mesh = slpo_jax.sharding.make_mesh(devices, devices=jax.devices()[:devices])
+  head = slpo_jax.HeadOptions(fused=True)
+
+  def stats(params, batch, mesh):
+    s = objective.batch_stats(
+      model, params, batch, pair_values=True, head=head, mesh=mesh
+    )
+    return s._replace(chosen_token_logps=None, chosen_where=None)
+
+  want = jax.jit(functools.partial(stats, mesh=None))(
+    params, jax.tree.map(jnp.asarray, batch)
+  )
+  spread = slpo_jax.sharding.global_batch(batch, mesh)
+  assert len(spread.input_ids.sharding.device_set) == devices
+  on_mesh = jax.device_put(params, slpo_jax.sharding.replicated(mesh))
+  got = jax.jit(functools.partial(stats, mesh=mesh))(on_mesh, spread)
+  for name, value in want._asdict().items():
+    if value is not None:
+      np.testing.assert_allclose(
+        getattr(got, name), value, rtol=1e-5, atol=1e-5, err_msg=name
+      )
