@@ -38,7 +38,9 @@ def summarise(variants, samples, memory, rss, setting, peak) -> list[dict]:
       / len(passes),
       "real_tokens_per_pass": tokens,
       "positions_per_pass": positions,
-      "real_token_fraction": tokens / positions,
+      # Positions holding a token: a shared prompt counts once here.
+      "real_token_fraction": (tokens if trl else sum(variant.computed))
+      / positions,
       "xla": memory.get(variant.name),
       "rss": rss.get(variant.name),
     }

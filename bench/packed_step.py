@@ -175,6 +175,8 @@ class JaxSteps:
       for b in host_batches
     ]
     counts = [step_flops.batch_counts(b) for b in host_batches]
+    # Positions holding a token (a shared prompt once).
+    self.computed = [c[0] for c in counts]
     self.flops = step_flops.step_flops(
       inputs.model.config, *(sum(c[i] for c in counts) for i in (0, 1))
     )
@@ -282,7 +284,7 @@ def run(args) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp)
     harness.use_compilation_cache(workdir)
-    say("Training the tokenizer, reading the HH file, writing the models...")
+    say("Making the pairs (HH: training the tokenizer) and the models...")
     inputs = Inputs.build(setting, args.hh, workdir)
     workers = {}
     try:

@@ -105,6 +105,9 @@ def abstract_model(config, vocab_size: int | None, platform: str | None = None):
     except ValueError as error:
       raise ConfigError(str(error)) from None
     model = models.build(model_config)
+  tile = int(config.model.get("attention_block", 0))
+  if tile:
+    model = models.build(model.config.replace(attention_block=tile))
   if platform is None and config.model.attention_impl == "auto":
     return model
   impl, _ = attention_kernel(config, model.config, platform)

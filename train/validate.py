@@ -242,7 +242,9 @@ def _check_model(config) -> None:
   )
   if reason:
     raise ConfigError(reason)
-  _non_negative(config.model, "vocab_chunk_size", "token_chunk_size")
+  _non_negative(
+    config.model, "vocab_chunk_size", "token_chunk_size", "attention_block"
+  )
   if not config.model.checkpoint:
     try:
       models.get_config(config.model.family, config.model.size)

@@ -121,3 +121,16 @@ def test_aot_compiles_the_layout(make_config):
       make_config(**_SHARED, **{"model.attention_impl": "cudnn"}),
       jax.devices()[:1],
     )
+
+
+def test_attention_tile_reaches_the_model(make_config):
+  from train import setup
+
+  config = make_config(**{"model.attention_block": 128})
+  validate.validate(config, jax.devices()[:1])
+  assert setup.abstract_model(config, 512).config.attention_block == 128
+  assert setup.abstract_model(make_config(), 512).config.attention_block == 512
+  with pytest.raises(ConfigError, match="attention_block is -1"):
+    validate.validate(
+      make_config(**{"model.attention_block": -1}), jax.devices()[:1]
+    )
