@@ -121,27 +121,44 @@ def test_layout_of_one_pair():
 
 def test_responses_never_see_each_other():
   """The model's hidden states on shared rows equal each sequence run alone
-  (prompt + response), for every token of both responses."""
+  (prompt + response, one right-padded row each), for every token of both
+  responses."""
   model, _, params = _model()
   pairs = _pairs(count=4, seed=1)
   batch = _shared([(p, 1.0) for p in pairs])
-  hidden, _ = model.hidden_states(
+  hidden, _ = jax.jit(model.hidden_states)(
     params,
     jnp.asarray(batch.input_ids),
     segment_ids=jnp.asarray(batch.segment_ids),
     positions=jnp.asarray(batch.positions),
     branch_ids=jnp.asarray(batch.branch_ids),
   )
+  sequences = [
+    np.concatenate([p.prompt, getattr(p, side)])
+    for p in pairs
+    for side in ("chosen", "rejected")
+  ]
+  ids = np.zeros((len(sequences), _LENGTH), np.int32)
+  mask = np.zeros_like(ids)
+  for k, sequence in enumerate(sequences):
+    ids[k, : len(sequence)], mask[k, : len(sequence)] = sequence, 1
+  alone, _ = jax.jit(model.hidden_states)(
+    params, jnp.asarray(ids), jnp.asarray(mask)
+  )
   for r, s in zip(*np.nonzero(batch.pair_example_weight)):
-    pair = pairs[batch.pair_example_id[r, s]]
+    i = batch.pair_example_id[r, s]
     seg = np.nonzero(batch.segment_ids[r] == s + 1)[0]
     branches = batch.branch_ids[r, seg]
-    for side, branch in (("chosen", 1), ("rejected", 2)):
-      ids = np.concatenate([pair.prompt, getattr(pair, side)])[None]
-      alone, _ = model.hidden_states(params, jnp.asarray(ids))
+    for k, branch in ((2 * i, 1), (2 * i + 1, 2)):
       mine = seg[(branches == 0) | (branches == branch)]
       np.testing.assert_allclose(
-        hidden[r, mine], alone[0], rtol=1e-5, atol=1e-5, err_msg=side
+        hidden[r, mine],
+        alone[k, : len(mine)],
+        # Rounding of rows of other lengths; a token seen across branches
+        # moves these states by 1e-2 and more.
+        rtol=1e-4,
+        atol=1e-4,
+        err_msg=f"pair {i}, branch {branch}",
       )
 
 
@@ -210,13 +227,14 @@ def _sgd_step(params, reference, batch, *, model, loss, precomputed=False):
 
 def _with_cached_reference(batch, model, reference):
   """The batch carrying its reference log-probs, as train.reference does."""
-  stats = objective.batch_stats(
-    model,
-    reference,
-    jax.tree.map(jnp.asarray, batch),
-    pair_values=False,
-    head=slpo_jax.HeadOptions(),
-  )
+  stats = jax.jit(
+    functools.partial(
+      objective.batch_stats,
+      model,
+      pair_values=False,
+      head=slpo_jax.HeadOptions(),
+    )
+  )(reference, jax.tree.map(jnp.asarray, batch))
   shape = batch.per_pair_shape
   return batch.with_reference(
     np.asarray(stats.chosen_logps).reshape(shape),
