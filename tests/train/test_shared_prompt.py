@@ -289,7 +289,6 @@ def test_abstract_batch_has_the_host_batch_structure():
     assert a.shape == b.shape and a.dtype == b.dtype
 
 
-@pytest.mark.slow
 def test_rows_split_over_devices_with_the_fused_head():
   """Four devices on the batch axis, each running the fused head on its own
   shared-prompt rows (under shard_map), give the one-device statistics."""

@@ -109,7 +109,6 @@ def test_preview_shows_the_layout_and_the_saving(make_config, capsys):
   assert "fewer positions than paired rows" in out
 
 
-@pytest.mark.slow
 def test_aot_compiles_the_layout(make_config):
   config = make_config(**_SHARED)
   validate.validate(config, jax.devices()[:2])
