@@ -383,6 +383,17 @@ class Matrix:
       ],
       "kto combined with sft": ["--config.loss.name=kto,sft"],
       "data.unpaired with dpo": ["--config.data.unpaired=True"],
+      "shared prompts without packing": ["--config.data.share_prompt=True"],
+      "splash attention on shared-prompt rows": [
+        "--config.model.attention_impl=splash",
+        "--config.data.packing=True",
+        "--config.data.share_prompt=True",
+      ],
+      "shared-prompt rows too short": [
+        "--config.data.packing=True",
+        "--config.data.share_prompt=True",
+        "--config.data.packed_length=40",
+      ],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)

@@ -133,7 +133,7 @@ def sequence_length(config) -> int:
   """The longest padded length a batch can have: its largest bucket, or the
   packed row length with ``data.packing``."""
   if config.data.get("packing", False):
-    return int(config.data.packed_length or max(config.data.length_buckets))
+    return data_lib.pipeline.packed_row_length(config.data)
   return batching.bucket_length(
     config.data.max_length, config.data.length_buckets
   )
@@ -164,6 +164,7 @@ def abstract_batch(
     sharding=slpo_jax.sharding.batch_sharding(mesh),
     slots=layout.resolved(config)[1] if packed else 0,
     with_reference=needs_reference_logps,
+    share_prompt=setup_lib.shares_prompt(config),
   )
 
 
@@ -185,7 +186,8 @@ def model_flops(model, config, loss, layout=PackedLayout()) -> float:
   # Every position of both rows (packing's padding included). Attention is
   # counted over whole rows; a packed pair attends within its segment only,
   # so for packed batches this term is an upper bound.
-  tokens = 2 * batch_rows(config, layout) * sequence_length(config)
+  sides = 1 if setup_lib.shares_prompt(config) else 2  # One block shared.
+  tokens = sides * batch_rows(config, layout) * sequence_length(config)
   attention = 4 * sequence_length(config) * c.num_heads * c.head_dim
   attention *= c.num_layers
   policy = 3 * (2 * dense + attention) * tokens
@@ -316,6 +318,7 @@ def analyse(
       layout.resolved(config)[1] if config.data.get("packing", False) else None
     ),
     "sequence_length": sequence_length(config),
+    "shared_prompt": setup_lib.shares_prompt(config),
     "argument_bytes": memory.argument_size_in_bytes,
     "output_bytes": memory.output_size_in_bytes,
     "temp_bytes": memory.temp_size_in_bytes,
@@ -346,7 +349,9 @@ def report(figures: dict) -> str:
     f" {f['global_batch_pairs']} pairs"
     + (
       f" packed into {f['rows_per_side']} rows x {f['sequence_length']}"
-      f" tokens ({f['packed_slots']} pair slots per row)"
+      f" tokens ({f['packed_slots']} pair slots per row"
+      + (", prompts shared" if f.get("shared_prompt") else "")
+      + ")"
       if f["packed_slots"]
       else f" x {f['sequence_length']} tokens"
     ),

@@ -18,7 +18,6 @@ import slpo_jax
 from train import objective
 from train import policy as policy_lib
 from train.batch import Batch
-from train.batch import UnpairedBatch
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -220,18 +219,13 @@ def train_step(
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite
   # Real tokens of the global batch (both rows of every pair), as TRL counts
-  # them for ``num_tokens``.
-  if isinstance(batch, UnpairedBatch):
-    # KTO's records: their own rows, not the mismatched ones.
-    metrics["tokens"] = jnp.sum(batch.completion_attention_mask)
-  else:
-    metrics["tokens"] = jnp.sum(batch.chosen_attention_mask) + jnp.sum(
-      batch.rejected_attention_mask
-    )
+  # them for ``num_tokens``; a shared prompt counts twice here too, KTO's
+  # mismatched rows not at all.
+  metrics["tokens"] = batch.real_tokens()
   if batch.packed:
-    # How well the rows are filled: real tokens over all positions.
-    positions = 2 * batch.chosen_attention_mask.size
-    metrics["real_token_fraction"] = metrics["tokens"] / positions
+    # How well the rows are filled: positions holding a token over all.
+    filled, positions = batch.filled_positions()
+    metrics["real_token_fraction"] = filled / positions
   return new_state, metrics
 
 

@@ -315,10 +315,13 @@ def _check_model(config) -> None:
     softcap=False,
     window=False,
     packed=bool(config.data.packing),
+    branched=bool(config.data.packing and config.data.get("share_prompt")),
   )
   if reason:
     raise ConfigError(reason)
-  _non_negative(config.model, "vocab_chunk_size", "token_chunk_size")
+  _non_negative(
+    config.model, "vocab_chunk_size", "token_chunk_size", "attention_block"
+  )
   if not config.model.checkpoint:
     try:
       models.get_config(config.model.family, config.model.size)
