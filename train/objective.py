@@ -26,8 +26,8 @@ import slpo_jax
 from slpo_jax import losses
 from slpo_jax import packing
 from slpo_jax import sharding
-from slpo_jax import shared_prompt
 from train import objective_kto
+from train import objective_shared
 from train.batch import Batch
 from train.batch import UnpairedBatch
 
@@ -154,7 +154,7 @@ def batch_stats(
     pair slots for a packed batch).
   """
   if batch.shares_prompt:
-    return _shared_prompt_stats(
+    return objective_shared.shared_prompt_stats(
       model, params, batch, pair_values=pair_values, head=head, mesh=mesh
     )
   n = batch.chosen_input_ids.shape[0]
@@ -210,66 +210,6 @@ def batch_stats(
     stats = packing.pairs_first(stats)
   # Padding rows (weight 0, copies of a real pair) do not count either.
   return stats._replace(counted=stats.counted & (batch.pair_weights() > 0))
-
-
-def _shared_prompt_stats(
-  model, params, batch, *, pair_values, head, mesh
-) -> slpo_jax.PairStats:
-  """:func:`batch_stats` of a :class:`train.batch.SharedPromptBatch`: one
-  pass over the rows with branches, the head on the step axis
-  (:mod:`slpo_jax.shared_prompt`)."""
-  num_segments = batch.per_pair_shape[1]
-  hidden, lm_head = model.hidden_states(
-    params,
-    batch.input_ids,
-    segment_ids=batch.segment_ids,
-    positions=batch.positions,
-    branch_ids=batch.branch_ids,
-  )
-
-  def head_fn(hidden, lm_head, *rows):
-    labels, rejected_labels, where_w, where_l, source, ends, segments = rows
-    return shared_prompt.pair_stats_from_shared_hidden(
-      hidden,
-      lm_head,
-      labels,
-      rejected_labels,
-      chosen_where=where_w,
-      rejected_where=where_l,
-      rejected_source=source,
-      prompt_ends=ends,
-      segment_ids=segments,
-      num_segments=num_segments,
-      pair_values=pair_values,
-      head=head,
-    )
-
-  if mesh is not None and head.fused and _batch_shards(mesh) > 1:
-    # Each device's own rows, as _head_per_shard does for the other layouts.
-    head_fn = jax.shard_map(
-      head_fn,
-      mesh=mesh,
-      in_specs=(_BATCH, _REPLICATED) + (_BATCH,) * 7,
-      out_specs=_BATCH,
-      check_vma=False,
-    )
-  stats = head_fn(
-    hidden,
-    lm_head,
-    batch.labels,
-    batch.rejected_labels,
-    batch.chosen_loss_mask,
-    batch.rejected_loss_mask,
-    batch.rejected_source,
-    batch.prompt_ends,
-    batch.segment_ids,
-  )
-  stats = packing.pairs_first(stats)
-  return stats._replace(counted=stats.counted & (batch.pair_weights() > 0))
-
-
-def _batch_shards(mesh: jax.sharding.Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def reference_stats(
