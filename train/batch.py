@@ -170,10 +170,6 @@ class PaddedBatch(_Pairs):
   def pair_ids(self):
     return self.example_id
 
-  def real_tokens(self):
-    """The records' own tokens, not the mismatched rows'."""
-    return self.completion_attention_mask.sum()
-
   @property
   def per_pair_shape(self) -> tuple[int, ...]:
     return tuple(np.shape(self.example_weight))
@@ -375,6 +371,10 @@ class UnpairedBatch:
 
   def pair_ids(self):
     return self.example_id
+
+  def real_tokens(self):
+    """The records' own tokens, not the mismatched rows'."""
+    return self.completion_attention_mask.sum()
 
   @property
   def per_pair_shape(self) -> tuple[int, ...]:
