@@ -118,6 +118,9 @@ def pair_stats_from_shared_hidden(
   softcap = head.logit_softcap
 
   def tokens(h, ids, also_exclude=None):
+    # The entropy metric (and WPO's weights) on the response steps, as the
+    # paired head gives them; not for the pair complement's extra pass.
+    distribution = head.distribution_stats and also_exclude is None
     if head.fused:
       return fused.token_logps_from_hidden(
         h,
@@ -127,9 +130,14 @@ def pair_stats_from_shared_hidden(
         vocab_chunk_size=head.vocab_chunk_size,
         token_chunk_size=head.token_chunk_size,
         logit_softcap=softcap,
+        distribution_stats=distribution,
       )
     logits = logprobs.logits_from_hidden(h, lm_head, softcap)
-    return logprobs.token_logps(logits, ids, also_exclude=also_exclude)
+    values = logprobs.token_logps(logits, ids, also_exclude=also_exclude)
+    if not distribution:
+      return values
+    entropy, log_sum_sq = logprobs.distribution_stats(logits)
+    return values._replace(entropy=entropy, log_sum_sq_probs=log_sum_sq)
 
   length = shape[-1]
   values = tokens(extended, extended_ids)

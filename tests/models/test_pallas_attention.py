@@ -162,8 +162,8 @@ def test_splash_on_a_mesh_equals_dense():
   mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "tensor"))
   q, k, v, weights = _inputs(2)
   # Four rows: the three of the layout and a copy of the packed one.
-  mask = attention.AttentionMask(
-    *(jnp.concatenate([m, m[1:2]]) for m in _layout())
+  mask = attention.self_attention_mask(
+    *(jnp.concatenate([m, m[1:2]]) for m in _layout()[:2])
   )
   q, k, v, weights = (np.concatenate([x, x[1:2]]) for x in (q, k, v, weights))
 
