@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.lora = ml_collections.ConfigDict()
   config.model.lora.rank = 0  # Adapter rank; 0 = off (train every weight).
   config.model.lora.alpha = 16.0  # Update scale alpha / rank.
-  config.model.lora.dropout = 0.0  # Must be 0: adapters merge into kernels.
+  config.model.lora.dropout = 0.0  # On the adapters' input (PEFT's lora_dropout).
   # Module names or path regexes: q k v o gate up down fc proj embed lm_head.
   config.model.lora.targets = ("attention", "mlp")
   config.model.lora.rslora = False  # Scale by alpha / sqrt(rank) instead.

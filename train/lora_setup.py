@@ -121,6 +121,7 @@ class LoraPolicy:
     reference_in_batch: the reference log-probs are precomputed.
     identity: the base's source and weights hash, which a checkpoint must
       match to be resumed.
+    dropout_seed: the seed of the adapters' dropout.
   """
 
   config: lora.LoraConfig
@@ -128,14 +129,36 @@ class LoraPolicy:
   dtype: str
   reference_in_batch: bool
   identity: dict
+  dropout_seed: int = 0
   # The adapters merge into the frozen base.
   merge_reads_frozen = True
 
   def merged(self, trainable, frozen):
-    """The base with the adapters merged in (traceable)."""
+    """The base with the adapters merged in (traceable): for exports and
+    sampling; the step never forms it."""
     return lora.policy_params(
       frozen, trainable, list(self.sites), self.config, dtype=self.dtype
     )
+
+  def step_params(self, trainable, frozen, rng=None):
+    """The base with each adapter beside its kernel, run inside the layers
+    (traceable); ``rng`` draws the adapters' dropout."""
+    return lora.layer_params(
+      frozen,
+      trainable,
+      list(self.sites),
+      self.config,
+      dropout_key=rng,
+      dtype=self.dtype,
+    )
+
+  def training_rng(self, step, micro_batch):
+    """The dropout key of one micro-batch of one step (None without
+    dropout): the same on a resumed run."""
+    if not self.config.dropout:
+      return None
+    key = jax.random.fold_in(jax.random.key(self.dropout_seed), step)
+    return jax.random.fold_in(key, micro_batch)
 
   def reference(self, frozen):
     """The reference's parameters: the base with its adapters off."""
@@ -182,6 +205,7 @@ def _policy(config, sites, identity: dict) -> LoraPolicy:
     dtype=config.model.dtype,
     reference_in_batch=config.reference.mode == "precomputed",
     identity=identity,
+    dropout_seed=config.seed,
   )
 
 
