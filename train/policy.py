@@ -112,7 +112,7 @@ def prepare(config, model, params, shardings, mesh) -> Prepared:
   precomputed = config.reference.mode == "precomputed"
   if lora_setup.enabled(config):
     # The reference is the base itself: never donated, so never copied.
-    base = lora_setup.frozen_base(config, params, shardings)
+    base = lora_setup.frozen_base(config, model, params, shardings)
     policy, adapters, adapter_shardings = lora_setup.prepare(
       config, model, base, mesh
     )
@@ -136,11 +136,11 @@ def abstract(config, model, shardings, mesh) -> Prepared:
   return Prepared(FullPolicy(precomputed), params, shardings, params)
 
 
-def frozen_as_held(config, params, shardings):
+def frozen_as_held(config, model, params, shardings):
   """The starting parameters as a run holds them frozen: a LoRA run's base
-  in ``lora.base_dtype``, else as they are."""
+  in ``lora.base_dtype`` (cast or quantized), else as they are."""
   if lora_setup.enabled(config):
-    return lora_setup.frozen_base(config, params, shardings)
+    return lora_setup.frozen_base(config, model, params, shardings)
   return params
 
 

@@ -15,15 +15,16 @@ when the blocks are scanned, so a scan dequantizes one block at a time):
   :data:`NF4_CODEBOOK`. ``kernel_nf4`` (uint8) holds two indices a byte, the
   first in the high nibble, ``kernel_absmax`` (float32) each block's
   maximum. With double quantization the maxima are themselves stored as
-  ``kernel_absmax_int8`` (their offset from ``kernel_absmax_mean``, in
-  blocks of :data:`ABSMAX_BLOCK` with scales ``kernel_absmax_scale``).
+  ``kernel_absmax_int8``: their offset from ``kernel_absmax_mean`` in
+  groups of :data:`ABSMAX_BLOCK` (the last padded with zeros), each with
+  its absmax scale ``kernel_absmax_scale`` (QLoRA uses 8-bit floats there,
+  these are 8-bit integers).
 
 Quantizing a tree is :mod:`slpo_jax.quantize`; this module only reads.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -81,11 +82,9 @@ def nf4_absmax(stored: dict[str, jax.Array]) -> jax.Array:
   if "absmax" in stored:
     return stored["absmax"]
   q = stored["absmax_int8"].astype(jnp.float32)
-  lead, count = q.shape[:-1], q.shape[-1]
-  groups = q.reshape(lead + (-1, ABSMAX_BLOCK))
-  scales = stored["absmax_scale"][..., None]
-  values = (groups * scales).reshape(lead + (count,))
-  return values + stored["absmax_mean"][..., None]
+  groups = q.reshape(-1, ABSMAX_BLOCK) * stored["absmax_scale"][:, None]
+  count = stored["nf4"].shape[-1] * 2 // NF4_BLOCK  # Padding dropped.
+  return groups.reshape(-1)[:count] + stored["absmax_mean"]
 
 
 def dequantize(
@@ -103,21 +102,5 @@ def dequantize(
 
 
 def nf4_storable(size: int) -> bool:
-  """Whether a kernel of ``size`` elements cuts into whole NF4 blocks (and,
-  for double quantization, whole blocks of maxima)."""
+  """Whether a kernel of ``size`` elements cuts into whole NF4 blocks."""
   return size % NF4_BLOCK == 0
-
-
-def absmax_storable(size: int) -> bool:
-  """Whether ``size`` elements' block maxima cut into whole groups."""
-  return (size // NF4_BLOCK) % ABSMAX_BLOCK == 0
-
-
-def stored_bytes(size: int, form: tuple[str, ...]) -> float:
-  """Bytes a kernel of ``size`` elements takes in ``form``."""
-  if form == INT8:
-    return float(size)  # Plus a float32 per channel.
-  blocks = size / NF4_BLOCK
-  if form == NF4:
-    return size / 2 + 4 * blocks
-  return size / 2 + blocks + 8 * math.ceil(blocks / ABSMAX_BLOCK)
