@@ -213,8 +213,11 @@ def main():
   parser.add_argument(
     "--skip-flops", action="store_true", help="Only the memory rows."
   )
+  parser.add_argument(
+    "--skip-memory", action="store_true", help="Only the FLOPs rows."
+  )
   args = parser.parse_args()
-  memory = memory_rows(args.topology)
+  memory = [] if args.skip_memory else memory_rows(args.topology)
   flops = [] if args.skip_flops else flops_rows(args.topology)
   device = _devices(args.topology)
   name = f"{len(device)} x {device[0].device_kind}"
