@@ -109,3 +109,25 @@ def test_a_kernel_nf4_cannot_cut_is_a_one_line_error():
   with pytest.raises(quantize.QuantizeError, match="NF4 block of 64") as info:
     quantize.check(model, "nf4")
   assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_int8_base_on_a_mesh_trains_like_on_one_device(make_config, tmp_path):
+  """fsdp x data = 4 x 2: the stored kernels and adapters are split over the
+  mesh, and the losses are those of the one-device run."""
+  settings = {**LORA, "model.lora.base_dtype": "int8", "steps": 3}
+  alone = train(make_config(**settings), tmp_path / "one", devices=1)
+  meshed = train(
+    make_config(**{**settings, "mesh.data": 2, "mesh.fsdp": 4}),
+    tmp_path / "mesh",
+    devices=8,
+  )
+  down = meshed.run.reference_params["layers_0"]["mlp"]["down"]
+  assert "fsdp" in str(down["kernel_int8"].sharding.spec)
+  assert "fsdp" in str(down["kernel_scale"].sharding.spec)
+  lora_a = meshed.result.state.params["layers_0"]["mlp"]["down"]["lora_a"]
+  assert len(lora_a.sharding.device_set) == 8
+  want = train_losses(tmp_path / "one")
+  for step, loss in train_losses(tmp_path / "mesh").items():
+    assert loss == pytest.approx(want[step], abs=1e-5)
+  del alone
