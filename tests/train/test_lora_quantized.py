@@ -32,6 +32,7 @@ def _write_base(folder):
 def test_nf4_base_trains_exports_and_resumes_only_as_nf4(make_config, tmp_path):
   from tests.models import models_testing
   from train import export
+  from train import sample
 
   _write_base(tmp_path / "base")
   config = make_config(
@@ -72,6 +73,18 @@ def test_nf4_base_trains_exports_and_resumes_only_as_nf4(make_config, tmp_path):
   assert models_testing.max_masked_diff(ours, theirs, mask) <= 1e-4
   plain = models_testing.apply(run.spec.model, base, ids, mask)
   assert models_testing.max_masked_diff(ours, plain, mask) > 1e-3
+
+  # train.sample reads the run back: the policy (merged from the
+  # dequantized base) and the reference (the quantized base itself).
+  for reference in (False, True):
+    drawn = sample.sample(
+      tmp_path / "run",
+      prompt="ab",
+      reference=reference,
+      temperature=0.0,
+      max_new_tokens=4,
+    )
+    assert 0 < len(drawn.token_ids[0]) <= 4
 
   config.steps = 3
   config.model.lora.base_dtype = "int8"
