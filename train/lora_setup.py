@@ -312,9 +312,12 @@ def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
     )(jax.random.fold_in(jax.random.key(config.seed), 1))
   identity = {
     "lora_base": base_source(config),
-    "lora_base_dtype": config.model.lora.base_dtype,
     "lora_base_weights": fingerprint.params_fingerprint(base),
   }
+  if quantized_format(config):
+    # Named on its own so that a refusal says what changed; a float base's
+    # dtype is in its weights' hash (and older checkpoints lack the key).
+    identity["lora_base_dtype"] = config.model.lora.base_dtype
   policy = _policy(config, model, sites, identity)
   if jax.process_index() == 0:
     count = lora.trainable_count(adapters)
