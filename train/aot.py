@@ -10,9 +10,10 @@ weights are read or allocated: a checkpoint folder needs only its
 ``config.json``) and compiled by TPU XLA for the topology's abstract
 devices. It prints, per chip, the compiled argument, output, temporary and
 total bytes against the chip's HBM, XLA's FLOPs and bytes accessed per step,
-the analytic model FLOPs (6 x parameters x tokens for the policy, 2 x for
-the reference's forward pass, plus attention), and a roofline step time and
-MFU from the chip's published peak bf16 FLOP/s and HBM bandwidth. The
+the analytic model FLOPs (6 x parameters x tokens for the policy, 4 x with
+LoRA, 2 x for the reference's forward pass, plus attention), and a roofline
+step time and MFU from the chip's published peak bf16 FLOP/s and HBM
+bandwidth. The
 roofline is a lower bound on the step time (an upper bound on MFU): it
 assumes compute and memory traffic overlap perfectly.
 
@@ -172,8 +173,8 @@ def model_flops(model, config, loss, layout=PackedLayout()) -> float:
   """Analytic FLOPs of one step over the whole batch.
 
   Matmul FLOPs are 2 per multiply-add: 6 N per token for the policy's
-  forward and backward passes, 2 N for the reference's forward pass (when it
-  runs), with N the parameters outside the embedding lookup; attention adds
+  forward and backward passes (4 N with LoRA, whose frozen base gets no
+  weight gradient), 2 N for the reference's forward pass (when it runs), with N the parameters outside the embedding lookup; attention adds
   ``4 T d`` per token and layer forward (scores and values), three times that
   with the backward pass. Rematerialisation's recomputed forward is not
   counted (MFU counts useful work only).
@@ -190,7 +191,12 @@ def model_flops(model, config, loss, layout=PackedLayout()) -> float:
   tokens = sides * batch_rows(config, layout) * sequence_length(config)
   attention = 4 * sequence_length(config) * c.num_heads * c.head_dim
   attention *= c.num_layers
-  policy = 3 * (2 * dense + attention) * tokens
+  if config.model.lora.rank:
+    # LoRA: the base's weights get no gradient (4 N per token), the
+    # adapters' matmuls are negligible; attention's backward stays.
+    policy = (2 * 2 * dense + 3 * attention) * tokens
+  else:
+    policy = 3 * (2 * dense + attention) * tokens
   reference = (
     (2 * dense + attention) * tokens
     if loss.needs_reference and config.reference.mode == "online"

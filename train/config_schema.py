@@ -19,7 +19,8 @@ LOSS_HEADS = ("fused", "plain")  # model.loss_head
 COMPUTE_DTYPES = ("float32", "bfloat16")  # model.dtype, model.param_dtype
 REFERENCE_MODES = ("online", "precomputed")  # reference.mode
 EXPORT_DTYPES = ("float32", "bfloat16")  # export.dtype
-LORA_BASE_DTYPES = ("float32", "bfloat16")  # model.lora.base_dtype
+# model.lora.base_dtype: kept as floats, or quantized (slpo_jax.quantize).
+LORA_BASE_DTYPES = ("float32", "bfloat16", "int8", "nf4")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -116,11 +117,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.lora = ml_collections.ConfigDict()
   config.model.lora.rank = 0  # Adapter rank; 0 = off (train every weight).
   config.model.lora.alpha = 16.0  # Update scale alpha / rank.
-  config.model.lora.dropout = 0.0  # Must be 0: adapters merge into kernels.
+  config.model.lora.dropout = (
+    0.0  # On the adapters' input (PEFT's lora_dropout).
+  )
   # Module names or path regexes: q k v o gate up down fc proj embed lm_head.
   config.model.lora.targets = ("attention", "mlp")
   config.model.lora.rslora = False  # Scale by alpha / sqrt(rank) instead.
-  config.model.lora.base_dtype = "float32"  # Frozen base: or 'bfloat16'.
+  # Frozen base: float32, bfloat16, or its projections in int8 or nf4.
+  config.model.lora.base_dtype = "float32"
+  config.model.lora.double_quant = False  # nf4: quantize the block maxima.
   config.model.lora.init_from = ""  # PEFT adapter folder to start from.
 
   config.reference = ml_collections.ConfigDict()
