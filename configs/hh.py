@@ -23,7 +23,9 @@ Hugging Face folder and ``--config.data.tokenizer`` at its
 from train import config_schema
 
 
-def get_config(hh_file: str = ""):
+def paired_rows(hh_file: str = ""):
+  """The HH pairs on unpacked rows: what the presets built on this one
+  (larger models, GPUs, TPUs) start from, each choosing its own layout."""
   config = config_schema.get_config()
   config.steps = 100
   config.batch_size = 8
@@ -40,6 +42,13 @@ def get_config(hh_file: str = ""):
   config.data.max_length = 512
   config.data.max_prompt_length = 384
   config.data.length_buckets = (256, 512)
+  config.loss.name = "dpo"
+  config.optimizer.learning_rate = 1e-3
+  return config
+
+
+def get_config(hh_file: str = ""):
+  config = paired_rows(hh_file)
   # Pairs packed into 1,024-token rows, each prompt computed once for both
   # responses: 1.72x the pairs/s of paired packed rows on BPE-tokenized HH
   # pairs on a CPU (docs/data.md#sharing-the-prompt,
@@ -49,6 +58,4 @@ def get_config(hh_file: str = ""):
   # Blockwise attention in 128-token tiles skips other pairs' segments and
   # the other response: a third of the attention time at 512 on a CPU.
   config.model.attention_block = 128
-  config.loss.name = "dpo"
-  config.optimizer.learning_rate = 1e-3
   return config

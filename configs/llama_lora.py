@@ -19,7 +19,7 @@ from configs import hh
 
 
 def get_config(hh_file: str = ""):
-  config = hh.get_config(hh_file)
+  config = hh.paired_rows(hh_file)
   config.steps = 2000
   config.batch_size = 32
   config.grad_accum_steps = 4
