@@ -140,6 +140,7 @@ def attention_kernel(
     window=any(w is not None for w in model_config.layer_windows()),
     packed=bool(config.data.packing),
     branched=shares_prompt(config),
+    dtype=model_config.dtype,
   )
   impl = config.model.attention_impl
   if impl == "auto":

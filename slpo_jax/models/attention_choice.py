@@ -49,6 +49,7 @@ def unsupported(
   window: bool,
   packed: bool = False,
   branched: bool = False,
+  dtype: str | None = None,
 ) -> str | None:
   """Why kernel ``impl`` cannot run attention with these features, or None.
 
@@ -58,6 +59,8 @@ def unsupported(
     window: some layer has a sliding window.
     packed: rows hold several sequences (segment ids beyond padding).
     branched: rows fork after a shared prompt (``data.share_prompt``).
+    dtype: the compute dtype's name, if known (cuDNN's fused kernel takes
+      bfloat16 and float16 only).
   """
   if branched and impl in ("splash", "cudnn", "pallas_gpu"):
     return (
@@ -76,6 +79,11 @@ def unsupported(
       "attention_impl=cudnn takes no segment ids, so it cannot attend "
       "within packed rows; use pallas_gpu or blockwise"
     )
+  if impl == "cudnn" and dtype not in (None, "bfloat16", "float16"):
+    return (
+      f"attention_impl=cudnn needs bfloat16 or float16 compute, not {dtype}"
+      " (model.dtype); use pallas_gpu or blockwise"
+    )
   if impl == "pallas_gpu" and (softcap or window):
     feature = "logit soft-capping" if softcap else "sliding window"
     return (
@@ -92,6 +100,7 @@ def choose(
   window: bool,
   packed: bool,
   branched: bool = False,
+  dtype: str | None = None,
 ) -> tuple[str, str]:
   """The kernel ``auto`` stands for on ``platform``, and why.
 
@@ -101,6 +110,7 @@ def choose(
     window: some layer has a sliding window.
     packed: rows hold several sequences.
     branched: rows fork after a shared prompt.
+    dtype: the compute dtype's name, if known.
 
   Returns:
     ``(impl, reason)``.
@@ -113,12 +123,13 @@ def choose(
     return "splash", "TPU: the splash kernel takes every mask feature"
   if platform not in _GPU_PLATFORMS:
     return "blockwise", f"{platform}: no fused attention kernel"
-  features = dict(softcap=softcap, window=window, packed=packed)
+  features = dict(softcap=softcap, window=window, packed=packed, dtype=dtype)
   if unsupported("cudnn", **features) is None:
     return "cudnn", "GPU, unpacked rows: cuDNN's fused kernel"
+  rows = "packed rows" if packed else f"{dtype} compute"
   if unsupported("pallas_gpu", **features) is None:
-    return "pallas_gpu", "GPU, packed rows: cuDNN takes no segment ids"
+    return "pallas_gpu", f"GPU, {rows}: the Pallas GPU kernel, not cuDNN"
   return "blockwise", (
     "GPU: neither cuDNN nor the Pallas GPU kernel takes "
-    + ("logit soft-capping" if softcap else "segment ids with a window")
+    + ("logit soft-capping" if softcap else f"a sliding window with {rows}")
   )
