@@ -383,6 +383,21 @@ class Matrix:
       ],
       "kto combined with sft": ["--config.loss.name=kto,sft"],
       "data.unpaired with dpo": ["--config.data.unpaired=True"],
+      "shared prompts without packing": ["--config.data.share_prompt=True"],
+      "splash attention on shared-prompt rows": [
+        "--config.model.attention_impl=splash",
+        "--config.data.packing=True",
+        "--config.data.share_prompt=True",
+      ],
+      "shared-prompt rows too short": [
+        "--config.data.packing=True",
+        "--config.data.share_prompt=True",
+        "--config.data.packed_length=40",
+      ],
+      "unknown lora.base_dtype": [
+        "--config.model.lora.rank=4",
+        "--config.model.lora.base_dtype=fp4",
+      ],
     }
     for name, flags in cases.items():
       self.refused(f"config: {name}", self.workdir(f"config_{name}"), flags)
@@ -395,6 +410,15 @@ class Matrix:
       "resume with a longer cosine schedule",
       workdir,
       ["--config.optimizer.decay=cosine", "--config.steps=16"],
+    )
+    # A LoRA run over an NF4 base resumed over an int8 one: other weights.
+    workdir = self.workdir("lora_base_dtype")
+    lora = ["--config.model.lora.rank=4", "--config.steps=4"]
+    self.runs.run(workdir, *lora, "--config.model.lora.base_dtype=nf4")
+    self.refused(
+      "resume a LoRA run over another base dtype",
+      workdir,
+      [*lora[:1], "--config.steps=8", "--config.model.lora.base_dtype=int8"],
     )
 
   def evaluate(self):

@@ -18,6 +18,7 @@ from train import data as data_lib
 from train.data import TokenizedPair
 from train.data import batching
 from train.data import row_packing
+from train.data import shared_rows
 
 SPECIAL = ("<pad>", "<s>", "</s>")  # Ids 0, 1, 2.
 
@@ -100,6 +101,48 @@ def packed_batches(pairs, setting):
     shard_count=1,
   )
   return [collate(entries) for entries in batches_of(pairs, setting)]
+
+
+def shared_batches(pairs, setting):
+  """The same batches as shared-prompt rows (``data.share_prompt``)."""
+  collate = shared_rows.shared_collate(
+    packed_length=setting.shared_length,
+    pad_id=0,
+    shard_index=0,
+    shard_count=1,
+  )
+  return [collate(entries) for entries in batches_of(pairs, setting)]
+
+
+# The second length distribution: short prompts, long responses (prompt and
+# response lengths in tokens, drawn uniformly). HH's sampled pairs have a
+# median prompt of 98 tokens and responses of 29 and 38.
+SHORT_PROMPT = {"prompt": (16, 48), "response": (96, 224)}
+
+
+def short_prompt_sample(setting) -> list:
+  """Random token pairs of ``SHORT_PROMPT`` lengths, BOS first, EOS last."""
+  rng = np.random.default_rng(setting.seed)
+
+  def tokens(low, high, first=None, last=None):
+    ids = rng.integers(
+      len(SPECIAL), setting.vocab_size, rng.integers(low, high)
+    )
+    if first is not None:
+      ids[0] = first
+    if last is not None:
+      ids[-1] = last
+    return ids.astype(np.int32)
+
+  return [
+    TokenizedPair(
+      k,
+      tokens(*SHORT_PROMPT["prompt"], first=1),
+      tokens(*SHORT_PROMPT["response"], last=2),
+      tokens(*SHORT_PROMPT["response"], last=2),
+    )
+    for k in range(setting.pairs * setting.batches)
+  ]
 
 
 def real_tokens(batch) -> int:

@@ -1,10 +1,12 @@
-"""DPO on HH-length pairs: slpo-jax padded, slpo-jax packed and TRL.
+"""DPO on HH-length pairs: slpo-jax padded, packed and shared-prompt, and TRL.
 
 Command (from the repository root; the HH file is Anthropic's hh-rlhf, e.g.
 its ``harmless-base/test.jsonl.gz``)::
 
   python -m bench.packed_step --hh PATH/TO/test.jsonl.gz   # bench/results/packed_step.*
   python -m bench.packed_step --hh PATH --quick            # 1 round, no RSS, not saved
+  python -m bench.packed_step --hh PATH --distribution short-prompt \
+      --variants jax-packed,jax-shared                     # short prompts
 
 The pairs are real HH pairs, so their lengths are HH's: a byte-level BPE of
 8,192 tokens is trained on the file's transcripts (a few seconds), the file
@@ -20,13 +22,26 @@ online frozen reference, AdamW at lr 1e-4 with global-norm clipping at 1.
   bucket (the default buckets, 32 to 512), as ``train.main`` batches them.
 * **slpo-jax, packed**: the same pairs packed into 512-token paired rows
   (``data.packing``; ``train.data.row_packing``).
+* **slpo-jax, shared prompt**: the same pairs as prompt + chosen + rejected
+  segments of 1,024-token rows (``data.share_prompt``, whose default row for
+  ``max_length`` 512 this is; ``train.data.shared_rows``).
 * **TRL**: ``trl.DPOTrainer`` (``bench/trl_dpo.py``) on
   ``transformers.LlamaForCausalLM`` loaded from the same initial weights,
   its own tokenization and collator (padding to the batch's longest row;
   its padding-free mode is not offered for DPO), with PyTorch on every core
   and, with the same trainer, on one thread.
 
-Both slpo-jax variants use the fused loss head and the default blockwise
+``--distribution short-prompt`` replaces the HH pairs by random tokens of
+``hh_data.SHORT_PROMPT`` lengths (short prompts, long responses), where
+sharing the prompt saves less.
+
+Pairs/s is the measure that stays comparable when the positions a pair
+takes change. Model FLOP/s (``bench/step_flops.py``) is given as a share
+of this CPU's float32 matmul peak measured by the same run, and with
+``--breakdown`` the packed and shared-prompt steps' time is split into
+their parts (``bench/step_breakdown.py``).
+
+The slpo-jax variants use the fused loss head and the default blockwise
 attention, with no rematerialisation (TRL's gradient checkpointing is off
 too). Tokens are real tokens (chosen and rejected rows, prompt included),
 the same count for every variant; tokens/s is a whole pass over the batches
@@ -38,7 +53,6 @@ bytes of the largest compiled shape.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -52,15 +66,18 @@ import numpy as np
 import slpo_jax
 from bench import harness
 from bench import hh_data
+from bench import packed_args
 from bench import packed_report
+from bench import step_breakdown
+from bench import step_flops
 from bench import train_step as step_bench
 from slpo_jax import models
 from train.data import TokenizedPair
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 COMMAND = "python -m bench.packed_step --hh PATH/TO/hh.jsonl.gz"
-JAX_VARIANTS = ("jax-padded", "jax-packed")
-TRL_VARIANTS = ("trl", "trl-1thread")
+JAX_VARIANTS = packed_args.JAX_VARIANTS
+TRL_VARIANTS = packed_args.TRL_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +89,9 @@ class Setting:
   seed: int = 0
   vocab_size: int = 8192
   packed_length: int = 512
+  shared_length: int = 1024
+  attention_block: int = 512
+  distribution: str = "hh"
   # train.main's defaults (train/config_schema.py).
   attention_impl: str = "blockwise"
   loss_head: str = "fused"
@@ -88,8 +108,9 @@ def model_config(setting: Setting) -> models.DecoderConfig:
     num_kv_heads=2,
     head_dim=64,
     mlp_dim=768,
-    max_len=setting.packed_length,
+    max_len=max(setting.packed_length, setting.shared_length),
     attention_impl=setting.attention_impl,
+    attention_block=setting.attention_block,
   )
 
 
@@ -105,10 +126,13 @@ class Inputs:
   @classmethod
   def build(cls, setting, hh_file, workdir) -> "Inputs":
     """Tokenizer, sample and both models, written to ``workdir``."""
-    hh_data.train_hh_tokenizer(
-      hh_file, workdir / "tokenizer", setting.vocab_size
-    )
-    pairs = hh_data.hh_sample(hh_file, workdir / "tokenizer", setting)
+    if setting.distribution == "hh":
+      hh_data.train_hh_tokenizer(
+        hh_file, workdir / "tokenizer", setting.vocab_size
+      )
+      pairs = hh_data.hh_sample(hh_file, workdir / "tokenizer", setting)
+    else:
+      pairs = hh_data.short_prompt_sample(setting)
     model = models.build(model_config(setting))
     policy = model.init(jax.random.key(setting.seed))
     reference = model.init(jax.random.key(setting.seed + 1))
@@ -138,12 +162,24 @@ class JaxSteps:
 
   def __init__(self, name: str, inputs: Inputs):
     self.name = name
-    make = (
-      hh_data.padded_batches if name == "jax-padded" else hh_data.packed_batches
-    )
+    make = {
+      "jax-padded": hh_data.padded_batches,
+      "jax-packed": hh_data.packed_batches,
+      "jax-shared": hh_data.shared_batches,
+    }[name]
     host_batches = make(inputs.pairs, inputs.setting)
+    self.pairs = len(inputs.pairs)
     self.tokens = [hh_data.real_tokens(b) for b in host_batches]
-    self.positions = [2 * b.chosen_input_ids.size for b in host_batches]
+    self.positions = [
+      b.input_ids.size if b.shares_prompt else 2 * b.chosen_input_ids.size
+      for b in host_batches
+    ]
+    counts = [step_flops.batch_counts(b) for b in host_batches]
+    # Positions holding a token (a shared prompt once).
+    self.computed = [c[0] for c in counts]
+    self.flops = step_flops.step_flops(
+      inputs.model.config, *(sum(c[i] for c in counts) for i in (0, 1))
+    )
     self.batches = [jax.tree.map(jnp.asarray, b) for b in host_batches]
     self.reference = inputs.reference
     self.state, step = step_bench.state_and_step(
@@ -202,7 +238,23 @@ def trl_step(inputs: Inputs):
     batch_size=inputs.setting.pairs,
   )
   step.name = "trl"
+  step.pairs = len(inputs.pairs)
+  step.flops = step_flops.step_flops(
+    inputs.model.config, *step_flops.trl_counts(step.batches)
+  )
   return step
+
+
+def breakdowns(variants, inputs: Inputs) -> dict:
+  """``step_breakdown`` on the first batch of each packed variant."""
+  head = slpo_jax.HeadOptions(fused=inputs.setting.loss_head == "fused")
+  return {
+    v.name: step_breakdown.breakdown(
+      inputs.model, inputs.policy, inputs.reference, v.batches[0], head
+    )
+    for v in variants
+    if v.name in ("jax-packed", "jax-shared")
+  }
 
 
 def build_variants(names, inputs: Inputs) -> list:
@@ -219,44 +271,20 @@ def build_variants(names, inputs: Inputs) -> list:
   return [built[name] for name in names]
 
 
-def setting_of(args) -> Setting:
-  return Setting(
-    pairs=args.pairs,
-    batches=args.batches,
-    seed=args.seed,
-    attention_impl=args.attention_impl,
-    loss_head=args.loss_head,
-  )
-
-
-def worker_arguments(args, workdir) -> list[str]:
-  return [
-    "--rss-workdir",
-    str(workdir),
-    "--pairs",
-    str(args.pairs),
-    "--batches",
-    str(args.batches),
-    "--seed",
-    str(args.seed),
-    "--attention-impl",
-    args.attention_impl,
-    "--loss-head",
-    args.loss_head,
-  ]
-
-
 def run(args) -> None:
   start = time.perf_counter()
 
   def say(text):
     print(f"[{time.perf_counter() - start:.0f} s] {text}", flush=True)
 
-  setting = setting_of(args)
+  setting = packed_args.setting_of(args, Setting)
+  names = args.variants.split(",")
+  jax_names = [n for n in names if n in JAX_VARIANTS]
+  trl_names = [n for n in names if n in TRL_VARIANTS]
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp)
     harness.use_compilation_cache(workdir)
-    say("Training the tokenizer, reading the HH file, writing the models...")
+    say("Making the pairs (HH: training the tokenizer) and the models...")
     inputs = Inputs.build(setting, args.hh, workdir)
     workers = {}
     try:
@@ -264,19 +292,23 @@ def run(args) -> None:
       if measure:
         workers.update(
           harness.start_workers(
-            "bench.packed_step", ["trl"], worker_arguments(args, workdir)
+            "bench.packed_step",
+            ["trl"] if "trl" in trl_names else [],
+            packed_args.worker_arguments(args, workdir),
           )
         )
       say("Compiling the JAX steps...")
-      variants = build_variants(JAX_VARIANTS, inputs)
+      variants = build_variants(jax_names, inputs)
       if measure:
         workers.update(
           harness.start_workers(
-            "bench.packed_step", JAX_VARIANTS, worker_arguments(args, workdir)
+            "bench.packed_step",
+            jax_names,
+            packed_args.worker_arguments(args, workdir),
           )
         )
       say("Building the TRL trainer...")
-      variants += build_variants(TRL_VARIANTS, inputs)
+      variants += build_variants(trl_names, inputs)
       # One untimed pass per variant: compiles nothing new, and its steps
       # from the shared weights give the first-step losses.
       losses = {}
@@ -297,18 +329,29 @@ def run(args) -> None:
     )
     load = {"before": load_before, "after": harness.load_average()}
     memory = {v.name: v.memory() for v in variants if isinstance(v, JaxSteps)}
+    say("Measuring the float32 matmul peak...")
+    peak = step_flops.matmul_peak()
+    parts = {}
+    if args.breakdown:
+      say("Timing the parts of the packed steps...")
+      parts = breakdowns(variants, inputs)
   say("done")
   machine = harness.machine_description()
-  rows = packed_report.summarise(variants, samples, memory, rss, setting)
+  rows = packed_report.summarise(variants, samples, memory, rss, setting, peak)
   speedups = packed_report.ratios(rows)
   table = packed_report.format_table(
-    machine, setting, load, rows, speedups, losses
+    machine, setting, load, rows, speedups, losses, peak, parts
   )
   print("\n" + table)
+  if args.json:
+    for row in rows:
+      print(json.dumps({**row, "breakdown_seconds": parts.get(row["name"])}))
   if args.quick:
     return
   args.out.mkdir(parents=True, exist_ok=True)
-  stem = args.out / "packed_step"
+  stem = args.out / (
+    "packed_step" if setting.distribution == "hh" else "packed_step_short"
+  )
   header = (
     f"`{COMMAND}`, {machine['date']}, {time.perf_counter() - start:.0f} s."
     f" {args.rounds} interleaved rounds, each one pass over the batches per"
@@ -324,46 +367,17 @@ def run(args) -> None:
     "losses_warmup_pass": losses,
     "ratios": speedups,
     "rows": rows,
+    "matmul_peak_flops": peak,
+    "breakdown_seconds": parts,
   }
   stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
   print(f"\nSaved {stem}.md and {stem}.json")
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--hh", type=pathlib.Path, help="an HH-RLHF .jsonl.gz")
-  parser.add_argument(
-    "--pairs", type=int, default=Setting.pairs, help="pairs per batch"
-  )
-  parser.add_argument(
-    "--batches", type=int, default=Setting.batches, help="batches per pass"
-  )
-  parser.add_argument(
-    "--attention-impl",
-    choices=("blockwise", "dense"),
-    default=Setting.attention_impl,
-    help="model.attention_impl of both slpo-jax variants",
-  )
-  parser.add_argument(
-    "--loss-head",
-    choices=("fused", "plain"),
-    default=Setting.loss_head,
-    help="model.loss_head of both slpo-jax variants",
-  )
-  parser.add_argument(
-    "--rounds", type=int, default=4, help="interleaved timed passes per variant"
-  )
-  parser.add_argument(
-    "--seed", type=int, default=0, help="seeds the sample and the weights"
-  )
-  harness.add_run_arguments(
-    parser,
-    quick_help="1 round, no RSS subprocesses, nothing saved",
-    results_dir=RESULTS_DIR,
-    workers=JAX_VARIANTS + ("trl",),
-  )
+  parser = packed_args.parser(__doc__, Setting, RESULTS_DIR)
   args = parser.parse_args(argv)
-  setting = setting_of(args)
+  setting = packed_args.setting_of(args, Setting)
   if args.rss_worker:
     harness.use_compilation_cache(args.rss_workdir)
     inputs = Inputs.load(setting, args.rss_workdir)
@@ -373,7 +387,8 @@ def main(argv=None):
     )
     print(json.dumps(result))
     return
-  if args.hh is None or not args.hh.is_file():
+  needs_file = args.distribution == "hh"
+  if needs_file and (args.hh is None or not args.hh.is_file()):
     parser.error(f"--hh must name an HH-RLHF .jsonl.gz file, got {args.hh}")
   if args.quick:
     args.rounds, args.skip_rss = 1, True

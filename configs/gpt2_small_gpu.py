@@ -16,7 +16,7 @@ from configs import hh
 
 
 def get_config(hh_file: str = ""):
-  config = hh.get_config(hh_file)
+  config = hh.paired_rows(hh_file)
   config.steps = 2000
   config.batch_size = 32
   config.eval_every = 200

@@ -8,7 +8,7 @@ from configs import hh
 
 
 def get_config(hh_file: str = "", batch_size: int = 16):
-  config = hh.get_config(hh_file)
+  config = hh.paired_rows(hh_file)
   config.steps = 1000
   config.batch_size = batch_size
   config.eval_every = 100

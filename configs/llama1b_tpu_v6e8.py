@@ -61,7 +61,7 @@ from configs import hh
 
 
 def get_config(train_path: str = ""):
-  config = hh.get_config(train_path)
+  config = hh.paired_rows(train_path)
   config.steps = 2000
   config.batch_size = 64
   config.grad_accum_steps = 1

@@ -9,20 +9,24 @@ Not run in CI. Compiled from a CPU machine for the 8 chips of one v6e-8
 host (``python -m train.aot --config
 configs/llama8b_lora_tpu_v6e8.py:hh.jsonl.gz --topology v6e:2x4
 --config.model.checkpoint=configs/shapes/llama3_8b``; the data file is not
-read; 2.6 min on a 2-core CPU shared with other work), 8.03B parameters
-with 41.9M trainable (rank-16 adapters on the 7 projections of every
-layer), scanned blocks with remat, fused head, blockwise attention, fsdp
-over the 8 chips; per chip: 2.20 GiB of arguments (the bfloat16 base, also
-the reference, and the float32 adapters with their AdamW moments), 22.5
-GiB of temporaries, 24.7 GiB in all of 32 GiB HBM (77%). At 128 pairs the
-step needed 31.9 GiB (99.8%), at 64 pairs 17.9 GiB (56%). TPU XLA counts
-3.4e13 FLOPs (one scanned layer's loop body) against 1.5e15 analytic per
-chip (the adapters merge into the kernels, so the backward pass computes
-the merged kernels' gradients: 6N per token for the policy, 2N for the
-reference) and 1.6e11 bytes accessed: a compute-bound roofline of 1.66 s
-per step of 96 pairs x 1,024 tokens, at most 14,800 tokens/s per chip. The
+read; about 4 min on a 2-core CPU shared with other work, libtpu 0.0.42),
+8.03B parameters with 41.9M trainable (rank-16 adapters on the 7
+projections of every layer, applied inside the layers), scanned blocks
+with remat, fused head, blockwise attention, fsdp over the 8 chips; per
+chip: 2.20 GiB of arguments (the bfloat16 base, also the reference, and
+the float32 adapters with their AdamW moments), 22.5 GiB of temporaries,
+24.7 GiB in all of 32 GiB HBM (77%). The adapters inside the layers left
+no room for a larger batch here: sharded 8 ways, the merged kernels and
+their gradients they removed were one block's at a time, and the
+temporaries are the activations: 128 pairs need 31.8 GiB (99%), 192 pairs
+44.4 GiB (139%), as with merged adapters (128: 31.9 GiB). They cut the
+work instead: 1.16e15 analytic FLOPs per chip (4N per token for the
+policy, 2N for the reference) against 1.5e15 with merged adapters (6N),
+a compute-bound roofline of 1.26 s per step of 96 pairs x 1,024 tokens
+(was 1.66 s), at most 19,500 tokens/s per chip. TPU XLA counts 3.0e13
+FLOPs (one scanned layer's loop body) and 1.6e11 bytes accessed. The
 roofline assumes perfect overlap; it bounds the step time from below, not
-an MFU to expect.
+an MFU to expect. A larger batch on this host takes ``grad_accum_steps``.
 """
 
 from configs import llama1b_tpu_v6e8

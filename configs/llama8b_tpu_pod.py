@@ -44,7 +44,7 @@ from configs import hh
 
 
 def get_config(hh_file: str = ""):
-  config = hh.get_config(hh_file)
+  config = hh.paired_rows(hh_file)
   config.steps = 1000
   config.batch_size = 128
   config.grad_accum_steps = 1

@@ -9,15 +9,17 @@ tokenizer.json) is given on the command line, and so may
 train over the frozen base, kept in bfloat16; the reference is that base
 with the adapters off, in the same program. At the end the workdir holds
 the merged policy (``WORKDIR/hf``); ``python -m train.export --format peft``
-writes the adapters as a PEFT folder. bench/results/lora_memory.md has the
-step's compiled memory for 1B and 8B shapes.
+writes the adapters as a PEFT folder. ``--config.model.lora.base_dtype=int8``
+or ``=nf4`` (QLoRA) holds the base's projections quantized instead.
+bench/results/lora_memory.md has the step's compiled memory for 1B and 8B
+shapes, each way.
 """
 
 from configs import hh
 
 
 def get_config(hh_file: str = ""):
-  config = hh.get_config(hh_file)
+  config = hh.paired_rows(hh_file)
   config.steps = 2000
   config.batch_size = 32
   config.grad_accum_steps = 4

@@ -203,11 +203,14 @@ def _backward(
   vocab_chunk,
   token_chunk,
   softcap=None,
+  head_gradient=True,
 ):
   """Gradients for hidden and lm_head, recomputing each tile's logits.
 
   With ``softcap`` the derivative for a capped logit ``c = s tanh(z / s)``
-  is carried back to the raw one by ``dc/dz = 1 - tanh(z / s)^2``.
+  is carried back to the raw one by ``dc/dz = 1 - tanh(z / s)^2``. Without
+  ``head_gradient`` (a frozen head, as under LoRA) lm_head's gradient is
+  None, and neither its ``[d, V]`` buffer nor its matmuls exist.
   """
   n, d = hidden.shape
   vocab = lm_head.shape[1]
@@ -238,7 +241,7 @@ def _backward(
 
   # The head's gradient contracts over tokens; a transposed copy of hidden
   # (hidden-sized, made once) lets every tile use a plain [d, t] @ [t, v].
-  hidden_t = hidden.T
+  hidden_t = hidden.T if head_gradient else None
 
   def tile(ids, columns, i, grads):
     d_hidden, d_columns = grads
@@ -261,22 +264,28 @@ def _backward(
       dz = dz * (1.0 - tanh * tanh)
     dz = dz.astype(columns.dtype)
     d_rows = rows(d_hidden) + _dot(dz, columns.T, acc)
+    d_hidden = _set_rows(d_hidden, d_rows, i, token_chunk)
+    if d_columns is None:
+      return d_hidden, None
     hidden_t_rows = jax.lax.dynamic_slice_in_dim(
       hidden_t, i * token_chunk, token_chunk, axis=1
     )
     d_columns = d_columns + _dot(hidden_t_rows, dz, acc)
-    return _set_rows(d_hidden, d_rows, i, token_chunk), d_columns
+    return d_hidden, d_columns
 
   def vocab_step(j, grads):
     d_hidden, d_head = grads
     start, columns, ids = _vocab_chunk(lm_head, j, vocab_chunk)
-    chunk_grads = (d_hidden, jnp.zeros((d, vocab_chunk), acc))
+    zero_columns = jnp.zeros((d, vocab_chunk), acc) if head_gradient else None
+    chunk_grads = (d_hidden, zero_columns)
     if num_tokens == 1:
       d_hidden, d_columns = tile(ids, columns, 0, chunk_grads)
     else:
       d_hidden, d_columns = jax.lax.fori_loop(
         0, num_tokens, lambda i, g: tile(ids, columns, i, g), chunk_grads
       )
+    if not head_gradient:
+      return d_hidden, None
     d_columns = d_columns.astype(d_head.dtype)
     if vocab % vocab_chunk:
       # Stale columns belong to the previous chunk: keep what it wrote.
@@ -285,7 +294,10 @@ def _backward(
     d_head = jax.lax.dynamic_update_slice_in_dim(d_head, d_columns, start, 1)
     return d_hidden, d_head
 
-  init = (jnp.zeros((n, d), acc), jnp.zeros(lm_head.shape, lm_head.dtype))
+  init = (
+    jnp.zeros((n, d), acc),
+    jnp.zeros(lm_head.shape, lm_head.dtype) if head_gradient else None,
+  )
   d_hidden, d_head = jax.lax.fori_loop(
     0, num_chunks(vocab, vocab_chunk), vocab_step, init
   )
@@ -336,6 +348,15 @@ def tiled_token_logps(
   )[0]
 
 
+def _value(arg):
+  """A primal of the symbolic-zeros rule (or None, which is passed as is)."""
+  return (
+    arg.value
+    if isinstance(arg, jax.custom_derivatives.CustomVJPPrimal)
+    else arg
+  )
+
+
 def _fused_fwd(
   hidden,
   lm_head,
@@ -346,6 +367,12 @@ def _fused_fwd(
   softcap,
   distribution,
 ):
+  # A head that is not differentiated (frozen: LoRA) gets no gradient: the
+  # residuals' structure carries that to the backward pass.
+  head_gradient = () if getattr(lm_head, "perturbed", True) else None
+  hidden, lm_head, labels, exclude = map(
+    _value, (hidden, lm_head, labels, exclude)
+  )
   logp, not_logp, is_top1, stats, residuals = _forward(
     hidden,
     lm_head,
@@ -356,27 +383,35 @@ def _fused_fwd(
     softcap,
     distribution,
   )
-  saved = (hidden, lm_head, labels, exclude, residuals)
+  saved = (hidden, lm_head, labels, exclude, residuals, head_gradient)
   return (logp, not_logp, is_top1) + (stats or ()), saved
+
+
+def _dense(cotangent):
+  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(cotangent.shape, cotangent.dtype)
+  return cotangent
 
 
 def _fused_bwd(
   vocab_chunk, token_chunk, softcap, distribution, saved, cotangents
 ):
   del distribution  # Its outputs carry no gradient.
-  hidden, lm_head, labels, exclude, residuals = saved
+  hidden, lm_head, labels, exclude, residuals, head_gradient = saved
   d_hidden, d_head = _backward(
     hidden,
     lm_head,
     labels,
     exclude,
     residuals,
-    cotangents[:2],  # is_top1 is boolean: its cotangent is float0.
+    # is_top1 is boolean: its cotangent is float0.
+    tuple(_dense(c) for c in cotangents[:2]),
     vocab_chunk,
     token_chunk,
     softcap,
+    head_gradient=head_gradient is not None,
   )
   return d_hidden, d_head, None, None
 
 
-tiled_token_logps.defvjp(_fused_fwd, _fused_bwd)
+tiled_token_logps.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)

@@ -2,9 +2,13 @@
 
 Low-rank adapters (Hu et al. 2021, arXiv:2106.09685) add ``scale * A @ B``
 to chosen weight matrices of a frozen base. Here the adapters are a separate
-parameter tree, and :func:`policy_params` returns the base with every
-targeted kernel replaced by its merged value, so the Flax modules are used
-unchanged; :func:`base_params` (adapters off) is the base tree itself.
+parameter tree. :func:`layer_params`, what the train step runs, puts each
+adapter beside its kernel in the base tree, where the model's projections
+compute ``x @ W + scale * (dropout(x) @ A) @ B`` (see
+``slpo_jax.models.adapted``): no merged kernel and no kernel-sized gradient
+exist. :func:`policy_params` merges the adapters into the kernels, for
+exports and sampling; :func:`base_params` (adapters off) is the base tree
+itself.
 
 Each targeted matrix is a *site*, one per Hugging Face module (see
 ``slpo_jax.models.hf_weights``): its adapter has
@@ -34,6 +38,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from slpo_jax.models import adapted
 from slpo_jax.models import hf_weights
 
 Params = dict[str, Any]
@@ -48,6 +53,8 @@ DEFAULT_TARGETS = ("attention", "mlp")
 # weights) rather than ``nn.Linear`` (``[out, in]``).
 CONV1D_FAMILIES = ("gpt2",)
 _EMBEDDING = ("embed", "embedding")
+# The output projection's site: merged even in the step (see layer_params).
+HEAD = ("lm_head",)
 
 
 class LoraError(ValueError):
@@ -61,7 +68,10 @@ class LoraConfig:
   Attributes:
     rank: the adapters' rank ``r``.
     alpha: strength; the update is scaled by ``alpha / rank``.
-    dropout: must be 0 (see ``__post_init__``).
+    dropout: the probability of zeroing an input of an adapter's path
+      while training (PEFT's ``lora_dropout``); embeddings take none, as in
+      PEFT, and the ``lm_head`` target, which the loss head reads as one
+      matrix, allows none.
     targets: regular expressions, each fully matching a module name (``q``,
       ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``, GPT-2's ``fc`` and
       ``proj``, ``embed``, ``lm_head``) or a module path (``layers_3/attn/q``);
@@ -81,13 +91,8 @@ class LoraConfig:
       raise LoraError(f"lora rank is {self.rank!r}; it must be an integer >= 1")
     if not self.alpha > 0:
       raise LoraError(f"lora alpha is {self.alpha!r}; it must be > 0")
-    if self.dropout != 0:
-      # Dropout acts on the input of the adapter path only (x -> drop(x) A B),
-      # which a merged kernel cannot express.
-      raise LoraError(
-        f"lora dropout is {self.dropout!r}; the adapters are merged into the"
-        " weights, where dropout on their input path cannot be applied: set 0"
-      )
+    if not 0 <= self.dropout < 1:
+      raise LoraError(f"lora dropout is {self.dropout!r}; it must be in [0, 1)")
     if isinstance(self.targets, str) or not self.targets:
       raise LoraError(
         f"lora targets are {self.targets!r}; give a non-empty tuple of names"
@@ -306,6 +311,13 @@ def select_sites(model: Any, config: LoraConfig) -> list[Site]:
         "lora target 'embed' with tied embeddings would change the output"
         " head as well, which PEFT does not do: drop the target"
       )
+    if site.path == HEAD and config.dropout:
+      raise LoraError(
+        f"lora dropout {config.dropout} with the lm_head target: the loss"
+        " head reads the output projection as one merged matrix, where"
+        " dropout on the adapter's input cannot act; set dropout 0 or drop"
+        " lm_head"
+      )
     smallest = min(site.in_features, sum(site.out_features))
     if config.rank > smallest:
       raise LoraError(
@@ -443,6 +455,60 @@ def policy_params(
       out_dtype = kernel.dtype if dtype is None else dtype
       put(merged, path, (kernel.astype(jnp.float32) + delta).astype(out_dtype))
   return merged
+
+
+def layer_params(
+  base: Params,
+  adapters: Params,
+  sites: list[Site],
+  config: LoraConfig,
+  *,
+  dropout_key: jax.Array | None = None,
+  dtype: Any = None,
+) -> Params:
+  """The base with each adapter beside the kernel it adapts.
+
+  Each targeted projection's node gets ``lora_a`` and ``scale * lora_b``
+  (a fused module's kernels share ``lora_a``), and, with ``dropout_key``
+  and ``config.dropout > 0``, a dropout key and rate: a different key per
+  site and per block, the same for the kernels of one fused module, so that
+  they see one mask as the module does in PEFT. The model then runs the
+  adapters inside its layers. The output projection is the exception: the
+  loss head reads it as one matrix, so its adapter is merged as in
+  :func:`policy_params` (in ``dtype``).
+
+  Works under ``jax.jit`` and ``jax.grad`` with respect to ``adapters``;
+  the base's leaves are its own arrays.
+  """
+  tree = jax.tree.map(lambda x: x, base)  # New dicts, the same leaves.
+  keys = None
+  if dropout_key is not None and config.dropout > 0:
+    keys = jax.random.split(dropout_key, max(len(sites), 1))
+  for index, site in enumerate(sites):
+    node = lookup(adapters, site.path)
+    if site.path == HEAD:
+      (delta,) = site_deltas(site, node, config.scale)
+      kernel = lookup(base, HEAD)
+      out_dtype = kernel.dtype if dtype is None else dtype
+      put(tree, HEAD, (kernel.astype(jnp.float32) + delta).astype(out_dtype))
+      continue
+    lead = _leading(site)
+    dropout = {}
+    if keys is not None and not site.embedding:
+      key = keys[index]
+      if lead:
+        key = jax.random.split(key, lead[0])
+      dropout = {
+        adapted.DROPOUT_KEY: jax.random.key_data(key),
+        adapted.DROPOUT_RATE: jnp.full(lead, config.dropout, jnp.float32),
+      }
+    for path, b in zip(site.kernels, b_parts(site, node)):
+      module = path[:-1]
+      put(tree, module + (adapted.A,), node["lora_a"])
+      put(tree, module + (adapted.B,), config.scale * b)
+      for name, value in dropout.items():
+        put(tree, module + (name,), value)
+  return tree
 
 
 def base_params(base: Params) -> Params:

@@ -81,7 +81,7 @@ def test_scale_and_rslora():
   [
     (dict(rank=0), "rank is 0"),
     (dict(rank=2, alpha=0.0), "alpha is 0.0"),
-    (dict(rank=2, dropout=0.1), "dropout"),
+    (dict(rank=2, dropout=1.0), r"dropout is 1.0; it must be in \[0, 1\)"),
     (dict(rank=2, targets=()), "non-empty"),
   ],
 )

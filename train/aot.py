@@ -10,9 +10,10 @@ weights are read or allocated: a checkpoint folder needs only its
 ``config.json``) and compiled by TPU XLA for the topology's abstract
 devices. It prints, per chip, the compiled argument, output, temporary and
 total bytes against the chip's HBM, XLA's FLOPs and bytes accessed per step,
-the analytic model FLOPs (6 x parameters x tokens for the policy, 2 x for
-the reference's forward pass, plus attention), and a roofline step time and
-MFU from the chip's published peak bf16 FLOP/s and HBM bandwidth. The
+the analytic model FLOPs (6 x parameters x tokens for the policy, 4 x with
+LoRA, 2 x for the reference's forward pass, plus attention), and a roofline
+step time and MFU from the chip's published peak bf16 FLOP/s and HBM
+bandwidth. The
 roofline is a lower bound on the step time (an upper bound on MFU): it
 assumes compute and memory traffic overlap perfectly.
 
@@ -133,7 +134,7 @@ def sequence_length(config) -> int:
   """The longest padded length a batch can have: its largest bucket, or the
   packed row length with ``data.packing``."""
   if config.data.get("packing", False):
-    return int(config.data.packed_length or max(config.data.length_buckets))
+    return data_lib.pipeline.packed_row_length(config.data)
   return batching.bucket_length(
     config.data.max_length, config.data.length_buckets
   )
@@ -164,6 +165,7 @@ def abstract_batch(
     sharding=slpo_jax.sharding.batch_sharding(mesh),
     slots=layout.resolved(config)[1] if packed else 0,
     with_reference=needs_reference_logps,
+    share_prompt=setup_lib.shares_prompt(config),
   )
 
 
@@ -171,8 +173,8 @@ def model_flops(model, config, loss, layout=PackedLayout()) -> float:
   """Analytic FLOPs of one step over the whole batch.
 
   Matmul FLOPs are 2 per multiply-add: 6 N per token for the policy's
-  forward and backward passes, 2 N for the reference's forward pass (when it
-  runs), with N the parameters outside the embedding lookup; attention adds
+  forward and backward passes (4 N with LoRA, whose frozen base gets no
+  weight gradient), 2 N for the reference's forward pass (when it runs), with N the parameters outside the embedding lookup; attention adds
   ``4 T d`` per token and layer forward (scores and values), three times that
   with the backward pass. Rematerialisation's recomputed forward is not
   counted (MFU counts useful work only).
@@ -185,10 +187,16 @@ def model_flops(model, config, loss, layout=PackedLayout()) -> float:
   # Every position of both rows (packing's padding included). Attention is
   # counted over whole rows; a packed pair attends within its segment only,
   # so for packed batches this term is an upper bound.
-  tokens = 2 * batch_rows(config, layout) * sequence_length(config)
+  sides = 1 if setup_lib.shares_prompt(config) else 2  # One block shared.
+  tokens = sides * batch_rows(config, layout) * sequence_length(config)
   attention = 4 * sequence_length(config) * c.num_heads * c.head_dim
   attention *= c.num_layers
-  policy = 3 * (2 * dense + attention) * tokens
+  if config.model.lora.rank:
+    # LoRA: the base's weights get no gradient (4 N per token), the
+    # adapters' matmuls are negligible; attention's backward stays.
+    policy = (2 * 2 * dense + 3 * attention) * tokens
+  else:
+    policy = 3 * (2 * dense + attention) * tokens
   reference = (
     (2 * dense + attention) * tokens
     if loss.needs_reference and config.reference.mode == "online"
@@ -316,6 +324,7 @@ def analyse(
       layout.resolved(config)[1] if config.data.get("packing", False) else None
     ),
     "sequence_length": sequence_length(config),
+    "shared_prompt": setup_lib.shares_prompt(config),
     "argument_bytes": memory.argument_size_in_bytes,
     "output_bytes": memory.output_size_in_bytes,
     "temp_bytes": memory.temp_size_in_bytes,
@@ -346,7 +355,9 @@ def report(figures: dict) -> str:
     f" {f['global_batch_pairs']} pairs"
     + (
       f" packed into {f['rows_per_side']} rows x {f['sequence_length']}"
-      f" tokens ({f['packed_slots']} pair slots per row)"
+      f" tokens ({f['packed_slots']} pair slots per row"
+      + (", prompts shared" if f.get("shared_prompt") else "")
+      + ")"
       if f["packed_slots"]
       else f" x {f['sequence_length']} tokens"
     ),

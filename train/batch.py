@@ -11,8 +11,11 @@ Two layouts share the token arrays, ``chosen_*`` and ``rejected_*``, each
   at each pair's start); per-pair values are ``[R, S]``, one per pair slot,
   with weight 0 and id -1 in empty slots.
 
-A layout that shares each prompt between its two responses would be a third
-class here, with its own token arrays and the same per-pair methods.
+* :class:`SharedPromptBatch` (``data.share_prompt`` with ``data.packing``):
+  one block of rows, each pair one segment holding its prompt once, then
+  the chosen response, then the rejected one (branches 0, 1, 2), with the
+  two responses' labels on one step axis (:mod:`slpo_jax.shared_prompt`);
+  per-pair values ``[R, S]`` as packed.
 
 KTO's unpaired records have their own class, :class:`UnpairedBatch`: one
 completion row per record and one mismatched row (the record's prompt with
@@ -32,6 +35,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 SIDES = ("chosen", "rejected")
@@ -65,7 +69,25 @@ DTYPES: dict[str, Any] = {
   "kl_loss_mask": np.bool_,
   "desirable": np.bool_,
   "pair_id": np.int32,
+  # Shared-prompt rows.
+  "input_ids": np.int32,
+  "branch_ids": np.int32,
+  "labels": np.int32,
+  "rejected_source": np.int32,
+  "prompt_ends": np.int32,
 }
+# The [R, T] arrays of a shared-prompt batch.
+SHARED_TOKEN_FIELDS = (
+  "input_ids",
+  "segment_ids",
+  "positions",
+  "branch_ids",
+  "labels",
+  "chosen_loss_mask",
+  "rejected_labels",
+  "rejected_loss_mask",
+  "rejected_source",
+)
 
 
 @flax.struct.dataclass
@@ -83,6 +105,7 @@ class _Pairs:
   rejected_loss_mask: Any
 
   packed = False
+  shares_prompt = False
 
   def side(self, side: str) -> tuple[Any, Any, Any, Any]:
     """``(input_ids, attention_mask, labels, loss_mask)`` of one side."""
@@ -112,6 +135,16 @@ class _Pairs:
     return int(
       np.sum(self.chosen_attention_mask) + np.sum(self.rejected_attention_mask)
     )
+
+  def real_tokens(self):
+    """:meth:`count_tokens` inside a jitted step (a jnp scalar)."""
+    return jnp.sum(self.chosen_attention_mask) + jnp.sum(
+      self.rejected_attention_mask
+    )
+
+  def filled_positions(self):
+    """``(positions holding a token, positions computed)`` (jnp, int)."""
+    return self.real_tokens(), 2 * self.chosen_attention_mask.size
 
   def arrays(self) -> dict[str, Any]:
     """The batch's arrays by field name (precomputed values if present)."""
@@ -166,7 +199,62 @@ class PackedBatch(_Pairs):
     return tuple(np.shape(self.pair_example_weight))
 
 
-Batch = PaddedBatch | PackedBatch
+@flax.struct.dataclass
+class SharedPromptBatch:
+  """Pairs as prompt + chosen + rejected segments of one block of rows.
+
+  ``[R, T]`` (see :func:`slpo_jax.shared_prompt.pair_stats_from_shared_hidden`
+  for the step axis): ``input_ids``, ``segment_ids`` (1..S, 0 after the
+  last pair), ``positions`` (0..P-1 on a prompt, from P again on each
+  response), ``branch_ids`` (0 prompt, 1 chosen, 2 rejected), ``labels``
+  (each position's next token in its branch; on the step axis the chosen
+  labels), ``chosen_loss_mask``, ``rejected_labels``,
+  ``rejected_loss_mask``, ``rejected_source``; ``[R, S]``: ``prompt_ends``,
+  ``pair_example_weight``, ``pair_example_id`` and the optional reference
+  log-probs.
+  """
+
+  input_ids: Any
+  segment_ids: Any
+  positions: Any
+  branch_ids: Any
+  labels: Any
+  chosen_loss_mask: Any
+  rejected_labels: Any
+  rejected_loss_mask: Any
+  rejected_source: Any
+  prompt_ends: Any
+  pair_example_weight: Any
+  pair_example_id: Any
+  reference_chosen_logps: Any = None
+  reference_rejected_logps: Any = None
+
+  packed = True
+  shares_prompt = True
+
+  pair_weights = PackedBatch.pair_weights
+  pair_ids = PackedBatch.pair_ids
+  per_pair_shape = PackedBatch.per_pair_shape
+  with_reference = _Pairs.with_reference
+  arrays = _Pairs.arrays
+
+  def count_tokens(self) -> int:
+    """The tokens the pairs have in paired rows (the prompt twice), on the
+    host: the measure the other layouts and TRL count."""
+    real = np.asarray(self.segment_ids) > 0
+    return int(np.sum(real) + np.sum(real & (np.asarray(self.branch_ids) == 0)))
+
+  def real_tokens(self):
+    """:meth:`count_tokens` inside a jitted step."""
+    real = self.segment_ids > 0
+    return jnp.sum(real) + jnp.sum(real & (self.branch_ids == 0))
+
+  def filled_positions(self):
+    """``(positions holding a token, positions computed)``: one block."""
+    return jnp.sum(self.segment_ids > 0), self.segment_ids.size
+
+
+Batch = PaddedBatch | PackedBatch | SharedPromptBatch
 
 
 def _typed(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -185,6 +273,11 @@ def packed(arrays: Mapping[str, Any]) -> PackedBatch:
   return PackedBatch(**_typed(arrays))
 
 
+def shared_prompt(arrays: Mapping[str, Any]) -> SharedPromptBatch:
+  """A host :class:`SharedPromptBatch` from its named arrays."""
+  return SharedPromptBatch(**_typed(arrays))
+
+
 def abstract(
   *,
   rows: int,
@@ -192,9 +285,11 @@ def abstract(
   sharding: Any = None,
   slots: int = 0,
   with_reference: bool = False,
+  share_prompt: bool = False,
 ) -> Batch:
   """A global batch of ``jax.ShapeDtypeStruct``: padded, or packed when
-  ``slots`` (pair slots per row) is given."""
+  ``slots`` (pair slots per row) is given, shared-prompt rows with
+  ``share_prompt`` too."""
 
   def shaped(name: str, shape: tuple[int, ...]):
     return jax.ShapeDtypeStruct(shape, DTYPES[name], sharding=sharding)
@@ -211,6 +306,14 @@ def abstract(
       f"reference_{side}_logps": shaped(f"reference_{side}_logps", per_pair)
       for side in SIDES
     }
+  if share_prompt:
+    return SharedPromptBatch(
+      **{name: shaped(name, (rows, length)) for name in SHARED_TOKEN_FIELDS},
+      prompt_ends=shaped("prompt_ends", per_pair),
+      pair_example_weight=shaped("pair_example_weight", per_pair),
+      pair_example_id=shaped("pair_example_id", per_pair),
+      **reference,
+    )
   if not slots:
     return PaddedBatch(
       **tokens,
@@ -268,6 +371,10 @@ class UnpairedBatch:
 
   def pair_ids(self):
     return self.example_id
+
+  def real_tokens(self):
+    """The records' own tokens, not the mismatched rows'."""
+    return self.completion_attention_mask.sum()
 
   @property
   def per_pair_shape(self) -> tuple[int, ...]:

@@ -118,7 +118,7 @@ class CheckpointedRun:
     _, params, _ = setup_lib.starting_policy(
       config, self.workdir, self.tokenizer, mesh
     )
-    return policy_lib.frozen_as_held(config, params, shardings)
+    return policy_lib.frozen_as_held(config, self.model, params, shardings)
 
   def close(self) -> None:
     self.reader.close()

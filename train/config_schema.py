@@ -19,7 +19,8 @@ LOSS_HEADS = ("fused", "plain")  # model.loss_head
 COMPUTE_DTYPES = ("float32", "bfloat16")  # model.dtype, model.param_dtype
 REFERENCE_MODES = ("online", "precomputed")  # reference.mode
 EXPORT_DTYPES = ("float32", "bfloat16")  # export.dtype
-LORA_BASE_DTYPES = ("float32", "bfloat16")  # model.lora.base_dtype
+# model.lora.base_dtype: kept as floats, or quantized (slpo_jax.quantize).
+LORA_BASE_DTYPES = ("float32", "bfloat16", "int8", "nf4")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -102,6 +103,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 'pallas_gpu' (GPU, no window or logit cap). Splash and pallas_gpu run
   # interpreted (slowly) off their platform. See docs/tpu_gpu.md.
   config.model.attention_impl = "auto"
+  # The blockwise kernel's query and key tile; 0 for the model's own (512).
+  # Smaller tiles skip more of the masked score (other pairs' segments,
+  # the other response): on a 2-core CPU 128 ran packed rows' attention
+  # about 3x faster (bench/results/packed_step.md).
+  config.model.attention_block = 0
   config.model.loss_head = "fused"  # 'fused' (no [B,T,V] logits) or 'plain'.
   config.model.vocab_chunk_size = (
     0  # Fused head vocabulary chunk; 0 = per backend.
@@ -111,11 +117,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.lora = ml_collections.ConfigDict()
   config.model.lora.rank = 0  # Adapter rank; 0 = off (train every weight).
   config.model.lora.alpha = 16.0  # Update scale alpha / rank.
-  config.model.lora.dropout = 0.0  # Must be 0: adapters merge into kernels.
+  config.model.lora.dropout = (
+    0.0  # On the adapters' input (PEFT's lora_dropout).
+  )
   # Module names or path regexes: q k v o gate up down fc proj embed lm_head.
   config.model.lora.targets = ("attention", "mlp")
   config.model.lora.rslora = False  # Scale by alpha / sqrt(rank) instead.
-  config.model.lora.base_dtype = "float32"  # Frozen base: or 'bfloat16'.
+  # Frozen base: float32, bfloat16, or its projections in int8 or nf4.
+  config.model.lora.base_dtype = "float32"
+  config.model.lora.double_quant = False  # nf4: quantize the block maxima.
   config.model.lora.init_from = ""  # PEFT adapter folder to start from.
 
   config.reference = ml_collections.ConfigDict()
@@ -217,6 +227,14 @@ def data_defaults() -> ml_collections.ConfigDict:
   # Records are KTO's unpaired {"prompt", "completion", "label"} (a JSONL
   # file, loss.name='kto'), not pairs; with pairs, kto splits each in two.
   config.unpaired = False
+  # With packing: each pair as one segment of its prompt once, then both
+  # responses, which see the prompt and not each other
+  # (train.data.shared_rows), instead of the prompt in front of each
+  # response. Fewer positions per pair when prompts are long; attention then
+  # runs blockwise (model.attention_impl auto or blockwise). packed_length 0
+  # is then twice the largest length bucket; a set one must be at least
+  # 2 x max_length - 1, the longest prompt + chosen + rejected.
+  config.share_prompt = False
   # A bad record raises DataError ('error') or is counted and skipped ('skip').
   config.on_bad_record = "error"
   # Fraction of a single source held out for evaluation when no eval file or

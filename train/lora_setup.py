@@ -20,6 +20,7 @@ from slpo_jax import fingerprint
 from slpo_jax import lora
 from slpo_jax import lora_peft
 from slpo_jax import models
+from slpo_jax import quantize
 from slpo_jax import sharding
 from train import config_schema
 from train.errors import ConfigError
@@ -76,6 +77,8 @@ def check(config, model) -> None:
       f"config.model.lora.base_dtype is {settings.base_dtype!r}; use one of"
       f" {list(config_schema.LORA_BASE_DTYPES)}"
     )
+  if quantized_format(config):
+    _check_quantizable(config, model)
   if config.reference.sync_every:
     raise ConfigError(
       "reference.sync_every would copy the policy into the reference, which"
@@ -110,6 +113,24 @@ def check(config, model) -> None:
       )
 
 
+def _check_quantizable(config, model) -> None:
+  fmt = config.model.lora.base_dtype
+  if config.mesh.tensor != 1:
+    raise ConfigError(
+      f"config.model.lora.base_dtype={fmt} with mesh.tensor="
+      f"{config.mesh.tensor}: quantized kernels are stored per block (NF4"
+      " flat, int8 per channel) and split over data x fsdp only; set"
+      " mesh.tensor=1"
+    )
+  try:
+    quantize.check(model, fmt, config.model.lora.double_quant)
+  except quantize.QuantizeError as error:
+    raise ConfigError(
+      f"config.model.lora.base_dtype={fmt} cannot quantize this"
+      f" {model.config.family} model: {error}"
+    ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraPolicy:
   """Adapters train over a frozen base (``config.model.lora``).
@@ -121,6 +142,9 @@ class LoraPolicy:
     reference_in_batch: the reference log-probs are precomputed.
     identity: the base's source and weights hash, which a checkpoint must
       match to be resumed.
+    dropout_seed: the seed of the adapters' dropout.
+    base_model: the model, when the base is quantized (to dequantize it
+      for a merged export); else None.
   """
 
   config: lora.LoraConfig
@@ -128,14 +152,40 @@ class LoraPolicy:
   dtype: str
   reference_in_batch: bool
   identity: dict
+  dropout_seed: int = 0
+  base_model: Any = None
   # The adapters merge into the frozen base.
   merge_reads_frozen = True
 
   def merged(self, trainable, frozen):
-    """The base with the adapters merged in (traceable)."""
+    """The base with the adapters merged in (traceable): for exports and
+    sampling; the step never forms it. A quantized base is dequantized
+    first: the merged kernels are ``dequantized W + scale * A @ B``."""
+    if self.base_model is not None:
+      frozen = quantize.dequantize_params(frozen, self.base_model)
     return lora.policy_params(
       frozen, trainable, list(self.sites), self.config, dtype=self.dtype
     )
+
+  def step_params(self, trainable, frozen, rng=None):
+    """The base with each adapter beside its kernel, run inside the layers
+    (traceable); ``rng`` draws the adapters' dropout."""
+    return lora.layer_params(
+      frozen,
+      trainable,
+      list(self.sites),
+      self.config,
+      dropout_key=rng,
+      dtype=self.dtype,
+    )
+
+  def training_rng(self, step, micro_batch):
+    """The dropout key of one micro-batch of one step (None without
+    dropout): the same on a resumed run."""
+    if not self.config.dropout:
+      return None
+    key = jax.random.fold_in(jax.random.key(self.dropout_seed), step)
+    return jax.random.fold_in(key, micro_batch)
 
   def reference(self, frozen):
     """The reference's parameters: the base with its adapters off."""
@@ -151,17 +201,40 @@ class LoraPolicy:
     return frozen
 
 
-def frozen_base(config, params, shardings):
-  """The base in ``lora.base_dtype``, in place of the loaded tree."""
-  dtype = jnp.dtype(config.model.lora.base_dtype)
-  if all(leaf.dtype == dtype for leaf in jax.tree.leaves(params)):
+def quantized_format(config) -> str:
+  """'int8' or 'nf4' when the base's projections are quantized, else ''."""
+  base_dtype = config.model.lora.base_dtype
+  return base_dtype if base_dtype in quantize.FORMATS else ""
+
+
+def _float_dtype(config):
+  """The dtype of the base's leaves that are not quantized: with a
+  quantized base, the compute dtype (norms, embeddings, the head)."""
+  if quantized_format(config):
+    return jnp.dtype(config.model.dtype)
+  return jnp.dtype(config.model.lora.base_dtype)
+
+
+def frozen_base(config, model, params, shardings):
+  """The base in ``lora.base_dtype``, in place of the loaded tree: cast, or
+  its projections quantized kernel by kernel, placed on the mesh."""
+  dtype = _float_dtype(config)
+  if any(leaf.dtype != dtype for leaf in jax.tree.leaves(params)):
+    # Not donated: the synthetic task's sampler may still hold the original.
+    params = jax.jit(
+      lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+      out_shardings=shardings,
+    )(params)
+  fmt = quantized_format(config)
+  if not fmt:
     return params
-  # Not donated: the synthetic task's sampler may still hold the original.
-  cast = jax.jit(
-    lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
-    out_shardings=shardings,
+  return quantize.quantize_params(
+    params,
+    model,
+    fmt,
+    double_quant=config.model.lora.double_quant,
+    shardings=shardings,
   )
-  return cast(params)
 
 
 def base_source(config) -> str:
@@ -175,14 +248,17 @@ def _adapter_shardings(config, sites, mesh):
   )
 
 
-def _policy(config, sites, identity: dict) -> LoraPolicy:
-  return LoraPolicy(
+def _policy(config, model, sites, identity: dict, **changes) -> LoraPolicy:
+  settings = dict(
     config=lora_config(config),
     sites=tuple(sites),
     dtype=config.model.dtype,
     reference_in_batch=config.reference.mode == "precomputed",
     identity=identity,
+    dropout_seed=config.seed,
+    base_model=model if quantized_format(config) else None,
   )
+  return LoraPolicy(**(settings | changes))
 
 
 def abstract_prepare(config, model, base_shardings, mesh):
@@ -195,12 +271,23 @@ def abstract_prepare(config, model, base_shardings, mesh):
   """
   sites = select_sites(config, model)
   adapter_shardings = _adapter_shardings(config, sites, mesh)
-  dtype = jnp.dtype(config.model.lora.base_dtype)
   adapters = sharding.placed_shapes(
     lora.abstract_adapters(sites, config.model.lora.rank), adapter_shardings
   )
-  base = sharding.placed_shapes(model.abstract_params(), base_shardings, dtype)
-  return _policy(config, sites, {}), adapters, adapter_shardings, base
+  dtype = _float_dtype(config)
+  fmt = quantized_format(config)
+  if fmt:
+    double_quant = config.model.lora.double_quant
+    base = sharding.placed_shapes(
+      quantize.abstract_params(model, fmt, dtype, double_quant),
+      quantize.stored_shardings(base_shardings, model, fmt, double_quant),
+    )
+  else:
+    base = sharding.placed_shapes(
+      model.abstract_params(), base_shardings, dtype
+    )
+  policy = _policy(config, model, sites, {})
+  return policy, adapters, adapter_shardings, base
 
 
 def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
@@ -227,7 +314,11 @@ def prepare(config, model, base, mesh) -> tuple[LoraPolicy, Any, Any]:
     "lora_base": base_source(config),
     "lora_base_weights": fingerprint.params_fingerprint(base),
   }
-  policy = _policy(config, sites, identity)
+  if quantized_format(config):
+    # Named on its own so that a refusal says what changed; a float base's
+    # dtype is in its weights' hash (and older checkpoints lack the key).
+    identity["lora_base_dtype"] = config.model.lora.base_dtype
+  policy = _policy(config, model, sites, identity)
   if jax.process_index() == 0:
     count = lora.trainable_count(adapters)
     total = sum(np.prod(x.shape) for x in jax.tree.leaves(base))
@@ -259,12 +350,8 @@ def checkpointed_adapters(config, model, reader, step: int, mesh):
   rank = config.model.lora.rank
   placed = lora.shardings(sites, rank, mesh, models.logical_axis_rules())
   abstract = sharding.placed_shapes(lora.abstract_adapters(sites, rank), placed)
-  policy = LoraPolicy(
-    config=lora_config(config),
-    sites=tuple(sites),
-    # Exports merge in float32: the export dtype rounds once, at the end.
-    dtype="float32",
-    reference_in_batch=False,
-    identity={},
+  # Exports merge in float32: the export dtype rounds once, at the end.
+  policy = _policy(
+    config, model, sites, {}, dtype="float32", reference_in_batch=False
   )
   return policy, reader.params(step, abstract)

@@ -27,6 +27,7 @@ from slpo_jax import losses
 from slpo_jax import packing
 from slpo_jax import sharding
 from train import objective_kto
+from train import objective_shared
 from train.batch import Batch
 from train.batch import UnpairedBatch
 
@@ -152,6 +153,10 @@ def batch_stats(
     The :class:`slpo_jax.PairStats` of the batch, per pair (``[R * S]``
     pair slots for a packed batch).
   """
+  if batch.shares_prompt:
+    return objective_shared.shared_prompt_stats(
+      model, params, batch, pair_values=pair_values, head=head, mesh=mesh
+    )
   n = batch.chosen_input_ids.shape[0]
   # One forward pass over the chosen and rejected rows together.
   ids = jnp.concatenate([batch.chosen_input_ids, batch.rejected_input_ids])

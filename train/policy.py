@@ -10,7 +10,8 @@ receives one *frozen* tree, never donated or optimized:
   which is also the reference (the policy with its adapters off), so the
   program holds one copy of the weights.
 
-The step, the state, the loop and the export ask the policy (``merged``,
+The step, the state, the loop and the export ask the policy
+(``step_params`` for the step, ``merged`` for exports and sampling,
 ``step_reference``, ``identity``) and never which kind it is; the
 functions below build either from a config, and are the one place that
 asks which kind a config trains.
@@ -51,6 +52,15 @@ class FullPolicy:
     """The policy's parameters: the trainable tree itself (traceable)."""
     del frozen
     return trainable
+
+  def step_params(self, trainable, frozen, rng=None):
+    """What the step runs the model on: the trainable tree itself."""
+    del frozen, rng
+    return trainable
+
+  def training_rng(self, step, micro_batch):
+    """No randomness in the step."""
+    del step, micro_batch
 
   def reference(self, frozen):
     """The reference's parameters, from the frozen tree."""
@@ -102,7 +112,7 @@ def prepare(config, model, params, shardings, mesh) -> Prepared:
   precomputed = config.reference.mode == "precomputed"
   if lora_setup.enabled(config):
     # The reference is the base itself: never donated, so never copied.
-    base = lora_setup.frozen_base(config, params, shardings)
+    base = lora_setup.frozen_base(config, model, params, shardings)
     policy, adapters, adapter_shardings = lora_setup.prepare(
       config, model, base, mesh
     )
@@ -126,11 +136,11 @@ def abstract(config, model, shardings, mesh) -> Prepared:
   return Prepared(FullPolicy(precomputed), params, shardings, params)
 
 
-def frozen_as_held(config, params, shardings):
+def frozen_as_held(config, model, params, shardings):
   """The starting parameters as a run holds them frozen: a LoRA run's base
-  in ``lora.base_dtype``, else as they are."""
+  in ``lora.base_dtype`` (cast or quantized), else as they are."""
   if lora_setup.enabled(config):
-    return lora_setup.frozen_base(config, params, shardings)
+    return lora_setup.frozen_base(config, model, params, shardings)
   return params
 
 

@@ -113,10 +113,18 @@ def abstract_model(config, vocab_size: int | None, platform: str | None = None):
     except ValueError as error:
       raise ConfigError(str(error)) from None
     model = models.build(model_config)
+  tile = int(config.model.get("attention_block", 0))
+  if tile:
+    model = models.build(model.config.replace(attention_block=tile))
   if platform is None and config.model.attention_impl == "auto":
     return model
   impl, _ = attention_kernel(config, model.config, platform)
   return models.build(model.config.replace(attention_impl=impl))
+
+
+def shares_prompt(config) -> bool:
+  """Whether batches are shared-prompt rows (``data.share_prompt``)."""
+  return bool(config.data.packing and config.data.get("share_prompt", False))
 
 
 def attention_kernel(
@@ -131,6 +139,8 @@ def attention_kernel(
     softcap=model_config.attn_logit_softcap is not None,
     window=any(w is not None for w in model_config.layer_windows()),
     packed=bool(config.data.packing),
+    branched=shares_prompt(config),
+    dtype=model_config.dtype,
   )
   impl = config.model.attention_impl
   if impl == "auto":

@@ -18,7 +18,6 @@ import slpo_jax
 from train import objective
 from train import policy as policy_lib
 from train.batch import Batch
-from train.batch import UnpairedBatch
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -159,10 +158,11 @@ def train_step(
 
   reference = spec.policy.step_reference(frozen)
 
-  def summed_loss(params, micro, loss_state):
+  def summed_loss(params, micro, loss_state, index):
+    rng = spec.policy.training_rng(state.step, index)
     return objective.batch_loss(
       spec.model,
-      spec.policy.merged(params, frozen),
+      spec.policy.step_params(params, frozen, rng),
       reference,
       micro,
       loss=spec.loss,
@@ -175,12 +175,13 @@ def train_step(
   grad_fn = jax.grad(summed_loss, has_aux=True)
   micro_batches = _split_micro_batches(batch, grad_accum_steps)
 
-  def accumulate(carry, micro):
+  def accumulate(carry, indexed):
     grads, sums, loss_state = carry
+    index, micro = indexed
     # A loss state moves micro-batch by micro-batch, as TRL's moves with
     # each forward pass.
     micro_grads, (micro_sums, loss_state) = grad_fn(
-      state.params, micro, loss_state
+      state.params, micro, loss_state, index
     )
     grads, sums = jax.tree.map(
       jnp.add, (grads, sums), (micro_grads, micro_sums)
@@ -188,11 +189,12 @@ def train_step(
     return (grads, sums, loss_state), None
 
   first = jax.tree.map(lambda x: x[0], micro_batches)
-  grads, (sums, loss_state) = grad_fn(state.params, first, state.loss_state)
+  grads, (sums, loss_state) = grad_fn(state.params, first, state.loss_state, 0)
   carry = (grads, sums, loss_state)
   if grad_accum_steps > 1:
     rest = jax.tree.map(lambda x: x[1:], micro_batches)
-    carry, _ = jax.lax.scan(accumulate, carry, rest)
+    indices = jnp.arange(1, grad_accum_steps)
+    carry, _ = jax.lax.scan(accumulate, carry, (indices, rest))
   grads, sums, loss_state = carry
   total_weight = jnp.maximum(sums["weight"], 1e-9)
   # In the gradients' own dtype: bf16 parameters keep bf16 optimizer state.
@@ -220,18 +222,13 @@ def train_step(
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite
   # Real tokens of the global batch (both rows of every pair), as TRL counts
-  # them for ``num_tokens``.
-  if isinstance(batch, UnpairedBatch):
-    # KTO's records: their own rows, not the mismatched ones.
-    metrics["tokens"] = jnp.sum(batch.completion_attention_mask)
-  else:
-    metrics["tokens"] = jnp.sum(batch.chosen_attention_mask) + jnp.sum(
-      batch.rejected_attention_mask
-    )
+  # them for ``num_tokens``; a shared prompt counts twice here too, KTO's
+  # mismatched rows not at all.
+  metrics["tokens"] = batch.real_tokens()
   if batch.packed:
-    # How well the rows are filled: real tokens over all positions.
-    positions = 2 * batch.chosen_attention_mask.size
-    metrics["real_token_fraction"] = metrics["tokens"] / positions
+    # How well the rows are filled: positions holding a token over all.
+    filled, positions = batch.filled_positions()
+    metrics["real_token_fraction"] = filled / positions
   return new_state, metrics
 
 
@@ -268,7 +265,7 @@ def eval_step(
   """
   _, (sums, _) = objective.batch_loss(
     spec.model,
-    spec.policy.merged(params, frozen),
+    spec.policy.step_params(params, frozen),
     spec.policy.step_reference(frozen),
     batch,
     loss=spec.loss,

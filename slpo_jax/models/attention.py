@@ -23,9 +23,9 @@ from slpo_jax.models.attention_choice import unsupported
 from slpo_jax.models.attention_core import NO_WINDOW
 from slpo_jax.models.attention_core import AttentionMask
 from slpo_jax.models.attention_core import Window
-from slpo_jax.models.attention_core import allowed
 from slpo_jax.models.attention_core import attention_logits
 from slpo_jax.models.attention_core import group_heads
+from slpo_jax.models.attention_core import mask_allowed
 from slpo_jax.models.attention_core import self_attention_mask
 from slpo_jax.models.blockwise_attention import DEFAULT_BLOCK
 from slpo_jax.models.blockwise_attention import blockwise_attention
@@ -79,7 +79,7 @@ def dense_attention(
   batch, length, num_heads, head_dim = query.shape
   grouped = group_heads(query, key.shape[2])
   scores, _ = attention_logits(grouped, key, scale, softcap)
-  ok = allowed(*mask, window)[:, None, None]
+  ok = mask_allowed(mask, window)[:, None, None]
   # A finite fill keeps fully masked rows free of NaN; they are zeroed below.
   scores = jnp.where(ok, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
@@ -185,12 +185,19 @@ def attention(
     scale = 1.0 / math.sqrt(query.shape[-1])
   args = (query, key, value, mask)
   common = dict(scale=scale, dtype=dtype)
+  if impl == "auto" and mask.branched:
+    # No fused kernel takes branches (attention_choice): blockwise on every
+    # platform.
+    impl = "blockwise"
   if impl == "auto":
     return _auto(*args, softcap, window, window_size, block, common)
   if impl in FUSED and query.shape[1] != key.shape[1]:
     impl = "blockwise"
   reason = unsupported(
-    impl, softcap=softcap is not None, window=window is not None
+    impl,
+    softcap=softcap is not None,
+    window=window is not None,
+    branched=mask.branched,
   )
   if reason:
     raise ValueError(reason)

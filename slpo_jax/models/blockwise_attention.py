@@ -33,26 +33,39 @@ def _rows(x: Array, i: Array, size: int) -> Array:
   return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=1)
 
 
-def _tile_mask(q_seg, q_pos, k_seg, k_pos, window):
-  return allowed(q_seg, q_pos, k_seg, k_pos, window)[:, None, None]
+def _maybe_rows(x: Array | None, i: Array, size: int) -> Array | None:
+  return None if x is None else _rows(x, i, size)
+
+
+def _tile_mask(q_seg, q_pos, k_seg, k_pos, window, q_branch, k_branch):
+  return allowed(q_seg, q_pos, k_seg, k_pos, window, q_branch, k_branch)[
+    :, None, None
+  ]
 
 
 def _flash_forward(q, k, v, seg, window, scale, softcap, q_block, k_block):
   """Online softmax; returns out ``[B, T, K, G, D]`` and lse ``[B, K, G, T]``."""
-  q_seg, q_pos, k_seg, k_pos = seg
+  q_seg, q_pos, k_seg, k_pos, q_branch, k_branch = seg
   batch, length, kv_heads, groups, head_dim = q.shape
   num_k = k.shape[1] // k_block
 
   def query_step(_, i):
     qi = _rows(q, i, q_block)
     qs, qp = _rows(q_seg, i, q_block), _rows(q_pos, i, q_block)
+    qb = _maybe_rows(q_branch, i, q_block)
 
     def key_step(carry, j):
       ok = _tile_mask(
-        qs, qp, _rows(k_seg, j, k_block), _rows(k_pos, j, k_block), window
+        qs,
+        qp,
+        _rows(k_seg, j, k_block),
+        _rows(k_pos, j, k_block),
+        window,
+        qb,
+        _maybe_rows(k_branch, j, k_block),
       )
-      # Tiles wholly masked (above the causal diagonal, outside the window)
-      # change nothing: skipping them halves the work of a causal pass.
+      # Tiles wholly masked (above the causal diagonal, outside the window,
+      # a query branch against another branch's keys) change nothing: skipping them halves the work of a causal pass.
       return jax.lax.cond(
         jnp.any(ok), visit, lambda c, j, ok: c, carry, j, ok
       ), None
@@ -100,7 +113,7 @@ def _flash_forward(q, k, v, seg, window, scale, softcap, q_block, k_block):
 
 def _flash_backward(res, d_out, scale, softcap, q_block, k_block):
   q, k, v, seg, window, out, lse = res
-  q_seg, q_pos, k_seg, k_pos = seg
+  q_seg, q_pos, k_seg, k_pos, q_branch, k_branch = seg
   num_q = q.shape[1] // q_block
   # delta_t = sum_d dO * O, the softmax backward's row term, [B, K, G, T].
   delta = jnp.einsum(
@@ -112,10 +125,17 @@ def _flash_backward(res, d_out, scale, softcap, q_block, k_block):
   def key_step(d_q, j):
     kj, vj = _rows(k, j, k_block), _rows(v, j, k_block)
     ks, kp = _rows(k_seg, j, k_block), _rows(k_pos, j, k_block)
+    kb = _maybe_rows(k_branch, j, k_block)
 
     def query_step(carry, i):
       ok = _tile_mask(
-        _rows(q_seg, i, q_block), _rows(q_pos, i, q_block), ks, kp, window
+        _rows(q_seg, i, q_block),
+        _rows(q_pos, i, q_block),
+        ks,
+        kp,
+        window,
+        _maybe_rows(q_branch, i, q_block),
+        kb,
       )
       return jax.lax.cond(
         jnp.any(ok), visit, lambda c, i, ok: c, carry, i, ok
@@ -196,7 +216,9 @@ def _flash_bwd(scale, softcap, q_block, k_block, res, d_out):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _pad_to(x: Array, multiple: int, value: int = 0) -> Array:
+def _pad_to(x: Array | None, multiple: int, value: int = 0) -> Array | None:
+  if x is None:
+    return None
   pad = -x.shape[1] % multiple
   if not pad:
     return x
@@ -234,6 +256,8 @@ def blockwise_attention(
     _pad_to(mask.query_positions, q_block),
     _pad_to(mask.key_segment_ids, k_block),
     _pad_to(mask.key_positions, k_block),
+    _pad_to(mask.query_branches, q_block),
+    _pad_to(mask.key_branches, k_block),
   )
   if window is not None:
     window = jnp.asarray(window, jnp.int32)

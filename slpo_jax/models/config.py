@@ -275,6 +275,7 @@ class DecoderConfig:
       self.attention_impl,
       softcap=self.attn_logit_softcap is not None,
       window=any(w is not None for w in self.layer_windows()),
+      dtype=canonical_dtype(self.dtype),
     )
     if reason:
       raise ValueError(reason)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slpo_jax.models import adapted
 from slpo_jax.models.attention import NO_WINDOW
 from slpo_jax.models.attention import AttentionMask
 from slpo_jax.models.attention import attention
@@ -54,6 +55,10 @@ class DenseGeneral(nn.Module):
   which applies a rank-mismatched sharding constraint when logical axis
   rules and a mesh are active; creating the kernel in its final shape
   avoids that.
+
+  This is the one place LoRA and a quantized base act: a node holding a
+  LoRA adapter adds its low-rank path, and a quantized kernel is
+  dequantized here, per call (see :mod:`slpo_jax.models.adapted`).
   """
 
   features: tuple[int, ...]
@@ -66,18 +71,26 @@ class DenseGeneral(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     in_shape = x.shape[x.ndim - self.num_in :]
-    kernel = self.param(
+    kernel = adapted.kernel(
+      self,
       "kernel",
-      _kernel_init(self.kernel_names),
+      lambda: self.param(
+        "kernel",
+        _kernel_init(self.kernel_names),
+        in_shape + self.features,
+        self.param_dtype,
+      ),
+      self.dtype,
       in_shape + self.features,
-      self.param_dtype,
     )
     x_axes = tuple(range(x.ndim - self.num_in, x.ndim))
     y = jax.lax.dot_general(
       x.astype(self.dtype),
-      kernel.astype(self.dtype),
+      kernel,
       ((x_axes, tuple(range(self.num_in))), ((), ())),
     )
+    if adapted.has_adapter(self):
+      y = y + adapted.dense_update(self, x, self.num_in, self.dtype)
     if self.use_bias:
       bias = self.param(
         "bias",

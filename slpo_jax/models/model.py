@@ -112,6 +112,7 @@ class DecoderLM:
     *,
     segment_ids: Array | None = None,
     positions: Array | None = None,
+    branch_ids: Array | None = None,
   ) -> tuple[Array, Array]:
     """Final hidden states and the output projection.
 
@@ -124,6 +125,10 @@ class DecoderLM:
         sequence packed in a row; tokens attend within their segment only.
       positions: ``[B, T]`` position ids, needed with ``segment_ids`` (each
         segment counting from 0); else derived from ``attention_mask``.
+      branch_ids: optional ``[B, T]`` int with ``segment_ids``: 0 on a
+        segment's shared stem (a prompt), 1, 2, ... on the continuations
+        that follow it, which see the stem and themselves, not each other
+        (``attention_core``); their positions continue the stem's.
 
     Returns:
       ``(hidden [B, T, d_model], lm_head [d_model, V])``, both in the compute
@@ -144,7 +149,7 @@ class DecoderLM:
         f"{input_ids.shape[1]} tokens exceed the "
         f"{self.config.max_len} learned positions"
       )
-    mask = self_attention_mask(segment_ids, positions)
+    mask = self_attention_mask(segment_ids, positions, branch_ids)
     hidden, _ = self.module.apply({"params": params}, input_ids, mask)
     return hidden, self.lm_head(params)
 

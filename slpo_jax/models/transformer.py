@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from slpo_jax.models import adapted
 from slpo_jax.models import layers
 from slpo_jax.models.attention import AttentionMask
 from slpo_jax.models.config import DecoderConfig
@@ -19,6 +20,16 @@ Array = jax.Array
 # Unscanned: a tuple with one {"k", "v"} dict per layer. Scanned: one dict of
 # arrays with a leading layer axis.
 Cache = tuple[layers.KVCache, ...] | layers.KVCache
+
+
+class Embed(nn.Embed):
+  """``nn.Embed`` that adds a LoRA adapter when its node carries one."""
+
+  def __call__(self, inputs: Array) -> Array:
+    out = super().__call__(inputs)
+    if adapted.has_adapter(self):
+      out = out + adapted.embedding_update(self, inputs, self.dtype)
+    return out
 
 
 _REMAT_POLICIES = {
@@ -65,7 +76,7 @@ class Decoder(nn.Module):
       ``(hidden [B, T, d_model] in the compute dtype, updated cache)``.
     """
     cfg = self.config
-    embed = nn.Embed(
+    embed = Embed(
       cfg.vocab_size,
       cfg.d_model,
       dtype=cfg.dtype,

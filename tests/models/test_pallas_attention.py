@@ -162,8 +162,8 @@ def test_splash_on_a_mesh_equals_dense():
   mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "tensor"))
   q, k, v, weights = _inputs(2)
   # Four rows: the three of the layout and a copy of the packed one.
-  mask = attention.AttentionMask(
-    *(jnp.concatenate([m, m[1:2]]) for m in _layout())
+  mask = attention.self_attention_mask(
+    *(jnp.concatenate([m, m[1:2]]) for m in _layout()[:2])
   )
   q, k, v, weights = (np.concatenate([x, x[1:2]]) for x in (q, k, v, weights))
 
@@ -225,6 +225,7 @@ def test_model_with_splash_equals_blockwise(gemma2_like):
     (dict(attn_logit_softcap=30.0), "cudnn", "cannot cap attention logits"),
     (dict(attn_logit_softcap=30.0), "pallas_gpu", "no logit soft-capping"),
     (dict(sliding_window=8), "pallas_gpu", "no sliding window"),
+    (dict(dtype="float32"), "cudnn", "needs bfloat16 or float16"),
   ],
 )
 def test_impossible_kernel_is_a_config_error(changes, impl, message):
@@ -238,6 +239,16 @@ def test_impossible_kernel_is_a_config_error(changes, impl, message):
     ("tpu", dict(softcap=True, window=True, packed=True), "splash"),
     ("cpu", dict(softcap=False, window=False, packed=False), "blockwise"),
     ("gpu", dict(softcap=False, window=True, packed=False), "cudnn"),
+    (
+      "gpu",
+      dict(softcap=False, window=True, packed=False, dtype="bfloat16"),
+      "cudnn",
+    ),
+    (
+      "gpu",
+      dict(softcap=False, window=False, packed=False, dtype="float32"),
+      "pallas_gpu",
+    ),
     ("gpu", dict(softcap=False, window=False, packed=True), "pallas_gpu"),
     ("gpu", dict(softcap=False, window=True, packed=True), "blockwise"),
     ("gpu", dict(softcap=True, window=False, packed=False), "blockwise"),

@@ -150,6 +150,7 @@ def test_cudnn_with_packing_is_one_config_error():
   [
     ("pallas_gpu", dict(sliding_window=8), "no sliding window"),
     ("cudnn", dict(attn_logit_softcap=20.0), "cannot cap attention logits"),
+    ("cudnn", dict(dtype="float32"), "needs bfloat16 or float16"),
   ],
 )
 def test_a_kernel_the_model_cannot_use_is_one_config_error(
@@ -162,14 +163,15 @@ def test_a_kernel_the_model_cannot_use_is_one_config_error(
 
 
 @pytest.mark.parametrize(
-  "platform,packing,expected",
+  "platform,changes,expected",
   [
-    ("tpu", True, "splash"),
-    ("gpu", False, "cudnn"),
-    ("gpu", True, "pallas_gpu"),
+    ("tpu", {"data.packing": True}, "splash"),
+    ("gpu", {"model.dtype": "bfloat16"}, "cudnn"),
+    ("gpu", {"model.dtype": "float32"}, "pallas_gpu"),  # cuDNN: 16 bits.
+    ("gpu", {"data.packing": True}, "pallas_gpu"),
   ],
 )
-def test_auto_becomes_the_platforms_kernel(platform, packing, expected):
-  config = _config(**{"data.packing": packing})
+def test_auto_becomes_the_platforms_kernel(platform, changes, expected):
+  config = _config(**changes)
   model = setup_lib.abstract_model(config, 512, platform)
   assert model.config.attention_impl == expected

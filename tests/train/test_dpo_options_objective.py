@@ -20,6 +20,7 @@ from train import config_schema
 from train import objective
 from train import reference as reference_lib
 from train import validate
+from train import validate_loss
 from train.data import batching
 from train.data import encode
 from train.data import row_packing
@@ -189,6 +190,6 @@ def test_entropy_metric_is_trls_token_mean():
 def test_options_a_loss_refuses_are_one_line_config_errors(changes, words):
   with pytest.raises(ConfigError) as error:
     validate._check_ranges(_loss_config(**changes))
-    validate._check_loss(_loss_config(**changes))
+    validate_loss.check_loss(_loss_config(**changes))
   assert words in str(error.value)
   assert "\n" not in str(error.value)

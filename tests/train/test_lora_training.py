@@ -141,7 +141,11 @@ def test_exports_and_resume_against_another_base(make_config, tmp_path):
   [
     ({"model.lora.targets": ("q", "c_attn")}, "'c_attn' matches no parameter"),
     ({"model.lora.rank": 64}, "rank 64 exceeds dimension 32"),
-    ({"model.lora.dropout": 0.05}, "dropout"),
+    ({"model.lora.dropout": -0.1}, "dropout"),
+    (
+      {"model.lora.dropout": 0.1, "model.lora.targets": ("q", "lm_head")},
+      "dropout 0.1 with the lm_head target",
+    ),
     ({"model.lora.rank": -1}, "integer >= 0"),
     ({"model.lora.base_dtype": "float16"}, "base_dtype"),
     ({"reference.sync_every": 2}, "reference.sync_every"),

@@ -20,6 +20,7 @@ from tests.models import models_testing
 from train import config_schema
 from train import objective
 from train import validate
+from train import validate_loss
 from train.data import encode
 from train.data import unpaired
 from train.errors import ConfigError
@@ -206,6 +207,6 @@ def test_what_kto_cannot_go_with_is_a_one_line_config_error(changes, words):
   config = _config(**changes)
   with pytest.raises(ConfigError) as error:
     validate._check_ranges(config)
-    validate._check_loss(config)
+    validate_loss.check_loss(config)
   assert words in str(error.value)
   assert "\n" not in str(error.value)

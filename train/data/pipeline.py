@@ -19,6 +19,7 @@ from train.data import batching
 from train.data import chat
 from train.data import encode
 from train.data import row_packing
+from train.data import shared_rows
 from train.data import sources
 from train.data import task_pairs
 from train.data import unpaired as unpaired_lib
@@ -44,6 +45,8 @@ class PreferenceDataset:
     length_buckets: padded lengths batches may have.
     packed_length: row length of packed batches (``data.packing``); 0 for
       one row per pair.
+    share_prompt: packed rows hold each prompt once (``data.share_prompt``,
+      ``train.data.shared_rows``).
   """
 
   pairs: tuple[encode.TokenizedPair, ...]
@@ -55,6 +58,7 @@ class PreferenceDataset:
   # KTO's unpaired records (train.data.unpaired.TokenizedRecord) in
   # ``pairs``, batched as train.batch.UnpairedBatch.
   unpaired: bool = False
+  share_prompt: bool = False
 
   def __len__(self) -> int:
     return len(self.pairs)
@@ -79,7 +83,12 @@ class PreferenceDataset:
       # The same pairs per batch as unpacked, packed into rows
       # (train.data.row_packing); the collate picks this host's rows itself.
       self.measure_packing(batch_size, row_multiple)
-      collate = row_packing.packed_collate(
+      make_collate = (
+        shared_rows.shared_collate
+        if self.share_prompt
+        else row_packing.packed_collate
+      )
+      collate = make_collate(
         packed_length=self.packed_length,
         pad_id=self.pad_id,
         shard_index=shard_index,
@@ -107,8 +116,14 @@ class PreferenceDataset:
       fingerprint=self.fingerprint,
       report=self.report,
       collate_selects_rows=packed,
-      identity_extra=dict(packed_length=self.packed_length) if packed else None,
+      identity_extra=self._layout_identity() if packed else None,
     )
+
+  def _layout_identity(self) -> dict:
+    identity = dict(packed_length=self.packed_length)
+    if self.share_prompt:
+      identity["share_prompt"] = True
+    return identity
 
   def measure_packing(self, batch_size: int, row_multiple: int = 1) -> None:
     """Puts the packed batches' real-token share in the report, once."""
@@ -118,6 +133,13 @@ class PreferenceDataset:
         batch_size=batch_size,
         packed_length=self.packed_length,
         buckets=self.length_buckets,
+        row_multiple=row_multiple,
+      )
+    if self.share_prompt and self.report.shared_prompt is None:
+      self.report.shared_prompt = shared_rows.position_shares(
+        self.pairs,
+        batch_size=batch_size,
+        packed_length=self.packed_length,
         row_multiple=row_multiple,
       )
 
@@ -284,7 +306,10 @@ def load_dataset(
     fingerprint=encode.fingerprint(token_pairs, tokenizer),
     pad_id=tokenizer.pad_id,
     length_buckets=tuple(sorted(int(b) for b in data_config.length_buckets)),
-    packed_length=_packed_length(data_config),
+    packed_length=packed_row_length(data_config),
+    share_prompt=bool(
+      data_config.get("packing", False) and data_config.get("share_prompt")
+    ),
   )
 
 
@@ -321,10 +346,13 @@ def _records_dataset(data_config, records, tokenizer, report):
   )
 
 
-def _packed_length(data_config: ml_collections.ConfigDict) -> int:
+def packed_row_length(data_config: ml_collections.ConfigDict) -> int:
   """The packed row length, 0 without packing."""
   if not data_config.get("packing", False):
     return 0
+  if data_config.get("share_prompt", False) and not data_config.packed_length:
+    # Each prompt once, then both responses: up to 2 x max_length - 1.
+    return 2 * max(data_config.length_buckets)
   return int(data_config.packed_length or max(data_config.length_buckets))
 
 

@@ -23,6 +23,7 @@ import json
 import sys
 
 from train.data import pipeline
+from train.data import shared_rows
 from train.data.encode import TokenizedPair
 from train.data.unpaired import TokenizedRecord
 
@@ -45,8 +46,11 @@ def _bucket(length: int, buckets) -> int:
   return min((b for b in buckets if b >= length), default=max(buckets))
 
 
-def pair_record(pair: TokenizedPair, tokenizer, buckets) -> dict:
-  """One pair as the JSON preview prints it."""
+def pair_record(
+  pair: TokenizedPair, tokenizer, buckets, share_prompt: bool = False
+) -> dict:
+  """One pair as the JSON preview prints it; with ``share_prompt`` also the
+  positions of its shared-prompt segment (prompt, chosen, rejected)."""
   record = {
     "example_id": pair.example_id,
     "location": pair.location,
@@ -65,6 +69,9 @@ def pair_record(pair: TokenizedPair, tokenizer, buckets) -> dict:
     rejected_length=len(pair.prompt) + len(pair.rejected),
     padded_length=_bucket(pair.length, buckets),
   )
+  if share_prompt:
+    record["shared_prompt_positions"] = shared_rows.shared_span(pair)
+    record["paired_positions"] = 2 * pair.length
   return record
 
 
@@ -129,6 +136,13 @@ def pair_text(index: int, total: int, record: dict) -> str:
     f" {record['rejected_length']} (rejected) tokens, padded to"
     f" {record['padded_length']}; truncation: {', '.join(cut) or 'none'}",
   ]
+  if "shared_prompt_positions" in record:
+    lines.append(
+      f"  shared-prompt segment: prompt, chosen, rejected in"
+      f" {record['shared_prompt_positions']} positions (paired rows:"
+      f" {record['paired_positions']}); each response sees the prompt and"
+      " itself, not the other"
+    )
   for role in ("prompt", "chosen", "rejected"):
     ids = record[f"{role}_ids"]
     loss = (
@@ -153,7 +167,12 @@ def preview(config, num: int, output_format: str, split: str = "train"):
   if dataset.unpaired:
     as_record, as_text = unpaired_record, unpaired_text
   for index, pair in enumerate(shown):
-    record = as_record(pair, tokenizer, dataset.length_buckets)
+    if dataset.unpaired:
+      record = as_record(pair, tokenizer, dataset.length_buckets)
+    else:
+      record = pair_record(
+        pair, tokenizer, dataset.length_buckets, dataset.share_prompt
+      )
     if output_format == "json":
       print(json.dumps(record, ensure_ascii=False))
       continue

@@ -82,6 +82,10 @@ class DataReport:
   # What the loaded examples are: 'pairs', or KTO's unpaired 'records'.
   loaded_unit: str = "pairs"
   num_desirable: int | None = None
+  # With data.share_prompt: the shared-prompt rows' real-token share (each
+  # prompt once) and the share of positions they save against paired rows
+  # of the same batches (shared_rows.position_shares).
+  shared_prompt: tuple[float, float] | None = None
 
   @property
   def num_skipped(self) -> int:
@@ -120,6 +124,12 @@ class DataReport:
       packed, unpacked = self.real_token_fraction
       parts.append(
         f"packed rows {packed:.1%} real tokens (unpacked {unpacked:.1%})"
+      )
+    if self.shared_prompt is not None:
+      real, saved = self.shared_prompt
+      parts.append(
+        f"shared-prompt rows {real:.1%} real tokens, {saved:.1%} fewer"
+        " positions than paired rows"
       )
     return "; ".join(parts)
 

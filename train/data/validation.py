@@ -85,6 +85,16 @@ def validate_data_config(config: ml_collections.ConfigDict, split: str) -> None:
       f"packed_length ({packed_length}) is smaller than max_length"
       f" ({config.max_length}); a pair must fit a packed row"
     )
+  if config.get("share_prompt", False):
+    if not config.get("packing", False):
+      fail("share_prompt needs packing=True (it lays pairs out in packed rows)")
+    longest = 2 * config.max_length - 1
+    if 0 < packed_length < longest:
+      fail(
+        f"packed_length ({packed_length}) is smaller than 2 x max_length - 1"
+        f" ({longest}); with share_prompt a pair (prompt + chosen + rejected)"
+        " must fit a row"
+      )
   if not 0.0 <= config.eval_fraction < 1.0:
     fail(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
   if config.source not in TEXT_SOURCES:
