@@ -256,6 +256,11 @@ def run_command(workdir: pathlib.Path, arm: str, seed: int) -> list[str]:
     f"--config.data.max_length={MAX_LENGTH}",
     f"--config.data.max_prompt_length={MAX_PROMPT_LENGTH}",
     f"--config.data.length_buckets=({MAX_LENGTH},)",
+    # One padded row per pair, as the runs of section 5.6 were made (the
+    # preset itself packs rows and shares prompts).
+    "--config.data.packing=False",
+    "--config.data.share_prompt=False",
+    "--config.model.attention_block=0",
     f"--config.loss.name={loss}",
     f"--config.loss.beta={beta}",
     f"--config.optimizer.learning_rate={RATE}",
