@@ -113,7 +113,10 @@ def _stats(model, params, arrays, *, fused, packed):
     chosen_where=arrays["chosen_where"],
     rejected_where=arrays["rejected_where"],
     pair_values=True,
-    head=slpo_jax.HeadOptions(fused=fused, vocab_chunk_size=128),
+    # With the entropy and log sum p^2 sums: every field is filled.
+    head=slpo_jax.HeadOptions(
+      fused=fused, vocab_chunk_size=128, distribution_stats=True
+    ),
     **segments,
   )
 
