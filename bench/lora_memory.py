@@ -3,6 +3,8 @@
   python -m bench.lora_memory                       # this machine's device
   python -m bench.lora_memory --topology v5p:2x2x1  # one v5p-8 host (libtpu)
   python -m bench.lora_memory --json                # the rows as JSON
+  python -m bench.lora_memory --topology v5p:2x2x1 --attention blockwise \
+      --models "Llama 3.2 1B" --skip-flops
   python -m bench.lora_memory --out bench/results/lora_memory.md
 
 For each model the jitted DPO step is lowered from abstract shapes
@@ -58,6 +60,7 @@ def make_config(
   rank: int,
   base_dtype: str = "bfloat16",
   devices: int = 1,
+  attention: str = "auto",
 ):
   config = config_schema.get_config()
   config.steps = 10
@@ -73,6 +76,7 @@ def make_config(
   config.data.length_buckets = (length,)
   config.model.lora.rank = rank
   config.model.lora.base_dtype = base_dtype if checkpoint else "float32"
+  config.model.attention_impl = attention
   return config
 
 
@@ -95,6 +99,8 @@ def measure(config, devices) -> dict:
     "total": int(memory.argument_size_in_bytes + memory.temp_size_in_bytes),
     "flops": float(cost.get("flops", 0.0)),
     "dense_parameters": _dense_parameters(step.spec.model),
+    # ``auto`` resolved for the devices' platform: splash on a TPU.
+    "attention": step.spec.model.config.attention_impl,
   }
 
 
@@ -106,7 +112,9 @@ def _dense_parameters(model) -> int:
   return aot.parameter_count(model) - (0 if c.tie_embeddings else embedding)
 
 
-def memory_rows(topology: str, models=MODELS) -> list[dict]:
+def memory_rows(
+  topology: str, models=MODELS, attention: str = "auto"
+) -> list[dict]:
   devices = _devices(topology)
   rows = []
   for name, checkpoint, pairs, length in models:
@@ -114,7 +122,7 @@ def memory_rows(topology: str, models=MODELS) -> list[dict]:
     full = None
     for variant, rank, base_dtype in variants:
       config = make_config(
-        checkpoint, pairs, length, rank, base_dtype, len(devices)
+        checkpoint, pairs, length, rank, base_dtype, len(devices), attention
       )
       figures = measure(config, devices)
       full = full or figures
@@ -123,6 +131,7 @@ def memory_rows(topology: str, models=MODELS) -> list[dict]:
         "pairs": pairs,
         "length": length,
         "variant": variant,
+        "attention": figures["attention"],
         "full_bytes": full["total"],
         "bytes": figures["total"],
         "arguments": figures["arguments"],
@@ -137,10 +146,11 @@ def memory_rows(topology: str, models=MODELS) -> list[dict]:
 def flops_rows(topology: str, length: int = 256) -> list[dict]:
   """FLOPs per token over N of the 1B shape's policy passes, full and LoRA."""
   devices = _devices(topology)
+  pairs = len(devices)  # One pair per device: the batch must split.
   rows = []
   for variant, rank, base_dtype in VARIANTS[:2]:
     config = make_config(
-      str(SHAPES / "llama3_2_1b"), 1, length, rank, base_dtype, len(devices)
+      str(SHAPES / "llama3_2_1b"), pairs, length, rank, base_dtype, pairs
     )
     config.model.scan_layers = False
     config.model.remat = False
@@ -149,7 +159,7 @@ def flops_rows(topology: str, length: int = 256) -> list[dict]:
     # analysis counts once; the plain head's logits are counted whole.
     config.model.loss_head = "plain"
     figures = measure(config, devices)
-    tokens = 2 * length  # One pair: its chosen and rejected rows.
+    tokens = 2 * length * pairs  # A pair: its chosen and rejected rows.
     per_token = figures["flops"] * len(devices) / tokens
     rows.append(
       {
@@ -171,7 +181,7 @@ def _gib(count: int) -> str:
 def _memory_line(row: dict) -> str:
   return (
     f"| {row['model']} | {row['pairs']} x {row['length']} |"
-    f" {row['variant']} | {_gib(row['arguments'])} |"
+    f" {row['variant']} | {row['attention']} | {_gib(row['arguments'])} |"
     f" {_gib(row['temporaries'])} | {_gib(row['bytes'])} |"
     f" {row['of_full']:.2f} |"
   )
@@ -183,9 +193,9 @@ def table(memory: list[dict], flops: list[dict], device: str) -> str:
     " v o gate up down, inside the layers, over a frozen base; full"
     " fine-tuning: float32 weights, AdamW.",
     "",
-    "| model | pairs x length | step | args GiB | temp GiB | total GiB |"
-    " of full |",
-    "|---|---|---|---|---|---|---|",
+    "| model | pairs x length | step | attention | args GiB | temp GiB |"
+    " total GiB | of full |",
+    "|---|---|---|---|---|---|---|---|",
     *(_memory_line(row) for row in memory),
     "",
     "| model | step (unscanned, no remat, reference precomputed) |"
@@ -211,13 +221,36 @@ def main():
   parser.add_argument("--json", action="store_true", help="Print JSON rows.")
   parser.add_argument("--out", default="", help="Also write the table here.")
   parser.add_argument(
+    "--attention",
+    default="auto",
+    help="model.attention_impl of the memory rows (auto: the platform's"
+    " kernel, splash on a TPU).",
+  )
+  parser.add_argument(
+    "--models",
+    default="",
+    help="Comma-separated model names of the memory rows (default: all),"
+    " e.g. 'Llama 3.2 1B'.",
+  )
+  parser.add_argument(
     "--skip-flops", action="store_true", help="Only the memory rows."
   )
   parser.add_argument(
     "--skip-memory", action="store_true", help="Only the FLOPs rows."
   )
   args = parser.parse_args()
-  memory = [] if args.skip_memory else memory_rows(args.topology)
+  names = [n.strip() for n in args.models.split(",") if n.strip()]
+  unknown = set(names) - {m[0] for m in MODELS}
+  if unknown:
+    parser.error(
+      f"unknown --models {sorted(unknown)}; choose from {[m[0] for m in MODELS]}"
+    )
+  models = [m for m in MODELS if not names or m[0] in names]
+  memory = (
+    []
+    if args.skip_memory
+    else memory_rows(args.topology, models, args.attention)
+  )
   flops = [] if args.skip_flops else flops_rows(args.topology)
   device = _devices(args.topology)
   name = f"{len(device)} x {device[0].device_kind}"

@@ -144,3 +144,42 @@ def test_int8_base_on_a_mesh_trains_like_on_one_device(make_config, tmp_path):
   for step, loss in train_losses(tmp_path / "mesh").items():
     assert loss == pytest.approx(want[step], abs=1e-5)
   del alone
+
+
+@pytest.mark.slow
+def test_adapters_on_packed_rows_with_a_precomputed_reference(
+  make_config, tmp_path
+):
+  """The adapters inside the layers over an int8 base, on packed rows split
+  over two devices with the reference precomputed once: the losses and the
+  evaluation of the padded one-device run whose step computes the
+  reference."""
+  settings = {
+    **LORA,
+    "model.lora.base_dtype": "int8",
+    "steps": 4,
+    "eval_every": 2,
+    "data.packed_length": 64,
+    "optimizer.learning_rate": 1e-2,
+  }
+  padded = train(make_config(**settings), tmp_path / "padded", devices=1)
+  packed_settings = {
+    **settings,
+    "data.packing": True,
+    "mesh.data": 2,
+    "reference.mode": "precomputed",
+  }
+  packed = train(make_config(**packed_settings), tmp_path / "packed", devices=2)
+  assert packed.run.reference_params is not None  # The base stays.
+  want = train_losses(tmp_path / "padded")
+  got = train_losses(tmp_path / "packed")
+  assert list(got) == list(want) == [1, 2, 3, 4]
+  # Adapters start at zero: the first step's loss is log 2; later steps move.
+  assert got[1] == pytest.approx(math.log(2), abs=1e-6)
+  assert abs(got[4] - got[1]) > 1e-3
+  np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-4)
+  np.testing.assert_allclose(
+    packed.result.eval_metrics["eval/loss"],
+    padded.result.eval_metrics["eval/loss"],
+    rtol=1e-4,
+  )
