@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from slpo_jax import lora
+from slpo_jax import lora_sites
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -59,7 +60,7 @@ def _target_modules(model: Any, sites: list[lora.Site]) -> list[str] | str:
   else a regex of the full module names (PEFT matches a string whole)."""
   chosen = {m for s in sites for m in s.hf_modules}
   leaves = sorted({m.rsplit(".", 1)[-1] for m in chosen})
-  everything = {m for s in lora.all_sites(model) for m in s.hf_modules}
+  everything = {m for s in lora_sites.all_sites(model) for m in s.hf_modules}
   if {m for m in everything if m.rsplit(".", 1)[-1] in leaves} == chosen:
     return leaves
   return "|".join(re.escape(m) for m in sorted(chosen))
@@ -105,7 +106,7 @@ def save_adapters(
     "bias": "none",
     "target_modules": _target_modules(model, sites),
     # GPT-2's Conv1D weights are [in, out]; PEFT sets this itself anyway.
-    "fan_in_fan_out": model.config.family in lora.CONV1D_FAMILIES,
+    "fan_in_fan_out": model.config.family in lora_sites.CONV1D_FAMILIES,
     "inference_mode": True,
     "init_lora_weights": True,
     **_UNSUPPORTED,
@@ -166,7 +167,7 @@ def load_adapters(
     raise lora.LoraError(f"{weights}: missing")
   with safe_open(str(weights), framework="numpy") as handle:
     stored = {name: handle.get_tensor(name) for name in handle.keys()}
-  candidates = lora.all_sites(model)
+  candidates = lora_sites.all_sites(model)
   present = [
     s
     for s in candidates
@@ -182,7 +183,7 @@ def load_adapters(
     rslora=bool(peft_config.get("use_rslora", False)),
   )
   try:
-    sites = lora.select_sites(model, config)
+    sites = lora_sites.select_sites(model, config)
   except lora.LoraError as error:
     raise lora.LoraError(f"{folder}: {error}") from None
   adapters: dict = {}

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from slpo_jax import lora
+from slpo_jax import lora_sites
 from slpo_jax.models import quantized
 
 FORMATS = ("int8", "nf4")
@@ -39,7 +40,7 @@ def kernel_layouts(model: Any) -> dict[Path, tuple[int, int]]:
   """``{kernel path: (leading axes, input axes)}`` for every projection
   kernel of ``model``'s tree (leading: 1 for a scanned stack's)."""
   layouts = {}
-  for site in lora.all_sites(model):
+  for site in lora_sites.all_sites(model):
     if site.embedding or site.path == lora.HEAD:
       continue
     lead = 0 if site.num_layers is None else 1

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from slpo_jax import lora
+from slpo_jax import lora_sites
 from slpo_jax import models
 from tests.models import models_testing
 
@@ -41,7 +42,7 @@ def test_default_targets_are_every_projection():
     ("gpt2", {"q", "k", "v", "o", "fc", "proj"}),
   ):
     model = _model(family)
-    sites = lora.select_sites(model, lora.LoraConfig(rank=4))
+    sites = lora_sites.select_sites(model, lora.LoraConfig(rank=4))
     assert {n for s in sites for n in s.names} == names
     assert len(sites) == model.config.num_layers * (
       7 if family == "llama" else 4
@@ -49,7 +50,7 @@ def test_default_targets_are_every_projection():
 
 
 def test_sites_know_their_modules_and_layouts():
-  sites = lora.select_sites(
+  sites = lora_sites.select_sites(
     _model("llama"), lora.LoraConfig(rank=4, targets=("o", "lm_head"))
   )
   head, o = sites[0], sites[1]
@@ -58,14 +59,14 @@ def test_sites_know_their_modules_and_layouts():
   assert o.hf_modules == ("model.layers.0.self_attn.o_proj",)
   assert (o.in_shape, o.out_shapes) == ((4, 16), ((64,),))
   assert (o.in_axes, o.out_axes) == (("heads", "head_dim"), (("embed",),))
-  fused = lora.select_sites(_model("gpt2"), lora.LoraConfig(rank=4))[0]
+  fused = lora_sites.select_sites(_model("gpt2"), lora.LoraConfig(rank=4))[0]
   assert fused.path == ("layers_0", "attn", "q_k_v")
   assert fused.hf_modules == ("transformer.h.0.attn.c_attn",)
   assert fused.out_shapes == ((4, 16),) * 3
 
 
 def test_path_patterns_select_single_blocks():
-  sites = lora.select_sites(
+  sites = lora_sites.select_sites(
     _model("llama"), lora.LoraConfig(rank=2, targets=("layers_1/mlp/down",))
   )
   assert [s.path for s in sites] == [("layers_1", "mlp", "down")]
@@ -112,14 +113,14 @@ def test_bad_targets_are_one_line_errors(
 ):
   model = _model(family, **changes)
   with pytest.raises(lora.LoraError, match=message) as info:
-    lora.select_sites(model, lora.LoraConfig(rank=rank, targets=targets))
+    lora_sites.select_sites(model, lora.LoraConfig(rank=rank, targets=targets))
   assert "\n" not in str(info.value)
 
 
 def test_initialisation_follows_peft():
   model = _model("llama")
   config = lora.LoraConfig(rank=8, targets=("down", "embed"))
-  sites = lora.select_sites(model, config)
+  sites = lora_sites.select_sites(model, config)
   adapters = lora.init_adapters(sites, 8, jax.random.key(0))
   down = adapters["layers_0"]["mlp"]["down"]
   assert down["lora_a"].shape == (176, 8) and down["lora_b"].shape == (8, 64)
@@ -136,7 +137,7 @@ def test_step_zero_is_the_base_bitwise(family):
   model = _model(family)
   base = models_testing.random_params(model)
   config = lora.LoraConfig(rank=4)
-  sites = lora.select_sites(model, config)
+  sites = lora_sites.select_sites(model, config)
   adapters = lora.init_adapters(sites, 4, jax.random.key(1))
   policy = lora.policy_params(base, adapters, sites, config)
   ids, mask = models_testing.right_padded_batch(512, (6, 4))
@@ -151,7 +152,7 @@ def test_merge_is_w_plus_scaled_a_b_in_the_kernel_layout():
   model = _model("gpt2")
   base = models_testing.random_params(model)
   config = lora.LoraConfig(rank=3, alpha=6.0, targets=("q", "k", "v", "o"))
-  sites = lora.select_sites(model, config)
+  sites = lora_sites.select_sites(model, config)
   adapters = _random_adapters(sites, 3)
   policy = lora.policy_params(base, adapters, sites, config)
   node = adapters["layers_1"]["attn"]["q_k_v"]
@@ -180,8 +181,8 @@ def test_scanned_blocks_merge_like_unscanned_ones():
   scanned_model = _model("llama", scan_layers=True)
   config = lora.LoraConfig(rank=4)
   base = models_testing.random_params(flat_model)
-  flat_sites = lora.select_sites(flat_model, config)
-  scanned_sites = lora.select_sites(scanned_model, config)
+  flat_sites = lora_sites.select_sites(flat_model, config)
+  scanned_sites = lora_sites.select_sites(scanned_model, config)
   adapters = _random_adapters(flat_sites, 4)
   flat = lora.policy_params(base, adapters, flat_sites, config)
   scanned = lora.policy_params(
@@ -195,7 +196,7 @@ def test_scanned_blocks_merge_like_unscanned_ones():
 
 def test_adapters_shard_like_their_kernels():
   model = _model("llama", scan_layers=True)
-  sites = lora.select_sites(model, lora.LoraConfig(rank=4))
+  sites = lora_sites.select_sites(model, lora.LoraConfig(rank=4))
   specs = lora.logical_axes(sites)
   q = specs["layers"]["attn"]["q"]
   assert tuple(q["lora_a"]) == ("layers", "embed", "lora_rank")

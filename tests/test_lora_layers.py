@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from slpo_jax import lora
+from slpo_jax import lora_sites
 from slpo_jax import models
 from slpo_jax.models import layers
 from tests.models import models_testing
@@ -28,12 +29,12 @@ def _setup(family, scan, targets, rank=4):
   model = models.build(models.tiny_config(family, scan_layers=scan))
   config = lora.LoraConfig(rank=rank, alpha=8.0, targets=targets)
   base = models_testing.random_params(flat)
-  adapters = _random_adapters(lora.select_sites(flat, config), rank)
+  adapters = _random_adapters(lora_sites.select_sites(flat, config), rank)
   if scan:
     layers_count = flat.config.num_layers
     base = _stack_blocks(base, layers_count)
     adapters = _stack_blocks(adapters, layers_count)
-  return model, config, lora.select_sites(model, config), base, adapters
+  return model, config, lora_sites.select_sites(model, config), base, adapters
 
 
 @pytest.mark.parametrize("family, scan, targets", CASES)

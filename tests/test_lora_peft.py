@@ -12,6 +12,7 @@ import pytest
 
 from slpo_jax import lora
 from slpo_jax import lora_peft
+from slpo_jax import lora_sites
 from slpo_jax import models
 from tests.models import models_testing
 
@@ -46,7 +47,7 @@ def test_saved_adapters_give_our_logits_in_peft(kind, tmp_path):
   hf_model = _checkpoint(kind, tmp_path / "base")
   model, base = models.load_hf_model(tmp_path / "base")
   config = lora.LoraConfig(rank=4, alpha=8.0, targets=CASES[kind][0])
-  sites = lora.select_sites(model, config)
+  sites = lora_sites.select_sites(model, config)
   rng = np.random.default_rng(0)
   # Random B as well as A: zero B would pass with any wiring.
   adapters = jax.tree.map(
@@ -97,7 +98,7 @@ def test_peft_folders_load_into_the_same_policy(kind, tmp_path):
 def test_layer_specific_targets_are_written_as_a_regex(tmp_path):
   model = models.build(models.tiny_config("gpt2"))
   config = lora.LoraConfig(rank=2, targets=("o", "layers_1/mlp/fc"))
-  sites = lora.select_sites(model, config)
+  sites = lora_sites.select_sites(model, config)
   adapters = lora.init_adapters(sites, 2, jax.random.key(0))
   lora_peft.save_adapters(tmp_path, model, sites, config, adapters)
   written = json.loads((tmp_path / "adapter_config.json").read_text())

@@ -19,6 +19,7 @@ import numpy as np
 from slpo_jax import fingerprint
 from slpo_jax import lora
 from slpo_jax import lora_peft
+from slpo_jax import lora_sites
 from slpo_jax import models
 from slpo_jax import quantize
 from slpo_jax import sharding
@@ -52,7 +53,7 @@ def lora_config(config) -> lora.LoraConfig:
 def select_sites(config, model) -> list[lora.Site]:
   """The sites the config's targets select on ``model``, checked."""
   try:
-    return lora.select_sites(model, lora_config(config))
+    return lora_sites.select_sites(model, lora_config(config))
   except lora.LoraError as error:
     raise ConfigError(f"config.model.lora.targets: {error}") from None
 
