@@ -217,12 +217,14 @@ def _segment_masks(segment_ids, num_segments, shape) -> jax.Array:
   return packing.segment_masks(segment_ids, num_segments)
 
 
-def _mean_over_steps(
+def mean_over_steps(
   per_step: jax.Array,
   where: jax.Array,
   segment_ids: ArrayLike | None = None,
   num_segments: int | None = None,
 ) -> jax.Array:
+  """Mean of ``per_step`` over the steps ``where`` selects, per row (per
+  packed segment when ``segment_ids`` is given)."""
   if segment_ids is not None:
     masks = _segment_masks(segment_ids, num_segments, jnp.shape(where))
     per_step = packing.spread(per_step, masks)
@@ -231,7 +233,7 @@ def _mean_over_steps(
   return jnp.sum(counted, axis=-1) / jnp.maximum(jnp.sum(where, axis=-1), 1)
 
 
-def _pair_ids(chosen_labels, rejected_labels, chosen_where, rejected_where):
+def pair_ids(chosen_labels, rejected_labels, chosen_where, rejected_where):
   """Labels safe to look up, and y_l's ids to leave out on the chosen row.
 
   Where y_l has no token (it ended earlier) nothing more is left out: -1
@@ -287,7 +289,7 @@ def pair_stats_from_logits(
   rejected_where = logprobs._check_where(
     rejected_where, jnp.shape(rejected_labels)
   )
-  chosen_ids, rejected_ids, excluded = _pair_ids(
+  chosen_ids, rejected_ids, excluded = pair_ids(
     chosen_labels, rejected_labels, chosen_where, rejected_where
   )
   pair_not = None
@@ -315,12 +317,12 @@ def pair_stats_from_logits(
     **segments,
   )
   return stats._replace(
-    chosen_mean_logits=_mean_over_steps(
+    chosen_mean_logits=mean_over_steps(
       jnp.mean(jnp.asarray(chosen_logits, jnp.float32), -1),
       chosen_where,
       **segments,
     ),
-    rejected_mean_logits=_mean_over_steps(
+    rejected_mean_logits=mean_over_steps(
       jnp.mean(jnp.asarray(rejected_logits, jnp.float32), -1),
       rejected_where,
       **segments,
@@ -355,7 +357,7 @@ class HeadOptions:
   distribution_stats: bool = False
 
 
-def _capped_mean_logits(hidden, lm_head, softcap, chunk) -> jax.Array:
+def capped_mean_logits(hidden, lm_head, softcap, chunk) -> jax.Array:
   """Mean over the vocabulary of the capped logits, one tile at a time.
 
   A metric only (no gradient): the cap makes the mean no longer one
@@ -437,7 +439,7 @@ def pair_stats_from_hidden(
   rejected_where = logprobs._check_where(
     rejected_where, jnp.shape(rejected_labels)
   )
-  chosen_ids, rejected_ids, excluded = _pair_ids(
+  chosen_ids, rejected_ids, excluded = pair_ids(
     chosen_labels, rejected_labels, chosen_where, rejected_where
   )
 
@@ -477,13 +479,11 @@ def pair_stats_from_hidden(
     )[..., 0]
   else:
     chunk = head.vocab_chunk_size
-    chosen_mean = _capped_mean_logits(chosen_hidden, lm_head, softcap, chunk)
-    rejected_mean = _capped_mean_logits(
-      rejected_hidden, lm_head, softcap, chunk
-    )
+    chosen_mean = capped_mean_logits(chosen_hidden, lm_head, softcap, chunk)
+    rejected_mean = capped_mean_logits(rejected_hidden, lm_head, softcap, chunk)
   return stats._replace(
-    chosen_mean_logits=_mean_over_steps(chosen_mean, chosen_where, **segments),
-    rejected_mean_logits=_mean_over_steps(
+    chosen_mean_logits=mean_over_steps(chosen_mean, chosen_where, **segments),
+    rejected_mean_logits=mean_over_steps(
       rejected_mean, rejected_where, **segments
     ),
   )

@@ -42,9 +42,9 @@ from slpo_jax import fused
 from slpo_jax import logprobs
 from slpo_jax.pair_stats import HeadOptions
 from slpo_jax.pair_stats import PairStats
-from slpo_jax.pair_stats import _capped_mean_logits
-from slpo_jax.pair_stats import _mean_over_steps
-from slpo_jax.pair_stats import _pair_ids
+from slpo_jax.pair_stats import capped_mean_logits
+from slpo_jax.pair_stats import mean_over_steps
+from slpo_jax.pair_stats import pair_ids
 from slpo_jax.pair_stats import pair_stats_from_token_logps
 
 _DEFAULT_HEAD = HeadOptions()
@@ -103,7 +103,7 @@ def pair_stats_from_shared_hidden(
   shape = jnp.shape(labels)
   chosen_where = logprobs._check_where(chosen_where, shape)
   rejected_where = logprobs._check_where(rejected_where, shape)
-  chosen_ids, rejected_ids, excluded = _pair_ids(
+  chosen_ids, rejected_ids, excluded = pair_ids(
     labels, rejected_labels, chosen_where, rejected_where
   )
   prompt_ends = jnp.asarray(prompt_ends)
@@ -163,10 +163,10 @@ def pair_stats_from_shared_hidden(
   )
   mean = _mean_logits(extended, lm_head, head)
   return stats._replace(
-    chosen_mean_logits=_mean_over_steps(
+    chosen_mean_logits=mean_over_steps(
       mean[:, :length], chosen_where, **segments
     ),
-    rejected_mean_logits=_mean_over_steps(
+    rejected_mean_logits=mean_over_steps(
       _take(mean, rejected_source), rejected_where, **segments
     ),
   )
@@ -183,4 +183,4 @@ def _mean_logits(hidden, lm_head, head: HeadOptions) -> jax.Array:
     # h_t . mean_v(W[:, v]): one column, no tile.
     mean_column = jnp.mean(jnp.asarray(lm_head, jnp.float32), axis=-1)
     return logprobs.logits_from_hidden(hidden, mean_column[:, None])[..., 0]
-  return _capped_mean_logits(hidden, lm_head, softcap, head.vocab_chunk_size)
+  return capped_mean_logits(hidden, lm_head, softcap, head.vocab_chunk_size)
