@@ -7,55 +7,23 @@ on packed and on padded batches must equal the blockwise step to 1e-5 in
 loss, metrics and gradients.
 """
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from test_packed_step import _pairs
 from test_packed_step import _reference_and_policy
+from test_packed_step import sgd_step
 
 import slpo_jax
 from slpo_jax import models
 from train import config_schema
-from train import objective
 from train import setup as setup_lib
-from train import step as step_lib
 from train import validate
 from train.data import batching
 from train.data import row_packing
 from train.errors import ConfigError
 
 _LENGTH = 40
-
-
-@functools.partial(
-  jax.jit,
-  static_argnames=("model", "loss"),
-  compiler_options={"xla_backend_optimization_level": 0},
-)
-def _sgd_step(params, reference, batch, *, model, loss):
-  loss_config = config_schema.get_config().loss
-  loss_config.name = loss
-  state = step_lib.TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    opt_state=optax.sgd(1.0).init(params),
-  )
-  new_state, metrics = step_lib.train_step(
-    state,
-    reference,
-    batch,
-    spec=step_lib.StepSpec(
-      model=model,
-      optimizer=optax.sgd(1.0),
-      loss=objective.build_loss(loss_config),
-      head=slpo_jax.HeadOptions(fused=True, token_chunk_size=32),
-    ),
-  )
-  return metrics, jax.tree.map(jnp.subtract, params, new_state.params)
 
 
 def _batches():
@@ -96,7 +64,8 @@ def _step(kernel, batch, loss="dpo,slpo_soft"):
     models.tiny_config("llama", attention_impl=kernel, attention_block=128)
   )
   reference, policy = _reference_and_policy(model)
-  return _sgd_step(policy, reference, batch, model=model, loss=loss)
+  head = slpo_jax.HeadOptions(fused=True, token_chunk_size=32)
+  return sgd_step(policy, reference, batch, model=model, loss=loss, head=head)
 
 
 def _assert_same_step(got, want):

@@ -47,13 +47,17 @@ def _reference_and_policy(model):
   return reference, jax.tree.map(lambda r, n: r + 0.05 * n, reference, noise)
 
 
+_PLAIN_HEAD = slpo_jax.HeadOptions(fused=False)
+
+
 # Compiled without backend optimisation: half the compile time on CPU.
 @functools.partial(
   jax.jit,
-  static_argnames=("model", "loss"),
+  static_argnames=("model", "loss", "head"),
   compiler_options={"xla_backend_optimization_level": 0},
 )
-def _sgd_step(params, reference, batch, *, model, loss):
+def sgd_step(params, reference, batch, *, model, loss, head=_PLAIN_HEAD):
+  """The step's metrics and its gradient, from one SGD step of rate 1."""
   loss_config = config_schema.get_config().loss
   loss_config.name = loss
   # Plain SGD with rate 1: the parameter change is minus the gradient.
@@ -70,7 +74,7 @@ def _sgd_step(params, reference, batch, *, model, loss):
       model=model,
       optimizer=optax.sgd(1.0),
       loss=objective.build_loss(loss_config),
-      head=slpo_jax.HeadOptions(fused=False),
+      head=head,
     ),
   )
   grads = jax.tree.map(jnp.subtract, params, new_state.params)
@@ -91,10 +95,10 @@ def test_packed_step_equals_unpacked_step():
     entries, packed_length=_LENGTH, pad_id=0, num_rows=rows, num_slots=slots
   )
   assert rows < len(entries)  # Several pairs share a row.
-  want_metrics, want_grads = _sgd_step(
+  want_metrics, want_grads = sgd_step(
     policy, reference, unpacked, model=model, loss=loss
   )
-  got_metrics, got_grads = _sgd_step(
+  got_metrics, got_grads = sgd_step(
     policy, reference, packed, model=model, loss=loss
   )
   assert bool(got_metrics["finite"])
@@ -135,10 +139,10 @@ def test_packed_rows_split_over_devices_give_the_same_step():
   on_mesh = jax.device_put(
     (policy, reference), slpo_jax.sharding.replicated(mesh)
   )
-  want, want_grads = _sgd_step(
+  want, want_grads = sgd_step(
     policy, reference, unpacked, model=model, loss="dpo"
   )
-  got, got_grads = _sgd_step(*on_mesh, spread, model=model, loss="dpo")
+  got, got_grads = sgd_step(*on_mesh, spread, model=model, loss="dpo")
   got.pop("real_token_fraction")
   assert got.keys() == want.keys()
   for name in want:
