@@ -14,18 +14,17 @@ Run::
   python -m experiments.ablation run --seeds 3 --only EXPLORATORY_ARMS
   python -m experiments.ablation report [--out docs/figures]
   python -m experiments.ablation pairs   # s on seed 0's pairs, both ways
+  python -m experiments.ablation run --only tilted   # 5.7; noisy 5.8, summed 5.9
 
 Runs are cached in ``--workdir`` (a rerun skips finished ones) and go
 seed-major, so an interrupted study has every arm at its first seeds.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import pathlib
 import time
 from collections.abc import Callable
-from unittest import mock
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from configs import controlled_generation as cg_config
 from experiments import ablation_losses
 from experiments import controlled_generation as cg
 from experiments import frontier
+from experiments import pair_regimes
 from experiments import sampling_eval
 from slpo_jax import losses
 from slpo_jax import models
@@ -63,6 +63,7 @@ class Arm:
     length_matched: whether each pair's responses are drawn to one length.
     best_of: if above 1, each pair's first response is the best (true
       reward) of that many reference samples: off-policy chosen responses.
+    regime: sections 5.7-5.9's pairs and reward, or None for section 4's.
   """
 
   name: str
@@ -72,6 +73,7 @@ class Arm:
   decay: str = "cosine"
   length_matched: bool = False
   best_of: int = 1
+  regime: pair_regimes.Regime | None = None
 
 
 def _point(family, loss, hparam="", overrides=()) -> cg.GridPoint:
@@ -159,6 +161,37 @@ OFF_POLICY = tuple(
 )
 
 
+# Sections 5.7-5.9: the same five arms under each pair regime.
+REGIMES = {
+  "tilted": pair_regimes.Regime(
+    "tilted", sampler=pair_regimes.tilted_sampler(pair_regimes.TILT_DELTA)
+  ),
+  "noisy": pair_regimes.Regime(
+    "noisy", label_temperature=pair_regimes.LABEL_TEMPERATURE
+  ),
+  "summed": pair_regimes.Regime(
+    "summed", reward_fn=pair_regimes.summed_sentiment_reward
+  ),
+}
+REGIME_ARMS = {
+  key: tuple(
+    Arm(f"{name}_{key}", point, learning_rate=rate, regime=regime)
+    for name, point, rate in (
+      ("dpo_beta0.2", _point("dpo", "dpo", "beta=0.2", [("beta", 0.2)]), 3e-4),
+      ("dpo_beta1", _point("dpo", "dpo", "beta=1", [("beta", 1.0)]), 3e-4),
+      ("ipo_beta0.2", _point("ipo", "ipo", "beta=0.2", [("beta", 0.2)]), 3e-4),
+      ("slpo_normalized", _point("slpo_normalized", "slpo_normalized"), 3e-4),
+      (
+        "slpo_normalized_lr1e-4",
+        _point("slpo_normalized", "slpo_normalized"),
+        1e-4,
+      ),
+    )
+  )
+  for key, regime in REGIMES.items()
+}
+
+
 def custom_loss(arm: Arm, loss_config) -> objective.Loss:
   """The arm's experiment-only loss, built as the program builds its own."""
   spec = losses.LossSpec(arm.name, arm.custom_loss)
@@ -242,6 +275,8 @@ def best_of_n_sampler(base_sampler, n: int):
 
 def pair_sampler(arm: Arm, base_sampler):
   """The arm's pair sampler around ``base_sampler`` (None: unchanged)."""
+  if arm.regime is not None:
+    return arm.regime.sampler
   if arm.length_matched:
     return length_matched_sampler(base_sampler)
   if arm.best_of > 1:
@@ -261,14 +296,17 @@ def train_arm(arm: Arm, seed: int, base, reference_dir, evaluator, runs):
     checked = validate.validate(config)
     if arm.custom_loss is not None:
       checked = dataclasses.replace(checked, loss=custom_loss(arm, config.loss))
-    patch = contextlib.nullcontext()
     sampler = pair_sampler(arm, task_reference.reference_sampler)
-    if sampler is not None:
-      # The program builds its pair sampler inside build_run; the experiment
-      # swaps in the arm's there and nowhere else.
-      patch = mock.patch.object(task_reference, "reference_sampler", sampler)
-    with patch:
-      return setup_lib.build_run(config, run_dir, checked)
+    make_pairs = None
+    if arm.regime is not None:
+      make_pairs = arm.regime.make_pairs(config.data, seed)
+    return setup_lib.build_run(
+      config,
+      run_dir,
+      checked,
+      sampler=sampler or task_reference.reference_sampler,
+      make_pairs=make_pairs,
+    )
 
   return cg.train_point(config, point, evaluator, run_dir, build_run=build)
 
@@ -279,6 +317,11 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   base.steps = frontier.STEPS
   base.eval_every = frontier.EVAL_EVERY
   groups = {"": ARMS, "_exploratory": EXPLORATORY, "_off_policy": OFF_POLICY}
+  groups.update({f"_{key}": arms for key, arms in REGIME_ARMS.items()})
+  # A regime's name stands for all its arms.
+  only = tuple(
+    a.name for o in only for a in REGIME_ARMS.get(o, ())
+  ) + tuple(o for o in only if o not in REGIME_ARMS)
   chosen = {
     suffix: [a for a in arms if a.name in only or not only]
     for suffix, arms in groups.items()
@@ -302,6 +345,8 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   prompts = synthetic_prompts(base.data, "eval")
   sweep = cg_config.get_sweep("cpu")
   rows = []
+  regime = arms[0].regime
+  reward_fn = regime.reward_fn if regime else synthetic.sentiment_reward
   for seed in range(seeds):
     evaluator = sampling_eval.SamplingEvaluator(
       model,
@@ -310,6 +355,7 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
       max_new_tokens=base.data.synthetic.max_new_tokens + 1,
       samples_per_prompt=sweep.samples_per_prompt,
       seed=seed,
+      reward_fn=reward_fn,
     )
     rows.append(cg.reference_row(evaluator, reference_params, seed))
     ref = rows[-1]
