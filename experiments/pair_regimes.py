@@ -41,8 +41,8 @@ LABEL_STREAM = 29
 TILT_STREAM = 30
 # Chosen by the rules of sections 5.7 and 5.8 before any of their runs
 # (``python -m experiments.pair_regimes_report choose``).
-TILT_DELTA = None
-LABEL_TEMPERATURE = None
+TILT_DELTA = 2.0
+LABEL_TEMPERATURE = 0.2
 
 
 def positive_word_mask() -> np.ndarray:
