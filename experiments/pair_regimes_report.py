@@ -19,6 +19,7 @@ Run::
 """
 
 import argparse
+import csv
 import pathlib
 import time
 
@@ -33,6 +34,7 @@ from experiments import controlled_generation as cg
 from experiments import frontier
 from experiments import pair_regimes
 from experiments import paired_gap
+from experiments import stats
 from slpo_jax import models
 from slpo_jax.tasks import synthetic
 from slpo_jax.tasks.vocab import BOS_ID
@@ -204,7 +206,8 @@ def regime_report(key: str, out: pathlib.Path) -> str:
       paired_gap.phase_b_rows(out)
     )
   lines = [
-    f"{key}: "
+    f"{key}:",
+    "",
     "| arm | seeds | KL (nats) | reward | sample length | eval accuracy |"
     " shift of log pi(y_w) | shift of log pi(y_l) | paired gap | reading |"
     " frontier rule, these DPO/IPO runs (lower end) |"
@@ -273,8 +276,55 @@ def _rule(curve, kl: float, reward: float) -> str:
   return f"{'yes' if reward >= low else 'no'} ({low:.3f})"
 
 
+def summary_rows(key: str, out: pathlib.Path) -> list[dict]:
+  """Each arm of a regime at step 360: means, intervals, paired gaps."""
+  path = out / f"{ablation.STEM}_{key}.csv"
+  if not path.exists():
+    return []
+  rows = frontier.read_csv(path)
+  baselines = [
+    r for r in rows if r["family"] in frontier.BASELINES + ("reference",)
+  ]
+  summary = []
+  for arm in ablation.REGIME_ARMS[key]:
+    finals = _finals(rows, arm.name)
+    if not finals:
+      continue
+    row = {"regime": key, "arm": arm.name, "seeds": len(finals)}
+    for column in (
+      "kl",
+      "reward",
+      "length",
+      "eval_accuracy",
+      "eval_chosen_logp_shift",
+      "eval_rejected_logp_shift",
+    ):
+      mean, low, high = stats.mean_interval(
+        np.array([r[column] for r in finals], np.float64)
+      )
+      row.update({column: mean, f"{column}_low": low, f"{column}_high": high})
+    gap = low = high = float("nan")
+    if finals[0]["family"] not in frontier.BASELINES:
+      gaps = paired_gap.paired_gaps(finals, baselines)
+      gap, low, high = stats.mean_interval(np.array(list(gaps.values())))
+    row.update({"paired_gap": gap, "paired_gap_low": low, "paired_gap_high": high})
+    summary.append(row)
+  return summary
+
+
+def write_summary(out: pathlib.Path) -> pathlib.Path:
+  rows = [r for key in ablation.REGIME_ARMS for r in summary_rows(key, out)]
+  path = out / "regimes_summary.csv"
+  with open(path, "w", newline="") as file:
+    writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["regime"])
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
 def report(out: pathlib.Path) -> str:
   parts = [regime_report(key, out) for key in ablation.REGIME_ARMS]
+  write_summary(out)
   from experiments import pair_regimes_plot
 
   pair_regimes_plot.figure(out)
