@@ -26,8 +26,6 @@ import pathlib
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from configs import controlled_generation as cg_config
 from experiments import ablation_losses
 from experiments import controlled_generation as cg
@@ -37,7 +35,6 @@ from experiments import sampling_eval
 from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax.tasks import synthetic
-from slpo_jax.tasks.vocab import EOS_ID
 from train import objective
 from train import setup as setup_lib
 from train import task_reference
@@ -45,8 +42,6 @@ from train import validate
 from train.data.task_pairs import synthetic_prompts
 
 STEM = "ablation"
-# Draws of the second response per prompt when pairs are length-matched.
-LENGTH_MATCH_DRAWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +185,28 @@ REGIME_ARMS = {
   )
   for key, regime in REGIMES.items()
 }
+# Added after 5.7's pre-registered arms had run, and reported as
+# exploratory: 5.1's per-token share (the one arm that reached section 4's
+# frontier) on the tilted pairs, where s follows the tilted response's length.
+REGIME_ARMS["tilted_exploratory"] = (
+  Arm(
+    "slpo_share_per_token_tilted",
+    _point("slpo_normalized", "slpo_normalized"),
+    ablation_losses.slpo_share_per_token_loss,
+    regime=REGIMES["tilted"],
+  ),
+)
+# Also exploratory: IPO tau = 1, a baseline point at low KL, where the
+# SLPO arms of 5.8 and 5.9 end and the envelope is otherwise a chord from
+# the reference.
+for _key in ("noisy", "summed"):
+  REGIME_ARMS[f"{_key}_exploratory"] = (
+    Arm(
+      f"ipo_beta1_{_key}",
+      _point("ipo", "ipo", "beta=1", [("beta", 1.0)]),
+      regime=REGIMES[_key],
+    ),
+  )
 
 
 def custom_loss(arm: Arm, loss_config) -> objective.Loss:
@@ -202,75 +219,11 @@ def custom_loss(arm: Arm, loss_config) -> objective.Loss:
   )
 
 
-def response_lengths(tokens: np.ndarray) -> np.ndarray:
-  """Tokens up to and including the first EOS (all of them if none)."""
-  is_eos = tokens == EOS_ID
-  return np.where(is_eos.any(1), is_eos.argmax(1) + 1, tokens.shape[1])
-
-
-def length_matched_sampler(base_sampler):
-  """Wraps ``task_reference.reference_sampler``: second responses matched.
-
-  The pipeline asks for every prompt twice (first halves, then second
-  halves). The first responses are drawn as usual; each second one is the
-  first of ``LENGTH_MATCH_DRAWS`` draws with the first response's length,
-  or the closest in length when none has it.
-  """
-
-  def make(model, params, *, max_new_tokens, seed):
-    sample = base_sampler(
-      model, params, max_new_tokens=max_new_tokens, seed=seed
-    )
-
-    def sample_fn(prompts, rng):
-      half = len(prompts) // 2
-      first = sample(prompts[:half], rng)
-      draws = sample(np.tile(prompts[half:], (LENGTH_MATCH_DRAWS, 1)), rng)
-      draws = draws.reshape((LENGTH_MATCH_DRAWS, half) + draws.shape[1:])
-      target = response_lengths(first)
-      distance = np.stack([np.abs(response_lengths(d) - target) for d in draws])
-      pick = distance.argmin(0)  # The first draw at the least distance.
-      second = draws[pick, np.arange(half)]
-      width = max(first.shape[1], second.shape[1])
-      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
-      return np.concatenate([pad(first), pad(second)])
-
-    return sample_fn
-
-  return make
-
-
-def best_of_n_sampler(base_sampler, n: int):
-  """Wraps ``task_reference.reference_sampler``: first responses best of n.
-
-  The first half of every request (one response per prompt) is the
-  highest-reward of ``n`` reference draws, the second half a plain draw.
-  """
-
-  def make(model, params, *, max_new_tokens, seed):
-    sample = base_sampler(
-      model, params, max_new_tokens=max_new_tokens, seed=seed
-    )
-
-    def sample_fn(prompts, rng):
-      half = len(prompts) // 2
-      draws = sample(np.tile(prompts[:half], (n, 1)), rng)
-      draws = draws.reshape((n, half) + draws.shape[1:])
-      rewards = np.stack(
-        [
-          synthetic.sentiment_reward(d, synthetic.response_mask(d))
-          for d in draws
-        ]
-      )
-      best = draws[rewards.argmax(0), np.arange(half)]
-      second = sample(prompts[half:], rng)
-      width = max(best.shape[1], second.shape[1])
-      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
-      return np.concatenate([pad(best), pad(second)])
-
-    return sample_fn
-
-  return make
+# The samplers of 5.1 and 5.5 live with the other pair regimes.
+LENGTH_MATCH_DRAWS = pair_regimes.LENGTH_MATCH_DRAWS
+response_lengths = pair_regimes.response_lengths
+length_matched_sampler = pair_regimes.length_matched_sampler
+best_of_n_sampler = pair_regimes.best_of_n_sampler
 
 
 def pair_sampler(arm: Arm, base_sampler):
@@ -319,9 +272,9 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   groups = {"": ARMS, "_exploratory": EXPLORATORY, "_off_policy": OFF_POLICY}
   groups.update({f"_{key}": arms for key, arms in REGIME_ARMS.items()})
   # A regime's name stands for all its arms.
-  only = tuple(
-    a.name for o in only for a in REGIME_ARMS.get(o, ())
-  ) + tuple(o for o in only if o not in REGIME_ARMS)
+  only = tuple(a.name for o in only for a in REGIME_ARMS.get(o, ())) + tuple(
+    o for o in only if o not in REGIME_ARMS
+  )
   chosen = {
     suffix: [a for a in arms if a.name in only or not only]
     for suffix, arms in groups.items()

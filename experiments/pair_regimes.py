@@ -39,6 +39,8 @@ from train.data import task_pairs
 # from the reference samples' streams.
 LABEL_STREAM = 29
 TILT_STREAM = 30
+# Draws of the second response per prompt when pairs are length-matched.
+LENGTH_MATCH_DRAWS = 8
 # Chosen by the rules of sections 5.7 and 5.8 before any of their runs
 # (``python -m experiments.pair_regimes_report choose``).
 TILT_DELTA = 2.0
@@ -227,3 +229,74 @@ class Regime:
       return pairs
 
     return make
+
+
+def response_lengths(tokens: np.ndarray) -> np.ndarray:
+  """Tokens up to and including the first EOS (all of them if none)."""
+  is_eos = tokens == EOS_ID
+  return np.where(is_eos.any(1), is_eos.argmax(1) + 1, tokens.shape[1])
+
+
+def length_matched_sampler(base_sampler):
+  """Wraps ``task_reference.reference_sampler``: second responses matched.
+
+  The pipeline asks for every prompt twice (first halves, then second
+  halves). The first responses are drawn as usual; each second one is the
+  first of ``LENGTH_MATCH_DRAWS`` draws with the first response's length,
+  or the closest in length when none has it.
+  """
+
+  def make(model, params, *, max_new_tokens, seed):
+    sample = base_sampler(
+      model, params, max_new_tokens=max_new_tokens, seed=seed
+    )
+
+    def sample_fn(prompts, rng):
+      half = len(prompts) // 2
+      first = sample(prompts[:half], rng)
+      draws = sample(np.tile(prompts[half:], (LENGTH_MATCH_DRAWS, 1)), rng)
+      draws = draws.reshape((LENGTH_MATCH_DRAWS, half) + draws.shape[1:])
+      target = response_lengths(first)
+      distance = np.stack([np.abs(response_lengths(d) - target) for d in draws])
+      pick = distance.argmin(0)  # The first draw at the least distance.
+      second = draws[pick, np.arange(half)]
+      width = max(first.shape[1], second.shape[1])
+      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
+      return np.concatenate([pad(first), pad(second)])
+
+    return sample_fn
+
+  return make
+
+
+def best_of_n_sampler(base_sampler, n: int):
+  """Wraps ``task_reference.reference_sampler``: first responses best of n.
+
+  The first half of every request (one response per prompt) is the
+  highest-reward of ``n`` reference draws, the second half a plain draw.
+  """
+
+  def make(model, params, *, max_new_tokens, seed):
+    sample = base_sampler(
+      model, params, max_new_tokens=max_new_tokens, seed=seed
+    )
+
+    def sample_fn(prompts, rng):
+      half = len(prompts) // 2
+      draws = sample(np.tile(prompts[:half], (n, 1)), rng)
+      draws = draws.reshape((n, half) + draws.shape[1:])
+      rewards = np.stack(
+        [
+          synthetic.sentiment_reward(d, synthetic.response_mask(d))
+          for d in draws
+        ]
+      )
+      best = draws[rewards.argmax(0), np.arange(half)]
+      second = sample(prompts[half:], rng)
+      width = max(best.shape[1], second.shape[1])
+      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
+      return np.concatenate([pad(best), pad(second)])
+
+    return sample_fn
+
+  return make

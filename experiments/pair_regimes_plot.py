@@ -1,7 +1,8 @@
 """The figure of sections 5.7-5.9: reward against KL in each pair regime.
 
 One panel per regime: every arm's seeds at step 360 (small markers), their
-mean (large marker), and the upper envelope of the DPO/IPO means from the
+mean (large marker), and the upper envelope of the pre-registered DPO/IPO
+means (exploratory baselines are drawn, not joined) from the
 reference's reward at KL 0 (the frontier those regimes' rules read);
 where the reward is section 4's, section 4's phase-B frontier for scale.
 """
@@ -18,6 +19,7 @@ from experiments import ablation  # noqa: E402
 from experiments import ablation_report  # noqa: E402
 from experiments import controlled_generation as cg  # noqa: E402
 from experiments import frontier  # noqa: E402
+from experiments import pair_regimes_report  # noqa: E402
 from experiments import paired_gap  # noqa: E402
 
 TITLES = {
@@ -29,24 +31,28 @@ STYLE = {
   "dpo_beta0.2": ("tab:blue", "o", "DPO beta=0.2"),
   "dpo_beta1": ("tab:cyan", "o", "DPO beta=1"),
   "ipo_beta0.2": ("tab:green", "s", "IPO tau=0.2"),
+  "ipo_beta1": ("tab:olive", "s", "IPO tau=1 (exploratory)"),
   "slpo_normalized": ("tab:red", "D", "slpo_normalized 3e-4"),
   "slpo_normalized_lr1e-4": ("tab:orange", "D", "slpo_normalized 1e-4"),
+  "slpo_share_per_token": ("tab:purple", "P", "per-token share (exploratory)"),
 }
 
 
 def figure(out: pathlib.Path) -> pathlib.Path | None:
   """Writes ``out/regimes.png`` from the regimes' CSVs; None if none ran."""
-  keys = [k for k in ablation.REGIME_ARMS if (out / f"ablation_{k}.csv").exists()]
+  keys = [k for k in ablation.REGIMES if (out / f"ablation_{k}.csv").exists()]
   if not keys:
     return None
   fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2))
   axes = np.atleast_1d(axes)
   for ax, key in zip(axes, keys):
-    rows = frontier.read_csv(out / f"ablation_{key}.csv")
+    rows = pair_regimes_report.regime_rows(key, out)
     finals = cg.final_rows(rows)
-    reference = np.mean([r["reward"] for r in rows if r["family"] == "reference"])
+    reference = np.mean(
+      [r["reward"] for r in rows if r["family"] == "reference"]
+    )
     means = {}
-    for arm in ablation.REGIME_ARMS[key]:
+    for arm in pair_regimes_report.regime_arms(key):
       name = arm.name[: -len(key) - 1]
       seeds = [r for r in finals if r["loss"] == arm.name]
       if not seeds:
@@ -64,7 +70,12 @@ def figure(out: pathlib.Path) -> pathlib.Path | None:
         edgecolor="black",
         label=f"{label} ({len(seeds)} seeds)",
       )
-    baselines = [v for n, v in means.items() if not n.startswith("slpo")]
+    registered = {a.name[: -len(key) - 1] for a in ablation.REGIME_ARMS[key]}
+    baselines = [
+      v
+      for n, v in means.items()
+      if n in registered and not n.startswith("slpo")
+    ]
     kept = sorted(baselines[i] for i in frontier.envelope(baselines))
     line = [(0.0, reference)] + kept
     ax.plot(*zip(*line), color="black", lw=1, ls="--", label="DPO/IPO envelope")

@@ -182,6 +182,39 @@ def realised_noise(workdir: pathlib.Path, seeds: int) -> str:
   )
 
 
+def regime_arms(key: str) -> tuple:
+  """A regime's arms, its exploratory ones (added after its runs) last."""
+  return ablation.REGIME_ARMS[key] + ablation.REGIME_ARMS.get(
+    f"{key}_exploratory", ()
+  )
+
+
+def regime_rows(key: str, out: pathlib.Path) -> list[dict] | None:
+  """A regime's evaluations, its exploratory arms' included; None if the
+  regime has not run."""
+  path = out / f"{ablation.STEM}_{key}.csv"
+  if not path.exists():
+    return None
+  rows = frontier.read_csv(path)
+  extra = out / f"{ablation.STEM}_{key}_exploratory.csv"
+  if extra.exists():
+    # Its reference rows repeat the regime's own.
+    rows += [r for r in frontier.read_csv(extra) if r["family"] != "reference"]
+  return rows
+
+
+def registered_baselines(key: str, rows: list[dict]) -> list[dict]:
+  """The reference rows and the pre-registered DPO/IPO arms' evaluations:
+  what the decision rules read (exploratory baselines left out)."""
+  names = {a.name for a in ablation.REGIME_ARMS[key]}
+  return [
+    r
+    for r in rows
+    if r["family"] == "reference"
+    or (r["family"] in frontier.BASELINES and r["loss"] in names)
+  ]
+
+
 def _finals(rows, name):
   return [
     r
@@ -192,14 +225,19 @@ def _finals(rows, name):
 
 def regime_report(key: str, out: pathlib.Path) -> str:
   """One regime's table, paired gaps and frontier rules."""
-  path = out / f"{ablation.STEM}_{key}.csv"
-  if not path.exists():
+  rows = regime_rows(key, out)
+  if rows is None:
     return f"{key}: not run"
-  rows = frontier.read_csv(path)
-  baselines = [
+  baselines = registered_baselines(key, rows)
+  every_baseline = [
     r for r in rows if r["family"] in frontier.BASELINES + ("reference",)
   ]
+  exploratory_lines = []
   own_curve = ablation_report._frontier_curve(baselines)
+  # Every baseline here ran at one rate; the trajectories are keyed by it.
+  trajectories = ablation_report._baseline_trajectories(
+    [dict(r, learning_rate=3e-4) for r in baselines]
+  )
   section4_curve = None
   if key != "summed":
     section4_curve = ablation_report._frontier_curve(
@@ -211,13 +249,14 @@ def regime_report(key: str, out: pathlib.Path) -> str:
     "| arm | seeds | KL (nats) | reward | sample length | eval accuracy |"
     " shift of log pi(y_w) | shift of log pi(y_l) | paired gap | reading |"
     " frontier rule, these DPO/IPO runs (lower end) |"
-    " frontier rule, section 4 (lower end) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    " frontier rule, section 4 (lower end) |"
+    " best DPO/IPO evaluation at that KL |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for arm in ablation.REGIME_ARMS[key]:
+  for arm in regime_arms(key):
     finals = _finals(rows, arm.name)
     if not finals:
-      lines.append(f"| {arm.name} | 0 | not run |" + " |" * 9)
+      lines.append(f"| {arm.name} | 0 | not run |" + " |" * 10)
       continue
     cells = [
       ablation_report._cell([r[c] for r in finals], d)
@@ -231,7 +270,7 @@ def regime_report(key: str, out: pathlib.Path) -> str:
       )
     ]
     if finals[0]["family"] in frontier.BASELINES:
-      extra = ["(baseline)"] * 4
+      extra = ["(baseline)"] * 5
     else:
       gaps = paired_gap.paired_gaps(finals, baselines)
       kl = np.mean([r["kl"] for r in finals])
@@ -244,24 +283,40 @@ def regime_report(key: str, out: pathlib.Path) -> str:
         paired_gap.verdict(gaps),
         _rule(own_curve, kl, reward),
         _rule(section4_curve, kl, reward) if section4_curve else "n/a",
+        ablation_report._best_at(trajectories, kl),
       ]
-    lines.append(f"| {arm.name} | {len(finals)} | " + " | ".join(cells + extra) + " |")
-  references = [r for r in rows if r["family"] == "reference"]
-  if key != "summed":
-    theirs = {
-      r["seed"]: r
-      for r in paired_gap.phase_b_rows(out)
-      if r["family"] == "reference"
-    }
-    same = all(
-      np.isclose(r[c], theirs[r["seed"]][c], rtol=1e-4)
-      for r in references
-      for c in ("reward", "length")
-    )
+      if len(every_baseline) > len(baselines):
+        more = paired_gap.paired_gaps(finals, every_baseline)
+        exploratory_lines.append(
+          f"exploratory: {arm.name}, paired gap to each seed's envelope with"
+          f" the exploratory baselines added: {paired_gap.gap_cell(more)}"
+          f" ({paired_gap.verdict(more)})"
+        )
+    label = arm.name
+    if arm in ablation.REGIME_ARMS.get(f"{key}_exploratory", ()):
+      label += " (exploratory)"
     lines.append(
-      f"reference rows of seeds {[r['seed'] for r in references]} equal"
-      f" section 4's (reward and length, 4 digits): {'yes' if same else 'NO'}"
+      f"| {label} | {len(finals)} | " + " | ".join(cells + extra) + " |"
     )
+  lines += exploratory_lines
+  references = [r for r in rows if r["family"] == "reference"]
+  theirs = {
+    r["seed"]: r
+    for r in paired_gap.phase_b_rows(out)
+    if r["family"] == "reference"
+  }
+  # The summed reward is in other units: only the length can agree.
+  columns = ("length",) if key == "summed" else ("reward", "length")
+  same = all(
+    np.isclose(r[c], theirs[r["seed"]][c], rtol=1e-4)
+    for r in references
+    for c in columns
+  )
+  lines.append(
+    f"reference rows of seeds {[r['seed'] for r in references]} equal"
+    f" section 4's ({' and '.join(columns)}, 4 digits):"
+    f" {'yes' if same else 'NO'}"
+  )
   lines.append(
     "reference reward by seed: "
     + ", ".join(f"{r['reward']:.5g}" for r in references)
@@ -278,15 +333,12 @@ def _rule(curve, kl: float, reward: float) -> str:
 
 def summary_rows(key: str, out: pathlib.Path) -> list[dict]:
   """Each arm of a regime at step 360: means, intervals, paired gaps."""
-  path = out / f"{ablation.STEM}_{key}.csv"
-  if not path.exists():
+  rows = regime_rows(key, out)
+  if rows is None:
     return []
-  rows = frontier.read_csv(path)
-  baselines = [
-    r for r in rows if r["family"] in frontier.BASELINES + ("reference",)
-  ]
+  baselines = registered_baselines(key, rows)
   summary = []
-  for arm in ablation.REGIME_ARMS[key]:
+  for arm in regime_arms(key):
     finals = _finals(rows, arm.name)
     if not finals:
       continue
@@ -307,23 +359,27 @@ def summary_rows(key: str, out: pathlib.Path) -> list[dict]:
     if finals[0]["family"] not in frontier.BASELINES:
       gaps = paired_gap.paired_gaps(finals, baselines)
       gap, low, high = stats.mean_interval(np.array(list(gaps.values())))
-    row.update({"paired_gap": gap, "paired_gap_low": low, "paired_gap_high": high})
+    row.update(
+      {"paired_gap": gap, "paired_gap_low": low, "paired_gap_high": high}
+    )
     summary.append(row)
   return summary
 
 
 def write_summary(out: pathlib.Path) -> pathlib.Path:
-  rows = [r for key in ablation.REGIME_ARMS for r in summary_rows(key, out)]
+  rows = [r for key in ablation.REGIMES for r in summary_rows(key, out)]
   path = out / "regimes_summary.csv"
   with open(path, "w", newline="") as file:
-    writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["regime"])
+    writer = csv.DictWriter(
+      file, fieldnames=list(rows[0]) if rows else ["regime"]
+    )
     writer.writeheader()
     writer.writerows(rows)
   return path
 
 
 def report(out: pathlib.Path) -> str:
-  parts = [regime_report(key, out) for key in ablation.REGIME_ARMS]
+  parts = [regime_report(key, out) for key in ablation.REGIMES]
   write_summary(out)
   from experiments import pair_regimes_plot
 

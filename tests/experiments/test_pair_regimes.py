@@ -10,7 +10,6 @@ from slpo_jax import models
 from slpo_jax.tasks import synthetic
 from slpo_jax.tasks.vocab import EOS_ID
 from slpo_jax.tasks.vocab import PAD_ID
-from train import task_reference
 
 MAX_NEW = 6
 
@@ -156,7 +155,9 @@ def test_label_noise_follows_bradley_terry():
   assert flipped[margins > 0.5].mean() < 0.01
   # A flipped pair swaps its responses and masks whole.
   np.testing.assert_array_equal(noisy.chosen[flipped], pairs.rejected[flipped])
-  np.testing.assert_array_equal(noisy.rejected[~flipped], pairs.rejected[~flipped])
+  np.testing.assert_array_equal(
+    noisy.rejected[~flipped], pairs.rejected[~flipped]
+  )
   assert not noisy.chosen_mask[flipped].any()
   assert noisy.chosen_mask[~flipped].all()
 
