@@ -42,7 +42,9 @@ def response_logps(model, params, prompts, responses, masks) -> np.ndarray:
   return np.asarray(jnp.sum(picked[..., 0] * jnp.asarray(masks), axis=1))
 
 
-def measure_pairs(base, model, params, seed: int, sampler) -> dict:
+def measure_pairs(
+  base, model, params, seed: int, sampler, reward_fn=synthetic.sentiment_reward
+) -> dict:
   """Seed ``seed``'s training pairs as the pipeline makes them (two samples
   per prompt, ties dropped, the higher true reward preferred), with which
   response came first (the tilted one, for the tilted sampler)."""
@@ -64,8 +66,8 @@ def measure_pairs(base, model, params, seed: int, sampler) -> dict:
   second = np.concatenate([pad(x) for x in seconds])
   first_mask = synthetic.response_mask(first)
   second_mask = synthetic.response_mask(second)
-  first_reward = synthetic.sentiment_reward(first, first_mask)
-  second_reward = synthetic.sentiment_reward(second, second_mask)
+  first_reward = reward_fn(first, first_mask)
+  second_reward = reward_fn(second, second_mask)
   keep = first_reward != second_reward
   first_logp = response_logps(model, params, prompts, first, first_mask)
   second_logp = response_logps(model, params, prompts, second, second_mask)
@@ -108,6 +110,17 @@ def choose(workdir: pathlib.Path) -> str:
     base, model, params, 0, task_reference.reference_sampler
   )
   lines.append(_histogram_row("reference (section 4's pairs)", plain))
+  summed = measure_pairs(
+    base,
+    model,
+    params,
+    0,
+    task_reference.reference_sampler,
+    pair_regimes.summed_sentiment_reward,
+  )
+  lines.append(
+    _histogram_row("reference, ranked by summed reward (5.9)", summed)
+  )
   picked = None
   for delta in DELTA_GRID:
     values = measure_pairs(
