@@ -87,12 +87,17 @@ def measure_pairs(
 def _histogram_row(label: str, values: dict) -> str:
   share = values["share"]
   counts = np.histogram(share, bins=SHARE_BINS)[0] / len(share)
+  wins = values["first_wins"]
+  chosen = np.where(wins, values["first_length"], values["second_length"])
+  rejected = np.where(wins, values["second_length"], values["first_length"])
+  longer, shorter = chosen > rejected, chosen < rejected
   return (
     f"| {label} | {len(share)} | {np.mean(values['first_wins']):.3f} |"
     f" {np.mean(values['first_length']):.1f} |"
     f" {np.mean(values['second_length']):.1f} | "
     + " | ".join(f"{c:.3f}" for c in counts)
-    + " |"
+    + f" | {np.mean(longer):.3f} | {np.mean(share[longer] > 0.9):.3f} |"
+    f" {np.mean(share[shorter] > 0.9):.3f} |"
   )
 
 
@@ -103,8 +108,9 @@ def choose(workdir: pathlib.Path) -> str:
   model, params = models.load_hf_model(reference_dir, dtype=base.model.dtype)
   lines = [
     "| first response | pairs | first preferred | first length |"
-    " second length | s < 0.1 | 0.1-0.5 | 0.5-0.9 | s > 0.9 |",
-    "|---|---|---|---|---|---|---|---|---|",
+    " second length | s < 0.1 | 0.1-0.5 | 0.5-0.9 | s > 0.9 |"
+    " chosen longer | s > 0.9, chosen longer | s > 0.9, chosen shorter |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   plain = measure_pairs(
     base, model, params, 0, task_reference.reference_sampler
