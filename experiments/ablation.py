@@ -14,30 +14,27 @@ Run::
   python -m experiments.ablation run --seeds 3 --only EXPLORATORY_ARMS
   python -m experiments.ablation report [--out docs/figures]
   python -m experiments.ablation pairs   # s on seed 0's pairs, both ways
+  python -m experiments.ablation run --only tilted   # 5.7; noisy 5.8, summed 5.9
 
 Runs are cached in ``--workdir`` (a rerun skips finished ones) and go
 seed-major, so an interrupted study has every arm at its first seeds.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import pathlib
 import time
 from collections.abc import Callable
-from unittest import mock
-
-import numpy as np
 
 from configs import controlled_generation as cg_config
 from experiments import ablation_losses
 from experiments import controlled_generation as cg
 from experiments import frontier
+from experiments import pair_regimes
 from experiments import sampling_eval
 from slpo_jax import losses
 from slpo_jax import models
 from slpo_jax.tasks import synthetic
-from slpo_jax.tasks.vocab import EOS_ID
 from train import objective
 from train import setup as setup_lib
 from train import task_reference
@@ -45,8 +42,6 @@ from train import validate
 from train.data.task_pairs import synthetic_prompts
 
 STEM = "ablation"
-# Draws of the second response per prompt when pairs are length-matched.
-LENGTH_MATCH_DRAWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +58,7 @@ class Arm:
     length_matched: whether each pair's responses are drawn to one length.
     best_of: if above 1, each pair's first response is the best (true
       reward) of that many reference samples: off-policy chosen responses.
+    regime: sections 5.7-5.9's pairs and reward, or None for section 4's.
   """
 
   name: str
@@ -72,6 +68,7 @@ class Arm:
   decay: str = "cosine"
   length_matched: bool = False
   best_of: int = 1
+  regime: pair_regimes.Regime | None = None
 
 
 def _point(family, loss, hparam="", overrides=()) -> cg.GridPoint:
@@ -159,6 +156,59 @@ OFF_POLICY = tuple(
 )
 
 
+# Sections 5.7-5.9: the same five arms under each pair regime.
+REGIMES = {
+  "tilted": pair_regimes.Regime(
+    "tilted", sampler=pair_regimes.tilted_sampler(pair_regimes.TILT_DELTA)
+  ),
+  "noisy": pair_regimes.Regime(
+    "noisy", label_temperature=pair_regimes.LABEL_TEMPERATURE
+  ),
+  "summed": pair_regimes.Regime(
+    "summed", reward_fn=pair_regimes.summed_sentiment_reward
+  ),
+}
+REGIME_ARMS = {
+  key: tuple(
+    Arm(f"{name}_{key}", point, learning_rate=rate, regime=regime)
+    for name, point, rate in (
+      ("dpo_beta0.2", _point("dpo", "dpo", "beta=0.2", [("beta", 0.2)]), 3e-4),
+      ("dpo_beta1", _point("dpo", "dpo", "beta=1", [("beta", 1.0)]), 3e-4),
+      ("ipo_beta0.2", _point("ipo", "ipo", "beta=0.2", [("beta", 0.2)]), 3e-4),
+      ("slpo_normalized", _point("slpo_normalized", "slpo_normalized"), 3e-4),
+      (
+        "slpo_normalized_lr1e-4",
+        _point("slpo_normalized", "slpo_normalized"),
+        1e-4,
+      ),
+    )
+  )
+  for key, regime in REGIMES.items()
+}
+# Added after 5.7's pre-registered arms had run, and reported as
+# exploratory: 5.1's per-token share (the one arm that reached section 4's
+# frontier) on the tilted pairs, where s follows the tilted response's length.
+REGIME_ARMS["tilted_exploratory"] = (
+  Arm(
+    "slpo_share_per_token_tilted",
+    _point("slpo_normalized", "slpo_normalized"),
+    ablation_losses.slpo_share_per_token_loss,
+    regime=REGIMES["tilted"],
+  ),
+)
+# Also exploratory: IPO tau = 1, a baseline point at low KL, where the
+# SLPO arms of 5.8 and 5.9 end and the envelope is otherwise a chord from
+# the reference.
+for _key in ("noisy", "summed"):
+  REGIME_ARMS[f"{_key}_exploratory"] = (
+    Arm(
+      f"ipo_beta1_{_key}",
+      _point("ipo", "ipo", "beta=1", [("beta", 1.0)]),
+      regime=REGIMES[_key],
+    ),
+  )
+
+
 def custom_loss(arm: Arm, loss_config) -> objective.Loss:
   """The arm's experiment-only loss, built as the program builds its own."""
   spec = losses.LossSpec(arm.name, arm.custom_loss)
@@ -169,79 +219,17 @@ def custom_loss(arm: Arm, loss_config) -> objective.Loss:
   )
 
 
-def response_lengths(tokens: np.ndarray) -> np.ndarray:
-  """Tokens up to and including the first EOS (all of them if none)."""
-  is_eos = tokens == EOS_ID
-  return np.where(is_eos.any(1), is_eos.argmax(1) + 1, tokens.shape[1])
-
-
-def length_matched_sampler(base_sampler):
-  """Wraps ``task_reference.reference_sampler``: second responses matched.
-
-  The pipeline asks for every prompt twice (first halves, then second
-  halves). The first responses are drawn as usual; each second one is the
-  first of ``LENGTH_MATCH_DRAWS`` draws with the first response's length,
-  or the closest in length when none has it.
-  """
-
-  def make(model, params, *, max_new_tokens, seed):
-    sample = base_sampler(
-      model, params, max_new_tokens=max_new_tokens, seed=seed
-    )
-
-    def sample_fn(prompts, rng):
-      half = len(prompts) // 2
-      first = sample(prompts[:half], rng)
-      draws = sample(np.tile(prompts[half:], (LENGTH_MATCH_DRAWS, 1)), rng)
-      draws = draws.reshape((LENGTH_MATCH_DRAWS, half) + draws.shape[1:])
-      target = response_lengths(first)
-      distance = np.stack([np.abs(response_lengths(d) - target) for d in draws])
-      pick = distance.argmin(0)  # The first draw at the least distance.
-      second = draws[pick, np.arange(half)]
-      width = max(first.shape[1], second.shape[1])
-      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
-      return np.concatenate([pad(first), pad(second)])
-
-    return sample_fn
-
-  return make
-
-
-def best_of_n_sampler(base_sampler, n: int):
-  """Wraps ``task_reference.reference_sampler``: first responses best of n.
-
-  The first half of every request (one response per prompt) is the
-  highest-reward of ``n`` reference draws, the second half a plain draw.
-  """
-
-  def make(model, params, *, max_new_tokens, seed):
-    sample = base_sampler(
-      model, params, max_new_tokens=max_new_tokens, seed=seed
-    )
-
-    def sample_fn(prompts, rng):
-      half = len(prompts) // 2
-      draws = sample(np.tile(prompts[:half], (n, 1)), rng)
-      draws = draws.reshape((n, half) + draws.shape[1:])
-      rewards = np.stack(
-        [
-          synthetic.sentiment_reward(d, synthetic.response_mask(d))
-          for d in draws
-        ]
-      )
-      best = draws[rewards.argmax(0), np.arange(half)]
-      second = sample(prompts[half:], rng)
-      width = max(best.shape[1], second.shape[1])
-      pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))  # noqa: E731
-      return np.concatenate([pad(best), pad(second)])
-
-    return sample_fn
-
-  return make
+# The samplers of 5.1 and 5.5 live with the other pair regimes.
+LENGTH_MATCH_DRAWS = pair_regimes.LENGTH_MATCH_DRAWS
+response_lengths = pair_regimes.response_lengths
+length_matched_sampler = pair_regimes.length_matched_sampler
+best_of_n_sampler = pair_regimes.best_of_n_sampler
 
 
 def pair_sampler(arm: Arm, base_sampler):
   """The arm's pair sampler around ``base_sampler`` (None: unchanged)."""
+  if arm.regime is not None:
+    return arm.regime.sampler
   if arm.length_matched:
     return length_matched_sampler(base_sampler)
   if arm.best_of > 1:
@@ -261,14 +249,17 @@ def train_arm(arm: Arm, seed: int, base, reference_dir, evaluator, runs):
     checked = validate.validate(config)
     if arm.custom_loss is not None:
       checked = dataclasses.replace(checked, loss=custom_loss(arm, config.loss))
-    patch = contextlib.nullcontext()
     sampler = pair_sampler(arm, task_reference.reference_sampler)
-    if sampler is not None:
-      # The program builds its pair sampler inside build_run; the experiment
-      # swaps in the arm's there and nowhere else.
-      patch = mock.patch.object(task_reference, "reference_sampler", sampler)
-    with patch:
-      return setup_lib.build_run(config, run_dir, checked)
+    make_pairs = None
+    if arm.regime is not None:
+      make_pairs = arm.regime.make_pairs(config.data, seed)
+    return setup_lib.build_run(
+      config,
+      run_dir,
+      checked,
+      sampler=sampler or task_reference.reference_sampler,
+      make_pairs=make_pairs,
+    )
 
   return cg.train_point(config, point, evaluator, run_dir, build_run=build)
 
@@ -279,6 +270,11 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   base.steps = frontier.STEPS
   base.eval_every = frontier.EVAL_EVERY
   groups = {"": ARMS, "_exploratory": EXPLORATORY, "_off_policy": OFF_POLICY}
+  groups.update({f"_{key}": arms for key, arms in REGIME_ARMS.items()})
+  # A regime's name stands for all its arms.
+  only = tuple(a.name for o in only for a in REGIME_ARMS.get(o, ())) + tuple(
+    o for o in only if o not in REGIME_ARMS
+  )
   chosen = {
     suffix: [a for a in arms if a.name in only or not only]
     for suffix, arms in groups.items()
@@ -302,6 +298,8 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
   prompts = synthetic_prompts(base.data, "eval")
   sweep = cg_config.get_sweep("cpu")
   rows = []
+  regime = arms[0].regime
+  reward_fn = regime.reward_fn if regime else synthetic.sentiment_reward
   for seed in range(seeds):
     evaluator = sampling_eval.SamplingEvaluator(
       model,
@@ -310,6 +308,7 @@ def run(workdir: pathlib.Path, out: pathlib.Path, seeds: int, only=()):
       max_new_tokens=base.data.synthetic.max_new_tokens + 1,
       samples_per_prompt=sweep.samples_per_prompt,
       seed=seed,
+      reward_fn=reward_fn,
     )
     rows.append(cg.reference_row(evaluator, reference_params, seed))
     ref = rows[-1]

@@ -38,7 +38,9 @@ from slpo_jax.tasks.vocab import EOS_ID
 from slpo_jax.tasks.vocab import PAD_ID
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+@functools.partial(
+  jax.jit, static_argnames=("model", "max_new_tokens", "reward_fn")
+)
 def sample_reward_and_kl(
   model,
   params,
@@ -47,6 +49,7 @@ def sample_reward_and_kl(
   rng: jax.Array,
   *,
   max_new_tokens: int,
+  reward_fn=synthetic.sentiment_reward,
 ) -> dict[str, jax.Array]:
   """Samples one response per row and scores it.
 
@@ -58,10 +61,11 @@ def sample_reward_and_kl(
       padding (every synthetic prompt has the same length).
     rng: PRNG key of the samples.
     max_new_tokens: response tokens sampled per row, EOS included.
+    reward_fn: the true reward, ``reward_fn(tokens, mask) -> [batch]``.
 
   Returns:
-    Per-row ``reward`` (``sentiment_reward``, in [-1, 1]), ``kl`` (nats) and
-    ``length`` (response tokens, EOS included), each ``[batch]``.
+    Per-row ``reward`` (by default ``sentiment_reward``, in [-1, 1]), ``kl``
+    (nats) and ``length`` (response tokens, EOS included), each ``[batch]``.
   """
   prompt_length = prompt_ids.shape[1]
   out = models.generate(
@@ -83,7 +87,7 @@ def sample_reward_and_kl(
     reference_params, out.sequences, out.sequence_mask
   )
   return {
-    "reward": synthetic.sentiment_reward(out.tokens, out.mask == 1),
+    "reward": reward_fn(out.tokens, out.mask == 1),
     "kl": sequence_kl(
       policy_logits[:, window], reference_logits[:, window], out.mask
     ),
@@ -111,6 +115,8 @@ class SamplingEvaluator:
     seed: seed of the sampling keys; the key of an evaluation is derived
       from ``(seed, step)``, so two policies evaluated with one evaluator at
       one step share their random numbers.
+    reward_fn: the true reward (``sentiment_reward`` unless an experiment
+      changes the task's reward).
   """
 
   def __init__(
@@ -122,6 +128,7 @@ class SamplingEvaluator:
     max_new_tokens: int,
     samples_per_prompt: int = 1,
     seed: int = 0,
+    reward_fn=synthetic.sentiment_reward,
   ):
     prompts = np.asarray(prompts, np.int32)
     with_bos = np.concatenate(
@@ -132,6 +139,7 @@ class SamplingEvaluator:
     self.prompt_ids = jnp.asarray(np.repeat(with_bos, samples_per_prompt, 0))
     self.max_new_tokens = max_new_tokens
     self.seed = seed
+    self.reward_fn = reward_fn
 
   def per_sequence(
     self, step: int, params, reference_params=None
@@ -156,6 +164,7 @@ class SamplingEvaluator:
       self.prompt_ids,
       rng,
       max_new_tokens=self.max_new_tokens,
+      reward_fn=self.reward_fn,
     )
     return {
       name: np.asarray(value, np.float64)

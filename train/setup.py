@@ -229,11 +229,32 @@ def _check_train_size(config, num_pairs: int) -> None:
     )
 
 
+def _pair_source(split: str, sample_fn, make_pairs) -> dict:
+  """``load_dataset``'s keyword for the split's synthetic pairs."""
+  if make_pairs is None or sample_fn is None:
+    return {"sample_fn": sample_fn}
+  return {"pairs": make_pairs(split, sample_fn)}
+
+
 def build_run(
-  config, workdir: pathlib.Path, checked: validate.Validated
+  config,
+  workdir: pathlib.Path,
+  checked: validate.Validated,
+  *,
+  sampler: Callable = task_reference.reference_sampler,
+  make_pairs: Callable | None = None,
 ) -> Run:
   """Build model, policy and data for a config and what validating it
-  built (:func:`train.validate.validate`)."""
+  built (:func:`train.validate.validate`).
+
+  The synthetic task only (experiments that change how its pairs are made):
+
+  Args:
+    sampler: builds the pairs' ``sample_fn`` from the starting model, with
+      :func:`train.task_reference.reference_sampler`'s signature.
+    make_pairs: ``make_pairs(split, sample_fn) -> PreferencePairs``, the
+      split's pairs; None ranks two samples by the task's reward.
+  """
   mesh = checked.mesh
   workdir.mkdir(parents=True, exist_ok=True)
   tokenizer = data_lib.make_tokenizer(config.data, config.model.checkpoint)
@@ -242,7 +263,7 @@ def build_run(
   sample_fn = None
   if config.data.source == "synthetic":
     # The pairs are two reference samples ranked by the reward.
-    sample_fn = task_reference.reference_sampler(
+    sample_fn = sampler(
       model,
       params,
       max_new_tokens=config.data.synthetic.max_new_tokens,
@@ -259,7 +280,7 @@ def build_run(
       config.data,
       tokenizer=tokenizer,
       split=split,
-      sample_fn=sample_fn,
+      **_pair_source(split, sample_fn, make_pairs),
       unpaired=checked.loss.unpaired,
     )
     for split in ("train", "eval")

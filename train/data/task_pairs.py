@@ -92,6 +92,34 @@ def synthetic_prompts(
   )
 
 
+def synthetic_pairs(
+  config: ml_collections.ConfigDict,
+  split: str,
+  sample_fn: synthetic.SampleFn | None = None,
+  reward_fn: synthetic.RewardFn = synthetic.sentiment_reward,
+) -> synthetic.PreferencePairs:
+  """Two samples for each of the split's prompts, ranked by ``reward_fn``.
+
+  The pairs ``synthetic_token_pairs`` makes when given no pairs; an
+  experiment passes another ``reward_fn`` to rank the same samples another
+  way. Without ``sample_fn`` the base language samples.
+  """
+  task = config.synthetic
+  if sample_fn is None:
+    sample_fn = synthetic.base_language_sampler(
+      synthetic_language(config),
+      max_new_tokens=task.max_new_tokens,
+      min_new_tokens=task.min_new_tokens,
+    )
+  return synthetic.make_preference_pairs(
+    synthetic_prompts(config, split),
+    sample_fn,
+    reward_fn,
+    _rng(config, _SAMPLES[split]),
+    batch_size=task.sample_batch_size,
+  )
+
+
 def synthetic_token_pairs(
   config: ml_collections.ConfigDict,
   split: str,
@@ -119,20 +147,7 @@ def synthetic_token_pairs(
   if sample_fn is not None and pairs is not None:
     raise ValueError("pass sample_fn or pairs, not both")
   if pairs is None:
-    task = config.synthetic
-    if sample_fn is None:
-      sample_fn = synthetic.base_language_sampler(
-        synthetic_language(config),
-        max_new_tokens=task.max_new_tokens,
-        min_new_tokens=task.min_new_tokens,
-      )
-    pairs = synthetic.make_preference_pairs(
-      synthetic_prompts(config, split),
-      sample_fn,
-      synthetic.sentiment_reward,
-      _rng(config, _SAMPLES[split]),
-      batch_size=task.sample_batch_size,
-    )
+    pairs = synthetic_pairs(config, split, sample_fn)
   report.num_records = len(pairs.prompt_index) + pairs.num_ties
   if pairs.num_ties:
     report.skipped["tied_reward"] = pairs.num_ties
