@@ -268,6 +268,22 @@ def _frontier_curve(baseline_rows):
   return [(0.0, *ref)] + sorted(points)
 
 
+# The columns of a final-step table, with their decimals.
+FINAL_COLUMNS = (
+  ("kl", 2),
+  ("reward", 3),
+  ("length", 1),
+  ("eval_accuracy", 3),
+  ("eval_chosen_logp_shift", 1),
+  ("eval_rejected_logp_shift", 1),
+)
+
+
+def final_cells(finals: list[dict]) -> list[str]:
+  """Mean [95% interval] over seeds of each of FINAL_COLUMNS."""
+  return [_cell([r[c] for r in finals], d) for c, d in FINAL_COLUMNS]
+
+
 def _cell(values, digits: int) -> str:
   mean, low, high = stats.mean_interval(np.asarray(values, np.float64))
   return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -292,17 +308,7 @@ def off_policy_report(out: pathlib.Path) -> str:
       continue
     lines.append(
       f"| {arm.name} | {len(finals)} |"
-      + " |".join(
-        " " + _cell([r[c] for r in finals], d)
-        for c, d in (
-          ("kl", 2),
-          ("reward", 3),
-          ("length", 1),
-          ("eval_accuracy", 3),
-          ("eval_chosen_logp_shift", 1),
-          ("eval_rejected_logp_shift", 1),
-        )
-      )
+      + " |".join(" " + cell for cell in final_cells(finals))
       + " |"
     )
   finals = _arm_finals(rows, "slpo_normalized_best_of_8")

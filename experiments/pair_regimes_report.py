@@ -111,17 +111,7 @@ def regime_report(key: str, out: pathlib.Path) -> str:
     if not finals:
       lines.append(f"| {arm.name} | 0 | not run |" + " |" * 10)
       continue
-    cells = [
-      ablation_report._cell([r[c] for r in finals], d)
-      for c, d in (
-        ("kl", 2),
-        ("reward", 3),
-        ("length", 1),
-        ("eval_accuracy", 3),
-        ("eval_chosen_logp_shift", 1),
-        ("eval_rejected_logp_shift", 1),
-      )
-    ]
+    cells = ablation_report.final_cells(finals)
     if finals[0]["family"] in frontier.BASELINES:
       extra = ["(baseline)"] * 5
     else:
