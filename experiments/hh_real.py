@@ -29,7 +29,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import hh_reference
@@ -364,9 +363,7 @@ def report(workdir: pathlib.Path, out: pathlib.Path) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    "command", choices=("prepare", "score", "runs", "report")
-  )
+  parser.add_argument("command", choices=("prepare", "score", "runs", "report"))
   parser.add_argument("--workdir", type=pathlib.Path, default="/tmp/hh56")
   parser.add_argument("--hh", default="")
   parser.add_argument(

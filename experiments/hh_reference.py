@@ -116,13 +116,18 @@ def make_tokenizer(
 def sft_rows(transcripts: list[str], tokenizer, max_length: int) -> list:
   """BOS + the last tokens of each transcript + EOS, at most ``max_length``."""
   return [
-    [tokenizer.bos_id, *tokenizer.encode(text)[-(max_length - 2) :],
-     tokenizer.eos_id]
+    [
+      tokenizer.bos_id,
+      *tokenizer.encode(text)[-(max_length - 2) :],
+      tokenizer.eos_id,
+    ]
     for text in transcripts
   ]
 
 
-def sft_batches(rows: list, pad_id: int, max_length: int, batch: int, seed: int):
+def sft_batches(
+  rows: list, pad_id: int, max_length: int, batch: int, seed: int
+):
   """``rows`` in seeded epochs, as the SFT fit reads them."""
   rng = np.random.default_rng(seed)
   while True:
@@ -210,9 +215,7 @@ def held_out_texts(records: list[dict]) -> list[tuple[str, str]]:
   return texts
 
 
-def nats_per_byte(
-  model, params, tokenizer, texts, *, max_length: int
-) -> float:
+def nats_per_byte(model, params, tokenizer, texts, *, max_length: int) -> float:
   """Total nats of the responses' tokens given BOS + prompt, per UTF-8 byte.
 
   No EOS is scored (the responses are cut), so the number is the same

@@ -146,7 +146,9 @@ def test_run_command_passes_the_references_tokenizer_and_lengths(tmp_path):
   (tmp_path / "setting.json").write_text('{"reference": "bpe4m"}')
   (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress(b"{}\n" * 33))
   command = hh_real.run_command(tmp_path, "dpo_beta0.1", 1)
-  assert f"--config.data.tokenizer={tmp_path}/tokenizer/tokenizer.json" in command
+  assert (
+    f"--config.data.tokenizer={tmp_path}/tokenizer/tokenizer.json" in command
+  )
   assert "--config.data.max_length=160" in command
   assert "--config.data.max_prompt_length=64" in command
   assert "--config.steps=3" in command
