@@ -152,3 +152,17 @@ def test_run_command_passes_the_references_tokenizer_and_lengths(tmp_path):
   assert "--config.data.max_length=160" in command
   assert "--config.data.max_prompt_length=64" in command
   assert "--config.steps=3" in command
+
+
+def test_share_details_measure_how_decided_s_is():
+  from experiments import hh_real_details
+
+  # gaps log pi(y_l) - log pi(y_w): -3, 0.5, 4, -100.
+  logps = np.array([[-1.0, -4.0], [-1.0, -0.5], [-5.0, -1.0], [0.0, -100.0]])
+  got = hh_real_details.share_details(
+    logps, np.array([2, 3, 3, 1]), np.array([1, 3, 3, 5])
+  )
+  assert got["median_abs_logp_gap"] == 3.5
+  assert got["s_within_0p1_of_0_or_1"] == 0.5  # s = 0.047, 0.62, 0.98, ~0.
+  assert got["equal_length_pairs"] == 2
+  assert got["s_above_half_when_equal"] == 1.0
