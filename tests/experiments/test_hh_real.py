@@ -163,6 +163,6 @@ def test_share_details_measure_how_decided_s_is():
     logps, np.array([2, 3, 3, 1]), np.array([1, 3, 3, 5])
   )
   assert got["median_abs_logp_gap"] == 3.5
-  assert got["s_within_0p1_of_0_or_1"] == 0.5  # s = 0.047, 0.62, 0.98, ~0.
+  assert got["s_within_0p1_of_0_or_1"] == 0.75  # s = 0.047, 0.62, 0.98, ~0.
   assert got["equal_length_pairs"] == 2
   assert got["s_above_half_when_equal"] == 1.0
