@@ -1,18 +1,22 @@
-"""Section 5.6: the loser's share s and three losses on real HH-RLHF pairs.
+"""Sections 5.6 and 5.10: the loser's share s and three losses on real HH pairs.
 
-  python -m experiments.hh_real prepare --hh FILE --workdir /tmp/hh56
+  python -m experiments.hh_real prepare --hh FILE --workdir /tmp/hh56 \
+      [--reference bpe4m]
   python -m experiments.hh_real runs --workdir /tmp/hh56 --seeds 3
   python -m experiments.hh_real report --workdir /tmp/hh56 [--out docs/figures]
+  python -m experiments.hh_real score --hh FILE --workdir /tmp/hh56
 
 ``prepare`` splits the HH file into a reference part, held-out pairs and
 training pairs (by content hash, so the split does not depend on file order),
-writes the two pair files the program reads, fits the byte-level reference to
-the reference part's chosen transcripts with the program's SFT fit, and
-measures the share s = pi_ref(y_l) / (pi_ref(y_w) + pi_ref(y_l)) on the
-training pairs. ``runs`` trains each loss for one epoch with
-``python -m train.main`` from that reference; ``report`` reads the runs'
-metrics and measures how far each final policy moved log pi(y_w) and
-log pi(y_l) on the training pairs.
+writes the two pair files the program reads, fits the reference named by
+``--reference`` (``experiments.hh_reference``; section 5.6's byte-level one
+by default) to the reference part's chosen transcripts with the program's
+SFT fit, and measures the share s = pi_ref(y_l) / (pi_ref(y_w) + pi_ref(y_l))
+on the training pairs. ``score`` measures a fitted reference's nats per byte
+on the held-out pairs' text (``prepare`` runs it too). ``runs`` trains each
+loss for one epoch with ``python -m train.main`` from that reference;
+``report`` reads the runs' metrics and measures how far each final policy
+moved log pi(y_w) and log pi(y_l) on the training pairs.
 """
 
 import argparse
@@ -25,26 +29,22 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from experiments import hh_reference
 from experiments import stats
 from slpo_jax import models
 from train import sft
 from train.data import encode
 from train.data import report as report_lib
 from train.data import sources
-from train.data import tokenization
 
 REFERENCE_PAIRS = 1000
 HELD_OUT_PAIRS = 300
-MAX_LENGTH = 320
-MAX_PROMPT_LENGTH = 128
-SFT_STEPS = 400
-SFT_BATCH = 16
-SFT_RATE = 3e-3
 BATCH = 16
 RATE = 3e-4
+# The figures' file stem of each reference, so section 5.6's files stay.
+CSV_STEMS = {"byte0.45m": "hh_real", "bpe4m": "hh_real_ref4m"}
 # name: (loss.name, loss.beta)
 ARMS = {
   "dpo_beta0.1": ("dpo", 0.1),
@@ -52,18 +52,6 @@ ARMS = {
   "slpo_normalized": ("slpo_normalized", 0.1),
 }
 SHARE_BINS = (0.1, 0.5, 0.9)
-
-
-def _reference_config() -> models.DecoderConfig:
-  return models.get_config(
-    "llama",
-    "tiny",
-    vocab_size=tokenization.ByteTokenizer().vocab_size,
-    d_model=128,
-    head_dim=32,
-    mlp_dim=352,
-    max_len=MAX_LENGTH,
-  )
 
 
 def _read_records(path: str) -> list[dict]:
@@ -104,7 +92,15 @@ def _write(path: pathlib.Path, records: list[dict]) -> None:
       file.write(json.dumps(record) + "\n")
 
 
-def _encoded_pairs(path: pathlib.Path):
+def setting(workdir: pathlib.Path) -> tuple[str, hh_reference.Reference]:
+  """The reference a workdir was prepared with (section 5.6's if unsaid)."""
+  path = workdir / "setting.json"
+  name = json.loads(path.read_text())["reference"] if path.exists() else ""
+  name = name or "byte0.45m"
+  return name, hh_reference.REFERENCES[name]
+
+
+def _encoded_pairs(path: pathlib.Path, tokenizer, reference):
   """Training pairs encoded exactly as the program encodes them."""
   data_report = report_lib.DataReport(source=str(path), split="train")
   policy = report_lib.BadRecordPolicy("skip", data_report)
@@ -117,71 +113,12 @@ def _encoded_pairs(path: pathlib.Path):
   )
   return encode.encode_pairs(
     pairs,
-    tokenization.ByteTokenizer(),
-    max_length=MAX_LENGTH,
-    max_prompt_length=MAX_PROMPT_LENGTH,
+    tokenizer,
+    max_length=reference.max_length,
+    max_prompt_length=reference.max_prompt_length,
     policy=policy,
     report=data_report,
   )
-
-
-def _sft_batches(records: list[dict], seed: int):
-  """Chosen transcripts, BOS + last bytes + EOS, in seeded epochs."""
-  tokenizer = tokenization.ByteTokenizer()
-  rows = []
-  for record in records:
-    body = list(record["chosen"].encode("utf-8"))[-(MAX_LENGTH - 2) :]
-    rows.append([tokenizer.bos_id, *body, tokenizer.eos_id])
-  rng = np.random.default_rng(seed)
-  while True:
-    order = rng.permutation(len(rows))
-    for start in range(0, len(order) - SFT_BATCH + 1, SFT_BATCH):
-      ids = np.full((SFT_BATCH, MAX_LENGTH), tokenizer.pad_id, np.int32)
-      mask = np.zeros((SFT_BATCH, MAX_LENGTH), bool)
-      for row, index in enumerate(order[start : start + SFT_BATCH]):
-        tokens = rows[index]
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = True
-      labels = np.concatenate(
-        [ids[:, 1:], np.full((SFT_BATCH, 1), tokenizer.pad_id, np.int32)], 1
-      )
-      loss_mask = mask & np.concatenate(
-        [mask[:, 1:], np.zeros((SFT_BATCH, 1), bool)], 1
-      )
-      yield dict(
-        input_ids=ids, attention_mask=mask, labels=labels, loss_mask=loss_mask
-      )
-
-
-def response_logps(model, params, pairs, batch: int = 32) -> np.ndarray:
-  """``[pairs, 2]`` log pi(y_w), log pi(y_l): each response given its prompt."""
-  pad = tokenization.ByteTokenizer().pad_id
-
-  @jax.jit
-  def logps(ids, mask, counted):
-    logits = model.apply(params, ids, mask)[:, :-1]
-    token = jnp.take_along_axis(
-      jax.nn.log_softmax(logits.astype(jnp.float32)), ids[:, 1:, None], -1
-    )[..., 0]
-    return jnp.sum(token * counted[:, 1:], axis=-1)
-
-  rows = []
-  for pair in pairs:
-    for response in (pair.chosen, pair.rejected):
-      rows.append((list(pair.prompt), list(response)))
-  out = []
-  for start in range(0, len(rows), batch):
-    chunk = rows[start : start + batch]
-    ids = np.full((batch, MAX_LENGTH), pad, np.int32)
-    mask = np.zeros((batch, MAX_LENGTH), bool)
-    counted = np.zeros((batch, MAX_LENGTH), np.float32)
-    for i, (prompt, response) in enumerate(chunk):
-      tokens = prompt + response
-      ids[i, : len(tokens)] = tokens
-      mask[i, : len(tokens)] = True
-      counted[i, len(prompt) : len(tokens)] = 1.0
-    out.append(np.asarray(logps(ids, mask, counted))[: len(chunk)])
-  return np.concatenate(out).reshape(-1, 2).astype(np.float64)
 
 
 def share_summary(logps: np.ndarray, chosen_len, rejected_len) -> dict:
@@ -206,37 +143,74 @@ def share_summary(logps: np.ndarray, chosen_len, rejected_len) -> dict:
   )
 
 
-def prepare(hh: str, workdir: pathlib.Path) -> None:
-  workdir.mkdir(parents=True, exist_ok=True)
+def score(workdir: pathlib.Path, hh: str) -> dict:
+  """The fitted reference's nats per byte on held-out and fitted text."""
+  _, reference = setting(workdir)
   parts = split_records(_read_records(hh))
-  for name in ("held_out", "train"):
-    _write(workdir / f"{name}.jsonl.gz", parts[name])
-  print({name: len(part) for name, part in parts.items()})
-  model = models.build(_reference_config())
+  tokenizer = hh_reference.make_tokenizer(reference, workdir)
+  model, params = models.load_hf_model(workdir / "reference")
+  quality = {
+    f"nats_per_byte_{name}": hh_reference.nats_per_byte(
+      model,
+      params,
+      tokenizer,
+      hh_reference.held_out_texts(parts[name]),
+      max_length=reference.max_length,
+    )
+    for name in ("held_out", "reference")
+  }
+  (workdir / "reference_quality.json").write_text(json.dumps(quality, indent=1))
+  print(quality)
+  return quality
+
+
+def prepare(hh: str, workdir: pathlib.Path, name: str) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "setting.json").write_text(json.dumps(dict(reference=name)))
+  reference = hh_reference.REFERENCES[name]
+  parts = split_records(_read_records(hh))
+  for part in ("held_out", "train"):
+    _write(workdir / f"{part}.jsonl.gz", parts[part])
+  print({part: len(records) for part, records in parts.items()})
+  chosen = [record["chosen"] for record in parts["reference"]]
+  tokenizer = hh_reference.make_tokenizer(reference, workdir, chosen)
+  model = models.build(hh_reference.model_config(reference))
   params = model.init(jax.random.key(0))
+  rows = hh_reference.sft_rows(chosen, tokenizer, reference.max_length)
   start = time.time()
   params = sft.cached_fit(
     workdir / "reference",
     model,
     params,
-    _sft_batches(parts["reference"], seed=0),
-    steps=SFT_STEPS,
-    learning_rate=SFT_RATE,
+    hh_reference.sft_batches(
+      rows, tokenizer.pad_id, reference.max_length, reference.sft_batch, 0
+    ),
+    steps=reference.sft_steps,
+    learning_rate=reference.sft_rate,
   )
   fitted = time.time() - start
-  pairs = _encoded_pairs(workdir / "train.jsonl.gz")
-  logps = response_logps(model, params, pairs)
+  pairs = _encoded_pairs(workdir / "train.jsonl.gz", tokenizer, reference)
+  logps = hh_reference.response_logps(
+    model,
+    params,
+    pairs,
+    max_length=reference.max_length,
+    pad_id=tokenizer.pad_id,
+  )
   np.save(workdir / "reference_logps.npy", logps)
   lengths = np.array([(len(p.chosen), len(p.rejected)) for p in pairs])
   summary = share_summary(logps, lengths[:, 0], lengths[:, 1])
   summary["reference_fit_s"] = round(fitted, 1)
   summary["parameters"] = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+  summary.update(score(workdir, hh))
   (workdir / "shares.json").write_text(json.dumps(summary, indent=1))
   print(json.dumps(summary, indent=1))
 
 
 def run_command(workdir: pathlib.Path, arm: str, seed: int) -> list[str]:
   loss, beta = ARMS[arm]
+  _, reference = setting(workdir)
+  length = reference.max_length
   steps = -(-sum(1 for _ in gzip.open(workdir / "train.jsonl.gz")) // BATCH)
   return [
     sys.executable,
@@ -253,9 +227,10 @@ def run_command(workdir: pathlib.Path, arm: str, seed: int) -> list[str]:
     f"--config.eval_every={steps}",
     "--config.eval_batches=0",
     f"--config.checkpoint_every={steps}",
-    f"--config.data.max_length={MAX_LENGTH}",
-    f"--config.data.max_prompt_length={MAX_PROMPT_LENGTH}",
-    f"--config.data.length_buckets=({MAX_LENGTH},)",
+    f"--config.data.tokenizer={hh_reference.tokenizer_spec(reference, workdir)}",
+    f"--config.data.max_length={length}",
+    f"--config.data.max_prompt_length={reference.max_prompt_length}",
+    f"--config.data.length_buckets=({length},)",
     # One padded row per pair, as the runs of section 5.6 were made (the
     # preset itself packs rows and shares prompts).
     "--config.data.packing=False",
@@ -298,27 +273,40 @@ def _first(metrics_file: pathlib.Path, key: str) -> float:
   return float("nan")
 
 
-def write_tables(workdir: pathlib.Path, rows: list[dict], out: pathlib.Path):
-  """``out/hh_real.csv`` (one row per run) and ``out/hh_real_shares.csv``."""
-  stats.write_csv(out / "hh_real.csv", rows)
+def write_tables(
+  workdir: pathlib.Path, rows: list[dict], out: pathlib.Path, stem: str
+):
+  """``out/STEM.csv`` (one row per run) and ``out/STEM_shares.csv``."""
+  stats.write_csv(out / f"{stem}.csv", rows)
   shares = json.loads((workdir / "shares.json").read_text())
   bins = shares.pop("share_bins")
   stats.write_csv(
-    out / "hh_real_shares.csv",
+    out / f"{stem}_shares.csv",
     [{**{f"s_{name}": value for name, value in bins.items()}, **shares}],
   )
 
 
 def report(workdir: pathlib.Path, out: pathlib.Path) -> None:
-  pairs = _encoded_pairs(workdir / "train.jsonl.gz")
-  reference = np.load(workdir / "reference_logps.npy")
+  name, reference = setting(workdir)
+  tokenizer = hh_reference.make_tokenizer(reference, workdir)
+  pairs = _encoded_pairs(workdir / "train.jsonl.gz", tokenizer, reference)
+  reference_logps = np.load(workdir / "reference_logps.npy")
   rows = []
   for target in sorted((workdir / "runs").glob("*_seed*")):
     if not (target / "hf" / "config.json").exists():
       continue
     arm, seed = target.name.rsplit("_seed", 1)
     model, params = models.load_hf_model(target / "hf")
-    shift = response_logps(model, params, pairs) - reference
+    shift = (
+      hh_reference.response_logps(
+        model,
+        params,
+        pairs,
+        max_length=reference.max_length,
+        pad_id=tokenizer.pad_id,
+      )
+      - reference_logps
+    )
     metrics = target / "metrics.jsonl"
     rows.append(
       dict(
@@ -336,7 +324,7 @@ def report(workdir: pathlib.Path, out: pathlib.Path) -> None:
       )
     )
   (workdir / "runs.json").write_text(json.dumps(rows, indent=1))
-  write_tables(workdir, rows, out)
+  write_tables(workdir, rows, out, CSV_STEMS[name])
   for row in rows:
     print(row)
   keys = (
@@ -375,15 +363,20 @@ def report(workdir: pathlib.Path, out: pathlib.Path) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("command", choices=("prepare", "runs", "report"))
+  parser.add_argument("command", choices=("prepare", "score", "runs", "report"))
   parser.add_argument("--workdir", type=pathlib.Path, default="/tmp/hh56")
   parser.add_argument("--hh", default="")
+  parser.add_argument(
+    "--reference", choices=tuple(hh_reference.REFERENCES), default="byte0.45m"
+  )
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--only", nargs="*", default=[])
   parser.add_argument("--out", type=pathlib.Path, default="docs/figures")
   args = parser.parse_args(argv)
   if args.command == "prepare":
-    prepare(args.hh, args.workdir)
+    prepare(args.hh, args.workdir, args.reference)
+  elif args.command == "score":
+    score(args.workdir, args.hh)
   elif args.command == "runs":
     runs(args.workdir, args.seeds, args.only)
   else:
