@@ -21,10 +21,11 @@ the float32 adapters with their AdamW moments), 19.6 GiB of temporaries,
 The same session's compiles, side by side: at 96 pairs (this config's
 batch before) 17.1 GiB (53%) with splash and 24.7 GiB (77%) with the
 blockwise kernel (``--config.model.attention_impl=blockwise``; at 128 pairs
-it needed 31.8 GiB, 99%, and 192 pairs 44.4 GiB). Splash's kernels keep
-far less per layer than the blockwise kernel's residuals under full remat,
-and the room they leave takes 128 pairs with more than 10% headroom; that
-is this config's batch. Keeping each block's matmul outputs
+it needed 31.8 GiB, 99%, and 192 pairs 44.4 GiB). Those blockwise figures
+predate a fix to the blockwise kernel, which kept every score tile of its
+forward pass under scanned layers; after it, 96 pairs need 19.2 GiB (60%)
+with blockwise. The room splash leaves takes 128 pairs with more than 10%
+headroom; that is this config's batch. Keeping each block's matmul outputs
 (``remat_policy='dots'``) does not fit at 96 pairs: 127 GiB of temporaries.
 At 128 pairs: 1.55e15 analytic FLOPs per chip (4N per token for the
 policy, 2N for the reference), a compute-bound roofline of 1.68 s per step
