@@ -19,36 +19,17 @@ from train.data import TokenizedPair
 from train.data import batching
 from train.data import row_packing
 from train.data import shared_rows
+from train.data import tokenization
 
-SPECIAL = ("<pad>", "<s>", "</s>")  # Ids 0, 1, 2.
+SPECIAL = tokenization.BPE_SPECIAL  # Ids 0, 1, 2.
 
 
 def train_hh_tokenizer(hh_file: pathlib.Path, folder: pathlib.Path, size: int):
   """A byte-level BPE of ``size`` tokens fitted to the file's transcripts."""
-  import tokenizers
-  from tokenizers import decoders
-  from tokenizers import pre_tokenizers
-  from tokenizers import trainers
-
   with gzip.open(hh_file, "rt", encoding="utf-8") as f:
     records = [json.loads(line) for line in f if line.strip()]
   texts = [r[k] for r in records for k in ("chosen", "rejected")]
-  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(
-    texts,
-    trainers.BpeTrainer(
-      vocab_size=size,
-      special_tokens=list(SPECIAL),
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False,
-    ),
-  )
-  folder.mkdir(parents=True, exist_ok=True)
-  tokenizer.save(str(folder / "tokenizer.json"))
-  names = dict(zip(("pad_token", "bos_token", "eos_token"), SPECIAL))
-  (folder / "tokenizer_config.json").write_text(json.dumps(names))
+  tokenization.fit_byte_bpe(texts, size, folder)
 
 
 def hh_sample(hh_file, tokenizer_folder, setting) -> list:

@@ -10,7 +10,6 @@ them on the same held-out text whatever their tokenizer.
 """
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -21,7 +20,6 @@ from slpo_jax import models
 from train.data import sources
 from train.data import tokenization
 
-BPE_SPECIAL = ("<pad>", "<s>", "</s>")  # Ids 0, 1, 2.
 # The held-out text both references are scored on: the end of the prompt
 # and the start of the chosen response, cut in bytes so it is the same
 # text for every tokenizer and fits either reference's length.
@@ -68,31 +66,6 @@ def model_config(reference: Reference) -> models.DecoderConfig:
   )
 
 
-def fit_bpe(texts: list[str], vocab_size: int, folder: pathlib.Path) -> None:
-  """A byte-level BPE of ``vocab_size`` ids, saved as the program reads it."""
-  import tokenizers
-  from tokenizers import decoders
-  from tokenizers import pre_tokenizers
-  from tokenizers import trainers
-
-  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(
-    texts,
-    trainers.BpeTrainer(
-      vocab_size=vocab_size,
-      special_tokens=list(BPE_SPECIAL),
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False,
-    ),
-  )
-  folder.mkdir(parents=True, exist_ok=True)
-  tokenizer.save(str(folder / "tokenizer.json"))
-  names = dict(zip(("pad_token", "bos_token", "eos_token"), BPE_SPECIAL))
-  (folder / "tokenizer_config.json").write_text(json.dumps(names))
-
-
 def tokenizer_spec(reference: Reference, workdir: pathlib.Path) -> str:
   """What ``--config.data.tokenizer`` is given."""
   if reference.tokenizer == "bytes":
@@ -106,7 +79,9 @@ def make_tokenizer(
   """The reference's tokenizer; a BPE is fitted to ``chosen`` once."""
   spec = tokenizer_spec(reference, workdir)
   if spec != "bytes" and not pathlib.Path(spec).exists():
-    fit_bpe(list(chosen), reference.vocab_size, pathlib.Path(spec).parent)
+    tokenization.fit_byte_bpe(
+      list(chosen), reference.vocab_size, pathlib.Path(spec).parent
+    )
   tokenizer = tokenization.load_tokenizer(spec)
   if tokenizer.vocab_size != reference.vocab_size:
     raise ValueError(f"{spec}: {tokenizer.vocab_size} ids, not the setting's")

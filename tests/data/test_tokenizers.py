@@ -211,3 +211,19 @@ def test_empty_tokenizer_means_the_model_checkpoint(
   assert isinstance(tok, data.HFTokenizer)
   with pytest.raises(data.DataError, match="no model checkpoint"):
     data.make_tokenizer(jsonl_config, "")
+
+
+def test_a_fitted_byte_bpe_loads_as_the_program_reads_it(tmp_path):
+  from train.data import tokenization
+
+  tokenization.fit_byte_bpe(_corpus(), 300, tmp_path / "bpe")
+  tok = data.load_tokenizer(str(tmp_path / "bpe"))
+  assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+  assert tok.vocab_size == 300
+  text = "the cat sat on a mat, and ünïcode too."
+  ids = tok.encode(text)
+  assert tok.decode(ids) == text
+  # Fitted merges: the corpus takes fewer tokens than bytes.
+  corpus = _corpus()
+  tokens = sum(len(tok.encode(t)) for t in corpus)
+  assert tokens < 0.7 * sum(len(t.encode()) for t in corpus)

@@ -280,3 +280,35 @@ def load_tokenizer(spec: str) -> Tokenizer:
     f"data config: tokenizer must be 'bytes', a tokenizer.json path or a "
     f".model path, got {spec!r}"
   )
+
+
+# A fitted BPE's special tokens, as ids 0, 1, 2.
+BPE_SPECIAL = ("<pad>", "<s>", "</s>")
+
+
+def fit_byte_bpe(texts: Sequence[str], vocab_size: int, folder: pathlib.Path):
+  """Fits a byte-level BPE of ``vocab_size`` ids to ``texts`` and saves it
+  in ``folder`` as ``load_tokenizer`` reads it (``tokenizer.json`` and the
+  pad, BOS and EOS names of ``BPE_SPECIAL``). For benchmarks and
+  experiments on local text: nothing is downloaded."""
+  import tokenizers
+  from tokenizers import decoders
+  from tokenizers import pre_tokenizers
+  from tokenizers import trainers
+
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.train_from_iterator(
+    texts,
+    trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      special_tokens=list(BPE_SPECIAL),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+    ),
+  )
+  folder.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(folder / "tokenizer.json"))
+  names = dict(zip(("pad_token", "bos_token", "eos_token"), BPE_SPECIAL))
+  (folder / "tokenizer_config.json").write_text(json.dumps(names))
