@@ -91,8 +91,10 @@ def nf4_leaves(
   blocks = kernel.astype(jnp.float32).reshape(-1, quantized.NF4_BLOCK)
   absmax = jnp.max(jnp.abs(blocks), axis=-1)
   safe = jnp.where(absmax > 0, absmax, 1.0)
-  codes = nf4_codes(blocks / safe[:, None]).reshape(-1, 2)
-  leaves = {"nf4": (codes[:, 0] << 4) | codes[:, 1], "absmax": absmax}
+  codes = nf4_codes(blocks / safe[:, None]).reshape(2, -1)
+  # The first half's indices in the high nibbles, the second half's in the
+  # low ones (see slpo_jax.models.quantized).
+  leaves = {"nf4": (codes[0] << 4) | codes[1], "absmax": absmax}
   if double_quant:
     mean = jnp.mean(absmax, keepdims=True)  # [1]: every leaf has an axis.
     # The last group is padded with zeros, which reading drops.

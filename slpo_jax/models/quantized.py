@@ -12,9 +12,11 @@ when the blocks are scanned, so a scan dequantizes one block at a time):
   arXiv:2305.14314): the kernel flattened in row-major order and cut into
   blocks of :data:`NF4_BLOCK`; each block is divided by its absolute maximum
   and each value replaced by the index of the nearest of the 16 values of
-  :data:`NF4_CODEBOOK`. ``kernel_nf4`` (uint8) holds two indices a byte, the
-  first in the high nibble, ``kernel_absmax`` (float32) each block's
-  maximum. With double quantization the maxima are themselves stored as
+  :data:`NF4_CODEBOOK`. ``kernel_nf4`` (uint8) holds two indices a byte:
+  byte i holds index i in its high nibble and index i + n/2 in its low one
+  (n indices in all), so reading concatenates the two halves rather than
+  interleaving them, which on a TPU would pad a trailing axis of 2 to 128.
+  ``kernel_absmax`` (float32) holds each block's maximum. With double quantization the maxima are themselves stored as
   ``kernel_absmax_int8``: their offset from ``kernel_absmax_mean`` in
   groups of :data:`ABSMAX_BLOCK` (the last padded with zeros), each with
   its absmax scale ``kernel_absmax_scale`` (QLoRA uses 8-bit floats there,
@@ -95,7 +97,7 @@ def dequantize(
     kernel = stored["int8"].astype(jnp.float32) * stored["scale"]
     return kernel.astype(dtype)
   packed = stored["nf4"]
-  codes = jnp.stack([packed >> 4, packed & 15], axis=-1).reshape(-1)
+  codes = jnp.concatenate([packed >> 4, packed & 15], axis=-1)
   # Elementwise selects rather than a gather from the codebook, and in the
   # compute dtype: XLA then forms each kernel in one fused pass, holding no
   # index array and no float32 copy (on a v5p, 1B: 1.53 against 2.10 GiB of
