@@ -53,11 +53,14 @@ _PLAIN_HEAD = slpo_jax.HeadOptions(fused=False)
 # Compiled without backend optimisation: half the compile time on CPU.
 @functools.partial(
   jax.jit,
-  static_argnames=("model", "loss", "head"),
+  static_argnames=("model", "loss", "head", "precomputed"),
   compiler_options={"xla_backend_optimization_level": 0},
 )
-def sgd_step(params, reference, batch, *, model, loss, head=_PLAIN_HEAD):
-  """The step's metrics and its gradient, from one SGD step of rate 1."""
+def sgd_step(
+  params, reference, batch, *, model, loss, head=_PLAIN_HEAD, precomputed=False
+):
+  """The step's metrics and its gradient, from one SGD step of rate 1; with
+  ``precomputed`` the batch carries the reference's log-probs."""
   loss_config = config_schema.get_config().loss
   loss_config.name = loss
   # Plain SGD with rate 1: the parameter change is minus the gradient.
@@ -68,7 +71,7 @@ def sgd_step(params, reference, batch, *, model, loss, head=_PLAIN_HEAD):
   )
   new_state, metrics = step_lib.train_step(
     state,
-    reference,
+    None if precomputed else reference,
     batch,
     spec=step_lib.StepSpec(
       model=model,

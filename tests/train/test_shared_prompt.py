@@ -6,16 +6,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from test_packed_step import sgd_step
 
 import slpo_jax
 from slpo_jax import models
 from tests.models import models_testing
 from train import batch as batch_lib
-from train import config_schema
 from train import objective
-from train import step as step_lib
 from train.data import batching
 from train.data import encode
 from train.data import shared_rows
@@ -196,35 +194,6 @@ def test_every_pair_statistic_equals_the_paired_layout(fused):
       )
 
 
-# Compiled without backend optimisation: half the compile time on CPU.
-@functools.partial(
-  jax.jit,
-  static_argnames=("model", "loss", "precomputed"),
-  compiler_options={"xla_backend_optimization_level": 0},
-)
-def _sgd_step(params, reference, batch, *, model, loss, precomputed=False):
-  loss_config = config_schema.get_config().loss
-  loss_config.name = loss
-  state = step_lib.TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    opt_state=optax.sgd(1.0).init(params),
-  )
-  new_state, metrics = step_lib.train_step(
-    state,
-    None if precomputed else reference,
-    batch,
-    spec=step_lib.StepSpec(
-      model=model,
-      optimizer=optax.sgd(1.0),
-      loss=objective.build_loss(loss_config),
-      head=slpo_jax.HeadOptions(fused=True),
-    ),
-  )
-  grads = jax.tree.map(jnp.subtract, params, new_state.params)
-  return metrics, grads
-
-
 def _with_cached_reference(batch, model, reference):
   """The batch carrying its reference log-probs, as train.reference does."""
   stats = jax.jit(
@@ -256,7 +225,11 @@ def test_train_step_equals_the_paired_step(reference_mode):
     paired = _with_cached_reference(paired, model, reference)
     shared = _with_cached_reference(shared, model, reference)
   run = functools.partial(
-    _sgd_step, model=model, loss=loss, precomputed=precomputed
+    sgd_step,
+    model=model,
+    loss=loss,
+    head=slpo_jax.HeadOptions(fused=True),
+    precomputed=precomputed,
   )
   want, want_grads = run(policy, reference, paired)
   got, got_grads = run(policy, reference, shared)

@@ -172,22 +172,30 @@ def packed_collate(
   shard_index: int,
   shard_count: int,
   row_multiple: int = 1,
+  pack=None,
+  layout=None,
 ):
   """A collate of the global batch's entries into this host's packed rows.
 
   Host i packs entries ``[i * n, (i + 1) * n)`` of the global batch (n =
   entries per host), the pairs ``collate_pairs`` would give it, into the
   shape every host computes alike (``layout_shape``), its row count a
-  multiple of ``row_multiple``.
+  multiple of ``row_multiple``. ``pack`` and ``layout`` replace
+  ``pack_pairs`` and ``layout_shape`` for another row layout (the
+  shared-prompt rows of ``shared_rows``).
   """
+  pack = pack or pack_pairs
+  layout = layout or layout_shape
 
-  def collate(entries: Sequence[Weighted]) -> batch_lib.PackedBatch:
+  def collate(
+    entries: Sequence[Weighted],
+  ) -> batch_lib.PackedBatch | batch_lib.SharedPromptBatch:
     per_host = len(entries) // shard_count
     shares = [
       entries[k * per_host : (k + 1) * per_host] for k in range(shard_count)
     ]
-    rows, slots = layout_shape(shares, packed_length, row_multiple)
-    return pack_pairs(
+    rows, slots = layout(shares, packed_length, row_multiple)
+    return pack(
       shares[shard_index],
       packed_length=packed_length,
       pad_id=pad_id,

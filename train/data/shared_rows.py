@@ -123,22 +123,15 @@ def shared_collate(
   row_multiple: int = 1,
 ):
   """``row_packing.packed_collate`` for shared-prompt rows."""
-
-  def collate(entries: Sequence[Weighted]) -> batch_lib.SharedPromptBatch:
-    per_host = len(entries) // shard_count
-    shares = [
-      entries[k * per_host : (k + 1) * per_host] for k in range(shard_count)
-    ]
-    rows, slots = layout_shape(shares, packed_length, row_multiple)
-    return pack_shared(
-      shares[shard_index],
-      packed_length=packed_length,
-      pad_id=pad_id,
-      num_rows=rows,
-      num_slots=slots,
-    )
-
-  return collate
+  return row_packing.packed_collate(
+    packed_length=packed_length,
+    pad_id=pad_id,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    row_multiple=row_multiple,
+    pack=pack_shared,
+    layout=layout_shape,
+  )
 
 
 def position_shares(
